@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+BLENDER_EXT := $(VENV)/lib/python3.11/site-packages/bpy/5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py
+
+.PHONY: venv demo test test-all extension validate bench clean
+
+venv: $(STAMP)
+
+# torch first and pinned: the CPU wheel lies in the local wheel folder; anything that lets pip pick
+# torch by itself (nerfacc requires "torch") would download GBs of CUDA wheels.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q "numpy==1.26.4"
+	$(PIP) install -q -e ".[blender,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m neurallabel.core.cli demo
+
+test: $(STAMP)
+	$(PY) -m pytest -x -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -x -q -m ""
+
+# The extension zip, built by Blender's own tool (it validates the manifest first).
+extension: $(STAMP)
+	$(PY) scripts/build_extension.py --out dist
+
+validate: $(STAMP)
+	$(PY) $(BLENDER_EXT) validate .
+
+clean:
+	rm -rf $(VENV) dist build tests/.cache .demo
