@@ -1,0 +1,392 @@
+"""Label spec v1: the JSON that Blender exports and ``neurallabel bake`` reads (DESIGN.md "Label spec").
+
+:func:`load_spec` reads and validates a spec file strictly: every problem is one :class:`NeuralLabelError`
+that names the file, the object and the value. Relative paths resolve against the spec file's folder.
+Object poses and sizes are in the *world* frame: the dataset's camera frame mapped by ``world_from_data``
+(a similarity: rotation, translation and one uniform scale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import NeuralLabelError
+
+SPEC_VERSION = 1
+KINDS = ("mesh", "box")
+RIGID_TOLERANCE = 1e-6  # |R^T R - I| and |det R - 1| allowed in a pose matrix (float32 round trips)
+
+_TOP_KEYS = {"neurallabel_spec", "data", "field", "world_from_data", "units_to_mm", "frames", "objects"}
+_TOP_REQUIRED = {"neurallabel_spec", "data", "objects"}
+_OBJECT_KEYS = {"name", "category", "category_id", "instance_id", "kind", "mesh", "pose", "size", "transparent"}
+_OBJECT_REQUIRED = {"name", "category", "category_id", "instance_id", "kind", "pose"}
+
+
+@dataclass
+class SpecObject:
+    """One annotated object. ``pose`` is object-to-world (mesh) or box-to-world (box, centred at its origin)."""
+
+    name: str
+    category: str
+    category_id: int
+    instance_id: int
+    kind: str  # "mesh" | "box"
+    pose: np.ndarray  # 4x4 rigid, world frame
+    mesh_path: Optional[Path] = None  # kind == "mesh"
+    size: Optional[np.ndarray] = None  # kind == "box": (3,) full edge lengths in world units
+    transparent: bool = False
+    mesh: Any = None  # trimesh.Trimesh in the object's own frame (world units), loaded by load_spec
+
+    def to_json(self, base_dir: Optional[Path] = None) -> dict:
+        out: dict[str, Any] = {"name": self.name, "category": self.category, "category_id": self.category_id,
+                               "instance_id": self.instance_id, "kind": self.kind,
+                               "pose": [[float(v) for v in row] for row in self.pose]}
+        if self.kind == "mesh":
+            out["mesh"] = _relative(self.mesh_path, base_dir)
+        else:
+            out["size"] = [float(v) for v in self.size]
+        out["transparent"] = bool(self.transparent)
+        return out
+
+
+@dataclass
+class LabelSpec:
+    path: Optional[Path]  # the spec file (None when built in memory)
+    data_path: Path  # transforms.json (or its folder)
+    field_path: Optional[Path]  # None: no field -> mesh-only labels
+    world_from_data: np.ndarray = field(default_factory=lambda: np.eye(4))  # 4x4 similarity
+    units_to_mm: float = 1000.0
+    frames: Optional[list[int]] = None  # None = every frame of `data`
+    objects: list[SpecObject] = field(default_factory=list)
+
+    @property
+    def data_scale(self) -> float:
+        """World units per data unit (the uniform scale of ``world_from_data``)."""
+        return float(np.cbrt(np.linalg.det(self.world_from_data[:3, :3])))
+
+    def cam_to_world(self, cam_to_data: np.ndarray) -> np.ndarray:
+        """A dataset camera pose (OpenGL, data frame) as a rigid camera-to-world pose in the world frame."""
+        pose = self.world_from_data @ np.asarray(cam_to_data, dtype=np.float64)
+        pose[:3, :3] /= self.data_scale  # the similarity's scale moves the centre, not the camera's axes
+        return pose
+
+    def categories(self) -> dict[int, str]:
+        return {o.category_id: o.category for o in sorted(self.objects, key=lambda o: o.category_id)}
+
+    def to_json(self, base_dir: Optional[Path] = None) -> dict:
+        """The spec as v1 JSON; paths relative to ``base_dir`` when given (absolute otherwise)."""
+        return {"neurallabel_spec": SPEC_VERSION,
+                "data": _relative(self.data_path, base_dir),
+                "field": None if self.field_path is None else _relative(self.field_path, base_dir),
+                "world_from_data": [[float(v) for v in row] for row in self.world_from_data],
+                "units_to_mm": float(self.units_to_mm),
+                "frames": self.frames,
+                "objects": [o.to_json(base_dir) for o in self.objects]}
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the labels: data, field and mesh file contents, poses, frames.
+
+        Two specs with the same fingerprint bake the same dataset; ``bake`` refuses an output folder holding
+        a dataset with another fingerprint.
+        """
+        h = hashlib.sha256()
+        canonical = self.to_json(None)
+        canonical["data"] = _file_digest(_transforms_file(self.data_path))
+        canonical["field"] = None if self.field_path is None else _file_digest(self.field_path)
+        for obj, obj_json in zip(self.objects, canonical["objects"]):
+            if obj.kind == "mesh":
+                obj_json["mesh"] = _file_digest(obj.mesh_path)
+        h.update(json.dumps(canonical, sort_keys=True).encode())
+        return h.hexdigest()
+
+
+def write_spec(spec: LabelSpec, path: str | Path) -> Path:
+    """Write ``spec`` as JSON with paths relative to the file's folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec.to_json(path.parent.resolve()), indent=1))
+    return path
+
+
+def load_spec(path: str | Path, *, load_meshes: bool = True, check_frames: bool = True) -> LabelSpec:
+    """Read and validate a label spec file. Relative paths resolve against the spec's folder.
+
+    With ``load_meshes`` every mesh is loaded now (so a mesh that does not load is reported up front);
+    with ``check_frames`` the dataset is read and ``frames`` are checked against it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NeuralLabelError(f"{path}: label spec file does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NeuralLabelError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise NeuralLabelError(f"{path}: not a text file") from None
+    spec = parse_spec(data, path.parent.resolve(), source=str(path), load_meshes=load_meshes,
+                      check_frames=check_frames)
+    spec.path = path
+    return spec
+
+
+def parse_spec(data: Any, base_dir: Path, *, source: str = "label spec", load_meshes: bool = True,
+               check_frames: bool = True) -> LabelSpec:
+    """Validate a spec already parsed from JSON; ``base_dir`` resolves relative paths."""
+
+    def fail(problem: str) -> NeuralLabelError:
+        return NeuralLabelError(f"{source}: {problem}")
+
+    if not isinstance(data, dict):
+        raise fail("expected a JSON object")
+    if "neurallabel_spec" not in data:
+        raise fail("missing 'neurallabel_spec' (the spec version); is this a NeuralLabel label spec?")
+    version = data["neurallabel_spec"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise fail(f"'neurallabel_spec' must be a positive integer version, got {version!r}")
+    if version > SPEC_VERSION:
+        raise fail(f"spec version {version} is newer than this NeuralLabel reads (up to {SPEC_VERSION}); "
+                   f"update NeuralLabel")
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise fail(f"unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    missing = sorted(_TOP_REQUIRED - set(data))
+    if missing:
+        raise fail(f"missing key {missing[0]!r}")
+
+    data_path = _path(data["data"], base_dir, "data", fail)
+    if not data_path.exists():
+        raise fail(f"'data': {data_path} does not exist")
+    field_path = None
+    if data.get("field") is not None:
+        field_path = _path(data["field"], base_dir, "field", fail)
+        if not field_path.exists():
+            raise fail(f"'field': {field_path} does not exist")
+
+    world_from_data = np.eye(4)
+    if data.get("world_from_data") is not None:
+        world_from_data = _matrix4(data["world_from_data"], "world_from_data", fail)
+        _check_similarity(world_from_data, "world_from_data", fail)
+
+    units_to_mm = data.get("units_to_mm", 1000.0)
+    if not _is_number(units_to_mm) or not units_to_mm > 0:
+        raise fail(f"'units_to_mm' must be a positive number, got {units_to_mm!r}")
+
+    frames = data.get("frames")
+    if frames is not None:
+        if not isinstance(frames, list) or not all(_is_int(i) for i in frames):
+            raise fail("'frames' must be null or a list of frame indices (integers)")
+        if len(set(frames)) != len(frames):
+            raise fail("'frames' lists a frame index twice")
+        frames = sorted(int(i) for i in frames)
+
+    objects_json = data["objects"]
+    if not isinstance(objects_json, list) or not objects_json:
+        raise fail("'objects' must be a non-empty list")
+    objects = [_parse_object(o, i, base_dir, fail, load_meshes) for i, o in enumerate(objects_json)]
+    _check_ids(objects, fail)
+
+    spec = LabelSpec(None, data_path, field_path, world_from_data, float(units_to_mm), frames, objects)
+    if check_frames and frames is not None:
+        from .dataset import load_transforms
+
+        count = len(load_transforms(data_path).frames)
+        bad = [i for i in frames if not 0 <= i < count]
+        if bad:
+            raise fail(f"'frames': frame index {bad[0]} is out of range (the dataset {data_path} has "
+                       f"{count} frames, 0..{count - 1})")
+    return spec
+
+
+def load_mesh(path: Path, what: str = "mesh"):
+    """Load a triangle mesh with trimesh; NeuralLabelError if it does not load or has no triangles."""
+    import trimesh
+
+    try:
+        loaded = trimesh.load(str(path), force="mesh", process=False)
+    except Exception as exc:  # trimesh raises many kinds of errors for a bad file
+        raise NeuralLabelError(f"{what} {path}: does not load as a mesh ({type(exc).__name__}: {exc})") from None
+    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0 or len(loaded.vertices) == 0:
+        raise NeuralLabelError(f"{what} {path}: the mesh is empty (no triangles)")
+    if not np.all(np.isfinite(loaded.vertices)):
+        raise NeuralLabelError(f"{what} {path}: the mesh has non-finite vertex coordinates")
+    return loaded
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _parse_object(obj: Any, index: int, base_dir: Path, fail, load_meshes: bool) -> SpecObject:
+    if not isinstance(obj, dict):
+        raise fail(f"objects[{index}] must be a JSON object")
+    label = f"objects[{index}]" + (f" ({obj['name']!r})" if isinstance(obj.get("name"), str) else "")
+    unknown = sorted(set(obj) - _OBJECT_KEYS)
+    if unknown:
+        raise fail(f"{label}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(_OBJECT_KEYS))})")
+    missing = sorted(_OBJECT_REQUIRED - set(obj))
+    if missing:
+        raise fail(f"{label}: missing key {missing[0]!r}")
+    if not isinstance(obj["name"], str) or not obj["name"]:
+        raise fail(f"{label}: 'name' must be a non-empty string")
+    if not isinstance(obj["category"], str) or not obj["category"]:
+        raise fail(f"{label}: 'category' must be a non-empty string")
+    for key in ("category_id", "instance_id"):
+        if not _is_int(obj[key]) or not 1 <= obj[key] <= 65535:
+            raise fail(f"{label}: '{key}' must be an integer in 1..65535 (0 is background, maps are uint16), "
+                       f"got {obj[key]!r}")
+    kind = obj["kind"]
+    if kind not in KINDS:
+        raise fail(f"{label}: 'kind' must be 'mesh' or 'box', got {kind!r}")
+    pose = _matrix4(obj["pose"], f"{label}: 'pose'", fail)
+    _check_rigid(pose, f"{label}: 'pose'", fail)
+    transparent = obj.get("transparent", False)
+    if not isinstance(transparent, bool):
+        raise fail(f"{label}: 'transparent' must be true or false, got {transparent!r}")
+
+    mesh_path, size, mesh = None, None, None
+    if kind == "mesh":
+        if "size" in obj:
+            raise fail(f"{label}: 'size' is for box objects; a mesh object's size is its mesh")
+        if "mesh" not in obj:
+            raise fail(f"{label}: a mesh object needs 'mesh' (a mesh file)")
+        mesh_path = _path(obj["mesh"], base_dir, f"{label}: 'mesh'", fail)
+        if not mesh_path.is_file():
+            raise fail(f"{label}: mesh file {mesh_path} does not exist")
+        if load_meshes:
+            try:
+                mesh = load_mesh(mesh_path, what=f"{label}: mesh")
+            except NeuralLabelError as exc:
+                raise fail(str(exc)) from None
+    else:
+        if "mesh" in obj:
+            raise fail(f"{label}: a box object has no 'mesh' (its mesh is extracted from the field); "
+                       f"use kind 'mesh' for a known mesh")
+        if "size" not in obj:
+            raise fail(f"{label}: a box object needs 'size' [sx, sy, sz]")
+        size_json = obj["size"]
+        if (not isinstance(size_json, list) or len(size_json) != 3 or not all(_is_number(v) for v in size_json)
+                or not all(v > 0 for v in size_json)):
+            raise fail(f"{label}: 'size' must be three positive numbers, got {size_json!r}")
+        size = np.array(size_json, dtype=np.float64)
+    return SpecObject(obj["name"], obj["category"], int(obj["category_id"]), int(obj["instance_id"]), kind, pose,
+                      mesh_path, size, transparent, mesh)
+
+
+def _check_ids(objects: list[SpecObject], fail) -> None:
+    by_instance: dict[int, SpecObject] = {}
+    names: set[str] = set()
+    category_name: dict[int, str] = {}
+    category_id: dict[str, int] = {}
+    for o in objects:
+        if o.instance_id in by_instance:
+            raise fail(f"duplicate instance_id {o.instance_id}: objects {by_instance[o.instance_id].name!r} "
+                       f"and {o.name!r}")
+        by_instance[o.instance_id] = o
+        if o.name in names:
+            raise fail(f"duplicate object name {o.name!r}")
+        names.add(o.name)
+        if category_name.setdefault(o.category_id, o.category) != o.category:
+            raise fail(f"category_id {o.category_id} is named both {category_name[o.category_id]!r} and "
+                       f"{o.category!r} (object {o.name!r})")
+        if category_id.setdefault(o.category, o.category_id) != o.category_id:
+            raise fail(f"category {o.category!r} has two ids, {category_id[o.category]} and {o.category_id} "
+                       f"(object {o.name!r})")
+    # BOP names models by obj_id = category_id: the mesh objects of one category must share one mesh file.
+    mesh_of: dict[int, SpecObject] = {}
+    for o in objects:
+        if o.kind != "mesh":
+            continue
+        first = mesh_of.setdefault(o.category_id, o)
+        if first.mesh_path.resolve() != o.mesh_path.resolve():
+            raise fail(f"category {o.category!r} (id {o.category_id}) has two different meshes "
+                       f"({first.mesh_path.name} for {first.name!r}, {o.mesh_path.name} for {o.name!r}); BOP "
+                       f"names models by obj_id = category_id, so give them different categories")
+
+
+def _path(value: Any, base_dir: Path, what: str, fail) -> Path:
+    if not isinstance(value, str) or not value:
+        raise fail(f"{what} must be a path (a string), got {value!r}")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base_dir / p)
+
+
+def _matrix4(value: Any, what: str, fail) -> np.ndarray:
+    try:
+        m = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise fail(f"{what} must be a 4x4 matrix of numbers (a list of 4 rows)") from None
+    if m.shape != (4, 4):
+        raise fail(f"{what} must be a 4x4 matrix (a list of 4 rows of 4 numbers), got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise fail(f"{what} has non-finite values")
+    if np.max(np.abs(m[3] - [0, 0, 0, 1])) > RIGID_TOLERANCE:
+        raise fail(f"{what}: the last row must be [0, 0, 0, 1], got {m[3].tolist()}")
+    return m
+
+
+def _check_rigid(m: np.ndarray, what: str, fail) -> None:
+    r = m[:3, :3]
+    scales = np.linalg.norm(r, axis=0)
+    error = np.max(np.abs(r.T @ r - np.eye(3)))
+    if error > RIGID_TOLERANCE:
+        raise fail(f"{what} is not a rigid transform: it has scale or shear (column lengths "
+                   f"{np.round(scales, 6).tolist()}, |R^T R - I| = {error:.2g}); apply the scale to the mesh "
+                   f"or box size instead")
+    if np.linalg.det(r) < 0:
+        raise fail(f"{what} is a reflection (det < 0), not a rotation")
+
+
+def _check_similarity(m: np.ndarray, what: str, fail) -> None:
+    r = m[:3, :3]
+    det = np.linalg.det(r)
+    if det <= 0:
+        raise fail(f"{what} must be a similarity with positive scale (det = {det:.3g})")
+    scale = np.cbrt(det)
+    error = np.max(np.abs((r / scale).T @ (r / scale) - np.eye(3)))
+    if error > RIGID_TOLERANCE:
+        raise fail(f"{what} is not a similarity (rotation, translation, one uniform scale): it has "
+                   f"non-uniform scale or shear (|R^T R / s^2 - I| = {error:.2g})")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _relative(path: Optional[Path], base_dir: Optional[Path]) -> Optional[str]:
+    if path is None:
+        return None
+    path = Path(path).resolve()
+    if base_dir is None:
+        return str(path)
+    import os
+
+    return os.path.relpath(path, base_dir)
+
+
+def _transforms_file(data_path: Path) -> Path:
+    data_path = Path(data_path)
+    if data_path.is_dir():
+        candidate = data_path / "transforms.json"
+        return candidate if candidate.is_file() else data_path
+    return data_path
+
+
+def _file_digest(path: Path) -> str:
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():  # a checkpoint or dataset folder: hash every file's name and contents
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(str(p.relative_to(path)).encode())
+            h.update(p.read_bytes())
+    else:
+        h.update(path.read_bytes())
+    return h.hexdigest()
