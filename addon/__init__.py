@@ -1,9 +1,21 @@
-"""Blender glue (addon). See DESIGN.md: operators are thin, addon/ converts between the scene and core."""
+"""Blender glue (addon). See DESIGN.md: operators are thin, addon/ converts between the scene and core.
+
+``properties`` (scene/object state), ``preferences`` (worker Python, dependencies, device),
+``scene_io`` (dataset <-> Blender cameras), ``annotations`` (boxes, meshes, ids).
+"""
 
 
 def register() -> None:
-    pass
+    from . import annotations, preferences, properties
+
+    properties.register()
+    preferences.register()
+    annotations.register()
 
 
 def unregister() -> None:
-    pass
+    from . import annotations, preferences, properties
+
+    annotations.unregister()
+    preferences.unregister()
+    properties.unregister()

@@ -1,9 +1,26 @@
-"""Blender glue (operators). See DESIGN.md: operators are thin, addon/ converts between the scene and core."""
+"""Blender operators (thin: they read the scene through addon/ and call core or the worker).
+
+Every module listed in ``MODULES`` has ``register()`` / ``unregister()`` (e.g. from
+``bpy.utils.register_classes_factory(classes)``). To add operators, add one line here.
+"""
+
+from importlib import import_module
+
+MODULES = (
+    "import_dataset",  # neurallabel.import_dataset
+    "annotate",  # neurallabel.add_box, neurallabel.add_mesh
+)
+
+
+def _modules() -> list:
+    return [import_module(f".{name}", __package__) for name in MODULES]
 
 
 def register() -> None:
-    pass
+    for module in _modules():
+        module.register()
 
 
 def unregister() -> None:
-    pass
+    for module in reversed(_modules()):
+        module.unregister()

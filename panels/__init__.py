@@ -1,9 +1,13 @@
-"""Blender glue (panels). See DESIGN.md: operators are thin, addon/ converts between the scene and core."""
+"""Blender UI panels: the "NeuralLabel" tab in the 3D viewport sidebar (see sidebar.py)."""
 
 
 def register() -> None:
-    pass
+    from . import sidebar
+
+    sidebar.register()
 
 
 def unregister() -> None:
-    pass
+    from . import sidebar
+
+    sidebar.unregister()

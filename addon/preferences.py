@@ -1,0 +1,140 @@
+"""Add-on preferences: the worker's Python, installing its dependencies, the default device.
+
+``bl_idname`` must be the extension's package: ``bl_ext.<repository>.neurallabel`` inside Blender,
+``neurallabel`` when the tree is imported as a plain package (tests).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from .properties import DEVICE_ITEMS
+
+#: The extension root package (this module is ``<root>.addon.preferences``).
+ROOT_PACKAGE = __package__.rpartition(".")[0]
+
+# The worker's dependencies, pinned as in pyproject.toml. torch goes first and alone: letting pip resolve
+# torch through nerfacc would pull GBs of CUDA wheels (DESIGN.md, Dependencies).
+TORCH_REQUIREMENT = "torch==2.13.0"
+CORE_REQUIREMENTS = (
+    "numpy==1.26.4",
+    "nerfacc==0.5.3",
+    "trimesh==5.2.0",
+    "embreex==4.4.0.post1",
+    "pycocotools==2.0.11",
+    "pillow==13.0.0",
+    "imageio==2.38.1",
+    "opencv-python-headless==4.11.0.86",
+    "scipy==1.17.1",
+    "rich==15.0.0",
+)
+
+
+def dependencies_path(create: bool = False) -> str:
+    """The extension's user ``site-packages`` folder, where "Install dependencies" puts the worker's packages."""
+    return bpy.utils.extension_path_user(ROOT_PACKAGE, path="site-packages", create=create)
+
+
+def preferences(context: bpy.types.Context | None = None) -> "NeuralLabelPreferences | None":
+    context = context or bpy.context
+    addon = context.preferences.addons.get(ROOT_PACKAGE)
+    return addon.preferences if addon is not None else None
+
+
+def worker_python(context: bpy.types.Context | None = None) -> str:
+    """The Python that runs the worker: the preference, or Blender's own interpreter when it is empty."""
+    prefs = preferences(context)
+    path = bpy.path.abspath(prefs.worker_python) if prefs is not None and prefs.worker_python else ""
+    return path or sys.executable
+
+
+def default_device(context: bpy.types.Context | None = None) -> str:
+    prefs = preferences(context)
+    return prefs.device if prefs is not None else "auto"
+
+
+def resolve_device(context: bpy.types.Context | None = None) -> str:
+    """The device a job of the current scene runs on: the scene's choice, or the preference for 'auto'."""
+    context = context or bpy.context
+    device = context.scene.neurallabel.device if context.scene is not None else "auto"
+    return device if device != "auto" else default_device(context)
+
+
+def worker_environment(python: str) -> dict[str, str]:
+    """Environment for a worker process: Blender's own Python also sees the installed dependencies."""
+    env = dict(os.environ)
+    if os.path.realpath(python) == os.path.realpath(sys.executable):
+        site = dependencies_path(create=False)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def install_commands(python: str, target: str) -> list[list[str]]:
+    """The pip commands that install the worker's dependencies into ``target`` (torch first, alone)."""
+    base = [python, "-m", "pip", "install", "--upgrade", "--target", target]
+    return [base + [TORCH_REQUIREMENT], base + list(CORE_REQUIREMENTS)]
+
+
+class NEURALLABEL_OT_install_dependencies(bpy.types.Operator):
+    """Install torch and the other worker dependencies into this extension's user folder"""
+
+    bl_idname = "neurallabel.install_dependencies"
+    bl_label = "Install Dependencies"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        python = sys.executable
+        target = dependencies_path(create=True)
+        for command in install_commands(python, target):
+            try:
+                result = subprocess.run(command, capture_output=True, text=True)
+            except OSError as exc:
+                self.report({"ERROR"}, f"Could not run {python}: {exc}")
+                return {"CANCELLED"}
+            if result.returncode != 0:
+                tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+                self.report({"ERROR"}, f"pip failed ({' '.join(command[6:])}): {tail[0]}. "
+                                       "Check the internet connection, or point 'Worker Python' at an "
+                                       "environment that has torch")
+                return {"CANCELLED"}
+        self.report({"INFO"}, f"Installed the worker dependencies into {target}")
+        return {"FINISHED"}
+
+
+class NeuralLabelPreferences(bpy.types.AddonPreferences):
+    bl_idname = ROOT_PACKAGE
+
+    worker_python: StringProperty(
+        name="Worker Python", subtype="FILE_PATH", default="",
+        description="Python that runs training and baking (needs torch). Empty: Blender's own Python with "
+                    "the dependencies installed by 'Install Dependencies'")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto",
+                         description="Device for jobs whose scene says 'Auto'")
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        layout.prop(self, "worker_python")
+        if not self.worker_python:
+            layout.label(text=f"Using Blender's Python: {sys.executable}", icon="INFO")
+        layout.prop(self, "device")
+        row = layout.row()
+        row.operator(NEURALLABEL_OT_install_dependencies.bl_idname, icon="IMPORT")
+        row.enabled = not self.worker_python
+
+
+classes = (NEURALLABEL_OT_install_dependencies, NeuralLabelPreferences)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

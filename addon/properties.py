@@ -1,0 +1,123 @@
+"""The add-on's state: ``scene.neurallabel`` and ``object.neurallabel`` (public scripting interface).
+
+Names here are stable (docs/blender.md). Enum identifiers are lower-case where they are passed on to the
+command line / worker unchanged (``formats``, ``device``).
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
+
+DEVICE_ITEMS = [
+    ("auto", "Auto", "Use the device chosen in the add-on preferences (CUDA when the worker has it)"),
+    ("cpu", "CPU", "Run on the CPU"),
+    ("cuda", "CUDA", "Run on an NVIDIA GPU (the worker Python needs a CUDA build of torch)"),
+]
+
+FORMAT_ITEMS = [
+    ("bop", "BOP", "BOP scenewise dataset: poses, masks, depth, models in mm"),
+    ("coco", "COCO", "COCO instances with RLE masks and boxes"),
+    ("raw", "Raw", "Per-frame depth (.npy), instance and category id images"),
+]
+
+ROLE_ITEMS = [
+    ("NONE", "None", "Not an annotation"),
+    ("BOX", "Box", "An oriented box: the object's local bounding box placed by its world matrix"),
+    ("MESH", "Mesh", "A known mesh (mesh_path) aligned to the object in the scene"),
+]
+
+
+def _category_changed(self: "NeuralLabelObjectProperties", context: bpy.types.Context) -> None:
+    # A category name keeps one id across the scene: reuse it, or take the next free one.
+    from .annotations import category_id_for
+
+    if self.category and context is not None and context.scene is not None:
+        owner = self.id_data
+        self.category_id = category_id_for(context.scene, self.category, exclude=owner)
+
+
+class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
+    dataset_path: StringProperty(
+        name="Dataset", subtype="FILE_PATH",
+        description="transforms.json of the photos (set by Import Dataset)")
+    field_path: StringProperty(
+        name="Field", subtype="FILE_PATH", description="Trained field checkpoint used by snap, preview and bake")
+    output_dir: StringProperty(
+        name="Output", subtype="DIR_PATH", description="Folder the bake writes its labels into")
+    formats: EnumProperty(
+        name="Formats", items=FORMAT_ITEMS, options={"ENUM_FLAG"}, default={"bop", "coco", "raw"},
+        description="Label formats the bake writes")
+    device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto",
+                         description="Where the worker runs the field")
+    occlusion_tolerance: FloatProperty(
+        name="Occlusion Tolerance", default=0.01, min=0.0, soft_max=0.1, precision=4, unit="LENGTH",
+        description="A surface point counts as visible when the field's depth is no more than this "
+                    "(scene units) in front of it, plus the relative tolerance")
+    occlusion_tolerance_relative: FloatProperty(
+        name="Relative Tolerance", default=0.01, min=0.0, soft_max=0.1, precision=4, subtype="FACTOR",
+        description="Extra occlusion tolerance as a fraction of the depth")
+    use_frame_range: BoolProperty(name="Frame Range", default=False,
+                                  description="Bake only frames frame_start..frame_end (inclusive)")
+    frame_start: IntProperty(name="First Frame", default=0, min=0,
+                             description="First dataset frame index to bake (inclusive)")
+    frame_end: IntProperty(name="Last Frame", default=0, min=0,
+                           description="Last dataset frame index to bake (inclusive)")
+    root: PointerProperty(
+        type=bpy.types.Object, name="Root",
+        description='The "NeuralLabel Scene" empty: its matrix maps the dataset frame into the world')
+    # Progress of the running job (written by the bake / preview operators, drawn in the Bake panel).
+    job_running: BoolProperty(name="Job Running", default=False, options={"SKIP_SAVE"})
+    job_progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
+                                options={"SKIP_SAVE"})
+    job_stage: StringProperty(name="Stage", default="", options={"SKIP_SAVE"})
+    job_eta_s: FloatProperty(name="ETA", default=-1.0, options={"SKIP_SAVE"},
+                             description="Estimated seconds left, negative when unknown")
+
+
+class NeuralLabelObjectProperties(bpy.types.PropertyGroup):
+    role: EnumProperty(name="Role", items=ROLE_ITEMS, default="NONE",
+                       description="What this object annotates")
+    category: StringProperty(name="Category", default="", update=_category_changed,
+                             description="Object class name, e.g. 'mug'")
+    category_id: IntProperty(name="Category ID", default=0, min=0,
+                             description="Numeric class id (BOP obj_id, COCO category_id); 0 = not set")
+    instance_id: IntProperty(name="Instance ID", default=0, min=0,
+                             description="Unique id of this object instance in the scene; 0 = not set")
+    transparent: BoolProperty(name="Transparent", default=False,
+                              description="Glass-like: its depth comes from the mesh, not the field")
+    mesh_path: StringProperty(name="Mesh File", subtype="FILE_PATH",
+                              description="Mesh file (in the object's own frame) of a MESH annotation")
+    # Name of the object that owns instance_id: a duplicate carries the original's name, so it is the one
+    # that gets a new id (see annotations.ensure_unique_instance_ids).
+    instance_owner: StringProperty(name="Instance Owner", default="", options={"HIDDEN"})
+
+
+def frames_argument(props: NeuralLabelSceneProperties) -> str | None:
+    """The frame range as the command line's ``--frames A:B`` value (end exclusive), None = all frames."""
+    if not props.use_frame_range:
+        return None
+    return f"{props.frame_start}:{max(props.frame_end, props.frame_start) + 1}"
+
+
+def formats_argument(props: NeuralLabelSceneProperties) -> str:
+    """The formats as the command line's ``--formats`` value, in a fixed order."""
+    return ",".join(f for f, _, _ in FORMAT_ITEMS if f in props.formats)
+
+
+classes = (NeuralLabelSceneProperties, NeuralLabelObjectProperties)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.neurallabel = PointerProperty(type=NeuralLabelSceneProperties)
+    bpy.types.Object.neurallabel = PointerProperty(type=NeuralLabelObjectProperties)
+
+
+def unregister() -> None:
+    del bpy.types.Object.neurallabel
+    del bpy.types.Scene.neurallabel
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
