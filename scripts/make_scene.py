@@ -1,0 +1,694 @@
+"""Render a ground-truth tabletop scene with Blender's Cycles: the truth every label is measured against.
+
+Runs under Blender and under Python with the ``bpy`` module::
+
+    blender -b -P scripts/make_scene.py -- --out DIR [--views 40] [--meshes ../shared/data/meshes] [--glass]
+    python scripts/make_scene.py --out DIR [...]
+
+Writes (units: metres)::
+
+    DIR/transforms.json          pinhole intrinsics, OpenGL camera-to-world poses, train/test split
+    DIR/images/NNNNNN.png        Cycles RGB (few samples + denoiser)
+    DIR/gt/depth/NNNNNN.npy      float32 z-depth along the optical axis (Cycles Z pass), inf = nothing hit
+    DIR/gt/instance/NNNNNN.png   uint16 instance id per pixel centre (Object Index pass), 0 = floor/walls/sky
+    DIR/gt/objects.json          name, category, ids, mesh file, object-to-world pose, enclosing box, transparent
+    DIR/gt/meshes/<name>.ply     each object's triangles in its own frame (exactly what Cycles rendered)
+
+The depth and id passes come from a second render with 1 sample and a 0.01 px pixel filter: Cycles writes
+them from the first sample only, so with a tiny filter that sample sits on the pixel centre. Cycles' Z pass
+is already z-depth along the optical axis (not the distance along the ray); the tests check this against
+an analytic projection. Passes are read back through Blender's own compositor (File Output node, EXR) and
+image loader, not a hand-written EXR reader.
+
+The output is written into a temporary sibling folder and renamed into place at the end, so a killed run
+leaves nothing half-written. Progress goes to stdout as JSON lines (``{"event": "progress", ...}``), the
+last line is ``{"event": "result", ...}``; bad arguments give one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Category ids are fixed per shape so that every generated scene shares one category table.
+CATEGORY_IDS = {"cube": 1, "box": 2, "cylinder": 3, "sphere": 4, "cone": 5, "torus": 6, "icosphere": 7,
+                "bunny": 8, "armadillo": 9, "glass": 10}
+PRIMITIVES = ("cube", "box", "cylinder", "sphere", "cone", "torus", "icosphere")
+STANFORD_MESHES = ("bunny", "armadillo")
+TEXTURES = ("checker", "noise", "voronoi", "wave", "brick")
+
+FLOOR_HALF_SIZE = 1.0   # the floor is 2 m x 2 m, walls stand on its edges
+WALL_HEIGHT = 0.8
+TARGET = (0.0, 0.0, 0.04)  # cameras look at the table centre, slightly above the floor
+HORIZONTAL_FOV_DEG = 55.0
+SENSOR_WIDTH_MM = 36.0
+BACKGROUND_DEPTH = 1e9  # Cycles writes 1e10 where a ray hits nothing
+
+
+class SceneError(Exception):
+    """Bad arguments or inputs: one line on stderr, exit code 2."""
+
+
+# --- arguments -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="make_scene.py",
+                                description="Render a ground-truth tabletop scene with Cycles.")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must not exist, see --overwrite)")
+    p.add_argument("--views", type=int, default=40, help="number of cameras (default 40)")
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--seed", type=int, default=0, help="the scene, cameras and noise follow from it")
+    p.add_argument("--objects", type=int, default=5,
+                   help="number of objects, 4-7, including the Stanford meshes and the glass (default 5)")
+    p.add_argument("--meshes", type=Path, default=None,
+                   help="folder with bunny.obj / armadillo.obj (e.g. ../shared/data/meshes) to add them")
+    p.add_argument("--glass", action="store_true", help="add one transparent glass object")
+    p.add_argument("--test-every", type=int, default=8,
+                   help="frame i is in the test split when i %% N == 0 (0: no test frames; default 8)")
+    p.add_argument("--samples", type=int, default=16, help="Cycles samples per pixel for RGB (default 16)")
+    p.add_argument("--no-denoise", action="store_true", help="do not denoise the RGB images")
+    p.add_argument("--threads", type=int, default=0, help="render threads (0: all cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return p
+
+
+def script_argv(argv: list[str]) -> list[str]:
+    """Our arguments: those after ``--`` under ``blender -b -P``, else everything after the script."""
+    if "--" in argv:
+        return argv[argv.index("--") + 1:]
+    return argv[1:]
+
+
+def check_args(args: argparse.Namespace) -> list[Path]:
+    """Validate arguments; returns the Stanford mesh files to use."""
+    if args.views < 1:
+        raise SceneError(f"--views must be at least 1 (got {args.views})")
+    if not (8 <= args.width <= 8192 and 8 <= args.height <= 8192):
+        raise SceneError(f"--width/--height must be 8..8192 pixels (got {args.width}x{args.height})")
+    if not 4 <= args.objects <= 7:
+        raise SceneError(f"--objects must be 4..7 (got {args.objects})")
+    if args.samples < 1:
+        raise SceneError(f"--samples must be at least 1 (got {args.samples})")
+    if args.test_every < 0:
+        raise SceneError(f"--test-every must be >= 0 (got {args.test_every})")
+    if args.threads < 0:
+        raise SceneError(f"--threads must be >= 0 (got {args.threads})")
+    mesh_files: list[Path] = []
+    if args.meshes is not None:
+        if not args.meshes.is_dir():
+            raise SceneError(f"--meshes {args.meshes}: folder does not exist")
+        mesh_files = [args.meshes / f"{name}.obj" for name in STANFORD_MESHES
+                      if (args.meshes / f"{name}.obj").is_file()]
+        if not mesh_files:
+            raise SceneError(f"--meshes {args.meshes}: neither bunny.obj nor armadillo.obj is in it")
+    if len(mesh_files) + int(args.glass) > args.objects:
+        raise SceneError(f"--objects {args.objects} is too few for {len(mesh_files)} Stanford meshes"
+                         + (" and a glass" if args.glass else ""))
+    out = args.out
+    if out.exists() and not args.overwrite:
+        raise SceneError(f"--out {out}: already exists (use --overwrite to replace it)")
+    if out.exists() and not out.is_dir():
+        raise SceneError(f"--out {out}: exists and is not a folder")
+    return mesh_files
+
+
+# --- the scene as plain data (all randomness lives here, so a seed fixes everything) ---------------------
+
+
+def plan_objects(rng: np.random.Generator, count: int, mesh_files: list[Path], glass: bool) -> list[dict]:
+    """Shapes, sizes (metres), textures and placements of the objects, before Blender builds them."""
+    kinds: list[tuple[str, Path | None]] = [(f.stem, f) for f in mesh_files]
+    if glass:
+        kinds.append(("glass", None))
+    n_primitives = count - len(kinds)
+    primitives = list(rng.choice(PRIMITIVES, size=n_primitives, replace=n_primitives > len(PRIMITIVES)))
+    kinds += [(str(k), None) for k in primitives]
+    # Order the instances deterministically by their kind's position in the plan above.
+    objects = []
+    seen: dict[str, int] = {}
+    for instance_id, (kind, path) in enumerate(kinds, start=1):
+        seen[kind] = seen.get(kind, 0) + 1
+        size = _plan_size(rng, kind)
+        objects.append({
+            "name": f"{kind}_{seen[kind]}",
+            "category": kind,
+            "category_id": CATEGORY_IDS[kind],
+            "instance_id": instance_id,
+            "source": str(path) if path else None,
+            "size": size,
+            "yaw": float(rng.uniform(0.0, 2.0 * math.pi)),
+            "texture": str(rng.choice(TEXTURES)),
+            "texture_scale": float(rng.uniform(30.0, 70.0)),
+            "colors": [list(map(float, rng.uniform(0.05, 0.95, size=3))) for _ in range(2)],
+            "transparent": kind == "glass",
+        })
+    _place(rng, objects)
+    return objects
+
+
+def _plan_size(rng: np.random.Generator, kind: str) -> dict:
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    if kind == "cube":
+        return {"edge": u(0.05, 0.09)}
+    if kind == "box":
+        return {"dims": [u(0.04, 0.12), u(0.04, 0.09), u(0.04, 0.10)]}
+    if kind in ("cylinder", "cone"):
+        return {"radius": u(0.025, 0.045), "height": u(0.06, 0.13)}
+    if kind in ("sphere", "icosphere"):
+        return {"radius": u(0.025, 0.05)}
+    if kind == "torus":
+        minor = u(0.012, 0.02)
+        return {"major": u(0.035, 0.05), "minor": minor}
+    if kind == "glass":
+        return {"radius": u(0.03, 0.04), "height": u(0.08, 0.12)}
+    return {"extent": u(0.09, 0.14)}  # Stanford meshes: largest side of their bounding box
+
+
+def _footprint(obj: dict) -> float:
+    """Radius of a circle that holds the object's footprint on the table (for non-overlapping placement)."""
+    s = obj["size"]
+    if "edge" in s:
+        return s["edge"] * math.sqrt(0.5)
+    if "dims" in s:
+        return 0.5 * math.hypot(s["dims"][0], s["dims"][1])
+    if "major" in s:
+        return s["major"] + s["minor"]
+    if "radius" in s:
+        return s["radius"]
+    return 0.5 * s["extent"] * math.sqrt(2.0)
+
+
+def _place(rng: np.random.Generator, objects: list[dict]) -> None:
+    radius = 0.22
+    placed: list[tuple[float, float, float]] = []
+    for obj in objects:
+        r = _footprint(obj)
+        for attempt in range(2000):
+            grow = 1.0 + attempt / 500.0  # a crowded table grows a little rather than failing
+            rho = radius * grow * math.sqrt(rng.uniform(0.0, 1.0))
+            phi = rng.uniform(0.0, 2.0 * math.pi)
+            x, y = rho * math.cos(phi), rho * math.sin(phi)
+            if all(math.hypot(x - px, y - py) > r + pr + 0.015 for px, py, pr in placed):
+                break
+        placed.append((x, y, r))
+        obj["xy"] = [float(x), float(y)]
+
+
+def plan_cameras(rng: np.random.Generator, views: int) -> list[np.ndarray]:
+    """Camera-to-world poses (OpenGL axes = Blender camera) on a hemisphere, looking at the table centre.
+
+    Azimuths are stratified (one random angle per equal sector) so any number of views covers the circle.
+    """
+    target = np.array(TARGET)
+    poses = []
+    for i in range(views):
+        azimuth = 2.0 * math.pi * (i + rng.uniform(0.0, 1.0)) / views
+        elevation = math.radians(rng.uniform(22.0, 60.0))
+        distance = rng.uniform(0.55, 0.8)
+        look_at = target + np.array([rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04), 0.0])
+        eye = look_at + distance * np.array([math.cos(elevation) * math.cos(azimuth),
+                                             math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
+        back = eye - look_at
+        back /= np.linalg.norm(back)  # camera +z points backwards
+        right = np.cross([0.0, 0.0, 1.0], back)
+        right /= np.linalg.norm(right)
+        up = np.cross(back, right)
+        pose = np.eye(4)
+        pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, up, back, eye
+        poses.append(pose)
+    return poses
+
+
+# --- building the scene in Blender -----------------------------------------------------------------------
+
+
+def _material(bpy, name: str, texture: str, scale: float, colors: list[list[float]], roughness: float = 0.5):
+    """A principled material whose base colour is a procedural texture in the object's own coordinates
+    (so the texture moves with the object; the NeRF needs texture to see depth)."""
+    mat = bpy.data.materials.new(name)
+    mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = nodes.get("Principled BSDF")
+    bsdf.inputs["Roughness"].default_value = roughness
+    coords = nodes.new("ShaderNodeTexCoord")
+    tex = {"checker": "ShaderNodeTexChecker", "noise": "ShaderNodeTexNoise", "voronoi": "ShaderNodeTexVoronoi",
+           "wave": "ShaderNodeTexWave", "brick": "ShaderNodeTexBrick"}[texture]
+    tex_node = nodes.new(tex)
+    tex_node.inputs["Scale"].default_value = scale
+    if texture == "noise":
+        tex_node.inputs["Detail"].default_value = 6.0
+    links.new(coords.outputs["Object"], tex_node.inputs["Vector"])
+    mix = nodes.new("ShaderNodeMix")
+    mix.data_type = "RGBA"
+    mix.inputs["A"].default_value = (*colors[0], 1.0)
+    mix.inputs["B"].default_value = (*colors[1], 1.0)
+    fac = tex_node.outputs["Distance"] if texture == "voronoi" else tex_node.outputs["Fac"]
+    links.new(fac, mix.inputs["Factor"])
+    links.new(mix.outputs["Result"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def _glass_material(bpy):
+    mat = bpy.data.materials.new("glass")
+    mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    nodes.remove(nodes.get("Principled BSDF"))
+    glass = nodes.new("ShaderNodeBsdfGlass")
+    glass.inputs["Roughness"].default_value = 0.0
+    glass.inputs["IOR"].default_value = 1.45
+    links.new(glass.outputs["BSDF"], nodes.get("Material Output").inputs["Surface"])
+    return mat
+
+
+def _new_primitive(bpy, kind: str, size: dict):
+    """Create a primitive at the origin with its size baked into the mesh (object scale stays 1)."""
+    if kind == "cube":
+        bpy.ops.mesh.primitive_cube_add(size=size["edge"])
+    elif kind == "box":
+        bpy.ops.mesh.primitive_cube_add(size=1.0)
+        sx, sy, sz = size["dims"]
+        bpy.context.object.data.transform(_blender_matrix(np.diag([sx, sy, sz, 1.0])))
+    elif kind in ("cylinder", "glass"):
+        bpy.ops.mesh.primitive_cylinder_add(vertices=48, radius=size["radius"], depth=size["height"])
+    elif kind == "cone":
+        bpy.ops.mesh.primitive_cone_add(vertices=48, radius1=size["radius"], radius2=0.0, depth=size["height"])
+    elif kind == "sphere":
+        bpy.ops.mesh.primitive_uv_sphere_add(segments=48, ring_count=24, radius=size["radius"])
+    elif kind == "icosphere":
+        bpy.ops.mesh.primitive_ico_sphere_add(subdivisions=2, radius=size["radius"])
+    elif kind == "torus":
+        bpy.ops.mesh.primitive_torus_add(major_segments=48, minor_segments=16, major_radius=size["major"],
+                                         minor_radius=size["minor"])
+    else:
+        raise SceneError(f"unknown primitive {kind!r}")
+    obj = bpy.context.object
+    if kind in ("sphere", "torus", "cylinder", "cone", "glass"):
+        obj.data.shade_smooth()
+    return obj
+
+
+def _import_stanford(bpy, path: Path, extent: float):
+    """Import a Stanford mesh, scale it so its largest side is ``extent`` metres (baked into the mesh)."""
+    before = set(bpy.data.objects)
+    try:
+        bpy.ops.wm.obj_import(filepath=str(path), forward_axis="NEGATIVE_Z", up_axis="Y")
+    except RuntimeError as exc:
+        raise SceneError(f"{path}: cannot import ({exc})") from None
+    new = [o for o in bpy.data.objects if o not in before and o.type == "MESH"]
+    if len(new) != 1 or len(new[0].data.vertices) == 0:
+        raise SceneError(f"{path}: expected one mesh, found {len(new)}")
+    obj = new[0]
+    obj.data.transform(obj.matrix_basis)  # bake the importer's axis conversion into the vertices
+    obj.matrix_basis.identity()
+    obj.data.shade_smooth()
+    return obj, extent
+
+
+def _mesh_bounds(obj) -> tuple[np.ndarray, np.ndarray]:
+    co = np.empty(len(obj.data.vertices) * 3, dtype=np.float64)
+    obj.data.vertices.foreach_get("co", co)
+    co = co.reshape(-1, 3)
+    return co.min(axis=0), co.max(axis=0)
+
+
+def _center_and_scale(obj, extent: float | None) -> None:
+    """Move the mesh's bounding-box centre to the object origin; scale to ``extent`` (largest side)."""
+    lo, hi = _mesh_bounds(obj)
+    scale = 1.0 if extent is None else extent / float(np.max(hi - lo))
+    m = np.eye(4)
+    m[:3, :3] *= scale
+    m[:3, 3] = -scale * 0.5 * (lo + hi)
+    obj.data.transform(_blender_matrix(m))
+
+
+def _triangulate(bpy, obj) -> None:
+    """Render exactly the triangles that go into gt/meshes (quads could be split differently)."""
+    import bmesh
+
+    bm = bmesh.new()
+    bm.from_mesh(obj.data)
+    bmesh.ops.triangulate(bm, faces=bm.faces[:])
+    bm.to_mesh(obj.data)
+    bm.free()
+    obj.data.update()
+
+
+def build_scene(bpy, objects: list[dict], rng: np.random.Generator, args: argparse.Namespace):
+    """Floor, walls, light, world and objects; returns the Blender objects in the order of ``objects``."""
+    from mathutils import Matrix
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+
+    # Floor (the table top) and four walls, all with instance id 0.
+    bpy.ops.mesh.primitive_plane_add(size=2.0 * FLOOR_HALF_SIZE)
+    floor = bpy.context.object
+    floor.name = "floor"
+    floor.data.materials.append(_material(bpy, "floor", "checker", 6.0, [[0.55, 0.42, 0.3], [0.3, 0.22, 0.15]],
+                                          roughness=0.6))
+    _add_floor_noise(bpy, floor.data.materials[0])
+    wall_colors = [list(map(float, rng.uniform(0.3, 0.8, size=3))) for _ in range(2)]
+    for k in range(4):
+        bpy.ops.mesh.primitive_plane_add(size=1.0)
+        wall = bpy.context.object
+        wall.name = f"wall_{k}"
+        wall.data.transform(_blender_matrix(np.diag([2.0 * FLOOR_HALF_SIZE, WALL_HEIGHT, 1.0, 1.0])))
+        angle = k * math.pi / 2.0
+        wall.matrix_world = (Matrix.Rotation(angle, 4, "Z") @ Matrix.Translation((0.0, FLOOR_HALF_SIZE, 0.5 * WALL_HEIGHT))
+                             @ Matrix.Rotation(math.pi / 2.0, 4, "X"))
+        wall.data.materials.append(_material(bpy, f"wall_{k}", "brick", 3.0, wall_colors, roughness=0.8))
+
+    # Light: a soft sun from a random direction plus a dim sky.
+    sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", type="SUN"))
+    sun.data.energy = 3.0
+    sun.data.angle = math.radians(8.0)
+    sun.rotation_euler = (math.radians(rng.uniform(25.0, 45.0)), 0.0, rng.uniform(0.0, 2.0 * math.pi))
+    scene.collection.objects.link(sun)
+    world = bpy.data.worlds.new("world")
+    world.use_nodes = True
+    background = world.node_tree.nodes.get("Background")
+    background.inputs["Color"].default_value = (0.7, 0.75, 0.8, 1.0)
+    background.inputs["Strength"].default_value = 0.6
+    scene.world = world
+
+    blender_objects = []
+    glass_mat = None
+    for spec in objects:
+        if spec["source"]:
+            obj, extent = _import_stanford(bpy, Path(spec["source"]), spec["size"]["extent"])
+            _center_and_scale(obj, extent)
+        else:
+            obj = _new_primitive(bpy, spec["category"], spec["size"])
+            _center_and_scale(obj, None)
+        _triangulate(bpy, obj)
+        obj.name = spec["name"]
+        obj.data.name = spec["name"]
+        obj.pass_index = spec["instance_id"]
+        if spec["transparent"]:
+            glass_mat = glass_mat or _glass_material(bpy)
+            obj.data.materials.append(glass_mat)
+        else:
+            obj.data.materials.append(_material(bpy, spec["name"], spec["texture"], spec["texture_scale"],
+                                                spec["colors"]))
+        lo, hi = _mesh_bounds(obj)
+        x, y = spec["xy"]
+        obj.matrix_world = Matrix.Translation((x, y, -lo[2])) @ Matrix.Rotation(spec["yaw"], 4, "Z")
+        blender_objects.append(obj)
+    return blender_objects
+
+
+def _add_floor_noise(bpy, mat) -> None:
+    """Modulate the floor's checker with fine noise so every patch of it has texture."""
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    mix = next(n for n in nodes if n.bl_idname == "ShaderNodeMix")
+    bsdf = nodes.get("Principled BSDF")
+    noise = nodes.new("ShaderNodeTexNoise")
+    noise.inputs["Scale"].default_value = 40.0
+    noise.inputs["Detail"].default_value = 8.0
+    links.new(nodes.get("Texture Coordinate").outputs["Object"], noise.inputs["Vector"])
+    multiply = nodes.new("ShaderNodeMix")
+    multiply.data_type = "RGBA"
+    multiply.blend_type = "MULTIPLY"
+    multiply.inputs["Factor"].default_value = 0.8
+    links.new(mix.outputs["Result"], multiply.inputs["A"])
+    links.new(noise.outputs["Color"], multiply.inputs["B"])
+    links.new(multiply.outputs["Result"], bsdf.inputs["Base Color"])
+
+
+def add_camera(bpy, width: int, height: int):
+    scene = bpy.context.scene
+    cam = bpy.data.objects.new("camera", bpy.data.cameras.new("camera"))
+    scene.collection.objects.link(cam)
+    scene.camera = cam
+    cam.data.sensor_fit = "HORIZONTAL"
+    cam.data.sensor_width = SENSOR_WIDTH_MM
+    cam.data.lens = 0.5 * SENSOR_WIDTH_MM / math.tan(0.5 * math.radians(HORIZONTAL_FOV_DEG))
+    cam.data.clip_start = 0.01
+    cam.data.clip_end = 100.0
+    scene.render.resolution_x, scene.render.resolution_y = width, height
+    scene.render.resolution_percentage = 100
+    scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
+    focal_px = cam.data.lens / SENSOR_WIDTH_MM * width
+    return cam, focal_px
+
+
+def setup_render(bpy, args: argparse.Namespace, gt_dir: Path):
+    """Cycles on the CPU; a compositor that writes the Depth and Object Index passes to one float EXR."""
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    cycles = scene.cycles
+    cycles.device = "CPU"
+    cycles.seed = args.seed
+    cycles.use_adaptive_sampling = False
+    cycles.max_bounces = 6
+    cycles.diffuse_bounces = 2
+    cycles.glossy_bounces = 2
+    cycles.transmission_bounces = 6
+    cycles.transparent_max_bounces = 4
+    cycles.caustics_reflective = False
+    cycles.caustics_refractive = False
+    scene.render.use_persistent_data = True  # keep the BVH between the frames
+    if args.threads:
+        scene.render.threads_mode = "FIXED"
+        scene.render.threads = args.threads
+    scene.view_settings.view_transform = "Standard"
+    scene.view_settings.look = "None"
+    view_layer = scene.view_layers[0]
+    view_layer.use_pass_z = True
+    view_layer.use_pass_object_index = True
+
+    tree = bpy.data.node_groups.new("neurallabel_gt", "CompositorNodeTree")
+    scene.compositing_node_group = tree
+    layers = tree.nodes.new("CompositorNodeRLayers")
+    combine = tree.nodes.new("CompositorNodeCombineColor")  # R = z-depth, G = object index
+    tree.links.new(layers.outputs["Depth"], combine.inputs["Red"])
+    tree.links.new(layers.outputs["Object Index"], combine.inputs["Green"])
+    file_out = tree.nodes.new("CompositorNodeOutputFile")
+    file_out.format.media_type = "IMAGE"
+    file_out.format.file_format = "OPEN_EXR"
+    file_out.format.color_depth = "32"
+    file_out.format.color_mode = "RGBA"
+    file_out.format.exr_codec = "NONE"
+    file_out.save_as_render = False
+    file_out.directory = str(gt_dir)
+    file_out.file_output_items.new("RGBA", "pass")
+    tree.links.new(combine.outputs["Image"], file_out.inputs["pass"])
+    return file_out
+
+
+def _set_rgb_mode(bpy, args) -> None:
+    scene = bpy.context.scene
+    scene.render.use_compositing = False
+    scene.cycles.samples = args.samples
+    scene.cycles.use_denoising = not args.no_denoise
+    if not args.no_denoise:
+        scene.cycles.denoiser = "OPENIMAGEDENOISE"
+    scene.cycles.pixel_filter_type = "BLACKMAN_HARRIS"
+    scene.cycles.filter_width = 1.5
+
+
+def _set_truth_mode(bpy) -> None:
+    """1 sample with a 0.01 px filter: the passes Cycles writes from the first sample sit on pixel centres."""
+    scene = bpy.context.scene
+    scene.render.use_compositing = True
+    scene.cycles.samples = 1
+    scene.cycles.use_denoising = False
+    scene.cycles.pixel_filter_type = "BOX"
+    scene.cycles.filter_width = 0.01
+
+
+def _save_png(bpy, image, path: Path, depth: str, mode: str) -> None:
+    settings = bpy.context.scene.render.image_settings
+    settings.media_type = "IMAGE"
+    settings.file_format = "PNG"
+    settings.color_depth = depth
+    settings.color_mode = mode
+    settings.compression = 15
+    image.save_render(str(path), scene=bpy.context.scene)
+
+
+def _read_truth_exr(bpy, path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(z_depth float32 (H, W) with inf where nothing was hit, instance ids uint16 (H, W))."""
+    image = bpy.data.images.load(str(path))
+    try:
+        if tuple(image.size) != (width, height):
+            raise SceneError(f"{path}: pass image is {tuple(image.size)}, expected {(width, height)}")
+        pixels = np.empty(width * height * 4, dtype=np.float32)
+        image.pixels.foreach_get(pixels)
+    finally:
+        bpy.data.images.remove(image)
+    pixels = pixels.reshape(height, width, 4)[::-1]  # Blender stores the bottom row first
+    z_depth = pixels[..., 0].copy()
+    z_depth[z_depth > BACKGROUND_DEPTH] = np.inf
+    ids = np.rint(pixels[..., 1]).astype(np.uint16)
+    return z_depth, ids
+
+
+def _write_instance_png(bpy, path: Path, ids: np.ndarray) -> None:
+    """Save uint16 ids as a 16-bit grey PNG through Blender (exact: a Non-Color float buffer of id/65535)."""
+    height, width = ids.shape
+    image = bpy.data.images.new("instance_ids", width, height, alpha=False, float_buffer=True)
+    try:
+        image.colorspace_settings.name = "Non-Color"
+        pixels = np.ones((height, width, 4), dtype=np.float32)
+        pixels[..., :3] = (ids[::-1].astype(np.float32) / 65535.0)[..., None]
+        image.pixels.foreach_set(pixels.ravel())
+        _save_png(bpy, image, path, "16", "BW")
+    finally:
+        bpy.data.images.remove(image)
+
+
+def _export_ply(bpy, obj, path: Path) -> None:
+    """The object's triangles in its own frame, through Blender's PLY exporter (world transform set aside)."""
+    saved = obj.matrix_world.copy()
+    for other in bpy.context.view_layer.objects:
+        other.select_set(False)
+    obj.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+    obj.matrix_world.identity()
+    bpy.context.view_layer.update()
+    try:
+        bpy.ops.wm.ply_export(filepath=str(path), export_selected_objects=True, apply_modifiers=False,
+                              export_normals=False, export_uv=False, export_colors="NONE",
+                              export_attributes=False, export_triangulated_mesh=True, ascii_format=False,
+                              forward_axis="Y", up_axis="Z", global_scale=1.0)
+    finally:
+        obj.matrix_world = saved
+        obj.select_set(False)
+        bpy.context.view_layer.update()
+
+
+def _progress(done: int, total: int, stage: str) -> None:
+    print(json.dumps({"event": "progress", "done": done, "total": total, "stage": stage}), flush=True)
+
+
+def _rounded(matrix) -> list[list[float]]:
+    return [[float(round(v, 9)) for v in row] for row in np.asarray(matrix, dtype=np.float64)]
+
+
+def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) -> dict:
+    """Build, render and write the whole dataset into ``staging``."""
+    import bpy
+
+    rng = np.random.default_rng(args.seed)
+    objects = plan_objects(rng, args.objects, mesh_files, args.glass)
+    poses = plan_cameras(rng, args.views)
+    blender_objects = build_scene(bpy, objects, rng, args)
+    cam, focal_px = add_camera(bpy, args.width, args.height)
+
+    for sub in ("images", "gt/depth", "gt/instance", "gt/meshes"):
+        (staging / sub).mkdir(parents=True, exist_ok=True)
+    exr_dir = Path(tempfile.mkdtemp(prefix="passes-", dir=staging))
+    file_out = setup_render(bpy, args, exr_dir)
+    scene = bpy.context.scene
+
+    # Meshes and objects.json first (cheap), then the renders.
+    records = []
+    for spec, obj in zip(objects, blender_objects):
+        mesh_rel = f"gt/meshes/{spec['name']}.ply"
+        _export_ply(bpy, obj, staging / mesh_rel)
+        lo, hi = _mesh_bounds(obj)
+        pose = np.array(obj.matrix_world, dtype=np.float64)
+        box_pose = pose @ _translation(0.5 * (lo + hi))
+        records.append({
+            "name": spec["name"], "category": spec["category"], "category_id": spec["category_id"],
+            "instance_id": spec["instance_id"], "mesh": mesh_rel, "pose": _rounded(pose),
+            "box": {"pose": _rounded(box_pose), "size": [float(round(v, 9)) for v in (hi - lo)]},
+            "transparent": spec["transparent"],
+        })
+
+    total = 2 * args.views
+    _set_rgb_mode(bpy, args)
+    render_result = None
+    for i, pose in enumerate(poses):
+        cam.matrix_world = _blender_matrix(pose)
+        bpy.ops.render.render()
+        render_result = render_result or bpy.data.images["Render Result"]
+        _save_png(bpy, render_result, staging / "images" / f"{i:06d}.png", "8", "RGB")
+        _progress(i + 1, total, "render")
+
+    _set_truth_mode(bpy)
+    for i, pose in enumerate(poses):
+        cam.matrix_world = _blender_matrix(pose)
+        file_out.file_name = f"{i:06d}_"
+        bpy.ops.render.render()
+        exr = exr_dir / f"{i:06d}_pass.exr"
+        if not exr.is_file():
+            raise SceneError(f"Blender's compositor did not write {exr}")
+        z_depth, ids = _read_truth_exr(bpy, exr, args.width, args.height)
+        exr.unlink()
+        np.save(staging / "gt" / "depth" / f"{i:06d}.npy", z_depth.astype(np.float32))
+        _write_instance_png(bpy, staging / "gt" / "instance" / f"{i:06d}.png", ids)
+        _progress(args.views + i + 1, total, "render")
+    shutil.rmtree(exr_dir)
+
+    transforms = {
+        "camera_model": "PINHOLE",
+        "w": args.width, "h": args.height,
+        "fl_x": focal_px, "fl_y": focal_px,
+        "cx": args.width / 2.0, "cy": args.height / 2.0,  # Blender's principal point: the image centre
+        "camera_angle_x": math.radians(HORIZONTAL_FOV_DEG),
+        "scene_aabb": [[-FLOOR_HALF_SIZE, -FLOOR_HALF_SIZE, 0.0], [FLOOR_HALF_SIZE, FLOOR_HALF_SIZE, WALL_HEIGHT]],
+        "generator": {"script": "make_scene.py", "seed": args.seed, "samples": args.samples},
+        "frames": [{"file_path": f"images/{i:06d}.png", "transform_matrix": _rounded(pose),
+                    "split": "test" if args.test_every and i % args.test_every == 0 else "train"}
+                   for i, pose in enumerate(poses)],
+    }
+    (staging / "transforms.json").write_text(json.dumps(transforms, indent=1))
+    truth = {"units": "m", "objects": records,
+             "background": {"floor_z": 0.0, "floor_half_size": FLOOR_HALF_SIZE, "wall_height": WALL_HEIGHT}}
+    (staging / "gt" / "objects.json").write_text(json.dumps(truth, indent=1))
+    return {"objects": len(records), "views": args.views}
+
+
+def _translation(t) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = t
+    return m
+
+
+def _blender_matrix(pose: np.ndarray):
+    """A mathutils Matrix from a row-major numpy 4x4 (nested lists would be read column-major by RNA)."""
+    from mathutils import Matrix
+
+    return Matrix([list(map(float, row)) for row in pose])
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(script_argv(argv))  # argparse: usage + exit 2 on malformed arguments
+    try:
+        mesh_files = check_args(args)
+        out = args.out.resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            summary = generate(args, mesh_files, staging)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(staging, out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    except SceneError as exc:
+        print(f"make_scene.py: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    seconds = time.monotonic() - start
+    print(json.dumps({"event": "result", "out": str(out), "seconds": round(seconds, 2), **summary}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
