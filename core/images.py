@@ -1,0 +1,96 @@
+"""Loading a frame's photo as a float image of exactly the size its intrinsics describe.
+
+``load_image`` returns float32 RGB in [0, 1], shape (H, W, 3). Images with an alpha channel (NeRF-synthetic's
+RGBA PNGs) are composited on a white background by default, the usual NeRF-synthetic convention;
+``background=None`` keeps the alpha channel instead and returns (H, W, 4) with straight (not premultiplied)
+colour. 16-bit PNGs keep their precision. Downscaling averages pixel areas (PIL's box filter), so a
+downscaled pixel is the mean of the full-resolution pixels it covers; that matches the rays through pixel
+centres of :meth:`Intrinsics.scaled`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from .errors import NeuralLabelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dataset import Frame
+
+WHITE = (1.0, 1.0, 1.0)
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """The pixels of an image file as float32 in [0, 1], (H, W, C) with C = 3 (RGB) or 4 (RGBA)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float32) / 65535.0
+                return np.repeat(array[..., None], 3, axis=-1)
+            if mode not in ("RGB", "RGBA"):
+                image = image.convert("RGBA" if ("A" in mode or "transparency" in image.info) else "RGB")
+            array = np.asarray(image)
+    except FileNotFoundError:
+        raise NeuralLabelError(f"{path}: image file does not exist") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NeuralLabelError(f"{path}: not a readable image ({exc})") from None
+    return array.astype(np.float32) / 255.0
+
+
+def resize_area(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-average resize of a float (H, W, C) image (PIL's box filter on each channel)."""
+    from PIL import Image
+
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), mode="F")
+                           .resize((width, height), Image.Resampling.BOX))
+                for c in range(image.shape[2])]
+    return np.stack(channels, axis=-1).astype(np.float32)
+
+
+def load_image(frame: "Frame", downscale: Optional[float] = None,
+               background: Optional[tuple[float, float, float]] = WHITE) -> np.ndarray:
+    """A frame's image as float32 (H, W, 3) in [0, 1] (or (H, W, 4) with ``background=None``).
+
+    ``downscale`` is relative to the image file; by default the frame's own (the dataset's ``downscale``),
+    so the result is exactly ``frame.intrinsics.height x frame.intrinsics.width``. Raises
+    :class:`NeuralLabelError` when the file's size does not match what the frame's camera expects.
+    """
+    image = read_image_file(frame.image_path)
+    file_h, file_w = image.shape[:2]
+    expected = frame.source_size
+    if expected is None:  # a Frame built by hand: its intrinsics describe the file at frame.downscale
+        expected = (file_w, file_h) if frame.downscale != 1.0 else (frame.intrinsics.width, frame.intrinsics.height)
+    if (file_w, file_h) != tuple(expected):
+        raise NeuralLabelError(f"{frame.image_path}: image is {file_w}x{file_h} but its camera expects "
+                               f"{expected[0]}x{expected[1]}")
+    factor = frame.downscale if downscale is None else float(downscale)
+    if not factor >= 1.0:
+        raise NeuralLabelError(f"downscale must be >= 1 (got {downscale})")
+    if factor == frame.downscale:
+        width, height = frame.intrinsics.width, frame.intrinsics.height
+    else:
+        width, height = int(round(file_w / factor)), int(round(file_h / factor))
+    if image.shape[2] == 4 and background is not None:
+        # Composite straight alpha on the background before resizing (what a camera behind it would see).
+        alpha = image[..., 3:4]
+        image = image[..., :3] * alpha + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
+    if (width, height) != (file_w, file_h):
+        if image.shape[2] == 4:
+            # Resize premultiplied colour so transparent pixels do not bleed their (meaningless) colour.
+            alpha = image[..., 3:4]
+            premult = resize_area(np.concatenate([image[..., :3] * alpha, alpha], axis=-1), width, height)
+            a = premult[..., 3:4]
+            image = np.concatenate([np.where(a > 0, premult[..., :3] / np.maximum(a, 1e-8), 0.0), a], axis=-1)
+        else:
+            image = resize_area(image, width, height)
+    return np.ascontiguousarray(image, dtype=np.float32)

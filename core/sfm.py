@@ -1,0 +1,322 @@
+"""Structure from motion: photos -> cameras + sparse points, with pycolmap (SIFT, matching, incremental mapping).
+
+:func:`run_sfm` writes a dataset folder::
+
+    DATA/transforms.json      OpenGL camera-to-world poses, intrinsics with lens distortion, file_path
+                              relative to DATA (the photos stay where they are; nothing is copied),
+                              "sparse_points": "sparse_points.npz"
+    DATA/sparse_points.npz    points (P,3), colors (P,3) uint8, errors (P,) px, obs_point (M,), obs_frame (M,)
+                              (frame index in transforms.json order), obs_pixel (M,2) full-resolution pixel
+                              coordinates (top-left pixel centre at 0.5, 0.5: COLMAP's convention and ours),
+                              frame_names (F,) the frames' file_path
+    DATA/colmap/sparse/0/     the COLMAP model in the same world frame as transforms.json
+
+The world frame is COLMAP's, made convenient: rotated so the cameras' mean up direction is +Z, centred on
+the median sparse point, scaled so the median camera is 1 unit from that centre. The similarity applied is
+stored as ``applied_transform`` (4x4, data_from_colmap). ``downscale`` only shrinks the images SIFT sees
+(COLMAP scales keypoints back), so the cameras describe the full-resolution photos.
+
+Everything is written into a temporary folder inside DATA first; transforms.json appears last, by rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .cameras import Intrinsics
+from .colmap import (cam_to_world_from_colmap, intrinsics_from_colmap, registered_images,
+                     sparse_points_from_reconstruction, transforms_camera_keys)
+from .errors import NeuralLabelError
+from .progress import Cancelled, ProgressFn, report
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+MIN_REGISTERED = 3
+MIN_REGISTERED_SHARE = 0.5
+FEATURE_CHUNK = 8  # images per feature-extraction call, so progress moves
+
+
+@dataclass
+class SfmResult:
+    out_dir: Path
+    transforms_path: Path
+    num_images: int
+    num_registered: int
+    num_points: int
+    mean_reprojection_error_px: float
+    camera_model: str
+    num_cameras: int
+    seconds: float
+    unregistered: list[str]
+
+
+def list_images(images_dir: Path) -> list[str]:
+    """Image file names (relative to ``images_dir``, sorted) that SfM will use."""
+    if not images_dir.is_dir():
+        raise NeuralLabelError(f"{images_dir}: not a folder of images")
+    names = sorted(p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not names:
+        raise NeuralLabelError(f"{images_dir}: no images (.jpg, .png, .tif, .bmp) in this folder")
+    return names
+
+
+def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1.0, matcher: str = "auto",
+            camera_model: str = "OPENCV", num_threads: int = -1, seed: int = 0,
+            progress: Optional[ProgressFn] = None) -> SfmResult:
+    """Recover cameras for the photos in ``images_dir`` and write the dataset folder ``out_dir``.
+
+    ``matcher``: "exhaustive", "sequential" (video-like captures), or "auto" (exhaustive up to 150 images).
+    ``camera_model``: a COLMAP model; OPENCV (k1 k2 p1 p2) suits phone photos. All images of one size share
+    one camera. Raises :class:`NeuralLabelError` when there are no images or the cameras do not overlap
+    (fewer than 3 or under half of the images registered); then nothing is written.
+    """
+    import pycolmap
+
+    started = time.monotonic()
+    images_dir = Path(images_dir).resolve()
+    out_dir = Path(out_dir).resolve()
+    if not (np.isfinite(downscale) and downscale >= 1.0):
+        raise NeuralLabelError(f"downscale must be a number >= 1 (got {downscale})")
+    if matcher not in ("auto", "exhaustive", "sequential"):
+        raise NeuralLabelError(f"matcher must be auto, exhaustive or sequential (got {matcher!r})")
+    names = list_images(images_dir)
+    sizes = {_image_size(images_dir / n) for n in names}
+    max_side = max(max(s) for s in sizes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".sfm-", dir=out_dir))
+    try:
+        database = work / "database.db"
+        _extract(pycolmap, database, images_dir, names, len(sizes) == 1, camera_model,
+                 int(round(max_side / downscale)), num_threads, progress)
+        _match(pycolmap, database, len(names), matcher, num_threads, progress)
+        reconstruction = _map(pycolmap, database, images_dir, work / "mapping", len(names), num_threads, seed,
+                              progress)
+        registered = registered_images(reconstruction) if reconstruction is not None else []
+        if len(registered) < MIN_REGISTERED or len(registered) < MIN_REGISTERED_SHARE * len(names):
+            raise NeuralLabelError(
+                f"{images_dir}: the cameras do not overlap enough: SfM registered {len(registered)} of "
+                f"{len(names)} images (needs at least {MIN_REGISTERED} and half); take more overlapping photos")
+        report(progress, 0, 1, "sfm: writing")
+        data_from_colmap = _normalizing_similarity(reconstruction)
+        reconstruction.transform(pycolmap.Sim3d(data_from_colmap[:3, :]))
+        result_files = _write_outputs(reconstruction, registered, images_dir, out_dir, work / "out",
+                                      data_from_colmap, downscale)
+        _publish(work / "out", out_dir, result_files)
+        report(progress, 1, 1, "sfm: writing")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cameras = {im.camera_id for im in registered}
+    reg_names = {im.name for im in registered}
+    return SfmResult(out_dir=out_dir, transforms_path=out_dir / "transforms.json", num_images=len(names),
+                     num_registered=len(registered), num_points=reconstruction.num_points3D(),
+                     mean_reprojection_error_px=float(reconstruction.compute_mean_reprojection_error()),
+                     camera_model=camera_model, num_cameras=len(cameras), seconds=time.monotonic() - started,
+                     unregistered=[n for n in names if n not in reg_names])
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise NeuralLabelError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+
+
+def _extract(pycolmap, database: Path, images_dir: Path, names: list[str], one_size: bool, camera_model: str,
+             max_image_size: int, num_threads: int, progress: Optional[ProgressFn]) -> None:
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = max_image_size
+    extraction.num_threads = num_threads
+    extraction.use_gpu = False
+    mode = pycolmap.CameraMode.SINGLE if one_size else pycolmap.CameraMode.AUTO
+    report(progress, 0, len(names), "sfm: features")
+    for start in range(0, len(names), FEATURE_CHUNK):
+        chunk = names[start:start + FEATURE_CHUNK]
+        pycolmap.extract_features(database, images_dir, image_names=chunk, camera_mode=mode,
+                                  reader_options=reader, extraction_options=extraction,
+                                  device=pycolmap.Device.cpu)
+        if one_size and start == 0:
+            reader.existing_camera_id = 1  # later chunks reuse the one camera the first chunk created
+        report(progress, min(start + FEATURE_CHUNK, len(names)), len(names), "sfm: features")
+
+
+def _match(pycolmap, database: Path, num_images: int, matcher: str, num_threads: int,
+           progress: Optional[ProgressFn]) -> None:
+    options = pycolmap.FeatureMatchingOptions()
+    options.num_threads = num_threads
+    options.use_gpu = False
+    report(progress, 0, 1, "sfm: matching")
+    if matcher == "sequential" or (matcher == "auto" and num_images > 150):
+        pycolmap.match_sequential(database, matching_options=options, device=pycolmap.Device.cpu)
+    else:
+        pycolmap.match_exhaustive(database, matching_options=options, device=pycolmap.Device.cpu)
+    report(progress, 1, 1, "sfm: matching")
+
+
+def _map(pycolmap, database: Path, images_dir: Path, output: Path, num_images: int, num_threads: int, seed: int,
+         progress: Optional[ProgressFn]):
+    """Incremental mapping; the reconstruction with the most registered images (None if there is none)."""
+    output.mkdir(parents=True, exist_ok=True)
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = num_threads
+    options.random_seed = seed
+    options.min_model_size = min(options.min_model_size, MIN_REGISTERED)
+    token = pycolmap.CancellationToken()
+    failure: list[BaseException] = []
+    count = [0]
+
+    def next_image() -> None:
+        # Runs inside COLMAP's loop: never let an exception cross into C++; cancel and re-raise after.
+        count[0] += 1
+        try:
+            report(progress, min(count[0], num_images), num_images, "sfm: mapping")
+        except BaseException as exc:  # Cancelled, KeyboardInterrupt
+            failure.append(exc)
+            token.cancel()
+
+    report(progress, 0, num_images, "sfm: mapping")
+    reconstructions = pycolmap.incremental_mapping(database, images_dir, output, options,
+                                                   next_image_callback=next_image, cancellation_token=token)
+    if failure:
+        raise failure[0]
+    if token.is_cancelled:
+        raise Cancelled()
+    report(progress, num_images, num_images, "sfm: mapping")
+    if not reconstructions:
+        return None
+    return max(reconstructions.values(), key=lambda r: r.num_reg_images())
+
+
+def _normalizing_similarity(reconstruction) -> np.ndarray:
+    """4x4 similarity data_from_colmap: mean camera up -> +Z, median point -> origin, median camera at 1."""
+    images = registered_images(reconstruction)
+    cam_to_world = [cam_to_world_from_colmap(im.cam_from_world().matrix()) for im in images]
+    ups = np.array([c[:3, 1] for c in cam_to_world])  # OpenGL camera y = up
+    up = ups.mean(axis=0)
+    up = up / max(np.linalg.norm(up), 1e-12)
+    rotation = _rotation_between(up, np.array([0.0, 0.0, 1.0]))
+    points = np.array([p.xyz for p in reconstruction.points3D.values()]).reshape(-1, 3)
+    centres = np.array([c[:3, 3] for c in cam_to_world])
+    centre = np.median(points, axis=0) if len(points) else centres.mean(axis=0)
+    distance = float(np.median(np.linalg.norm(centres - centre, axis=1)))
+    scale = 1.0 / distance if distance > 1e-12 else 1.0
+    similarity = np.eye(4)
+    similarity[:3, :3] = scale * rotation
+    similarity[:3, 3] = -scale * rotation @ centre
+    return similarity
+
+
+def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector ``a`` to unit vector ``b``."""
+    v = np.cross(a, b)
+    c = float(np.dot(a, b))
+    if c < -1.0 + 1e-9:  # opposite: turn half way round any axis perpendicular to a
+        axis = np.cross(a, [1.0, 0.0, 0.0])
+        if np.linalg.norm(axis) < 1e-6:
+            axis = np.cross(a, [0.0, 1.0, 0.0])
+        axis /= np.linalg.norm(axis)
+        return 2.0 * np.outer(axis, axis) - np.eye(3)
+    vx = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + vx + vx @ vx / (1.0 + c)
+
+
+def _write_outputs(reconstruction, registered: list, images_dir: Path, out_dir: Path, staging: Path,
+                   data_from_colmap: np.ndarray, downscale: float) -> list[str]:
+    staging.mkdir(parents=True)
+    intrinsics_of: dict[int, Intrinsics] = {}
+    for image in registered:
+        if image.camera_id not in intrinsics_of:
+            intrinsics_of[image.camera_id] = intrinsics_from_colmap(reconstruction.cameras[image.camera_id])
+    shared = len(intrinsics_of) == 1
+    rel_images = Path(os.path.relpath(images_dir, out_dir))
+    frames = []
+    for image in registered:
+        frame = {"file_path": (rel_images / image.name).as_posix(),
+                 "transform_matrix": cam_to_world_from_colmap(image.cam_from_world().matrix()).tolist(),
+                 "colmap_im_id": int(image.image_id)}
+        if not shared:
+            frame.update(transforms_camera_keys(intrinsics_of[image.camera_id]))
+        frames.append(frame)
+    transforms: dict = {}
+    if shared:
+        transforms.update(transforms_camera_keys(next(iter(intrinsics_of.values()))))
+    transforms.update({"frames": frames, "sparse_points": "sparse_points.npz",
+                       "applied_transform": data_from_colmap.tolist(),
+                       "sfm": {"tool": "pycolmap", "version": _pycolmap_version(),
+                               "feature_downscale": downscale, "images": str(images_dir)}})
+    sparse = sparse_points_from_reconstruction(
+        reconstruction, {im.image_id: i for i, im in enumerate(registered)})
+    np.savez(staging / "sparse_points.npz", points=sparse.points, colors=sparse.colors, errors=sparse.errors,
+             obs_point=sparse.obs_point, obs_frame=sparse.obs_frame, obs_pixel=sparse.obs_pixel,
+             frame_names=np.array([f["file_path"] for f in frames]))
+    model_dir = staging / "colmap" / "sparse" / "0"
+    model_dir.mkdir(parents=True)
+    reconstruction.write(model_dir)
+    (staging / "transforms.json").write_text(json.dumps(transforms, indent=2))
+    return ["sparse_points.npz", "colmap", "transforms.json"]  # transforms.json last: it makes the dataset
+
+
+def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
+    """Move finished outputs into ``out_dir`` by rename; other files in ``out_dir`` (photos) are untouched."""
+    for name in names:
+        target = out_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(staging / name, target)
+
+
+def _pycolmap_version() -> str:
+    import pycolmap
+
+    return str(getattr(pycolmap, "__version__", "unknown"))
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+
+
+def similarity_alignment(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """4x4 similarity (Umeyama, least squares, via pycolmap) mapping ``source`` (N,3) points onto ``target``."""
+    import pycolmap
+
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if len(source) < 3 or source.shape != target.shape:
+        raise NeuralLabelError(f"similarity alignment needs >= 3 matching points (got {len(source)})")
+    sim = pycolmap.estimate_sim3d(source, target)
+    if sim is None:
+        raise NeuralLabelError("similarity alignment failed (degenerate point sets)")
+    matrix = np.eye(4)
+    matrix[:3, :] = sim.matrix()
+    return matrix
+
+
+def camera_centre_errors(recovered: dict[str, np.ndarray], given: dict[str, np.ndarray]) -> dict:
+    """Compare recovered and given camera-to-world poses by image name, after a similarity alignment.
+
+    Returns the per-camera centre error as a fraction of the scene size (the largest distance between two
+    given camera centres), its median and max, and the number of cameras compared.
+    """
+    common = sorted(set(recovered) & set(given))
+    if len(common) < 3:
+        raise NeuralLabelError(f"only {len(common)} cameras are common to both sets; need >= 3")
+    source = np.array([recovered[n][:3, 3] for n in common])
+    target = np.array([given[n][:3, 3] for n in common])
+    target_from_source = similarity_alignment(source, target)
+    aligned = source @ target_from_source[:3, :3].T + target_from_source[:3, 3]
+    scene_size = float(np.max(np.linalg.norm(target[:, None] - target[None], axis=-1)))
+    errors = np.linalg.norm(aligned - target, axis=1) / scene_size
+    return {"names": common, "errors": errors, "median": float(np.median(errors)), "max": float(errors.max()),
+            "scene_size": scene_size, "count": len(common), "target_from_source": target_from_source}
