@@ -92,7 +92,27 @@ def cmd_demo(args: argparse.Namespace, progress: ProgressFn) -> int:
 
 
 def cmd_sfm(args: argparse.Namespace, progress: ProgressFn) -> int:
-    raise NotImplementedYet("`neurallabel sfm` is not implemented yet (issue: fields)")
+    import pycolmap
+
+    from .sfm import run_sfm
+
+    if not args.verbose:
+        pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING log lines would bury the progress bar
+    result = run_sfm(args.images, args.out, downscale=args.downscale, matcher=args.matcher,
+                     camera_model=args.camera_model, progress=progress)
+    lines = [f"sfm: registered {result.num_registered}/{result.num_images} images, {result.num_points} points, "
+             f"mean reprojection error {result.mean_reprojection_error_px:.2f} px, {result.seconds:.0f} s",
+             f"wrote {result.transforms_path}"]
+    if result.unregistered:
+        shown = ", ".join(result.unregistered[:5]) + (" ..." if len(result.unregistered) > 5 else "")
+        lines.insert(1, f"sfm: skipped {len(result.unregistered)} images that could not be registered: {shown}")
+    emit_result(args, {"command": "sfm", "transforms": str(result.transforms_path),
+                       "images": result.num_images, "registered": result.num_registered,
+                       "points": result.num_points, "unregistered": result.unregistered,
+                       "mean_reprojection_error_px": result.mean_reprojection_error_px,
+                       "camera_model": result.camera_model, "cameras": result.num_cameras,
+                       "seconds": result.seconds}, lines)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace, progress: ProgressFn) -> int:
@@ -130,7 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sfm", cmd_sfm, "recover cameras from photos (pycolmap) and write transforms.json")
     p.add_argument("images", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--downscale", type=float, default=1.0)
+    p.add_argument("--downscale", type=float, default=1.0,
+                   help="detect features on images shrunk by this factor (cameras stay full-size)")
+    p.add_argument("--matcher", choices=("auto", "exhaustive", "sequential"), default="auto",
+                   help="image pairs to match: all (exhaustive), neighbours in name order (sequential)")
+    p.add_argument("--camera-model", default="OPENCV",
+                   choices=("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE"),
+                   help="COLMAP camera model (default OPENCV: k1 k2 p1 p2, right for phone photos)")
+    p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
 
     p = add("train", cmd_train, "train a radiance field on a dataset's train split")
     p.add_argument("data", type=Path)
