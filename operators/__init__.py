@@ -9,6 +9,11 @@ from importlib import import_module
 MODULES = (
     "import_dataset",  # neurallabel.import_dataset
     "annotate",  # neurallabel.add_box, neurallabel.add_mesh
+    "bake",  # neurallabel.bake, neurallabel.cancel_job
+    "export_spec",  # neurallabel.export_spec
+    "preview",  # neurallabel.preview_labels
+    "snap",  # neurallabel.snap_to_field
+    "field",  # neurallabel.load_field
 )
 
 
