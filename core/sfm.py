@@ -91,8 +91,10 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
     names = list_images(images_dir)
     sizes = {_image_size(images_dir / n) for n in names}
     max_side = max(max(s) for s in sizes)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".sfm-", dir=out_dir))
+    finished = False
     try:
         database = work / "database.db"
         _extract(pycolmap, database, images_dir, names, len(sizes) == 1, camera_model,
@@ -112,8 +114,11 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
                                       data_from_colmap, downscale)
         _publish(work / "out", out_dir, result_files)
         report(progress, 1, 1, "sfm: writing")
+        finished = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not finished and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # leave no trace of a failed run
     cameras = {im.camera_id for im in registered}
     reg_names = {im.name for im in registered}
     return SfmResult(out_dir=out_dir, transforms_path=out_dir / "transforms.json", num_images=len(names),
