@@ -88,7 +88,9 @@ def emit_result(args: argparse.Namespace, result: dict, lines: Sequence[str]) ->
 def cmd_demo(args: argparse.Namespace, progress: ProgressFn) -> int:
     from .demo import run_demo
 
-    return run_demo(args, progress)
+    result, lines = run_demo(args, progress)
+    emit_result(args, result, lines)
+    return 0
 
 
 def cmd_sfm(args: argparse.Namespace, progress: ProgressFn) -> int:

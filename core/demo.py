@@ -1,0 +1,151 @@
+"""`neurallabel demo`: the whole pipeline on a built-in scene whose truth Blender rendered.
+
+The demo is a list of stages (:data:`STAGES`); each takes the shared :class:`DemoRun`, does its work with
+progress reports, and adds its results (JSON-able values) and summary lines. Adding a stage (train a field,
+build a label spec from the scene's objects, bake, measure accuracy) is adding one function to the list.
+Nothing here prints: the command line prints ``result`` and ``lines``.
+
+Stage 1 renders the demo scene with ``scripts/make_scene.py`` (Cycles) in a subprocess into ``OUT/scene``,
+or reuses it when it was made with the same settings by the same script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .errors import NeuralLabelError
+from .progress import ProgressFn, report
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAKE_SCENE = REPO_ROOT / "scripts" / "make_scene.py"
+#: The Stanford bunny and armadillo, where the project's shared data sits next to the repository.
+SHARED_MESHES = REPO_ROOT.parent / "shared" / "data" / "meshes"
+DEMO_OBJECTS = 6
+SETTINGS_FILE = "scene_settings.json"
+
+
+@dataclass
+class DemoRun:
+    args: argparse.Namespace
+    out: Path
+    progress: Optional[ProgressFn]
+    result: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+
+Stage = Callable[[DemoRun], None]
+
+
+def demo_scene_args(args: argparse.Namespace, meshes: Optional[Path]) -> list[str]:
+    """make_scene.py arguments for the demo scene (40 views, 320x240, Stanford meshes if present, glass)."""
+    scene_args = ["--views", str(args.views), "--width", str(args.width), "--height", str(args.height),
+                  "--seed", str(args.seed), "--objects", str(DEMO_OBJECTS), "--glass"]
+    if meshes is not None:
+        scene_args += ["--meshes", str(meshes)]
+    return scene_args
+
+
+def _settings(scene_args: list[str]) -> dict[str, Any]:
+    return {"make_scene_sha256": hashlib.sha256(MAKE_SCENE.read_bytes()).hexdigest(), "args": scene_args}
+
+
+def _run_make_scene(scene_args: list[str], out: Path, progress: Optional[ProgressFn], stage: str) -> dict:
+    """Run make_scene.py, relaying its JSON progress lines; returns its result line."""
+    if not MAKE_SCENE.is_file():
+        raise NeuralLabelError(f"{MAKE_SCENE}: the scene generator is missing from this installation")
+    cmd = [sys.executable, str(MAKE_SCENE), "--out", str(out), "--overwrite", *scene_args]
+    result: dict = {}
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if not line.startswith('{"event"'):
+                    continue  # Blender's own log lines
+                event = json.loads(line)
+                if event["event"] == "progress":
+                    report(progress, event["done"], event["total"], stage)
+                elif event["event"] == "result":
+                    result = event
+            code = proc.wait()
+        except BaseException:
+            proc.terminate()  # cancelled: make_scene removes its staging folder on SIGTERM
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        stderr.seek(0)
+        errors = stderr.read().strip().splitlines()
+    if code != 0 or not result:
+        last = errors[-1] if errors else f"exit code {code}"
+        raise NeuralLabelError(f"{MAKE_SCENE.name} could not render the demo scene into {out}: {last}")
+    return result
+
+
+def stage_scene(run: DemoRun) -> None:
+    """Render the demo scene (or reuse it) into OUT/scene."""
+    meshes = SHARED_MESHES if (SHARED_MESHES / "bunny.obj").is_file() else None
+    scene_args = demo_scene_args(run.args, meshes)
+    scene_dir = run.out / "scene"
+    settings_path = run.out / SETTINGS_FILE
+    settings = _settings(scene_args)
+    reused = False
+    if (scene_dir / "transforms.json").is_file() and settings_path.is_file():
+        try:
+            reused = json.loads(settings_path.read_text()) == settings
+        except json.JSONDecodeError:
+            reused = False
+    start = time.monotonic()
+    if reused:
+        report(run.progress, 1, 1, "demo scene")
+    else:
+        run.out.mkdir(parents=True, exist_ok=True)
+        settings_path.unlink(missing_ok=True)
+        _run_make_scene(scene_args, scene_dir, run.progress, "demo scene")
+        tmp = settings_path.with_name(settings_path.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=1))
+        os.replace(tmp, settings_path)
+    objects = json.loads((scene_dir / "gt" / "objects.json").read_text())["objects"]
+    run.result["scene"] = str(scene_dir)
+    run.result["scene_reused"] = reused
+    run.result["scene_seconds"] = round(time.monotonic() - start, 1)
+    run.result["scene_objects"] = [o["name"] for o in objects]
+    run.lines.append(f"demo scene: {scene_dir} ({run.args.views} views at {run.args.width}x{run.args.height}, "
+                     f"{len(objects)} objects: {', '.join(o['name'] for o in objects)}; "
+                     + ("reused)" if reused else f"rendered by Cycles in {run.result['scene_seconds']} s)"))
+
+
+#: The demo, in order. Each later issue appends its stage here.
+STAGES: list[tuple[str, Stage]] = [
+    ("scene", stage_scene),
+]
+
+
+def check_demo_args(args: argparse.Namespace) -> None:
+    if args.views < 2:
+        raise NeuralLabelError(f"--views must be at least 2 (got {args.views})")
+    if args.width < 16 or args.height < 16:
+        raise NeuralLabelError(f"--width/--height must be at least 16 pixels (got {args.width}x{args.height})")
+    if args.out.exists() and not args.out.is_dir():
+        raise NeuralLabelError(f"--out {args.out}: exists and is not a folder")
+
+
+def run_demo(args: argparse.Namespace, progress: Optional[ProgressFn] = None) -> tuple[dict, list[str]]:
+    """Run every demo stage; returns the JSON-able result and the summary lines for the command line."""
+    check_demo_args(args)
+    run = DemoRun(args=args, out=Path(args.out).resolve(), progress=progress)
+    run.result["out"] = str(run.out)
+    for _name, stage in STAGES:
+        stage(run)
+    return run.result, run.lines
