@@ -1,0 +1,174 @@
+"""The radiance field: density from a dense voxel grid, colour from multi-scale tri-planes + a tiny MLP.
+
+Encoding chosen by measurement on a 2-core CPU (``scripts/bench_field.py`` records the numbers): trilinear
+``F.grid_sample`` on a one-channel 3D grid evaluates ~10 M points/s forward, tri-planes (3 x 512^2 x 8)
+~10 M points/s, whereas a gather-based multi-resolution hash table (Instant-NGP without tiny-cuda-nn) runs
+at ~0.2 M points/s. So density, which every sample needs, is a dense grid (DVGO-style, post-activation
+softplus so surfaces are sharper than a voxel); colour, needed only at visible samples, is the Hadamard
+product of tri-plane features at two scales (K-Planes) fed with the view direction's spherical harmonics
+into a one-hidden-layer MLP.
+
+Space: a bounded scene lives in ``roi_aabb`` (``levels = 1``). An open scene (``levels > 1``) adds nested
+boxes of 2x, 4x ... the size for the background; the field contracts everything outside ``roi_aabb``
+(mip-NeRF 360 style, L-inf norm) so the grids keep their detail inside. ``aabb`` is the outermost box.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field as dc_field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .occupancy import OccupancyGrid, level_aabbs
+
+
+@dataclass
+class FieldConfig:
+    """Everything needed to rebuild a field's modules (stored in the checkpoint as plain JSON values)."""
+
+    roi_aabb: list[list[float]]  # [[xmin, ymin, zmin], [xmax, ymax, zmax]] of the detailed region
+    levels: int = 1  # nested boxes; > 1 for open scenes (background contracted)
+    density_resolution: int = 160  # current density grid size (grows during training)
+    plane_resolutions: tuple[int, ...] = (128, 512)
+    plane_features: int = 8
+    hidden: int = 64
+    occupancy_resolution: int = 128
+    steps_per_roi: int = 1024  # render step = roi diagonal / steps_per_roi
+    alpha_init: float = 1e-4  # opacity of one step before training
+    alpha_thre: float = 1e-3  # samples with lower opacity are skipped (nerfacc's alpha_thre)
+    early_stop_eps: float = 1e-4  # rays stop when transmittance drops below this
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FieldConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            from .errors import NeuralLabelError
+
+            raise NeuralLabelError(f"field config has unknown keys: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        for key in ("plane_resolutions", "background"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def sh_basis_deg2(directions: Tensor) -> Tensor:
+    """(N, 9) real spherical harmonics up to degree 2 of unit directions."""
+    x, y, z = directions.unbind(-1)
+    return torch.stack([
+        torch.full_like(x, 0.28209479),
+        -0.48860251 * y, 0.48860251 * z, -0.48860251 * x,
+        1.09254843 * x * y, -1.09254843 * y * z, 0.31539157 * (2 * z * z - x * x - y * y),
+        -1.09254843 * x * z, 0.54627421 * (x * x - y * y),
+    ], dim=-1)
+
+
+class Field(torch.nn.Module):
+    """Density grid + tri-plane colour field with its occupancy grid. ``aabb``: (2, 3) world bounds."""
+
+    def __init__(self, config: FieldConfig) -> None:
+        super().__init__()
+        self.config = config
+        roi = torch.tensor(config.roi_aabb, dtype=torch.float32).reshape(2, 3)
+        outer = level_aabbs(roi.reshape(6), config.levels)[-1]
+        self.register_buffer("aabb", outer.reshape(2, 3).clone())
+        self.register_buffer("roi_centre", (roi[0] + roi[1]) / 2)
+        self.register_buffer("roi_half", (roi[1] - roi[0]) / 2)
+        r = config.density_resolution
+        self.density_grid = torch.nn.Parameter(torch.zeros(1, 1, r, r, r))
+        self.planes = torch.nn.ParameterList([
+            torch.nn.Parameter(torch.empty(3, config.plane_features, pr, pr).uniform_(0.1, 0.5))
+            for pr in config.plane_resolutions])
+        n_features = config.plane_features * len(config.plane_resolutions)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(n_features + 9, config.hidden), torch.nn.ReLU(),
+                                       torch.nn.Linear(config.hidden, 3))
+        self.occupancy = OccupancyGrid(roi.reshape(6), config.occupancy_resolution, config.levels)
+
+    # --- geometry of the field -------------------------------------------------------------------------
+
+    @property
+    def render_step_size(self) -> float:
+        roi = self.config.roi_aabb
+        diag = math.dist(roi[0], roi[1])
+        return diag / self.config.steps_per_roi
+
+    @property
+    def density_scale(self) -> float:
+        """Density is stored per grid voxel of the roi at 128^3 so that grid values stay O(1..10)."""
+        size = float((2 * self.roi_half).max())
+        return 128.0 / size
+
+    @property
+    def density_shift(self) -> float:
+        # softplus(shift) * scale * step = -log(1 - alpha_init)
+        target = -math.log1p(-self.config.alpha_init) / (self.density_scale * self.render_step_size)
+        return math.log(math.expm1(target))
+
+    def normalize(self, points: Tensor) -> Tensor:
+        """World points -> grid coordinates in [-1, 1]^3 (contracted outside the roi when levels > 1)."""
+        u = (points - self.roi_centre) / self.roi_half
+        if self.config.levels == 1:
+            return u
+        norm = u.abs().amax(dim=-1, keepdim=True).clamp_min(1e-9)
+        contracted = torch.where(norm <= 1.0, u, (2.0 - 1.0 / norm) * (u / norm))
+        return contracted / 2.0
+
+    # --- evaluation ------------------------------------------------------------------------------------
+
+    def density_from_normalized(self, coords: Tensor) -> Tensor:
+        raw = F.grid_sample(self.density_grid, coords.view(1, 1, 1, -1, 3)[..., [2, 1, 0]],
+                            mode="bilinear", padding_mode="border", align_corners=True).view(-1)
+        return F.softplus(raw + self.density_shift) * self.density_scale
+
+    def density(self, points: Tensor) -> Tensor:
+        """(N,) density (1 / world unit) at world points (N, 3)."""
+        return self.density_from_normalized(self.normalize(points))
+
+    def rgb(self, points: Tensor, directions: Tensor) -> Tensor:
+        """(N, 3) colour in [0, 1] at world points seen along unit ``directions``."""
+        coords = self.normalize(points)
+        plane_coords = torch.stack([coords[:, [0, 1]], coords[:, [0, 2]], coords[:, [1, 2]]]).unsqueeze(1)
+        features = []
+        for plane in self.planes:
+            sampled = F.grid_sample(plane, plane_coords, mode="bilinear", padding_mode="border",
+                                    align_corners=True)  # (3, C, 1, N)
+            features.append((sampled[0] * sampled[1] * sampled[2]).squeeze(1).t())
+        h = torch.cat(features + [sh_basis_deg2(directions)], dim=-1)
+        return torch.sigmoid(self.mlp(h))
+
+    def forward(self, points: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
+        return self.rgb(points, directions), self.density(points)
+
+    # --- training helpers ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def resize_density(self, resolution: int) -> None:
+        """Trilinearly resample the density grid to ``resolution``^3 (coarse-to-fine training)."""
+        grid = F.interpolate(self.density_grid.data, size=(resolution,) * 3, mode="trilinear",
+                             align_corners=True)
+        self.density_grid = torch.nn.Parameter(grid)
+        self.config.density_resolution = resolution
+
+    @torch.no_grad()
+    def update_occupancy(self, **kwargs: Any) -> None:
+        self.occupancy.update(self.density, self.render_step_size, **kwargs)
+
+
+def load_field(path: str | Path, device: str = "cpu") -> Field:
+    """Load a field checkpoint written by :func:`.checkpoint.save_checkpoint` onto ``device``.
+
+    Raises :class:`~.errors.NeuralLabelError` for a missing file, another format or another version.
+    """
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(path, device=device).field
