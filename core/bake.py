@@ -1,0 +1,286 @@
+"""Bake: labels for every frame of a label spec, written as BOP, COCO and raw datasets.
+
+``bake(spec, out_dir)``:
+1. refuses an output folder that holds another bake (a different spec/data/field fingerprint, formats or
+   options) or files that are not a NeuralLabel bake -- nothing of someone else's is overwritten;
+2. prepares the object models: annotated meshes as given; box objects' meshes extracted from the field's
+   density (cached in ``DIR/.neurallabel/models``, so shards and re-runs share one extraction);
+3. labels each selected frame (:class:`~.labels.FrameLabeler`) and writes its files atomically, then its
+   fragment ``DIR/.neurallabel/frames/NNNNNN.json`` -- the mark that the frame is finished (a re-run skips it);
+4. assembles the aggregate files (scene_gt.json, annotations.json, ...) from *all* finished fragments, sorted
+   by frame, so ``--frames`` / ``--shard`` pieces baked into one folder equal one unsharded run byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from .dataset import Dataset, load_transforms
+from .errors import NeuralLabelError
+from .export import FORMATS, ExportContext, get_writer
+from .export.atomic import json_bytes, npy_bytes, write_bytes
+from .labels import FrameLabeler, LabelObject, LabelOptions, make_label_object, projected_region
+from .progress import ProgressFn, report
+from .raycast import MeshCaster, default_backend, world_mesh
+from .spec import LabelSpec
+
+STATE_DIR = ".neurallabel"
+MANIFEST = f"{STATE_DIR}/bake.json"
+BAKE_FORMAT = 1
+
+
+def parse_frames(value: Any) -> Optional[tuple[int, int]]:
+    """``"A:B"`` (either side may be empty) or a (start, stop) pair -> (start, stop), stop exclusive."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 2:
+            raise NeuralLabelError(f"--frames {value!r}: expected A:B (e.g. 0:100)")
+        try:
+            start = int(parts[0]) if parts[0].strip() else 0
+            stop = int(parts[1]) if parts[1].strip() else None
+        except ValueError:
+            raise NeuralLabelError(f"--frames {value!r}: A and B must be integers") from None
+        return start, stop
+    start, stop = value
+    return int(start), (None if stop is None else int(stop))
+
+
+def parse_shard(value: Any) -> Optional[tuple[int, int]]:
+    """``"I/N"`` (0 <= I < N) or an (I, N) pair."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            i, n = (int(v) for v in value.split("/"))
+        except ValueError:
+            raise NeuralLabelError(f"--shard {value!r}: expected I/N, e.g. 0/4 (I counts from 0)") from None
+    else:
+        i, n = (int(v) for v in value)
+    if n < 1 or not 0 <= i < n:
+        raise NeuralLabelError(f"--shard {i}/{n}: need N >= 1 and 0 <= I < N (I counts from 0)")
+    return i, n
+
+
+def select_frames(spec: LabelSpec, dataset: Dataset, frames: Any = None, shard: Any = None) -> list[int]:
+    """Frame indices to bake: the spec's frames, within ``frames`` (A:B), then every N-th from I (shard)."""
+    count = len(dataset.frames)
+    selected = list(range(count)) if spec.frames is None else list(spec.frames)
+    bad = [i for i in selected if not 0 <= i < count]
+    if bad:
+        raise NeuralLabelError(f"spec frame index {bad[0]} is out of range: {dataset.path} has {count} frames")
+    span = parse_frames(frames)
+    if span is not None:
+        start, stop = span
+        stop = count if stop is None else stop
+        if not 0 <= start < count or not start < stop <= count:
+            raise NeuralLabelError(f"--frames {start}:{stop} is out of range: {dataset.path} has {count} "
+                                   f"frames (0..{count - 1}; B is exclusive)")
+        selected = [i for i in selected if start <= i < stop]
+    part = parse_shard(shard)
+    if part is not None:
+        selected = selected[part[0]::part[1]]
+    return selected
+
+
+def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMATS, frames: Any = None,
+         shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
+         options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None
+         ) -> dict:
+    """Bake ``spec`` into ``out_dir``; returns a summary (frames baked/skipped, instances, seconds per frame).
+
+    ``depth_source`` defaults to the spec's field (:class:`~.depth_source.FieldDepth`); tests and benchmarks
+    pass a :class:`~.depth_source.TruthDepth`. Without either, labels come from the meshes alone.
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    formats = _check_formats(formats)
+    dataset = load_transforms(spec.data_path)
+    todo = select_frames(spec, dataset, frames, shard)
+    source_name = "none"
+    if depth_source is None and spec.field_path is not None:
+        from .depth_source import FieldDepth
+
+        depth_source = FieldDepth.load(spec.field_path, device=device)
+    if depth_source is not None:
+        source_name = type(depth_source).__name__
+    if depth_source is None and any(o.kind == "box" for o in spec.objects):
+        raise NeuralLabelError("the spec has box objects but no 'field': a box object's pixels and mesh come "
+                               "from the field")
+
+    manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(), "formats": list(formats),
+                "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
+    _claim_out_dir(out_dir, manifest)
+
+    models = _object_models(spec, out_dir, depth_source, box_resolution, progress)
+    meshes, label_objects = [], []
+    for obj in spec.objects:
+        model = models.get(obj.instance_id)
+        cast_index = None
+        if model is not None:
+            cast_index = len(meshes)
+            meshes.append(world_mesh(model, obj.pose))
+        label_objects.append(make_label_object(obj, model, cast_index))
+    _check_objects_seen(spec, dataset, label_objects)
+
+    caster = MeshCaster(meshes, backend=backend or default_backend(device), device=device)
+    labeler = FrameLabeler(label_objects, caster, depth_source, data_scale=spec.data_scale,
+                           units_to_mm=spec.units_to_mm, options=options)
+    ctx = ExportContext(spec, dataset, _category_models(spec, models))
+    writers = [get_writer(name) for name in formats]
+    for writer in writers:
+        for rel, data in writer.static_files(ctx).items():
+            _write_if_changed(out_dir / rel, data)
+
+    needs_depth = "bop" in formats or "raw" in formats
+    frames_dir = out_dir / STATE_DIR / "frames"
+    baked = skipped = instances = 0
+    label_seconds = 0.0
+    report(progress, 0, len(todo), "bake")
+    for n, index in enumerate(todo):
+        fragment_path = frames_dir / f"{index:06d}.json"
+        if fragment_path.is_file():
+            skipped += 1
+            report(progress, n + 1, len(todo), "bake")
+            continue
+        frame = dataset.frames[index]
+        t0 = time.perf_counter()
+        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_world), full_depth=needs_depth,
+                               confidence="raw" in formats)
+        fragment = {}
+        for name, writer in zip(formats, writers):
+            for rel, data in writer.frame_files(ctx, frame, labels).items():
+                write_bytes(out_dir / rel, data)
+            fragment[name] = writer.fragment(ctx, frame, labels)
+        write_bytes(fragment_path, json_bytes(fragment))  # last: marks the frame finished
+        label_seconds += time.perf_counter() - t0
+        baked += 1
+        instances += len(labels.instances)
+        report(progress, n + 1, len(todo), "bake")
+
+    fragments = _read_fragments(frames_dir)
+    for name, writer in zip(formats, writers):
+        for rel, data in writer.assemble(ctx, [(i, f[name]) for i, f in fragments]).items():
+            _write_if_changed(out_dir / rel, data)
+
+    return {"out": str(out_dir), "formats": list(formats), "frames": baked, "skipped": skipped,
+            "frames_in_dataset": len(fragments), "instances": instances,
+            "seconds_per_frame": (label_seconds / baked) if baked else None,
+            "seconds": time.perf_counter() - t_start, "depth_source": source_name}
+
+
+# --- steps ----------------------------------------------------------------------------------------------
+
+
+def _check_formats(formats: Sequence[str] | str) -> list[str]:
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise NeuralLabelError(f"unknown format {bad[0] if bad else '(none)'!r}: choose from "
+                               f"{', '.join(FORMATS)}")
+    return [f for f in FORMATS if f in formats]  # canonical order
+
+
+def _claim_out_dir(out_dir: Path, manifest: dict) -> None:
+    """Make ``out_dir`` ours: new or empty, or holding a bake of the same spec with the same settings."""
+    path = out_dir / MANIFEST
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NeuralLabelError(f"--out {out_dir} is a file, not a folder")
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise NeuralLabelError(f"{path}: unreadable bake manifest; refusing to write into {out_dir}") from None
+        if existing != manifest:
+            what = [k for k in manifest if existing.get(k) != manifest[k]] or ["manifest"]
+            reason = {"fingerprint": "another scene's dataset (a different spec, data, field or meshes)"}.get(
+                what[0], f"a bake with different {what[0]}")
+            raise NeuralLabelError(f"--out {out_dir} already holds {reason}; choose an empty folder or the "
+                                   f"same spec and settings")
+        return
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise NeuralLabelError(f"--out {out_dir} is not empty and holds no NeuralLabel bake; refusing to write "
+                               f"into it (choose an empty or new folder)")
+    write_bytes(path, json_bytes(manifest))
+
+
+def _object_models(spec: LabelSpec, out_dir: Path, depth_source, resolution: int,
+                   progress: Optional[ProgressFn]) -> dict[int, Any]:
+    """instance_id -> model mesh in the object's own frame (world units); box objects need a field."""
+    import trimesh
+
+    from .boxes import extract_box_mesh
+
+    models: dict[int, Any] = {}
+    cache = out_dir / STATE_DIR / "models"
+    for obj in spec.objects:
+        if obj.kind == "mesh":
+            if obj.mesh is None:
+                from .spec import load_mesh
+
+                obj.mesh = load_mesh(obj.mesh_path, what=f"object {obj.name!r}: mesh")
+            models[obj.instance_id] = obj.mesh
+            continue
+        if depth_source is None or not getattr(depth_source, "has_density", False):
+            continue  # no field: the box object's labels come from depth alone, it gets no model
+        v_path = cache / f"instance_{obj.instance_id:06d}_vertices.npy"
+        f_path = cache / f"instance_{obj.instance_id:06d}_faces.npy"
+        if not (v_path.is_file() and f_path.is_file()):
+            mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
+                                    resolution=resolution, progress=progress, name=obj.name)
+            if mesh is None:
+                raise NeuralLabelError(f"object {obj.name!r}: the field holds no surface inside its box")
+            write_bytes(v_path, npy_bytes(np.asarray(mesh.vertices, dtype=np.float64)))
+            write_bytes(f_path, npy_bytes(np.asarray(mesh.faces, dtype=np.int64)))
+        # Always use the cached copy, so a fresh run and a re-run label with the very same mesh.
+        models[obj.instance_id] = trimesh.Trimesh(np.load(v_path), np.load(f_path), process=False)
+    return models
+
+
+def _category_models(spec: LabelSpec, models: dict[int, Any]) -> dict[int, Any]:
+    """category_id -> the model of its lowest instance_id (BOP has one model per obj_id)."""
+    out: dict[int, Any] = {}
+    for obj in sorted(spec.objects, key=lambda o: o.instance_id):
+        if obj.instance_id in models and obj.category_id not in out:
+            out[obj.category_id] = models[obj.instance_id]
+    return out
+
+
+def _check_objects_seen(spec: LabelSpec, dataset: Dataset, objects: list[LabelObject]) -> None:
+    """Every object must project into at least one of the spec's frames (else the pose is surely wrong)."""
+    indices = range(len(dataset.frames)) if spec.frames is None else spec.frames
+    unseen = []
+    for obj in objects:
+        for i in indices:
+            frame = dataset.frames[i]
+            intr = frame.intrinsics
+            cam = spec.cam_to_world(frame.cam_to_world)
+            if projected_region(intr, cam, obj.bound_points, (0, 0, intr.width, intr.height), pad=0) is not None:
+                break
+        else:
+            unseen.append(obj.spec.name)
+    if unseen:
+        raise NeuralLabelError(f"object {unseen[0]!r} is outside every camera of the dataset (check its pose, "
+                               f"and world_from_data)" + (f"; also {', '.join(unseen[1:])}" if unseen[1:] else ""))
+
+
+def _read_fragments(frames_dir: Path) -> list[tuple[int, dict]]:
+    out = []
+    if frames_dir.is_dir():
+        for path in sorted(frames_dir.glob("[0-9]*.json")):
+            out.append((int(path.stem), json.loads(path.read_text())))
+    out.sort(key=lambda x: x[0])
+    return out
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    write_bytes(path, data)
