@@ -390,3 +390,31 @@ def _file_digest(path: Path) -> str:
     else:
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def spec_from_scene(scene_dir: str | Path, *, field_path: Optional[str | Path] = None,
+                    box_objects: tuple[str, ...] = (), box_margin: float = 0.0,
+                    units_to_mm: float = 1000.0) -> LabelSpec:
+    """A spec for a generated scene (``scripts/make_scene.py``): its true meshes at their true poses.
+
+    Objects named in ``box_objects`` become box objects with the scene's true enclosing box, grown by
+    ``box_margin`` (world units) on every side. Used by the demo, tests and benchmarks.
+    """
+    from .truth import load_scene_truth
+
+    truth = load_scene_truth(scene_dir)
+    objects = []
+    for t in truth.objects:
+        if t.name in box_objects:
+            objects.append(SpecObject(t.name, t.category, t.category_id, t.instance_id, "box",
+                                      np.array(t.box_to_world, dtype=np.float64), None,
+                                      np.asarray(t.box_size, dtype=np.float64) + 2 * box_margin, t.transparent))
+        else:
+            objects.append(SpecObject(t.name, t.category, t.category_id, t.instance_id, "mesh",
+                                      np.array(t.object_to_world, dtype=np.float64), Path(t.mesh_path), None,
+                                      t.transparent, load_mesh(Path(t.mesh_path), what=f"object {t.name!r}: mesh")))
+    unknown = sorted(set(box_objects) - {t.name for t in truth.objects})
+    if unknown:
+        raise NeuralLabelError(f"{scene_dir}: no object named {unknown[0]!r}")
+    return LabelSpec(None, truth.transforms_path, None if field_path is None else Path(field_path),
+                     np.eye(4), float(units_to_mm), None, objects)
