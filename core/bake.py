@@ -116,7 +116,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
 
     manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(), "formats": list(formats),
                 "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
-    _claim_out_dir(out_dir, manifest)
+    _claim_out_dir(out_dir, manifest, allowed=_spec_entries(spec, out_dir))
 
     models = _object_models(spec, out_dir, depth_source, box_resolution, progress)
     meshes, label_objects = [], []
@@ -188,8 +188,23 @@ def _check_formats(formats: Sequence[str] | str) -> list[str]:
     return [f for f in FORMATS if f in formats]  # canonical order
 
 
-def _claim_out_dir(out_dir: Path, manifest: dict) -> None:
-    """Make ``out_dir`` ours: new or empty, or holding a bake of the same spec with the same settings."""
+def _spec_entries(spec: LabelSpec, out_dir: Path) -> set[Path]:
+    """Entries of ``out_dir`` that hold the spec itself or its meshes (Blender exports DIR/spec.json and
+    DIR/meshes/ before it bakes into DIR): they do not make the folder someone else's."""
+    entries = set()
+    out = out_dir.resolve()
+    for path in [spec.path] + [o.mesh_path for o in spec.objects if o.mesh_path is not None]:
+        if path is None:
+            continue
+        path = Path(path).resolve()
+        if out in path.parents:
+            entries.add(out / path.relative_to(out).parts[0])
+    return entries
+
+
+def _claim_out_dir(out_dir: Path, manifest: dict, allowed: set[Path] = frozenset()) -> None:
+    """Make ``out_dir`` ours: new or empty (but for ``allowed`` entries: the spec's own files), or holding a
+    bake of the same spec with the same settings."""
     path = out_dir / MANIFEST
     if out_dir.exists() and not out_dir.is_dir():
         raise NeuralLabelError(f"--out {out_dir} is a file, not a folder")
@@ -205,7 +220,7 @@ def _claim_out_dir(out_dir: Path, manifest: dict) -> None:
             raise NeuralLabelError(f"--out {out_dir} already holds {reason}; choose an empty folder or the "
                                    f"same spec and settings")
         return
-    if out_dir.is_dir() and any(out_dir.iterdir()):
+    if out_dir.is_dir() and any(p.resolve() not in allowed for p in out_dir.iterdir()):
         raise NeuralLabelError(f"--out {out_dir} is not empty and holds no NeuralLabel bake; refusing to write "
                                f"into it (choose an empty or new folder)")
     write_bytes(path, json_bytes(manifest))
