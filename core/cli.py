@@ -126,7 +126,23 @@ def cmd_render(args: argparse.Namespace, progress: ProgressFn) -> int:
 
 
 def cmd_bake(args: argparse.Namespace, progress: ProgressFn) -> int:
-    raise NotImplementedYet("`neurallabel bake` is not implemented yet (issue: bake labels)")
+    from .bake import bake
+    from .spec import load_spec
+
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    spec = load_spec(args.spec)
+    summary = bake(spec, args.out, formats=args.formats, frames=args.frames, shard=args.shard, device=device,
+                   progress=progress)
+    per_frame = summary["seconds_per_frame"]
+    emit_result(args, summary, [
+        f"baked {summary['frames']} frames ({summary['skipped']} already done), {summary['instances']} "
+        f"instances, " + (f"{per_frame:.3f} s/frame" if per_frame is not None else "nothing new to label"),
+        f"{summary['frames_in_dataset']} frames in {args.out} ({', '.join(summary['formats'])})"])
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,8 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--formats", default="bop,coco,raw")
-    p.add_argument("--frames", default=None, help="A:B, a range of frame indices")
-    p.add_argument("--shard", default=None, help="I/N, bake the I-th of N shards")
+    p.add_argument("--frames", default=None, help="A:B, the frame indices A <= i < B (either may be empty)")
+    p.add_argument("--shard", default=None,
+                   help="I/N: bake every N-th selected frame starting at the I-th (I counts from 0); shards "
+                        "baked into the same --out make one dataset")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     return parser
 
