@@ -114,7 +114,7 @@ def _field(job: dict):
         if "field" not in str(exc) and "render" not in str(exc):
             raise
         raise NeuralLabelError("the field engine is not available yet in this NeuralLabel version") from None
-    return load_field(job["field"], device=job.get("device") or "cpu")
+    return load_field(job["field"], device=_device(job))
 
 
 def _depth_source(job: dict, progress):
@@ -169,24 +169,44 @@ def _read_mesh(path: str) -> tuple[np.ndarray, np.ndarray]:
 # --- jobs ------------------------------------------------------------------------------------------------
 
 
+def _device(job: dict) -> str:
+    """The job's device; "auto" (or none) -> CUDA when this worker's torch has it, else the CPU."""
+    device = job.get("device") or "auto"
+    if device == "auto":
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+    return device
+
+
 def job_bake(job: dict, events: EventWriter) -> dict:
-    """``spec``, ``out``; optional ``formats`` (list), ``frames`` ([A, B) list or "A:B"), ``shard`` ("I/N"),
-    ``device``. Runs exactly what ``neurallabel bake`` runs."""
+    """``spec``, ``out``; optional ``formats`` (list), ``frames`` ("A:B" or [A, B), B exclusive), ``shard``
+    ("I/N"), ``device``, ``options`` (LabelOptions fields, e.g. occlusion tolerances). Runs exactly what
+    ``neurallabel bake`` runs."""
     try:
         from .bake import bake
+        from .labels import LabelOptions
         from .spec import load_spec
     except ImportError as exc:
-        if "bake" not in str(exc) and "spec" not in str(exc):
+        if not any(name in str(exc) for name in ("bake", "spec", "labels")):
             raise
         raise NeuralLabelError("the bake engine is not available yet in this NeuralLabel version "
                                "(core/bake.py and core/spec.py have not landed)") from None
     spec = load_spec(_required(job, "spec"))
     kwargs: dict[str, Any] = {"formats": tuple(job.get("formats") or ("bop", "coco", "raw")),
-                              "device": job.get("device") or "cpu", "progress": events.progress}
+                              "device": _device(job), "progress": events.progress}
     if job.get("frames") is not None:
         kwargs["frames"] = job["frames"]
     if job.get("shard") is not None:
         kwargs["shard"] = job["shard"]
+    if job.get("options"):
+        try:
+            kwargs["options"] = LabelOptions(**job["options"])
+        except TypeError as exc:
+            raise NeuralLabelError(f"bake options {job['options']}: {exc}") from None
     summary = bake(spec, Path(_required(job, "out")), **kwargs)
     return {"kind": "bake", "out": str(job["out"]), "summary": summary}
 
@@ -247,7 +267,8 @@ def job_preview(job: dict, events: EventWriter) -> dict:
     frame_index = int(_required(job, "frame"))
     out = Path(job.get("out") or tempfile.mkdtemp(prefix="neurallabel-preview-"))
     bake_job = {"kind": "bake", "spec": job["spec"], "out": str(out), "formats": ["raw"],
-                "frames": [frame_index, frame_index + 1], "device": job.get("device")}
+                "frames": [frame_index, frame_index + 1], "device": job.get("device"),
+                "options": job.get("options")}
     job_bake(bake_job, events)
     raw = out / "raw"
     instance_path, depth_path = raw / "instance" / f"{frame_index:06d}.png", raw / "depth" / f"{frame_index:06d}.npy"

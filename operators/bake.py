@@ -48,6 +48,14 @@ def parse_frames(text: str) -> Optional[list[int]]:
     return list(range(start, end))
 
 
+def label_options(scene: bpy.types.Scene) -> dict:
+    """The scene's occlusion tolerances as the bake's LabelOptions fields (millimetres, fraction)."""
+    props = scene.neurallabel
+    units_to_mm = 1000.0 * float(scene.unit_settings.scale_length)
+    return {"occlusion_abs_mm": float(props.occlusion_tolerance) * units_to_mm,
+            "occlusion_rel": float(props.occlusion_tolerance_relative)}
+
+
 def job_is_running() -> bool:
     return _ACTIVE["operator"] is not None
 
@@ -274,7 +282,8 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
         spec_path = spec_export.export_spec(context, out / "spec.json", parse_frames(self.frames))
         self._started = time.monotonic()
         self._out_path = out
-        return {"kind": "bake", "spec": str(spec_path), "out": str(out), "formats": formats}
+        return {"kind": "bake", "spec": str(spec_path), "out": str(out), "formats": formats,
+                "options": label_options(context.scene)}
 
     def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
         summary = result.get("summary") or {}

@@ -10,7 +10,7 @@ import bpy
 
 from ..addon import scene_io, spec_export
 from ..core.errors import NeuralLabelError
-from .bake import WorkerOperator, job_is_running
+from .bake import WorkerOperator, job_is_running, label_options
 
 IMAGE_NAME = "NeuralLabel Preview"
 
@@ -74,7 +74,8 @@ class NEURALLABEL_OT_preview_labels(WorkerOperator, bpy.types.Operator):
         frame = active_frame(context)
         spec_path = spec_export.export_spec(context, self.temp_dir() / "spec.json", frames=[frame])
         self._frame = frame
-        return {"kind": "preview", "spec": str(spec_path), "frame": frame, "out": str(self.temp_dir() / "bake")}
+        return {"kind": "preview", "spec": str(spec_path), "frame": frame, "out": str(self.temp_dir() / "bake"),
+                "options": label_options(context.scene)}
 
     def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
         image = show_preview(context, result["image"])
