@@ -36,8 +36,18 @@ CORE_REQUIREMENTS = (
 
 
 def dependencies_path(create: bool = False) -> str:
-    """The extension's user ``site-packages`` folder, where "Install dependencies" puts the worker's packages."""
-    return bpy.utils.extension_path_user(ROOT_PACKAGE, path="site-packages", create=create)
+    """The extension's user ``site-packages`` folder, where "Install dependencies" puts the worker's packages.
+
+    Outside an extension (the tree registered as the plain package ``neurallabel``, e.g. in tests) it is
+    ``<Blender user scripts>/neurallabel/site-packages``.
+    """
+    try:
+        return bpy.utils.extension_path_user(ROOT_PACKAGE, path="site-packages", create=create)
+    except ValueError:  # "The package does not name an extension"
+        path = os.path.join(bpy.utils.user_resource("SCRIPTS"), ROOT_PACKAGE, "site-packages")
+        if create:
+            os.makedirs(path, exist_ok=True)
+        return path
 
 
 def preferences(context: bpy.types.Context | None = None) -> "NeuralLabelPreferences | None":
@@ -102,6 +112,7 @@ class NEURALLABEL_OT_install_dependencies(bpy.types.Operator):
                                        "Check the internet connection, or point 'Worker Python' at an "
                                        "environment that has torch")
                 return {"CANCELLED"}
+        _add_dependencies_to_path()
         self.report({"INFO"}, f"Installed the worker dependencies into {target}")
         return {"FINISHED"}
 
@@ -130,11 +141,23 @@ class NeuralLabelPreferences(bpy.types.AddonPreferences):
 classes = (NEURALLABEL_OT_install_dependencies, NeuralLabelPreferences)
 
 
+def _add_dependencies_to_path() -> None:
+    # Appended, not prepended: Blender's own modules (numpy) win; the add-on only needs light readers
+    # (e.g. Pillow for image sizes) from there in Blender's process. The worker gets it via PYTHONPATH.
+    site = dependencies_path(create=False)
+    if os.path.isdir(site) and site not in sys.path:
+        sys.path.append(site)
+
+
 def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
+    _add_dependencies_to_path()
 
 
 def unregister() -> None:
+    site = dependencies_path(create=False)
+    while site in sys.path:
+        sys.path.remove(site)
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)
