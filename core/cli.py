@@ -134,9 +134,12 @@ def cmd_bake(args: argparse.Namespace, progress: ProgressFn) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from .labels import LabelOptions
+
     spec = load_spec(args.spec)
+    options = LabelOptions(occlusion_abs_mm=args.occlusion_mm, occlusion_rel=args.occlusion_rel)
     summary = bake(spec, args.out, formats=args.formats, frames=args.frames, shard=args.shard, device=device,
-                   progress=progress)
+                   progress=progress, options=options)
     per_frame = summary["seconds_per_frame"]
     emit_result(args, summary, [
         f"baked {summary['frames']} frames ({summary['skipped']} already done), {summary['instances']} "
@@ -206,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="I/N: bake every N-th selected frame starting at the I-th (I counts from 0); shards "
                         "baked into the same --out make one dataset")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    # Blender's Bake passes its scene's occlusion tolerances; these reproduce them (same defaults as LabelOptions).
+    p.add_argument("--occlusion-mm", type=float, default=5.0,
+                   help="a mesh pixel is occluded when the field's surface is nearer by more than this (mm) ...")
+    p.add_argument("--occlusion-rel", type=float, default=0.01, help="... plus this fraction of the depth")
     return parser
 
 
