@@ -1,0 +1,185 @@
+"""Label math against Cycles ground truth: meshes at their true poses reproduce the true instance ids and depth;
+unannotated clutter occludes; box objects take the pixels whose surface lies inside the box."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from neurallabel.core.boxes import chamfer_distance, density_threshold, extract_box_mesh
+from neurallabel.core.dataset import load_transforms
+from neurallabel.core.depth_source import TruthDepth, _weight_near
+from neurallabel.core.labels import FrameLabeler, LabelOptions, make_label_object
+from neurallabel.core.raycast import MeshCaster, world_mesh
+from neurallabel.core.spec import LabelSpec, spec_from_scene
+from neurallabel.core.truth import load_scene_truth
+
+
+def labeler_for(spec: LabelSpec, depth_source, options: LabelOptions = LabelOptions()) -> FrameLabeler:
+    meshes, objects = [], []
+    for obj in spec.objects:
+        index = None
+        if obj.kind == "mesh":
+            index = len(meshes)
+            meshes.append(world_mesh(obj.mesh, obj.pose))
+        objects.append(make_label_object(obj, obj.mesh, index))
+    return FrameLabeler(objects, MeshCaster(meshes), depth_source, data_scale=spec.data_scale,
+                        units_to_mm=spec.units_to_mm, options=options)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def per_object_iou(pred: np.ndarray, truth: np.ndarray, ids) -> list[float]:
+    return [iou(pred == i, truth == i) for i in ids if (truth == i).any() or (pred == i).any()]
+
+
+@pytest.mark.parametrize("with_depth", [True, False], ids=["true-depth", "mesh-only"])
+def test_meshes_at_true_pose_reproduce_true_instance_ids(small_scene: Path, with_depth: bool) -> None:
+    truth = load_scene_truth(small_scene)
+    spec = spec_from_scene(small_scene)
+    dataset = load_transforms(spec.data_path)
+    labeler = labeler_for(spec, TruthDepth(small_scene) if with_depth else None)
+    ids = [o.instance_id for o in truth.objects]
+    ious, depth_errors = [], []
+    for frame in dataset.frames:
+        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_world))
+        true_ids = truth.instance_ids(frame.index)
+        ious += per_object_iou(labels.instance, true_ids, ids)
+        on_mesh = (labels.instance > 0) & (labels.instance == true_ids)
+        true_z = truth.z_depth(frame.index).astype(np.float64)
+        depth_errors.append(np.abs(labels.depth[on_mesh] - true_z[on_mesh]))
+        # Category map and per-instance masks agree with the instance map.
+        for inst in labels.instances:
+            assert np.array_equal(inst.visible_mask, labels.instance == inst.instance_id)
+            assert np.all(labels.category[inst.visible_mask] == inst.category_id)
+            assert not np.any(inst.visible_mask & ~inst.full_mask)
+            assert inst.px_count_visib <= inst.px_count_all
+    assert np.mean(ious) >= 0.99 and min(ious) >= 0.95, ious
+    errors_mm = np.concatenate(depth_errors) * 1000.0
+    assert np.percentile(errors_mm, 99) <= 0.5, np.percentile(errors_mm, [50, 99, 100])
+
+
+def test_unannotated_clutter_occludes_annotated_meshes(small_scene: Path) -> None:
+    """Leave one object out of the spec: with the scene's depth, it still hides what is behind it."""
+    truth = load_scene_truth(small_scene)
+    dataset = load_transforms(truth.transforms_path)
+    full = spec_from_scene(small_scene)
+    mesh_only = labeler_for(full, None)
+    # The object that hides most pixels of the others becomes the unannotated clutter.
+    hidden_by = {}
+    for frame in dataset.frames:
+        labels = mesh_only.label(frame, full.cam_to_world(frame.cam_to_world))
+        true_ids = truth.instance_ids(frame.index)
+        for inst in labels.instances:
+            behind = inst.full_mask & (true_ids != inst.instance_id) & (true_ids > 0)
+            for other in np.unique(true_ids[behind]):
+                hidden_by[int(other)] = hidden_by.get(int(other), 0) + int(np.count_nonzero(
+                    behind & (true_ids == other)))
+    clutter_id = max(hidden_by, key=hidden_by.get)
+    assert hidden_by[clutter_id] > 20, "the scene has no occlusion to test"
+    spec = spec_from_scene(small_scene)
+    spec.objects = [o for o in spec.objects if o.instance_id != clutter_id]
+    with_depth = labeler_for(spec, TruthDepth(small_scene))
+    without_depth = labeler_for(spec, None)
+    wrong_with, wrong_without, ious = 0, 0, []
+    for frame in dataset.frames:
+        cam = spec.cam_to_world(frame.cam_to_world)
+        true_ids = truth.instance_ids(frame.index).copy()
+        clutter = true_ids == clutter_id
+        true_ids[clutter] = 0
+        a = with_depth.label(frame, cam, full_depth=False, confidence=False)
+        b = without_depth.label(frame, cam)
+        wrong_with += int(np.count_nonzero(clutter & (a.instance > 0)))
+        wrong_without += int(np.count_nonzero(clutter & (b.instance > 0)))
+        ious += per_object_iou(a.instance, true_ids, [o.instance_id for o in spec.objects])
+    assert wrong_without > 20  # mesh-only labels wrongly paint the clutter's pixels...
+    assert wrong_with <= 0.02 * wrong_without  # ...the depth test leaves them alone
+    assert np.mean(ious) >= 0.98
+
+
+def test_box_objects_take_the_surface_inside_their_box(small_scene: Path) -> None:
+    truth = load_scene_truth(small_scene)
+    dataset = load_transforms(truth.transforms_path)
+    names = tuple(o.name for o in truth.objects)
+    spec = spec_from_scene(small_scene, box_objects=names, box_margin=0.003)
+    # Raise each box's floor above the table so that the table top is not inside it (the user's box rests on
+    # the object, the object on the table).
+    for obj in spec.objects:
+        lift = 0.006
+        obj.size = obj.size - [0.0, 0.0, lift]
+        obj.pose = obj.pose.copy()
+        obj.pose[:3, 3] += obj.pose[:3, 2] * lift / 2
+    labeler = labeler_for(spec, TruthDepth(small_scene))
+    ious = []
+    for frame in dataset.frames:
+        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_world), full_depth=False)
+        ious += per_object_iou(labels.instance, truth.instance_ids(frame.index), [o.instance_id for o in spec.objects])
+    assert np.mean(ious) >= 0.90, ious
+
+
+def test_torch_backend_matches_embree() -> None:
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    pose = np.eye(4)
+    pose[:3, 3] = [0.05, -0.02, -1.0]
+    placed = world_mesh(mesh, pose)
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(1000, 3)) * 0.25
+    directions[:, 2] = -1.0
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    origins = np.zeros_like(directions)
+    hit_e, dist_e = MeshCaster([placed], backend="embree").cast(0, origins, directions)
+    hit_t, dist_t = MeshCaster([placed], backend="torch").cast(0, origins, directions)
+    assert 200 < hit_e.sum() < 950
+    assert np.array_equal(hit_e, hit_t)
+    assert np.allclose(dist_e[hit_e], dist_t[hit_t], atol=1e-9)
+    # Against the analytic sphere: the icosphere's flat faces lie inside it (hits are never nearer), and away
+    # from the grazing rim within its sagitta (~1% of the radius).
+    centre = pose[:3, 3]
+    b = directions[hit_e] @ centre
+    disc = b * b - (centre @ centre - 0.3 ** 2)
+    analytic = b - np.sqrt(disc)
+    assert np.all(dist_e[hit_e] >= analytic - 1e-9)
+    central = disc > 0.3 ** 2 - (0.3 * 0.7) ** 2  # rays passing within 0.7 r of the centre
+    assert central.sum() > 100 and np.all(dist_e[hit_e][central] - analytic[central] < 0.01 * 0.3)
+
+
+def test_box_mesh_from_density_is_the_largest_surface() -> None:
+    centre = np.array([0.3, 0.2, 0.1])
+    radius = 0.05
+    floater = np.array([0.35, 0.26, 0.15])  # a small blob in the corner of the box, to be dropped
+
+    def density(points: np.ndarray) -> np.ndarray:
+        inside = np.linalg.norm(points - centre, axis=1) < radius
+        speck = np.linalg.norm(points - floater, axis=1) < 0.006
+        return np.where(inside | speck, 500.0, 0.0)
+
+    pose = np.eye(4)
+    pose[:3, 3] = centre + [0.01, 0.0, 0.0]
+    size = np.array([0.14, 0.13, 0.13])
+    mesh = extract_box_mesh(density, pose, size, np.eye(4), resolution=64)
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=radius)
+    sphere.apply_translation(centre - pose[:3, 3])  # the mesh is in the box's frame
+    assert chamfer_distance(mesh, sphere) <= 0.02 * np.linalg.norm(size)
+    assert np.allclose(mesh.bounds.mean(axis=0), centre - pose[:3, 3], atol=0.003)
+    # The threshold follows the voxel size: a density below ln2/voxel yields no surface.
+    voxel = size.max() / 64
+    weak = extract_box_mesh(lambda p: np.where(np.linalg.norm(p - centre, axis=1) < radius,
+                                                0.9 * density_threshold(voxel), 0.0),
+                            pose, size, np.eye(4), resolution=64)
+    assert weak is None
+
+
+def test_confidence_is_the_weight_near_the_median() -> None:
+    import torch
+
+    # Ray 0: all weight at the surface; ray 1: weight split between 1.0 and 2.0 (a glass and the wall behind).
+    out = {"ray_indices": torch.tensor([0, 0, 1, 1]), "t_starts": torch.tensor([0.995, 1.4, 0.995, 1.995]),
+           "t_ends": torch.tensor([1.005, 1.41, 1.005, 2.005]), "weights": torch.tensor([0.97, 0.01, 0.5, 0.45])}
+    conf = _weight_near(out, torch.tensor([1.0, 1.0], dtype=torch.float64), 2).numpy()
+    assert conf == pytest.approx([0.97, 0.5])
