@@ -38,6 +38,20 @@ def _category_changed(self: "NeuralLabelObjectProperties", context: bpy.types.Co
         self.category_id = category_id_for(context.scene, self.category, exclude=owner)
 
 
+def _instance_id_changed(self: "NeuralLabelObjectProperties", context: bpy.types.Context) -> None:
+    # An id typed in that another annotation already has is taken: this object gets the next free one.
+    from .annotations import annotation_objects, next_instance_id
+
+    if context is None or context.scene is None or self.role == "NONE":
+        return
+    owner = self.id_data
+    if self.instance_id > 0 and any(o.neurallabel.instance_id == self.instance_id
+                                    for o in annotation_objects(context.scene) if o != owner):
+        self.instance_id = next_instance_id(context.scene, exclude=owner)
+    if self.instance_owner != owner.name:
+        self.instance_owner = owner.name
+
+
 class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
     dataset_path: StringProperty(
         name="Dataset", subtype="FILE_PATH",
@@ -83,8 +97,9 @@ class NeuralLabelObjectProperties(bpy.types.PropertyGroup):
                              description="Object class name, e.g. 'mug'")
     category_id: IntProperty(name="Category ID", default=0, min=0,
                              description="Numeric class id (BOP obj_id, COCO category_id); 0 = not set")
-    instance_id: IntProperty(name="Instance ID", default=0, min=0,
-                             description="Unique id of this object instance in the scene; 0 = not set")
+    instance_id: IntProperty(name="Instance ID", default=0, min=0, update=_instance_id_changed,
+                             description="Unique id of this object instance in the scene (an id already "
+                                         "taken is replaced by the next free one); 0 = not set")
     transparent: BoolProperty(name="Transparent", default=False,
                               description="Glass-like: its depth comes from the mesh, not the field")
     mesh_path: StringProperty(name="Mesh File", subtype="FILE_PATH",

@@ -147,7 +147,7 @@ class NEURALLABEL_OT_add_mesh(bpy.types.Operator, ImportHelper):
             for o in selected_before:
                 o.select_set(True)
             context.view_layer.objects.active = active_before
-            message = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            message = str(exc).strip().splitlines()[-1].rstrip(".") if str(exc).strip() else type(exc).__name__
             self.report({"ERROR"}, f"Blender cannot read the mesh {path}: {message}. "
                                    "Check the file, or convert it to PLY/OBJ (nothing was added)")
             return {"CANCELLED"}
