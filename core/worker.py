@@ -350,10 +350,11 @@ def run_job(job: dict, events: EventWriter) -> Optional[dict]:
     kind = job.get("kind")
     if kind not in JOBS:
         raise NeuralLabelError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}")
-    if job.get("threads"):
-        import torch
+    if job.get("field") or kind == "train" or job.get("threads"):
+        import torch  # first: a worker Python without torch is told so before any other work
 
-        torch.set_num_threads(int(job["threads"]))
+        if job.get("threads"):
+            torch.set_num_threads(int(job["threads"]))
     return JOBS[kind](job, events)
 
 
