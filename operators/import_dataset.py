@@ -7,12 +7,12 @@ from bpy.props import StringProperty
 from bpy_extras.io_utils import ImportHelper
 
 from ..addon import scene_io
-from ..core.dataset import load_transforms
+from ..core.dataset import load_dataset
 from ..core.errors import NeuralLabelError
 
 
 class NEURALLABEL_OT_import_dataset(bpy.types.Operator, ImportHelper):
-    """Import posed photos (transforms.json) as cameras with their photos as backgrounds"""
+    """Import posed photos (transforms.json or a COLMAP model folder) as cameras showing their photos"""
 
     bl_idname = "neurallabel.import_dataset"
     bl_label = "Import Dataset"
@@ -21,7 +21,7 @@ class NEURALLABEL_OT_import_dataset(bpy.types.Operator, ImportHelper):
     filename_ext = ".json"
     filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
     filepath: StringProperty(name="File Path", subtype="FILE_PATH",
-                             description="transforms.json, or a folder that holds it")
+                             description="transforms.json, or a folder holding it or a COLMAP model")
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -40,7 +40,7 @@ class NEURALLABEL_OT_import_dataset(bpy.types.Operator, ImportHelper):
         path = bpy.path.abspath(self.filepath)
         try:
             # Everything is read and checked before the scene is touched.
-            dataset = load_transforms(path)
+            dataset = load_dataset(path)  # transforms.json (or a folder with it, or a COLMAP model)
             root = scene_io.create_scene(context, dataset)
         except NeuralLabelError as exc:
             self.report({"ERROR"}, f"{exc}. Choose a valid transforms.json (nothing was imported)")

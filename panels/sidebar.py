@@ -71,6 +71,7 @@ class NEURALLABEL_PT_field(NeuralLabelPanel, bpy.types.Panel):
         props = context.scene.neurallabel
         layout.prop(props, "field_path", text="")
         layout.prop(props, "device")
+        operator_button(layout, "neurallabel.load_field", "Load Field", "POINTCLOUD_DATA")
 
 
 class NEURALLABEL_PT_annotations(NeuralLabelPanel, bpy.types.Panel):
@@ -126,8 +127,10 @@ class NEURALLABEL_PT_bake(NeuralLabelPanel, bpy.types.Panel):
         operator_button(row, "neurallabel.bake", "Bake", "RENDER_STILL")
         if props.job_running:
             eta = f", {props.job_eta_s:.0f} s left" if props.job_eta_s >= 0 else ""
-            layout.progress(factor=props.job_progress, type="BAR",
-                            text=f"{props.job_stage or 'Working'} {props.job_progress:.0%}{eta}")
+            row = layout.row(align=True)
+            row.progress(factor=props.job_progress, type="BAR",
+                         text=f"{props.job_stage or 'Working'} {props.job_progress:.0%}{eta}")
+            operator_button(row, "neurallabel.cancel_job", "Cancel", "CANCEL")
 
 
 classes = (NEURALLABEL_PT_main, NEURALLABEL_PT_scene, NEURALLABEL_PT_field, NEURALLABEL_PT_annotations,
