@@ -80,6 +80,14 @@ class Dataset:
     def split(self, name: str) -> list[Frame]:
         return [f for f in self.frames if f.split == name]
 
+    def skipped_summary(self) -> Optional[str]:
+        """One line for the command line saying which frames were skipped (missing images), or None."""
+        if not self.skipped:
+            return None
+        shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+        return (f"{self.path}: skipped {len(self.skipped)} of {len(self.skipped) + len(self.frames)} frames "
+                f"whose image is missing ({shown})")
+
 
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "camera_model",
                    "k1", "k2", "k3", "k4", "p1", "p2", "is_fisheye")

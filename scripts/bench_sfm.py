@@ -25,6 +25,7 @@ TARGET_MEDIAN = 0.02
 def run(data: Path, downscale: float, max_images: int | None, out: Path) -> dict:
     from neurallabel.core.dataset import load_dataset
     from neurallabel.core.sfm import camera_centre_errors, run_sfm
+    from PIL import Image
 
     given = load_dataset(data)  # skips the listed frames whose photo is missing
     images = data / "images"
@@ -37,6 +38,12 @@ def run(data: Path, downscale: float, max_images: int | None, out: Path) -> dict
             if not link.exists():
                 link.symlink_to(frame.image_path.resolve())
         images = images_subset
+    # Reference workload measured in the same run: decoding every photo once (speed as a ratio to it).
+    started = time.monotonic()
+    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")):
+        with Image.open(path) as image:
+            image.load()
+    decode_seconds = time.monotonic() - started
     started = time.monotonic()
     result = run_sfm(images, out, downscale=downscale)
     seconds = time.monotonic() - started
@@ -56,6 +63,8 @@ def run(data: Path, downscale: float, max_images: int | None, out: Path) -> dict
         "target_median_frac": TARGET_MEDIAN,
         "pass": bool(errors["median"] <= TARGET_MEDIAN and result.num_registered == result.num_images),
         "seconds": round(seconds, 1),
+        "reference_decode_seconds": round(decode_seconds, 2),
+        "seconds_per_decode": round(seconds / max(decode_seconds, 1e-9), 1),
         "cpu_threads": _threads(),
     }
 

@@ -186,6 +186,8 @@ def test_missing_images_are_skipped_and_listed_or_refused_with_strict(tmp_path):
     assert dataset.skipped == ["2.png"]
     assert [f.image_path.name for f in dataset.frames] == ["0.png", "1.png", "3.png", "4.png"]
     assert [f.index for f in dataset.frames] == [0, 1, 2, 3]  # indices follow the loaded list
+    assert dataset.skipped_summary() == f"{tmp_path / 'transforms.json'}: skipped 1 of 5 frames whose image is missing (2.png)"
+    assert load_dataset(tmp_path / "transforms.json").frames[0].file_path == "0.png"
     with pytest.raises(NeuralLabelError, match=r"frame 2: image .*2.png does not exist"):
         load_dataset(tmp_path, strict=True)
 
@@ -193,6 +195,7 @@ def test_missing_images_are_skipped_and_listed_or_refused_with_strict(tmp_path):
 def test_fox_lists_67_frames_of_which_50_photos_exist(shared_data):
     dataset = load_dataset(shared_data / "fox", downscale=4)
     assert len(dataset.frames) == 50 and len(dataset.skipped) == 17
+    assert "skipped 17 of 67 frames" in dataset.skipped_summary()
     assert dataset.aabb_scale == 4.0
     frame = dataset.frames[0]
     assert frame.intrinsics.model == "OPENCV" and len(frame.intrinsics.distortion) == 4

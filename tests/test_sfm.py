@@ -116,6 +116,14 @@ def test_cameras_that_do_not_overlap_fail_with_one_line_and_write_nothing(shared
     assert not out.exists()
 
 
+def test_photos_of_nothing_in_common_register_nothing(tmp_path):
+    """Needs no shared data: 5 unrelated noise photos -> no reconstruction -> NeuralLabelError, no folder."""
+    noise_images(tmp_path / "images", 5, seed=1)
+    with pytest.raises(NeuralLabelError, match=r"do not overlap enough: SfM registered 0 of 5 images"):
+        run_sfm(tmp_path / "images", tmp_path / "data")
+    assert not (tmp_path / "data").exists()
+
+
 def test_sfm_refuses_a_folder_without_images(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "readme.txt").write_text("no photos here")
