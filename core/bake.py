@@ -114,6 +114,14 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
         raise NeuralLabelError("the spec has box objects but no 'field': a box object's pixels and mesh come "
                                "from the field")
 
+    # Everything that can be checked before touching the output folder is checked first.
+    for obj in spec.objects:
+        if obj.kind == "mesh" and obj.mesh is None:
+            from .spec import load_mesh
+
+            obj.mesh = load_mesh(obj.mesh_path, what=f"object {obj.name!r}: mesh")
+    _check_objects_seen(spec, dataset, [make_label_object(o, o.mesh, None) for o in spec.objects])
+
     manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(), "formats": list(formats),
                 "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
     _claim_out_dir(out_dir, manifest, allowed=_spec_entries(spec, out_dir))
@@ -127,7 +135,6 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
             cast_index = len(meshes)
             meshes.append(world_mesh(model, obj.pose))
         label_objects.append(make_label_object(obj, model, cast_index))
-    _check_objects_seen(spec, dataset, label_objects)
 
     caster = MeshCaster(meshes, backend=backend or default_backend(device), device=device)
     labeler = FrameLabeler(label_objects, caster, depth_source, data_scale=spec.data_scale,
@@ -237,10 +244,6 @@ def _object_models(spec: LabelSpec, out_dir: Path, depth_source, resolution: int
     cache = out_dir / STATE_DIR / "models"
     for obj in spec.objects:
         if obj.kind == "mesh":
-            if obj.mesh is None:
-                from .spec import load_mesh
-
-                obj.mesh = load_mesh(obj.mesh_path, what=f"object {obj.name!r}: mesh")
             models[obj.instance_id] = obj.mesh
             continue
         if depth_source is None or not getattr(depth_source, "has_density", False):
