@@ -37,6 +37,11 @@ class MeshGeometry:
     faces: np.ndarray  # (F,3) int
 
 
+def float32_value(value: float) -> float:
+    """The decimal a user typed into a float32 property (0.01, not 0.009999999776482582)."""
+    return float(np.format_float_positional(np.float32(value), unique=True))
+
+
 def scene_root(scene: bpy.types.Scene) -> Optional[bpy.types.Object]:
     root = scene.neurallabel.root
     if root is None:
@@ -188,7 +193,7 @@ def build_spec(context: bpy.types.Context, spec_path: str | Path, frames: Option
         frames = list(range(props.frame_start, max(props.frame_end, props.frame_start) + 1))
     spec = {"neurallabel_spec": SPEC_VERSION, "data": data, "field": field,
             "world_from_data": world_from_data(scene).tolist(),
-            "units_to_mm": 1000.0 * float(scene.unit_settings.scale_length),
+            "units_to_mm": 1000.0 * float32_value(scene.unit_settings.scale_length),
             "frames": frames, "objects": objects_json}
     _validate(spec, spec_dir)
     return spec, meshes

@@ -51,9 +51,9 @@ def parse_frames(text: str) -> Optional[list[int]]:
 def label_options(scene: bpy.types.Scene) -> dict:
     """The scene's occlusion tolerances as the bake's LabelOptions fields (millimetres, fraction)."""
     props = scene.neurallabel
-    units_to_mm = 1000.0 * float(scene.unit_settings.scale_length)
-    return {"occlusion_abs_mm": float(props.occlusion_tolerance) * units_to_mm,
-            "occlusion_rel": float(props.occlusion_tolerance_relative)}
+    units_to_mm = 1000.0 * spec_export.float32_value(scene.unit_settings.scale_length)
+    return {"occlusion_abs_mm": spec_export.float32_value(props.occlusion_tolerance) * units_to_mm,
+            "occlusion_rel": spec_export.float32_value(props.occlusion_tolerance_relative)}
 
 
 def job_is_running() -> bool:

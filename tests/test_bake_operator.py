@@ -1,0 +1,134 @@
+"""neurallabel.bake / preview_labels / snap_to_field through the installed extension (the built zip), in a
+background bpy session: the bake equals ``neurallabel bake`` on the same spec byte for byte, the preview
+shows the frame's visible instances, and a snap brings displaced meshes back onto the true depth."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bpy_helpers import INSTALL_PRELUDE, build_extension_zip, run_bpy
+from neurallabel.core.icp import pose_error
+from neurallabel.core.truth import load_scene_truth
+
+pytestmark = pytest.mark.bpy
+
+# Shared by this file and test_headless_bake.py: a scene with the generated scene's meshes at their true poses.
+ANNOTATE = '''
+from mathutils import Matrix
+scene = bpy.context.scene
+assert bpy.ops.neurallabel.import_dataset(filepath=ARGS["data"]) == {"FINISHED"}
+for o in ARGS["objects"]:
+    bpy.ops.object.select_all(action="DESELECT")
+    assert bpy.ops.neurallabel.add_mesh(filepath=o["mesh"], category=o["category"]) == {"FINISHED"}
+    obj = bpy.context.active_object
+    obj.name = o["name"]
+    obj.matrix_world = Matrix(o["pose"])
+    obj.neurallabel.category_id = o["category_id"]
+    obj.neurallabel.instance_id = o["instance_id"]
+bpy.context.view_layer.update()
+'''
+
+BAKE_SCRIPT = INSTALL_PRELUDE + ANNOTATE + '''
+import numpy as np
+from mathutils import Matrix, Vector
+scene.neurallabel.output_dir = ARGS["out"]
+assert not bpy.ops.neurallabel.cancel_job.poll()  # nothing to cancel yet
+assert bpy.ops.neurallabel.bake(frames="0:4") == {"FINISHED"}
+out = {"job_running": scene.neurallabel.job_running}
+
+# Preview of frame 2 through its camera.
+camera = next(c for c in scene.neurallabel.root.children if c.get("neurallabel_frame") == 2)
+scene.camera = camera
+assert bpy.ops.neurallabel.preview_labels() == {"FINISHED"}
+image = bpy.data.images["NeuralLabel Preview"]
+out["preview_size"] = list(image.size)
+out["preview_packed"] = image.packed_file is not None
+
+# Snap: displace two meshes by 2 cm / 10 degrees and snap them back onto the true depth maps.
+rng = np.random.default_rng(5)
+out["snapped"] = {}
+for name in ARGS["snap"]:
+    obj = bpy.data.objects[name]
+    axis = rng.normal(size=3); axis /= np.linalg.norm(axis)
+    shift = rng.normal(size=3); shift *= 0.02 / np.linalg.norm(shift)
+    origin = obj.matrix_world.translation.copy()
+    start = (Matrix.Translation(origin + Vector(shift.tolist())) @ Matrix.Rotation(np.radians(10.0), 4, Vector(axis.tolist()))
+             @ Matrix.Translation(-origin) @ obj.matrix_world)
+    obj.matrix_world = start
+    bpy.ops.object.select_all(action="DESELECT")
+    obj.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+    assert bpy.ops.neurallabel.snap_to_field(depth_dir=ARGS["depth_dir"]) == {"FINISHED"}
+    out["snapped"][name] = {"start": [list(r) for r in start], "end": [list(r) for r in obj.matrix_world]}
+
+# A failed snap (no field, no depth maps) reports and leaves the object where it was.
+obj = bpy.data.objects[ARGS["snap"][0]]
+before = [list(r) for r in obj.matrix_world]
+try:
+    bpy.ops.neurallabel.snap_to_field()
+    out["no_field_message"] = None
+except RuntimeError as exc:
+    out["no_field_message"] = str(exc)
+out["unchanged_after_failure"] = [list(r) for r in obj.matrix_world] == before
+emit(out)
+'''
+
+
+def truth_objects(scene_dir: Path) -> list[dict]:
+    return [{"name": o.name, "category": o.category, "category_id": o.category_id, "instance_id": o.instance_id,
+             "mesh": str(o.mesh_path), "pose": o.object_to_world.tolist()} for o in load_scene_truth(scene_dir).objects]
+
+
+def cli_bake(spec: Path, out: Path, *extra: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "neurallabel.core.cli", "bake", str(spec), "--out", str(out),
+                           "--occlusion-mm", "10", "--occlusion-rel", "0.01", *extra],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def assert_same_bake(blender_out: Path, cli_out: Path) -> None:
+    """Every file of the CLI's bake is in Blender's, byte for byte; Blender's has only the spec on top."""
+    cli_files = {p.relative_to(cli_out) for p in cli_out.rglob("*") if p.is_file()}
+    blender_files = {p.relative_to(blender_out) for p in blender_out.rglob("*") if p.is_file()}
+    extra = blender_files - cli_files
+    assert all(p == Path("spec.json") or p.parts[0] == "meshes" for p in extra), extra
+    assert cli_files <= blender_files and len(cli_files) > 20
+    for rel in cli_files:
+        assert (blender_out / rel).read_bytes() == (cli_out / rel).read_bytes(), rel
+
+
+def test_bake_preview_snap_through_installed_extension(small_scene, tmp_path):
+    zip_path = build_extension_zip(tmp_path / "dist")
+    out = tmp_path / "labels"
+    result = run_bpy(BAKE_SCRIPT, {"zip": str(zip_path), "data": str(small_scene / "transforms.json"),
+                                   "objects": truth_objects(small_scene), "out": str(out),
+                                   "depth_dir": str(small_scene / "gt" / "depth"),
+                                   "snap": ["box_1", "cube_1"]}, tmp_path / "bpy", timeout=600)
+    assert result["job_running"] is False
+
+    # The bake: spec.json in DIR, frames 0..3, and exactly what `neurallabel bake` makes of that spec.
+    assert (out / "spec.json").is_file()
+    assert sorted(p.name for p in (out / "raw" / "instance").iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    cli_out = tmp_path / "cli"
+    cli_bake(out / "spec.json", cli_out)
+    assert_same_bake(out, cli_out)
+
+    # The preview: photo with masks | depth, side by side, packed into the .blend.
+    truth_ids = np.asarray(Image.open(small_scene / "gt" / "instance" / "000002.png"))
+    assert result["preview_size"] == [2 * truth_ids.shape[1], truth_ids.shape[0]]
+    assert result["preview_packed"]
+
+    truth = {o.name: o for o in load_scene_truth(small_scene).objects}
+    for name, poses in result["snapped"].items():
+        start_t, start_r = pose_error(np.array(poses["start"]), truth[name].object_to_world)
+        end_t, end_r = pose_error(np.array(poses["end"]), truth[name].object_to_world)
+        assert start_t > 0.015 and start_r > 9.0, (name, start_t, start_r)
+        assert end_t <= 0.002 and end_r <= 1.0, (name, end_t, end_r)
+    assert "no field to snap to" in result["no_field_message"]
+    assert result["unchanged_after_failure"]
