@@ -6,16 +6,18 @@
 
 
 def register() -> None:
-    from . import annotations, preferences, properties
+    from . import annotations, preferences, properties, scene_io
 
     properties.register()
     preferences.register()
     annotations.register()
+    scene_io.register()
 
 
 def unregister() -> None:
-    from . import annotations, preferences, properties
+    from . import annotations, preferences, properties, scene_io
 
+    scene_io.unregister()
     annotations.unregister()
     preferences.unregister()
     properties.unregister()

@@ -227,3 +227,56 @@ def root_matrix(root: bpy.types.Object) -> np.ndarray:
     """``world_from_data``: the root empty's world matrix (a similarity the artist sets)."""
     return np.array([list(row) for row in root.matrix_world], dtype=np.float64)
 
+
+
+# --- keeping the scene's resolution on the active camera's --------------------------------------------
+
+
+def marker_camera(scene: bpy.types.Scene) -> bpy.types.Object | None:
+    """The camera the timeline markers make active at the current frame (Blender's rule: the last
+    camera marker at or before the frame, else the first one), or ``scene.camera`` without markers."""
+    markers = sorted((m for m in scene.timeline_markers if m.camera is not None), key=lambda m: m.frame)
+    if not markers:
+        return scene.camera
+    before = [m for m in markers if m.frame <= scene.frame_current]
+    return (before[-1] if before else markers[0]).camera
+
+
+def sync_render_to_camera(scene: bpy.types.Scene) -> bool:
+    """Give the scene the active imported camera's resolution / pixel aspect; True when it changed.
+
+    Blender has one resolution per scene, while photos may differ in size: without this, looking through
+    a camera whose photo has another size would show the wrong frame.
+    """
+    # scene.frame_set() switches the marker camera only after frame_change_post: ask the markers.
+    camera = marker_camera(scene)
+    if camera is None or PROP_INTRINSICS not in camera:
+        return False
+    settings = camera_settings_of(camera)
+    render = scene.render
+    current = (render.resolution_x, render.resolution_y, render.resolution_percentage,
+               render.pixel_aspect_x, render.pixel_aspect_y)
+    wanted = (settings.resolution_x, settings.resolution_y, 100,
+              settings.pixel_aspect_x, settings.pixel_aspect_y)
+    if current[:3] == wanted[:3] and all(abs(a - b) < 1e-6 * b for a, b in zip(current[3:], wanted[3:])):
+        return False
+    apply_render_settings(scene, settings)
+    return True
+
+
+@bpy.app.handlers.persistent
+def _sync_on_frame_change(scene: bpy.types.Scene, _depsgraph: bpy.types.Depsgraph | None = None) -> None:
+    # Timeline markers switch scene.camera to each photo's camera as the frame changes.
+    if scene is not None:
+        sync_render_to_camera(scene)
+
+
+def register() -> None:
+    bpy.app.handlers.frame_change_post.append(_sync_on_frame_change)
+
+
+def unregister() -> None:
+    handlers = bpy.app.handlers.frame_change_post
+    for h in [h for h in handlers if getattr(h, "__name__", "") == _sync_on_frame_change.__name__
+              and getattr(h, "__module__", "") == _sync_on_frame_change.__module__]:
+        handlers.remove(h)

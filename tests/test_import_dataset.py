@@ -40,6 +40,12 @@ out = {"result": sorted(result), "cameras": {}, "root_name": root.name, "scene_c
 for cam in cameras:
     frame = int(cam[scene_io.PROP_FRAME])
     settings = scene_io.camera_settings_of(cam)
+    # Scrubbing to the frame looks through its camera (timeline marker) at its resolution (handler).
+    scene.frame_set(frame)
+    synced = [scene.camera == cam, scene.render.resolution_x == settings.resolution_x,
+              scene.render.resolution_y == settings.resolution_y,
+              abs(scene.render.pixel_aspect_x - settings.pixel_aspect_x) < 1e-6,
+              abs(scene.render.pixel_aspect_y - settings.pixel_aspect_y) < 1e-6]
     scene_io.apply_render_settings(scene, settings)  # one resolution per scene: use this camera's
     depsgraph = bpy.context.evaluated_depsgraph_get()
     w, h = settings.resolution_x, settings.resolution_y
@@ -58,7 +64,7 @@ for cam in cameras:
         "model": cam[scene_io.PROP_MODEL], "distortion": list(cam[scene_io.PROP_DISTORTION]),
         "background": cam.data.background_images[0].image.filepath if cam.data.background_images else None,
         "show_background": cam.data.show_background_images,
-        "via_view": via_view, "via_matrix": via_matrix}
+        "via_view": via_view, "via_matrix": via_matrix, "synced": synced}
 emit(out)
 '''
 
@@ -108,6 +114,7 @@ def _check_projection(data: Path, tmp_path: Path, depth_scale: float) -> dict:
         assert Path(cam["image"]) == frame.image_path
         assert cam["show_background"] and Path(cam["background"]) == frame.image_path
         assert cam["model"] == frame.intrinsics.model
+        assert all(cam["synced"]), (frame.index, cam["synced"])
         assert cam["distortion"] == pytest.approx(list(frame.intrinsics.distortion), abs=0)
         expected, z = project_points(frame.intrinsics, frame.cam_to_world, points[str(frame.index)],
                                      apply_distortion=False)
