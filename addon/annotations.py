@@ -60,16 +60,19 @@ def ensure_unique_instance_ids(scene: bpy.types.Scene) -> list[bpy.types.Object]
         by_id.setdefault(obj.neurallabel.instance_id, []).append(obj)
     next_id = max((i for i in by_id), default=0) + 1
     for instance_id, objects in sorted(by_id.items()):
+        # Objects linked from a library cannot be changed: they keep their ids.
+        linked = [o for o in objects if o.library is not None]
         if instance_id > 0:
-            keeper = next((o for o in objects if o.neurallabel.instance_owner == o.name), objects[0])
-            losers = [o for o in objects if o != keeper]
+            keeper = linked[0] if linked else next(
+                (o for o in objects if o.neurallabel.instance_owner == o.name), objects[0])
+            losers = [o for o in objects if o != keeper and o.library is None]
         else:
-            keeper, losers = None, objects
+            keeper, losers = None, [o for o in objects if o.library is None]
         for obj in losers:
             obj.neurallabel.instance_id = next_id
             next_id += 1
             changed.append(obj)
-        for obj in ([keeper] if keeper is not None else []) + losers:
+        for obj in ([keeper] if keeper is not None and keeper.library is None else []) + losers:
             if obj.neurallabel.instance_owner != obj.name:
                 obj.neurallabel.instance_owner = obj.name
     return changed

@@ -148,6 +148,7 @@ def test_add_box(small_scene: Path, extension_zip: Path, tmp_path: Path) -> None
 
 MESH_SCRIPT = INSTALL_PRELUDE + COUNTS + '''
 import numpy as np
+from mathutils import Matrix
 ann = ext.addon.annotations
 scene = bpy.context.scene
 scene.cursor.location = (0.5, 0.25, -0.1)
@@ -165,6 +166,16 @@ for label, path in ARGS["good"].items():
         "instance_id": obj.neurallabel.instance_id, "collections": [c.name for c in obj.users_collection],
         "pose": pose.tolist(), "scale": scale.tolist(), "new_objects": after["objects"] - before["objects"],
         "new_meshes": after["meshes"] - before["meshes"], "new_collections": after["collections"] - before["collections"]}
+# Mesh annotations set to the generated scene's true poses give those poses back.
+true_poses = []
+for obj_truth in ARGS["objects"]:
+    bpy.ops.neurallabel.add_mesh(filepath=obj_truth["mesh_path"], category=obj_truth["category"])
+    obj = bpy.context.active_object
+    obj.matrix_world = Matrix(obj_truth["pose"])
+    bpy.context.view_layer.update()
+    pose, scale = ann.mesh_pose(obj)
+    true_poses.append({"pose": pose.tolist(), "scale": scale.tolist(), "category_id": obj.neurallabel.category_id})
+out["true_poses"] = true_poses
 for label, path in ARGS["bad"].items():
     before = counts()
     names_before = sorted(o.name for o in bpy.data.objects)
@@ -216,7 +227,9 @@ def test_add_mesh_keeps_file_frame_and_rejects_bad_files(small_scene: Path, exte
     bad["unsupported"] = str(files / "model.fbx")
     bad["missing"] = str(files / "nope.ply")
 
-    out = run_bpy(MESH_SCRIPT, {"zip": str(extension_zip), "good": good, "bad": bad}, tmp_path)
+    objects = [{**o, "mesh_path": str(small_scene / o["mesh"])} for o in truth]
+    out = run_bpy(MESH_SCRIPT, {"zip": str(extension_zip), "good": good, "bad": bad, "objects": objects},
+                  tmp_path)
     for label, path in good.items():
         mesh = out["meshes"][label]
         assert mesh["result"] == ["FINISHED"], label
@@ -232,6 +245,14 @@ def test_add_mesh_keeps_file_frame_and_rejects_bad_files(small_scene: Path, exte
     assert len(set(ids)) == len(ids)
     # glTF is Y-up: shown Z-up (as Blender's importer does) while the local frame stays the file's.
     assert np.allclose(np.array(out["meshes"]["glb"]["pose"])[:3, :3], [[1, 0, 0], [0, 0, -1], [0, 1, 0]], atol=1e-6)
+    for obj, got in zip(truth, out["true_poses"]):
+        assert np.abs(np.array(got["pose"]) - np.array(obj["pose"])).max() <= 1e-6, obj["name"]
+        assert got["scale"] == pytest.approx([1, 1, 1], abs=1e-6)
+    by_category = {}
+    for obj, got in zip(truth, out["true_poses"]):  # one id per category, distinct across categories
+        by_category.setdefault(obj["category"], set()).add(got["category_id"])
+    assert all(len(ids) == 1 for ids in by_category.values())
+    assert len({next(iter(ids)) for ids in by_category.values()}) == len(by_category)
     for label, case in out["bad"].items():
         assert case["result"] == ["CANCELLED"], (label, case)
         assert case["unchanged"] and case["active"], (label, case)

@@ -118,6 +118,11 @@ props.job_running, props.job_progress, props.job_stage, props.use_frame_range = 
 logs["mesh_running"] = draw_panels(ARGS["panels"])
 props.job_running = False
 out["logs"] = logs
+prefs_log = []
+fake_prefs = type("P", (), {"layout": FakeLayout(prefs_log), "worker_python": prefs.worker_python,
+                            "device": prefs.device, "bl_rna": prefs.bl_rna})()
+type(prefs).draw(fake_prefs, bpy.context)
+out["prefs_log"] = prefs_log
 
 # Greyed-out buttons explain why: add_box needs Object Mode.
 bpy.ops.object.mode_set(mode="EDIT")
@@ -208,6 +213,8 @@ def test_install_enable_use_and_disable(small_scene: Path, tmp_path: Path) -> No
     assert ("prop", "category") in logs["box"] and ("prop", "mesh_path") not in logs["box"]
     assert ("prop", "mesh_path") in logs["mesh_running"] and any(k == "progress" for k, _ in logs["mesh_running"])
     assert ("prop", "frame_end") in logs["mesh_running"]
+    prefs_log = [tuple(entry) for entry in out["prefs_log"]]
+    assert ("prop", "worker_python") in prefs_log and ("operator", "neurallabel.install_dependencies") in prefs_log
     assert out["add_box_poll_edit"] is False
     assert "Switch to Object Mode" in out["add_box_edit_error"]
     # Disabling removes every type, property and handler it added.
