@@ -86,6 +86,10 @@ def _import(path: Path) -> None:
     elif suffix == ".stl":
         bpy.ops.wm.stl_import(filepath=str(path), forward_axis="Y", up_axis="Z")
     else:
+        try:
+            bpy.ops.import_scene.gltf.get_rna_type()
+        except KeyError:
+            raise RuntimeError("the glTF importer is off: enable the 'glTF 2.0 format' add-on") from None
         bpy.ops.import_scene.gltf(filepath=str(path))
 
 
