@@ -61,14 +61,17 @@ def _tukey_weights(residuals: np.ndarray, floor: float) -> np.ndarray:
 
 def icp_point_to_plane(model_points: np.ndarray, model_normals: np.ndarray, scene_points: np.ndarray,
                        init_pose: np.ndarray, *, max_distance: float, min_distance: Optional[float] = None,
+                       scene_normals: Optional[np.ndarray] = None, max_normal_angle: float = 45.0,
                        max_iterations: int = 80, tolerance: float = 1e-7,
                        progress: Optional[ProgressFn] = None) -> IcpResult:
     """Refine ``init_pose`` (4x4 model-to-world) so the model's surface meets ``scene_points`` (world).
 
     ``max_distance``: the largest scene-to-model distance a correspondence may start with (cover the
     expected misplacement); the trim distance then follows three times the median correspondence distance,
-    down to ``min_distance`` (default ``max_distance / 20``). Stops when an update moves the model by less
-    than ``tolerance`` (world units at the model's extent) or after ``max_iterations``.
+    down to ``min_distance`` (default ``max_distance / 20``). With ``scene_normals`` (sign free), a pair whose
+    normals differ by more than ``max_normal_angle`` degrees is dropped: the floor around an object then
+    cannot pull the object's side faces sideways. Stops when an update moves the model by less than
+    ``tolerance`` (world units at the model's extent) or after ``max_iterations``.
     """
     from scipy.spatial import cKDTree
 
@@ -87,7 +90,14 @@ def icp_point_to_plane(model_points: np.ndarray, model_normals: np.ndarray, scen
     if min_distance is None:
         min_distance = max_distance / 20.0
     extent = float(np.linalg.norm(model_points.max(axis=0) - model_points.min(axis=0)))
-    residual_floor = 1e-4 * extent  # keeps Tukey's scale sane when residuals collapse to ~0
+    # Tukey's scale never drops below a third of the final trim distance: when most residuals collapse to ~0
+    # (one face fits), a face a fraction of a millimetre off must still count, or the fit stops sliding.
+    residual_floor = max(min_distance / 3.0, 1e-6 * extent)
+    if scene_normals is not None:
+        scene_normals = np.asarray(scene_normals, dtype=np.float64)
+        if scene_normals.shape != scene_points.shape:
+            raise NeuralLabelError(f"scene normals {scene_normals.shape} do not match the points {scene_points.shape}")
+    min_cos = float(np.cos(np.radians(max_normal_angle)))
     tree = cKDTree(model_points)
     trim = max_distance
     converged = False
@@ -100,6 +110,10 @@ def icp_point_to_plane(model_points: np.ndarray, model_normals: np.ndarray, scen
         q = (scene_points - t) @ R
         distance, index = tree.query(q, distance_upper_bound=trim)
         inliers = np.isfinite(distance)
+        if scene_normals is not None:
+            found = np.flatnonzero(inliers)
+            agree = np.abs(np.einsum("ij,ij->i", scene_normals[found] @ R, model_normals[index[found]]))
+            inliers[found[agree < min_cos]] = False
         if inliers.sum() < 6:
             raise NeuralLabelError(
                 f"ICP lost the object: fewer than 6 surface points within {trim:.4g} of the mesh; "
@@ -118,7 +132,7 @@ def icp_point_to_plane(model_points: np.ndarray, model_normals: np.ndarray, scen
         # G maps (world -> model) points onto the model: new model_from_world = G @ old, so pose = pose @ G^-1.
         pose = pose @ np.linalg.inv(G)
         step = float(np.linalg.norm(x[3:]) + np.linalg.norm(x[:3]) * extent)
-        trim = float(np.clip(3.0 * np.median(distance[inliers]), min_distance, trim))
+        trim = float(np.clip(3.0 * np.median(distance[inliers]), min_distance, max_distance))
         report(progress, iterations, max_iterations, "snap")
         if step < tolerance:
             converged = True

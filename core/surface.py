@@ -108,6 +108,24 @@ def voxel_downsample(points: np.ndarray, voxel: float) -> np.ndarray:
     return sums / counts[:, None]
 
 
+def estimate_normals(points: np.ndarray, neighbours: int = 12) -> np.ndarray:
+    """Unit normals (N,3) of a point sample: the least-spread direction of each point's neighbours (PCA).
+
+    Their sign is arbitrary (a merged cloud no longer knows its cameras); ICP compares them up to sign.
+    """
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 3:
+        return np.zeros_like(points)
+    k = min(neighbours, len(points))
+    _, index = cKDTree(points).query(points, k=k)
+    local = points[index] - points[index].mean(axis=1, keepdims=True)
+    covariance = np.einsum("nki,nkj->nij", local, local)
+    _, vectors = np.linalg.eigh(covariance)  # ascending eigenvalues: column 0 is the normal
+    return vectors[:, :, 0]
+
+
 DepthAt = Callable[[Frame, np.ndarray], np.ndarray]  # (frame, pixels (N,2)) -> z-depth (N,)
 
 

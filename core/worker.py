@@ -321,6 +321,7 @@ def job_snap(job: dict, events: EventWriter) -> dict:
     ``data`` + ``field`` or ``depth_dir``; optional ``world_from_data``, ``margin``, ``max_distance``
     (default: 3 cm or a fifth of the mesh's size, whichever is larger), ``model_points``."""
     from .icp import icp_point_to_plane, sample_mesh_surface
+    from .surface import estimate_normals
 
     vertices, faces = _read_mesh(str(_required(job, "mesh")))
     pose = _matrix(_required(job, "pose"), "pose")
@@ -334,7 +335,7 @@ def job_snap(job: dict, events: EventWriter) -> dict:
                                             events.progress)
     model_points, model_normals = sample_mesh_surface(vertices, faces, int(job.get("model_points", 20000)))
     result = icp_point_to_plane(model_points, model_normals, scene_points, pose, max_distance=max_distance,
-                                progress=events.progress)
+                                scene_normals=estimate_normals(scene_points), progress=events.progress)
     return {"kind": "snap", "pose": result.pose.tolist(), "fitness": result.fitness, "rmse": result.rmse,
             "iterations": result.iterations, "converged": result.converged,
             "scene_points": int(len(scene_points)), "views": int(views)}
