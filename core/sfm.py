@@ -323,5 +323,12 @@ def camera_centre_errors(recovered: dict[str, np.ndarray], given: dict[str, np.n
     aligned = source @ target_from_source[:3, :3].T + target_from_source[:3, 3]
     scene_size = float(np.max(np.linalg.norm(target[:, None] - target[None], axis=-1)))
     errors = np.linalg.norm(aligned - target, axis=1) / scene_size
+    # Orientation check too: the angle between each given rotation and the recovered one after the best
+    # global rotation (fitted on the rotations: centres alone leave it loose for a nearly flat camera path).
+    from scipy.spatial.transform import Rotation
+
+    relative = Rotation.from_matrix(np.array([given[n][:3, :3] @ recovered[n][:3, :3].T for n in common]))
+    rotation_deg = np.degrees((relative.mean().inv() * relative).magnitude())
     return {"names": common, "errors": errors, "median": float(np.median(errors)), "max": float(errors.max()),
-            "scene_size": scene_size, "count": len(common), "target_from_source": target_from_source}
+            "scene_size": scene_size, "count": len(common), "target_from_source": target_from_source,
+            "rotation_deg": rotation_deg, "median_rotation_deg": float(np.median(rotation_deg))}

@@ -60,6 +60,7 @@ def run(data: Path, downscale: float, max_images: int | None, out: Path) -> dict
         "compared_cameras": errors["count"],
         "median_centre_error_frac": round(errors["median"], 5),
         "max_centre_error_frac": round(errors["max"], 5),
+        "median_rotation_error_deg": round(errors["median_rotation_deg"], 3),
         "target_median_frac": TARGET_MEDIAN,
         "pass": bool(errors["median"] <= TARGET_MEDIAN and result.num_registered == result.num_images),
         "seconds": round(seconds, 1),

@@ -72,6 +72,7 @@ def test_sfm_cli_on_a_few_fox_photos(shared_data, tmp_path, capsys):
                                   {f.image_path.name: f.cam_to_world for f in given.frames})
     assert errors["count"] == len(FOX_SUBSET)
     assert errors["median"] < 0.02, errors["median"]  # measured ~0.002 of the 9 cameras' spread
+    assert errors["median_rotation_deg"] < 1.0, errors["median_rotation_deg"]
     # Recovered focal length within 5% of the given one (the lens is refined by bundle adjustment).
     assert recovered.frames[0].intrinsics.fx * 4 == pytest.approx(given.frames[0].intrinsics.fx, rel=0.05)
 
@@ -149,6 +150,13 @@ def test_similarity_alignment_recovers_a_known_similarity():
         given[name][:3, 3] = target[i] + (0.01 if i == 0 else 0.0)
     errors = camera_centre_errors(poses, given)
     assert errors["count"] == 20 and errors["median"] < 1e-3 and errors["max"] > errors["median"]
+    assert errors["median_rotation_deg"] < 1e-6  # same orientations
+    for i, name in enumerate(poses):  # one global rotation of all cameras is not an error ...
+        poses[name][:3, :3] = Rotation.random(random_state=10 + i).as_matrix()
+        given[name][:3, :3] = rotation @ poses[name][:3, :3]
+    assert camera_centre_errors(poses, given)["median_rotation_deg"] < 1e-6
+    given["0"][:3, :3] = given["0"][:3, :3] @ Rotation.from_euler("x", 5, degrees=True).as_matrix()
+    assert camera_centre_errors(poses, given)["rotation_deg"].max() > 4.0  # ... one camera turned 5 deg is
 
 
 @pytest.mark.slow
