@@ -3,9 +3,10 @@
 ``load_image`` returns float32 RGB in [0, 1], shape (H, W, 3). Images with an alpha channel (NeRF-synthetic's
 RGBA PNGs) are composited on a white background by default, the usual NeRF-synthetic convention;
 ``background=None`` keeps the alpha channel instead and returns (H, W, 4) with straight (not premultiplied)
-colour. 16-bit PNGs keep their precision. Downscaling averages pixel areas (PIL's box filter), so a
-downscaled pixel is the mean of the full-resolution pixels it covers; that matches the rays through pixel
-centres of :meth:`Intrinsics.scaled`.
+colour. Greyscale images become grey RGB (16-bit ones keep their precision). EXIF orientation is ignored,
+as COLMAP ignores it, so pixels and cameras stay consistent. Downscaling averages pixel areas (PIL's box
+filter), so a downscaled pixel is the mean of the full-resolution pixels it covers; that matches the rays
+through pixel centres of :meth:`Intrinsics.scaled`.
 """
 
 from __future__ import annotations

@@ -162,6 +162,18 @@ def test_downscale_on_load_scales_intrinsics_and_area_averages_images(tmp_path):
         load_dataset(tmp_path, downscale=0.5)
 
 
+def test_greyscale_images_become_grey_rgb_with_their_precision(tmp_path):
+    grey16 = np.random.default_rng(7).integers(0, 65536, (10, 20), dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "a.png")
+    Image.fromarray((grey16 >> 8).astype(np.uint8), "L").save(tmp_path / "b.png")
+    write_json(tmp_path / "transforms.json", {"fl_x": 10.0, "frames": [
+        {"file_path": "a.png", "transform_matrix": pose(0)}, {"file_path": "b.png", "transform_matrix": pose(1)}]})
+    a, b = (load_image(f) for f in load_dataset(tmp_path).frames)
+    assert a.shape == b.shape == (10, 20, 3)
+    np.testing.assert_allclose(a[..., 1], grey16 / 65535.0, atol=1e-7)
+    np.testing.assert_allclose(b[..., 2], (grey16 >> 8) / 255.0, atol=1e-7)
+
+
 def test_load_image_refuses_a_file_that_changed_size(tmp_path):
     write_image(tmp_path / "a.png", 20, 10)
     write_json(tmp_path / "transforms.json", {"fl_x": 10.0, "frames": [{"file_path": "a.png",
