@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .dataset import Dataset, load_transforms
+from .dataset import Dataset, load_dataset
 from .errors import NeuralLabelError
 from .export import FORMATS, ExportContext, get_writer
 from .export.atomic import json_bytes, npy_bytes, write_bytes
@@ -101,7 +101,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     formats = _check_formats(formats)
-    dataset = load_transforms(spec.data_path)
+    dataset = load_dataset(spec.data_path)
     todo = select_frames(spec, dataset, frames, shard)
     source_name = "none"
     if depth_source is None and spec.field_path is not None:
@@ -252,7 +252,8 @@ def _object_models(spec: LabelSpec, out_dir: Path, depth_source, resolution: int
         f_path = cache / f"instance_{obj.instance_id:06d}_faces.npy"
         if not (v_path.is_file() and f_path.is_file()):
             mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
-                                    resolution=resolution, progress=progress, name=obj.name)
+                                    resolution=resolution, step=getattr(depth_source, "step", None),
+                                    progress=progress, name=obj.name)
             if mesh is None:
                 raise NeuralLabelError(f"object {obj.name!r}: the field holds no surface inside its box")
             write_bytes(v_path, npy_bytes(np.asarray(mesh.vertices, dtype=np.float64)))

@@ -108,6 +108,12 @@ class FieldDepth:
                     confidence[sl] = _weight_near(out, out["median_distance"].double(), len(o)).cpu().numpy()
         return z, confidence
 
+    @property
+    def step(self) -> Optional[float]:
+        """The field renderer's step length (data units), which sets the surface's density level."""
+        step = getattr(self.field, "render_step_size", None)
+        return float(step) if step else None
+
     def density(self, points: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
         """The field's volume density (per data unit of length) at ``points`` (N, 3), data frame."""
         import torch
@@ -132,3 +138,32 @@ def _weight_near(out: dict, median_distance, n_rays: int):
     mass = torch.zeros(n_rays, dtype=torch.float64, device=weights.device)
     mass.index_add_(0, ray, torch.where(near, weights, torch.zeros_like(weights)))
     return mass.clamp(0.0, 1.0)
+
+
+class CachedDepth:
+    """Remembers another source's whole-frame depth (and confidence) per frame: for trying several label
+    options on the same frames (benchmarks) without rendering the field again."""
+
+    def __init__(self, source) -> None:
+        self.source = source
+        self.has_density = getattr(source, "has_density", False)
+        self._frames: dict[int, tuple[np.ndarray, Optional[np.ndarray]]] = {}
+
+    @property
+    def step(self) -> Optional[float]:
+        return getattr(self.source, "step", None)
+
+    def density(self, points: np.ndarray) -> np.ndarray:
+        return self.source.density(points)
+
+    def z_depth(self, frame: Frame, rows: np.ndarray, cols: np.ndarray, with_confidence: bool = False
+                ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        cached = self._frames.get(frame.index)
+        if cached is None or (with_confidence and cached[1] is None):
+            h, w = frame.intrinsics.height, frame.intrinsics.width
+            all_rows, all_cols = np.divmod(np.arange(h * w), w)
+            z, conf = self.source.z_depth(frame, all_rows, all_cols, with_confidence=with_confidence)
+            cached = (z.reshape(h, w), None if conf is None else conf.reshape(h, w))
+            self._frames[frame.index] = cached
+        z_map, conf_map = cached
+        return z_map[rows, cols], (conf_map[rows, cols] if with_confidence else None)

@@ -120,6 +120,7 @@ class FrameLabels:
     depth: np.ndarray  # (H, W) float32 z-depth in world units, NaN = no surface (or not computed)
     confidence: Optional[np.ndarray]  # (H, W) float32 in [0, 1], the field's certainty; None without a field
     instances: list[InstanceLabels] = field(default_factory=list)
+    source_depth: Optional[np.ndarray] = None  # (H, W) the depth source's own z-depth (NaN: not asked / none)
 
     @property
     def binary(self) -> np.ndarray:
@@ -340,7 +341,8 @@ class FrameLabeler:
                 cam_R_m2c=m2c[:3, :3].copy(), cam_t_m2c=m2c[:3, 3].copy(),
                 corners_px=corners_px - 0.5, corners_z=corners_z))
         instances.sort(key=lambda x: x.instance_id)
-        return FrameLabels(frame.index, instance, category, depth, conf_map, instances)
+        return FrameLabels(frame.index, instance, category, depth, conf_map, instances,
+                           source_depth=source_z if source is not None else None)
 
     # --- helpers -----------------------------------------------------------------------------------------
 

@@ -193,9 +193,9 @@ def parse_spec(data: Any, base_dir: Path, *, source: str = "label spec", load_me
 
     spec = LabelSpec(None, data_path, field_path, world_from_data, float(units_to_mm), frames, objects)
     if check_frames and frames is not None:
-        from .dataset import load_transforms
+        from .dataset import load_dataset
 
-        count = len(load_transforms(data_path).frames)
+        count = len(load_dataset(data_path).frames)
         bad = [i for i in frames if not 0 <= i < count]
         if bad:
             raise fail(f"'frames': frame index {bad[0]} is out of range (the dataset {data_path} has "
