@@ -62,7 +62,7 @@ def _tukey_weights(residuals: np.ndarray, floor: float) -> np.ndarray:
 def icp_point_to_plane(model_points: np.ndarray, model_normals: np.ndarray, scene_points: np.ndarray,
                        init_pose: np.ndarray, *, max_distance: float, min_distance: Optional[float] = None,
                        scene_normals: Optional[np.ndarray] = None, max_normal_angle: float = 45.0,
-                       max_iterations: int = 80, tolerance: float = 1e-7,
+                       max_iterations: int = 80, tolerance: float = 1e-6,
                        progress: Optional[ProgressFn] = None) -> IcpResult:
     """Refine ``init_pose`` (4x4 model-to-world) so the model's surface meets ``scene_points`` (world).
 

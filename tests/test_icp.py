@@ -17,6 +17,7 @@ import pytest
 import trimesh
 from scipy.spatial.transform import Rotation
 
+from neurallabel.addon.worker_client import run_job_sync
 from neurallabel.core.cameras import Intrinsics, camera_rays
 from neurallabel.core.dataset import Frame
 from neurallabel.core.errors import NeuralLabelError
@@ -160,3 +161,45 @@ def test_snap_job_in_worker_with_true_depth(tmp_path, raycast_scene):
     assert events[-1]["event"] == "result" and any(e["event"] == "progress" for e in events)
     translation, rotation = pose_error(np.array(events[-1]["pose"]), truth_world)
     assert translation <= 0.004 and rotation <= 1.0  # 2 mm in the data frame = 4 mm in this world
+
+
+def write_voxel_field(path: Path, meshes: list[trimesh.Trimesh], roi: np.ndarray, resolution: int = 64) -> None:
+    """A field checkpoint whose density grid is the voxelised truth: opaque inside ``meshes`` and below the
+    floor (z < 0), empty elsewhere. Its rendered depth is the truth up to the voxel size."""
+    import torch
+
+    from neurallabel.core.checkpoint import save_checkpoint
+    from neurallabel.core.field import Field, FieldConfig
+
+    field = Field(FieldConfig(roi_aabb=roi.tolist(), density_resolution=resolution, plane_resolutions=(4,),
+                              plane_features=2, hidden=8, occupancy_resolution=32))
+    axes = [np.linspace(roi[0, i], roi[1, i], resolution) for i in range(3)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)  # grid[i, j, k] = (x, y, z)
+    inside = points[:, 2] < 0.0
+    for mesh in meshes:
+        inside |= mesh.contains(points)
+    grid = np.where(inside, 12.0, -12.0).reshape(1, 1, resolution, resolution, resolution)
+    with torch.no_grad():
+        field.density_grid.copy_(torch.from_numpy(grid).float())
+        field.update_occupancy(threshold=0.01, samples_per_cell=2)
+    save_checkpoint(path, field)
+
+
+def test_snap_job_with_a_field(small_scene, tmp_path):
+    """The worker's snap job on a field's rendered depth (the path neurallabel.snap_to_field takes)."""
+    from neurallabel.core.truth import load_scene_truth
+
+    truth = load_scene_truth(small_scene)
+    cube = next(o for o in truth.objects if o.name == "cube_1")
+    placed = cube.load_mesh().copy().apply_transform(cube.object_to_world)
+    centre = placed.bounds.mean(axis=0)
+    roi = np.array([centre - 0.07, centre + 0.07])
+    roi[0, 2] = -0.02  # the floor under it
+    write_voxel_field(tmp_path / "field.pt", [placed], roi, resolution=80)
+    start = displaced(cube.object_to_world, np.random.default_rng(2), 0.02, 10.0)
+    job = {"kind": "snap", "data": str(truth.transforms_path), "field": str(tmp_path / "field.pt"),
+           "mesh": str(cube.mesh_path), "pose": start.tolist(), "device": "cpu", "max_views": 6}
+    result = run_job_sync(job)
+    translation, rotation = pose_error(np.array(result["pose"]), cube.object_to_world)
+    assert result["views"] == 6 and result["scene_points"] > 500
+    assert translation <= 0.002 and rotation <= 1.0, (translation, rotation)
