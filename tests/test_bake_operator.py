@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bpy_helpers import INSTALL_PRELUDE, build_extension_zip, run_bpy
+from bpy_helpers import DEV_PRELUDE, INSTALL_PRELUDE, build_extension_zip, run_bpy
 from neurallabel.core.icp import pose_error
 from neurallabel.core.truth import load_scene_truth
 
@@ -132,3 +132,52 @@ def test_bake_preview_snap_through_installed_extension(small_scene, tmp_path):
         assert end_t <= 0.002 and end_r <= 1.0, (name, end_t, end_r)
     assert "no field to snap to" in result["no_field_message"]
     assert result["unchanged_after_failure"]
+
+
+FIELD_SCRIPT = DEV_PRELUDE + '''
+import numpy as np
+scene = bpy.context.scene
+assert bpy.ops.neurallabel.import_dataset(filepath=ARGS["data"]) == {"FINISHED"}
+out = {}
+try:
+    bpy.ops.neurallabel.load_field(filepath=ARGS["missing"])
+except RuntimeError as exc:
+    out["missing_message"] = str(exc)
+out["field_path_after_failure"] = scene.neurallabel.field_path
+out["cloud_after_failure"] = "NeuralLabel Field Preview" in bpy.data.objects
+assert bpy.ops.neurallabel.load_field(filepath=ARGS["field"], views=4) == {"FINISHED"}
+cloud = bpy.data.objects["NeuralLabel Field Preview"]
+points = np.empty(len(cloud.data.vertices) * 3, dtype=np.float32)
+cloud.data.vertices.foreach_get("co", points)
+out.update(field_path=scene.neurallabel.field_path, parent=cloud.parent.name if cloud.parent else None,
+           points=points.reshape(-1, 3).tolist())
+emit(out)
+'''
+
+
+def test_load_field_builds_preview_cloud(small_scene, tmp_path):
+    from test_icp import write_voxel_field
+    from neurallabel.core.truth import load_scene_truth
+
+    cube = next(o for o in load_scene_truth(small_scene).objects if o.name == "cube_1")
+    placed = cube.load_mesh().copy().apply_transform(cube.object_to_world)
+    roi = np.array([placed.bounds[0] - 0.05, placed.bounds[1] + 0.05])
+    roi[0, 2] = -0.02
+    write_voxel_field(tmp_path / "field.pt", [placed], roi, resolution=48)
+    result = run_bpy(FIELD_SCRIPT, {"data": str(small_scene / "transforms.json"), "field": str(tmp_path / "field.pt"),
+                                    "missing": str(tmp_path / "nope.pt")}, tmp_path / "bpy")
+    assert "does not exist" in result["missing_message"]
+    assert result["field_path_after_failure"] == "" and not result["cloud_after_failure"]
+    assert result["field_path"] == str(tmp_path / "field.pt") and result["parent"] == "NeuralLabel Scene"
+    points = np.array(result["points"])
+    assert len(points) > 50
+    assert np.all(points >= roi[0] - 1e-4) and np.all(points <= roi[1] + 1e-4)  # cropped to the field's box
+    on_cube = points[:, 2] > 0.004  # above the floor (the slab under it has side walls at the box border)
+    from scipy.spatial import cKDTree
+
+    from neurallabel.core.icp import sample_mesh_surface
+
+    surface, _ = sample_mesh_surface(placed.vertices, placed.faces, 50000)
+    distance, _ = cKDTree(surface).query(points[on_cube])
+    # within about a voxel (4 mm) of the cube's surface; a few rays that graze an edge mix two depths
+    assert on_cube.sum() > 10 and np.percentile(distance, 80) < 0.006
