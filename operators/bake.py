@@ -282,14 +282,19 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
         spec_path = spec_export.export_spec(context, out / "spec.json", parse_frames(self.frames))
         self._started = time.monotonic()
         self._out_path = out
+        self._options = label_options(context.scene)
+        self._formats = ",".join(formats)
         return {"kind": "bake", "spec": str(spec_path), "out": str(out), "formats": formats,
-                "options": label_options(context.scene)}
+                "options": self._options}
 
     def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
         summary = result.get("summary") or {}
-        frames = summary.get("frames", summary.get("frames_baked", "all"))
-        self.report({"INFO"}, f"Baked {frames} frames into {self._out_path} "
-                              f"in {time.monotonic() - self._started:.0f} s")
+        skipped = f" ({summary['skipped']} were already done)" if summary.get("skipped") else ""
+        self.report({"INFO"}, f"Baked {summary.get('frames', 0)} frames{skipped} into {self._out_path} in "
+                              f"{time.monotonic() - self._started:.0f} s; the same from a shell: neurallabel "
+                              f"bake {self._out_path / 'spec.json'} --out {self._out_path} --formats {self._formats} "
+                              f"--occlusion-mm {self._options['occlusion_abs_mm']:g} "
+                              f"--occlusion-rel {self._options['occlusion_rel']:g}")
         return {"FINISHED"}
 
     def job_cancelled(self, context: bpy.types.Context) -> None:

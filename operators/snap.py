@@ -96,9 +96,9 @@ class NEURALLABEL_OT_snap_to_field(WorkerOperator, bpy.types.Operator):
         pose[:3, :3] = pose[:3, :3] * self._scale[None, :]  # the object keeps its scale
         obj.matrix_world = Matrix(pose.tolist())
         self.report({"INFO"}, f"Snapped {obj.name!r}: {result['scene_points']} surface points from "
-                              f"{result['views']} views, residual {result['rmse'] * 1000:.2f} mm (scene units "
-                              f"x1000), {result['fitness']:.0%} of points matched, {result['iterations']} "
-                              f"iterations" + ("" if result.get("converged") else " (not converged)"))
+                              f"{result['views']} views, RMS residual {result['rmse']:.3g} scene units, "
+                              f"{result['fitness']:.0%} of the points matched, {result['iterations']} iterations"
+                              + ("" if result.get("converged") else " (not converged: snap again)"))
         return {"FINISHED"}
 
 

@@ -133,7 +133,9 @@ first.neurallabel.category = "mug"
 bpy.ops.object.select_all(action="DESELECT")
 bpy.ops.neurallabel.add_box(category="mug")
 second = bpy.context.active_object
-second.neurallabel.instance_id = first.neurallabel.instance_id
+# Typing a taken id in the panel is resolved at once (addon.annotations); a script writing the raw property
+# bypasses that, and the export still refuses the clash.
+second.neurallabel["instance_id"] = first.neurallabel.instance_id
 second.neurallabel.instance_owner = second.name
 out["duplicate_id"] = export(ARGS["tmp"] + "/d/spec.json")
 second.neurallabel.instance_id = first.neurallabel.instance_id + 7
