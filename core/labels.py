@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .cameras import Intrinsics, camera_directions, project_points, world_to_camera_opencv
+from .cameras import OPENGL_TO_OPENCV, Intrinsics, camera_directions, distort
 from .dataset import Frame
 from .errors import NeuralLabelError
 from .spec import SpecObject
@@ -135,13 +135,51 @@ def bbox_bop(rows: np.ndarray, cols: np.ndarray) -> list[int]:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
+def _mask_extent(mask: np.ndarray) -> Optional[tuple[int, int, int, int]]:
+    """(xmin, ymin, xmax, ymax) of a mask's pixels (inclusive), None when empty."""
+    any_col = mask.any(axis=0)
+    if not any_col.any():
+        return None
+    any_row = mask.any(axis=1)
+    cols, rows = np.flatnonzero(any_col), np.flatnonzero(any_row)
+    return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
+
+
+def bbox_bop_mask(mask: np.ndarray) -> list[int]:
+    """BOP 2D box of a mask (w = xmax - xmin); [-1, -1, -1, -1] when empty."""
+    extent = _mask_extent(mask)
+    if extent is None:
+        return [-1, -1, -1, -1]
+    x0, y0, x1, y1 = extent
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
 def bbox_coco(mask: np.ndarray) -> list[int]:
     """COCO 2D box [x, y, w, h] of a mask with w = xmax - xmin + 1 (as pycocotools' toBbox)."""
-    rows, cols = np.nonzero(mask)
-    if len(rows) == 0:
+    extent = _mask_extent(mask)
+    if extent is None:
         return [0, 0, 0, 0]
-    x0, y0, x1, y1 = int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())
+    x0, y0, x1, y1 = extent
     return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
+
+
+def rigid_inverse(pose: np.ndarray) -> np.ndarray:
+    """Inverse of a rigid 4x4 transform (R^T, -R^T t), without a general matrix inverse."""
+    inv = np.eye(4)
+    inv[:3, :3] = pose[:3, :3].T
+    inv[:3, 3] = -pose[:3, :3].T @ pose[:3, 3]
+    return inv
+
+
+def project(intrinsics: Intrinsics, cam_from_world: np.ndarray, points: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`~.cameras.project_points`, from an OpenCV ``cam_from_world``: (pixels (N, 2), z (N,))."""
+    p_cam = points @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
+    z = p_cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xy = distort(intrinsics, p_cam[:, :2] / z[:, None])
+    pixels = np.stack([xy[:, 0] * intrinsics.fx + intrinsics.cx, xy[:, 1] * intrinsics.fy + intrinsics.cy], axis=-1)
+    return pixels, z
 
 
 def projected_region(intrinsics: Intrinsics, cam_to_world: np.ndarray, points: np.ndarray,
@@ -151,7 +189,7 @@ def projected_region(intrinsics: Intrinsics, cam_to_world: np.ndarray, points: n
     None when every point is behind the camera; the whole extent when some but not all are (the projection of
     an object that straddles the camera plane is unbounded).
     """
-    pixels, z = project_points(intrinsics, cam_to_world, points)
+    pixels, z = project(intrinsics, OPENGL_TO_OPENCV @ rigid_inverse(cam_to_world), points)
     if np.all(z <= 0):
         return None
     if np.any(z <= 1e-9) or not np.all(np.isfinite(pixels)):
@@ -171,6 +209,22 @@ def _region_pixels(region: tuple[int, int, int, int]) -> tuple[np.ndarray, np.nd
     c0, r0, c1, r1 = region
     cols, rows = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))
     return rows.ravel(), cols.ravel()
+
+
+@dataclass
+class _Silhouette:
+    """One object's cast inside the image: z-depth over ``region`` (inf where missed) and its counts."""
+
+    region: tuple[int, int, int, int]  # (c0, r0, c1, r1) inside the image
+    z: np.ndarray  # (r1 - r0, c1 - c0)
+    count_all: int  # hits including beyond the image border
+    bbox_all: list[int]
+
+    def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
+        mask = np.zeros(shape, bool)
+        c0, r0, c1, r1 = self.region
+        mask[r0:r1, c0:c1] = np.isfinite(self.z)
+        return mask
 
 
 class FrameLabeler:
@@ -202,37 +256,41 @@ class FrameLabeler:
         image = (0, 0, W, H)
         extent = (-W, -H, 2 * W, 2 * H) if self.options.truncated else image
         source = self.depth_source
+        cam_from_world = OPENGL_TO_OPENCV @ rigid_inverse(cam_to_world)
 
-        # 1. full silhouettes and mesh depth, per object with a model.
-        full_z: dict[int, np.ndarray] = {}  # object index -> (H, W) z-depth of its mesh, inf where missed
-        count_all: dict[int, int] = {}
-        bbox_all: dict[int, list[int]] = {}
+        # 1. full silhouettes and mesh depth, per object with a model (cast only inside its projection).
+        silhouettes: dict[int, _Silhouette] = {}
         for i, obj in enumerate(self.objects):
             if obj.cast_index is None:
                 continue
             region = projected_region(intr, cam_to_world, obj.bound_points, extent)
-            z_map = np.full((H, W), np.inf)
-            full_z[i] = z_map
-            count_all[i], bbox_all[i] = 0, [-1, -1, -1, -1]
             if region is None:
                 continue
             rows, cols = _region_pixels(region)
             z = self._cast(obj.cast_index, intr, cam_to_world, rows, cols)
             hit = np.isfinite(z)
-            count_all[i] = int(hit.sum())
-            bbox_all[i] = bbox_bop(rows[hit], cols[hit])
-            inside = hit & (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
-            z_map[rows[inside], cols[inside]] = z[inside]
+            if not hit.any():
+                continue
+            c0, r0, c1, r1 = region
+            inner = (max(c0, 0), max(r0, 0), min(c1, W), min(r1, H))
+            z_region = z.reshape(r1 - r0, c1 - c0)
+            if inner[0] < inner[2] and inner[1] < inner[3]:
+                z_inner = z_region[inner[1] - r0:inner[3] - r0, inner[0] - c0:inner[2] - c0]
+            else:
+                inner, z_inner = (0, 0, 0, 0), np.zeros((0, 0))
+            silhouettes[i] = _Silhouette(inner, z_inner, int(hit.sum()), bbox_bop(rows[hit], cols[hit]))
 
         # 2. the nearest annotated mesh per pixel (box objects' extracted meshes take no part: the field
         #    decides their pixels).
-        mesh_ids = [i for i in full_z if self.objects[i].is_mesh]
+        mesh_ids = [i for i in silhouettes if self.objects[i].is_mesh]
         nearest = np.full((H, W), -1, dtype=np.int64)
         nearest_z = np.full((H, W), np.inf)
         for i in mesh_ids:
-            closer = full_z[i] < nearest_z
-            nearest[closer] = i
-            nearest_z[closer] = full_z[i][closer]
+            c0, r0, c1, r1 = silhouettes[i].region
+            window_z = nearest_z[r0:r1, c0:c1]
+            closer = silhouettes[i].z < window_z
+            window_z[closer] = silhouettes[i].z[closer]
+            nearest[r0:r1, c0:c1][closer] = i
         covered = nearest >= 0
 
         # 3. the source's depth where needed.
@@ -240,19 +298,20 @@ class FrameLabeler:
         box_regions = {i: projected_region(intr, cam_to_world, box_corners(-o.spec.size / 2, o.spec.size / 2)
                                            @ o.spec.pose[:3, :3].T + o.spec.pose[:3, 3], image)
                        for i, o in ((i, self.objects[i]) for i in box_ids)}
-        source_z = np.full((H, W), np.nan)
+        source_z = None
         conf_map = None
         if source is not None:
+            source_z = np.full((H, W), np.nan)
             want_conf = confidence and getattr(source, "has_density", False)
             if full_depth or want_conf:
-                need = np.ones((H, W), bool)
+                rows, cols = np.divmod(np.arange(H * W), W)
             else:
                 need = covered.copy()
                 for region in box_regions.values():
                     if region is not None:
                         c0, r0, c1, r1 = region
                         need[r0:r1, c0:c1] = True
-            rows, cols = np.nonzero(need)
+                rows, cols = np.nonzero(need)
             z, conf = source.z_depth(frame, rows, cols, with_confidence=want_conf)
             source_z[rows, cols] = z * self.data_scale
             if conf is not None:
@@ -263,9 +322,13 @@ class FrameLabeler:
                                    "field's surface lies inside the box")
 
         # 4. visibility of the nearest mesh against the source's surface.
-        tol = self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * source_z
-        occluded = covered & np.isfinite(source_z) & (nearest_z > source_z + tol)
-        mesh_visible = covered & ~occluded
+        if source_z is not None:
+            tol = self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * source_z
+            with np.errstate(invalid="ignore"):
+                occluded = covered & (nearest_z > source_z + tol)  # NaN (no surface) never occludes
+            mesh_visible = covered & ~occluded
+        else:
+            mesh_visible = covered
 
         instance = np.zeros((H, W), np.uint16)
         category = np.zeros((H, W), np.uint16)
@@ -279,7 +342,6 @@ class FrameLabeler:
             owner_volume = np.full((H, W), np.inf)
             for i in box_ids:
                 region = box_regions[i]
-                visible[i] = np.zeros((H, W), bool)
                 if region is None:
                     continue
                 rows, cols = _region_pixels(region)
@@ -303,46 +365,48 @@ class FrameLabeler:
             category[mask] = self.objects[i].spec.category_id
 
         # 6. depth: the source's, with the mesh's where a mesh is visible.
-        depth = source_z.copy()
-        if source is None:
-            depth[mesh_visible] = nearest_z[mesh_visible]
+        if source_z is None:
+            depth = np.where(mesh_visible, nearest_z, np.nan)
         else:
+            depth = source_z.copy()
             for i in mesh_ids:
                 if self.options.mesh_depth == "all" or self.objects[i].spec.transparent:
                     depth[visible[i]] = nearest_z[visible[i]]
         depth = depth.astype(np.float32)
+        has_depth = np.isfinite(depth)
 
         # Per-instance labels.
-        cam_from_world = world_to_camera_opencv(cam_to_world)
         instances: list[InstanceLabels] = []
         for i, obj in enumerate(self.objects):
-            vis = visible[i]
-            if i in full_z:
-                full = np.isfinite(full_z[i]) | vis
-                extra = int(np.count_nonzero(vis & ~np.isfinite(full_z[i])))  # box pixels beyond its model
-                px_all = count_all[i] + extra
-                bbox_obj = bbox_all[i] if extra == 0 else _union_bbox(bbox_all[i], vis)
-            else:
-                full = vis.copy()
-                px_all = int(np.count_nonzero(full))
-                bbox_obj = bbox_bop(*np.nonzero(full))
-            if not full.any() and not vis.any():
+            vis = visible.get(i)
+            sil = silhouettes.get(i)
+            if sil is None and (vis is None or not vis.any()):
                 continue
+            if vis is None:
+                vis = np.zeros((H, W), bool)
+            if sil is not None:
+                full = sil.full_mask((H, W)) | vis
+                extra = int(np.count_nonzero(vis & ~sil.full_mask((H, W)))) if not obj.is_mesh else 0
+                px_all = sil.count_all + extra  # box pixels beyond its extracted model count too
+                bbox_obj = sil.bbox_all if extra == 0 else _union_bbox(sil.bbox_all, vis)
+            else:
+                full = vis
+                px_all = int(np.count_nonzero(full))
+                bbox_obj = bbox_bop_mask(full)
             px_visib = int(np.count_nonzero(vis))
             m2c = cam_from_world @ obj.spec.pose
             corners_world = obj.corners @ obj.spec.pose[:3, :3].T + obj.spec.pose[:3, 3]
-            corners_px, corners_z = project_points(intr, cam_to_world, corners_world)
+            corners_px, corners_z = project(intr, cam_from_world, corners_world)
             instances.append(InstanceLabels(
                 instance_id=obj.spec.instance_id, category_id=obj.spec.category_id, name=obj.spec.name,
                 visible_mask=vis, full_mask=full, px_count_all=px_all,
-                px_count_valid=int(np.count_nonzero(full & np.isfinite(depth))), px_count_visib=px_visib,
+                px_count_valid=int(np.count_nonzero(full & has_depth)), px_count_visib=px_visib,
                 visib_fract=float(px_visib / px_all) if px_all > 0 else 0.0,
-                bbox_obj=bbox_obj, bbox_visib=bbox_bop(*np.nonzero(vis)),
+                bbox_obj=bbox_obj, bbox_visib=bbox_bop_mask(vis),
                 cam_R_m2c=m2c[:3, :3].copy(), cam_t_m2c=m2c[:3, 3].copy(),
                 corners_px=corners_px - 0.5, corners_z=corners_z))
         instances.sort(key=lambda x: x.instance_id)
-        return FrameLabels(frame.index, instance, category, depth, conf_map, instances,
-                           source_depth=source_z if source is not None else None)
+        return FrameLabels(frame.index, instance, category, depth, conf_map, instances, source_depth=source_z)
 
     # --- helpers -----------------------------------------------------------------------------------------
 
@@ -350,7 +414,7 @@ class FrameLabeler:
               cols: np.ndarray) -> np.ndarray:
         """z-depth of mesh ``cast_index`` through pixel centres (rows, cols); inf where missed."""
         dirs_cam = camera_directions(intr, np.stack([cols + 0.5, rows + 0.5], axis=-1))  # z = -1
-        norms = np.linalg.norm(dirs_cam, axis=1)
+        norms = np.sqrt(np.einsum("ij,ij->i", dirs_cam, dirs_cam))
         dirs = (dirs_cam / norms[:, None]) @ cam_to_world[:3, :3].T
         origins = np.broadcast_to(cam_to_world[:3, 3], dirs.shape)
         hit, distance = self.caster.cast(cast_index, origins, dirs)
@@ -366,10 +430,10 @@ class FrameLabeler:
 
 
 def _union_bbox(bbox: list[int], mask: np.ndarray) -> list[int]:
-    rows, cols = np.nonzero(mask)
-    if bbox[0] == -1 and bbox[2] == -1:
-        return bbox_bop(rows, cols)
-    x0, y0, x1, y1 = bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]
-    x0, y0 = min(x0, int(cols.min())), min(y0, int(rows.min()))
-    x1, y1 = max(x1, int(cols.max())), max(y1, int(rows.max()))
+    """BOP box of the union of a BOP box and a (non-empty) mask."""
+    mx0, my0, mx1, my1 = _mask_extent(mask)
+    if bbox[2] == -1:
+        return [mx0, my0, mx1 - mx0, my1 - my0]
+    x0, y0 = min(bbox[0], mx0), min(bbox[1], my0)
+    x1, y1 = max(bbox[0] + bbox[2], mx1), max(bbox[1] + bbox[3], my1)
     return [x0, y0, x1 - x0, y1 - y0]

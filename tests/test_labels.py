@@ -137,7 +137,7 @@ def test_torch_backend_matches_embree() -> None:
     hit_t, dist_t = MeshCaster([placed], backend="torch").cast(0, origins, directions)
     assert 200 < hit_e.sum() < 950
     assert np.array_equal(hit_e, hit_t)
-    assert np.allclose(dist_e[hit_e], dist_t[hit_t], atol=1e-9)
+    assert np.allclose(dist_e[hit_e], dist_t[hit_t], atol=1e-6)  # embree: float32
     # Against the analytic sphere: the icosphere's flat faces lie inside it (hits are never nearer), and away
     # from the grazing rim within its sagitta (~1% of the radius).
     centre = pose[:3, 3]
