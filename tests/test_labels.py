@@ -3,6 +3,7 @@ unannotated clutter occludes; box objects take the pixels whose surface lies ins
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,66 @@ def test_confidence_is_the_weight_near_the_median() -> None:
            "t_ends": torch.tensor([1.005, 1.41, 1.005, 2.005]), "weights": torch.tensor([0.97, 0.01, 0.5, 0.45])}
     conf = _weight_near(out, torch.tensor([1.0, 1.0], dtype=torch.float64), 2).numpy()
     assert conf == pytest.approx([0.97, 0.5])
+
+
+def test_world_from_data_similarity_gives_the_same_labels_in_metric_units(small_scene: Path) -> None:
+    """Cameras in a data frame scaled by 1/2 and turned: world poses and meshes stay metric, labels agree."""
+    truth = load_scene_truth(small_scene)
+    dataset = load_transforms(truth.transforms_path)
+    plain = spec_from_scene(small_scene)
+    scaled = spec_from_scene(small_scene)
+    # The data frame is the true world at half scale (what an SfM reconstruction might give); the spec's world
+    # is the true world turned and shifted: world = turn @ (2 * data).
+    turn = np.eye(4)
+    turn[:3, :3] = [[0, -1, 0], [1, 0, 0], [0, 0, 1]]
+    turn[:3, 3] = [0.3, -0.1, 0.2]
+    scaled.world_from_data = turn @ np.diag([2.0, 2.0, 2.0, 1.0])
+    for obj in scaled.objects:
+        obj.pose = turn @ obj.pose
+    depth = TruthDepth(small_scene)
+
+    class HalfDepth:  # the true depth in data units (half the metres)
+        has_density = False
+
+        def z_depth(self, frame, rows, cols, with_confidence=False):
+            z, _ = depth.z_depth(frame, rows, cols)
+            return z / 2.0, None
+
+    a, b = labeler_for(plain, depth), labeler_for(scaled, HalfDepth())
+    assert b.data_scale == pytest.approx(2.0)
+    for frame in dataset.frames[:4]:
+        la = a.label(frame, plain.cam_to_world(frame.cam_to_world))
+        cam_data = frame.cam_to_world.copy()
+        cam_data[:3, 3] /= 2.0  # a rigid camera pose in the half-scale data frame
+        data_frame = replace(frame, cam_to_world=cam_data)
+        cam_world = scaled.cam_to_world(cam_data)
+        assert np.allclose(cam_world, turn @ frame.cam_to_world)
+        lb = b.label(data_frame, cam_world)
+        assert np.array_equal(la.instance, lb.instance)
+        assert np.allclose(la.depth, lb.depth, equal_nan=True, atol=1e-6)
+        for x, y in zip(la.instances, lb.instances):
+            assert np.allclose(x.cam_t_m2c, y.cam_t_m2c, atol=1e-9) and np.allclose(x.cam_R_m2c, y.cam_R_m2c)
+
+
+def test_distorted_camera_labels_sit_on_pixel_centres() -> None:
+    """With lens distortion, every labelled pixel's 3D point projects back (through the lens) onto its centre."""
+    from neurallabel.core.cameras import Intrinsics, camera_directions, project_points
+    from neurallabel.core.dataset import Frame
+    from neurallabel.core.spec import SpecObject
+
+    intr = Intrinsics(96, 72, 80.0, 80.0, 47.0, 37.0, "OPENCV", (-0.25, 0.06, 0.001, -0.002))
+    cube = trimesh.creation.box([0.3, 0.3, 0.3])
+    pose = np.eye(4)
+    pose[:3, 3] = [0.12, -0.05, -0.9]
+    spec = LabelSpec(None, Path("."), None, objects=[SpecObject("cube", "cube", 1, 1, "mesh", pose,
+                                                                 Path("cube.ply"), None, False, cube)])
+    frame = Frame(0, Path("x.png"), np.eye(4), intr)
+    labels = labeler_for(spec, None).label(frame, np.eye(4))
+    rows, cols = np.nonzero(labels.instance == 1)
+    assert len(rows) > 300
+    z = labels.depth[rows, cols].astype(np.float64)
+    points = camera_directions(intr, np.stack([cols + 0.5, rows + 0.5], axis=-1)) * z[:, None]
+    local = points - pose[:3, 3]
+    assert np.allclose(np.abs(local).max(axis=1), 0.15, atol=1e-5)  # on the cube's surface
+    pixels, _ = project_points(intr, np.eye(4), points)
+    assert np.allclose(pixels, np.stack([cols + 0.5, rows + 0.5], axis=-1), atol=1e-4)
