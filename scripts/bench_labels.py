@@ -336,9 +336,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         source = CachedDepth(TruthDepth(scene))
     # 1. The bake itself (all formats), timed per frame; box meshes are extracted first, timed apart.
+    from neurallabel.core.errors import NeuralLabelError
+
     out = CACHE / f"bake-{scene.name}-{args.depth}-{int(time.time())}"
     t_bake = time.perf_counter()
-    summary = bake(spec, out, depth_source=source, device=args.device)
+    try:
+        summary = bake(spec, out, depth_source=source, device=args.device)
+    except NeuralLabelError as exc:
+        # A field too weak to hold a box object's surface: say so, and bake the mesh objects alone.
+        result["box_pipeline_error"] = str(exc)
+        spec.objects = [o for o in spec.objects if o.kind == "mesh"]
+        out = out.with_name(out.name + "-meshes")
+        summary = bake(spec, out, depth_source=source, device=args.device)
     result["bake"] = {"seconds_per_frame": summary["seconds_per_frame"], "frames": summary["frames"],
                       "seconds_total": summary["seconds"],
                       "box_mesh_seconds": summary["seconds"] - summary["seconds_per_frame"] * summary["frames"],

@@ -103,3 +103,91 @@ def test_cli_bake_and_bad_input(small_scene: Path, tmp_path: Path, capsys) -> No
     boxed = tmp_path / "boxed.json"
     boxed.write_text(json.dumps(spec))
     fails(["bake", str(boxed), "--out", str(tmp_path / "boxed_out")], "no 'field'")
+
+
+def sphere_field(radius: float = 0.2):
+    """A real ``Field`` whose density grid holds a solid sphere at the origin (no training needed)."""
+    import torch
+
+    from neurallabel.core.field import Field, FieldConfig
+
+    field = Field(FieldConfig(roi_aabb=[[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]], density_resolution=64,
+                              plane_resolutions=(16,), occupancy_resolution=32, steps_per_roi=256))
+    axis = torch.linspace(-0.5, 0.5, 64)
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")  # grid_sample's (D, H, W) = (z, y, x)
+    signed = (x * x + y * y + z * z).sqrt() - radius
+    with torch.no_grad():  # density = softplus(3000 * -signed) * scale: a sharp surface at the radius
+        field.density_grid.copy_(((-signed * 3000.0).clamp(-30, 30) - field.density_shift)[None, None])
+    field.update_occupancy()
+    return field
+
+
+def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
+    """With a real field (a sphere): the box object takes the sphere's pixels and gets its mesh; a mesh behind
+    the sphere is hidden by it; depth and confidence come from the field."""
+    import trimesh
+    from PIL import Image
+
+    from neurallabel.core.boxes import chamfer_distance
+    from neurallabel.core.cameras import camera_rays
+    from neurallabel.core.checkpoint import save_checkpoint
+    from neurallabel.core.spec import load_spec
+
+    radius = 0.2
+    save_checkpoint(tmp_path / "field.pt", sphere_field(radius))
+    (tmp_path / "images").mkdir()
+    w, h, f = 40, 30, 40.0
+    frames = []
+    for i, angle in enumerate((0.0, 0.5)):
+        c2w = np.eye(4)  # looking at the origin from 1.2 m, turned about y
+        c2w[:3, :3] = [[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]]
+        c2w[:3, 3] = c2w[:3, :3] @ [0, 0, 1.2]
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "images" / f"{i:06d}.png")
+        frames.append({"file_path": f"images/{i:06d}.png", "transform_matrix": c2w.tolist()})
+    (tmp_path / "transforms.json").write_text(json.dumps(
+        {"w": w, "h": h, "fl_x": f, "fl_y": f, "cx": w / 2, "cy": h / 2, "frames": frames}))
+    trimesh.creation.box([0.2, 0.2, 0.2]).export(tmp_path / "cube.ply")
+    behind = np.eye(4)
+    behind[:3, 3] = [0.26, 0.0, -0.35]  # partly behind the sphere, as seen from the first camera
+    spec_json = {"neurallabel_spec": 1, "data": "transforms.json", "field": "field.pt", "objects": [
+        {"name": "ball", "category": "ball", "category_id": 1, "instance_id": 1, "kind": "box",
+         "pose": np.eye(4).tolist(), "size": [0.5, 0.5, 0.5]},
+        {"name": "cube", "category": "cube", "category_id": 2, "instance_id": 2, "kind": "mesh",
+         "mesh": "cube.ply", "pose": behind.tolist()}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec_json))
+    spec = load_spec(tmp_path / "spec.json")
+    summary = bake(spec, tmp_path / "out", box_resolution=48)
+    assert summary["frames"] == 2 and summary["depth_source"] == "FieldDepth"
+    out = tmp_path / "out"
+
+    # The sphere's model, extracted from the density, in mm.
+    model = trimesh.load(out / "bop" / "models" / "obj_000001.ply", process=False)
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=radius * 1000)
+    assert chamfer_distance(model, sphere) <= 0.02 * np.linalg.norm([500, 500, 500])
+
+    dataset = json.loads((tmp_path / "transforms.json").read_text())
+    for i, frame in enumerate(dataset["frames"]):
+        from neurallabel.core.cameras import Intrinsics
+
+        intr = Intrinsics(w, h, f, f, w / 2, h / 2)
+        origins, dirs, z_per_distance = camera_rays(intr, np.array(frame["transform_matrix"]))
+        b = np.einsum("ij,ij->i", dirs, -origins)
+        disc = b * b - (np.einsum("ij,ij->i", origins, origins) - radius ** 2)
+        on_sphere = (disc > 0).reshape(h, w)
+        sphere_z = ((b - np.sqrt(np.maximum(disc, 0))) * z_per_distance).reshape(h, w)
+        instance = np.array(Image.open(out / "raw" / "instance" / f"{i:06d}.png"))
+        ball = instance == 1
+        cube_pixels = instance == 2
+        # The ball takes the sphere's pixels but where the (nearer) cube is visible.
+        union = np.count_nonzero(ball | (on_sphere & ~cube_pixels))
+        assert np.count_nonzero(ball & on_sphere) / union >= 0.9
+        depth = np.load(out / "raw" / "depth" / f"{i:06d}.npy")
+        inner = on_sphere & ball & (disc.reshape(h, w) > (0.5 * radius) ** 2)
+        assert np.nanmax(np.abs(depth[inner] - sphere_z[inner])) < 0.01
+        confidence = np.array(Image.open(out / "raw" / "confidence" / f"{i:06d}.png"))
+        assert confidence[inner].mean() > 0.8 * 255
+    # The cube sits behind the sphere in the first view: only its part beside the sphere is visible.
+    info = json.loads((out / "bop" / "train" / "000000" / "scene_gt_info.json").read_text())["0"]
+    cube_info = next(x for x, g in zip(info, json.loads(
+        (out / "bop" / "train" / "000000" / "scene_gt.json").read_text())["0"]) if g["obj_id"] == 2)
+    assert 0.05 < cube_info["visib_fract"] < 0.8, cube_info
