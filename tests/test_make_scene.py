@@ -1,0 +1,221 @@
+"""The ground-truth generator: Cycles' passes checked against geometry we compute independently.
+
+- the Z pass is z-depth along the optical axis (not distance along the ray), at the pixel centre;
+- instance ids and depth agree with a ray cast (trimesh) of the exported meshes at every pixel centre,
+  glass included (its pixels carry its id and its surface depth);
+- objects.json poses are rigid, boxes enclose the meshes, objects stand on the floor;
+- transforms.json loads through core.dataset with the right split; a seed fixes the scene;
+- bad arguments: one line on stderr, exit code 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neurallabel.core.cameras import camera_rays, project_points
+from neurallabel.core.dataset import load_transforms
+from neurallabel.core.truth import load_scene_truth
+
+REPO = Path(__file__).resolve().parents[1]
+MAKE_SCENE = REPO / "scripts" / "make_scene.py"
+
+pytestmark = pytest.mark.bpy
+
+
+def run_make_scene(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(MAKE_SCENE), *args], capture_output=True, text=True, timeout=600)
+
+
+def ray_cast_truth(truth, frame) -> tuple[np.ndarray, np.ndarray]:
+    """Instance id and z-depth at every pixel centre from a ray cast of the objects' exported meshes."""
+    import trimesh
+
+    meshes, face_ids = [], []
+    for obj in truth.objects:
+        mesh = obj.load_mesh().copy()
+        mesh.apply_transform(obj.object_to_world)
+        meshes.append(mesh)
+        face_ids.append(np.full(len(mesh.faces), obj.instance_id, dtype=np.uint16))
+    scene_mesh = trimesh.util.concatenate(meshes)
+    face_ids = np.concatenate(face_ids)
+    intr = frame.intrinsics
+    origins, directions, z_per_distance = camera_rays(intr, frame.cam_to_world)
+    locations, ray_index, tri_index = scene_mesh.ray.intersects_location(origins, directions, multiple_hits=False)
+    ids = np.zeros(len(origins), dtype=np.uint16)
+    z_depth = np.full(len(origins), np.inf)
+    ids[ray_index] = face_ids[tri_index]
+    distance = np.linalg.norm(locations - origins[ray_index], axis=1)
+    z_depth[ray_index] = distance * z_per_distance[ray_index]
+    return ids.reshape(intr.height, intr.width), z_depth.reshape(intr.height, intr.width)
+
+
+def test_z_pass_is_z_depth_at_pixel_centres(small_scene):
+    """Where the floor (z = 0) is visible, Cycles' depth equals the analytic z-depth of the pixel-centre ray."""
+    dataset = load_transforms(small_scene)
+    truth = load_scene_truth(small_scene)
+    half = truth.extra["background"]["floor_half_size"]
+    checked = 0
+    for frame in dataset.frames:
+        depth = truth.z_depth(frame.index).astype(np.float64).ravel()
+        ids = truth.instance_ids(frame.index).ravel()
+        origins, directions, z_per_distance = camera_rays(frame.intrinsics, frame.cam_to_world)
+        t = -origins[:, 2] / directions[:, 2]  # distance along the ray to the floor plane
+        hit = origins + t[:, None] * directions
+        floor = (ids == 0) & (t > 0) & (np.abs(hit[:, 0]) < half - 0.01) & (np.abs(hit[:, 1]) < half - 0.01)
+        assert floor.sum() > 0.2 * len(ids), "the floor should fill a good part of every view"
+        z_analytic = t * z_per_distance
+        error = np.abs(depth[floor] - z_analytic[floor])
+        # float32 depth: ~1e-7 relative; a sample 0.5 px off the centre would be ~1e-3 m off here.
+        assert error.max() < 2e-5 * z_analytic[floor].max() + 1e-6, f"frame {frame.index}: {error.max()}"
+        # ... and it is not the distance along the ray, which differs measurably off the axis.
+        assert np.median(np.abs(depth[floor] - t[floor])) > 1e-3
+        checked += int(floor.sum())
+    assert checked > 10000
+
+
+def test_ids_and_depth_match_ray_cast_of_meshes(labels_scene):
+    """Every pixel centre: Cycles' Object Index and Z pass against a ray cast of the exported meshes."""
+    dataset = load_transforms(labels_scene)
+    truth = load_scene_truth(labels_scene)
+    glass = [o for o in truth.objects if o.transparent]
+    assert len(glass) == 1 and glass[0].category == "glass"
+    glass_pixels = 0
+    for frame in dataset.frames[:4]:
+        ids = truth.instance_ids(frame.index)
+        depth = truth.z_depth(frame.index)
+        cast_ids, cast_depth = ray_cast_truth(truth, frame)
+        agree = ids == cast_ids
+        # Disagreement only where a pixel-centre ray grazes a silhouette (float32 precision in both tracers).
+        assert agree.mean() > 0.998, f"frame {frame.index}: {1 - agree.mean():.4%} of ids differ"
+        on_object = agree & (ids > 0)
+        error = np.abs(depth[on_object] - cast_depth[on_object])
+        assert np.percentile(error, 99) < 1e-4 and error.max() < 5e-3, f"frame {frame.index}: {error.max()}"
+        glass_mask = ids == glass[0].instance_id
+        glass_pixels += int(glass_mask.sum())
+        # Glass carries its own id and the depth of its surface, not of what is seen through it.
+        np.testing.assert_allclose(depth[glass_mask & agree], cast_depth[glass_mask & agree], atol=1e-4)
+    assert glass_pixels > 100
+
+
+def test_projected_vertices_land_on_their_ids(small_scene):
+    """A mesh's visible vertices project onto pixels that carry its id (allowing a 1-pixel edge)."""
+    dataset = load_transforms(small_scene)
+    truth = load_scene_truth(small_scene)
+    frame = dataset.frames[1]
+    ids = truth.instance_ids(frame.index)
+    depth = truth.z_depth(frame.index)
+    h, w = ids.shape
+    for obj in truth.objects:
+        pixels, z = project_points(frame.intrinsics, frame.cam_to_world, obj.world_vertices())
+        cols, rows = np.floor(pixels[:, 0]).astype(int), np.floor(pixels[:, 1]).astype(int)
+        inside = (cols >= 1) & (cols < w - 1) & (rows >= 1) & (rows < h - 1) & (z > 0)
+        cols, rows, z = cols[inside], rows[inside], z[inside]
+        visible = z <= depth[rows, cols] + 2e-3  # not hidden behind something nearer
+        if visible.sum() < 5:
+            continue
+        cols, rows = cols[visible], rows[visible]
+        near = np.zeros(len(cols), dtype=bool)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                near |= ids[rows + dr, cols + dc] == obj.instance_id
+        assert near.mean() > 0.97, f"{obj.name}: {near.mean():.2%} of visible vertices on its id"
+
+
+def test_objects_json_poses_boxes_and_meshes(labels_scene):
+    truth = load_scene_truth(labels_scene)
+    assert truth.units == "m"
+    assert len(truth.objects) == 5
+    for obj in truth.objects:
+        for pose in (obj.object_to_world, obj.box_to_world):
+            rotation = pose[:3, :3]
+            np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-6)
+            assert np.linalg.det(rotation) == pytest.approx(1.0, abs=1e-6)
+            np.testing.assert_allclose(pose[3], [0, 0, 0, 1])
+        vertices = obj.world_vertices()
+        assert len(obj.load_mesh().faces) > 0
+        # The box encloses the mesh (and is tight: the mesh touches every face of it).
+        local = (vertices - obj.box_to_world[:3, 3]) @ obj.box_to_world[:3, :3]
+        np.testing.assert_allclose(np.abs(local).max(axis=0), obj.box_size / 2, atol=1e-5)
+        # Objects stand on the floor, are 4-16 cm in size, and lie on the table.
+        assert vertices[:, 2].min() == pytest.approx(0.0, abs=1e-5)
+        assert 0.02 <= obj.box_size.max() <= 0.16
+        assert np.abs(vertices[:, :2]).max() < 0.5
+    names = [o.name for o in truth.objects]
+    assert len(set(names)) == len(names)
+    if (REPO.parent / "shared" / "data" / "meshes" / "bunny.obj").is_file():
+        assert {"bunny", "armadillo"} <= {o.category for o in truth.objects}
+
+
+def test_transforms_json_loads_with_split(small_scene):
+    dataset = load_transforms(small_scene, strict=True)
+    assert len(dataset.frames) == 12
+    assert [f.split for f in dataset.frames] == ["test" if i % 8 == 0 else "train" for i in range(12)]
+    intr = dataset.frames[0].intrinsics
+    assert (intr.width, intr.height, intr.model) == (160, 120, "PINHOLE")
+    assert (intr.cx, intr.cy) == (80.0, 60.0)
+    assert intr.fx == pytest.approx(80.0 / math.tan(math.radians(55.0) / 2))
+    for frame in dataset.frames:
+        assert frame.image_path.is_file()
+        rotation = frame.cam_to_world[:3, :3]
+        np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-6)
+        # The camera looks at the table centre: the optical axis (-z) passes near the origin.
+        eye, forward = frame.cam_to_world[:3, 3], -rotation[:, 2]
+        closest = eye + forward * np.dot(-eye, forward)
+        assert np.linalg.norm(closest) < 0.1
+    truth = load_scene_truth(small_scene)
+    ids = truth.instance_ids(0)
+    assert ids.dtype == np.uint16 and ids.shape == (120, 160)
+    assert set(np.unique(ids)) <= {0} | {o.instance_id for o in truth.objects}
+    assert len(np.unique(ids)) >= 3
+
+
+def test_same_seed_same_scene(tmp_path):
+    args = ["--views", "3", "--width", "48", "--height", "36", "--objects", "4", "--glass", "--samples", "2"]
+    outs = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        result = run_make_scene("--out", str(tmp_path / name), "--seed", seed, *args)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.strip().splitlines()[-1])["event"] == "result"
+        outs.append(tmp_path / name)
+    a, b, c = outs
+    for rel in ("transforms.json", "gt/objects.json"):
+        assert (a / rel).read_text() == (b / rel).read_text()
+    assert (a / "gt/objects.json").read_text() != (c / "gt/objects.json").read_text()
+    ta, tb = load_scene_truth(a), load_scene_truth(b)
+    for i in range(3):
+        np.testing.assert_array_equal(ta.z_depth(i), tb.z_depth(i))
+        np.testing.assert_array_equal(ta.instance_ids(i), tb.instance_ids(i))
+    for obj in ta.objects:
+        assert obj.mesh_path.read_bytes() == (b / "gt" / "meshes" / obj.mesh_path.name).read_bytes()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "no staging folder is left behind"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objects", "9"], "--objects must be 4..7"),
+    (["--views", "0"], "--views must be at least 1"),
+    (["--meshes", "/nonexistent/meshes"], "/nonexistent/meshes: folder does not exist"),
+    (["--views", "many"], "invalid int value"),
+])
+def test_bad_arguments_exit_2(tmp_path, args, message):
+    out = tmp_path / "scene"
+    result = run_make_scene("--out", str(out), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused(tmp_path):
+    out = tmp_path / "scene"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = run_make_scene("--out", str(out), "--views", "1")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "already exists" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
