@@ -72,8 +72,9 @@ def frames_seeing_box(frames: Sequence[Frame], box: Box, max_views: int = 12) ->
     return [scored[i][1] for i in sorted(chosen)]
 
 
-def box_pixels(frame: Frame, box: Box, margin: float) -> np.ndarray:
-    """Pixel centres (N,2) inside the bounding rectangle of the grown box's projection."""
+def box_pixels(frame: Frame, box: Box, margin: float, max_pixels: int = 40_000) -> np.ndarray:
+    """Pixel centres (N,2) inside the bounding rectangle of the grown box's projection, every ``stride``-th
+    row and column so that at most about ``max_pixels`` remain (a close-up in a 4K photo stays cheap)."""
     grown = Box(box.pose, np.asarray(box.size) + 2.0 * margin / np.linalg.norm(box.pose[:3, :3], axis=0))
     pixels, z = project_points(frame.intrinsics, frame.cam_to_world, grown.corners())
     width, height = frame.intrinsics.width, frame.intrinsics.height
@@ -84,7 +85,8 @@ def box_pixels(frame: Frame, box: Box, margin: float) -> np.ndarray:
         c1 = int(np.clip(np.ceil(pixels[:, 0].max()), 0, width))
         r0 = int(np.clip(np.floor(pixels[:, 1].min()), 0, height))
         r1 = int(np.clip(np.ceil(pixels[:, 1].max()), 0, height))
-    cols, rows = np.meshgrid(np.arange(c0, c1) + 0.5, np.arange(r0, r1) + 0.5)
+    stride = max(1, int(np.ceil(np.sqrt((c1 - c0) * (r1 - r0) / max(max_pixels, 1)))))
+    cols, rows = np.meshgrid(np.arange(c0, c1, stride) + 0.5, np.arange(r0, r1, stride) + 0.5)
     return np.stack([cols.ravel(), rows.ravel()], axis=-1)
 
 
@@ -130,7 +132,7 @@ DepthAt = Callable[[Frame, np.ndarray], np.ndarray]  # (frame, pixels (N,2)) -> 
 
 
 def surface_points(frames: Sequence[Frame], box: Box, depth_at: DepthAt, *, margin: float,
-                   max_views: int = 12, voxel: Optional[float] = None,
+                   max_views: int = 12, voxel: Optional[float] = None, max_pixels_per_view: int = 40_000,
                    progress: Optional[ProgressFn] = None) -> SurfacePoints:
     """Surface points inside ``box`` grown by ``margin``, from the cameras that see it.
 
@@ -142,7 +144,7 @@ def surface_points(frames: Sequence[Frame], box: Box, depth_at: DepthAt, *, marg
         raise NeuralLabelError("no camera sees the box: move it in front of the cameras")
     chunks = []
     for i, frame in enumerate(views):
-        pixels = box_pixels(frame, box, margin)
+        pixels = box_pixels(frame, box, margin, max_pixels_per_view)
         if len(pixels):
             points = backproject(frame, pixels, np.asarray(depth_at(frame, pixels), dtype=np.float64))
             chunks.append(points[box.contains(points, margin)])
