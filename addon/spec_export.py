@@ -189,10 +189,16 @@ def build_spec(context: bpy.types.Context, spec_path: str | Path, frames: Option
         entry["transparent"] = bool(a.transparent)
         objects_json.append(entry)
 
+    root_matrix = world_from_data(scene)
+    linear = root_matrix[:3, :3]
+    root_scale = float(np.cbrt(abs(np.linalg.det(linear)))) if np.linalg.det(linear) > 0 else 0.0
+    if root_scale <= 0 or np.abs(linear.T @ linear / root_scale**2 - np.eye(3)).max() > SHEAR_TOLERANCE:
+        raise NeuralLabelError(f"the root empty {scene_io.ROOT_NAME!r} must be moved, rotated and scaled "
+                               "uniformly only (no mirror, one scale on all axes): fix its scale in the N panel")
     if frames is None and props.use_frame_range:
         frames = list(range(props.frame_start, max(props.frame_end, props.frame_start) + 1))
     spec = {"neurallabel_spec": SPEC_VERSION, "data": data, "field": field,
-            "world_from_data": world_from_data(scene).tolist(),
+            "world_from_data": root_matrix.tolist(),
             "units_to_mm": 1000.0 * float32_value(scene.unit_settings.scale_length),
             "frames": frames, "objects": objects_json}
     _validate(spec, spec_dir)

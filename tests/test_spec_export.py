@@ -139,6 +139,10 @@ second.neurallabel["instance_id"] = first.neurallabel.instance_id
 second.neurallabel.instance_owner = second.name
 out["duplicate_id"] = export(ARGS["tmp"] + "/d/spec.json")
 second.neurallabel.instance_id = first.neurallabel.instance_id + 7
+scene.neurallabel.root.scale = (1.0, 2.0, 1.0)
+bpy.context.view_layer.update()
+out["sheared_root"] = export(ARGS["tmp"] + "/f/spec.json")
+scene.neurallabel.root.scale = (1.0, 1.0, 1.0)
 scene.neurallabel.dataset_path = ARGS["tmp"] + "/missing/transforms.json"
 out["missing_dataset"] = export(ARGS["tmp"] + "/e/spec.json")
 emit(out)
@@ -153,5 +157,6 @@ def test_bad_input_reports_and_changes_nothing(small_scene, tmp_path):
     message = out["duplicate_id"]["message"]
     assert "share instance id" in message and "mug" in message
     assert "does not exist" in out["missing_dataset"]["message"]
+    assert "root empty 'NeuralLabel Scene'" in out["sheared_root"]["message"]
     assert all(case["unchanged"] for case in out.values())
-    assert not any((tmp_path / d / "spec.json").exists() for d in "abcde")
+    assert not any((tmp_path / d / "spec.json").exists() for d in "abcdef")
