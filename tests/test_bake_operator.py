@@ -181,3 +181,84 @@ def test_load_field_builds_preview_cloud(small_scene, tmp_path):
     distance, _ = cKDTree(surface).query(points[on_cube])
     # within about a voxel (4 mm) of the cube's surface; a few rays that graze an edge mix two depths
     assert on_cube.sum() > 10 and np.percentile(distance, 80) < 0.006
+
+
+# The modal path needs a window, which a background session has none of: this drives WorkerOperator's
+# invoke/modal with stand-ins for the window manager and the scene properties, and a real worker bake.
+MODAL_SCRIPT = '''
+import json, sys, time
+from types import SimpleNamespace as NS
+import bpy
+import neurallabel.operators.bake as B
+ARGS = json.loads(sys.argv[-1])
+
+B.bpy = NS(app=NS(background=False))  # as in the UI
+B.worker_settings = lambda context: {"python": sys.executable, "env": None, "device": "cpu"}
+
+class Op(B.WorkerOperator):
+    stage_label = "Bake"
+    def __init__(self, out):
+        self.out, self.reports, self.result = out, [], None
+    def report(self, kind, message):
+        self.reports.append([sorted(kind)[0], message])
+    def build_job(self, context):
+        return {"kind": "bake", "spec": ARGS["spec"], "out": self.out, "formats": ["raw"]}
+    def job_done(self, context, result):
+        self.result = result
+        return {"FINISHED"}
+
+def run(out, stop=None):
+    calls = []
+    props = NS(job_running=False, job_progress=0.0, job_stage="", job_eta_s=-1.0)
+    wm = NS(progress_begin=lambda a, b: calls.append(["begin", a, b]),
+            progress_update=lambda v: calls.append(["update", v]),
+            progress_end=lambda: calls.append(["end"]),
+            event_timer_add=lambda step, window=None: "timer",
+            event_timer_remove=lambda timer: calls.append(["timer_removed"]),
+            modal_handler_add=lambda op: calls.append(["modal_handler"]))
+    context = NS(scene=NS(neurallabel=props), window_manager=wm, window="window", screen=None)
+    op = Op(out)
+    state = {"invoke": sorted(op.invoke(context, NS(type="LEFTMOUSE"))), "running_seen": props.job_running}
+    progress_seen = []
+    while True:
+        event = "TIMER"
+        if stop == "esc" and props.job_progress > 0:
+            event = "ESC"
+        if stop == "button" and props.job_progress > 0:
+            B.NEURALLABEL_OT_cancel_job.execute(None, context)
+        outcome = op.modal(context, NS(type=event))
+        progress_seen.append(props.job_progress)
+        if outcome != {"RUNNING_MODAL"}:
+            break
+        time.sleep(0.02)
+    state.update(outcome=sorted(outcome), calls=calls, reports=op.reports, result=op.result,
+                 progress=progress_seen, running_after=props.job_running, active=B._ACTIVE["operator"] is None,
+                 returncode=op._worker.returncode)
+    return state
+
+print("NEURALLABEL_RESULT " + json.dumps({"done": run(ARGS["out"] + "/done"), "esc": run(ARGS["out"] + "/esc", "esc"),
+                                          "button": run(ARGS["out"] + "/button", "button")}), flush=True)
+'''
+
+
+def test_modal_progress_and_cancel(small_scene, tmp_path):
+    from test_worker import frame_files, write_truth_spec
+
+    spec = write_truth_spec(small_scene, tmp_path / "spec.json")
+    result = run_bpy(MODAL_SCRIPT, {"spec": str(spec), "out": str(tmp_path)}, tmp_path / "bpy")
+    done = result["done"]
+    assert done["invoke"] == ["RUNNING_MODAL"] and done["running_seen"]
+    assert done["outcome"] == ["FINISHED"] and done["result"]["summary"]["frames"] == 12
+    updates = [c[1] for c in done["calls"] if c[0] == "update"]
+    assert updates == sorted(updates) and updates[-1] == 1000  # the status bar went up to the end
+    assert done["calls"][0] == ["begin", 0, 1000] and ["end"] in done["calls"] and ["timer_removed"] in done["calls"]
+    assert not done["running_after"] and done["active"] and done["returncode"] == 0
+    expected = frame_files(tmp_path / "done")
+    for case in ("esc", "button"):
+        cancelled = result[case]
+        assert cancelled["outcome"] == ["CANCELLED"] and cancelled["returncode"] == 130, case
+        assert cancelled["reports"][-1][0] == "WARNING" and "cancelled" in cancelled["reports"][-1][1]
+        assert not cancelled["running_after"] and cancelled["active"]
+        got = frame_files(tmp_path / case)
+        assert 1 <= len(got) < 12, case
+        assert all(files == expected[i] for i, files in got.items()), case  # whole frames only
