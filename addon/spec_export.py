@@ -119,7 +119,9 @@ def build_spec(context: bpy.types.Context, spec_path: str | Path, frames: Option
                ) -> tuple[dict, dict[str, MeshGeometry]]:
     """The spec JSON (paths relative to the spec's folder) and the mesh files it needs, checked.
 
-    ``frames``: frame indices to bake; default: the scene's frame range when it is on, else all frames.
+    ``frames``: frame indices the spec lists; default None (all). The scene's frame range is not written
+    into the spec: the bake takes it as its ``--frames A:B`` argument, so ranges baked one after another into
+    one folder make one dataset (the spec, and so the folder's fingerprint, stays the same).
     """
     scene = context.scene
     props = scene.neurallabel
@@ -195,8 +197,6 @@ def build_spec(context: bpy.types.Context, spec_path: str | Path, frames: Option
     if root_scale <= 0 or np.abs(linear.T @ linear / root_scale**2 - np.eye(3)).max() > SHEAR_TOLERANCE:
         raise NeuralLabelError(f"the root empty {scene_io.ROOT_NAME!r} must be moved, rotated and scaled "
                                "uniformly only (no mirror, one scale on all axes): fix its scale in the N panel")
-    if frames is None and props.use_frame_range:
-        frames = list(range(props.frame_start, max(props.frame_end, props.frame_start) + 1))
     spec = {"neurallabel_spec": SPEC_VERSION, "data": data, "field": field,
             "world_from_data": root_matrix.tolist(),
             "units_to_mm": 1000.0 * float32_value(scene.unit_settings.scale_length),

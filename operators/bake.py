@@ -19,7 +19,7 @@ import bpy
 from bpy.props import StringProperty
 
 from ..addon import preferences, spec_export
-from ..addon.properties import formats_argument
+from ..addon.properties import formats_argument, frames_argument
 from ..addon.worker_client import WorkerJob
 from ..core.errors import NeuralLabelError
 
@@ -35,7 +35,7 @@ def worker_settings(context: bpy.types.Context) -> dict:
 
 
 def parse_frames(text: str) -> Optional[list[int]]:
-    """'A:B' (end exclusive, like the CLI) -> [A, ..., B-1]; '' -> None."""
+    """'A:B' (end exclusive, like the CLI's --frames) -> [A, ..., B-1]; '' -> None."""
     text = text.strip()
     if not text:
         return None
@@ -279,22 +279,34 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
         unknown = [f for f in formats if f not in ("bop", "coco", "raw")]
         if unknown or not formats:
             raise NeuralLabelError(f"formats {self.formats!r}: choose from bop, coco, raw")
-        spec_path = spec_export.export_spec(context, out / "spec.json", parse_frames(self.frames))
+        frames = self.frames.strip() or frames_argument(context.scene.neurallabel)  # None: every frame
+        if frames is not None:
+            parse_frames(frames)  # a clear message for a malformed range, before anything is written
+        spec_path = spec_export.export_spec(context, out / "spec.json")
+        self._frames = frames
         self._started = time.monotonic()
         self._out_path = out
         self._options = label_options(context.scene)
         self._formats = ",".join(formats)
-        return {"kind": "bake", "spec": str(spec_path), "out": str(out), "formats": formats,
+        return {"kind": "bake", "spec": str(spec_path), "out": str(out), "formats": formats, "frames": frames,
                 "options": self._options}
+
+    def cli_command(self) -> str:
+        """The shell command that bakes the same (e.g. on a GPU server with the exported spec)."""
+        parts = ["neurallabel", "bake", str(self._out_path / "spec.json"), "--out", str(self._out_path),
+                 "--formats", self._formats]
+        if self._frames:
+            parts += ["--frames", self._frames]
+        parts += ["--occlusion-mm", f"{self._options['occlusion_abs_mm']:g}",
+                  "--occlusion-rel", f"{self._options['occlusion_rel']:g}"]
+        return " ".join(parts)
 
     def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
         summary = result.get("summary") or {}
         skipped = f" ({summary['skipped']} were already done)" if summary.get("skipped") else ""
         self.report({"INFO"}, f"Baked {summary.get('frames', 0)} frames{skipped} into {self._out_path} in "
-                              f"{time.monotonic() - self._started:.0f} s; the same from a shell: neurallabel "
-                              f"bake {self._out_path / 'spec.json'} --out {self._out_path} --formats {self._formats} "
-                              f"--occlusion-mm {self._options['occlusion_abs_mm']:g} "
-                              f"--occlusion-rel {self._options['occlusion_rel']:g}")
+                              f"{time.monotonic() - self._started:.0f} s (the same from a shell: "
+                              f"{self.cli_command()})")
         return {"FINISHED"}
 
     def job_cancelled(self, context: bpy.types.Context) -> None:

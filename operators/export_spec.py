@@ -22,7 +22,8 @@ class NEURALLABEL_OT_export_spec(bpy.types.Operator):
     filepath: StringProperty(name="File Path", subtype="FILE_PATH", default="",
                              description="Spec file to write (default: <output folder>/spec.json)")
     frames: StringProperty(name="Frames", default="",
-                           description="A:B, frame indices A..B-1 (default: the scene's frame range)")
+                           description="A:B: list frames A..B-1 in the spec (default: none listed, i.e. all; "
+                                       "the scene's frame range goes to the bake's --frames instead)")
     filter_glob: StringProperty(default="*.json", options={"HIDDEN"})
 
     @classmethod

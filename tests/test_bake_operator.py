@@ -116,7 +116,7 @@ def test_bake_preview_snap_through_installed_extension(small_scene, tmp_path):
     assert (out / "spec.json").is_file()
     assert sorted(p.name for p in (out / "raw" / "instance").iterdir()) == [f"{i:06d}.png" for i in range(4)]
     cli_out = tmp_path / "cli"
-    cli_bake(out / "spec.json", cli_out)
+    cli_bake(out / "spec.json", cli_out, "--frames", "0:4")
     assert_same_bake(out, cli_out)
 
     # The preview: photo with masks | depth, side by side, packed into the .blend.

@@ -62,12 +62,17 @@ def test_headless_bake_matches_cli(small_scene, tmp_path):
     assert (out / "spec.json").is_file() and not (out / "bop").exists()
     assert sorted(p.name for p in (out / "raw" / "depth").iterdir()) == ["000001.npy", "000002.npy", "000003.npy"]
     cli_out = tmp_path / "cli"
-    cli_bake(out / "spec.json", cli_out, "--formats", "coco,raw")
+    cli_bake(out / "spec.json", cli_out, "--formats", "coco,raw", "--frames", "1:4")
     assert_same_bake(out, cli_out)
     spec = json.loads((out / "spec.json").read_text())
     assert spec["field"] == str(tmp_path / "field.pt") and {o["kind"] for o in spec["objects"]} == {"mesh", "box"}
     coco = json.loads((out / "coco" / "annotations.json").read_text())
     assert {a["name"] for a in coco["annotations"]} >= {"cube-box", "cube_1"}  # the box got pixels from the field
+
+    # Another range into the same folder adds to the same dataset (the spec does not list frames).
+    proc = bake_script(tmp_path, str(blend), "--out", str(out), "--frames", "4:6", "--formats", "coco,raw")
+    assert proc.returncode == 0, proc.stderr
+    assert len(list((out / "raw" / "depth").iterdir())) == 5
 
     # Bad input: non-zero exit and one clear line naming the problem.
     proc = bake_script(tmp_path, str(tmp_path / "missing.blend"), "--out", str(tmp_path / "x"))
