@@ -15,9 +15,9 @@ from bpy.props import IntProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 from mathutils import Matrix
 
+from ..addon import spec_export
 from ..core.errors import NeuralLabelError
 from .bake import WorkerOperator, job_is_running
-from ..addon import spec_export
 
 CLOUD_NAME = "NeuralLabel Field Preview"
 

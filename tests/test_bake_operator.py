@@ -58,8 +58,8 @@ for name in ARGS["snap"]:
     axis = rng.normal(size=3); axis /= np.linalg.norm(axis)
     shift = rng.normal(size=3); shift *= 0.02 / np.linalg.norm(shift)
     origin = obj.matrix_world.translation.copy()
-    start = (Matrix.Translation(origin + Vector(shift.tolist())) @ Matrix.Rotation(np.radians(10.0), 4, Vector(axis.tolist()))
-             @ Matrix.Translation(-origin) @ obj.matrix_world)
+    turn = Matrix.Rotation(np.radians(10.0), 4, Vector(axis.tolist()))
+    start = Matrix.Translation(origin + Vector(shift.tolist())) @ turn @ Matrix.Translation(-origin) @ obj.matrix_world
     obj.matrix_world = start
     bpy.ops.object.select_all(action="DESELECT")
     obj.select_set(True)
