@@ -4,7 +4,6 @@ with every pose within 1e-6 of the truth; bad input gives a report that names th
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
