@@ -353,7 +353,7 @@ def _face_key(face, n: float) -> float:
     return (a * n + b) * n + c
 
 
-def build_scene(bpy, objects: list[dict], rng: np.random.Generator, args: argparse.Namespace):
+def build_scene(bpy, objects: list[dict], rng: np.random.Generator):
     """Floor, walls, light, world and objects; returns the Blender objects in the order of ``objects``."""
     from mathutils import Matrix
 
@@ -595,7 +595,7 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
     rng = np.random.default_rng(args.seed)
     objects = plan_objects(rng, args.objects, mesh_files, args.glass)
     poses = plan_cameras(rng, args.views)
-    blender_objects = build_scene(bpy, objects, rng, args)
+    blender_objects = build_scene(bpy, objects, rng)
     cam, focal_px = add_camera(bpy, args.width, args.height)
 
     for sub in ("images", "gt/depth", "gt/instance", "gt/meshes"):
@@ -625,6 +625,7 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
     _set_rgb_mode(bpy, args)
     render_result = None
     for i, pose in enumerate(poses):
+        _stop_if_terminated()
         cam.matrix_world = _blender_matrix(pose)
         bpy.ops.render.render()
         render_result = render_result or bpy.data.images["Render Result"]
@@ -635,6 +636,7 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
     clock = time.monotonic()
     _set_truth_mode(bpy)
     for i, pose in enumerate(poses):
+        _stop_if_terminated()
         cam.matrix_world = _blender_matrix(pose)
         file_out.file_name = f"{i:06d}_"
         bpy.ops.render.render()
@@ -647,6 +649,7 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
         _write_instance_png(bpy, staging / "gt" / "instance" / f"{i:06d}.png", ids)
         _progress(args.views + i + 1, total, "render")
     shutil.rmtree(exr_dir)
+    _stop_if_terminated()
     seconds["truth"] = time.monotonic() - clock
 
     transforms = {
@@ -682,8 +685,18 @@ def _blender_matrix(pose: np.ndarray):
     return Matrix([list(map(float, row)) for row in pose])
 
 
+_TERMINATED: list[int] = []
+
+
 def _terminate(signum, frame) -> None:
-    raise SystemExit(128 + signum)  # run the cleanup below: no staging folder survives a kill by SIGTERM
+    # Only note it: raising here could happen inside a Python call nested in Blender's C code, where
+    # SystemExit ends the process at once and skips the cleanup. The render loops check between frames.
+    _TERMINATED.append(signum)
+
+
+def _stop_if_terminated() -> None:
+    if _TERMINATED:
+        raise SystemExit(128 + _TERMINATED[0])  # unwinds to main(), which removes the staging folder
 
 
 def main(argv: list[str]) -> int:

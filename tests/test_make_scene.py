@@ -219,3 +219,34 @@ def test_existing_output_is_refused(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "already exists" in result.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_arguments_after_double_dash_as_under_blender(tmp_path):
+    """Under `blender -b -P make_scene.py -- ARGS` only ARGS are ours; Blender's own come before `--`."""
+    out = tmp_path / "scene"
+    result = subprocess.run([sys.executable, str(MAKE_SCENE), "-b", "--", "--out", str(out), "--objects", "3"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--objects must be 4..7" in result.stderr
+    assert not out.exists()
+
+
+def test_terminated_run_leaves_nothing(tmp_path):
+    """SIGTERM in the middle of rendering: no output folder and no staging folder remain."""
+    import signal
+
+    out = tmp_path / "scene"
+    proc = subprocess.Popen([sys.executable, str(MAKE_SCENE), "--out", str(out), "--views", "30", "--width", "64",
+                             "--height", "48", "--samples", "4"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith('{"event": "progress"'):
+                break
+        assert any(p.name.startswith(".scene.partial-") for p in tmp_path.iterdir())
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
