@@ -73,8 +73,8 @@ def _run_make_scene(scene_args: list[str], out: Path, progress: Optional[Progres
                 if not line.startswith('{"event"'):
                     continue  # Blender's own log lines
                 event = json.loads(line)
-                if event["event"] == "progress":
-                    report(progress, event["done"], event["total"], stage)
+                if event["event"] == "progress":  # make_scene's stages: "render rgb", "render truth"
+                    report(progress, event["done"], event["total"], f"{stage}: {event['stage']}")
                 elif event["event"] == "result":
                     result = event
             code = proc.wait()

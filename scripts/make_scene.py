@@ -619,7 +619,6 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
             "transparent": spec["transparent"],
         })
 
-    total = 2 * args.views
     seconds = {"setup": time.monotonic() - clock}
     clock = time.monotonic()
     _set_rgb_mode(bpy, args)
@@ -630,7 +629,7 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
         bpy.ops.render.render()
         render_result = render_result or bpy.data.images["Render Result"]
         _save_png(bpy, render_result, staging / "images" / f"{i:06d}.png", "8", "RGB")
-        _progress(i + 1, total, "render")
+        _progress(i + 1, args.views, "render rgb")
 
     seconds["rgb"] = time.monotonic() - clock
     clock = time.monotonic()
@@ -647,7 +646,7 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
         exr.unlink()
         np.save(staging / "gt" / "depth" / f"{i:06d}.npy", z_depth.astype(np.float32))
         _write_instance_png(bpy, staging / "gt" / "instance" / f"{i:06d}.png", ids)
-        _progress(args.views + i + 1, total, "render")
+        _progress(i + 1, args.views, "render truth")  # ~10x faster per frame than rgb: its own stage
     shutil.rmtree(exr_dir)
     _stop_if_terminated()
     seconds["truth"] = time.monotonic() - clock

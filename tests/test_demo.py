@@ -29,7 +29,8 @@ def test_demo_renders_then_reuses_scene(tmp_path):
     result = events[-1]
     assert result["event"] == "result"
     assert result["scene"] == str(out / "scene") and result["scene_reused"] is False
-    assert any(e["event"] == "progress" and e["stage"] == "demo scene" for e in events)
+    stages = {e["stage"] for e in events if e["event"] == "progress"}
+    assert {"demo scene: render rgb", "demo scene: render truth"} <= stages
     dataset = load_transforms(out / "scene", strict=True)
     assert len(dataset.frames) == 3 and dataset.frames[0].intrinsics.width == 48
     truth = load_scene_truth(out / "scene")
