@@ -283,8 +283,8 @@ class FrameLabeler:
         # 2. the nearest annotated mesh per pixel (box objects' extracted meshes take no part: the field
         #    decides their pixels).
         mesh_ids = [i for i in silhouettes if self.objects[i].is_mesh]
-        nearest = np.full((H, W), -1, dtype=np.int64)
-        nearest_z = np.full((H, W), np.inf)
+        nearest = np.full((H, W), -1, dtype=np.int16)
+        nearest_z = np.full((H, W), np.inf, dtype=np.float32)  # float32: ~0.1 um at metres
         for i in mesh_ids:
             c0, r0, c1, r1 = silhouettes[i].region
             window_z = nearest_z[r0:r1, c0:c1]
@@ -333,8 +333,10 @@ class FrameLabeler:
         instance = np.zeros((H, W), np.uint16)
         category = np.zeros((H, W), np.uint16)
         visible: dict[int, np.ndarray] = {}
-        for i in mesh_ids:
-            visible[i] = mesh_visible & (nearest == i)
+        for i in mesh_ids:  # within each object's region only: the rest of the frame cannot hold it
+            c0, r0, c1, r1 = silhouettes[i].region
+            visible[i] = np.zeros((H, W), bool)
+            visible[i][r0:r1, c0:c1] = mesh_visible[r0:r1, c0:c1] & (nearest[r0:r1, c0:c1] == i)
 
         # 5. box objects: the source's surface inside the box, where no annotated mesh is visible.
         if box_ids:
@@ -384,9 +386,13 @@ class FrameLabeler:
                 continue
             if vis is None:
                 vis = np.zeros((H, W), bool)
-            if sil is not None:
-                full = sil.full_mask((H, W)) | vis
-                extra = int(np.count_nonzero(vis & ~sil.full_mask((H, W)))) if not obj.is_mesh else 0
+            if sil is not None and obj.is_mesh:
+                full = sil.full_mask((H, W))  # holds the visible mask: visible pixels are nearest hits
+                px_all, bbox_obj = sil.count_all, sil.bbox_all
+            elif sil is not None:
+                model_mask = sil.full_mask((H, W))
+                full = model_mask | vis
+                extra = int(np.count_nonzero(vis & ~model_mask))
                 px_all = sil.count_all + extra  # box pixels beyond its extracted model count too
                 bbox_obj = sil.bbox_all if extra == 0 else _union_bbox(sil.bbox_all, vis)
             else:
