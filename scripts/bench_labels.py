@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-frames", type=int, default=3, help="frames with per-object Cycles full masks")
     parser.add_argument("--train-minutes", type=float, default=5.0)
     parser.add_argument("--depth", choices=("field", "truth"), default="field")
+    parser.add_argument("--field", type=Path, help="use this field checkpoint (e.g. trained on a GPU) instead "
+                                                   "of training one here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -319,10 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     scene = cached_scene(args)
     result["scene"] = {"path": str(scene), "make_scene_args": scene_args(args)}
     field_path = None
-    if args.depth == "field":
+    if args.depth == "field" and args.field is not None:
+        field_path = args.field
+        result["field"] = {"path": str(field_path), "trained": "elsewhere (--field)"}
+    elif args.depth == "field":
         field_path, train_info = cached_field(scene, args.train_minutes, args.threads)
         result["field"] = {"path": str(field_path), "train_minutes": args.train_minutes,
-                           "train_psnr": train_info.get("train_psnr"), "steps": train_info.get("steps")}
+                           "train_psnr": train_info.get("train_psnr"), "steps": train_info.get("steps"),
+                           "cpu_share": train_info.get("cpu_share")}
     spec, truth = bench_spec(scene, field_path)
     dataset = load_dataset(spec.data_path)
     test = [f.index for f in dataset.frames if f.split == "test"][:args.frames]
