@@ -28,7 +28,7 @@ def main() -> int:
     p.add_argument("--height", type=int, default=240)
     p.add_argument("--objects", type=int, default=6)
     p.add_argument("--meshes", type=Path, default=REPO.parent / "shared" / "data" / "meshes")
-    p.add_argument("--glass", action="store_true", default=True)
+    p.add_argument("--glass", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--samples", type=int, default=12)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_scene-"))

@@ -121,6 +121,9 @@ def check_args(args: argparse.Namespace) -> list[Path]:
         raise SceneError(f"--out {out}: already exists (use --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise SceneError(f"--out {out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not (out / "gt" / "objects.json").is_file():
+        # --overwrite replaces an earlier scene, never a folder of something else
+        raise SceneError(f"--out {out}: is not a generated scene (no gt/objects.json); refusing to replace it")
     return mesh_files
 
 
@@ -602,7 +605,6 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
         (staging / sub).mkdir(parents=True, exist_ok=True)
     exr_dir = Path(tempfile.mkdtemp(prefix="passes-", dir=staging))
     file_out = setup_render(bpy, args, exr_dir)
-    scene = bpy.context.scene
 
     # Meshes and objects.json first (cheap), then the renders.
     records = []

@@ -250,3 +250,12 @@ def test_terminated_run_leaves_nothing(tmp_path):
             proc.kill()
     assert code == 128 + signal.SIGTERM
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_only_a_scene(tmp_path):
+    out = tmp_path / "not_a_scene"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    result = run_make_scene("--out", str(out), "--views", "1", "--overwrite")
+    assert result.returncode == 2 and "is not a generated scene" in result.stderr
+    assert (out / "thesis.tex").read_text() == "years of work"
