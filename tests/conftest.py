@@ -55,6 +55,8 @@ def cached_scene(args: list[str], timeout_s: float = 900.0) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be rendering this very scene
         if complete():
             return target
+        for leftover in CACHE.glob(f".{target.name}-*"):  # from a killed session; we hold this key's lock
+            shutil.rmtree(leftover, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=CACHE))
         try:
             result = subprocess.run([sys.executable, str(MAKE_SCENE), "--out", str(work / "scene"), *args],
