@@ -336,6 +336,14 @@ def job_snap(job: dict, events: EventWriter) -> dict:
     model_points, model_normals = sample_mesh_surface(vertices, faces, int(job.get("model_points", 20000)))
     result = icp_point_to_plane(model_points, model_normals, scene_points, pose, max_distance=max_distance,
                                 scene_normals=estimate_normals(scene_points), progress=events.progress)
+    # A snap that runs away is worse than none: the surface there does not look like the mesh.
+    moved = float(np.linalg.norm((result.pose @ centre)[:3, 3] - (pose @ centre)[:3, 3]))
+    turned = float(np.degrees(np.arccos(np.clip((np.trace(pose[:3, :3].T @ result.pose[:3, :3]) - 1) / 2, -1, 1))))
+    if moved > max_distance or turned > 30.0:
+        raise NeuralLabelError(
+            f"the snap would move the mesh by {moved:.3g} (scene units) and turn it by {turned:.0f} degrees: the "
+            f"surface near it does not match the mesh (RMS residual {result.rmse:.3g}). The mesh stays where it was; "
+            "place it closer (within the search distance), raise the search distance, or check the field there")
     return {"kind": "snap", "pose": result.pose.tolist(), "fitness": result.fitness, "rmse": result.rmse,
             "iterations": result.iterations, "converged": result.converged,
             "scene_points": int(len(scene_points)), "views": int(views)}

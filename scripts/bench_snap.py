@@ -4,9 +4,10 @@ Target (issue 5): a mesh displaced by up to 2 cm and 10 degrees converges back t
 its true pose. Each trial displaces a mesh annotation by exactly 2 cm and 10 degrees (random directions)
 and runs the worker's ``snap`` job (the code ``neurallabel.snap_to_field`` runs) against:
 - ``truth``: the scene's true depth maps (Cycles Z pass), always;
-- ``field``: a trained field's rendered depth, with ``--field CHECKPOINT`` (trained on the same scene).
+- ``field``: a trained field's rendered depth, with ``--field CHECKPOINT`` (trained on the same scene, e.g. with
+  ``neurallabel train SCENE/transforms.json --out CKPT``); a trial where ICP loses the object counts as lost.
 
-    python scripts/bench_snap.py [--scene DIR] [--field CKPT] [--trials 10] [--objects bunny,armadillo]
+    python scripts/bench_snap.py [--scene DIR] [--field CKPT] [--trials 10] [--objects bunny_1,armadillo_1]
 
 Without ``--scene`` it uses the tests' cached labels scene (bunny + armadillo when ../shared is there).
 Rotationally symmetric primitives (sphere, cylinder, torus) are skipped: their pose is not observable.
@@ -46,6 +47,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
+    from neurallabel.core.errors import NeuralLabelError
     from neurallabel.core.icp import pose_error
     from neurallabel.core.truth import load_scene_truth
     from neurallabel.core.worker import EventWriter, job_snap
@@ -67,7 +69,7 @@ def main() -> int:
                      "displacement": {"mm": 20.0, "deg": 10.0}, "target": {"mm": 2.0, "deg": 1.0}}
     with tempfile.TemporaryDirectory() as tmp:
         for source_name, source in sources.items():
-            errors_mm, errors_deg, seconds = [], [], []
+            errors_mm, errors_deg, seconds, lost = [], [], [], 0
             for name in names:
                 obj = next(o for o in truth.objects if o.name == name)
                 for _ in range(args.trials):
@@ -75,16 +77,24 @@ def main() -> int:
                     job = {"kind": "snap", "data": str(truth.transforms_path), "mesh": str(obj.mesh_path),
                            "pose": start.tolist(), **source}
                     t0 = time.perf_counter()
-                    result = job_snap(job, EventWriter(io.StringIO()))
+                    try:
+                        result = job_snap(job, EventWriter(io.StringIO()))
+                        t_err, r_err = pose_error(np.array(result["pose"]), obj.object_to_world)
+                    except NeuralLabelError:  # e.g. "ICP lost the object": a failed trial, not a crash
+                        t_err, r_err = float("inf"), float("inf")
+                        lost += 1
                     seconds.append(time.perf_counter() - t0)
-                    t_err, r_err = pose_error(np.array(result["pose"]), obj.object_to_world)
                     errors_mm.append(1000.0 * t_err)
                     errors_deg.append(r_err)
+            def stat(values, fn):  # JSON has no infinity: a lost trial makes the statistic null
+                value = float(fn(values))
+                return round(value, 4) if np.isfinite(value) else None
+
             results[source_name] = {
-                "max_mm": round(max(errors_mm), 4), "median_mm": round(float(np.median(errors_mm)), 4),
-                "max_deg": round(max(errors_deg), 4), "median_deg": round(float(np.median(errors_deg)), 4),
+                "max_mm": stat(errors_mm, max), "median_mm": stat(errors_mm, np.median),
+                "max_deg": stat(errors_deg, max), "median_deg": stat(errors_deg, np.median),
                 "within_target": sum(e <= 2.0 and d <= 1.0 for e, d in zip(errors_mm, errors_deg)),
-                "runs": len(errors_mm), "seconds_per_snap": round(float(np.mean(seconds)), 3)}
+                "runs": len(errors_mm), "lost": lost, "seconds_per_snap": round(float(np.mean(seconds)), 3)}
     results["pass"] = all(results[s]["within_target"] == results[s]["runs"] for s in sources)
     print(json.dumps(results))
     return 0

@@ -162,6 +162,14 @@ def test_snap_job_in_worker_with_true_depth(tmp_path, raycast_scene):
     translation, rotation = pose_error(np.array(events[-1]["pose"]), truth_world)
     assert translation <= 0.004 and rotation <= 1.0  # 2 mm in the data frame = 4 mm in this world
 
+    # A snap that would move the mesh farther than the search distance is refused (the mesh stays put).
+    job.update(pose=displaced(truth_world, np.random.default_rng(12), 0.05, 5.0).tolist(), max_distance=0.04)
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    proc = subprocess.run([sys.executable, str(REPO / "core" / "worker.py"), str(tmp_path / "job.json")],
+                          capture_output=True, text=True, timeout=120)
+    last = json.loads(proc.stdout.splitlines()[-1])
+    assert proc.returncode == 2 and last["event"] == "error" and "stays where it was" in last["message"], last
+
 
 def write_voxel_field(path: Path, meshes: list[trimesh.Trimesh], roi: np.ndarray, resolution: int = 64) -> None:
     """A field checkpoint whose density grid is the voxelised truth: opaque inside ``meshes`` and below the
