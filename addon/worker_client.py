@@ -140,6 +140,18 @@ class WorkerJob:
         self.poll()
         return code
 
+    def request_cancel(self) -> None:
+        """Ask the worker to stop (SIGTERM; it stops after the unit of work in progress) without waiting."""
+        self.cancelled = True
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Stop the worker at once (SIGKILL): the last resort when it does not stop by itself."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def cancel(self, grace_s: float = 20.0) -> None:
         """Ask the worker to stop (SIGTERM: it stops between frames), then kill it if it does not."""
         if self.process is None:

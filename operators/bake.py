@@ -23,6 +23,8 @@ from ..addon.properties import formats_argument, frames_argument
 from ..addon.worker_client import WorkerJob
 from ..core.errors import NeuralLabelError
 
+CANCEL_GRACE_S = 30.0  # after Esc, how long the worker may take to finish its frame before it is killed
+
 # The one job that runs at a time in this Blender session (module state: Blender glue, not core).
 _ACTIVE: dict = {"operator": None, "cancel": False}
 
@@ -69,6 +71,7 @@ class WorkerOperator:
 
     stage_label = "Working"
     _worker: Optional[WorkerJob] = None
+    _cancel_deadline: Optional[float] = None
     _timer = None
     _temp_dir: Optional[str] = None
 
@@ -160,6 +163,7 @@ class WorkerOperator:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         _ACTIVE.update(operator=self, cancel=False)
+        self._cancel_deadline = None
         self._set_running(context, True)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.2, window=context.window)
@@ -169,8 +173,18 @@ class WorkerOperator:
 
     def modal(self, context: bpy.types.Context, event) -> set[str]:
         worker = self._worker
-        if event.type == "ESC" or _ACTIVE["cancel"]:
-            worker.cancel()
+        if (event.type == "ESC" or _ACTIVE["cancel"]) and self._cancel_deadline is None:
+            # SIGTERM: the worker stops after the frame in progress; the UI stays responsive meanwhile.
+            worker.request_cancel()
+            self._cancel_deadline = time.monotonic() + CANCEL_GRACE_S
+            context.scene.neurallabel.job_stage = f"{self.stage_label}: cancelling..."
+            return {"RUNNING_MODAL"}
+        if self._cancel_deadline is not None and event.type == "TIMER":
+            if not worker.finished():
+                if time.monotonic() < self._cancel_deadline:
+                    return {"RUNNING_MODAL"}
+                worker.kill()  # it did not stop by itself
+            worker.poll()
             self._finish(context)
             self.job_cancelled(context)
             return {"CANCELLED"}

@@ -219,17 +219,21 @@ def run(out, stop=None):
     context = NS(scene=NS(neurallabel=props), window_manager=wm, window="window", screen=None)
     op = Op(out)
     state = {"invoke": sorted(op.invoke(context, NS(type="LEFTMOUSE"))), "running_seen": props.job_running}
-    progress_seen = []
+    progress_seen, stopping = [], False
     while True:
         event = "TIMER"
-        if stop == "esc" and props.job_progress > 0:
-            event = "ESC"
-        if stop == "button" and props.job_progress > 0:
-            B.NEURALLABEL_OT_cancel_job.execute(None, context)
+        if stop and props.job_progress > 0 and not stopping:  # once the first frame is done
+            stopping = True
+            if stop == "esc":
+                event = "ESC"
+            else:
+                B.NEURALLABEL_OT_cancel_job.execute(None, context)
         outcome = op.modal(context, NS(type=event))
         progress_seen.append(props.job_progress)
-        if outcome != {"RUNNING_MODAL"}:
+        if outcome not in ({"RUNNING_MODAL"}, {"PASS_THROUGH"}):
             break
+        outcome = op.modal(context, NS(type="MOUSEMOVE"))  # other events pass through
+        assert outcome == {"PASS_THROUGH"}, outcome
         time.sleep(0.02)
     state.update(outcome=sorted(outcome), calls=calls, reports=op.reports, result=op.result,
                  progress=progress_seen, running_after=props.job_running, active=B._ACTIVE["operator"] is None,
