@@ -118,11 +118,37 @@ def cmd_sfm(args: argparse.Namespace, progress: ProgressFn) -> int:
 
 
 def cmd_train(args: argparse.Namespace, progress: ProgressFn) -> int:
-    raise NotImplementedYet("`neurallabel train` is not implemented yet (issue: fields)")
+    from .train import TrainOptions, train_field
+
+    options = TrainOptions(steps=args.steps, minutes=args.minutes, device=args.device, downscale=args.downscale,
+                           strict=args.strict, depth_supervision=args.depth_supervision)
+    result = train_field(args.data, args.out, options, progress=progress)
+    emit_result(args, {"command": "train", **result.to_dict()}, [
+        f"train: {result.steps} steps in {result.elapsed_s:.0f} s on {result.device} "
+        f"({result.train_frames} train views{', resumed' if result.resumed else ''}), "
+        f"train PSNR {result.train_psnr:.2f} dB",
+        f"wrote {result.out}"])
+    return 0
 
 
 def cmd_render(args: argparse.Namespace, progress: ProgressFn) -> int:
-    raise NotImplementedYet("`neurallabel render` is not implemented yet (issue: fields)")
+    from .dataset import load_dataset
+    from .field import load_field
+    from .render import render_views
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    field = load_field(args.field, device=str(device))
+    dataset = load_dataset(args.data, args.downscale)
+    frames = dataset.frames if args.split == "all" else dataset.split(args.split)
+    if not frames:
+        raise NeuralLabelError(f"{dataset.path}: no frame in the {args.split!r} split")
+    summary = render_views(field, frames, args.out, progress=progress)
+    lines = [f"render: {summary['count']} views of the {args.split} split into {args.out}"]
+    if "psnr" in summary:
+        lines.append(f"PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} (mean over the views)")
+    emit_result(args, {"command": "render", "out": str(args.out), "split": args.split, **summary}, lines)
+    return 0
 
 
 def cmd_bake(args: argparse.Namespace, progress: ProgressFn) -> int:

@@ -39,10 +39,10 @@ class FieldConfig:
     hidden: int = 64
     occupancy_resolution: int = 128
     steps_per_roi: int = 1024  # render step = roi diagonal / steps_per_roi
-    alpha_init: float = 1e-4  # opacity of one step before training
+    alpha_init: float = 1e-3  # opacity of one step before training
     alpha_thre: float = 1e-3  # samples with lower opacity are skipped (nerfacc's alpha_thre)
     early_stop_eps: float = 1e-4  # rays stop when transmittance drops below this
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    background: tuple[float, float, float] = (0.5, 0.5, 0.5)  # initial colour beyond the field
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -93,6 +93,8 @@ class Field(torch.nn.Module):
         self.mlp = torch.nn.Sequential(torch.nn.Linear(n_features + 9, config.hidden), torch.nn.ReLU(),
                                        torch.nn.Linear(config.hidden, 3))
         self.occupancy = OccupancyGrid(roi.reshape(6), config.occupancy_resolution, config.levels)
+        # colour where rays leave the field (sky, far background); learned
+        self.background_rgb = torch.nn.Parameter(torch.tensor(config.background, dtype=torch.float32))
 
     # --- geometry of the field -------------------------------------------------------------------------
 
@@ -161,7 +163,38 @@ class Field(torch.nn.Module):
 
     @torch.no_grad()
     def update_occupancy(self, **kwargs: Any) -> None:
-        self.occupancy.update(self.density, self.render_step_size, **kwargs)
+        """Refresh the occupancy grid (nerfacc's EMA rule). With one level the density grid maps linearly
+        onto the occupancy grid, so each cell gets the exact maximum density inside it (trilinear
+        interpolation peaks at grid vertices); otherwise density is sampled at random points per cell."""
+        if self.config.levels == 1:
+            values = self.cell_max_density() * self.render_step_size
+            self.occupancy.update_from_cell_values(
+                values[None], **{k: v for k, v in kwargs.items() if k in ("threshold", "decay")})
+        else:
+            self.occupancy.update(self.density, self.render_step_size, **kwargs)
+
+    @torch.no_grad()
+    def cell_max_density(self) -> Tensor:
+        """(R, R, R) maximum density inside each occupancy cell (one level only)."""
+        raw = self.density_grid[0, 0]
+        vertices = raw.shape[0]
+        cells = self.occupancy.resolution
+        corner_max = F.max_pool3d(raw[None, None], kernel_size=2, stride=1)[0, 0]  # per density cell
+        n = vertices - 1
+        j = torch.arange(cells, device=raw.device)
+        lo = torch.div(j * n, cells, rounding_mode="floor")
+        hi = torch.div((j + 1) * n + cells - 1, cells, rounding_mode="floor") - 1
+        hi = torch.maximum(hi, lo).clamp_max(n - 1)
+        width = int((hi - lo).max()) + 1
+        result = corner_max
+        for axis in range(3):
+            best = None
+            for t in range(width):
+                index = torch.minimum(lo + t, hi)
+                part = result.index_select(axis, index)
+                best = part if best is None else torch.maximum(best, part)
+            result = best
+        return F.softplus(result + self.density_shift) * self.density_scale
 
 
 def load_field(path: str | Path, device: str = "cpu") -> Field:

@@ -127,6 +127,14 @@ class OccupancyGrid(torch.nn.Module):
         self.refresh_binaries(threshold)
 
     @torch.no_grad()
+    def update_from_cell_values(self, values: Tensor, *, threshold: float = 0.01, decay: float = 0.95) -> None:
+        """Like :meth:`update` with every cell's value given: (levels, R, R, R) of ``density * step``."""
+        occs = self.occs.view(values.shape)
+        current = torch.where(torch.isinf(occs), torch.zeros_like(occs), occs)
+        occs.copy_(torch.maximum(current * decay, values))
+        self.refresh_binaries(threshold)
+
+    @torch.no_grad()
     def refresh_binaries(self, threshold: float = 0.01) -> None:
         valid = self.occs[self.occs >= 0]
         thre = min(float(valid.mean()) if len(valid) else 0.0, threshold)
@@ -140,21 +148,27 @@ class OccupancyGrid(torch.nn.Module):
 
     # --- skipping for the CPU marcher -------------------------------------------------------------------
 
-    def skip_cells(self) -> Tensor:
-        """(levels, R, R, R) int: chessboard distance in cells to the nearest cell that may hold samples.
+    #: the skip distance is computed on a grid this many times coarser (OR-pooled): cheaper, still safe
+    SKIP_COARSENING = 2
 
-        0 = occupied. A coarser level treats the region covered by the next finer level as occupied, since
-        there the finer grid decides (conservative: the ray re-checks once inside).
+    def skip_cells(self) -> Tensor:
+        """(levels, R/c, R/c, R/c) int: chessboard distance, in coarse cells of c = SKIP_COARSENING fine
+        cells, to the nearest coarse cell that holds an occupied cell. 0 = may hold samples.
+
+        A coarser level treats the region covered by the next finer level as occupied, since there the finer
+        grid decides; a finer level never lets a ray jump past its own box edge (the coarser grid decides
+        beyond it).
         """
         if self._skip_cells is not None and self._skip_cells.device == self.binaries.device:
             return self._skip_cells
         from scipy.ndimage import distance_transform_cdt
 
-        r = self.resolution
-        binaries = self.binaries.detach().cpu().numpy().copy()
+        c = self.SKIP_COARSENING
+        r = self.resolution // c
+        coarse = torch.nn.functional.max_pool3d(self.binaries.detach().float().cpu()[:, None], c)[:, 0] > 0
+        binaries = coarse.numpy().copy()
         for level in range(1, self.levels):
-            # the finer box covers the middle half of this level's grid
-            lo, hi = r // 4, r - r // 4
+            lo, hi = r // 4, r - r // 4  # the finer box covers the middle half of this level's grid
             binaries[level, lo:hi, lo:hi, lo:hi] = True
         out = np.zeros(binaries.shape, dtype=np.int32)
         index = np.arange(r)
@@ -166,23 +180,47 @@ class OccupancyGrid(torch.nn.Module):
             else:
                 out[level] = 2 * r  # nothing anywhere: skip the whole level
             if level < self.levels - 1:
-                # beyond this level's box the coarser grid decides: never jump past the box edge
                 out[level] = np.minimum(out[level], to_edge)
         self._skip_cells = torch.from_numpy(out).to(self.binaries.device)
         return self._skip_cells
 
-    def safe_distance(self, points: Tensor) -> Tensor:
-        """(N,) world distance a ray from each point can travel without entering an occupied cell.
+    def lookup(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """(N,) bool occupied, and (N,) world distance a ray from each point can travel without entering an
+        occupied cell (0 in or next to occupied space).
 
-        Zero in occupied cells. Chessboard distance d (cells) to the nearest occupied cell means every point
-        within (d - 1) cell widths (L-inf, hence also along any ray) lies in an empty cell.
+        Chessboard distance d (coarse cells) to the nearest occupied cell means every point within (d - 1)
+        coarse cell widths (L-inf, hence also along any ray) lies in an empty cell.
         """
+        r = self.resolution
+        c = self.SKIP_COARSENING
+        if self.levels == 1:
+            box = self.aabbs[0]
+            scale = r / (box[3:] - box[:3])
+            cell = ((points - box[:3]) * scale).long().clamp_(0, r - 1)
+            flat = (cell[:, 0] * r + cell[:, 1]) * r + cell[:, 2]
+            coarse = cell // c
+            rc = r // c
+            skip = self.skip_cells().reshape(-1)[(coarse[:, 0] * rc + coarse[:, 1]) * rc + coarse[:, 2]]
+            cell_size = float((1.0 / scale).min()) * c
+            return self.binaries.reshape(-1)[flat], (skip - 1).clamp_min(0).float() * cell_size
         level = self.level_of(points)
         cell = self.cell_of(points, level)
-        d = self.skip_cells().reshape(-1)[self.flat_index(level, cell)]
+        occupied = self.binaries.reshape(-1)[self.flat_index(level, cell)]
+        rc = r // c
+        coarse = cell // c
+        skip = self.skip_cells().reshape(-1)[((level * rc + coarse[:, 0]) * rc + coarse[:, 1]) * rc + coarse[:, 2]]
         box = self.aabbs[level]
-        cell_size = ((box[:, 3:] - box[:, :3]) / self.resolution).amin(dim=-1)
-        return (d - 1).clamp_min(0).float() * cell_size
+        cell_size = ((box[:, 3:] - box[:, :3]) / self.resolution).amin(dim=-1) * c
+        return occupied, (skip - 1).clamp_min(0).float() * cell_size
+
+    def occupied_fast(self, points: Tensor) -> Tensor:
+        """Same as :meth:`occupied`, with fewer operations for a single level."""
+        if self.levels != 1:
+            return self.occupied(points)
+        r = self.resolution
+        box = self.aabbs[0]
+        cell = ((points - box[:3]) * (r / (box[3:] - box[:3]))).long().clamp_(0, r - 1)
+        return self.binaries.reshape(-1)[(cell[:, 0] * r + cell[:, 1]) * r + cell[:, 2]]
 
     def to_nerfacc(self):
         """A ``nerfacc.OccGridEstimator`` holding this grid (for the CUDA path)."""
@@ -191,5 +229,5 @@ class OccupancyGrid(torch.nn.Module):
         estimator = OccGridEstimator(roi_aabb=self.aabbs[0].detach().cpu(), resolution=self.resolution,
                                      levels=self.levels).to(self.binaries.device)
         estimator.binaries.copy_(self.binaries)
-        estimator.occs.copy_(torch.nan_to_num(self.occs, posinf=1.0))
+        estimator.occs.copy_(torch.nan_to_num(self.occs, posinf=0.0))
         return estimator

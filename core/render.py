@@ -45,7 +45,7 @@ def ray_box(origins: Tensor, directions: Tensor, box: Tensor) -> tuple[Tensor, T
 
 @torch.no_grad()
 def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
-              stratified: bool = False, window: int = 8) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              stratified: bool = False, window: int = 32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Samples of nerfacc's occupancy-grid marcher, in pure torch (runs on any device).
 
     Returns ``ray_indices`` (M,), ``t_starts`` (M,), ``t_ends`` (M,) sorted by ray then distance, and the
@@ -54,7 +54,7 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
     grid = field.occupancy
     step = field.render_step_size
     eps = field.config.early_stop_eps
-    alpha_thre = min(field.config.alpha_thre, float(torch.nan_to_num(grid.occs, posinf=1.0).mean()))
+    alpha_thre = min(field.config.alpha_thre, float(torch.nan_to_num(grid.occs, posinf=0.0).mean()))
     n = origins.shape[0]
     device = origins.device
     t_enter, t_exit = ray_box(origins, directions, grid.aabbs[-1])
@@ -68,14 +68,13 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
     k_end = torch.ceil((t_exit - start) / step - 0.5).long()
     transmittance = torch.ones(n, device=device)
     alive = (k < k_end).nonzero().squeeze(-1)
-    binaries = grid.binaries.reshape(-1)
     offsets = torch.arange(window, device=device)
     kept_rays, kept_k, kept_sigma = [], [], []
     while alive.numel() > 0:
         # 1) rays in empty space jump ahead by the safe distance of their current point
         mid = start[alive] + (k[alive].float() + 0.5) * step
         points = origins[alive] + mid[:, None] * directions[alive]
-        safe = grid.safe_distance(points)
+        _, safe = grid.lookup(points)
         jump = torch.floor(safe / step).long() + 1
         far_jump = jump > window
         jumpers = alive[far_jump]
@@ -89,8 +88,7 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
         valid = kk < k_end[alive][:, None]
         mids = start[alive][:, None] + (kk.float() + 0.5) * step
         points = (origins[alive][:, None, :] + mids[..., None] * directions[alive][:, None, :]).reshape(-1, 3)
-        level = grid.level_of(points)
-        occupied = binaries[grid.flat_index(level, grid.cell_of(points, level))].view(-1, window) & valid
+        occupied = grid.occupied_fast(points).view(-1, window) & valid
         sigma = torch.zeros(occupied.shape, device=device)
         if bool(occupied.any()):
             sigma[occupied] = field.density(points[occupied.reshape(-1)])
@@ -192,9 +190,11 @@ def _median_distance(ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, weig
 
 
 def composite(field: Field, origins: Tensor, directions: Tensor, ray_indices: Tensor, t_starts: Tensor,
-              t_ends: Tensor, sigmas: Tensor, *, depth_only: bool = False, return_samples: bool = False
-              ) -> dict[str, Tensor]:
-    """Per-ray outputs from packed samples and their densities (differentiable)."""
+              t_ends: Tensor, sigmas: Tensor, *, depth_only: bool = False, return_samples: bool = False,
+              background: Optional[Tensor] = None) -> dict[str, Tensor]:
+    """Per-ray outputs from packed samples and their densities (differentiable).
+
+    ``background``: (N, 3) colours behind each ray; default the field's learned background colour."""
     n_rays = origins.shape[0]
     weights, _ = weights_from_density(ray_indices, t_starts, t_ends, sigmas, n_rays)
     mids = (t_starts + t_ends) / 2.0
@@ -211,7 +211,8 @@ def composite(field: Field, origins: Tensor, directions: Tensor, ray_indices: Te
                                                                               weights[:, None] * rgb)
         else:
             colour = torch.zeros(n_rays, 3, device=origins.device)
-        background = torch.tensor(field.config.background, device=origins.device, dtype=colour.dtype)
+        if background is None:
+            background = field.background_rgb.clamp(0.0, 1.0)
         out["rgb"] = colour + (1.0 - opacity[:, None]) * background
     with torch.no_grad():
         out["median_distance"] = _median_distance(ray_indices, t_starts, t_ends, weights.detach(),
@@ -299,3 +300,57 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
         shape = (intrinsics.height, intrinsics.width)
         result = {key: value.reshape(shape + value.shape[1:]) for key, value in result.items()}
     return result
+
+
+# --- rendering a dataset's views ----------------------------------------------------------------------------
+
+
+def _write_atomic(path, write) -> None:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def render_views(field: Field, frames, out_dir, *, progress=None, with_metrics: bool = True) -> dict:
+    """Render ``frames`` into ``out_dir/rgb/<stem>.png`` and float32 z-depth ``out_dir/depth/<stem>.npy``
+    (NaN where nothing is hit); PSNR/SSIM per view and on average where the frame's image exists."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .images import load_image
+    from .metrics import psnr, ssim
+    from .progress import report
+
+    out_dir = Path(out_dir)
+    views = []
+    for n, frame in enumerate(frames):
+        out = render_frame(field, frame.intrinsics, frame.cam_to_world)
+        rgb8 = np.round(np.clip(out["rgb"], 0.0, 1.0) * 255).astype(np.uint8)
+        _write_atomic(out_dir / "rgb" / f"{frame.name}.png", lambda p: Image.fromarray(rgb8).save(p, format="PNG"))
+        depth = out["z_depth"].astype(np.float32)
+        _write_atomic(out_dir / "depth" / f"{frame.name}.npy", lambda p: np.save(p, depth))
+        view = {"frame": frame.index, "name": frame.name}
+        if with_metrics and Path(frame.image_path).is_file():
+            truth = load_image(frame)[..., :3]
+            view["psnr"] = psnr(out["rgb"], truth)
+            view["ssim"] = ssim(np.clip(out["rgb"], 0, 1), truth)
+        views.append(view)
+        report(progress, n + 1, len(frames), "render")
+    scored = [v for v in views if "psnr" in v]
+    summary = {"views": views, "count": len(views)}
+    if scored:
+        summary["psnr"] = float(np.mean([v["psnr"] for v in scored]))
+        summary["ssim"] = float(np.mean([v["ssim"] for v in scored]))
+    return summary

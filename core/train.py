@@ -1,0 +1,408 @@
+"""Training a :class:`~.field.Field` on a dataset's train split.
+
+One step: draw random pixels of the train images (as many rays as keep ~``samples_per_step`` samples, the
+nerfacc "dynamic batch"), march them through the occupancy grid (stratified), evaluate density and colour
+with gradients at the surviving samples, composite, and take an Adam step on the photometric loss (plus the
+DS-NeRF sparse depth loss when asked). The occupancy grid follows nerfacc's schedule (every 16 steps; all
+cells during warm-up, then a quarter plus the occupied ones); the density grid grows coarse-to-fine.
+
+The run is bounded by ``steps`` or ``minutes`` and checkpoints itself atomically every
+``checkpoint_every_s`` seconds and at the end, so training again with the same output resumes after a kill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .cameras import camera_directions
+from .checkpoint import load_checkpoint, save_checkpoint
+from .dataset import Dataset, Frame, load_dataset
+from .errors import NeuralLabelError
+from .field import Field, FieldConfig
+from .progress import ProgressFn, report
+from .render import composite, march_cpu, march_nerfacc
+
+#: density grid sizes and the share of the run after which each takes over (coarse to fine)
+DENSITY_SCHEDULE = ((64, 0.0), (96, 0.12), (128, 0.25), (160, 0.4))
+
+
+@dataclass
+class TrainOptions:
+    steps: Optional[int] = None  # stop after this many steps (in total, counting a resumed run) ...
+    minutes: Optional[float] = None  # ... or after this much training time (default 5 minutes)
+    device: str = "auto"  # auto | cpu | cuda
+    downscale: float = 1.0
+    strict: bool = False
+    depth_supervision: bool = False
+    samples_per_step: int = 131072
+    max_rays_per_step: int = 8192
+    checkpoint_every_s: float = 60.0
+    seed: int = 0
+    threads: Optional[int] = None  # torch CPU threads (None: torch's default)
+
+    def budget(self) -> tuple[str, float]:
+        if self.steps is not None:
+            if self.steps < 1:
+                raise NeuralLabelError(f"--steps must be at least 1 (got {self.steps})")
+            return "steps", float(self.steps)
+        minutes = 5.0 if self.minutes is None else self.minutes
+        if not minutes > 0:
+            raise NeuralLabelError(f"--minutes must be positive (got {self.minutes})")
+        return "seconds", minutes * 60.0
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    elapsed_s: float
+    resumed: bool
+    device: str
+    train_frames: int
+    final_loss: float
+    train_psnr: float
+    cpu_share: float  # process CPU time / (wall time x threads): how much of the CPU the run got
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        return d
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NeuralLabelError("--device cuda: no CUDA device is available to torch on this machine "
+                               "(use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise NeuralLabelError(f"--device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+# --- scene bounds ------------------------------------------------------------------------------------------
+
+
+def look_at_centre(frames: list[Frame]) -> np.ndarray:
+    """The point closest (least squares) to all optical axes: where an orbit of cameras looks."""
+    a = np.zeros((3, 3))
+    b = np.zeros(3)
+    for f in frames:
+        origin = f.cam_to_world[:3, 3]
+        axis = -f.cam_to_world[:3, 2]
+        axis = axis / np.linalg.norm(axis)
+        projector = np.eye(3) - np.outer(axis, axis)
+        a += projector
+        b += projector @ origin
+    if np.linalg.cond(a) > 1e8:  # parallel axes: use the cameras' centroid
+        return np.mean([f.cam_to_world[:3, 3] for f in frames], axis=0)
+    return np.linalg.solve(a, b)
+
+
+def field_config_for(dataset: Dataset) -> FieldConfig:
+    """Field bounds from the dataset: its ``scene_aabb`` when given (generated scenes), else the cameras.
+
+    Without ``scene_aabb``: a box around the point the cameras look at, half as wide as the median camera
+    distance, with ``1 + log2(aabb_scale)`` nested levels for the background (instant-ngp's aabb_scale).
+    With ``scene_aabb``: that box, 4 % larger, one level (a closed room).
+    """
+    extra = dataset.extra or {}
+    scene_aabb = extra.get("scene_aabb")
+    if scene_aabb is not None:
+        box = np.asarray(scene_aabb, dtype=np.float64).reshape(2, 3)
+        if not np.all(box[1] > box[0]):
+            raise NeuralLabelError(f"{dataset.path}: scene_aabb {scene_aabb} is not a box (min < max)")
+        centre, half = box.mean(axis=0), (box[1] - box[0]) / 2 * 1.04
+        levels = 1
+    else:
+        centre = look_at_centre(dataset.frames)
+        distances = [np.linalg.norm(f.cam_to_world[:3, 3] - centre) for f in dataset.frames]
+        half = np.full(3, 0.5 * float(np.median(distances)))
+        aabb_scale = max(1.0, float(dataset.aabb_scale or 1.0))
+        levels = int(min(5, 1 + math.ceil(math.log2(aabb_scale)))) if aabb_scale > 1 else 2
+    roi = [list(map(float, centre - half)), list(map(float, centre + half))]
+    return FieldConfig(roi_aabb=roi, levels=levels, density_resolution=DENSITY_SCHEDULE[0][0])
+
+
+def dataset_fingerprint(frames: list[Frame]) -> str:
+    digest = hashlib.sha256()
+    for f in frames:
+        digest.update(f.image_path.name.encode())
+        digest.update(np.asarray(f.cam_to_world, dtype=np.float64).round(6).tobytes())
+        i = f.intrinsics
+        digest.update(json.dumps([i.width, i.height, i.fx, i.fy, i.cx, i.cy, list(i.distortion)]).encode())
+    return digest.hexdigest()[:16]
+
+
+# --- rays of the train images --------------------------------------------------------------------------------
+
+
+@dataclass
+class RayBank:
+    """Every pixel of the train images: colour, and the camera each pixel's ray comes from."""
+
+    rgb: torch.Tensor  # (N, 3) uint8
+    directions_cam: torch.Tensor  # (N, 3) float32, OpenGL camera axes, unit length
+    camera: torch.Tensor  # (N,) int64 index into rotations/origins
+    rotations: torch.Tensor  # (F, 3, 3)
+    origins: torch.Tensor  # (F, 3)
+
+    def rays(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cam = self.camera[index]
+        directions = torch.einsum("nij,nj->ni", self.rotations[cam], self.directions_cam[index])
+        return self.origins[cam], directions, self.rgb[index].float() / 255.0
+
+
+def load_ray_bank(frames: list[Frame], progress: Optional[ProgressFn] = None) -> RayBank:
+    from .images import load_image
+
+    sizes = {(f.intrinsics.width, f.intrinsics.height) for f in frames}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+        raise NeuralLabelError(f"the train images have mixed sizes ({listed}); NeuralLabel trains on images "
+                               "of one size: resize them or pass one camera size per dataset")
+    rgbs, dirs, cams = [], [], []
+    direction_cache: dict[Any, np.ndarray] = {}
+    for n, f in enumerate(frames):
+        image = load_image(f)
+        if image.shape[2] > 3:
+            image = image[..., :3]
+        rgbs.append(torch.from_numpy(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8).reshape(-1, 3)))
+        key = f.intrinsics
+        if key not in direction_cache:
+            d = camera_directions(f.intrinsics)
+            direction_cache[key] = (d / np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float32)
+        dirs.append(torch.from_numpy(direction_cache[key]))
+        cams.append(torch.full((len(direction_cache[key]),), n, dtype=torch.long))
+        report(progress, n + 1, len(frames), "load images")
+    rotations = torch.tensor(np.stack([f.cam_to_world[:3, :3] for f in frames]), dtype=torch.float32)
+    origins = torch.tensor(np.stack([f.cam_to_world[:3, 3] for f in frames]), dtype=torch.float32)
+    return RayBank(torch.cat(rgbs), torch.cat(dirs), torch.cat(cams), rotations, origins)
+
+
+@dataclass
+class DepthTargets:
+    """DS-NeRF targets: rays through observed SfM points and the distance to the point along each."""
+
+    origins: torch.Tensor
+    directions: torch.Tensor
+    distance: torch.Tensor
+    sigma: torch.Tensor  # allowed spread (world units)
+
+
+def load_depth_targets(dataset: Dataset, frames: list[Frame]) -> DepthTargets:
+    from .cameras import camera_rays
+    from .dataset import load_sparse_points
+
+    sparse = load_sparse_points(dataset)
+    if sparse is None or len(sparse.obs_point) == 0:
+        raise NeuralLabelError(f"{dataset.path}: --depth-supervision needs SfM points (run `neurallabel sfm`, "
+                               "or load a COLMAP model); this dataset has none")
+    by_index = {f.index: f for f in frames}
+    origins, directions, distance, sigma = [], [], [], []
+    for frame_index in np.unique(sparse.obs_frame):
+        frame = by_index.get(int(frame_index))
+        if frame is None:
+            continue  # a test frame: its points must not leak into training
+        rows = np.nonzero(sparse.obs_frame == frame_index)[0]
+        o, d, _ = camera_rays(frame.intrinsics, frame.cam_to_world, sparse.obs_pixel[rows])
+        points = sparse.points[sparse.obs_point[rows]]
+        t = np.einsum("ij,ij->i", points - o, d)
+        # reprojection error (pixels) as an angle, times distance; at least 0.5 % of the distance
+        err = sparse.errors[sparse.obs_point[rows]] / frame.intrinsics.fx * frame.downscale
+        origins.append(o)
+        directions.append(d)
+        distance.append(t)
+        sigma.append(np.maximum(err * t, 0.005 * t))
+    if not origins:
+        raise NeuralLabelError(f"{dataset.path}: no SfM point is observed in a train frame")
+    cat = lambda xs: torch.tensor(np.concatenate(xs), dtype=torch.float32)  # noqa: E731
+    o, d, t, s = cat(origins), cat(directions), cat(distance), cat(sigma)
+    keep = t > 0
+    return DepthTargets(o[keep], d[keep], t[keep], s[keep])
+
+
+def depth_loss(out: dict[str, torch.Tensor], distance: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """DS-NeRF: -log of the ray's termination weight near the SfM point, Gaussian-weighted."""
+    ray = out["ray_indices"]
+    mids = (out["t_starts"] + out["t_ends"]) / 2
+    delta = out["t_ends"] - out["t_starts"]
+    gauss = torch.exp(-((mids - distance[ray]) ** 2) / (2 * sigma[ray] ** 2))
+    per_sample = -torch.log(out["weights"] + 1e-5) * gauss * delta / (sigma[ray] * math.sqrt(2 * math.pi))
+    return torch.zeros(len(distance), device=distance.device).index_add(0, ray, per_sample).mean()
+
+
+# --- the loop ----------------------------------------------------------------------------------------------
+
+
+#: Adam learning rates at the start (decayed to 1/10 by the end)
+LEARNING_RATES = {"density": 0.5, "planes": 0.05, "mlp": 0.005}
+
+
+def _param_groups(field: Field) -> list[dict[str, Any]]:
+    return [
+        {"params": [field.density_grid], "lr": LEARNING_RATES["density"], "name": "density"},
+        {"params": list(field.planes.parameters()), "lr": LEARNING_RATES["planes"], "name": "planes"},
+        {"params": list(field.mlp.parameters()) + [field.background_rgb], "lr": LEARNING_RATES["mlp"],
+         "name": "mlp"},
+    ]
+
+
+def _make_optimizer(field: Field) -> torch.optim.Optimizer:
+    return torch.optim.Adam(_param_groups(field), betas=(0.9, 0.99), eps=1e-15)
+
+
+def _density_resolution_at(fraction: float) -> int:
+    resolution = DENSITY_SCHEDULE[0][0]
+    for r, start in DENSITY_SCHEDULE:
+        if fraction >= start:
+            resolution = r
+    return resolution
+
+
+def train_field(data: str | Path, out: str | Path, options: TrainOptions,
+                progress: Optional[ProgressFn] = None) -> TrainResult:
+    """Train (or resume training) a field on ``data``'s train split and save it to ``out``."""
+    out = Path(out)
+    device = resolve_device(options.device)
+    budget_kind, budget = options.budget()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    dataset = load_dataset(data, options.downscale, options.strict)
+    frames = dataset.split("train")
+    if not frames:
+        raise NeuralLabelError(f"{dataset.path}: no frame in the train split ({len(dataset.frames)} frames, "
+                               "all held out)")
+    fingerprint = dataset_fingerprint(frames)
+    generator = torch.Generator().manual_seed(options.seed)
+    torch.manual_seed(options.seed)
+
+    resumed = False
+    step, elapsed = 0, 0.0
+    optimizer_state = None
+    if out.exists():
+        checkpoint = load_checkpoint(out, device="cpu")
+        if checkpoint.dataset.get("fingerprint") != fingerprint:
+            raise NeuralLabelError(f"{out}: this checkpoint was trained on other frames "
+                                   f"({checkpoint.dataset.get('path')}); choose another --out")
+        field = checkpoint.field
+        step = int(checkpoint.training.get("step", 0))
+        elapsed = float(checkpoint.training.get("elapsed_s", 0.0))
+        optimizer_state = checkpoint.training.get("optimizer")
+        resumed = True
+    else:
+        field = Field(field_config_for(dataset))
+    field = field.to(device).train()
+
+    bank = load_ray_bank(frames, progress)
+    depth_targets = load_depth_targets(dataset, frames) if options.depth_supervision else None
+    optimizer = _make_optimizer(field)
+    if optimizer_state is not None:
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError):
+            pass  # a changed parameter layout: start the moments afresh
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    def done_fraction() -> float:
+        return min(1.0, (step if budget_kind == "steps" else elapsed) / budget)
+
+    def save(done: bool) -> None:
+        save_checkpoint(out, field, dataset={"path": str(dataset.path), "fingerprint": fingerprint,
+                                             "frames": len(frames)},
+                        training={"step": step, "elapsed_s": elapsed, "done": done,
+                                  "options": {k: v for k, v in asdict(options).items()},
+                                  "optimizer": optimizer.state_dict()})
+
+    rays_per_step = 256
+    loss_value, psnr_ema = float("nan"), float("nan")
+    last_save = time.monotonic()
+    cpu_start, wall_start = time.process_time(), time.monotonic()
+    n_pixels = bank.rgb.shape[0]
+    total_units = int(budget)
+    while done_fraction() < 1.0:
+        t0 = time.monotonic()
+        fraction = done_fraction()
+        # coarse-to-fine density grid; a grown grid gets fresh Adam moments
+        resolution = _density_resolution_at(fraction)
+        if resolution != field.config.density_resolution:
+            field.resize_density(resolution)
+            old = optimizer.state_dict()
+            optimizer = _make_optimizer(field)
+            for group, old_group in zip(optimizer.param_groups, old["param_groups"]):
+                group["lr"] = old_group["lr"]
+            if step >= 16:
+                field.update_occupancy(fraction=1.0)
+        # occupancy grid: nerfacc's schedule
+        if step % 16 == 0 and step >= 16:  # before that every cell stays occupied (all of space is seen)
+            field.update_occupancy(fraction=1.0 if step < 256 else 0.25)
+        # learning rate: exponential decay to 1/10
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * (0.1 ** fraction)
+
+        index = torch.randint(0, n_pixels, (rays_per_step,), generator=generator)
+        origins, directions, target = bank.rays(index)
+        origins, directions, target = origins.to(device), directions.to(device), target.to(device)
+        out_rays = _render_train(field, origins, directions, device)
+        loss = torch.nn.functional.mse_loss(out_rays["rgb"], target)
+        if depth_targets is not None:
+            k = min(len(depth_targets.distance), max(64, rays_per_step // 8))
+            pick = torch.randint(0, len(depth_targets.distance), (k,), generator=generator)
+            d_out = _render_train(field, depth_targets.origins[pick].to(device),
+                                  depth_targets.directions[pick].to(device), device, depth_only=True)
+            loss = loss + 0.1 * depth_loss(d_out, depth_targets.distance[pick].to(device),
+                                           depth_targets.sigma[pick].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        loss_value = float(loss.detach())
+        mse = float(torch.nn.functional.mse_loss(out_rays["rgb"].detach(), target))
+        psnr = -10 * math.log10(max(mse, 1e-10))
+        psnr_ema = psnr if math.isnan(psnr_ema) else 0.95 * psnr_ema + 0.05 * psnr
+        # dynamic batch: keep the number of samples per step near the target
+        n_samples = max(1, int(out_rays["ray_indices"].numel()))
+        rays_per_step = int(min(options.max_rays_per_step, max(
+            256, rays_per_step * options.samples_per_step / n_samples * 0.5 + rays_per_step * 0.5)))
+        step += 1
+        elapsed += time.monotonic() - t0
+        report(progress, min(total_units, int(step if budget_kind == "steps" else elapsed)), total_units,
+               "train")
+        if time.monotonic() - last_save > options.checkpoint_every_s:
+            save(done=False)
+            last_save = time.monotonic()
+    # a thorough occupancy refresh so rendering skips exactly the empty space
+    field.update_occupancy(fraction=1.0, samples_per_cell=4, decay=0.0)
+    field.eval()
+    save(done=True)
+    report(progress, total_units, total_units, "train")
+    wall = time.monotonic() - wall_start
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    cpu_share = (time.process_time() - cpu_start) / max(1e-9, wall * threads)
+    return TrainResult(out, step, elapsed, resumed, device.type, len(frames), loss_value, psnr_ema,
+                       round(cpu_share, 3))
+
+
+def _render_train(field: Field, origins: torch.Tensor, directions: torch.Tensor, device: torch.device,
+                  depth_only: bool = False) -> dict[str, torch.Tensor]:
+    """Stratified samples (no gradient), then density/colour with gradients at those samples."""
+    if device.type == "cuda":
+        ray_indices, t_starts, t_ends = march_nerfacc(field, origins, directions, stratified=True)
+    else:
+        ray_indices, t_starts, t_ends, _ = march_cpu(field, origins, directions, stratified=True)
+    mids = (t_starts + t_ends)[:, None] / 2
+    sigmas = field.density(origins[ray_indices] + mids * directions[ray_indices])
+    # A random colour behind every ray: the photos are opaque, so the field must explain each pixel with
+    # density instead of leaning on a background colour (which would leave holes in the depth).
+    background = torch.rand(origins.shape[0], 3, device=origins.device)
+    return composite(field, origins, directions, ray_indices, t_starts, t_ends, sigmas,
+                     depth_only=depth_only, return_samples=True, background=background)
