@@ -163,7 +163,8 @@ def cmd_bake(args: argparse.Namespace, progress: ProgressFn) -> int:
     from .labels import LabelOptions
 
     spec = load_spec(args.spec)
-    options = LabelOptions(occlusion_abs_mm=args.occlusion_mm, occlusion_rel=args.occlusion_rel)
+    options = LabelOptions(occlusion_abs_mm=args.occlusion_mm, occlusion_rel=args.occlusion_rel,
+                           occlusion_min_confidence=args.occlusion_min_confidence)
     summary = bake(spec, args.out, formats=args.formats, frames=args.frames, shard=args.shard, device=device,
                    progress=progress, options=options)
     per_frame = summary["seconds_per_frame"]
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--occlusion-mm", type=float, default=5.0,
                    help="a mesh pixel is occluded when the field's surface is nearer by more than this (mm) ...")
     p.add_argument("--occlusion-rel", type=float, default=0.01, help="... plus this fraction of the depth")
+    p.add_argument("--occlusion-min-confidence", type=float, default=0.3,
+                   help="... and only where the field is at least this confident of its surface (0-1; 0: off)")
     return parser
 
 

@@ -40,6 +40,10 @@ class LabelOptions:
     #: ``occlusion_abs_mm`` (converted with ``units_to_mm``) + ``occlusion_rel`` * depth.
     occlusion_abs_mm: float = 5.0
     occlusion_rel: float = 0.01
+    #: a field surface occludes a mesh only where the field is at least this confident of it (see
+    #: ``depth_source.CONFIDENCE_WINDOW``): floaters of a half-trained field -- weight smeared along the ray --
+    #: do not hide an annotated object. Their pixels keep a low value in the confidence map. 0 = off.
+    occlusion_min_confidence: float = 0.3
     mesh_depth: str = "all"  # "all": mesh depth on every visible mesh pixel; "transparent": only on glass
     truncated: bool = True  # count the silhouette beyond the image border (BOP px_count_all, bbox_obj)
 
@@ -49,10 +53,14 @@ class LabelOptions:
                                    f"{self.mesh_depth!r}")
         if self.occlusion_abs_mm < 0 or self.occlusion_rel < 0:
             raise NeuralLabelError("occlusion tolerances must be >= 0")
+        if not 0.0 <= self.occlusion_min_confidence <= 1.0:
+            raise NeuralLabelError(f"occlusion_min_confidence must be in [0, 1], got "
+                                   f"{self.occlusion_min_confidence}")
 
     def to_json(self) -> dict:
         return {"occlusion_abs_mm": self.occlusion_abs_mm, "occlusion_rel": self.occlusion_rel,
-                "mesh_depth": self.mesh_depth, "truncated": self.truncated}
+                "occlusion_min_confidence": self.occlusion_min_confidence, "mesh_depth": self.mesh_depth,
+                "truncated": self.truncated}
 
 
 @dataclass
@@ -302,8 +310,10 @@ class FrameLabeler:
         conf_map = None
         if source is not None:
             source_z = np.full((H, W), np.nan)
-            want_conf = confidence and getattr(source, "has_density", False)
-            if full_depth or want_conf:
+            has_conf = getattr(source, "has_density", False)  # a field: its weights give a confidence
+            gate = has_conf and self.options.occlusion_min_confidence > 0
+            want_conf = has_conf and (confidence or gate)
+            if full_depth or (confidence and has_conf):
                 rows, cols = np.divmod(np.arange(H * W), W)
             else:
                 need = covered.copy()
@@ -326,6 +336,8 @@ class FrameLabeler:
             tol = self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * source_z
             with np.errstate(invalid="ignore"):
                 occluded = covered & (nearest_z > source_z + tol)  # NaN (no surface) never occludes
+                if conf_map is not None and self.options.occlusion_min_confidence > 0:
+                    occluded &= conf_map >= self.options.occlusion_min_confidence
             mesh_visible = covered & ~occluded
         else:
             mesh_visible = covered
