@@ -14,7 +14,7 @@
    box-extracted meshes to the true meshes; seconds per frame.
 5. The reference: Blender Cycles rendering the same frames' Object Index + Z passes of the true meshes at
    1 sample (what a Blender-based synthetic-data tool runs), in a bpy subprocess, against mesh-only labels.
-6. A sweep of the occlusion tolerance (the default comes from it).
+6. A sweep of the occlusion tolerances and of the minimum confidence for a field surface to occlude.
 
 Prints one JSON line with every number and each target's pass/fail.
 """
@@ -164,9 +164,12 @@ def cycles_worker(config_path: str) -> None:
     seconds = []
     passes = {}
     for i in config["frames"]:
-        t0 = time.perf_counter()
-        z, ids = render(i, f"{i:06d}")
-        seconds.append(time.perf_counter() - t0)
+        best = float("inf")
+        for _ in range(max(1, config.get("repeats", 1))):  # the best of a few: the machine is shared
+            t0 = time.perf_counter()
+            z, ids = render(i, f"{i:06d}")
+            best = min(best, time.perf_counter() - t0)
+        seconds.append(best)
         passes[f"ids_{i}"], passes[f"z_{i}"] = ids, z
     for i in config["full_frames"]:
         for instance_id, blender_obj in objects.items():
@@ -180,10 +183,11 @@ def cycles_worker(config_path: str) -> None:
     Path(config["out"] + ".json").write_text(json.dumps({"seconds": seconds}))
 
 
-def cycles_reference(scene: Path, frames: list[int], full_frames: list[int], threads: int) -> tuple[dict, dict]:
+def cycles_reference(scene: Path, frames: list[int], full_frames: list[int], threads: int,
+                     repeats: int = 1) -> tuple[dict, dict]:
     out = CACHE / f"cycles-{scene.name}-{hashlib.sha256(json.dumps([frames, full_frames]).encode()).hexdigest()[:8]}"
     config = {"scene": str(scene), "frames": frames, "full_frames": full_frames, "threads": threads,
-              "out": str(out) + ".npz"}
+              "repeats": repeats, "out": str(out) + ".npz"}
     config_path = Path(str(out) + ".config.json")
     config_path.write_text(json.dumps(config))
     result = subprocess.run([sys.executable, __file__, "--cycles-worker", str(config_path)], capture_output=True,
@@ -299,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", choices=("field", "truth"), default="field")
     parser.add_argument("--field", type=Path, help="use this field checkpoint (e.g. trained on a GPU) instead "
                                                    "of training one here")
+    parser.add_argument("--scene", type=Path, help="use this generated scene folder instead of making one")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timings: the best of this many runs per frame (both ours and Cycles')")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -318,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"bench": "labels", "depth": args.depth, "device": args.device,
                     "resolution": [args.width, args.height]}
     t0 = time.perf_counter()
-    scene = cached_scene(args)
-    result["scene"] = {"path": str(scene), "make_scene_args": scene_args(args)}
+    scene = args.scene.resolve() if args.scene else cached_scene(args)
+    result["scene"] = {"path": str(scene), "make_scene_args": None if args.scene else scene_args(args)}
     field_path = None
     if args.depth == "field" and args.field is not None:
         field_path = args.field
@@ -386,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     result["box_meshes"] = chamfer
 
     # 2. The Cycles reference: Object Index + Z at 1 sample of the same frames, and full masks.
-    passes, cycles_timing = cycles_reference(scene, test, test[:args.full_frames], args.threads)
+    passes, cycles_timing = cycles_reference(scene, test, test[:args.full_frames], args.threads, args.repeats)
     cycles_s = float(np.mean(cycles_timing["seconds"]))
 
     # 3. Accuracy (labels recomputed from the cached field depth: same options as the bake).
@@ -406,9 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     times = []
     for i in test:
         frame = dataset.frames[i]
-        t1 = time.perf_counter()
-        mesh_only.label(frame, spec.cam_to_world(frame.cam_to_world))
-        times.append(time.perf_counter() - t1)
+        best = float("inf")
+        for _ in range(max(1, args.repeats)):
+            t1 = time.perf_counter()
+            mesh_only.label(frame, spec.cam_to_world(frame.cam_to_world))
+            best = min(best, time.perf_counter() - t1)
+        times.append(best)
     mesh_only_s = float(np.mean(times))
     result["speed"] = {"cycles_index_z_seconds_per_frame": cycles_s, "mesh_only_seconds_per_frame": mesh_only_s,
                        "mesh_only_speedup_vs_cycles": cycles_s / mesh_only_s,
@@ -418,13 +428,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. Occlusion tolerance sweep (visible IoU of mesh + glass objects).
     sweep = []
-    for abs_mm in (1.0, 2.0, 5.0, 10.0, 20.0):
-        for rel in (0.0, 0.005, 0.01, 0.02):
-            lab = labeler_for(spec, models, source, LabelOptions(occlusion_abs_mm=abs_mm, occlusion_rel=rel))
-            acc = evaluate(lab, spec, truth, dataset, test, {})
-            sweep.append({"abs_mm": abs_mm, "rel": rel, "mesh_visible_iou": acc["mesh"]["visible_iou"],
-                          "glass_visible_iou": acc["glass"]["visible_iou"]})
+    for min_conf in ((0.0, 0.1, 0.2, 0.3, 0.5) if args.depth == "field" else (0.0,)):
+        for abs_mm in (2.0, 5.0, 10.0, 20.0):
+            for rel in (0.0, 0.01, 0.02):
+                lab = labeler_for(spec, models, source, LabelOptions(
+                    occlusion_abs_mm=abs_mm, occlusion_rel=rel, occlusion_min_confidence=min_conf))
+                acc = evaluate(lab, spec, truth, dataset, test, {})
+                sweep.append({"abs_mm": abs_mm, "rel": rel, "min_confidence": min_conf,
+                              "mesh_visible_iou": acc["mesh"]["visible_iou"],
+                              "glass_visible_iou": acc["glass"]["visible_iou"]})
     result["occlusion_sweep"] = sweep
+    result["occlusion_default"] = LabelOptions().to_json()
 
     acc = result["accuracy"]
     values = {

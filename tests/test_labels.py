@@ -247,3 +247,30 @@ def test_distorted_camera_labels_sit_on_pixel_centres() -> None:
     assert np.allclose(np.abs(local).max(axis=1), 0.15, atol=1e-5)  # on the cube's surface
     pixels, _ = project_points(intr, np.eye(4), points)
     assert np.allclose(pixels, np.stack([cols + 0.5, rows + 0.5], axis=-1), atol=1e-4)
+
+
+def test_only_a_confident_field_surface_occludes() -> None:
+    """A surface in front of the mesh hides it where the field is confident, not where its weight is smeared."""
+    from neurallabel.core.cameras import Intrinsics
+    from neurallabel.core.dataset import Frame
+    from neurallabel.core.spec import SpecObject
+
+    intr = Intrinsics(40, 30, 40.0, 40.0, 20.0, 15.0)
+    cube = trimesh.creation.box([0.4, 0.4, 0.4])
+    pose = np.eye(4)
+    pose[:3, 3] = [0.0, 0.0, -1.0]
+    spec = LabelSpec(None, Path("."), None, objects=[SpecObject("cube", "cube", 1, 1, "mesh", pose,
+                                                                 Path("cube.ply"), None, False, cube)])
+
+    class Floater:  # a surface at 0.5 m everywhere; confident on the left half of the image only
+        has_density = True
+
+        def z_depth(self, frame, rows, cols, with_confidence=False):
+            return np.full(len(rows), 0.5), np.where(cols < 20, 0.9, 0.1) if with_confidence else None
+
+    frame = Frame(0, Path("x.png"), np.eye(4), intr)
+    mesh_pixels = labeler_for(spec, None).label(frame, np.eye(4)).instance == 1
+    for min_conf, expected in ((0.3, mesh_pixels & (np.arange(40) >= 20)[None, :]), (0.0, np.zeros_like(mesh_pixels))):
+        labels = labeler_for(spec, Floater(), LabelOptions(occlusion_min_confidence=min_conf)).label(
+            frame, np.eye(4), full_depth=False, confidence=False)
+        assert mesh_pixels.sum() > 100 and np.array_equal(labels.instance == 1, expected)
