@@ -126,7 +126,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
                 "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
     _claim_out_dir(out_dir, manifest, allowed=_spec_entries(spec, out_dir))
 
-    models = _object_models(spec, out_dir, depth_source, box_resolution, progress)
+    models = _object_models(spec, dataset, out_dir, depth_source, box_resolution, progress)
     meshes, label_objects = [], []
     for obj in spec.objects:
         model = models.get(obj.instance_id)
@@ -233,7 +233,7 @@ def _claim_out_dir(out_dir: Path, manifest: dict, allowed: set[Path] = frozenset
     write_bytes(path, json_bytes(manifest))
 
 
-def _object_models(spec: LabelSpec, out_dir: Path, depth_source, resolution: int,
+def _object_models(spec: LabelSpec, dataset: Dataset, out_dir: Path, depth_source, resolution: int,
                    progress: Optional[ProgressFn]) -> dict[int, Any]:
     """instance_id -> model mesh in the object's own frame (world units); box objects need a field."""
     import trimesh
@@ -251,9 +251,10 @@ def _object_models(spec: LabelSpec, out_dir: Path, depth_source, resolution: int
         v_path = cache / f"instance_{obj.instance_id:06d}_vertices.npy"
         f_path = cache / f"instance_{obj.instance_id:06d}_faces.npy"
         if not (v_path.is_file() and f_path.is_file()):
+            level = surface_density_level(spec, dataset, depth_source, obj)
             mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
                                     resolution=resolution, step=getattr(depth_source, "step", None),
-                                    progress=progress, name=obj.name)
+                                    threshold=level, progress=progress, name=obj.name)
             if mesh is None:
                 raise NeuralLabelError(f"object {obj.name!r}: the field holds no surface inside its box")
             write_bytes(v_path, npy_bytes(np.asarray(mesh.vertices, dtype=np.float64)))
@@ -261,6 +262,41 @@ def _object_models(spec: LabelSpec, out_dir: Path, depth_source, resolution: int
         # Always use the cached copy, so a fresh run and a re-run label with the very same mesh.
         models[obj.instance_id] = trimesh.Trimesh(np.load(v_path), np.load(f_path), process=False)
     return models
+
+
+def surface_density_level(spec: LabelSpec, dataset: Dataset, depth_source, obj, *, max_frames: int = 6,
+                          max_pixels: int = 4096, min_points: int = 32) -> Optional[float]:
+    """The field's density where it renders the surface of a box object: the median density at the points of
+    its depth maps (median depth) inside the box, from up to ``max_frames`` evenly spread dataset cameras.
+    None when fewer than ``min_points`` such points are found."""
+    from .labels import _region_pixels, box_corners
+
+    count = len(dataset.frames)
+    picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(count, max_frames))})
+    corners = box_corners(-obj.size / 2, obj.size / 2) @ obj.pose[:3, :3].T + obj.pose[:3, 3]
+    data_from_world = np.linalg.inv(spec.world_from_data)
+    densities = []
+    for index in picks:
+        frame = dataset.frames[index]
+        intr = frame.intrinsics
+        cam = spec.cam_to_world(frame.cam_to_world)
+        region = projected_region(intr, cam, corners, (0, 0, intr.width, intr.height))
+        if region is None:
+            continue
+        rows, cols = _region_pixels(region)
+        stride = max(1, int(np.ceil(len(rows) * len(picks) / max_pixels)))
+        rows, cols = rows[::stride], cols[::stride]
+        z, _ = depth_source.z_depth(frame, rows, cols)
+        ok = np.isfinite(z)
+        points = FrameLabeler._points(intr, cam, rows[ok], cols[ok], z[ok] * spec.data_scale)
+        local = (points - obj.pose[:3, 3]) @ obj.pose[:3, :3]
+        inside = np.all(np.abs(local) <= obj.size / 2, axis=1)
+        if inside.any():
+            data_points = points[inside] @ data_from_world[:3, :3].T + data_from_world[:3, 3]
+            densities.append(depth_source.density(data_points))
+    if not densities or sum(len(d) for d in densities) < min_points:
+        return None
+    return float(np.median(np.concatenate(densities)))
 
 
 def _category_models(spec: LabelSpec, models: dict[int, Any]) -> dict[int, Any]:

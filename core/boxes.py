@@ -3,10 +3,11 @@
 The density is sampled on a regular grid of voxel centres in the box's own frame, the iso-surface is taken
 with marching cubes (PyMCubes) and only the largest connected piece is kept (floaters and bits of the
 neighbours that poke into the box go away). The iso-level comes from the field itself, not from a magic
-number: it is the density at which transmittance drops to 1/2 across one step of the field's own renderer,
-``sigma = ln 2 / step`` (``step`` in data units): the field learned its densities against that spacing, and
-a sample there stopping half the light is where the rendered surface sits (opacity 0.5 is also where depth
-counts as a hit). Without a known step, the extraction voxel stands in for it.
+number. The caller measures it where the field renders its surfaces: the median density at the points of
+the field's own depth (the median of each ray's weights) that fall inside the box, seen from the dataset's
+cameras (:func:`core.bake` does this). Without such points, it is the density at which transmittance drops
+to 1/2 across one step of the field's renderer, ``sigma = ln 2 / step`` (data units): a sharp, well-trained
+field puts its rendered surface there; a half-trained one smears it, hence the measured level first.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ def density_threshold(voxel_data: float) -> float:
 
 def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.ndarray, size: np.ndarray,
                      world_from_data: np.ndarray, *, resolution: int = DEFAULT_RESOLUTION,
-                     step: Optional[float] = None, chunk: int = 1 << 18, progress: Optional[ProgressFn] = None,
-                     name: str = "box"):
+                     step: Optional[float] = None, threshold: Optional[float] = None, chunk: int = 1 << 18,
+                     progress: Optional[ProgressFn] = None, name: str = "box"):
     """The largest connected surface of the field inside a box, as a trimesh in the box's frame (world units).
 
     ``density(points_data (N, 3)) -> (N,)`` is the field's density in the data frame; ``box_pose`` is
     box-to-world (box centred at its origin), ``size`` its edge lengths (world units); ``step`` the field's
-    render step in data units (sets the iso-level). Returns None when the field holds no surface in the box.
+    render step in data units; ``threshold`` the iso-level (density per data unit), by default
+    ``ln 2 / step``. Returns None when the field holds no surface in the box.
     """
     import mcubes
     import trimesh
@@ -58,7 +60,8 @@ def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.n
     volume = values.reshape(*counts)
     if not np.all(np.isfinite(volume)):
         volume = np.nan_to_num(volume, nan=0.0, posinf=np.finfo(np.float64).max / 4)
-    threshold = density_threshold(step if step else voxel / scale)
+    if threshold is None:
+        threshold = density_threshold(step if step else voxel / scale)
     if volume.max() < threshold:
         return None
     # A border of empty voxels closes the surface where the object touches the box.

@@ -159,6 +159,9 @@ class CachedDepth:
     def z_depth(self, frame: Frame, rows: np.ndarray, cols: np.ndarray, with_confidence: bool = False
                 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         cached = self._frames.get(frame.index)
+        h, w = frame.intrinsics.height, frame.intrinsics.width
+        if cached is None and len(rows) < h * w:  # a part of a frame not seen whole yet: ask the source
+            return self.source.z_depth(frame, rows, cols, with_confidence=with_confidence)
         if cached is None or (with_confidence and cached[1] is None):
             h, w = frame.intrinsics.height, frame.intrinsics.width
             all_rows, all_cols = np.divmod(np.arange(h * w), w)
