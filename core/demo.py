@@ -193,9 +193,34 @@ def stage_labels(run: DemoRun) -> None:
                          f"{accuracy['depth_error_mm_p95']:.3f} mm")
 
 
+def stage_field(run: DemoRun) -> None:
+    """Train a field on the demo scene's train views for ``--train-minutes`` (resuming OUT/field.pt when it
+    is there) and measure its held-out PSNR / SSIM on the test views."""
+    from .dataset import load_dataset
+    from .field import load_field
+    from .render import render_views
+    from .train import TrainOptions, train_field
+
+    scene_dir = Path(run.result["scene"])
+    field_path = run.out / "field.pt"
+    trained = train_field(scene_dir, field_path, TrainOptions(minutes=run.args.train_minutes),
+                          progress=run.progress)
+    test = load_dataset(scene_dir).split("test")
+    summary = render_views(load_field(field_path), test, run.out / "field_render", progress=run.progress)
+    run.result["field"] = str(field_path)
+    run.result["field_training"] = {"steps": trained.steps, "seconds": round(trained.elapsed_s, 1),
+                                    "resumed": trained.resumed, "device": trained.device,
+                                    "test_psnr_db": summary.get("psnr"), "test_ssim": summary.get("ssim"),
+                                    "test_views": summary["count"]}
+    run.lines.append(f"field: {field_path} ({trained.steps} steps, {trained.elapsed_s:.0f} s on {trained.device}); "
+                     f"held-out PSNR {summary.get('psnr', float('nan')):.2f} dB, SSIM "
+                     f"{summary.get('ssim', float('nan')):.4f} on {summary['count']} test views")
+
+
 #: The demo, in order. Each later issue appends its stage here.
 STAGES: list[tuple[str, Stage]] = [
     ("scene", stage_scene),
+    ("field", stage_field),
     ("labels", stage_labels),
 ]
 

@@ -45,7 +45,8 @@ def ray_box(origins: Tensor, directions: Tensor, box: Tensor) -> tuple[Tensor, T
 
 @torch.no_grad()
 def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
-              stratified: bool = False, window: int = 32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              stratified: bool = False, window: int = 8, max_window: int = 64
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Samples of nerfacc's occupancy-grid marcher, in pure torch (runs on any device).
 
     Returns ``ray_indices`` (M,), ``t_starts`` (M,), ``t_ends`` (M,) sorted by ray then distance, and the
@@ -68,9 +69,14 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
     k_end = torch.ceil((t_exit - start) / step - 0.5).long()
     transmittance = torch.ones(n, device=device)
     alive = (k < k_end).nonzero().squeeze(-1)
-    offsets = torch.arange(window, device=device)
     kept_rays, kept_k, kept_sigma = [], [], []
+    iteration = 0
     while alive.numel() > 0:
+        # Rays that are still going after a few windows cross thin density: look further ahead per pass.
+        # (The window only sets how many lattice points are examined per pass, not which are kept.)
+        window = min(max_window, window * 2) if iteration >= 2 else window
+        iteration += 1
+        offsets = torch.arange(window, device=device)
         # 1) rays in empty space jump ahead by the safe distance of their current point
         mid = start[alive] + (k[alive].float() + 0.5) * step
         points = origins[alive] + mid[:, None] * directions[alive]
