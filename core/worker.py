@@ -397,6 +397,8 @@ def main(argv: list[str]) -> int:
         if job.get("kind") == "train":  # the CLI has no cancel hook: SIGTERM interrupts it
             signal.signal(signal.SIGTERM, signal.default_int_handler)
         result = run_job(job, events)
+        # Done: a SIGTERM from now on has nothing to stop (and must not kill the exit half-way).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if result is not None:
             events.emit({"event": "result", **result})
         return 0

@@ -185,6 +185,14 @@ class WorkerOperator:
                     return {"RUNNING_MODAL"}
                 worker.kill()  # it did not stop by itself
             worker.poll()
+            if worker.result is not None and worker.returncode == 0:  # it had finished before the signal
+                try:
+                    return self.job_done(context, worker.result)
+                except NeuralLabelError as exc:
+                    self.report({"ERROR"}, str(exc))
+                    return {"CANCELLED"}
+                finally:
+                    self._finish(context)
             self._finish(context)
             self.job_cancelled(context)
             return {"CANCELLED"}
