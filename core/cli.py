@@ -239,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Blender's Bake passes its scene's occlusion tolerances; these reproduce them (same defaults as LabelOptions).
     p.add_argument("--occlusion-mm", type=float, default=5.0,
                    help="a mesh pixel is occluded when the field's surface is nearer by more than this (mm) ...")
-    p.add_argument("--occlusion-rel", type=float, default=0.01, help="... plus this fraction of the depth")
-    p.add_argument("--occlusion-min-confidence", type=float, default=0.3,
+    p.add_argument("--occlusion-rel", type=float, default=0.02, help="... plus this fraction of the depth")
+    p.add_argument("--occlusion-min-confidence", type=float, default=0.5,
                    help="... and only where the field is at least this confident of its surface (0-1; 0: off)")
     return parser
 
