@@ -202,7 +202,7 @@ class Op(B.WorkerOperator):
     def report(self, kind, message):
         self.reports.append([sorted(kind)[0], message])
     def build_job(self, context):
-        return {"kind": "bake", "spec": ARGS["spec"], "out": self.out, "formats": ["raw"], "frames": "0:4"}
+        return {"kind": "bake", "spec": ARGS["spec"], "out": self.out, "formats": ["raw"], "frames": "0:6"}
     def job_done(self, context, result):
         self.result = result
         return {"FINISHED"}
@@ -219,11 +219,12 @@ def run(out, stop=None):
     context = NS(scene=NS(neurallabel=props), window_manager=wm, window="window", screen=None)
     op = Op(out)
     state = {"invoke": sorted(op.invoke(context, NS(type="LEFTMOUSE"))), "running_seen": props.job_running}
-    progress_seen, stopping = [], False
+    progress_seen, stopping, cancel_at = [], False, None
     while True:
         event = "TIMER"
         if stop and props.job_stage.startswith("Bake: bake") and props.job_progress > 0 and not stopping:
             stopping = True
+            cancel_at = [props.job_stage, time.monotonic()]
             if stop == "esc":
                 event = "ESC"
             else:
@@ -237,7 +238,8 @@ def run(out, stop=None):
         time.sleep(0.02)
     state.update(outcome=sorted(outcome), calls=calls, reports=op.reports, result=op.result,
                  progress=progress_seen, running_after=props.job_running, active=B._ACTIVE["operator"] is None,
-                 returncode=op._worker.returncode)
+                 returncode=op._worker.returncode, cancel_at=cancel_at and cancel_at[0],
+                 cancel_took=cancel_at and time.monotonic() - cancel_at[1], last=op._worker.last_progress)
     return state
 
 print("NEURALLABEL_RESULT " + json.dumps({"done": run(ARGS["out"] + "/done"), "esc": run(ARGS["out"] + "/esc", "esc"),
@@ -252,7 +254,7 @@ def test_modal_progress_and_cancel(small_scene, tmp_path):
     result = run_bpy(MODAL_SCRIPT, {"spec": str(spec), "out": str(tmp_path)}, tmp_path / "bpy")
     done = result["done"]
     assert done["invoke"] == ["RUNNING_MODAL"] and done["running_seen"]
-    assert done["outcome"] == ["FINISHED"] and done["result"]["summary"]["frames"] == 4
+    assert done["outcome"] == ["FINISHED"] and done["result"]["summary"]["frames"] == 6
     updates = [c[1] for c in done["calls"] if c[0] == "update"]
     assert updates == sorted(updates) and updates[-1] == 1000  # the status bar went up to the end
     assert done["calls"][0] == ["begin", 0, 1000] and ["end"] in done["calls"] and ["timer_removed"] in done["calls"]
@@ -264,5 +266,5 @@ def test_modal_progress_and_cancel(small_scene, tmp_path):
         assert cancelled["reports"][-1][0] == "WARNING" and "cancelled" in cancelled["reports"][-1][1]
         assert not cancelled["running_after"] and cancelled["active"]
         got = frame_files(tmp_path / case)
-        assert 1 <= len(got) < 4, case
+        assert 1 <= len(got) < 6, (case, cancelled["cancel_at"], cancelled["cancel_took"], cancelled["last"])
         assert all(files == expected[i] for i, files in got.items()), case  # whole frames only

@@ -171,7 +171,8 @@ def test_snap_job_in_worker_with_true_depth(tmp_path, raycast_scene):
     assert proc.returncode == 2 and last["event"] == "error" and "stays where it was" in last["message"], last
 
 
-def write_voxel_field(path: Path, meshes: list[trimesh.Trimesh], roi: np.ndarray, resolution: int = 64) -> None:
+def write_voxel_field(path: Path, meshes: list[trimesh.Trimesh], roi: np.ndarray, resolution: int = 64,
+                      steps_per_roi: int = 1024) -> None:
     """A field checkpoint whose density grid is the voxelised truth: opaque inside ``meshes`` and below the
     floor (z < 0), empty elsewhere. Its rendered depth is the truth up to the voxel size."""
     import torch
@@ -180,7 +181,7 @@ def write_voxel_field(path: Path, meshes: list[trimesh.Trimesh], roi: np.ndarray
     from neurallabel.core.field import Field, FieldConfig
 
     field = Field(FieldConfig(roi_aabb=roi.tolist(), density_resolution=resolution, plane_resolutions=(4,),
-                              plane_features=2, hidden=8, occupancy_resolution=32))
+                              plane_features=2, hidden=8, occupancy_resolution=32, steps_per_roi=steps_per_roi))
     axes = [np.linspace(roi[0, i], roi[1, i], resolution) for i in range(3)]
     points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)  # grid[i, j, k] = (x, y, z)
     inside = points[:, 2] < 0.0
