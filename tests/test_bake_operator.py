@@ -31,6 +31,9 @@ for o in ARGS["objects"]:
     obj.matrix_world = Matrix(o["pose"])
     obj.neurallabel.category_id = o["category_id"]
     obj.neurallabel.instance_id = o["instance_id"]
+# Tolerances set here (not the defaults): cli_bake passes the same to `neurallabel bake`.
+scene.neurallabel.occlusion_tolerance = 0.01
+scene.neurallabel.occlusion_tolerance_relative = 0.01
 bpy.context.view_layer.update()
 '''
 
