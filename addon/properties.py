@@ -66,12 +66,18 @@ class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto",
                          description="Where the worker runs the field")
     occlusion_tolerance: FloatProperty(
-        name="Occlusion Tolerance", default=0.01, min=0.0, soft_max=0.1, precision=4, unit="LENGTH",
+        name="Occlusion Tolerance", default=0.005, min=0.0, soft_max=0.1, precision=4, unit="LENGTH",
         description="A surface point counts as visible when the field's depth is no more than this "
                     "(scene units) in front of it, plus the relative tolerance")
     occlusion_tolerance_relative: FloatProperty(
-        name="Relative Tolerance", default=0.01, min=0.0, soft_max=0.1, precision=4, subtype="FACTOR",
+        name="Relative Tolerance", default=0.02, min=0.0, soft_max=0.1, precision=4, subtype="FACTOR",
         description="Extra occlusion tolerance as a fraction of the depth")
+    # Defaults equal core.labels.LabelOptions (chosen by scripts/bench_labels.py), so a bake from Blender and
+    # a plain `neurallabel bake spec.json` agree; tests/test_defaults.py keeps them equal.
+    occlusion_min_confidence: FloatProperty(
+        name="Min Confidence", default=0.5, min=0.0, max=1.0, precision=2, subtype="FACTOR",
+        description="The field hides an annotated mesh only where its confidence is at least this "
+                    "(floaters are unsure and must not cut holes in masks)")
     use_frame_range: BoolProperty(name="Frame Range", default=False,
                                   description="Bake only frames frame_start..frame_end (inclusive)")
     frame_start: IntProperty(name="First Frame", default=0, min=0,

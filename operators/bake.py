@@ -55,7 +55,8 @@ def label_options(scene: bpy.types.Scene) -> dict:
     props = scene.neurallabel
     units_to_mm = 1000.0 * spec_export.float32_value(scene.unit_settings.scale_length)
     return {"occlusion_abs_mm": spec_export.float32_value(props.occlusion_tolerance) * units_to_mm,
-            "occlusion_rel": spec_export.float32_value(props.occlusion_tolerance_relative)}
+            "occlusion_rel": spec_export.float32_value(props.occlusion_tolerance_relative),
+            "occlusion_min_confidence": spec_export.float32_value(props.occlusion_min_confidence)}
 
 
 def job_is_running() -> bool:
@@ -320,7 +321,8 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
         if self._frames:
             parts += ["--frames", self._frames]
         parts += ["--occlusion-mm", f"{self._options['occlusion_abs_mm']:g}",
-                  "--occlusion-rel", f"{self._options['occlusion_rel']:g}"]
+                  "--occlusion-rel", f"{self._options['occlusion_rel']:g}",
+                  "--occlusion-min-confidence", f"{self._options['occlusion_min_confidence']:g}"]
         return " ".join(parts)
 
     def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
