@@ -89,6 +89,21 @@ class WorkerOperator:
 
     # --- shared ------------------------------------------------------------------------------------------
 
+    @classmethod
+    def scene_ready(cls, context: bpy.types.Context,
+                    no_dataset: str = "Import a dataset first (Scene > Import Dataset)") -> bool:
+        """The checks every worker operator's ``poll`` starts with; sets the greyed button's tooltip."""
+        if context.scene is None:
+            cls.poll_message_set("No scene")
+            return False
+        if job_is_running():
+            cls.poll_message_set("A NeuralLabel job is running")
+            return False
+        if not context.scene.neurallabel.dataset_path:
+            cls.poll_message_set(no_dataset)
+            return False
+        return True
+
     def temp_dir(self) -> Path:
         if self._temp_dir is None:
             self._temp_dir = tempfile.mkdtemp(prefix="neurallabel-")
@@ -254,17 +269,9 @@ def _run_to_end(worker: WorkerJob, on_event) -> dict:
 
 
 def _bake_poll(cls, context: bpy.types.Context, needs_output: bool) -> bool:
-    if context.scene is None:
-        cls.poll_message_set("No scene")
+    if not cls.scene_ready(context):
         return False
-    props = context.scene.neurallabel
-    if job_is_running():
-        cls.poll_message_set("A NeuralLabel job is running")
-        return False
-    if not props.dataset_path:
-        cls.poll_message_set("Import a dataset first (Scene > Import Dataset)")
-        return False
-    if needs_output and not props.output_dir:
+    if needs_output and not context.scene.neurallabel.output_dir:
         cls.poll_message_set("Choose an output folder first")
         return False
     return True

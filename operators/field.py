@@ -17,7 +17,7 @@ from mathutils import Matrix
 
 from ..addon import spec_export
 from ..core.errors import NeuralLabelError
-from .bake import WorkerOperator, job_is_running
+from .bake import WorkerOperator
 
 CLOUD_NAME = "NeuralLabel Field Preview"
 
@@ -59,16 +59,7 @@ class NEURALLABEL_OT_load_field(WorkerOperator, bpy.types.Operator, ImportHelper
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None:
-            cls.poll_message_set("No scene")
-            return False
-        if job_is_running():
-            cls.poll_message_set("A NeuralLabel job is running")
-            return False
-        if not context.scene.neurallabel.dataset_path:
-            cls.poll_message_set("Import the dataset the field was trained on first")
-            return False
-        return True
+        return cls.scene_ready(context, "Import the dataset the field was trained on first")
 
     def invoke(self, context: bpy.types.Context, event) -> set[str]:
         if self.filepath or bpy.app.background or context.window is None:

@@ -10,7 +10,7 @@ import bpy
 
 from ..addon import scene_io, spec_export
 from ..core.errors import NeuralLabelError
-from .bake import WorkerOperator, job_is_running, label_options
+from .bake import WorkerOperator, label_options
 
 IMAGE_NAME = "NeuralLabel Preview"
 
@@ -55,14 +55,7 @@ class NEURALLABEL_OT_preview_labels(WorkerOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None:
-            cls.poll_message_set("No scene")
-            return False
-        if job_is_running():
-            cls.poll_message_set("A NeuralLabel job is running")
-            return False
-        if not context.scene.neurallabel.dataset_path:
-            cls.poll_message_set("Import a dataset first (Scene > Import Dataset)")
+        if not cls.scene_ready(context):
             return False
         camera = context.scene.camera
         if camera is None or scene_io.PROP_FRAME not in camera:

@@ -17,7 +17,7 @@ from mathutils import Matrix
 from ..addon import spec_export
 from ..addon.annotations import mesh_pose
 from ..core.errors import NeuralLabelError
-from .bake import WorkerOperator, job_is_running
+from .bake import WorkerOperator
 
 
 def _mesh_annotation(context: bpy.types.Context) -> bpy.types.Object | None:
@@ -45,17 +45,10 @@ class NEURALLABEL_OT_snap_to_field(WorkerOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None:
-            cls.poll_message_set("No scene")
-            return False
-        if job_is_running():
-            cls.poll_message_set("A NeuralLabel job is running")
+        if not cls.scene_ready(context):
             return False
         if _mesh_annotation(context) is None:
             cls.poll_message_set("Make a mesh annotation (role Mesh) the active object")
-            return False
-        if not context.scene.neurallabel.dataset_path:
-            cls.poll_message_set("Import a dataset first (Scene > Import Dataset)")
             return False
         return True
 
