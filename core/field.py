@@ -43,6 +43,7 @@ class FieldConfig:
     alpha_thre: float = 1e-3  # samples with lower opacity are skipped (nerfacc's alpha_thre)
     early_stop_eps: float = 1e-4  # rays stop when transmittance drops below this
     background: tuple[float, float, float] = (0.5, 0.5, 0.5)  # initial colour beyond the field
+    near: float = 0.0  # training rays started this far from the camera: closer than that is unknown space
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

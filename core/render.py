@@ -241,12 +241,14 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
                 far: float = 1e10, backend: str = "auto") -> dict[str, Tensor]:
     """Render rays (unit ``directions``) through a field, in chunks; outputs on the rays' device.
 
-    Returns ``rgb`` (N, 3) unless ``depth_only``, ``opacity`` (N,), ``distance`` (N,) (expected distance
+    Sampling starts at ``near`` or at the field's own training near plane (``field.config.near``), whichever
+    is further. Returns ``rgb`` (N, 3) unless ``depth_only``, ``opacity`` (N,), ``distance`` (N,) (expected distance
     given a hit; ``inf`` where the ray meets no density), ``median_distance`` (N,), and with
     ``return_samples`` the packed ``ray_indices``, ``t_starts``, ``t_ends``, ``weights`` (M,).
     """
     out_device = origins.device
     device = _field_device(field)
+    near = max(float(near), field.config.near)  # the field knows nothing closer than its training near
     origins = origins.to(device=device, dtype=torch.float32)
     directions = directions.to(device=device, dtype=torch.float32)
     use_nerfacc = backend == "nerfacc" or (backend == "auto" and device.type == "cuda")

@@ -43,9 +43,13 @@ class TrainOptions:
     downscale: float = 1.0
     strict: bool = False
     depth_supervision: bool = False
-    random_background: bool = True  # a random colour behind each training ray (see _render_train)
+    random_background: bool = False  # a random colour behind each training ray (see _render_train)
+    opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
     distortion_weight: float = 0.002  # mip-NeRF 360 distortion loss against floaters
-    samples_per_step: int = 131072
+    near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
+    # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
+    # memorise the train views; nothing the cameras photograph sits that close)
+    samples_per_step: int = 65536
     max_rays_per_step: int = 8192
     checkpoint_every_s: float = 60.0
     seed: int = 0
@@ -132,7 +136,9 @@ def field_config_for(dataset: Dataset) -> FieldConfig:
         aabb_scale = max(1.0, float(dataset.aabb_scale or 1.0))
         levels = int(min(5, 1 + math.ceil(math.log2(aabb_scale)))) if aabb_scale > 1 else 2
     roi = [list(map(float, centre - half)), list(map(float, centre + half))]
-    return FieldConfig(roi_aabb=roi, levels=levels, density_resolution=DENSITY_SCHEDULE[0][0])
+    # open scenes: coarser occupancy cells per level (the levels multiply the cells to refresh)
+    return FieldConfig(roi_aabb=roi, levels=levels, density_resolution=DENSITY_SCHEDULE[0][0],
+                       occupancy_resolution=128 if levels == 1 else 64)
 
 
 def dataset_fingerprint(frames: list[Frame]) -> str:
@@ -322,6 +328,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         step = int(checkpoint.training.get("step", 0))
         elapsed = float(checkpoint.training.get("elapsed_s", 0.0))
         optimizer_state = checkpoint.training.get("optimizer")
+        checkpoint_visited = checkpoint.training.get("visited")
         resumed = True
     else:
         field = Field(field_config_for(dataset))
@@ -345,9 +352,20 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
                                              "frames": len(frames)},
                         training={"step": step, "elapsed_s": elapsed, "done": done,
                                   "options": {k: v for k, v in asdict(options).items()},
-                                  "optimizer": optimizer.state_dict()})
+                                  "optimizer": optimizer.state_dict(), "visited": visited})
 
+    # density-grid vertices that ever received a gradient; the others (e.g. within `near` of a camera, or
+    # never seen) keep their initial faint density, which is cleared when training ends
+    visited = torch.zeros(field.density_grid.shape, dtype=torch.bool, device=device)
+    saved_visited = checkpoint_visited if resumed else None
+    if saved_visited is not None and saved_visited.shape == visited.shape:
+        visited = saved_visited.to(device)
     rays_per_step = 256
+    near = options.near
+    if near is None:
+        centre = look_at_centre(frames)
+        near = 0.2 * float(np.median([np.linalg.norm(f.cam_to_world[:3, 3] - centre) for f in frames]))
+    field.config.near = float(near)
     loss_value, psnr_ema = float("nan"), float("nan")
     last_save = time.monotonic()
     cpu_start, wall_start = time.process_time(), time.monotonic()
@@ -360,6 +378,8 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         resolution = _density_resolution_at(fraction)
         if resolution != field.config.density_resolution:
             field.resize_density(resolution)
+            visited = torch.nn.functional.interpolate(visited.float(), size=(resolution,) * 3, mode="trilinear",
+                                                      align_corners=True) > 0
             old = optimizer.state_dict()
             optimizer = _make_optimizer(field)
             for group, old_group in zip(optimizer.param_groups, old["param_groups"]):
@@ -376,8 +396,13 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         index = torch.randint(0, n_pixels, (rays_per_step,), generator=generator)
         origins, directions, target = bank.rays(index)
         origins, directions, target = origins.to(device), directions.to(device), target.to(device)
-        out_rays = _render_train(field, origins, directions, device, random_background=options.random_background)
+        out_rays = _render_train(field, origins, directions, device, near=near,
+                                 random_background=options.random_background)
         loss = torch.nn.functional.mse_loss(out_rays["rgb"], target)
+        if options.opacity_weight > 0:
+            # every pixel of a photo sees a surface (the box boundary stands in for the sky), so a learned
+            # background colour must not replace geometry: that would leave holes in the depth
+            loss = loss + options.opacity_weight * (1.0 - out_rays["opacity"]).mean()
         if options.distortion_weight > 0:
             scale = 1.0 / field.render_step_size / field.config.steps_per_roi  # distances in roi diagonals
             loss = loss + options.distortion_weight * scale * distortion_loss(out_rays, origins.shape[0])
@@ -385,11 +410,13 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
             k = min(len(depth_targets.distance), max(64, rays_per_step // 8))
             pick = torch.randint(0, len(depth_targets.distance), (k,), generator=generator)
             d_out = _render_train(field, depth_targets.origins[pick].to(device),
-                                  depth_targets.directions[pick].to(device), device, depth_only=True)
+                                  depth_targets.directions[pick].to(device), device, near=near, depth_only=True)
             loss = loss + 0.1 * depth_loss(d_out, depth_targets.distance[pick].to(device),
                                            depth_targets.sigma[pick].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if field.density_grid.grad is not None:
+            visited |= field.density_grid.grad != 0
         optimizer.step()
 
         loss_value = float(loss.detach())
@@ -407,6 +434,8 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         if time.monotonic() - last_save > options.checkpoint_every_s:
             save(done=False)
             last_save = time.monotonic()
+    with torch.no_grad():  # space no training ray reached holds nothing we know of
+        field.density_grid[~visited] = -30.0
     # a thorough occupancy refresh so rendering skips exactly the empty space
     field.update_occupancy(fraction=1.0, samples_per_cell=4, decay=0.0)
     field.eval()
@@ -420,12 +449,13 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
 
 
 def _render_train(field: Field, origins: torch.Tensor, directions: torch.Tensor, device: torch.device,
-                  depth_only: bool = False, random_background: bool = False) -> dict[str, torch.Tensor]:
+                  near: float = 0.0, depth_only: bool = False, random_background: bool = False
+                  ) -> dict[str, torch.Tensor]:
     """Stratified samples (no gradient), then density/colour with gradients at those samples."""
     if device.type == "cuda":
-        ray_indices, t_starts, t_ends = march_nerfacc(field, origins, directions, stratified=True)
+        ray_indices, t_starts, t_ends = march_nerfacc(field, origins, directions, near=near, stratified=True)
     else:
-        ray_indices, t_starts, t_ends, _ = march_cpu(field, origins, directions, stratified=True)
+        ray_indices, t_starts, t_ends, _ = march_cpu(field, origins, directions, near=near, stratified=True)
     mids = (t_starts + t_ends)[:, None] / 2
     sigmas = field.density(origins[ray_indices] + mids * directions[ray_indices])
     # A random colour behind every ray: the photos are opaque, so the field must explain each pixel with
