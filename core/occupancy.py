@@ -47,6 +47,9 @@ class OccupancyGrid(torch.nn.Module):
         self.register_buffer("binaries", torch.ones(self.levels, self.resolution, self.resolution,
                                                     self.resolution, dtype=torch.bool))
         self._skip_cells: Optional[Tensor] = None  # cached chessboard distance, see skip_cells()
+        self._skip_key: tuple = ()
+        self._estimator = None  # cached nerfacc estimator, see to_nerfacc()
+        self._estimator_key: tuple = ()
 
     # --- geometry -----------------------------------------------------------------------------------
 
@@ -159,7 +162,8 @@ class OccupancyGrid(torch.nn.Module):
         grid decides; a finer level never lets a ray jump past its own box edge (the coarser grid decides
         beyond it).
         """
-        if self._skip_cells is not None and self._skip_cells.device == self.binaries.device:
+        key = self._cache_key()
+        if self._skip_cells is not None and self._skip_key == key:
             return self._skip_cells
         from scipy.ndimage import distance_transform_cdt
 
@@ -182,7 +186,12 @@ class OccupancyGrid(torch.nn.Module):
             if level < self.levels - 1:
                 out[level] = np.minimum(out[level], to_edge)
         self._skip_cells = torch.from_numpy(out).to(self.binaries.device)
+        self._skip_key = key
         return self._skip_cells
+
+    def _cache_key(self) -> tuple:
+        # torch bumps a tensor's version on every in-place change (update, load_state_dict, .to())
+        return (self.binaries.data_ptr(), self.binaries._version, str(self.binaries.device))
 
     def lookup(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """(N,) bool occupied, and (N,) world distance a ray from each point can travel without entering an
@@ -224,10 +233,14 @@ class OccupancyGrid(torch.nn.Module):
 
     def to_nerfacc(self):
         """A ``nerfacc.OccGridEstimator`` holding this grid (for the CUDA path)."""
+        key = self._cache_key()
+        if self._estimator is not None and self._estimator_key == key:
+            return self._estimator
         from nerfacc import OccGridEstimator
 
         estimator = OccGridEstimator(roi_aabb=self.aabbs[0].detach().cpu(), resolution=self.resolution,
                                      levels=self.levels).to(self.binaries.device)
         estimator.binaries.copy_(self.binaries)
         estimator.occs.copy_(torch.nan_to_num(self.occs, posinf=0.0))
+        self._estimator, self._estimator_key = estimator, key
         return estimator
