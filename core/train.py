@@ -46,6 +46,7 @@ class TrainOptions:
     random_background: bool = False  # a random colour behind each training ray (see _render_train)
     opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
     distortion_weight: float = 0.002  # mip-NeRF 360 distortion loss against floaters
+    min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
     # memorise the train views; nothing the cameras photograph sits that close)
@@ -149,6 +150,43 @@ def dataset_fingerprint(frames: list[Frame]) -> str:
         i = f.intrinsics
         digest.update(json.dumps([i.width, i.height, i.fx, i.fy, i.cx, i.cy, list(i.distortion)]).encode())
     return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def views_per_vertex(field: Field, frames: list[Frame], near: float, resolution: int) -> torch.Tensor:
+    """(R, R, R) how many train cameras see each density-grid vertex (in the image, beyond ``near``).
+
+    DVGO's per-voxel learning rate: space seen by one or two cameras only (right in front of each camera) can
+    take any density that paints those views (a per-view "fog") without the other views objecting, so its
+    density learns in proportion to the number of views and space seen by fewer than ``min_views`` stays
+    empty. Pinhole projection (distortion moves points by a few pixels: irrelevant for a count)."""
+    device = field.density_grid.device
+    axis = torch.linspace(-1.0, 1.0, resolution, device=device)
+    coords = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    if field.config.levels > 1:  # invert the L-inf contraction of Field.normalize
+        contracted = coords * 2.0
+        norm = contracted.abs().amax(dim=-1, keepdim=True).clamp_min(1e-9)
+        u = torch.where(norm <= 1.0, contracted, contracted / norm / (2.0 - norm.clamp_max(1.999)))
+    else:
+        u = coords
+    points = field.roi_centre + u * field.roi_half
+    count = torch.zeros(points.shape[0], dtype=torch.int16, device=device)
+    for f in frames:
+        c2w = torch.tensor(f.cam_to_world, dtype=torch.float32, device=device)
+        p = (points - c2w[:3, 3]) @ c2w[:3, :3]  # camera axes (OpenGL: looking down -z)
+        z = -p[:, 2]
+        i = f.intrinsics
+        zs = z.clamp_min(1e-9)
+        x = i.fx * p[:, 0] / zs + i.cx
+        y = -i.fy * p[:, 1] / zs + i.cy
+        count += ((z > near) & (x >= 0) & (x <= i.width) & (y >= 0) & (y <= i.height)).to(torch.int16)
+    return count.view(1, 1, resolution, resolution, resolution).float()
+
+
+def density_lr_scale(view_count: torch.Tensor, min_views: int) -> torch.Tensor:
+    """Per-vertex factor on the density grid's update: views / most views, 0 under ``min_views``."""
+    scale = view_count / view_count.max().clamp_min(1.0)
+    return torch.where(view_count >= min_views, scale, torch.zeros_like(scale))
 
 
 # --- rays of the train images --------------------------------------------------------------------------------
@@ -366,6 +404,18 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         centre = look_at_centre(frames)
         near = 0.2 * float(np.median([np.linalg.norm(f.cam_to_world[:3, 3] - centre) for f in frames]))
     field.config.near = float(near)
+    # counted once on the finest grid of the schedule (~0.1 s per million vertices and camera), resampled
+    view_count = views_per_vertex(field, frames, near, max(r for r, _ in DENSITY_SCHEDULE))
+
+    def lr_scale_at(resolution: int) -> torch.Tensor:
+        count = torch.nn.functional.interpolate(view_count, size=(resolution,) * 3, mode="trilinear",
+                                                align_corners=True)
+        return density_lr_scale(count, options.min_views).to(device)
+
+    lr_scale = lr_scale_at(field.config.density_resolution)
+    if not resumed:
+        with torch.no_grad():  # space too few cameras see starts (and stays) empty
+            field.density_grid[lr_scale == 0] = -30.0
     loss_value, psnr_ema = float("nan"), float("nan")
     last_save = time.monotonic()
     cpu_start, wall_start = time.process_time(), time.monotonic()
@@ -380,6 +430,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
             field.resize_density(resolution)
             visited = torch.nn.functional.interpolate(visited.float(), size=(resolution,) * 3, mode="trilinear",
                                                       align_corners=True) > 0
+            lr_scale = lr_scale_at(resolution)
             old = optimizer.state_dict()
             optimizer = _make_optimizer(field)
             for group, old_group in zip(optimizer.param_groups, old["param_groups"]):
@@ -417,7 +468,10 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         loss.backward()
         if field.density_grid.grad is not None:
             visited |= field.density_grid.grad != 0
+        density_before = field.density_grid.detach().clone()
         optimizer.step()
+        with torch.no_grad():  # DVGO's per-voxel learning rate (Adam normalises gradients, so scale the step)
+            field.density_grid.copy_(density_before + (field.density_grid - density_before) * lr_scale)
 
         loss_value = float(loss.detach())
         mse = float(torch.nn.functional.mse_loss(out_rays["rgb"].detach(), target))
