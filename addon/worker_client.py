@@ -192,7 +192,12 @@ class WorkerJob:
 def run_job_sync(job: dict, *, python: Optional[str] = None, sys_path: Optional[list[str]] = None,
                  on_event: Optional[Callable[[dict], None]] = None, timeout: Optional[float] = None) -> dict:
     """Run a job in a worker to the end; the result event (without ``event``), or NeuralLabelError."""
-    worker = WorkerJob(job, python=python, sys_path=sys_path).start()
+    return run_to_end(WorkerJob(job, python=python, sys_path=sys_path).start(), on_event, timeout)
+
+
+def run_to_end(worker: WorkerJob, on_event: Optional[Callable[[dict], None]] = None,
+               timeout: Optional[float] = None) -> dict:
+    """Drain a started worker until it exits: its result, or NeuralLabelError. Cancels it on any exception."""
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -203,7 +208,8 @@ def run_job_sync(job: dict, *, python: Optional[str] = None, sys_path: Optional[
             if done:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise NeuralLabelError(f"the worker job {job.get('kind')!r} took longer than {timeout:.0f} s")
+                raise NeuralLabelError(
+                    f"the worker job {worker.job.get('kind')!r} took longer than {timeout:.0f} s")
             time.sleep(0.05)
     except BaseException:
         worker.cancel()

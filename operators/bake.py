@@ -20,7 +20,7 @@ from bpy.props import StringProperty
 
 from ..addon import preferences, spec_export
 from ..addon.properties import formats_argument, frames_argument
-from ..addon.worker_client import WorkerJob
+from ..addon.worker_client import WorkerJob, run_to_end
 from ..core.errors import NeuralLabelError
 
 CANCEL_GRACE_S = 30.0  # after Esc, how long the worker may take to finish its frame before it is killed
@@ -153,7 +153,7 @@ class WorkerOperator:
             _ACTIVE["operator"] = self
             self._set_running(context, True)
             worker_job = WorkerJob(job, python=settings["python"], env=settings["env"]).start()
-            result = _run_to_end(worker_job, on_event)
+            result = run_to_end(worker_job, on_event)
             return self.job_done(context, result)
         except NeuralLabelError as exc:
             self.report({"ERROR"}, str(exc))
@@ -247,25 +247,6 @@ class WorkerOperator:
         self._cleanup()
         for area in context.screen.areas if context.screen else []:
             area.tag_redraw()
-
-
-def _run_to_end(worker: WorkerJob, on_event) -> dict:
-    try:
-        while True:
-            done = worker.finished()
-            for event in worker.poll():
-                on_event(event)
-            if done:
-                break
-            time.sleep(0.05)
-    except BaseException:
-        worker.cancel()
-        raise
-    finally:
-        worker.cleanup()
-    if worker.result is None or worker.returncode != 0:
-        raise NeuralLabelError(worker.failure_message())
-    return worker.result
 
 
 def _bake_poll(cls, context: bpy.types.Context, needs_output: bool) -> bool:
