@@ -24,7 +24,6 @@ refuses them instead).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from .cameras import Intrinsics
 from .colmap import SparsePoints
 from .errors import NeuralLabelError
+from .jsonfile import read_json
 
 __all__ = ["SPLITS", "HOLDOUT_EVERY", "Frame", "Dataset", "SparsePoints", "load_dataset", "load_transforms",
            "load_colmap", "load_sparse_points"]
@@ -101,12 +101,7 @@ def _fail(path: Path, problem: str) -> NeuralLabelError:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise _fail(path, "file does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise _fail(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise _fail(path, "not a text file") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise _fail(path, "expected a JSON object with a 'frames' list")
     return data
@@ -124,7 +119,7 @@ def _resolve_image(root: Path, file_path: str) -> Path:
     return candidate
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the image header (the pixels are not decoded)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -235,7 +230,7 @@ def _frames_from(path: Path, data: dict, split: Optional[str], start: int, stric
                 raise _fail(path, f"frame {i}: image {image_path} does not exist")
             skipped.append(file_path)
             continue
-        intrinsics = _intrinsics(frame_json, data, _image_size(image_path), path, i)
+        intrinsics = _intrinsics(frame_json, data, image_size(image_path), path, i)
         frame_split = split or frame_json.get("split") or split_of.get(_norm(file_path))
         if frame_split is not None and frame_split not in SPLITS:
             raise _fail(path, f"frame {i}: split {frame_split!r} is not one of {', '.join(SPLITS)}")
@@ -368,7 +363,7 @@ def load_colmap(path: str | Path, images_dir: str | Path | None = None, downscal
             except NeuralLabelError as exc:
                 raise _fail(model_dir, str(exc)) from None
         intrinsics = intrinsics_of[image.camera_id]
-        file_size = _image_size(image_path)
+        file_size = image_size(image_path)
         if file_size != (intrinsics.width, intrinsics.height):
             raise _fail(model_dir, f"image {image.name} is {file_size[0]}x{file_size[1]} but its COLMAP camera "
                                    f"{image.camera_id} is {intrinsics.width}x{intrinsics.height}")

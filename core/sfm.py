@@ -35,6 +35,7 @@ import numpy as np
 from .cameras import Intrinsics
 from .colmap import (cam_to_world_from_colmap, intrinsics_from_colmap, registered_images,
                      sparse_points_from_reconstruction, transforms_camera_keys)
+from .dataset import image_size
 from .errors import NeuralLabelError
 from .progress import Cancelled, ProgressFn, report
 
@@ -89,7 +90,7 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
     if matcher not in ("auto", "exhaustive", "sequential"):
         raise NeuralLabelError(f"matcher must be auto, exhaustive or sequential (got {matcher!r})")
     names = list_images(images_dir)
-    sizes = {_image_size(images_dir / n) for n in names}
+    sizes = {image_size(images_dir / n) for n in names}
     max_side = max(max(s) for s in sizes)
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,16 +127,6 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
                      mean_reprojection_error_px=float(reconstruction.compute_mean_reprojection_error()),
                      camera_model=camera_model, num_cameras=len(cameras), seconds=time.monotonic() - started,
                      unregistered=[n for n in names if n not in reg_names])
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise NeuralLabelError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 
 def _extract(pycolmap, database: Path, images_dir: Path, names: list[str], one_size: bool, camera_model: str,

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import NeuralLabelError
+from .jsonfile import read_json
 
 SPEC_VERSION = 1
 KINDS = ("mesh", "box")
@@ -123,12 +124,7 @@ def load_spec(path: str | Path, *, load_meshes: bool = True, check_frames: bool 
     path = Path(path)
     if not path.is_file():
         raise NeuralLabelError(f"{path}: label spec file does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NeuralLabelError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise NeuralLabelError(f"{path}: not a text file") from None
+    data = read_json(path)
     spec = parse_spec(data, path.parent.resolve(), source=str(path), load_meshes=load_meshes,
                       check_frames=check_frames)
     spec.path = path

@@ -13,7 +13,6 @@ Layout read here (units: metres)::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NeuralLabelError
+from .jsonfile import read_json
 
 _OBJECT_KEYS = ("name", "category", "category_id", "instance_id", "mesh", "pose", "box", "transparent")
 
@@ -127,10 +127,7 @@ def load_scene_truth(scene_dir: str | Path) -> SceneTruth:
     path = scene_dir / "gt" / "objects.json"
     if not path.is_file():
         raise NeuralLabelError(f"{path}: file does not exist (is {scene_dir} a generated scene?)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NeuralLabelError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
         raise NeuralLabelError(f"{path}: expected an object with an 'objects' list")
     objects = []
