@@ -202,13 +202,7 @@ class WorkerOperator:
                 worker.kill()  # it did not stop by itself
             worker.poll()
             if worker.result is not None and worker.returncode == 0:  # it had finished before the signal
-                try:
-                    return self.job_done(context, worker.result)
-                except NeuralLabelError as exc:
-                    self.report({"ERROR"}, str(exc))
-                    return {"CANCELLED"}
-                finally:
-                    self._finish(context)
+                return self._complete(context, worker)
             self._finish(context)
             self.job_cancelled(context)
             return {"CANCELLED"}
@@ -224,6 +218,10 @@ class WorkerOperator:
                 area.tag_redraw()
         if not done:
             return {"RUNNING_MODAL"}
+        return self._complete(context, worker)
+
+    def _complete(self, context: bpy.types.Context, worker: WorkerJob) -> set[str]:
+        """Apply a finished worker's result (or report why it gave none) and end the job."""
         try:
             if worker.result is None or worker.returncode != 0:
                 raise NeuralLabelError(worker.failure_message())
