@@ -127,18 +127,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
     _claim_out_dir(out_dir, manifest, allowed=_spec_entries(spec, out_dir))
 
     models = _object_models(spec, dataset, out_dir, depth_source, box_resolution, progress)
-    meshes, label_objects = [], []
-    for obj in spec.objects:
-        model = models.get(obj.instance_id)
-        cast_index = None
-        if model is not None:
-            cast_index = len(meshes)
-            meshes.append(world_mesh(model, obj.pose))
-        label_objects.append(make_label_object(obj, model, cast_index))
-
-    caster = MeshCaster(meshes, backend=backend or default_backend(device), device=device)
-    labeler = FrameLabeler(label_objects, caster, depth_source, data_scale=spec.data_scale,
-                           units_to_mm=spec.units_to_mm, options=options)
+    labeler = frame_labeler(spec, models, depth_source, options, backend=backend, device=device)
     ctx = ExportContext(spec, dataset, _category_models(spec, models))
     writers = [get_writer(name) for name in formats]
     for writer in writers:
@@ -183,6 +172,23 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
 
 
 # --- steps ----------------------------------------------------------------------------------------------
+
+
+def frame_labeler(spec: LabelSpec, models: dict[int, Any], depth_source, options: LabelOptions, *,
+                  backend: Optional[str] = None, device: str = "cpu") -> FrameLabeler:
+    """The per-frame labeler of a spec: every object with a model (mesh) is ray-cast at its pose
+    (``backend``: embree on CPU, torch on CUDA unless named)."""
+    meshes, label_objects = [], []
+    for obj in spec.objects:
+        model = models.get(obj.instance_id)
+        cast_index = None
+        if model is not None:
+            cast_index = len(meshes)
+            meshes.append(world_mesh(model, obj.pose))
+        label_objects.append(make_label_object(obj, model, cast_index))
+    caster = MeshCaster(meshes, backend=backend or default_backend(device), device=device)
+    return FrameLabeler(label_objects, caster, depth_source, data_scale=spec.data_scale,
+                        units_to_mm=spec.units_to_mm, options=options)
 
 
 def _check_formats(formats: Sequence[str] | str) -> list[str]:

@@ -277,19 +277,9 @@ def evaluate(labeler, spec, truth, dataset, frames, passes) -> dict:
 
 
 def labeler_for(spec, models, depth_source, options):
-    from neurallabel.core.labels import FrameLabeler, make_label_object
-    from neurallabel.core.raycast import MeshCaster, world_mesh
+    from neurallabel.core.bake import frame_labeler
 
-    meshes, objects = [], []
-    for obj in spec.objects:
-        model = models.get(obj.instance_id)
-        index = None
-        if model is not None:
-            index = len(meshes)
-            meshes.append(world_mesh(model, obj.pose))
-        objects.append(make_label_object(obj, model, index))
-    return FrameLabeler(objects, MeshCaster(meshes), depth_source, data_scale=spec.data_scale,
-                        units_to_mm=spec.units_to_mm, options=options)
+    return frame_labeler(spec, models, depth_source, options)
 
 
 def main(argv: list[str] | None = None) -> int:
