@@ -38,7 +38,7 @@ class FieldConfig:
     plane_features: int = 8
     hidden: int = 64
     occupancy_resolution: int = 128
-    steps_per_roi: int = 1024  # render step = roi diagonal / steps_per_roi
+    steps_per_roi: int = 512  # render step = roi diagonal / steps_per_roi (~ half a voxel at 160^3)
     alpha_init: float = 1e-3  # opacity of one step before training
     alpha_thre: float = 1e-3  # samples with lower opacity are skipped (nerfacc's alpha_thre)
     early_stop_eps: float = 1e-4  # rays stop when transmittance drops below this

@@ -45,7 +45,11 @@ class TrainOptions:
     depth_supervision: bool = False
     random_background: bool = False  # a random colour behind each training ray (see _render_train)
     opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
-    distortion_weight: float = 0.002  # mip-NeRF 360 distortion loss against floaters
+    # mip-NeRF 360's distortion loss, strong at first: it is what clears the fog in free space (its
+    # pull towards transparent rays also empties space no surface explains); decayed to 1/10 by the end so
+    # the surfaces close up (measured on the 400x300 bench scene: 0.002 leaves depth 17 % off on objects)
+    distortion_weight: float = 1.0
+    distortion_final: float = 0.1  # the distortion weight decays exponentially to this share of it
     min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
@@ -313,7 +317,7 @@ def distortion_loss(out: dict[str, torch.Tensor], n_rays: int) -> torch.Tensor:
 
 
 #: Adam learning rates at the start (decayed to 1/10 by the end)
-LEARNING_RATES = {"density": 0.5, "planes": 0.05, "mlp": 0.005}
+LEARNING_RATES = {"density": 0.1, "planes": 0.05, "mlp": 0.005}
 
 
 def _param_groups(field: Field) -> list[dict[str, Any]]:
@@ -326,7 +330,8 @@ def _param_groups(field: Field) -> list[dict[str, Any]]:
 
 
 def _make_optimizer(field: Field) -> torch.optim.Optimizer:
-    return torch.optim.Adam(_param_groups(field), betas=(0.9, 0.99), eps=1e-15)
+    # fused: one kernel over each grid instead of ~10 passes (4x faster on CPU for the 10 M grid values)
+    return torch.optim.Adam(_param_groups(field), betas=(0.9, 0.99), eps=1e-15, fused=True)
 
 
 def _density_resolution_at(fraction: float) -> int:
@@ -456,7 +461,8 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
             loss = loss + options.opacity_weight * (1.0 - out_rays["opacity"]).mean()
         if options.distortion_weight > 0:
             scale = 1.0 / field.render_step_size / field.config.steps_per_roi  # distances in roi diagonals
-            loss = loss + options.distortion_weight * scale * distortion_loss(out_rays, origins.shape[0])
+            weight = options.distortion_weight * options.distortion_final ** fraction
+            loss = loss + weight * scale * distortion_loss(out_rays, origins.shape[0])
         if depth_targets is not None:
             k = min(len(depth_targets.distance), max(64, rays_per_step // 8))
             pick = torch.randint(0, len(depth_targets.distance), (k,), generator=generator)
