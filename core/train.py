@@ -45,6 +45,7 @@ class TrainOptions:
     depth_supervision: bool = False
     random_background: bool = False  # a random colour behind each training ray (see _render_train)
     opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
+    opacity_final: float = 0.01  # the opacity weight moves exponentially to this by the end
     # mip-NeRF 360's distortion loss, strong at first: it is what clears the fog in free space (its
     # pull towards transparent rays also empties space no surface explains); decayed to 1/10 by the end so
     # the surfaces close up (measured on the 400x300 bench scene: 0.002 leaves depth 17 % off on objects)
@@ -317,15 +318,20 @@ def distortion_loss(out: dict[str, torch.Tensor], n_rays: int) -> torch.Tensor:
 
 
 #: Adam learning rates at the start (decayed to 1/10 by the end)
-LEARNING_RATES = {"density": 0.1, "planes": 0.05, "mlp": 0.005}
+LEARNING_RATES = {"density": 0.2, "planes": 0.05, "mlp": 0.005}
 
 
 def _param_groups(field: Field) -> list[dict[str, Any]]:
+    mlp = list(field.mlp.parameters())
+    if field.config.levels > 1:
+        # an open scene: rays leaving the outermost box see sky / far background, whose colour is learned.
+        # A closed scene (one level) has none: a learned colour there would stand in for the surfaces
+        # while they are still forming and leave them transparent; fixed, it asks for opaque surfaces.
+        mlp.append(field.background_rgb)
     return [
         {"params": [field.density_grid], "lr": LEARNING_RATES["density"], "name": "density"},
         {"params": list(field.planes.parameters()), "lr": LEARNING_RATES["planes"], "name": "planes"},
-        {"params": list(field.mlp.parameters()) + [field.background_rgb], "lr": LEARNING_RATES["mlp"],
-         "name": "mlp"},
+        {"params": mlp, "lr": LEARNING_RATES["mlp"], "name": "mlp"},
     ]
 
 
@@ -458,7 +464,8 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         if options.opacity_weight > 0:
             # every pixel of a photo sees a surface (the box boundary stands in for the sky), so a learned
             # background colour must not replace geometry: that would leave holes in the depth
-            loss = loss + options.opacity_weight * (1.0 - out_rays["opacity"]).mean()
+            weight = options.opacity_weight * (options.opacity_final / options.opacity_weight) ** fraction
+            loss = loss + weight * (1.0 - out_rays["opacity"]).mean()
         if options.distortion_weight > 0:
             scale = 1.0 / field.render_step_size / field.config.steps_per_roi  # distances in roi diagonals
             weight = options.distortion_weight * options.distortion_final ** fraction
