@@ -42,7 +42,7 @@ class FieldConfig:
     alpha_init: float = 1e-3  # opacity of one step before training
     alpha_thre: float = 1e-3  # samples with lower opacity are skipped (nerfacc's alpha_thre)
     early_stop_eps: float = 1e-4  # rays stop when transmittance drops below this
-    background: tuple[float, float, float] = (0.5, 0.5, 0.5)  # initial colour beyond the field
+    background: tuple[float, float, float] = (0.5, 0.5, 0.5)  # colour beyond the field (learned when levels > 1)
     near: float = 0.0  # training rays started this far from the camera: closer than that is unknown space
 
     def to_dict(self) -> dict[str, Any]:

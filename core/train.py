@@ -46,11 +46,13 @@ class TrainOptions:
     random_background: bool = False  # a random colour behind each training ray (see _render_train)
     opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
     opacity_final: float = 0.01  # the opacity weight moves exponentially to this by the end
-    # mip-NeRF 360's distortion loss, strong at first: it is what clears the fog in free space (its
-    # pull towards transparent rays also empties space no surface explains); decayed to 1/10 by the end so
-    # the surfaces close up (measured on the 400x300 bench scene: 0.002 leaves depth 17 % off on objects)
-    distortion_weight: float = 1.0
-    distortion_final: float = 0.1  # the distortion weight decays exponentially to this share of it
+    # mip-NeRF 360's distortion loss. None: by the kind of scene (see distortion_for). Closed scenes start
+    # strong: it is what clears the fog in free space (its pull towards transparent rays also empties space
+    # no surface explains), decayed to 1/10 by the end so the surfaces close up (400x300 bench scene: 0.002
+    # leaves depth 17 % off on objects). Open scenes keep it weak: measured in world distance, the long
+    # contracted stretches behind the subject would dominate it and punch holes (fox: 15.0 dB vs 22.6 dB).
+    distortion_weight: Optional[float] = None
+    distortion_final: Optional[float] = None  # the weight decays exponentially to this share of it
     min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
@@ -192,6 +194,16 @@ def density_lr_scale(view_count: torch.Tensor, min_views: int) -> torch.Tensor:
     """Per-vertex factor on the density grid's update: views / most views, 0 under ``min_views``."""
     scale = view_count / view_count.max().clamp_min(1.0)
     return torch.where(view_count >= min_views, scale, torch.zeros_like(scale))
+
+
+def distortion_for(config: FieldConfig, options: TrainOptions) -> tuple[float, float]:
+    """Distortion weight at the start and the share of it left at the end (options win where given)."""
+    start, final = (1.0, 0.1) if config.levels == 1 else (0.002, 1.0)
+    if options.distortion_weight is not None:
+        start = options.distortion_weight
+    if options.distortion_final is not None:
+        final = options.distortion_final
+    return start, final
 
 
 # --- rays of the train images --------------------------------------------------------------------------------
@@ -427,6 +439,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
     if not resumed:
         with torch.no_grad():  # space too few cameras see starts (and stays) empty
             field.density_grid[lr_scale == 0] = -30.0
+    distortion_start, distortion_final = distortion_for(field.config, options)
     loss_value, psnr_ema = float("nan"), float("nan")
     last_save = time.monotonic()
     cpu_start, wall_start = time.process_time(), time.monotonic()
@@ -466,9 +479,9 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
             # background colour must not replace geometry: that would leave holes in the depth
             weight = options.opacity_weight * (options.opacity_final / options.opacity_weight) ** fraction
             loss = loss + weight * (1.0 - out_rays["opacity"]).mean()
-        if options.distortion_weight > 0:
+        if distortion_start > 0:
             scale = 1.0 / field.render_step_size / field.config.steps_per_roi  # distances in roi diagonals
-            weight = options.distortion_weight * options.distortion_final ** fraction
+            weight = distortion_start * distortion_final ** fraction
             loss = loss + weight * scale * distortion_loss(out_rays, origins.shape[0])
         if depth_targets is not None:
             k = min(len(depth_targets.distance), max(64, rays_per_step // 8))
