@@ -45,7 +45,6 @@ class TrainOptions:
     depth_supervision: bool = False
     random_background: bool = False  # a random colour behind each training ray (see _render_train)
     opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
-    opacity_final: float = 0.01  # the opacity weight moves exponentially to this by the end
     # mip-NeRF 360's distortion loss. None: by the kind of scene (see distortion_for). Closed scenes start
     # strong: it is what clears the fog in free space (its pull towards transparent rays also empties space
     # no surface explains), decayed to 1/10 by the end so the surfaces close up (400x300 bench scene: 0.002
@@ -477,8 +476,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         if options.opacity_weight > 0:
             # every pixel of a photo sees a surface (the box boundary stands in for the sky), so a learned
             # background colour must not replace geometry: that would leave holes in the depth
-            weight = options.opacity_weight * (options.opacity_final / options.opacity_weight) ** fraction
-            loss = loss + weight * (1.0 - out_rays["opacity"]).mean()
+            loss = loss + options.opacity_weight * (1.0 - out_rays["opacity"]).mean()
         if distortion_start > 0:
             scale = 1.0 / field.render_step_size / field.config.steps_per_roi  # distances in roi diagonals
             weight = distortion_start * distortion_final ** fraction
