@@ -24,8 +24,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from ..core.cameras import Intrinsics
-from ..core.dataset import Dataset, Frame
+from ..core.geometry.cameras import Intrinsics
+from ..core.data.dataset import Dataset, Frame
 from ..core.errors import NeuralLabelError
 
 ROOT_NAME = "NeuralLabel Scene"

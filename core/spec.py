@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import NeuralLabelError
-from .jsonfile import read_json
+from .io.jsonfile import read_json
 
 SPEC_VERSION = 1
 KINDS = ("mesh", "box")
@@ -189,7 +189,7 @@ def parse_spec(data: Any, base_dir: Path, *, source: str = "label spec", load_me
 
     spec = LabelSpec(None, data_path, field_path, world_from_data, float(units_to_mm), frames, objects)
     if check_frames and frames is not None:
-        from .dataset import load_dataset
+        from .data.dataset import load_dataset
 
         count = len(load_dataset(data_path).frames)
         bad = [i for i in frames if not 0 <= i < count]
@@ -396,7 +396,7 @@ def spec_from_scene(scene_dir: str | Path, *, field_path: Optional[str | Path] =
     Objects named in ``box_objects`` become box objects with the scene's true enclosing box, grown by
     ``box_margin`` (world units) on every side. Used by the demo, tests and benchmarks.
     """
-    from .truth import load_scene_truth
+    from .data.truth import load_scene_truth
 
     truth = load_scene_truth(scene_dir)
     objects = []

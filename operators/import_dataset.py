@@ -7,7 +7,7 @@ from bpy.props import StringProperty
 from bpy_extras.io_utils import ImportHelper
 
 from ..addon import scene_io
-from ..core.dataset import load_dataset
+from ..core.data.dataset import load_dataset
 from ..core.errors import NeuralLabelError
 
 

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-from neurallabel.core.dataset import load_dataset  # noqa: E402
-from neurallabel.core.field import load_field  # noqa: E402
-from neurallabel.core.images import load_image  # noqa: E402
-from neurallabel.core.metrics import psnr, ssim  # noqa: E402
-from neurallabel.core.render import render_frame, render_rays  # noqa: E402
-from neurallabel.core.cameras import camera_rays  # noqa: E402
-from neurallabel.core.train import TrainOptions, train_field  # noqa: E402
+from neurallabel.core.data.dataset import load_dataset
+from neurallabel.core.field.model import load_field
+from neurallabel.core.io.images import load_image
+from neurallabel.core.eval.image import psnr, ssim
+from neurallabel.core.render.volume import render_frame, render_rays
+from neurallabel.core.geometry.cameras import camera_rays
+from neurallabel.core.train.loop import TrainOptions, train_field
 
 TARGETS = {"scene_psnr_db": 27.0, "scene_median_depth_error": 0.01, "depth_only_rays_per_s": 150e3,
            "fox_psnr_db": 22.0, "gpu_scene_psnr_db": 30.0, "gpu_minutes": 2.0, "gpu_depth_only_rays_per_s": 20e6}
@@ -172,7 +172,7 @@ def render_speed(field, frames, device: str) -> dict:
 def run_scene(args, minutes: float, work: Path, result: dict) -> None:
     scene = args.scene or make_scene(REPO / ".cache" / ("bench_scene_quick" if args.quick else "bench_scene_400"),
                                      args.quick)
-    from neurallabel.core.truth import load_scene_truth
+    from neurallabel.core.data.truth import load_scene_truth
 
     truth = load_scene_truth(scene)
     field_path = work / "scene_field.pt"

@@ -70,7 +70,7 @@ def cached_scene(args: argparse.Namespace) -> Path:
 
 
 def cached_field(scene: Path, minutes: float, threads: int) -> tuple[Path, dict]:
-    from neurallabel.core.train import TrainOptions, train_field
+    from neurallabel.core.train.loop import TrainOptions, train_field
 
     path = CACHE / f"field-{scene.name}-{minutes:g}min.pt"
     info_path = path.with_suffix(".json")
@@ -84,7 +84,7 @@ def bench_spec(scene: Path, field_path):
     """True meshes for the Stanford meshes, the glass and the first primitive; a box around the second; the
     others are left out: unannotated clutter, which must occlude the annotated objects behind it."""
     from neurallabel.core.spec import spec_from_scene
-    from neurallabel.core.truth import load_scene_truth
+    from neurallabel.core.data.truth import load_scene_truth
 
     truth = load_scene_truth(scene)
     primitives = [o for o in truth.objects if o.category not in ("bunny", "armadillo", "glass")]
@@ -124,8 +124,8 @@ def cycles_worker(config_path: str) -> None:
     spec_ = importlib.util.spec_from_file_location("make_scene", MAKE_SCENE)
     make_scene = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(make_scene)
-    from neurallabel.core.dataset import load_dataset
-    from neurallabel.core.truth import load_scene_truth
+    from neurallabel.core.data.dataset import load_dataset
+    from neurallabel.core.data.truth import load_scene_truth
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
@@ -277,7 +277,7 @@ def evaluate(labeler, spec, truth, dataset, frames, passes) -> dict:
 
 
 def labeler_for(spec, models, depth_source, options):
-    from neurallabel.core.bake import frame_labeler
+    from neurallabel.core.pipeline.bake import frame_labeler
 
     return frame_labeler(spec, models, depth_source, options)
 
@@ -308,11 +308,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from neurallabel.core.bake import bake
-    from neurallabel.core.boxes import chamfer_distance
-    from neurallabel.core.dataset import load_dataset
-    from neurallabel.core.depth_source import CachedDepth, FieldDepth, TruthDepth
-    from neurallabel.core.labels import LabelOptions
+    from neurallabel.core.pipeline.bake import bake
+    from neurallabel.core.labels.box_mesh import chamfer_distance
+    from neurallabel.core.data.dataset import load_dataset
+    from neurallabel.core.scene.queries import CachedDepth, FieldDepth, TruthDepth
+    from neurallabel.core.labels.frame import LabelOptions
 
     torch.set_num_threads(args.threads)
     result: dict = {"bench": "labels", "depth": args.depth, "device": args.device,

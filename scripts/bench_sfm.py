@@ -1,6 +1,6 @@
 """Benchmark: SfM (pycolmap) on the fox photos against the poses its transforms.json gives.
 
-Runs ``neurallabel.core.sfm.run_sfm`` on ``../shared/data/fox/images`` (SIFT on images downscaled by
+Runs ``neurallabel.core.data.sfm.run_sfm`` on ``../shared/data/fox/images`` (SIFT on images downscaled by
 ``--downscale``), aligns the recovered camera centres to the given ones with a similarity (Umeyama) and prints
 one JSON line: median / max centre error as a fraction of the scene size (largest distance between two given
 camera centres; target: median <= 2%), registered images, points, reprojection error, seconds.
@@ -23,8 +23,8 @@ TARGET_MEDIAN = 0.02
 
 
 def run(data: Path, downscale: float, max_images: int | None, out: Path) -> dict:
-    from neurallabel.core.dataset import load_dataset
-    from neurallabel.core.sfm import camera_centre_errors, run_sfm
+    from neurallabel.core.data.dataset import load_dataset
+    from neurallabel.core.data.sfm import camera_centre_errors, run_sfm
     from PIL import Image
 
     given = load_dataset(data)  # skips the listed frames whose photo is missing

@@ -48,9 +48,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from neurallabel.core.errors import NeuralLabelError
-    from neurallabel.core.icp import pose_error
-    from neurallabel.core.truth import load_scene_truth
-    from neurallabel.core.worker import EventWriter, job_snap
+    from neurallabel.core.geometry.icp import pose_error
+    from neurallabel.core.data.truth import load_scene_truth
+    from neurallabel.core.app.worker import EventWriter, job_snap
 
     scene = args.scene
     if scene is None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurallabel.core.bake import bake
+from neurallabel.core.pipeline.bake import bake
 from neurallabel.core.cli import main
-from neurallabel.core.depth_source import TruthDepth
+from neurallabel.core.scene.queries import TruthDepth
 from neurallabel.core.errors import NeuralLabelError
 from neurallabel.core.spec import spec_from_scene, write_spec
 
@@ -109,7 +109,7 @@ def sphere_field(radius: float = 0.2):
     """A real ``Field`` whose density grid holds a solid sphere at the origin (no training needed)."""
     import torch
 
-    from neurallabel.core.field import Field, FieldConfig
+    from neurallabel.core.field.model import Field, FieldConfig
 
     field = Field(FieldConfig(roi_aabb=[[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]], density_resolution=64,
                               plane_resolutions=(16,), occupancy_resolution=32, steps_per_roi=256))
@@ -128,9 +128,9 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
     import trimesh
     from PIL import Image
 
-    from neurallabel.core.boxes import chamfer_distance
-    from neurallabel.core.cameras import camera_rays
-    from neurallabel.core.checkpoint import save_checkpoint
+    from neurallabel.core.labels.box_mesh import chamfer_distance
+    from neurallabel.core.geometry.cameras import camera_rays
+    from neurallabel.core.field.checkpoint import save_checkpoint
     from neurallabel.core.spec import load_spec
 
     radius = 0.2
@@ -167,7 +167,7 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
 
     dataset = json.loads((tmp_path / "transforms.json").read_text())
     for i, frame in enumerate(dataset["frames"]):
-        from neurallabel.core.cameras import Intrinsics
+        from neurallabel.core.geometry.cameras import Intrinsics
 
         intr = Intrinsics(w, h, f, f, w / 2, h / 2)
         origins, dirs, z_per_distance = camera_rays(intr, np.array(frame["transform_matrix"]))

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from bpy_helpers import DEV_PRELUDE, INSTALL_PRELUDE, build_extension_zip, run_bpy
-from neurallabel.core.icp import pose_error
-from neurallabel.core.truth import load_scene_truth
+from neurallabel.core.geometry.icp import pose_error
+from neurallabel.core.data.truth import load_scene_truth
 
 pytestmark = pytest.mark.bpy
 
@@ -160,7 +160,7 @@ emit(out)
 
 def test_load_field_builds_preview_cloud(small_scene, tmp_path):
     from test_icp import write_voxel_field
-    from neurallabel.core.truth import load_scene_truth
+    from neurallabel.core.data.truth import load_scene_truth
 
     cube = next(o for o in load_scene_truth(small_scene).objects if o.name == "cube_1")
     placed = cube.load_mesh().copy().apply_transform(cube.object_to_world)
@@ -178,7 +178,7 @@ def test_load_field_builds_preview_cloud(small_scene, tmp_path):
     on_cube = points[:, 2] > 0.004  # above the floor (the slab under it has side walls at the box border)
     from scipy.spatial import cKDTree
 
-    from neurallabel.core.icp import sample_mesh_surface
+    from neurallabel.core.geometry.icp import sample_mesh_surface
 
     surface, _ = sample_mesh_surface(placed.vertices, placed.faces, 50000)
     distance, _ = cKDTree(surface).query(points[on_cube])

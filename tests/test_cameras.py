@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from neurallabel.core.cameras import (Intrinsics, camera_rays, distort, pixel_centers, project_points,
-                                      undistort, world_to_camera_opencv)
+from neurallabel.core.geometry.cameras import (Intrinsics,
+    camera_rays,
+    distort,
+    pixel_centers,
+    project_points,
+    undistort,
+    world_to_camera_opencv)
 from neurallabel.core.errors import NeuralLabelError
 
 # The fox camera of ../shared/data/fox/transforms.json (instant-ngp's sample; OPENCV lens).

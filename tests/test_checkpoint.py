@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neurallabel.core.checkpoint import VERSION, load_checkpoint, save_checkpoint
+from neurallabel.core.field.checkpoint import VERSION, load_checkpoint, save_checkpoint
 from neurallabel.core.errors import NeuralLabelError
-from neurallabel.core.field import Field, FieldConfig, load_field
-from neurallabel.core.render import render_rays
+from neurallabel.core.field.model import Field, FieldConfig, load_field
+from neurallabel.core.render.volume import render_rays
 
 
 def trained_looking_field() -> Field:

@@ -11,11 +11,11 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from neurallabel.core.cameras import Intrinsics, distort, project_points
-from neurallabel.core.colmap import intrinsics_from_colmap
-from neurallabel.core.dataset import load_colmap, load_dataset, load_sparse_points, load_transforms
+from neurallabel.core.geometry.cameras import Intrinsics, distort, project_points
+from neurallabel.core.data.colmap import intrinsics_from_colmap
+from neurallabel.core.data.dataset import load_colmap, load_dataset, load_sparse_points, load_transforms
 from neurallabel.core.errors import NeuralLabelError
-from neurallabel.core.images import load_image
+from neurallabel.core.io.images import load_image
 
 
 def pose(i: int) -> list[list[float]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neurallabel.core.labels import LabelOptions
+from neurallabel.core.labels.frame import LabelOptions
 
 from bpy_helpers import DEV_PRELUDE, run_bpy
 

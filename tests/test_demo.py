@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from neurallabel.core.dataset import load_transforms
-from neurallabel.core.truth import load_scene_truth
+from neurallabel.core.data.dataset import load_transforms
+from neurallabel.core.data.truth import load_scene_truth
 
 pytestmark = pytest.mark.bpy
 

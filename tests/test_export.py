@@ -12,8 +12,8 @@ import pytest
 import trimesh
 from PIL import Image
 
-from neurallabel.core.bake import bake
-from neurallabel.core.depth_source import TruthDepth
+from neurallabel.core.pipeline.bake import bake
+from neurallabel.core.scene.queries import TruthDepth
 from neurallabel.core.export.bop import depth_png, depth_scale_for
 from neurallabel.core.spec import load_spec, spec_from_scene
 

@@ -148,7 +148,7 @@ def test_zip_content(tmp_path: Path) -> None:
     assert zip_path.name == "neurallabel-0.1.0.zip"
     names = zipfile.ZipFile(zip_path).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names
-    for required in ("core/cameras.py", "core/dataset.py", "addon/properties.py", "addon/scene_io.py",
+    for required in ("core/geometry/cameras.py", "core/data/dataset.py", "core/worker.py", "core/app/worker.py", "addon/properties.py", "addon/scene_io.py",
                      "operators/import_dataset.py", "operators/annotate.py", "panels/sidebar.py"):
         assert required in names
     assert not [n for n in names if n.startswith(("tests/", "docs/", ".venv/", "dist/"))

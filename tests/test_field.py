@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from neurallabel.core.field import Field, FieldConfig, sh_basis_deg2
-from neurallabel.core.metrics import psnr, ssim
+from neurallabel.core.field.model import Field, FieldConfig, sh_basis_deg2
+from neurallabel.core.eval.image import psnr, ssim
 
 
 def small_field(levels: int = 1) -> Field:

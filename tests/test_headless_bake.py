@@ -43,7 +43,7 @@ def bake_script(tmp: Path, *args: str) -> subprocess.CompletedProcess:
 def test_headless_bake_matches_cli(small_scene, tmp_path):
     import numpy as np
 
-    from neurallabel.core.truth import load_scene_truth
+    from neurallabel.core.data.truth import load_scene_truth
     from test_icp import write_voxel_field
 
     cube = next(o for o in load_scene_truth(small_scene).objects if o.name == "cube_1")

@@ -18,11 +18,11 @@ import trimesh
 from scipy.spatial.transform import Rotation
 
 from neurallabel.addon.worker_client import run_job_sync
-from neurallabel.core.cameras import Intrinsics, camera_rays
-from neurallabel.core.dataset import Frame
+from neurallabel.core.geometry.cameras import Intrinsics, camera_rays
+from neurallabel.core.data.dataset import Frame
 from neurallabel.core.errors import NeuralLabelError
-from neurallabel.core.icp import icp_point_to_plane, pose_error, sample_mesh_surface
-from neurallabel.core.surface import Box, depth_map_sampler, surface_points
+from neurallabel.core.geometry.icp import icp_point_to_plane, pose_error, sample_mesh_surface
+from neurallabel.core.scene.surface import Box, depth_map_sampler, surface_points
 
 REPO = Path(__file__).resolve().parents[1]
 BUNNY = REPO.parent / "shared" / "data" / "meshes" / "bunny.obj"
@@ -177,8 +177,8 @@ def write_voxel_field(path: Path, meshes: list[trimesh.Trimesh], roi: np.ndarray
     floor (z < 0), empty elsewhere. Its rendered depth is the truth up to the voxel size."""
     import torch
 
-    from neurallabel.core.checkpoint import save_checkpoint
-    from neurallabel.core.field import Field, FieldConfig
+    from neurallabel.core.field.checkpoint import save_checkpoint
+    from neurallabel.core.field.model import Field, FieldConfig
 
     field = Field(FieldConfig(roi_aabb=roi.tolist(), density_resolution=resolution, plane_resolutions=(4,),
                               plane_features=2, hidden=8, occupancy_resolution=32, steps_per_roi=steps_per_roi))
@@ -196,7 +196,7 @@ def write_voxel_field(path: Path, meshes: list[trimesh.Trimesh], roi: np.ndarray
 
 def test_snap_job_with_a_field(small_scene, tmp_path):
     """The worker's snap job on a field's rendered depth (the path neurallabel.snap_to_field takes)."""
-    from neurallabel.core.truth import load_scene_truth
+    from neurallabel.core.data.truth import load_scene_truth
 
     truth = load_scene_truth(small_scene)
     cube = next(o for o in truth.objects if o.name == "cube_1")

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from bpy_helpers import INSTALL_PRELUDE, build_extension_zip, run_bpy
-from neurallabel.core.cameras import Intrinsics, camera_rays, project_points
-from neurallabel.core.dataset import load_transforms
+from neurallabel.core.geometry.cameras import Intrinsics, camera_rays, project_points
+from neurallabel.core.data.dataset import load_transforms
 
 pytestmark = pytest.mark.bpy
 

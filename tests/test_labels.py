@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import trimesh
 
-from neurallabel.core.boxes import chamfer_distance, density_threshold, extract_box_mesh
-from neurallabel.core.dataset import load_transforms
-from neurallabel.core.depth_source import TruthDepth, _weight_near
-from neurallabel.core.labels import FrameLabeler, LabelOptions, make_label_object
-from neurallabel.core.raycast import MeshCaster, world_mesh
+from neurallabel.core.labels.box_mesh import chamfer_distance, density_threshold, extract_box_mesh
+from neurallabel.core.data.dataset import load_transforms
+from neurallabel.core.scene.queries import TruthDepth, _weight_near
+from neurallabel.core.labels.frame import FrameLabeler, LabelOptions, make_label_object
+from neurallabel.core.labels.raycast import MeshCaster, world_mesh
 from neurallabel.core.spec import LabelSpec, spec_from_scene
-from neurallabel.core.truth import load_scene_truth
+from neurallabel.core.data.truth import load_scene_truth
 
 
 def labeler_for(spec: LabelSpec, depth_source, options: LabelOptions = LabelOptions()) -> FrameLabeler:
@@ -227,8 +227,8 @@ def test_world_from_data_similarity_gives_the_same_labels_in_metric_units(small_
 
 def test_distorted_camera_labels_sit_on_pixel_centres() -> None:
     """With lens distortion, every labelled pixel's 3D point projects back (through the lens) onto its centre."""
-    from neurallabel.core.cameras import Intrinsics, camera_directions, project_points
-    from neurallabel.core.dataset import Frame
+    from neurallabel.core.geometry.cameras import Intrinsics, camera_directions, project_points
+    from neurallabel.core.data.dataset import Frame
     from neurallabel.core.spec import SpecObject
 
     intr = Intrinsics(96, 72, 80.0, 80.0, 47.0, 37.0, "OPENCV", (-0.25, 0.06, 0.001, -0.002))
@@ -251,8 +251,8 @@ def test_distorted_camera_labels_sit_on_pixel_centres() -> None:
 
 def test_only_a_confident_field_surface_occludes() -> None:
     """A surface in front of the mesh hides it where the field is confident, not where its weight is smeared."""
-    from neurallabel.core.cameras import Intrinsics
-    from neurallabel.core.dataset import Frame
+    from neurallabel.core.geometry.cameras import Intrinsics
+    from neurallabel.core.data.dataset import Frame
     from neurallabel.core.spec import SpecObject
 
     intr = Intrinsics(40, 30, 40.0, 40.0, 20.0, 15.0)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neurallabel.core.cameras import camera_rays, project_points
-from neurallabel.core.dataset import load_transforms
-from neurallabel.core.truth import load_scene_truth
+from neurallabel.core.geometry.cameras import camera_rays, project_points
+from neurallabel.core.data.dataset import load_transforms
+from neurallabel.core.data.truth import load_scene_truth
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_SCENE = REPO / "scripts" / "make_scene.py"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from neurallabel.core.cameras import Intrinsics
-from neurallabel.core.field import Field, FieldConfig
-from neurallabel.core.render import march_cpu, ray_box, render_frame, render_rays
+from neurallabel.core.geometry.cameras import Intrinsics
+from neurallabel.core.field.model import Field, FieldConfig
+from neurallabel.core.render.volume import march_cpu, ray_box, render_frame, render_rays
 
 
 def solid_below(plane_z: float, density: float = 2000.0, levels: int = 1, occupancy: bool = True) -> Field:

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from neurallabel.core.cameras import project_points
+from neurallabel.core.geometry.cameras import project_points
 from neurallabel.core.cli import main
-from neurallabel.core.dataset import load_dataset, load_sparse_points
+from neurallabel.core.data.dataset import load_dataset, load_sparse_points
 from neurallabel.core.errors import NeuralLabelError
-from neurallabel.core.sfm import camera_centre_errors, run_sfm, similarity_alignment
+from neurallabel.core.data.sfm import camera_centre_errors, run_sfm, similarity_alignment
 
 REPO = Path(__file__).resolve().parents[1]
 FOX_SUBSET = ["0001.jpg", "0002.jpg", "0003.jpg", "0004.jpg", "0006.jpg", "0007.jpg", "0008.jpg", "0009.jpg",

@@ -9,7 +9,7 @@ import pytest
 
 from bpy_helpers import DEV_PRELUDE, run_bpy
 from neurallabel.core.spec import load_spec
-from neurallabel.core.truth import load_scene_truth
+from neurallabel.core.data.truth import load_scene_truth
 
 pytestmark = pytest.mark.bpy
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from neurallabel.core.checkpoint import VERSION, load_checkpoint
+from neurallabel.core.field.checkpoint import VERSION, load_checkpoint
 from neurallabel.core.cli import main
-from neurallabel.core.dataset import load_dataset
-from neurallabel.core.field import load_field
-from neurallabel.core.images import load_image
-from neurallabel.core.metrics import psnr
-from neurallabel.core.render import render_frame
-from neurallabel.core.train import TrainOptions, train_field
-from neurallabel.core.truth import load_scene_truth
+from neurallabel.core.data.dataset import load_dataset
+from neurallabel.core.field.model import load_field
+from neurallabel.core.io.images import load_image
+from neurallabel.core.eval.image import psnr
+from neurallabel.core.render.volume import render_frame
+from neurallabel.core.train.loop import TrainOptions, train_field
+from neurallabel.core.data.truth import load_scene_truth
 
 #: floors for the 400-step run on the 12-view 40x30 scene (measured: 87 % solid, median depth error 19 % where
 #: solid; so few, so small views pin depth down only roughly; scripts/bench_field.py measures the real accuracy,
@@ -161,7 +161,7 @@ def test_a_checkpoint_of_another_version_or_dataset_is_refused(small_scene, trai
 
 
 def test_distortion_loss_matches_its_definition():
-    from neurallabel.core.train import distortion_loss
+    from neurallabel.core.train.loop import distortion_loss
 
     g = torch.Generator().manual_seed(0)
     ray_indices = torch.tensor([0, 0, 0, 1, 1, 2])

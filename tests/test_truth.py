@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neurallabel.core.errors import NeuralLabelError
-from neurallabel.core.truth import load_scene_truth
+from neurallabel.core.data.truth import load_scene_truth
 
 
 def test_load_small_scene(small_scene):

@@ -14,7 +14,7 @@ import pytest
 
 from neurallabel.addon.worker_client import WORKER_SCRIPT, WorkerJob, run_job_sync
 from neurallabel.core.errors import NeuralLabelError
-from neurallabel.core.truth import load_scene_truth
+from neurallabel.core.data.truth import load_scene_truth
 
 
 def write_truth_spec(scene_dir: Path, path: Path, field: Path | None = None) -> Path:

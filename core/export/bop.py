@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dataset import Frame
-from ..labels import FrameLabels
-from .atomic import json_bytes, png_bytes
+from ..data.dataset import Frame
+from ..labels.frame import FrameLabels
+from ..io.atomic import json_bytes, png_bytes
 from .context import ExportContext
 
 ROOT = "bop"
@@ -87,7 +87,7 @@ def frame_files(ctx: ExportContext, frame: Frame, labels: FrameLabels) -> dict[s
 
 
 def fragment(ctx: ExportContext, frame: Frame, labels: FrameLabels) -> dict:
-    from ..cameras import world_to_camera_opencv
+    from ..geometry.cameras import world_to_camera_opencv
 
     depth_mm = labels.depth.astype(np.float64) * ctx.units_to_mm
     scale = depth_scale_for(float(np.nanmax(depth_mm)) if np.isfinite(depth_mm).any() else 0.0)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dataset import Frame
-from ..labels import FrameLabels, bbox_coco
-from .atomic import json_bytes
+from ..data.dataset import Frame
+from ..labels.frame import FrameLabels, bbox_coco
+from ..io.atomic import json_bytes
 from .context import ExportContext
 
 PATH = "coco/annotations.json"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dataset import Dataset, Frame
+from ..data.dataset import Dataset, Frame
 from ..spec import LabelSpec
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cameras import world_to_camera_opencv
-from ..dataset import Frame
-from ..labels import FrameLabels, bbox_coco
-from .atomic import json_bytes, npy_bytes, png_bytes
+from ..geometry.cameras import world_to_camera_opencv
+from ..data.dataset import Frame
+from ..labels.frame import FrameLabels, bbox_coco
+from ..io.atomic import json_bytes, npy_bytes, png_bytes
 from .context import ExportContext
 
 ROOT = "raw"

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from .errors import NeuralLabelError
+from ..errors import NeuralLabelError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .dataset import Frame
+    from ..data.dataset import Frame
 
 WHITE = (1.0, 1.0, 1.0)
 

@@ -32,12 +32,15 @@ from typing import Optional
 
 import numpy as np
 
-from .cameras import Intrinsics
-from .colmap import (cam_to_world_from_colmap, intrinsics_from_colmap, registered_images,
-                     sparse_points_from_reconstruction, transforms_camera_keys)
+from ..geometry.cameras import Intrinsics
+from .colmap import (cam_to_world_from_colmap,
+    intrinsics_from_colmap,
+    registered_images,
+    sparse_points_from_reconstruction,
+    transforms_camera_keys)
 from .dataset import image_size
-from .errors import NeuralLabelError
-from .progress import Cancelled, ProgressFn, report
+from ..errors import NeuralLabelError
+from ..progress import Cancelled, ProgressFn, report
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 MIN_REGISTERED = 3

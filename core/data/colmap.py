@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .cameras import OPENGL_TO_OPENCV, Intrinsics
-from .errors import NeuralLabelError
+from ..geometry.cameras import OPENGL_TO_OPENCV, Intrinsics
+from ..errors import NeuralLabelError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pycolmap
@@ -49,7 +49,7 @@ class SparsePoints:
     def observation_z_depth(self, frames: Sequence) -> np.ndarray:
         """(M,) z-depth of each observed point in its observing frame (``frames[i].index == i`` expected),
         the depth target of DS-NeRF."""
-        from .cameras import world_to_camera_opencv
+        from ..geometry.cameras import world_to_camera_opencv
 
         depth = np.empty(len(self.obs_point), dtype=np.float64)
         by_index = {f.index: f for f in frames}

@@ -23,13 +23,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .cameras import camera_directions
-from .checkpoint import load_checkpoint, save_checkpoint
-from .dataset import Dataset, Frame, load_dataset
-from .errors import NeuralLabelError
-from .field import Field, FieldConfig
-from .progress import ProgressFn, report
-from .render import composite, march_cpu, march_nerfacc
+from ..geometry.cameras import camera_directions
+from ..field.checkpoint import load_checkpoint, save_checkpoint
+from ..data.dataset import Dataset, Frame, load_dataset
+from ..errors import NeuralLabelError
+from ..field.model import Field, FieldConfig
+from ..progress import ProgressFn, report
+from ..render.volume import composite, march_cpu, march_nerfacc
 
 #: density grid sizes and the share of the run after which each takes over (coarse to fine)
 DENSITY_SCHEDULE = ((64, 0.0), (96, 0.12), (128, 0.25), (160, 0.4))
@@ -225,7 +225,7 @@ class RayBank:
 
 
 def load_ray_bank(frames: list[Frame], progress: Optional[ProgressFn] = None) -> RayBank:
-    from .images import load_image
+    from ..io.images import load_image
 
     sizes = {(f.intrinsics.width, f.intrinsics.height) for f in frames}
     if len(sizes) > 1:
@@ -262,8 +262,8 @@ class DepthTargets:
 
 
 def load_depth_targets(dataset: Dataset, frames: list[Frame]) -> DepthTargets:
-    from .cameras import camera_rays
-    from .dataset import load_sparse_points
+    from ..geometry.cameras import camera_rays
+    from ..data.dataset import load_sparse_points
 
     sparse = load_sparse_points(dataset)
     if sparse is None or len(sparse.obs_point) == 0:

@@ -13,10 +13,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .cameras import camera_rays, pixel_centers, project_points
-from .dataset import Frame
-from .errors import NeuralLabelError
-from .progress import ProgressFn, report
+from ..geometry.cameras import camera_rays, pixel_centers, project_points
+from ..data.dataset import Frame
+from ..errors import NeuralLabelError
+from ..progress import ProgressFn, report
 
 
 @dataclass
@@ -169,7 +169,7 @@ def depth_map_sampler(depth_maps: Callable[[Frame], np.ndarray]) -> DepthAt:
 
 def field_sampler(field, chunk: int = 65536) -> DepthAt:
     """A :data:`DepthAt` that renders a field's z-depth (NaN where its opacity is under 0.5)."""
-    from .render import render_frame
+    from ..render.volume import render_frame
 
     def depth_at(frame: Frame, pixels: np.ndarray) -> np.ndarray:
         out = render_frame(field, frame.intrinsics, frame.cam_to_world, pixels=pixels, depth_only=True,
@@ -182,7 +182,7 @@ def field_sampler(field, chunk: int = 65536) -> DepthAt:
 def field_cloud(field, frames: Sequence[Frame], *, views: int = 6, scale: float = 0.125,
                 max_points: int = 200_000, progress: Optional[ProgressFn] = None) -> np.ndarray:
     """A preview cloud of a field: its depth from a few cameras at low resolution, cropped to its box."""
-    from .render import render_frame
+    from ..render.volume import render_frame
 
     if not frames:
         raise NeuralLabelError("the dataset has no frames to render the field from")

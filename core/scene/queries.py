@@ -17,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-from .cameras import camera_rays
-from .dataset import Frame
-from .errors import NeuralLabelError
+from ..geometry.cameras import camera_rays
+from ..data.dataset import Frame
+from ..errors import NeuralLabelError
 
 #: The confidence of a pixel is the share of the ray's weight that lies within this fraction of the reported
 #: depth (e.g. 0.02: within 2 %). A crisp opaque surface puts almost all weight there (-> ~1); fog,
@@ -74,7 +74,7 @@ class FieldDepth:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", **kwargs) -> "FieldDepth":
-        from .field import load_field
+        from ..field.model import load_field
 
         return cls(load_field(path, device=device), device=device, **kwargs)
 
@@ -82,7 +82,7 @@ class FieldDepth:
                 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         import torch
 
-        from .render import render_rays
+        from ..render.volume import render_rays
 
         n = len(rows)
         if n == 0:

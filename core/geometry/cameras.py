@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .errors import NeuralLabelError
+from ..errors import NeuralLabelError
 
 #: Flip between OpenGL camera axes (x right, y up, z back) and OpenCV ones (x right, y down, z forward).
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])

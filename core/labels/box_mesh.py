@@ -17,8 +17,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import NeuralLabelError
-from .progress import ProgressFn, report
+from ..errors import NeuralLabelError
+from ..progress import ProgressFn, report
 
 DEFAULT_RESOLUTION = 128  # voxels along the box's longest side
 

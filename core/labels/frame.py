@@ -26,10 +26,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .cameras import OPENGL_TO_OPENCV, Intrinsics, camera_directions, distort
-from .dataset import Frame
-from .errors import NeuralLabelError
-from .spec import SpecObject
+from ..geometry.cameras import OPENGL_TO_OPENCV, Intrinsics, camera_directions, distort
+from ..data.dataset import Frame
+from ..errors import NeuralLabelError
+from ..spec import SpecObject
 
 MESH_DEPTH_MODES = ("all", "transparent")
 

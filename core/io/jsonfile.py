@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import NeuralLabelError
+from ..errors import NeuralLabelError
 
 
 def read_json(path: Path) -> Any:

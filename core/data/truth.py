@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NeuralLabelError
-from .jsonfile import read_json
+from ..errors import NeuralLabelError
+from ..io.jsonfile import read_json
 
 _OBJECT_KEYS = ("name", "category", "category_id", "instance_id", "mesh", "pose", "box", "transparent")
 

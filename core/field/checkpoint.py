@@ -22,8 +22,8 @@ from typing import Any, Optional
 
 import torch
 
-from .errors import NeuralLabelError
-from .field import Field, FieldConfig
+from ..errors import NeuralLabelError
+from .model import Field, FieldConfig
 
 FORMAT = "neurallabel-field"
 VERSION = 1

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import Intrinsics, camera_rays
-from .field import Field
+from ..geometry.cameras import Intrinsics, camera_rays
+from ..field.model import Field
 
 SigmaFn = Callable[[Tensor], Tensor]
 
@@ -337,9 +337,9 @@ def render_views(field: Field, frames, out_dir, *, progress=None, with_metrics: 
 
     from PIL import Image
 
-    from .images import load_image
-    from .metrics import psnr, ssim
-    from .progress import report
+    from ..io.images import load_image
+    from ..eval.image import psnr, ssim
+    from ..progress import report
 
     out_dir = Path(out_dir)
     views = []

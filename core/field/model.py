@@ -53,7 +53,7 @@ class FieldConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            from .errors import NeuralLabelError
+            from ..errors import NeuralLabelError
 
             raise NeuralLabelError(f"field config has unknown keys: {', '.join(sorted(unknown))}")
         values = dict(data)

@@ -17,7 +17,7 @@ A :class:`Dataset` is a list of :class:`Frame` s, each with its image file, Open
 frame (index 0, 8, 16, ...) is ``test`` and the rest ``train``.
 
 Downscaling happens on load: ``downscale=4`` gives every frame intrinsics for an image a quarter of the
-size (``Intrinsics.scaled``); :func:`neurallabel.core.images.load_image` then returns images of exactly
+size (``Intrinsics.scaled``); :func:`neurallabel.core.io.images.load_image` then returns images of exactly
 that size. Frames whose image file is missing are skipped and listed in ``Dataset.skipped`` (``strict``
 refuses them instead).
 """
@@ -31,10 +31,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .cameras import Intrinsics
+from ..geometry.cameras import Intrinsics
 from .colmap import SparsePoints
-from .errors import NeuralLabelError
-from .jsonfile import read_json
+from ..errors import NeuralLabelError
+from ..io.jsonfile import read_json
 
 __all__ = ["SPLITS", "HOLDOUT_EVERY", "Frame", "Dataset", "SparsePoints", "load_dataset", "load_transforms",
            "load_colmap", "load_sparse_points"]

@@ -20,14 +20,14 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .dataset import Dataset, load_dataset
-from .errors import NeuralLabelError
-from .export import FORMATS, ExportContext, get_writer
-from .export.atomic import json_bytes, npy_bytes, write_bytes
-from .labels import FrameLabeler, LabelObject, LabelOptions, make_label_object, projected_region
-from .progress import ProgressFn, report
-from .raycast import MeshCaster, default_backend, world_mesh
-from .spec import LabelSpec
+from ..data.dataset import Dataset, load_dataset
+from ..errors import NeuralLabelError
+from ..export import FORMATS, ExportContext, get_writer
+from ..io.atomic import json_bytes, npy_bytes, write_bytes
+from ..labels.frame import FrameLabeler, LabelObject, LabelOptions, make_label_object, projected_region
+from ..progress import ProgressFn, report
+from ..labels.raycast import MeshCaster, default_backend, world_mesh
+from ..spec import LabelSpec
 
 STATE_DIR = ".neurallabel"
 MANIFEST = f"{STATE_DIR}/bake.json"
@@ -105,7 +105,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
     todo = select_frames(spec, dataset, frames, shard)
     source_name = "none"
     if depth_source is None and spec.field_path is not None:
-        from .depth_source import FieldDepth
+        from ..scene.queries import FieldDepth
 
         depth_source = FieldDepth.load(spec.field_path, device=device)
     if depth_source is not None:
@@ -117,7 +117,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
     # Everything that can be checked before touching the output folder is checked first.
     for obj in spec.objects:
         if obj.kind == "mesh" and obj.mesh is None:
-            from .spec import load_mesh
+            from ..spec import load_mesh
 
             obj.mesh = load_mesh(obj.mesh_path, what=f"object {obj.name!r}: mesh")
     _check_objects_seen(spec, dataset, [make_label_object(o, o.mesh, None) for o in spec.objects])
@@ -244,7 +244,7 @@ def _object_models(spec: LabelSpec, dataset: Dataset, out_dir: Path, depth_sourc
     """instance_id -> model mesh in the object's own frame (world units); box objects need a field."""
     import trimesh
 
-    from .boxes import extract_box_mesh
+    from ..labels.box_mesh import extract_box_mesh
 
     models: dict[int, Any] = {}
     cache = out_dir / STATE_DIR / "models"
@@ -275,7 +275,7 @@ def surface_density_level(spec: LabelSpec, dataset: Dataset, depth_source, obj, 
     """The field's density where it renders the surface of a box object: the median density at the points of
     its depth maps (median depth) inside the box, from up to ``max_frames`` evenly spread dataset cameras.
     None when fewer than ``min_points`` such points are found."""
-    from .labels import _region_pixels, box_corners
+    from ..labels.frame import _region_pixels, box_corners
 
     count = len(dataset.frames)
     picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(count, max_frames))})

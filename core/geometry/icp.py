@@ -15,8 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import NeuralLabelError
-from .progress import ProgressFn, report
+from ..errors import NeuralLabelError
+from ..progress import ProgressFn, report
 
 TUKEY_C = 4.685  # 95% efficiency under Gaussian noise
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import NeuralLabelError
-from .progress import ProgressFn, report
+from ..errors import NeuralLabelError
+from ..progress import ProgressFn, report
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MAKE_SCENE = REPO_ROOT / "scripts" / "make_scene.py"
 #: The Stanford bunny and armadillo, where the project's shared data sits next to the repository.
 SHARED_MESHES = REPO_ROOT.parent / "shared" / "data" / "meshes"
@@ -135,9 +135,9 @@ def stage_labels(run: DemoRun) -> None:
     """
     import numpy as np
 
-    from .bake import bake
-    from .spec import spec_from_scene, write_spec
-    from .truth import load_scene_truth
+    from ..pipeline.bake import bake
+    from ..spec import spec_from_scene, write_spec
+    from ..data.truth import load_scene_truth
 
     scene_dir = Path(run.result["scene"])
     field_path = run.result.get("field") or run.result.get("field_path")
@@ -146,7 +146,7 @@ def stage_labels(run: DemoRun) -> None:
     spec = spec_from_scene(scene_dir, field_path=field_path)
     # The held-out views only: the field never saw them (an honest accuracy), and rendering the field's depth
     # for every view takes long on a CPU.
-    from .dataset import load_dataset
+    from ..data.dataset import load_dataset
 
     test_frames = [f.index for f in load_dataset(spec.data_path).frames if f.split == "test"]
     spec.frames = test_frames or None
@@ -203,10 +203,10 @@ def stage_labels(run: DemoRun) -> None:
 def stage_field(run: DemoRun) -> None:
     """Train a field on the demo scene's train views for ``--train-minutes`` (resuming OUT/field.pt when it
     is there) and measure its held-out PSNR / SSIM on the test views."""
-    from .dataset import load_dataset
-    from .field import load_field
-    from .render import render_views
-    from .train import TrainOptions, train_field
+    from ..data.dataset import load_dataset
+    from ..field.model import load_field
+    from ..render.volume import render_views
+    from ..train.loop import TrainOptions, train_field
 
     scene_dir = Path(run.result["scene"])
     field_path = run.out / "field.pt"

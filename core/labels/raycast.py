@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import NeuralLabelError
+from ..errors import NeuralLabelError
 
 
 def world_mesh(mesh, pose: np.ndarray):
