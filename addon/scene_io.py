@@ -163,7 +163,7 @@ def create_scene(context: bpy.types.Context, dataset: Dataset, name: str = ROOT_
     On any failure everything created so far is removed again, so the scene is left unchanged.
     """
     scene = context.scene
-    positions = np.array([f.cam_to_world[:3, 3] for f in dataset.frames])
+    positions = np.array([f.cam_to_data[:3, 3] for f in dataset.frames])
     extent = float(np.max(np.ptp(positions, axis=0))) if len(positions) > 1 else 1.0
     display_size = max(0.05 * extent, 1e-3)
     created_objects: list[bpy.types.Object] = []
@@ -189,7 +189,7 @@ def create_scene(context: bpy.types.Context, dataset: Dataset, name: str = ROOT_
             obj.parent = root
             obj.matrix_parent_inverse = Matrix.Identity(4)
             # transform_matrix is an OpenGL camera-to-world pose: exactly Blender's camera axes.
-            obj.matrix_basis = Matrix([list(row) for row in frame.cam_to_world])
+            obj.matrix_basis = Matrix([list(row) for row in frame.cam_to_data])
             _record_frame(obj, frame)
             _set_background(data, frame.image_path)
             marker = scene.timeline_markers.new(obj.name, frame=int(frame.index))

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import NeuralLabelError
 from .io.jsonfile import read_json
+from .io.meshes import load_mesh
 
 SPEC_VERSION = 1
 KINDS = ("mesh", "box")
@@ -197,21 +198,6 @@ def parse_spec(data: Any, base_dir: Path, *, source: str = "label spec", load_me
             raise fail(f"'frames': frame index {bad[0]} is out of range (the dataset {data_path} has "
                        f"{count} frames, 0..{count - 1})")
     return spec
-
-
-def load_mesh(path: Path, what: str = "mesh"):
-    """Load a triangle mesh with trimesh; NeuralLabelError if it does not load or has no triangles."""
-    import trimesh
-
-    try:
-        loaded = trimesh.load(str(path), force="mesh", process=False)
-    except Exception as exc:  # trimesh raises many kinds of errors for a bad file
-        raise NeuralLabelError(f"{what} {path}: does not load as a mesh ({type(exc).__name__}: {exc})") from None
-    if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0 or len(loaded.vertices) == 0:
-        raise NeuralLabelError(f"{what} {path}: the mesh is empty (no triangles)")
-    if not np.all(np.isfinite(loaded.vertices)):
-        raise NeuralLabelError(f"{what} {path}: the mesh has non-finite vertex coordinates")
-    return loaded
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

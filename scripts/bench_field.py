@@ -127,7 +127,7 @@ def evaluate_views(field, frames, truth_depth=None, truth_instance=None) -> dict
     psnrs, ssims, rel_errors = [], [], []
     for frame in frames:
         gt = load_image(frame)[..., :3]
-        out = render_frame(field, frame.intrinsics, frame.cam_to_world)
+        out = render_frame(field, frame.intrinsics, frame.cam_to_data)
         psnrs.append(psnr(out["rgb"], gt))
         ssims.append(ssim(np.clip(out["rgb"], 0, 1), gt))
         if truth_depth is not None:
@@ -148,7 +148,7 @@ def evaluate_views(field, frames, truth_depth=None, truth_instance=None) -> dict
 
 def render_speed(field, frames, device: str) -> dict:
     """Rays per second (wall and per CPU-second) for full (rgb + depth) and depth-only rendering."""
-    rays = [camera_rays(f.intrinsics, f.cam_to_world) for f in frames]
+    rays = [camera_rays(f.intrinsics, f.cam_to_data) for f in frames]
     origins = torch.from_numpy(np.concatenate([r[0] for r in rays])).float().to(device)
     directions = torch.from_numpy(np.concatenate([r[1] for r in rays])).float().to(device)
     out = {}

@@ -155,7 +155,7 @@ def cycles_worker(config_path: str) -> None:
     make_scene._set_truth_mode(bpy)
 
     def render(index: int, name: str):
-        cam.matrix_world = make_scene._blender_matrix(dataset.frames[index].cam_to_world)
+        cam.matrix_world = make_scene._blender_matrix(dataset.frames[index].cam_to_data)
         file_out.file_name = f"{name}_"
         bpy.ops.render.render()
         exr = exr_dir / f"{name}_pass.exr"
@@ -238,7 +238,7 @@ def evaluate(labeler, spec, truth, dataset, frames, passes) -> dict:
            for c in ("mesh", "glass", "box")}
     for i in frames:
         frame = dataset.frames[i]
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_world))
+        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data))
         true_ids = truth.instance_ids(i)
         true_z = truth.z_depth(i).astype(np.float64)
         for obj in spec.objects:
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         best = float("inf")
         for _ in range(max(1, args.repeats)):
             t1 = time.perf_counter()
-            mesh_only.label(frame, spec.cam_to_world(frame.cam_to_world))
+            mesh_only.label(frame, spec.cam_to_world(frame.cam_to_data))
             best = min(best, time.perf_counter() - t1)
         times.append(best)
     mesh_only_s = float(np.mean(times))

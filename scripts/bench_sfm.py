@@ -48,8 +48,8 @@ def run(data: Path, downscale: float, max_images: int | None, out: Path) -> dict
     result = run_sfm(images, out, downscale=downscale)
     seconds = time.monotonic() - started
     recovered = load_dataset(out)
-    errors = camera_centre_errors({f.image_path.name: f.cam_to_world for f in recovered.frames},
-                                  {f.image_path.name: f.cam_to_world for f in given.frames})
+    errors = camera_centre_errors({f.image_path.name: f.cam_to_data for f in recovered.frames},
+                                  {f.image_path.name: f.cam_to_data for f in given.frames})
     return {
         "bench": "sfm_fox",
         "images": result.num_images,

@@ -63,7 +63,7 @@ def test_instant_ngp_form_top_level_opencv_lens_aabb_scale_and_every_8th_frame_h
     assert intrinsics == Intrinsics(40, 30, 35.0, 36.0, 20.5, 14.5, "OPENCV", (0.05, -0.08, -0.001, 0.0002))
     assert [f.split for f in dataset.frames] == ["test"] + ["train"] * 7 + ["test", "train"]
     assert [f.index for f in dataset.frames] == list(range(10))
-    np.testing.assert_allclose(dataset.frames[3].cam_to_world, pose(3))
+    np.testing.assert_allclose(dataset.frames[3].cam_to_data, pose(3))
     assert dataset.extra["scale"] == 0.33 and "fl_x" not in dataset.extra
     # load_transforms on the file itself reads the same thing.
     same = load_transforms(tmp_path / "transforms.json")
@@ -87,7 +87,7 @@ def test_nerfstudio_form_per_frame_intrinsics_fisheye_and_split_keys(tmp_path):
     third = dataset.frames[2].intrinsics
     assert (third.width, third.height, third.fx, third.model) == (64, 40, 32.0, "OPENCV_FISHEYE")
     assert third.distortion == (0.02, -0.002, 0.0005, -0.0001)
-    np.testing.assert_allclose(dataset.frames[1].cam_to_world, pose(1))
+    np.testing.assert_allclose(dataset.frames[1].cam_to_data, pose(1))
 
 
 def test_nerfstudio_split_filename_lists(tmp_path):
@@ -350,16 +350,16 @@ def test_colmap_model_loads_with_exact_poses_pixels_and_points(tmp_path, model, 
     for frame in dataset.frames:
         image = by_name[frame.image_path.name]
         observed = [(reconstruction.points3D[p.point3D_id].xyz, p.xy) for p in image.points2D if p.has_point3D()]
-        pixels, z = project_points(frame.intrinsics, frame.cam_to_world, np.array([o[0] for o in observed]))
+        pixels, z = project_points(frame.intrinsics, frame.cam_to_data, np.array([o[0] for o in observed]))
         assert np.all(z > 0)
         np.testing.assert_allclose(pixels, np.array([o[1] for o in observed]), atol=1e-6)
-        np.testing.assert_allclose(frame.cam_to_world[:3, 3], image.projection_center(), atol=1e-9)
+        np.testing.assert_allclose(frame.cam_to_data[:3, 3], image.projection_center(), atol=1e-9)
     sparse = load_sparse_points(dataset)
     assert len(sparse) == 60 and len(sparse.obs_point) == reconstruction.compute_num_observations()
     residual = []
     for frame in dataset.frames:
         rows = sparse.obs_frame == frame.index
-        pixels, _ = project_points(frame.intrinsics, frame.cam_to_world, sparse.points[sparse.obs_point[rows]])
+        pixels, _ = project_points(frame.intrinsics, frame.cam_to_data, sparse.points[sparse.obs_point[rows]])
         residual.append(np.abs(pixels - sparse.obs_pixel[rows]).max())
     assert max(residual) < 1e-6
 

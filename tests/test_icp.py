@@ -140,7 +140,7 @@ def test_snap_job_in_worker_with_true_depth(tmp_path, raycast_scene):
         Image.new("RGB", (160, 120)).save(tmp_path / "images" / frame.image_path.name)
         np.save(tmp_path / "depth" / f"{frame.image_path.stem}.npy", depths[frame.index].astype(np.float32))
         data["frames"].append({"file_path": f"images/{frame.image_path.name}",
-                               "transform_matrix": frame.cam_to_world.tolist()})
+                               "transform_matrix": frame.cam_to_data.tolist()})
     (tmp_path / "transforms.json").write_text(json.dumps(data))
     # A world that is the data frame scaled by 2 and moved: the job works in the world (the root empty's).
     world_from_data = np.diag([2.0, 2.0, 2.0, 1.0])

@@ -89,7 +89,7 @@ def _points_for(frame, rng: np.random.Generator, depth_scale: float) -> np.ndarr
     w, h = intr.width, intr.height
     pixels = np.array([[0, 0], [w, 0], [0, h], [w, h], [w / 2, h / 2], [intr.cx, intr.cy], [0.5, h - 0.5]]
                       + list(rng.uniform([0, 0], [w, h], size=(13, 2))))
-    origins, directions, z_per_distance = camera_rays(pinhole, frame.cam_to_world, pixels)
+    origins, directions, z_per_distance = camera_rays(pinhole, frame.cam_to_data, pixels)
     z_depth = depth_scale * rng.uniform(0.5, 2.0, size=len(pixels))
     return origins + directions * (z_depth / z_per_distance)[:, None]
 
@@ -116,7 +116,7 @@ def _check_projection(data: Path, tmp_path: Path, depth_scale: float) -> dict:
         assert cam["model"] == frame.intrinsics.model
         assert all(cam["synced"]), (frame.index, cam["synced"])
         assert cam["distortion"] == pytest.approx(list(frame.intrinsics.distortion), abs=0)
-        expected, z = project_points(frame.intrinsics, frame.cam_to_world, points[str(frame.index)],
+        expected, z = project_points(frame.intrinsics, frame.cam_to_data, points[str(frame.index)],
                                      apply_distortion=False)
         assert np.all(z > 0)
         for key in ("via_view", "via_matrix"):

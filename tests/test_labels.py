@@ -49,7 +49,7 @@ def test_meshes_at_true_pose_reproduce_true_instance_ids(small_scene: Path, with
     ids = [o.instance_id for o in truth.objects]
     ious, depth_errors = [], []
     for frame in dataset.frames:
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_world))
+        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data))
         true_ids = truth.instance_ids(frame.index)
         ious += per_object_iou(labels.instance, true_ids, ids)
         on_mesh = (labels.instance > 0) & (labels.instance == true_ids)
@@ -75,7 +75,7 @@ def test_unannotated_clutter_occludes_annotated_meshes(small_scene: Path) -> Non
     # The object that hides most pixels of the others becomes the unannotated clutter.
     hidden_by = {}
     for frame in dataset.frames:
-        labels = mesh_only.label(frame, full.cam_to_world(frame.cam_to_world))
+        labels = mesh_only.label(frame, full.cam_to_world(frame.cam_to_data))
         true_ids = truth.instance_ids(frame.index)
         for inst in labels.instances:
             behind = inst.full_mask & (true_ids != inst.instance_id) & (true_ids > 0)
@@ -90,7 +90,7 @@ def test_unannotated_clutter_occludes_annotated_meshes(small_scene: Path) -> Non
     without_depth = labeler_for(spec, None)
     wrong_with, wrong_without, ious = 0, 0, []
     for frame in dataset.frames:
-        cam = spec.cam_to_world(frame.cam_to_world)
+        cam = spec.cam_to_world(frame.cam_to_data)
         true_ids = truth.instance_ids(frame.index).copy()
         clutter = true_ids == clutter_id
         true_ids[clutter] = 0
@@ -119,7 +119,7 @@ def test_box_objects_take_the_surface_inside_their_box(small_scene: Path) -> Non
     labeler = labeler_for(spec, TruthDepth(small_scene))
     ious = []
     for frame in dataset.frames:
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_world), full_depth=False)
+        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data), full_depth=False)
         ious += per_object_iou(labels.instance, truth.instance_ids(frame.index), [o.instance_id for o in spec.objects])
     assert np.mean(ious) >= 0.90, ious
 
@@ -212,12 +212,12 @@ def test_world_from_data_similarity_gives_the_same_labels_in_metric_units(small_
     a, b = labeler_for(plain, depth), labeler_for(scaled, HalfDepth())
     assert b.data_scale == pytest.approx(2.0)
     for frame in dataset.frames[:4]:
-        la = a.label(frame, plain.cam_to_world(frame.cam_to_world))
-        cam_data = frame.cam_to_world.copy()
+        la = a.label(frame, plain.cam_to_world(frame.cam_to_data))
+        cam_data = frame.cam_to_data.copy()
         cam_data[:3, 3] /= 2.0  # a rigid camera pose in the half-scale data frame
-        data_frame = replace(frame, cam_to_world=cam_data)
+        data_frame = replace(frame, cam_to_data=cam_data)
         cam_world = scaled.cam_to_world(cam_data)
-        assert np.allclose(cam_world, turn @ frame.cam_to_world)
+        assert np.allclose(cam_world, turn @ frame.cam_to_data)
         lb = b.label(data_frame, cam_world)
         assert np.array_equal(la.instance, lb.instance)
         assert np.allclose(la.depth, lb.depth, equal_nan=True, atol=1e-6)

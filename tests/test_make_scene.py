@@ -46,7 +46,7 @@ def ray_cast_truth(truth, frame) -> tuple[np.ndarray, np.ndarray]:
     scene_mesh = trimesh.util.concatenate(meshes)
     face_ids = np.concatenate(face_ids)
     intr = frame.intrinsics
-    origins, directions, z_per_distance = camera_rays(intr, frame.cam_to_world)
+    origins, directions, z_per_distance = camera_rays(intr, frame.cam_to_data)
     locations, ray_index, tri_index = scene_mesh.ray.intersects_location(origins, directions, multiple_hits=False)
     ids = np.zeros(len(origins), dtype=np.uint16)
     z_depth = np.full(len(origins), np.inf)
@@ -65,7 +65,7 @@ def test_z_pass_is_z_depth_at_pixel_centres(small_scene):
     for frame in dataset.frames:
         depth = truth.z_depth(frame.index).astype(np.float64).ravel()
         ids = truth.instance_ids(frame.index).ravel()
-        origins, directions, z_per_distance = camera_rays(frame.intrinsics, frame.cam_to_world)
+        origins, directions, z_per_distance = camera_rays(frame.intrinsics, frame.cam_to_data)
         t = -origins[:, 2] / directions[:, 2]  # distance along the ray to the floor plane
         hit = origins + t[:, None] * directions
         floor = (ids == 0) & (t > 0) & (np.abs(hit[:, 0]) < half - 0.01) & (np.abs(hit[:, 1]) < half - 0.01)
@@ -113,7 +113,7 @@ def test_projected_vertices_land_on_their_ids(small_scene):
     depth = truth.z_depth(frame.index)
     h, w = ids.shape
     for obj in truth.objects:
-        pixels, z = project_points(frame.intrinsics, frame.cam_to_world, obj.world_vertices())
+        pixels, z = project_points(frame.intrinsics, frame.cam_to_data, obj.world_vertices())
         cols, rows = np.floor(pixels[:, 0]).astype(int), np.floor(pixels[:, 1]).astype(int)
         inside = (cols >= 1) & (cols < w - 1) & (rows >= 1) & (rows < h - 1) & (z > 0)
         cols, rows, z = cols[inside], rows[inside], z[inside]
@@ -163,10 +163,10 @@ def test_transforms_json_loads_with_split(small_scene):
     assert intr.fx == pytest.approx(80.0 / math.tan(math.radians(55.0) / 2))
     for frame in dataset.frames:
         assert frame.image_path.is_file()
-        rotation = frame.cam_to_world[:3, :3]
+        rotation = frame.cam_to_data[:3, :3]
         np.testing.assert_allclose(rotation.T @ rotation, np.eye(3), atol=1e-6)
         # The camera looks at the table centre: the optical axis (-z) passes near the origin.
-        eye, forward = frame.cam_to_world[:3, 3], -rotation[:, 2]
+        eye, forward = frame.cam_to_data[:3, 3], -rotation[:, 2]
         closest = eye + forward * np.dot(-eye, forward)
         assert np.linalg.norm(closest) < 0.1
     truth = load_scene_truth(small_scene)

@@ -68,8 +68,8 @@ def test_sfm_cli_on_a_few_fox_photos(shared_data, tmp_path, capsys):
     recovered = load_dataset(data, downscale=4)
     assert [f.image_path.name for f in recovered.frames] == FOX_SUBSET
     given = load_dataset(fox)
-    errors = camera_centre_errors({f.image_path.name: f.cam_to_world for f in recovered.frames},
-                                  {f.image_path.name: f.cam_to_world for f in given.frames})
+    errors = camera_centre_errors({f.image_path.name: f.cam_to_data for f in recovered.frames},
+                                  {f.image_path.name: f.cam_to_data for f in given.frames})
     assert errors["count"] == len(FOX_SUBSET)
     assert errors["median"] < 0.02, errors["median"]  # measured ~0.002 of the 9 cameras' spread
     assert errors["median_rotation_deg"] < 1.0, errors["median_rotation_deg"]
@@ -83,7 +83,7 @@ def test_sfm_cli_on_a_few_fox_photos(shared_data, tmp_path, capsys):
     residuals = []
     for frame in recovered.frames:
         rows = sparse.obs_frame == frame.index
-        pixels, z = project_points(frame.intrinsics, frame.cam_to_world, sparse.points[sparse.obs_point[rows]])
+        pixels, z = project_points(frame.intrinsics, frame.cam_to_data, sparse.points[sparse.obs_point[rows]])
         assert np.all(z > 0)
         residuals.append(np.linalg.norm(pixels - sparse.obs_pixel[rows], axis=1))
     residuals = np.concatenate(residuals)
@@ -91,14 +91,14 @@ def test_sfm_cli_on_a_few_fox_photos(shared_data, tmp_path, capsys):
     shifted = []
     for frame in recovered.frames:
         rows = sparse.obs_frame == frame.index
-        pixels, _ = project_points(frame.intrinsics, frame.cam_to_world, sparse.points[sparse.obs_point[rows]])
+        pixels, _ = project_points(frame.intrinsics, frame.cam_to_data, sparse.points[sparse.obs_point[rows]])
         shifted.append(np.linalg.norm(pixels - 0.125 - sparse.obs_pixel[rows], axis=1))  # half a full-size px
     assert np.median(np.concatenate(shifted)) > np.median(residuals)
     # DS-NeRF's depth targets: the z-depth of each observed point in its observing frame.
     z_expected = np.empty(len(sparse.obs_point))
     for frame in recovered.frames:
         rows = sparse.obs_frame == frame.index
-        z_expected[rows] = project_points(frame.intrinsics, frame.cam_to_world,
+        z_expected[rows] = project_points(frame.intrinsics, frame.cam_to_data,
                                           sparse.points[sparse.obs_point[rows]])[1]
     np.testing.assert_allclose(sparse.observation_z_depth(recovered.frames), z_expected, rtol=1e-9)
 

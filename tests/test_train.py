@@ -45,7 +45,7 @@ def _psnr_vs_mean_colour(field, frames, mean_colour) -> tuple[float, float, floa
     trained, baseline, finite = [], [], []
     for frame in frames:
         truth = load_image(frame)
-        out = render_frame(field, frame.intrinsics, frame.cam_to_world)
+        out = render_frame(field, frame.intrinsics, frame.cam_to_data)
         trained.append(psnr(out["rgb"], truth))
         baseline.append(psnr(np.broadcast_to(mean_colour, truth.shape), truth))
         finite.append(np.isfinite(out["z_depth"]).mean())
@@ -74,7 +74,7 @@ def test_short_training_puts_surfaces_at_the_true_depth(small_scene, trained):
     field = load_field(trained)
     errors = []
     for frame in load_dataset(small_scene).split("train")[:3]:
-        out = render_frame(field, frame.intrinsics, frame.cam_to_world, depth_only=True)
+        out = render_frame(field, frame.intrinsics, frame.cam_to_data, depth_only=True)
         z_true = truth.z_depth(frame.index)
         solid = np.isfinite(z_true) & np.isfinite(out["z_depth"])
         errors.append(np.abs(out["z_depth"][solid] - z_true[solid]) / z_true[solid])

@@ -55,7 +55,7 @@ class SparsePoints:
         by_index = {f.index: f for f in frames}
         for frame_index in np.unique(self.obs_frame):
             rows = np.nonzero(self.obs_frame == frame_index)[0]
-            cam_from_world = world_to_camera_opencv(by_index[int(frame_index)].cam_to_world)
+            cam_from_world = world_to_camera_opencv(by_index[int(frame_index)].cam_to_data)
             p = self.points[self.obs_point[rows]]
             depth[rows] = p @ cam_from_world[2, :3] + cam_from_world[2, 3]
         return depth

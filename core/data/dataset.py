@@ -55,7 +55,7 @@ class Frame:
 
     index: int
     image_path: Path
-    cam_to_world: np.ndarray  # 4x4, OpenGL camera axes
+    cam_to_data: np.ndarray  # 4x4 camera-to-data pose (the dataset's own frame), OpenGL camera axes
     intrinsics: Intrinsics
     split: str = "train"
     file_path: str = ""

@@ -24,7 +24,7 @@ class ExportContext:
         return self.spec.units_to_mm
 
     def cam_to_world(self, frame: Frame) -> np.ndarray:
-        return self.spec.cam_to_world(frame.cam_to_world)
+        return self.spec.cam_to_world(frame.cam_to_data)
 
     def image_name(self, frame: Frame) -> str:
         """The frame's image path relative to the dataset folder (posix)."""

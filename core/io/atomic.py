@@ -7,24 +7,48 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_path(path: Path) -> Path:
+    """A new, unique hidden temp file next to ``path`` (``.NAME.XXXXXXXX.tmp``), created empty and readable
+    as a normal file would be (mkstemp alone makes it 0600, which the rename would keep)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Atomically create ``path`` with ``write(tmp_path)`` (e.g. ``torch.save``, ``cv2.imwrite``): the
+    writer fills a temp file in the same folder, which is renamed over ``path`` only when it returns."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    return write_with(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
 
 
 def json_bytes(value: Any) -> bytes:

@@ -117,7 +117,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
     # Everything that can be checked before touching the output folder is checked first.
     for obj in spec.objects:
         if obj.kind == "mesh" and obj.mesh is None:
-            from ..spec import load_mesh
+            from ..io.meshes import load_mesh
 
             obj.mesh = load_mesh(obj.mesh_path, what=f"object {obj.name!r}: mesh")
     _check_objects_seen(spec, dataset, [make_label_object(o, o.mesh, None) for o in spec.objects])
@@ -147,7 +147,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
             continue
         frame = dataset.frames[index]
         t0 = time.perf_counter()
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_world), full_depth=needs_depth,
+        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data), full_depth=needs_depth,
                                confidence="raw" in formats)
         fragment = {}
         for name, writer in zip(formats, writers):
@@ -285,7 +285,7 @@ def surface_density_level(spec: LabelSpec, dataset: Dataset, depth_source, obj, 
     for index in picks:
         frame = dataset.frames[index]
         intr = frame.intrinsics
-        cam = spec.cam_to_world(frame.cam_to_world)
+        cam = spec.cam_to_world(frame.cam_to_data)
         region = projected_region(intr, cam, corners, (0, 0, intr.width, intr.height))
         if region is None:
             continue
@@ -322,7 +322,7 @@ def _check_objects_seen(spec: LabelSpec, dataset: Dataset, objects: list[LabelOb
         for i in indices:
             frame = dataset.frames[i]
             intr = frame.intrinsics
-            cam = spec.cam_to_world(frame.cam_to_world)
+            cam = spec.cam_to_world(frame.cam_to_data)
             if projected_region(intr, cam, obj.bound_points, (0, 0, intr.width, intr.height), pad=0) is not None:
                 break
         else:

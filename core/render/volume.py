@@ -344,7 +344,7 @@ def render_views(field: Field, frames, out_dir, *, progress=None, with_metrics: 
     out_dir = Path(out_dir)
     views = []
     for n, frame in enumerate(frames):
-        out = render_frame(field, frame.intrinsics, frame.cam_to_world)
+        out = render_frame(field, frame.intrinsics, frame.cam_to_data)
         rgb8 = np.round(np.clip(out["rgb"], 0.0, 1.0) * 255).astype(np.uint8)
         _write_atomic(out_dir / "rgb" / f"{frame.name}.png", lambda p: Image.fromarray(rgb8).save(p, format="PNG"))
         depth = out["z_depth"].astype(np.float32)

@@ -88,7 +88,7 @@ class FieldDepth:
         if n == 0:
             return np.zeros(0), (np.zeros(0) if with_confidence else None)
         pixels = np.stack([np.asarray(cols) + 0.5, np.asarray(rows) + 0.5], axis=-1)
-        origins, directions, z_per_distance = camera_rays(frame.intrinsics, frame.cam_to_world, pixels)
+        origins, directions, z_per_distance = camera_rays(frame.intrinsics, frame.cam_to_data, pixels)
         z = np.empty(n)
         confidence = np.empty(n) if with_confidence else None
         key = "median_distance" if self.depth == "median" else "distance"

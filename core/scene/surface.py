@@ -54,7 +54,7 @@ def frames_seeing_box(frames: Sequence[Frame], box: Box, max_views: int = 12) ->
     centre = box.pose[:3, 3][None]
     scored: list[tuple[float, Frame]] = []
     for frame in frames:
-        pixels, z = project_points(frame.intrinsics, frame.cam_to_world, centre)
+        pixels, z = project_points(frame.intrinsics, frame.cam_to_data, centre)
         col, row = pixels[0]
         if z[0] > 0 and 0 <= col < frame.intrinsics.width and 0 <= row < frame.intrinsics.height:
             scored.append((float(z[0]), frame))
@@ -62,7 +62,7 @@ def frames_seeing_box(frames: Sequence[Frame], box: Box, max_views: int = 12) ->
     if len(scored) <= max_views:
         return [f for _, f in scored]
     # Spread the chosen views: greedily take the camera whose heading differs most from those taken.
-    headings = np.array([f.cam_to_world[:3, 3] - centre[0] for _, f in scored])
+    headings = np.array([f.cam_to_data[:3, 3] - centre[0] for _, f in scored])
     headings /= np.linalg.norm(headings, axis=1, keepdims=True)
     chosen = [0]
     while len(chosen) < max_views:
@@ -76,7 +76,7 @@ def box_pixels(frame: Frame, box: Box, margin: float, max_pixels: int = 40_000) 
     """Pixel centres (N,2) inside the bounding rectangle of the grown box's projection, every ``stride``-th
     row and column so that at most about ``max_pixels`` remain (a close-up in a 4K photo stays cheap)."""
     grown = Box(box.pose, np.asarray(box.size) + 2.0 * margin / np.linalg.norm(box.pose[:3, :3], axis=0))
-    pixels, z = project_points(frame.intrinsics, frame.cam_to_world, grown.corners())
+    pixels, z = project_points(frame.intrinsics, frame.cam_to_data, grown.corners())
     width, height = frame.intrinsics.width, frame.intrinsics.height
     if np.any(z <= 0):  # the camera is inside or beside the box: take the whole image
         c0, r0, c1, r1 = 0, 0, width, height
@@ -93,7 +93,7 @@ def box_pixels(frame: Frame, box: Box, margin: float, max_pixels: int = 40_000) 
 def backproject(frame: Frame, pixels: np.ndarray, z_depth: np.ndarray) -> np.ndarray:
     """3D points (N,3) of ``pixels`` at z-depth ``z_depth`` (N,); non-finite depths are dropped."""
     valid = np.isfinite(z_depth) & (z_depth > 0)
-    origins, directions, z_per_distance = camera_rays(frame.intrinsics, frame.cam_to_world, pixels[valid])
+    origins, directions, z_per_distance = camera_rays(frame.intrinsics, frame.cam_to_data, pixels[valid])
     distance = z_depth[valid] / z_per_distance
     return origins + directions * distance[:, None]
 
@@ -172,7 +172,7 @@ def field_sampler(field, chunk: int = 65536) -> DepthAt:
     from ..render.volume import render_frame
 
     def depth_at(frame: Frame, pixels: np.ndarray) -> np.ndarray:
-        out = render_frame(field, frame.intrinsics, frame.cam_to_world, pixels=pixels, depth_only=True,
+        out = render_frame(field, frame.intrinsics, frame.cam_to_data, pixels=pixels, depth_only=True,
                            chunk=chunk)
         return np.asarray(out["z_depth"], dtype=np.float64).reshape(-1)
 
@@ -193,9 +193,9 @@ def field_cloud(field, frames: Sequence[Frame], *, views: int = 6, scale: float 
     chunks = []
     for i, frame in enumerate(chosen):
         intrinsics = frame.intrinsics.scaled(scale)
-        out = render_frame(field, intrinsics, frame.cam_to_world, depth_only=True)
+        out = render_frame(field, intrinsics, frame.cam_to_data, depth_only=True)
         z = np.asarray(out["z_depth"], dtype=np.float64).reshape(-1)
-        small = Frame(frame.index, frame.image_path, frame.cam_to_world, intrinsics, frame.split)
+        small = Frame(frame.index, frame.image_path, frame.cam_to_data, intrinsics, frame.split)
         points = backproject(small, pixel_centers(intrinsics.width, intrinsics.height), z)
         inside = np.all((points >= aabb[0]) & (points <= aabb[1]), axis=1)
         chunks.append(points[inside])

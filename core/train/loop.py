@@ -110,14 +110,14 @@ def look_at_centre(frames: list[Frame]) -> np.ndarray:
     a = np.zeros((3, 3))
     b = np.zeros(3)
     for f in frames:
-        origin = f.cam_to_world[:3, 3]
-        axis = -f.cam_to_world[:3, 2]
+        origin = f.cam_to_data[:3, 3]
+        axis = -f.cam_to_data[:3, 2]
         axis = axis / np.linalg.norm(axis)
         projector = np.eye(3) - np.outer(axis, axis)
         a += projector
         b += projector @ origin
     if np.linalg.cond(a) > 1e8:  # parallel axes: use the cameras' centroid
-        return np.mean([f.cam_to_world[:3, 3] for f in frames], axis=0)
+        return np.mean([f.cam_to_data[:3, 3] for f in frames], axis=0)
     return np.linalg.solve(a, b)
 
 
@@ -138,7 +138,7 @@ def field_config_for(dataset: Dataset) -> FieldConfig:
         levels = 1
     else:
         centre = look_at_centre(dataset.frames)
-        distances = [np.linalg.norm(f.cam_to_world[:3, 3] - centre) for f in dataset.frames]
+        distances = [np.linalg.norm(f.cam_to_data[:3, 3] - centre) for f in dataset.frames]
         half = np.full(3, 0.5 * float(np.median(distances)))
         aabb_scale = max(1.0, float(dataset.aabb_scale or 1.0))
         levels = int(min(5, 1 + math.ceil(math.log2(aabb_scale)))) if aabb_scale > 1 else 2
@@ -152,7 +152,7 @@ def dataset_fingerprint(frames: list[Frame]) -> str:
     digest = hashlib.sha256()
     for f in frames:
         digest.update(f.image_path.name.encode())
-        digest.update(np.asarray(f.cam_to_world, dtype=np.float64).round(6).tobytes())
+        digest.update(np.asarray(f.cam_to_data, dtype=np.float64).round(6).tobytes())
         i = f.intrinsics
         digest.update(json.dumps([i.width, i.height, i.fx, i.fy, i.cx, i.cy, list(i.distortion)]).encode())
     return digest.hexdigest()[:16]
@@ -178,7 +178,7 @@ def views_per_vertex(field: Field, frames: list[Frame], near: float, resolution:
     points = field.roi_centre + u * field.roi_half
     count = torch.zeros(points.shape[0], dtype=torch.int16, device=device)
     for f in frames:
-        c2w = torch.tensor(f.cam_to_world, dtype=torch.float32, device=device)
+        c2w = torch.tensor(f.cam_to_data, dtype=torch.float32, device=device)
         p = (points - c2w[:3, 3]) @ c2w[:3, :3]  # camera axes (OpenGL: looking down -z)
         z = -p[:, 2]
         i = f.intrinsics
@@ -246,8 +246,8 @@ def load_ray_bank(frames: list[Frame], progress: Optional[ProgressFn] = None) ->
         dirs.append(torch.from_numpy(direction_cache[key]))
         cams.append(torch.full((len(direction_cache[key]),), n, dtype=torch.long))
         report(progress, n + 1, len(frames), "load images")
-    rotations = torch.tensor(np.stack([f.cam_to_world[:3, :3] for f in frames]), dtype=torch.float32)
-    origins = torch.tensor(np.stack([f.cam_to_world[:3, 3] for f in frames]), dtype=torch.float32)
+    rotations = torch.tensor(np.stack([f.cam_to_data[:3, :3] for f in frames]), dtype=torch.float32)
+    origins = torch.tensor(np.stack([f.cam_to_data[:3, 3] for f in frames]), dtype=torch.float32)
     return RayBank(torch.cat(rgbs), torch.cat(dirs), torch.cat(cams), rotations, origins)
 
 
@@ -276,7 +276,7 @@ def load_depth_targets(dataset: Dataset, frames: list[Frame]) -> DepthTargets:
         if frame is None:
             continue  # a test frame: its points must not leak into training
         rows = np.nonzero(sparse.obs_frame == frame_index)[0]
-        o, d, _ = camera_rays(frame.intrinsics, frame.cam_to_world, sparse.obs_pixel[rows])
+        o, d, _ = camera_rays(frame.intrinsics, frame.cam_to_data, sparse.obs_pixel[rows])
         points = sparse.points[sparse.obs_point[rows]]
         t = np.einsum("ij,ij->i", points - o, d)
         # reprojection error (pixels) as an angle, times distance; at least 0.5 % of the distance
@@ -424,7 +424,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
     near = options.near
     if near is None:
         centre = look_at_centre(frames)
-        near = 0.2 * float(np.median([np.linalg.norm(f.cam_to_world[:3, 3] - centre) for f in frames]))
+        near = 0.2 * float(np.median([np.linalg.norm(f.cam_to_data[:3, 3] - centre) for f in frames]))
     field.config.near = float(near)
     # counted once on the finest grid of the schedule (~0.1 s per million vertices and camera), resampled
     view_count = views_per_vertex(field, frames, near, max(r for r, _ in DENSITY_SCHEDULE))
