@@ -1,0 +1,64 @@
+"""Which frames a bake (or a piece of one) covers: the one grammar for ``frames`` (A:B) and ``shard`` (I/N)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..data.dataset import Dataset
+from ..errors import NeuralLabelError
+from ..spec import LabelSpec
+
+
+def parse_frames(value: Any) -> Optional[tuple[int, int]]:
+    """``"A:B"`` (either side may be empty) or a (start, stop) pair -> (start, stop), stop exclusive."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.split(":")
+        if len(parts) != 2:
+            raise NeuralLabelError(f"frames {value!r}: expected A:B (e.g. 0:100)")
+        try:
+            start = int(parts[0]) if parts[0].strip() else 0
+            stop = int(parts[1]) if parts[1].strip() else None
+        except ValueError:
+            raise NeuralLabelError(f"frames {value!r}: A and B must be integers") from None
+        return start, stop
+    start, stop = value
+    return int(start), (None if stop is None else int(stop))
+
+
+def parse_shard(value: Any) -> Optional[tuple[int, int]]:
+    """``"I/N"`` (0 <= I < N) or an (I, N) pair."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            i, n = (int(v) for v in value.split("/"))
+        except ValueError:
+            raise NeuralLabelError(f"shard {value!r}: expected I/N, e.g. 0/4 (I counts from 0)") from None
+    else:
+        i, n = (int(v) for v in value)
+    if n < 1 or not 0 <= i < n:
+        raise NeuralLabelError(f"shard {i}/{n}: need N >= 1 and 0 <= I < N (I counts from 0)")
+    return i, n
+
+
+def select_frames(spec: LabelSpec, dataset: Dataset, frames: Any = None, shard: Any = None) -> list[int]:
+    """Frame indices to bake: the spec's frames, within ``frames`` (A:B), then every N-th from I (shard)."""
+    count = len(dataset.frames)
+    selected = list(range(count)) if spec.frames is None else list(spec.frames)
+    bad = [i for i in selected if not 0 <= i < count]
+    if bad:
+        raise NeuralLabelError(f"spec frame index {bad[0]} is out of range: {dataset.path} has {count} frames")
+    span = parse_frames(frames)
+    if span is not None:
+        start, stop = span
+        stop = count if stop is None else stop
+        if not 0 <= start < count or not start < stop <= count:
+            raise NeuralLabelError(f"frames {start}:{stop} is out of range: {dataset.path} has {count} "
+                                   f"frames (0..{count - 1}; B is exclusive)")
+        selected = [i for i in selected if start <= i < stop]
+    part = parse_shard(shard)
+    if part is not None:
+        selected = selected[part[0]::part[1]]
+    return selected
