@@ -22,12 +22,12 @@ def resolve_device(name: str | None, what: str = "device"):
     if name == "cuda" or name.startswith("cuda:"):
         index_text = name.partition(":")[2]
         if index_text and not index_text.isdigit():
-            raise NeuralLabelError(f"{what} {name!r}: use auto, cpu, cuda or cuda:N")
+            raise NeuralLabelError(f"{what} {name!r}: use auto, cpu, cuda or cuda:N", field=what)
         if not torch.cuda.is_available():
             raise NeuralLabelError(f"{what} {name!r}: no CUDA device is available to torch on this machine "
-                                   "(use cpu or auto)")
+                                   "(use cpu or auto)", field=what)
         if index_text and int(index_text) >= torch.cuda.device_count():
             raise NeuralLabelError(f"{what} {name!r}: this machine has {torch.cuda.device_count()} CUDA "
-                                   f"device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+                                   f"device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}", field=what)
         return torch.device(name)
-    raise NeuralLabelError(f"{what} {name!r}: use auto, cpu, cuda or cuda:N")
+    raise NeuralLabelError(f"{what} {name!r}: use auto, cpu, cuda or cuda:N", field=what)

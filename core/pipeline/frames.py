@@ -16,12 +16,12 @@ def parse_frames(value: Any) -> Optional[tuple[int, int]]:
     if isinstance(value, str):
         parts = value.split(":")
         if len(parts) != 2:
-            raise NeuralLabelError(f"frames {value!r}: expected A:B (e.g. 0:100)")
+            raise NeuralLabelError(f"frames {value!r}: expected A:B (e.g. 0:100)", field="frames")
         try:
             start = int(parts[0]) if parts[0].strip() else 0
             stop = int(parts[1]) if parts[1].strip() else None
         except ValueError:
-            raise NeuralLabelError(f"frames {value!r}: A and B must be integers") from None
+            raise NeuralLabelError(f"frames {value!r}: A and B must be integers", field="frames") from None
         return start, stop
     start, stop = value
     return int(start), (None if stop is None else int(stop))
@@ -35,11 +35,11 @@ def parse_shard(value: Any) -> Optional[tuple[int, int]]:
         try:
             i, n = (int(v) for v in value.split("/"))
         except ValueError:
-            raise NeuralLabelError(f"shard {value!r}: expected I/N, e.g. 0/4 (I counts from 0)") from None
+            raise NeuralLabelError(f"shard {value!r}: expected I/N, e.g. 0/4 (I counts from 0)", field="shard") from None
     else:
         i, n = (int(v) for v in value)
     if n < 1 or not 0 <= i < n:
-        raise NeuralLabelError(f"shard {i}/{n}: need N >= 1 and 0 <= I < N (I counts from 0)")
+        raise NeuralLabelError(f"shard {i}/{n}: need N >= 1 and 0 <= I < N (I counts from 0)", field="shard")
     return i, n
 
 
@@ -56,7 +56,7 @@ def select_frames(spec: LabelSpec, dataset: Dataset, frames: Any = None, shard: 
         stop = count if stop is None else stop
         if not 0 <= start < count or not start < stop <= count:
             raise NeuralLabelError(f"frames {start}:{stop} is out of range: {dataset.path} has {count} "
-                                   f"frames (0..{count - 1}; B is exclusive)")
+                                   f"frames (0..{count - 1}; B is exclusive)", field="frames")
         selected = [i for i in selected if start <= i < stop]
     part = parse_shard(shard)
     if part is not None:
