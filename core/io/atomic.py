@@ -5,9 +5,13 @@ A reader (or a crashed run's re-run) sees either the old file or the whole new o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,17 +19,59 @@ import numpy as np
 
 
 TEMP_SUFFIX = ".tmp"
+#: temp names say which host and process write them, so a later run can tell a stale one (its writer died)
+#: from one a concurrent process is still writing: ``.NAME.nltmp-HOST-PID-RANDOM.tmp``.
+TEMP_PATTERN = re.compile(r"^\..+\.nltmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[^.]+\.tmp$")
+
+
+def host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def temp_path(path: Path) -> Path:
-    """A new, unique hidden temp file next to ``path`` (``.NAME.XXXXXXXX.tmp``), created empty and readable
-    as a normal file would be (mkstemp alone makes it 0600, which the rename would keep)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    """A new, unique hidden temp file next to ``path``, created empty and readable as a normal file would be
+    (mkstemp alone makes it 0600, which the rename would keep)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.nltmp-{host_tag()}-{os.getpid()}-", suffix=TEMP_SUFFIX,
+                               dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     return Path(tmp)
+
+
+def is_stale_temp(path: Path, max_age_s: float = 24 * 3600) -> bool:
+    """Whether ``path`` is one of our temp files whose writer is gone: a dead process on this host, or (from
+    another host, whose processes we cannot see) older than ``max_age_s``."""
+    match = TEMP_PATTERN.match(path.name)
+    if match is None:
+        return False
+    if match["host"] == host_tag():
+        try:
+            os.kill(int(match["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > max_age_s
+    except OSError:
+        return False
+
+
+def remove_stale_temps(folder: str | Path) -> int:
+    """Remove the stale temp files (:func:`is_stale_temp`) anywhere below ``folder``; returns how many."""
+    removed = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.endswith(TEMP_SUFFIX) and is_stale_temp(Path(root) / name):
+                try:
+                    (Path(root) / name).unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:
