@@ -121,3 +121,25 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_file_lock_serialises_read_modify_write(tmp_path: Path) -> None:
+    import time
+
+    from neurallabel.core.io.lock import file_lock
+
+    counter = tmp_path / "n.txt"
+    counter.write_text("0")
+
+    def bump() -> None:
+        with file_lock(tmp_path / "lock"):
+            value = int(counter.read_text())
+            time.sleep(0.01)  # a read-modify-write window that would lose updates without the lock
+            counter.write_text(str(value + 1))
+
+    threads = [threading.Thread(target=bump) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counter.read_text() == "10"
