@@ -1,13 +1,12 @@
-"""What the writers need besides one frame's labels: the spec, dataset, categories and object models."""
+"""What the writers need besides one view's labels: the spec, dataset, categories and object models."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from ..data.dataset import Dataset, Frame
+from ..data.dataset import Dataset
+from ..geometry.view import View
 from ..spec import LabelSpec
 
 
@@ -23,13 +22,12 @@ class ExportContext:
     def units_to_mm(self) -> float:
         return self.spec.units_to_mm
 
-    def cam_to_world(self, frame: Frame) -> np.ndarray:
-        return self.spec.cam_to_world(frame.cam_to_data)
-
-    def image_name(self, frame: Frame) -> str:
-        """The frame's image path relative to the dataset folder (posix)."""
+    def image_name(self, view: View) -> str:
+        """The view's photo relative to the dataset folder (posix); a synthetic view's name (it has no file)."""
+        if view.image_path is None:
+            return view.name
         root = self.dataset.path if self.dataset.path.is_dir() else self.dataset.path.parent
         try:
-            return frame.image_path.resolve().relative_to(root.resolve()).as_posix()
+            return view.image_path.resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
-            return frame.image_path.name
+            return view.image_path.name

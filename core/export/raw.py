@@ -11,13 +11,18 @@ camera axes, in world units.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..geometry.cameras import world_to_camera_opencv
-from ..data.dataset import Frame
-from ..labels.frame import FrameLabels, bbox_coco
+from ..geometry.view import View
 from ..io.atomic import json_bytes, npy_bytes, png_bytes
+from ..labels.frame import bbox_coco
 from .context import ExportContext
+
+if TYPE_CHECKING:
+    from ..labels.frame import FrameLabels
 
 ROOT = "raw"
 
@@ -26,51 +31,59 @@ def _floats(values) -> list:
     return np.asarray(values, dtype=np.float64).tolist()
 
 
-def static_files(ctx: ExportContext) -> dict[str, bytes]:
-    return {}
+class RawWriter:
+    """The raw writer (:class:`~.Writer`); a synthetic view's ``image`` in labels.json is its name."""
+
+    name = "raw"
+    title = "Raw"
+    description = "Per-frame depth (.npy), instance and category id images"
+    needs_depth = True
+    needs_confidence = True
+
+    def static_files(self, ctx: ExportContext) -> dict[str, bytes]:
+        return {}
+
+    def frame_files(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict[str, bytes]:
+        n = f"{view.index:06d}"
+        files = {f"{ROOT}/depth/{n}.npy": npy_bytes(labels.depth.astype(np.float32)),
+                 f"{ROOT}/instance/{n}.png": png_bytes(labels.instance.astype(np.uint16)),
+                 f"{ROOT}/category/{n}.png": png_bytes(labels.category.astype(np.uint16)),
+                 f"{ROOT}/binary/{n}.png": png_bytes(labels.binary.astype(np.uint8) * 255)}
+        for inst in labels.instances:
+            files[f"{ROOT}/full/{n}_{inst.instance_id:06d}.png"] = png_bytes(inst.full_mask.astype(np.uint8) * 255)
+        if labels.confidence is not None:
+            conf = np.nan_to_num(labels.confidence, nan=0.0)
+            files[f"{ROOT}/confidence/{n}.png"] = png_bytes(np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8))
+        return files
+
+    def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
+        instances = []
+        for inst in labels.instances:
+            instances.append({
+                "instance_id": inst.instance_id, "category_id": inst.category_id, "name": inst.name,
+                "bbox_visib": inst.bbox_visib, "bbox_obj": inst.bbox_obj,
+                "bbox_visib_coco": bbox_coco(inst.visible_mask) if inst.px_count_visib else None,
+                "bbox_full_coco": bbox_coco(inst.full_mask) if inst.full_mask.any() else None,
+                "corners_px": _floats(inst.corners_px), "corners_z": _floats(inst.corners_z),
+                "R_m2c": _floats(inst.cam_R_m2c), "t_m2c": _floats(inst.cam_t_m2c),
+                "px_count_all": inst.px_count_all, "px_count_valid": inst.px_count_valid,
+                "px_count_visib": inst.px_count_visib, "visib_fract": inst.visib_fract})
+        intr = view.intrinsics
+        return {"index": view.index, "image": ctx.image_name(view), "width": intr.width, "height": intr.height,
+                "K": _floats(intr.K_opencv), "model": intr.model, "distortion": list(intr.distortion),
+                "cam_to_world": _floats(view.cam_to_world),
+                "cam_from_world_opencv": _floats(world_to_camera_opencv(view.cam_to_world)),
+                "instances": instances}
+
+    def assemble(self, ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict[str, bytes]:
+        labels = {"units_to_mm": ctx.units_to_mm,
+                  "categories": {str(k): v for k, v in ctx.spec.categories().items()},
+                  "objects": [{"name": o.name, "instance_id": o.instance_id, "category_id": o.category_id,
+                               "kind": o.kind, "transparent": o.transparent, "pose": _floats(o.pose),
+                               **({"size": _floats(o.size)} if o.kind == "box" else {})}
+                              for o in sorted(ctx.spec.objects, key=lambda o: o.instance_id)],
+                  "frames": [frag for _, frag in fragments]}
+        return {f"{ROOT}/labels.json": json_bytes(labels)}
 
 
-def frame_files(ctx: ExportContext, frame: Frame, labels: FrameLabels) -> dict[str, bytes]:
-    n = f"{frame.index:06d}"
-    files = {f"{ROOT}/depth/{n}.npy": npy_bytes(labels.depth.astype(np.float32)),
-             f"{ROOT}/instance/{n}.png": png_bytes(labels.instance.astype(np.uint16)),
-             f"{ROOT}/category/{n}.png": png_bytes(labels.category.astype(np.uint16)),
-             f"{ROOT}/binary/{n}.png": png_bytes(labels.binary.astype(np.uint8) * 255)}
-    for inst in labels.instances:
-        files[f"{ROOT}/full/{n}_{inst.instance_id:06d}.png"] = png_bytes(inst.full_mask.astype(np.uint8) * 255)
-    if labels.confidence is not None:
-        conf = np.nan_to_num(labels.confidence, nan=0.0)
-        files[f"{ROOT}/confidence/{n}.png"] = png_bytes(np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8))
-    return files
-
-
-def fragment(ctx: ExportContext, frame: Frame, labels: FrameLabels) -> dict:
-    cam_to_world = ctx.cam_to_world(frame)
-    instances = []
-    for inst in labels.instances:
-        instances.append({
-            "instance_id": inst.instance_id, "category_id": inst.category_id, "name": inst.name,
-            "bbox_visib": inst.bbox_visib, "bbox_obj": inst.bbox_obj,
-            "bbox_visib_coco": bbox_coco(inst.visible_mask) if inst.px_count_visib else None,
-            "bbox_full_coco": bbox_coco(inst.full_mask) if inst.full_mask.any() else None,
-            "corners_px": _floats(inst.corners_px), "corners_z": _floats(inst.corners_z),
-            "R_m2c": _floats(inst.cam_R_m2c), "t_m2c": _floats(inst.cam_t_m2c),
-            "px_count_all": inst.px_count_all, "px_count_valid": inst.px_count_valid,
-            "px_count_visib": inst.px_count_visib, "visib_fract": inst.visib_fract})
-    return {"index": frame.index, "image": ctx.image_name(frame),
-            "width": frame.intrinsics.width, "height": frame.intrinsics.height,
-            "K": _floats(frame.intrinsics.K_opencv), "model": frame.intrinsics.model,
-            "distortion": list(frame.intrinsics.distortion),
-            "cam_to_world": _floats(cam_to_world), "cam_from_world_opencv": _floats(world_to_camera_opencv(cam_to_world)),
-            "instances": instances}
-
-
-def assemble(ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict[str, bytes]:
-    labels = {"units_to_mm": ctx.units_to_mm,
-              "categories": {str(k): v for k, v in ctx.spec.categories().items()},
-              "objects": [{"name": o.name, "instance_id": o.instance_id, "category_id": o.category_id,
-                           "kind": o.kind, "transparent": o.transparent, "pose": _floats(o.pose),
-                           **({"size": _floats(o.size)} if o.kind == "box" else {})}
-                          for o in sorted(ctx.spec.objects, key=lambda o: o.instance_id)],
-              "frames": [frag for _, frag in fragments]}
-    return {f"{ROOT}/labels.json": json_bytes(labels)}
+RAW = RawWriter()

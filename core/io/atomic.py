@@ -93,6 +93,16 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
+def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
+    """``write_bytes`` unless ``path`` already holds exactly ``data`` (a re-run keeps the file untouched);
+    True when it wrote."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    write_bytes(path, data)
+    return True
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode())
 
