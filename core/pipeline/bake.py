@@ -1,120 +1,171 @@
 """Bake: labels for every frame of a label spec, written as BOP, COCO and raw datasets.
 
-``bake(spec, out_dir)``:
-1. refuses an output folder that holds another bake (a different spec/data/field fingerprint, formats or
-   options) or files that are not a NeuralLabel bake -- nothing of someone else's is overwritten;
-2. prepares the object models: annotated meshes as given; box objects' meshes extracted from the field's
-   density (cached in ``DIR/.neurallabel/models``, so shards and re-runs share one extraction);
-3. labels each selected frame (:class:`~.labels.FrameLabeler`) and writes its files atomically, then its
-   fragment ``DIR/.neurallabel/frames/NNNNNN.json`` -- the mark that the frame is finished (a re-run skips it);
-4. assembles the aggregate files (scene_gt.json, annotations.json, ...) from *all* finished fragments, sorted
-   by frame, so ``--frames`` / ``--shard`` pieces baked into one folder equal one unsharded run byte for byte.
+``bake(spec, out_dir)`` runs three stages:
+
+1. :func:`prepare` checks everything it can before touching the output folder (formats, frames, meshes, every
+   object seen by some camera), then claims the folder -- refusing one that holds another bake (a different
+   spec/data/field fingerprint, formats or options) or files that are not a NeuralLabel bake, so nothing of
+   someone else's is overwritten -- writes the manifest, the object models (annotated meshes as given; box
+   objects' meshes extracted from the field's density, cached in ``DIR/.neurallabel/models`` so shards and
+   re-runs share one extraction) and the writers' static files;
+2. :func:`bake_frames` labels each selected frame's :class:`~..geometry.view.View`
+   (:class:`~..labels.frame.FrameLabeler`), writes its files atomically, then its fragment
+   ``DIR/.neurallabel/frames/NNNNNN.json`` -- the mark that the frame is finished (a re-run skips it);
+3. :func:`assemble` writes the aggregate files (scene_gt.json, annotations.json, ...) from *all* finished
+   fragments, sorted by frame, so ``--frames`` / ``--shard`` pieces baked into one folder equal one unsharded
+   run byte for byte.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..data.dataset import Dataset, load_dataset
+from ..data.dataset import load_dataset
 from ..errors import NeuralLabelError
-from ..export import FORMATS, ExportContext, get_writer
-from ..io.atomic import json_bytes, npy_bytes, write_bytes
+from ..export import FORMATS, ExportContext, Writer, get_writer
+from ..geometry.box import Box
+from ..geometry.cameras import camera_directions
+from ..geometry.transforms import Similarity, apply_points
+from ..geometry.view import View
+from ..io.atomic import json_bytes, npy_bytes, write_bytes, write_bytes_if_changed
 from ..labels.frame import FrameLabeler, LabelObject, LabelOptions, make_label_object, projected_region
-from ..progress import ProgressFn, report
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
-from .frames import select_frames
+from ..progress import ProgressFn, report
 from ..spec import LabelSpec
+from .frames import select_frames
 
 STATE_DIR = ".neurallabel"
 MANIFEST = f"{STATE_DIR}/bake.json"
+FRAGMENTS = f"{STATE_DIR}/frames"
 BAKE_FORMAT = 1
 
 
-def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMATS, frames: Any = None,
+@dataclass
+class BakeJob:
+    """A prepared bake: the claimed output folder, the frames to do and everything that labels and writes them."""
+
+    out_dir: Path
+    views: list[View]  # every frame of the dataset, by index (the spec's world pose computed once)
+    todo: list[int]  # the frame indices of this run (or piece of a run)
+    labeler: FrameLabeler
+    writers: list[Writer]  # in the canonical order of ``FORMATS``
+    ctx: ExportContext
+    depth_source_name: str
+
+    @property
+    def fragments_dir(self) -> Path:
+        return self.out_dir / FRAGMENTS
+
+
+@dataclass
+class FramesDone:
+    baked: int = 0
+    skipped: int = 0
+    instances: int = 0
+    label_seconds: float = 0.0
+
+
+def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
          shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
          options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None
          ) -> dict:
-    """Bake ``spec`` into ``out_dir``; returns a summary (frames baked/skipped, instances, seconds per frame).
+    """Bake ``spec`` into ``out_dir`` (:func:`prepare`, :func:`bake_frames`, :func:`assemble`); returns a
+    summary (frames baked/skipped, instances, seconds per frame).
 
-    ``depth_source`` defaults to the spec's field (:class:`~.depth_source.FieldDepth`); tests and benchmarks
-    pass a :class:`~.depth_source.TruthDepth`. Without either, labels come from the meshes alone.
+    ``depth_source`` defaults to the spec's field (:class:`~..scene.queries.FieldDepth`); tests and benchmarks
+    pass a :class:`~..scene.queries.TruthDepth`. Without either, labels come from the meshes alone.
     """
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    formats = _check_formats(formats)
+    job = prepare(spec, Path(out_dir), formats=formats, frames=frames, shard=shard, device=device,
+                  progress=progress, depth_source=depth_source, options=options, box_resolution=box_resolution,
+                  backend=backend)
+    done = bake_frames(job, progress)
+    finished = assemble(job)
+    return {"out": str(job.out_dir), "formats": [w.name for w in job.writers], "frames": done.baked,
+            "skipped": done.skipped, "frames_in_dataset": finished, "instances": done.instances,
+            "seconds_per_frame": (done.label_seconds / done.baked) if done.baked else None,
+            "seconds": time.perf_counter() - t_start, "depth_source": job.depth_source_name}
+
+
+def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
+            shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
+            options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None
+            ) -> BakeJob:
+    """Stage 1: check the request, claim ``out_dir`` and write the manifest, the models and the static files."""
+    writers = check_formats(formats)
     dataset = load_dataset(spec.data_path)
     todo = select_frames(spec, dataset, frames, shard)
-    source_name = "none"
     if depth_source is None and spec.field_path is not None:
         from ..scene.queries import FieldDepth
 
         depth_source = FieldDepth.load(spec.field_path, device=device)
-    if depth_source is not None:
-        source_name = type(depth_source).__name__
+    source_name = "none" if depth_source is None else type(depth_source).__name__
     if depth_source is None and any(o.kind == "box" for o in spec.objects):
         raise NeuralLabelError("the spec has box objects but no 'field': a box object's pixels and mesh come "
                                "from the field")
-
     # Everything that can be checked before touching the output folder is checked first.
     for obj in spec.objects:
         if obj.kind == "mesh" and obj.mesh is None:
             from ..io.meshes import load_mesh
 
             obj.mesh = load_mesh(obj.mesh_path, what=f"object {obj.name!r}: mesh")
-    _check_objects_seen(spec, dataset, [make_label_object(o, o.mesh, None) for o in spec.objects])
+    world_from_data = Similarity(spec.world_from_data)
+    views = [View.from_frame(frame, world_from_data) for frame in dataset.frames]
+    _check_objects_seen(spec, views, [make_label_object(o, o.mesh, None) for o in spec.objects])
 
-    manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(), "formats": list(formats),
-                "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
+    manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(),
+                "formats": [w.name for w in writers], "depth_source": source_name, "options": options.to_json(),
+                "box_resolution": box_resolution}
     _claim_out_dir(out_dir, manifest, allowed=_spec_entries(spec, out_dir))
 
-    models = _object_models(spec, dataset, out_dir, depth_source, box_resolution, progress)
+    models = _object_models(spec, views, out_dir, depth_source, box_resolution, progress)
     labeler = frame_labeler(spec, models, depth_source, options, backend=backend, device=device)
     ctx = ExportContext(spec, dataset, _category_models(spec, models))
-    writers = [get_writer(name) for name in formats]
     for writer in writers:
-        for rel, data in writer.static_files(ctx).items():
-            _write_if_changed(out_dir / rel, data)
+        _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
+    return BakeJob(out_dir, views, todo, labeler, writers, ctx, source_name)
 
-    needs_depth = "bop" in formats or "raw" in formats
-    frames_dir = out_dir / STATE_DIR / "frames"
-    baked = skipped = instances = 0
-    label_seconds = 0.0
-    report(progress, 0, len(todo), "bake")
-    for n, index in enumerate(todo):
-        fragment_path = frames_dir / f"{index:06d}.json"
+
+def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDone:
+    """Stage 2: label and write every frame of ``job.todo`` without a fragment (unfinished), fragment last."""
+    full_depth = any(w.needs_depth for w in job.writers)
+    confidence = any(w.needs_confidence for w in job.writers)
+    done = FramesDone()
+    report(progress, 0, len(job.todo), "bake")
+    for n, index in enumerate(job.todo):
+        fragment_path = job.fragments_dir / f"{index:06d}.json"
         if fragment_path.is_file():
-            skipped += 1
-            report(progress, n + 1, len(todo), "bake")
+            done.skipped += 1
+            report(progress, n + 1, len(job.todo), "bake")
             continue
-        frame = dataset.frames[index]
+        view = job.views[index]
         t0 = time.perf_counter()
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data), full_depth=needs_depth,
-                               confidence="raw" in formats)
+        labels = job.labeler.label(view, view.cam_to_world, full_depth=full_depth, confidence=confidence)
         fragment = {}
-        for name, writer in zip(formats, writers):
-            for rel, data in writer.frame_files(ctx, frame, labels).items():
-                write_bytes(out_dir / rel, data)
-            fragment[name] = writer.fragment(ctx, frame, labels)
+        for writer in job.writers:
+            _write_all(job.out_dir, writer.frame_files(job.ctx, view, labels), write_bytes)
+            fragment[writer.name] = writer.fragment(job.ctx, view, labels)
         write_bytes(fragment_path, json_bytes(fragment))  # last: marks the frame finished
-        label_seconds += time.perf_counter() - t0
-        baked += 1
-        instances += len(labels.instances)
-        report(progress, n + 1, len(todo), "bake")
+        done.label_seconds += time.perf_counter() - t0
+        done.baked += 1
+        done.instances += len(labels.instances)
+        report(progress, n + 1, len(job.todo), "bake")
+    return done
 
-    fragments = _read_fragments(frames_dir)
-    for name, writer in zip(formats, writers):
-        for rel, data in writer.assemble(ctx, [(i, f[name]) for i, f in fragments]).items():
-            _write_if_changed(out_dir / rel, data)
 
-    return {"out": str(out_dir), "formats": list(formats), "frames": baked, "skipped": skipped,
-            "frames_in_dataset": len(fragments), "instances": instances,
-            "seconds_per_frame": (label_seconds / baked) if baked else None,
-            "seconds": time.perf_counter() - t_start, "depth_source": source_name}
+def assemble(job: BakeJob) -> int:
+    """Stage 3: every writer's aggregate files from all finished fragments; returns how many frames are done."""
+    fragments = read_fragments(job.fragments_dir)
+    for writer in job.writers:
+        _write_all(job.out_dir, writer.assemble(job.ctx, [(i, f[writer.name]) for i, f in fragments]),
+                   write_bytes_if_changed)
+    return len(fragments)
 
 
 # --- steps ----------------------------------------------------------------------------------------------
@@ -137,14 +188,19 @@ def frame_labeler(spec: LabelSpec, models: dict[int, Any], depth_source, options
                         units_to_mm=spec.units_to_mm, options=options)
 
 
-def _check_formats(formats: Sequence[str] | str) -> list[str]:
+def check_formats(formats: Sequence[str] | str) -> list[Writer]:
+    """The writers of ``formats`` (names, or one comma-separated string), in the canonical order."""
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise NeuralLabelError(f"unknown format {bad[0] if bad else '(none)'!r}: choose from "
-                               f"{', '.join(FORMATS)}")
-    return [f for f in FORMATS if f in formats]  # canonical order
+    if not formats:
+        raise NeuralLabelError(f"no format given: choose from {', '.join(FORMATS)}", field="formats")
+    names = {get_writer(name).name for name in formats}
+    return [get_writer(name) for name in FORMATS if name in names]
+
+
+def _write_all(out_dir: Path, files: dict[str, bytes], write) -> None:
+    for rel, data in files.items():
+        write(out_dir / rel, data)
 
 
 def _spec_entries(spec: LabelSpec, out_dir: Path) -> set[Path]:
@@ -185,7 +241,7 @@ def _claim_out_dir(out_dir: Path, manifest: dict, allowed: set[Path] = frozenset
     write_bytes(path, json_bytes(manifest))
 
 
-def _object_models(spec: LabelSpec, dataset: Dataset, out_dir: Path, depth_source, resolution: int,
+def _object_models(spec: LabelSpec, views: list[View], out_dir: Path, depth_source, resolution: int,
                    progress: Optional[ProgressFn]) -> dict[int, Any]:
     """instance_id -> model mesh in the object's own frame (world units); box objects need a field."""
     import trimesh
@@ -203,7 +259,7 @@ def _object_models(spec: LabelSpec, dataset: Dataset, out_dir: Path, depth_sourc
         v_path = cache / f"instance_{obj.instance_id:06d}_vertices.npy"
         f_path = cache / f"instance_{obj.instance_id:06d}_faces.npy"
         if not (v_path.is_file() and f_path.is_file()):
-            level = surface_density_level(spec, dataset, depth_source, obj)
+            level = surface_density_level(spec, views, depth_source, Box(obj.pose, obj.size))
             mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
                                     resolution=resolution, step=getattr(depth_source, "step", None),
                                     threshold=level, progress=progress, name=obj.name)
@@ -216,39 +272,42 @@ def _object_models(spec: LabelSpec, dataset: Dataset, out_dir: Path, depth_sourc
     return models
 
 
-def surface_density_level(spec: LabelSpec, dataset: Dataset, depth_source, obj, *, max_frames: int = 6,
+def surface_density_level(spec: LabelSpec, views: list[View], depth_source, box: Box, *, max_frames: int = 6,
                           max_pixels: int = 4096, min_points: int = 32) -> Optional[float]:
-    """The field's density where it renders the surface of a box object: the median density at the points of
-    its depth maps (median depth) inside the box, from up to ``max_frames`` evenly spread dataset cameras.
+    """The field's density where it renders the surface inside ``box`` (world frame): the median density at
+    the points of its depth maps (median depth) inside the box, from up to ``max_frames`` evenly spread views.
     None when fewer than ``min_points`` such points are found."""
-    from ..labels.frame import _region_pixels, box_corners
+    from ..labels.frame import _region_pixels  # TODO: the public region_pixels of geometry.projection
 
-    count = len(dataset.frames)
+    count = len(views)
     picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(count, max_frames))})
-    corners = box_corners(-obj.size / 2, obj.size / 2) @ obj.pose[:3, :3].T + obj.pose[:3, 3]
-    data_from_world = np.linalg.inv(spec.world_from_data)
+    corners = box.corners()
+    data_from_world = Similarity(spec.world_from_data).inverse()
     densities = []
     for index in picks:
-        frame = dataset.frames[index]
-        intr = frame.intrinsics
-        cam = spec.cam_to_world(frame.cam_to_data)
-        region = projected_region(intr, cam, corners, (0, 0, intr.width, intr.height))
+        view = views[index]
+        intr = view.intrinsics
+        region = projected_region(intr, view.cam_to_world, corners, (0, 0, intr.width, intr.height))
         if region is None:
             continue
         rows, cols = _region_pixels(region)
         stride = max(1, int(np.ceil(len(rows) * len(picks) / max_pixels)))
         rows, cols = rows[::stride], cols[::stride]
-        z, _ = depth_source.z_depth(frame, rows, cols)
+        z, _ = depth_source.z_depth(view, rows, cols)
         ok = np.isfinite(z)
-        points = FrameLabeler._points(intr, cam, rows[ok], cols[ok], z[ok] * spec.data_scale)
-        local = (points - obj.pose[:3, 3]) @ obj.pose[:3, :3]
-        inside = np.all(np.abs(local) <= obj.size / 2, axis=1)
+        points = _pixel_points(intr, view.cam_to_world, rows[ok], cols[ok], z[ok] * spec.data_scale)
+        inside = box.contains(points)
         if inside.any():
-            data_points = points[inside] @ data_from_world[:3, :3].T + data_from_world[:3, 3]
-            densities.append(depth_source.density(data_points))
+            densities.append(depth_source.density(data_from_world.apply(points[inside])))
     if not densities or sum(len(d) for d in densities) < min_points:
         return None
     return float(np.median(np.concatenate(densities)))
+
+
+def _pixel_points(intr, cam_to_world: np.ndarray, rows: np.ndarray, cols: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """World points at z-depth ``z`` through the pixel centres (rows, cols) of a camera at ``cam_to_world``."""
+    dirs_cam = camera_directions(intr, np.stack([cols + 0.5, rows + 0.5], axis=-1))  # z = -1
+    return apply_points(cam_to_world, dirs_cam * z[:, None])
 
 
 def _category_models(spec: LabelSpec, models: dict[int, Any]) -> dict[int, Any]:
@@ -260,16 +319,15 @@ def _category_models(spec: LabelSpec, models: dict[int, Any]) -> dict[int, Any]:
     return out
 
 
-def _check_objects_seen(spec: LabelSpec, dataset: Dataset, objects: list[LabelObject]) -> None:
+def _check_objects_seen(spec: LabelSpec, views: list[View], objects: list[LabelObject]) -> None:
     """Every object must project into at least one of the spec's frames (else the pose is surely wrong)."""
-    indices = range(len(dataset.frames)) if spec.frames is None else spec.frames
+    indices = range(len(views)) if spec.frames is None else spec.frames
     unseen = []
     for obj in objects:
         for i in indices:
-            frame = dataset.frames[i]
-            intr = frame.intrinsics
-            cam = spec.cam_to_world(frame.cam_to_data)
-            if projected_region(intr, cam, obj.bound_points, (0, 0, intr.width, intr.height), pad=0) is not None:
+            view = views[i]
+            extent = (0, 0, view.width, view.height)
+            if projected_region(view.intrinsics, view.cam_to_world, obj.bound_points, extent, pad=0) is not None:
                 break
         else:
             unseen.append(obj.spec.name)
@@ -278,16 +336,11 @@ def _check_objects_seen(spec: LabelSpec, dataset: Dataset, objects: list[LabelOb
                                f"and world_from_data)" + (f"; also {', '.join(unseen[1:])}" if unseen[1:] else ""))
 
 
-def _read_fragments(frames_dir: Path) -> list[tuple[int, dict]]:
+def read_fragments(frames_dir: Path) -> list[tuple[int, dict]]:
+    """The finished frames' fragments, ``[(frame index, {format: fragment})]`` sorted by index."""
     out = []
     if frames_dir.is_dir():
         for path in sorted(frames_dir.glob("[0-9]*.json")):
             out.append((int(path.stem), json.loads(path.read_text())))
     out.sort(key=lambda x: x[0])
     return out
-
-
-def _write_if_changed(path: Path, data: bytes) -> None:
-    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-        return
-    write_bytes(path, data)
