@@ -138,3 +138,49 @@ def test_depth_scale_never_overflows() -> None:
         assert stored[0, 1] == 0
         assert abs(stored[0, 0] * scale - max_mm) <= scale / 2 + 1e-9
     assert depth_scale_for(3000.0) == 0.05  # 3 m at 0.05 mm steps
+
+
+def test_writers_label_a_synthetic_view_without_a_photo(cube_scene: Path) -> None:
+    """A synthetic view (no image file) goes through every writer: numbered by ``view.index``, posed by
+    ``view.cam_to_world``; BOP writes no rgb, COCO marks the image synthetic."""
+    from neurallabel.core.geometry.transforms import Similarity
+    from neurallabel.core.geometry.view import View
+    from neurallabel.core.pipeline.bake import label_view, prepare
+
+    job = prepare(load_spec(cube_scene / "spec.json"), cube_scene / "out")
+    photo = job.views[0]
+    cam_to_world = np.eye(4)
+    cam_to_world[:3, 3] = [0.0, 0.0, 0.1]  # 10 cm back from the photo's camera: the cube looks smaller
+    view = View.synthetic(7, photo.intrinsics, cam_to_world, Similarity.identity())
+    labels = label_view(job, view)
+    assert labels.instances and labels.instances[0].px_count_visib < 200  # the photo's camera sees 200 pixels
+    files = {}
+    fragments = {}
+    for writer in job.writers:
+        files.update(writer.frame_files(job.ctx, view, labels))
+        fragments[writer.name] = writer.fragment(job.ctx, view, labels)
+    assert not any("/rgb/" in path for path in files)
+    assert "bop/train/000000/depth/000007.png" in files and "raw/instance/000007.png" in files
+    assert fragments["bop"]["camera"]["cam_t_w2c"] == pytest.approx([0.0, 0.0, 100.0])
+    assert fragments["coco"]["image"] == {"id": 7, "file_name": "view_000007", "width": W, "height": H,
+                                          "synthetic": True}
+    assert fragments["raw"]["image"] == "view_000007" and fragments["raw"]["cam_to_world"] == cam_to_world.tolist()
+
+
+def test_writer_registry_is_the_one_list_of_formats() -> None:
+    from neurallabel.core.errors import NeuralLabelError
+    from neurallabel.core.export import FORMATS, WRITERS, get_writer
+
+    assert FORMATS == ("bop", "coco", "raw")
+    assert all(get_writer(name) is WRITERS[name] and WRITERS[name].name == name for name in FORMATS)
+    with pytest.raises(NeuralLabelError, match="unknown format 'voc'") as error:
+        get_writer("voc")
+    assert error.value.field == "formats"
+
+
+def test_bake_refuses_no_format_naming_the_field(cube_scene: Path) -> None:
+    from neurallabel.core.errors import NeuralLabelError
+
+    with pytest.raises(NeuralLabelError, match="no format") as error:
+        bake(load_spec(cube_scene / "spec.json"), cube_scene / "out", formats=" , ")
+    assert error.value.field == "formats" and not (cube_scene / "out").exists()

@@ -34,7 +34,7 @@ from ..geometry.cameras import camera_directions
 from ..geometry.transforms import Similarity, apply_points
 from ..geometry.view import View
 from ..io.atomic import json_bytes, npy_bytes, write_bytes, write_bytes_if_changed
-from ..labels.frame import FrameLabeler, LabelObject, LabelOptions, make_label_object, projected_region
+from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, make_label_object, projected_region
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
 from ..progress import ProgressFn, report
 from ..spec import LabelSpec
@@ -134,8 +134,6 @@ def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FO
 
 def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDone:
     """Stage 2: label and write every frame of ``job.todo`` without a fragment (unfinished), fragment last."""
-    full_depth = any(w.needs_depth for w in job.writers)
-    confidence = any(w.needs_confidence for w in job.writers)
     done = FramesDone()
     report(progress, 0, len(job.todo), "bake")
     for n, index in enumerate(job.todo):
@@ -146,7 +144,7 @@ def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDo
             continue
         view = job.views[index]
         t0 = time.perf_counter()
-        labels = job.labeler.label(view, view.cam_to_world, full_depth=full_depth, confidence=confidence)
+        labels = label_view(job, view)
         fragment = {}
         for writer in job.writers:
             _write_all(job.out_dir, writer.frame_files(job.ctx, view, labels), write_bytes)
@@ -157,6 +155,13 @@ def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDo
         done.instances += len(labels.instances)
         report(progress, n + 1, len(job.todo), "bake")
     return done
+
+
+def label_view(job: BakeJob, view: View) -> FrameLabels:
+    """The labels of one view, with the maps the job's writers store (full depth maps, confidence)."""
+    full_depth = any(w.needs_depth for w in job.writers)
+    confidence = any(w.needs_confidence for w in job.writers)
+    return job.labeler.label(view, view.cam_to_world, full_depth=full_depth, confidence=confidence)
 
 
 def assemble(job: BakeJob) -> int:
