@@ -133,11 +133,10 @@ def stage_labels(run: DemoRun) -> None:
     Uses the field of the field stage (``result["field"]``) for occlusion, depth and confidence when that stage
     ran; otherwise the labels come from the meshes alone (and the lines say so).
     """
-    import numpy as np
-
+    from ..data.truth import load_scene_truth
+    from ..eval.labels import score_raw_bake, summarize
     from ..pipeline.bake import bake
     from ..spec import spec_from_scene, write_spec
-    from ..data.truth import load_scene_truth
 
     scene_dir = Path(run.result["scene"])
     field_path = run.result.get("field") or run.result.get("field_path")
@@ -165,36 +164,19 @@ def stage_labels(run: DemoRun) -> None:
     summary = bake(spec, dataset_dir, progress=run.progress)
     seconds = time.monotonic() - start
 
-    truth = load_scene_truth(scene_dir)
-    ious, depth_errors = [], []
-    from PIL import Image
-
-    baked = sorted(int(p.stem) for p in (dataset_dir / "raw" / "instance").glob("*.png"))
-    for frame_index in baked:
-        with Image.open(dataset_dir / "raw" / "instance" / f"{frame_index:06d}.png") as image:
-            predicted = np.array(image)
-        true_ids = truth.instance_ids(frame_index)
-        depth = np.load(dataset_dir / "raw" / "depth" / f"{frame_index:06d}.npy")
-        true_z = truth.z_depth(frame_index)
-        for obj in truth.objects:
-            a, b = predicted == obj.instance_id, true_ids == obj.instance_id
-            union = np.count_nonzero(a | b)
-            if union:
-                ious.append(np.count_nonzero(a & b) / union)
-        both = (predicted > 0) & (predicted == true_ids) & np.isfinite(true_z)
-        depth_errors.append(np.abs(depth[both] - true_z[both]) * 1000.0)
-    errors = np.concatenate(depth_errors) if depth_errors else np.zeros(0)
-    accuracy = {"visible_iou_mean": float(np.mean(ious)) if ious else None,
-                "visible_iou_min": float(np.min(ious)) if ious else None,
-                "depth_error_mm_p95": float(np.percentile(errors, 95)) if errors.size else None}
+    scores = score_raw_bake(dataset_dir, load_scene_truth(scene_dir))
+    pooled = summarize(scores)
+    accuracy = {"visible_iou_mean": pooled["visible_iou_mean"], "visible_iou_min": pooled["visible_iou_min"],
+                "depth_error_mm_p95": (pooled["depth_error_mm"] or {}).get("p95")}
     run.result["labels"] = {"spec": str(spec_path), "dataset": str(dataset_dir), "field": field_path,
                             "seconds": round(seconds, 1), **{k: v for k, v in summary.items() if k != "out"},
                             "accuracy": accuracy}
     per_frame = summary["seconds_per_frame"]
-    run.lines.append(f"labels: {summary['frames_in_dataset']} held-out frames in {dataset_dir} (bop, coco, raw), "
+    run.lines.append(f"labels: {summary['frames_in_dataset']} held-out frames in {dataset_dir} "
+                     f"({', '.join(summary['formats'])}), "
                      + (f"{per_frame:.2f} s/frame" if per_frame else "already baked")
                      + ("" if field_path else "; no field stage ran: mesh-only labels (no clutter occlusion)"))
-    if ious:
+    if scores:
         run.lines.append(f"label accuracy vs Cycles truth: visible-mask IoU mean {accuracy['visible_iou_mean']:.4f} "
                          f"(min {accuracy['visible_iou_min']:.4f}), depth error on mesh pixels p95 "
                          f"{accuracy['depth_error_mm_p95']:.3f} mm")
