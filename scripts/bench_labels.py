@@ -205,74 +205,43 @@ def cycles_reference(scene: Path, frames: list[int], full_frames: list[int], thr
 # --- metrics -------------------------------------------------------------------------------------------------
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return float("nan") if union == 0 else np.count_nonzero(a & b) / union
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of the inclusive pixel boxes of two masks."""
-    if not a.any() or not b.any():
-        return float(a.any() == b.any())
-    def bounds(m):
-        r, c = np.nonzero(m)
-        return c.min(), r.min(), c.max() + 1, r.max() + 1
-    ax0, ay0, ax1, ay1 = bounds(a)
-    bx0, by0, bx1, by1 = bounds(b)
-    iw, ih = max(0, min(ax1, bx1) - max(ax0, bx0)), max(0, min(ay1, by1) - max(ay0, by0))
-    inter = iw * ih
-    return inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter)
-
-
 def mean(values) -> float | None:
     values = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(values)) if values else None
 
 
 def evaluate(labeler, spec, truth, dataset, frames, passes) -> dict:
-    """Per-class metrics of the labels of ``frames`` (labeler with a CachedDepth: no field rendering)."""
+    """Per-class metrics of the labels of ``frames`` (labeler with a CachedDepth: no field rendering): the
+    scores of :mod:`neurallabel.core.eval.labels`, plus the full-mask IoU against Cycles' per-object renders."""
+    from neurallabel.core.eval.labels import mask_iou, score_objects, summarize
+
     classes = {}
     for obj in spec.objects:
         classes[obj.instance_id] = "box" if obj.kind == "box" else ("glass" if obj.transparent else "mesh")
-    acc = {c: {"visible_iou": [], "full_iou": [], "box2d_iou": [], "depth_err": [], "field_depth_err": []}
-           for c in ("mesh", "glass", "box")}
+    scores = {c: [] for c in ("mesh", "glass", "box")}
+    full_iou = {c: [] for c in scores}
     for i in frames:
         frame = dataset.frames[i]
         labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data))
-        true_ids = truth.instance_ids(i)
-        true_z = truth.z_depth(i).astype(np.float64)
-        for obj in spec.objects:
-            cls = classes[obj.instance_id]
-            pred = labels.instance == obj.instance_id
-            gt = true_ids == obj.instance_id
-            if not pred.any() and not gt.any():
-                continue
-            acc[cls]["visible_iou"].append(iou(pred, gt))
-            acc[cls]["box2d_iou"].append(box_iou(pred, gt))
-            key = f"full_{i}_{obj.instance_id}"
+        for score in score_objects(i, labels.instance, truth.instance_ids(i), truth.z_depth(i).astype(np.float64),
+                                   [o.instance_id for o in spec.objects], depth=labels.depth,
+                                   source_depth=labels.source_depth):
+            cls = classes[score.instance_id]
+            scores[cls].append(score)
+            key = f"full_{i}_{score.instance_id}"
             if key in passes:
-                full = next((x.full_mask for x in labels.instances if x.instance_id == obj.instance_id),
-                            np.zeros_like(pred))
-                acc[cls]["full_iou"].append(iou(full, passes[key]))
-            both = pred & gt & np.isfinite(true_z)
-            if both.any():
-                acc[cls]["depth_err"].append(np.abs(labels.depth[both] - true_z[both]))
-                if labels.source_depth is not None:
-                    acc[cls]["field_depth_err"].append(np.abs(labels.source_depth[both] - true_z[both]))
+                full = next((x.full_mask for x in labels.instances if x.instance_id == score.instance_id),
+                            np.zeros_like(labels.binary))
+                full_iou[cls].append(mask_iou(full, passes[key]))
     out = {}
-    for cls, a in acc.items():
-        depth = np.concatenate(a["depth_err"]) * 1000 if a["depth_err"] else None
-        field = np.concatenate(a["field_depth_err"]) * 1000 if a["field_depth_err"] else None
-        out[cls] = {"visible_iou": mean(a["visible_iou"]), "full_iou": mean(a["full_iou"]),
-                    "box2d_iou": mean(a["box2d_iou"]), "instances": len(a["visible_iou"])}
-        if depth is not None:
-            out[cls]["depth_error_mm"] = {"mean": float(np.nanmean(depth)), "median": float(np.nanmedian(depth)),
-                                          "p95": float(np.nanpercentile(depth, 95))}
-        if field is not None and np.isfinite(field).any():
-            out[cls]["field_depth_error_mm"] = {"mean": float(np.nanmean(field)),
-                                                "median": float(np.nanmedian(field)),
-                                                "p95": float(np.nanpercentile(field, 95)),
-                                                "no_depth_fraction": float(np.mean(~np.isfinite(field)))}
+    for cls, class_scores in scores.items():
+        pooled = summarize(class_scores)
+        out[cls] = {"visible_iou": pooled["visible_iou_mean"], "full_iou": mean(full_iou[cls]),
+                    "box2d_iou": pooled["box_iou_mean"], "instances": pooled["instances"]}
+        if pooled["depth_error_mm"] is not None:
+            out[cls]["depth_error_mm"] = pooled["depth_error_mm"]
+        if pooled["source_depth_error_mm"] is not None:
+            out[cls]["field_depth_error_mm"] = pooled["source_depth_error_mm"]
     return out
 
 
