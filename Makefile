@@ -12,7 +12,7 @@ venv: $(STAMP)
 
 # torch first and pinned: the CPU wheel lies in the local wheel folder; anything that lets pip pick
 # torch by itself (nerfacc requires "torch") would download GBs of CUDA wheels.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q "numpy==1.26.4"

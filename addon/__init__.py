@@ -1,7 +1,10 @@
 """Blender glue (addon). See DESIGN.md: operators are thin, addon/ converts between the scene and core.
 
 ``properties`` (scene/object state), ``preferences`` (worker Python, dependencies, device),
-``scene_io`` (dataset <-> Blender cameras), ``annotations`` (boxes, meshes, ids).
+``scene_io`` (dataset <-> Blender cameras, the root empty), ``annotations`` (boxes, meshes, ids),
+``meshes`` (Blender meshes -> arrays, PLY), ``spec_export`` (scene -> core ``LabelSpec``),
+``worker_client`` (the worker process), ``worker_jobs`` (operators that run a worker job),
+``reports`` (core errors in the panel's words).
 """
 
 

@@ -14,6 +14,7 @@ from mathutils import Matrix, Vector
 
 COLLECTION_NAME = "NeuralLabel Annotations"
 ANNOTATION_ROLES = ("BOX", "MESH")
+SHEAR_TOLERANCE = 1e-5  # relative: a float32 world matrix without shear is far below this
 
 
 def annotation_objects(scene: bpy.types.Scene) -> list[bpy.types.Object]:
@@ -132,6 +133,14 @@ def box_pose_and_size(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray]:
 def mesh_pose(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray]:
     """A mesh annotation's object-to-world pose (rigid) and the scale its mesh file is shown at (3,)."""
     return rigid_and_scale(obj.matrix_world)
+
+
+def is_sheared(obj: bpy.types.Object, rigid: np.ndarray, scale: np.ndarray) -> bool:
+    """Whether ``matrix_world`` is more than ``rigid`` and a per-axis ``scale`` (a parent with non-uniform
+    scale rotates it): such an object has no box or mesh pose."""
+    linear = matrix_to_numpy(obj.matrix_world)[:3, :3]
+    rebuilt = rigid[:3, :3] * scale[None, :]
+    return np.abs(rebuilt - linear).max() > SHEAR_TOLERANCE * max(float(np.abs(scale).max()), 1e-12)
 
 
 # --- creating annotations -------------------------------------------------------------------------------

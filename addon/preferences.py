@@ -1,4 +1,7 @@
-"""Add-on preferences: the worker's Python, installing its dependencies, the default device.
+"""Add-on preferences: the worker's Python, where its dependencies go, the default device.
+
+The dependency list is ``requirements.txt`` at the extension root, the one list pyproject.toml reads too;
+the "Install Dependencies" button is ``operators/dependencies.py``.
 
 ``bl_idname`` must be the extension's package: ``bl_ext.<repository>.neurallabel`` inside Blender,
 ``neurallabel`` when the tree is imported as a plain package (tests).
@@ -7,8 +10,8 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
+from pathlib import Path
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
@@ -18,21 +21,27 @@ from .properties import DEVICE_ITEMS
 #: The extension root package (this module is ``<root>.addon.preferences``).
 ROOT_PACKAGE = __package__.rpartition(".")[0]
 
-# The worker's dependencies, pinned as in pyproject.toml. torch goes first and alone: letting pip resolve
-# torch through nerfacc would pull GBs of CUDA wheels (DESIGN.md, Dependencies).
-TORCH_REQUIREMENT = "torch==2.13.0"
-CORE_REQUIREMENTS = (
-    "numpy==1.26.4",
-    "nerfacc==0.5.3",
-    "trimesh==5.2.0",
-    "embreex==4.4.0.post1",
-    "pycocotools==2.0.11",
-    "pillow==13.0.0",
-    "imageio==2.38.1",
-    "opencv-python-headless==4.11.0.86",
-    "scipy==1.17.1",
-    "rich==15.0.0",
-)
+#: The worker's dependencies, one requirement a line (``#`` lines are comments), torch first.
+REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "requirements.txt"
+
+
+def requirements(path: Path = REQUIREMENTS_FILE) -> list[str]:
+    """The pinned requirements in ``path``, in order (setuptools' file format: full-line comments only)."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def install_commands(python: str, target: str) -> list[list[str]]:
+    """The pip commands that install the worker's dependencies into ``target``.
+
+    torch goes first and alone: letting pip resolve torch through nerfacc would pull GBs of CUDA wheels
+    (DESIGN.md, Dependencies).
+    """
+    torch, *others = requirements()
+    if not torch.startswith("torch=="):
+        raise ValueError(f"{REQUIREMENTS_FILE}: the first requirement must be a pinned torch, got {torch!r}")
+    base = [python, "-m", "pip", "install", "--upgrade", "--target", target]
+    return [base + [torch], base + others]
 
 
 def dependencies_path(create: bool = False) -> str:
@@ -84,39 +93,6 @@ def worker_environment(python: str) -> dict[str, str]:
     return env
 
 
-def install_commands(python: str, target: str) -> list[list[str]]:
-    """The pip commands that install the worker's dependencies into ``target`` (torch first, alone)."""
-    base = [python, "-m", "pip", "install", "--upgrade", "--target", target]
-    return [base + [TORCH_REQUIREMENT], base + list(CORE_REQUIREMENTS)]
-
-
-class NEURALLABEL_OT_install_dependencies(bpy.types.Operator):
-    """Install torch and the other worker dependencies into this extension's user folder"""
-
-    bl_idname = "neurallabel.install_dependencies"
-    bl_label = "Install Dependencies"
-    bl_options = {"INTERNAL"}
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        python = sys.executable
-        target = dependencies_path(create=True)
-        for command in install_commands(python, target):
-            try:
-                result = subprocess.run(command, capture_output=True, text=True)
-            except OSError as exc:
-                self.report({"ERROR"}, f"Could not run {python}: {exc}")
-                return {"CANCELLED"}
-            if result.returncode != 0:
-                tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-                self.report({"ERROR"}, f"pip failed ({' '.join(command[6:])}): {tail[0]}. "
-                                       "Check the internet connection, or point 'Worker Python' at an "
-                                       "environment that has torch")
-                return {"CANCELLED"}
-        _add_dependencies_to_path()
-        self.report({"INFO"}, f"Installed the worker dependencies into {target}")
-        return {"FINISHED"}
-
-
 class NeuralLabelPreferences(bpy.types.AddonPreferences):
     bl_idname = ROOT_PACKAGE
 
@@ -134,14 +110,15 @@ class NeuralLabelPreferences(bpy.types.AddonPreferences):
             layout.label(text=f"Using Blender's Python: {sys.executable}", icon="INFO")
         layout.prop(self, "device")
         row = layout.row()
-        row.operator(NEURALLABEL_OT_install_dependencies.bl_idname, icon="IMPORT")
+        row.operator("neurallabel.install_dependencies", icon="IMPORT")
         row.enabled = not self.worker_python
 
 
-classes = (NEURALLABEL_OT_install_dependencies, NeuralLabelPreferences)
+classes = (NeuralLabelPreferences,)
 
 
-def _add_dependencies_to_path() -> None:
+def add_dependencies_to_path() -> None:
+    """Make the installed dependencies importable in Blender's own process."""
     # Appended, not prepended: Blender's own modules (numpy) win; the add-on only needs light readers
     # (e.g. Pillow for image sizes) from there in Blender's process. The worker gets it via PYTHONPATH.
     site = dependencies_path(create=False)
@@ -152,7 +129,7 @@ def _add_dependencies_to_path() -> None:
 def register() -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
-    _add_dependencies_to_path()
+    add_dependencies_to_path()
 
 
 def unregister() -> None:

@@ -7,6 +7,7 @@ command line / worker unchanged (``formats``, ``device``).
 from __future__ import annotations
 
 import bpy
+import numpy as np
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
@@ -125,6 +126,24 @@ def frames_argument(props: NeuralLabelSceneProperties) -> str | None:
 def formats_argument(props: NeuralLabelSceneProperties) -> str:
     """The formats as the command line's ``--formats`` value, in a fixed order."""
     return ",".join(f for f, _, _ in FORMAT_ITEMS if f in props.formats)
+
+
+def float32_value(value: float) -> float:
+    """The decimal a user typed into a float32 property (0.01, not 0.009999999776482582)."""
+    return float(np.format_float_positional(np.float32(value), unique=True))
+
+
+def units_to_mm(scene: bpy.types.Scene) -> float:
+    """Millimetres per world unit: the spec's ``units_to_mm`` (the scene's unit scale, float32 as typed)."""
+    return 1000.0 * float32_value(scene.unit_settings.scale_length)
+
+
+def label_options(scene: bpy.types.Scene) -> dict:
+    """The scene's occlusion tolerances as the bake's LabelOptions fields (millimetres, fraction)."""
+    props = scene.neurallabel
+    return {"occlusion_abs_mm": float32_value(props.occlusion_tolerance) * units_to_mm(scene),
+            "occlusion_rel": float32_value(props.occlusion_tolerance_relative),
+            "occlusion_min_confidence": float32_value(props.occlusion_min_confidence)}
 
 
 classes = (NeuralLabelSceneProperties, NeuralLabelObjectProperties)

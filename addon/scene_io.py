@@ -228,6 +228,24 @@ def root_matrix(root: bpy.types.Object) -> np.ndarray:
     return np.array([list(row) for row in root.matrix_world], dtype=np.float64)
 
 
+def scene_root(scene: bpy.types.Scene) -> bpy.types.Object | None:
+    """The root empty: the scene's ``root`` property, or the object named "NeuralLabel Scene"."""
+    root = scene.neurallabel.root
+    if root is None:
+        root = bpy.data.objects.get(ROOT_NAME)
+    return root
+
+
+def world_from_data(scene: bpy.types.Scene) -> np.ndarray:
+    """The root empty's world matrix (identity without a root)."""
+    root = scene_root(scene)
+    return root_matrix(root) if root is not None else np.eye(4)
+
+
+def absolute_path(path: str) -> str:
+    """A path property's value (``//`` is the .blend's folder) as an absolute path; "" stays ""."""
+    return str(Path(bpy.path.abspath(path)).resolve()) if path else ""
+
 
 # --- keeping the scene's resolution on the active camera's --------------------------------------------
 

@@ -14,9 +14,7 @@ what to do. The scene itself is never changed.
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -24,100 +22,89 @@ import bpy
 import numpy as np
 
 from ..core.errors import NeuralLabelError
-from ..core.spec import SPEC_VERSION, parse_spec
+from ..core.geometry.transforms import Similarity
+from ..core.spec import LabelSpec, SpecObject, parse_spec, write_spec
 from . import scene_io
-from .annotations import annotation_objects, box_pose_and_size, mesh_pose
+from .annotations import annotation_objects, box_pose_and_size, is_sheared, mesh_pose
+from .meshes import MeshGeometry, mesh_geometry, same_geometry, write_ply
+from .properties import units_to_mm
 
-SHEAR_TOLERANCE = 1e-5  # relative: a float32 world matrix without shear is far below this
-
-
-@dataclass
-class MeshGeometry:
-    vertices: np.ndarray  # (V,3) float64, the object's own frame with its scale applied
-    faces: np.ndarray  # (F,3) int
+MESHES_DIR = "meshes"  # the mesh annotations' files, next to the spec
 
 
-def float32_value(value: float) -> float:
-    """The decimal a user typed into a float32 property (0.01, not 0.009999999776482582)."""
-    return float(np.format_float_positional(np.float32(value), unique=True))
+def mesh_file_name(category: str, category_id: int) -> str:
+    """``<category>-<id>.ply`` with the category made safe as a file name (one file per category)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", category).strip("._") or "mesh"
+    return f"{safe}-{category_id}.ply"
 
 
-def scene_root(scene: bpy.types.Scene) -> Optional[bpy.types.Object]:
-    root = scene.neurallabel.root
-    if root is None:
-        root = bpy.data.objects.get(scene_io.ROOT_NAME)
-    return root
+def _check_annotation(obj: bpy.types.Object) -> None:
+    """What core cannot see: a category typed with spaces only, ids never set."""
+    a = obj.neurallabel
+    if not a.category.strip():
+        raise NeuralLabelError(f"annotation {obj.name!r} has no category: type one in NeuralLabel > "
+                               "Annotations (e.g. 'mug')")
+    if a.category_id < 1:
+        raise NeuralLabelError(f"annotation {obj.name!r} has category id 0: set a category id of 1 or more")
+    if a.instance_id < 1:
+        raise NeuralLabelError(f"annotation {obj.name!r} has instance id 0: set an instance id of 1 or more")
 
 
-def world_from_data(scene: bpy.types.Scene) -> np.ndarray:
-    """The root empty's world matrix (identity without a root)."""
-    root = scene_root(scene)
-    return scene_io.root_matrix(root) if root is not None else np.eye(4)
-
-
-def _abspath(path: str) -> str:
-    return str(Path(bpy.path.abspath(path)).resolve()) if path else ""
-
-
-def _check_no_shear(obj: bpy.types.Object, rigid: np.ndarray, scale: np.ndarray) -> None:
-    m = np.array([list(row) for row in obj.matrix_world], dtype=np.float64)[:3, :3]
-    rebuilt = rigid[:3, :3] * scale[None, :]
-    if np.abs(rebuilt - m).max() > SHEAR_TOLERANCE * max(float(np.abs(scale).max()), 1e-12):
+def _rigid_pose(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray]:
+    """The object's rigid pose and scale (NeuralLabelError for a zero scale or a shear)."""
+    try:
+        rigid, scale = mesh_pose(obj)
+    except ValueError as exc:  # annotations.rigid_and_scale: a zero scale
+        raise NeuralLabelError(f"annotation {obj.name!r}: {exc}; give it a non-zero scale") from None
+    if is_sheared(obj, rigid, scale):
         raise NeuralLabelError(
             f"annotation {obj.name!r} is sheared (a parent with non-uniform scale rotates it): apply the "
             "parent's scale (Ctrl+A > Scale) or unparent it, then export again")
+    return rigid, scale
 
 
-def mesh_geometry(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph, scale: np.ndarray) -> MeshGeometry:
-    """The object's evaluated mesh (modifiers applied) as triangles, its scale applied to the vertices."""
-    if obj.type != "MESH":
-        raise NeuralLabelError(f"mesh annotation {obj.name!r} is a {obj.type.lower()}, not a mesh: convert it "
-                               "(Object > Convert > Mesh) or set its role to Box")
-    evaluated = obj.evaluated_get(depsgraph)
-    mesh = evaluated.to_mesh()
+def _box_object(obj: bpy.types.Object) -> SpecObject:
+    _rigid_pose(obj)
+    pose, size = box_pose_and_size(obj)
+    if not np.all(size > 0):
+        raise NeuralLabelError(f"box {obj.name!r} is flat (size {np.round(size, 6).tolist()}): "
+                               "give it a size along every axis")
+    a = obj.neurallabel
+    return SpecObject(obj.name, a.category.strip(), int(a.category_id), int(a.instance_id), "box", pose,
+                      size=size, transparent=bool(a.transparent))
+
+
+def _mesh_object(obj: bpy.types.Object, spec_dir: Path, depsgraph: bpy.types.Depsgraph,
+                 meshes: dict[Path, tuple[MeshGeometry, bpy.types.Object]]) -> SpecObject:
+    """A mesh annotation; its geometry joins ``meshes`` (one file per category, shared by its objects)."""
+    pose, scale = _rigid_pose(obj)
+    geometry = mesh_geometry(obj, depsgraph, scale)
+    a = obj.neurallabel
+    path = spec_dir / MESHES_DIR / mesh_file_name(a.category, a.category_id)
+    if path in meshes:
+        first_geometry, first = meshes[path]
+        if not same_geometry(first_geometry, geometry):
+            raise NeuralLabelError(
+                f"{first.name!r} and {obj.name!r} have category {a.category!r} but different meshes "
+                "(or scales): BOP names models by category, so give one of them another category")
+    else:
+        meshes[path] = (geometry, obj)
+    return SpecObject(obj.name, a.category.strip(), int(a.category_id), int(a.instance_id), "mesh", pose,
+                      mesh_path=path, transparent=bool(a.transparent))
+
+
+def _world_from_data(scene: bpy.types.Scene) -> np.ndarray:
     try:
-        mesh.calc_loop_triangles()
-        vertices = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-        mesh.vertices.foreach_get("co", vertices)
-        faces = np.empty(len(mesh.loop_triangles) * 3, dtype=np.int32)
-        mesh.loop_triangles.foreach_get("vertices", faces)
-    finally:
-        evaluated.to_mesh_clear()
-    if len(faces) == 0:
-        raise NeuralLabelError(f"mesh annotation {obj.name!r} has no faces: give it a surface mesh")
-    return MeshGeometry(vertices.reshape(-1, 3).astype(np.float64) * scale[None, :], faces.reshape(-1, 3))
-
-
-def write_ply(path: Path, geometry: MeshGeometry) -> None:
-    """A binary little-endian PLY (float32 vertices, triangle faces); temp file + rename."""
-    vertices = geometry.vertices.astype("<f4")
-    faces = np.empty(len(geometry.faces), dtype=[("n", "u1"), ("v", "<i4", (3,))])
-    faces["n"] = 3
-    faces["v"] = geometry.faces
-    header = ("ply\nformat binary_little_endian 1.0\ncomment NeuralLabel annotation mesh (own frame)\n"
-              f"element vertex {len(vertices)}\nproperty float x\nproperty float y\nproperty float z\n"
-              f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(vertices.tobytes())
-        f.write(faces.tobytes())
-    tmp.replace(path)
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "mesh"
-
-
-def _same_geometry(a: MeshGeometry, b: MeshGeometry) -> bool:
-    return (a.vertices.shape == b.vertices.shape and a.faces.shape == b.faces.shape
-            and np.array_equal(a.faces, b.faces) and np.allclose(a.vertices, b.vertices, rtol=0, atol=1e-7))
+        return Similarity.checked(scene_io.world_from_data(scene), "world_from_data").matrix
+    except NeuralLabelError:
+        raise NeuralLabelError(f"the root empty {scene_io.ROOT_NAME!r} must be moved, rotated and scaled "
+                               "uniformly only (no mirror, one scale on all axes): fix its scale in the N panel"
+                               ) from None
 
 
 def build_spec(context: bpy.types.Context, spec_path: str | Path, frames: Optional[list[int]] = None
-               ) -> tuple[dict, dict[str, MeshGeometry]]:
-    """The spec JSON (paths relative to the spec's folder) and the mesh files it needs, checked.
+               ) -> tuple[LabelSpec, dict[Path, MeshGeometry]]:
+    """The scene's label spec and the mesh files it names (absolute paths, not written yet), checked.
 
     ``frames``: frame indices the spec lists; default None (all). The scene's frame range is not written
     into the spec: the bake takes it as its ``--frames A:B`` argument, so ranges baked one after another into
@@ -126,92 +113,39 @@ def build_spec(context: bpy.types.Context, spec_path: str | Path, frames: Option
     scene = context.scene
     props = scene.neurallabel
     spec_dir = Path(spec_path).resolve().parent
-    data = _abspath(props.dataset_path)
+    data = scene_io.absolute_path(props.dataset_path)
     if not data:
         raise NeuralLabelError("no dataset: import one first (NeuralLabel > Scene > Import Dataset)")
     if not Path(data).exists():
         raise NeuralLabelError(f"the dataset {data} does not exist: import the dataset again or fix the path "
                                "in NeuralLabel > Scene")
-    field = _abspath(props.field_path) or None
+    field = scene_io.absolute_path(props.field_path) or None
     if field is not None and not Path(field).exists():
         raise NeuralLabelError(f"the field {field} does not exist: load a field again (NeuralLabel > Field) "
                                "or clear the path to bake mesh-only labels")
-    objects = annotation_objects(scene)
-    if not objects:
+    annotations = annotation_objects(scene)
+    if not annotations:
         raise NeuralLabelError("no annotations: add a box or a mesh (NeuralLabel > Annotations) first")
-    by_instance: dict[int, bpy.types.Object] = {}
-    for obj in objects:
-        a = obj.neurallabel
-        if not a.category.strip():
-            raise NeuralLabelError(f"annotation {obj.name!r} has no category: type one in NeuralLabel > "
-                                   "Annotations (e.g. 'mug')")
-        if a.category_id < 1:
-            raise NeuralLabelError(f"annotation {obj.name!r} has category id 0: set a category id of 1 or more")
-        if a.instance_id < 1:
-            raise NeuralLabelError(f"annotation {obj.name!r} has instance id 0: set an instance id of 1 or more")
-        other = by_instance.setdefault(a.instance_id, obj)
-        if other is not obj:
-            raise NeuralLabelError(f"annotations {other.name!r} and {obj.name!r} share instance id "
-                                   f"{a.instance_id}: give one of them another id in NeuralLabel > Annotations")
+    for obj in annotations:
+        _check_annotation(obj)
 
     depsgraph = context.evaluated_depsgraph_get()
-    meshes: dict[str, MeshGeometry] = {}
-    mesh_of_category: dict[int, tuple[str, bpy.types.Object]] = {}
-    objects_json = []
-    for obj in objects:
-        a = obj.neurallabel
-        entry = {"name": obj.name, "category": a.category.strip(), "category_id": int(a.category_id),
-                 "instance_id": int(a.instance_id)}
-        try:
-            if a.role == "BOX":
-                pose, size = box_pose_and_size(obj)
-                rigid, scale = mesh_pose(obj)
-                _check_no_shear(obj, rigid, scale)
-                if not np.all(size > 0):
-                    raise NeuralLabelError(f"box {obj.name!r} is flat (size {np.round(size, 6).tolist()}): "
-                                           "give it a size along every axis")
-                entry.update(kind="box", pose=pose.tolist(), size=[float(s) for s in size])
-            else:
-                pose, scale = mesh_pose(obj)
-                _check_no_shear(obj, pose, scale)
-                geometry = mesh_geometry(obj, depsgraph, scale)
-                if a.category_id in mesh_of_category:
-                    relpath, first = mesh_of_category[a.category_id]
-                    if not _same_geometry(meshes[relpath], geometry):
-                        raise NeuralLabelError(
-                            f"{first.name!r} and {obj.name!r} have category {a.category!r} but different meshes "
-                            "(or scales): BOP names models by category, so give one of them another category")
-                else:
-                    relpath = f"meshes/{_safe_name(a.category)}-{a.category_id}.ply"
-                    meshes[relpath] = geometry
-                    mesh_of_category[a.category_id] = (relpath, obj)
-                entry.update(kind="mesh", mesh=relpath, pose=pose.tolist())
-        except ValueError as exc:  # annotations.rigid_and_scale: a zero scale
-            raise NeuralLabelError(f"annotation {obj.name!r}: {exc}; give it a non-zero scale") from None
-        entry["transparent"] = bool(a.transparent)
-        objects_json.append(entry)
-
-    root_matrix = world_from_data(scene)
-    linear = root_matrix[:3, :3]
-    root_scale = float(np.cbrt(abs(np.linalg.det(linear)))) if np.linalg.det(linear) > 0 else 0.0
-    if root_scale <= 0 or np.abs(linear.T @ linear / root_scale**2 - np.eye(3)).max() > SHEAR_TOLERANCE:
-        raise NeuralLabelError(f"the root empty {scene_io.ROOT_NAME!r} must be moved, rotated and scaled "
-                               "uniformly only (no mirror, one scale on all axes): fix its scale in the N panel")
-    spec = {"neurallabel_spec": SPEC_VERSION, "data": data, "field": field,
-            "world_from_data": root_matrix.tolist(),
-            "units_to_mm": 1000.0 * float32_value(scene.unit_settings.scale_length),
-            "frames": frames, "objects": objects_json}
+    meshes: dict[Path, tuple[MeshGeometry, bpy.types.Object]] = {}
+    objects = [_box_object(obj) if obj.neurallabel.role == "BOX" else _mesh_object(obj, spec_dir, depsgraph, meshes)
+               for obj in annotations]
+    spec = LabelSpec(None, Path(data), None if field is None else Path(field), _world_from_data(scene),
+                     units_to_mm(scene), frames, objects)
     _validate(spec, spec_dir)
-    return spec, meshes
+    return spec, {path: geometry for path, (geometry, _) in meshes.items()}
 
 
-def _validate(spec: dict, spec_dir: Path) -> None:
-    """The engine's own validator, run before anything is written.
+def _validate(spec: LabelSpec, spec_dir: Path) -> None:
+    """The engine's own validator (ids, categories, poses), run before anything is written.
 
     The mesh files do not exist yet, and parse_spec wants existing files: the copy it checks names this
     module's file instead (the geometry and the one-mesh-per-category rule were checked above).
     """
-    checked = json.loads(json.dumps(spec))
+    checked = spec.to_json(None)
     for obj in checked["objects"]:
         if obj["kind"] == "mesh":
             obj["mesh"] = str(Path(__file__).resolve())  # any existing file: the geometry is checked above
@@ -219,13 +153,13 @@ def _validate(spec: dict, spec_dir: Path) -> None:
 
 
 def export_spec(context: bpy.types.Context, spec_path: str | Path, frames: Optional[list[int]] = None) -> Path:
-    """Write the label spec and its meshes; returns the spec's path."""
+    """Write the label spec and its meshes; returns the spec's path.
+
+    Mesh paths are relative to the spec (the meshes sit next to it); the dataset and field stay absolute,
+    so a spec written into an output folder still finds them when the folder moves.
+    """
     spec_path = Path(bpy.path.abspath(str(spec_path))).resolve()
     spec, meshes = build_spec(context, spec_path, frames)
-    for relpath, geometry in meshes.items():
-        write_ply(spec_path.parent / relpath, geometry)
-    spec_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = spec_path.with_name(spec_path.name + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=1))
-    tmp.replace(spec_path)
-    return spec_path
+    for path, geometry in meshes.items():
+        write_ply(path, geometry)
+    return write_spec(spec, spec_path, absolute_inputs=True)

@@ -50,6 +50,7 @@ class WorkerJob:
         self.last_progress: Optional[dict] = None
         self.result: Optional[dict] = None
         self.error: Optional[str] = None
+        self.error_field: Optional[str] = None  # the job field an error event names (NeuralLabelError.field)
         self.cancelled = False
         self._job_dir: Optional[tempfile.TemporaryDirectory] = None
         self._threads: list[threading.Thread] = []
@@ -121,6 +122,7 @@ class WorkerJob:
                 self.result = {k: v for k, v in event.items() if k != "event"}
             elif kind == "error":
                 self.error = str(event.get("message"))
+                self.error_field = event.get("field")
             elif kind == "cancelled":
                 self.cancelled = True
             drained.append(event)
@@ -174,6 +176,10 @@ class WorkerJob:
             self._job_dir.cleanup()
             self._job_dir = None
 
+    def failure(self) -> NeuralLabelError:
+        """Why a finished job gave no result, as the error to raise (naming the job field at fault)."""
+        return NeuralLabelError(self.failure_message(), field=self.error_field if self.error else None)
+
     def failure_message(self) -> str:
         """Why a finished job gave no result, in words for the report area."""
         if self.error:
@@ -218,4 +224,4 @@ def run_to_end(worker: WorkerJob, on_event: Optional[Callable[[dict], None]] = N
         worker.cleanup()
     if worker.result is not None and worker.returncode == 0:
         return worker.result
-    raise NeuralLabelError(worker.failure_message())
+    raise worker.failure()

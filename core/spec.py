@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import NeuralLabelError
+from .io.atomic import write_text
 from .io.jsonfile import read_json
 from .io.meshes import load_mesh
 
@@ -108,12 +109,19 @@ class LabelSpec:
         return h.hexdigest()
 
 
-def write_spec(spec: LabelSpec, path: str | Path) -> Path:
-    """Write ``spec`` as JSON with paths relative to the file's folder."""
+def write_spec(spec: LabelSpec, path: str | Path, *, absolute_inputs: bool = False) -> Path:
+    """Write ``spec`` as JSON with paths relative to the file's folder.
+
+    ``absolute_inputs`` keeps ``data`` and ``field`` absolute (meshes stay relative): a spec written into
+    an output folder (Blender's bake) still finds the dataset when that folder moves.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(spec.to_json(path.parent.resolve()), indent=1))
-    return path
+    doc = spec.to_json(path.parent.resolve())
+    if absolute_inputs:
+        doc["data"] = _relative(spec.data_path, None)
+        doc["field"] = None if spec.field_path is None else _relative(spec.field_path, None)
+    return write_text(path, json.dumps(doc, indent=1))  # atomic: a bake never reads half a spec
 
 
 def load_spec(path: str | Path, *, load_meshes: bool = True, check_frames: bool = True) -> LabelSpec:

@@ -9,11 +9,13 @@ from importlib import import_module
 MODULES = (
     "import_dataset",  # neurallabel.import_dataset
     "annotate",  # neurallabel.add_box, neurallabel.add_mesh
-    "bake",  # neurallabel.bake, neurallabel.cancel_job
+    "jobs",  # neurallabel.cancel_job
+    "bake",  # neurallabel.bake
     "export_spec",  # neurallabel.export_spec
     "preview",  # neurallabel.preview_labels
     "snap",  # neurallabel.snap_to_field
     "field",  # neurallabel.load_field
+    "dependencies",  # neurallabel.install_dependencies
 )
 
 

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import bpy
 from bpy.props import StringProperty
 
 from ..addon import spec_export
+from ..addon.reports import report_error
 from ..core.errors import NeuralLabelError
-from .bake import parse_frames
+from ..core.pipeline.frames import parse_frames
+
+
+def frame_list(text: str) -> Optional[list[int]]:
+    """'A:B' (the bake's --frames grammar) -> [A, ..., B-1]; '' -> None (the spec lists no frames: all)."""
+    span = parse_frames(text.strip() or None)
+    if span is None:
+        return None
+    start, stop = span
+    if stop is None or not 0 <= start < stop:
+        raise NeuralLabelError(f"frames {text!r}: the spec lists frames A..B-1, so give A:B with 0 <= A < B",
+                               field="frames")
+    return list(range(start, stop))
 
 
 class NEURALLABEL_OT_export_spec(bpy.types.Operator):
@@ -48,15 +62,13 @@ class NEURALLABEL_OT_export_spec(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         path = self.filepath or self._default_path(context)
-        if not path:
-            self.report({"ERROR"}, "No file to write: give a file path or choose an output folder in "
-                                   "NeuralLabel > Bake")
-            return {"CANCELLED"}
         try:
-            written = spec_export.export_spec(context, path, parse_frames(self.frames))
+            if not path:
+                raise NeuralLabelError("no file to write: give a file path or choose an output folder",
+                                       field="out")
+            written = spec_export.export_spec(context, path, frame_list(self.frames))
         except NeuralLabelError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return report_error(self, exc)
         self.report({"INFO"}, f"Wrote the label spec {written}")
         return {"FINISHED"}
 

@@ -15,9 +15,9 @@ from bpy.props import IntProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 from mathutils import Matrix
 
-from ..addon import spec_export
+from ..addon import scene_io
+from ..addon.worker_jobs import WorkerOperator
 from ..core.errors import NeuralLabelError
-from .bake import WorkerOperator
 
 CLOUD_NAME = "NeuralLabel Field Preview"
 
@@ -37,7 +37,7 @@ def replace_cloud(context: bpy.types.Context, points: np.ndarray) -> bpy.types.O
         obj.data = mesh
         if old is not None and old.users == 0:
             bpy.data.meshes.remove(old)
-    root = spec_export.scene_root(context.scene)
+    root = scene_io.scene_root(context.scene)
     obj.parent = root
     obj.matrix_parent_inverse = Matrix.Identity(4)
     obj.matrix_basis = Matrix.Identity(4)

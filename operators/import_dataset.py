@@ -7,6 +7,7 @@ from bpy.props import StringProperty
 from bpy_extras.io_utils import ImportHelper
 
 from ..addon import scene_io
+from ..addon.reports import error_message
 from ..core.data.dataset import load_dataset
 from ..core.errors import NeuralLabelError
 
@@ -43,7 +44,7 @@ class NEURALLABEL_OT_import_dataset(bpy.types.Operator, ImportHelper):
             dataset = load_dataset(path)  # transforms.json (or a folder with it, or a COLMAP model)
             root = scene_io.create_scene(context, dataset)
         except NeuralLabelError as exc:
-            self.report({"ERROR"}, f"{exc}. Choose a valid transforms.json (nothing was imported)")
+            self.report({"ERROR"}, f"{error_message(exc, self)}. Choose a valid transforms.json (nothing was imported)")
             return {"CANCELLED"}
         except ImportError as exc:  # Blender's own Python lacks a reader the dataset needs (e.g. Pillow)
             self.report({"ERROR"}, f"Reading {path} needs the Python module {exc.name!r}: press 'Install "

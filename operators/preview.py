@@ -9,8 +9,9 @@ from __future__ import annotations
 import bpy
 
 from ..addon import scene_io, spec_export
+from ..addon.properties import label_options
+from ..addon.worker_jobs import WorkerOperator
 from ..core.errors import NeuralLabelError
-from .bake import WorkerOperator, label_options
 
 IMAGE_NAME = "NeuralLabel Preview"
 

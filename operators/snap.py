@@ -14,10 +14,11 @@ import numpy as np
 from bpy.props import FloatProperty, StringProperty
 from mathutils import Matrix
 
-from ..addon import spec_export
+from ..addon import scene_io
 from ..addon.annotations import mesh_pose
+from ..addon.meshes import mesh_geometry, write_ply
+from ..addon.worker_jobs import WorkerOperator
 from ..core.errors import NeuralLabelError
-from .bake import WorkerOperator
 
 
 def _mesh_annotation(context: bpy.types.Context) -> bpy.types.Object | None:
@@ -61,7 +62,7 @@ class NEURALLABEL_OT_snap_to_field(WorkerOperator, bpy.types.Operator):
         if not Path(data).exists():
             raise NeuralLabelError(f"the dataset {data} does not exist: import it again")
         job = {"kind": "snap", "data": data,
-               "world_from_data": spec_export.world_from_data(context.scene).tolist()}
+               "world_from_data": scene_io.world_from_data(context.scene).tolist()}
         if self.depth_dir:
             job["depth_dir"] = bpy.path.abspath(self.depth_dir)
         elif props.field_path and Path(bpy.path.abspath(props.field_path)).exists():
@@ -72,9 +73,8 @@ class NEURALLABEL_OT_snap_to_field(WorkerOperator, bpy.types.Operator):
             pose, scale = mesh_pose(obj)
         except ValueError as exc:
             raise NeuralLabelError(f"{obj.name!r}: {exc}") from None
-        geometry = spec_export.mesh_geometry(obj, context.evaluated_depsgraph_get(), scale)
-        mesh_path = self.temp_dir() / "mesh.ply"
-        spec_export.write_ply(mesh_path, geometry)
+        geometry = mesh_geometry(obj, context.evaluated_depsgraph_get(), scale)
+        mesh_path = write_ply(self.temp_dir() / "mesh.ply", geometry)
         job.update(mesh=str(mesh_path), pose=pose.tolist())
         if self.max_distance > 0:
             job["max_distance"] = float(self.max_distance)

@@ -1,8 +1,7 @@
 """The "NeuralLabel" tab of the 3D viewport sidebar: Scene, Field, Annotations and Bake sections.
 
 Buttons are drawn with ``layout.operator``: Blender greys one out when its operator's ``poll`` fails and
-shows the ``poll_message_set`` text as the tooltip. An operator that is not registered (its engine has not
-landed) is drawn as a greyed label instead of failing the whole panel.
+shows the ``poll_message_set`` text as the tooltip.
 """
 
 from __future__ import annotations
@@ -10,21 +9,6 @@ from __future__ import annotations
 import bpy
 
 CATEGORY = "NeuralLabel"
-
-
-def operator_registered(idname: str) -> bool:
-    """Whether ``idname`` (e.g. ``neurallabel.bake``) names a registered operator."""
-    module, _, name = idname.partition(".")
-    return hasattr(bpy.types, f"{module.upper()}_OT_{name}")
-
-
-def operator_button(layout: bpy.types.UILayout, idname: str, text: str, icon: str = "NONE") -> None:
-    if operator_registered(idname):
-        layout.operator(idname, text=text, icon=icon)
-    else:
-        row = layout.row()
-        row.enabled = False
-        row.label(text=f"{text} (not available)", icon=icon)
 
 
 class NeuralLabelPanel:
@@ -52,7 +36,7 @@ class NEURALLABEL_PT_scene(NeuralLabelPanel, bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         props = context.scene.neurallabel
-        operator_button(layout, "neurallabel.import_dataset", "Import Dataset", "IMPORT")
+        layout.operator("neurallabel.import_dataset", text="Import Dataset", icon="IMPORT")
         col = layout.column()
         col.prop(props, "dataset_path", text="")
         col.prop(props, "root")
@@ -71,7 +55,7 @@ class NEURALLABEL_PT_field(NeuralLabelPanel, bpy.types.Panel):
         props = context.scene.neurallabel
         layout.prop(props, "field_path", text="")
         layout.prop(props, "device")
-        operator_button(layout, "neurallabel.load_field", "Load Field", "POINTCLOUD_DATA")
+        layout.operator("neurallabel.load_field", text="Load Field", icon="POINTCLOUD_DATA")
 
 
 class NEURALLABEL_PT_annotations(NeuralLabelPanel, bpy.types.Panel):
@@ -82,8 +66,8 @@ class NEURALLABEL_PT_annotations(NeuralLabelPanel, bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         row = layout.row(align=True)
-        operator_button(row, "neurallabel.add_box", "Add Box", "MESH_CUBE")
-        operator_button(row, "neurallabel.add_mesh", "Add Mesh", "MESH_MONKEY")
+        row.operator("neurallabel.add_box", text="Add Box", icon="MESH_CUBE")
+        row.operator("neurallabel.add_mesh", text="Add Mesh", icon="MESH_MONKEY")
         obj = context.active_object
         if obj is None:
             layout.label(text="No active object")
@@ -100,7 +84,7 @@ class NEURALLABEL_PT_annotations(NeuralLabelPanel, bpy.types.Panel):
         col.prop(annotation, "transparent")
         if annotation.role == "MESH":
             col.prop(annotation, "mesh_path", text="")
-            operator_button(col, "neurallabel.snap_to_field", "Snap to Field", "SNAP_ON")
+            col.operator("neurallabel.snap_to_field", text="Snap to Field", icon="SNAP_ON")
 
 
 class NEURALLABEL_PT_bake(NeuralLabelPanel, bpy.types.Panel):
@@ -122,16 +106,16 @@ class NEURALLABEL_PT_bake(NeuralLabelPanel, bpy.types.Panel):
             row = col.row(align=True)
             row.prop(props, "frame_start")
             row.prop(props, "frame_end")
-        operator_button(layout, "neurallabel.preview_labels", "Preview Labels", "RESTRICT_RENDER_OFF")
+        layout.operator("neurallabel.preview_labels", text="Preview Labels", icon="RESTRICT_RENDER_OFF")
         row = layout.row(align=True)
-        operator_button(row, "neurallabel.export_spec", "Export Spec", "EXPORT")
-        operator_button(row, "neurallabel.bake", "Bake", "RENDER_STILL")
+        row.operator("neurallabel.export_spec", text="Export Spec", icon="EXPORT")
+        row.operator("neurallabel.bake", text="Bake", icon="RENDER_STILL")
         if props.job_running:
             eta = f", {props.job_eta_s:.0f} s left" if props.job_eta_s >= 0 else ""
             row = layout.row(align=True)
             row.progress(factor=props.job_progress, type="BAR",
                          text=f"{props.job_stage or 'Working'} {props.job_progress:.0%}{eta}")
-            operator_button(row, "neurallabel.cancel_job", "Cancel", "CANCEL")
+            row.operator("neurallabel.cancel_job", text="Cancel", icon="CANCEL")
 
 
 classes = (NEURALLABEL_PT_main, NEURALLABEL_PT_scene, NEURALLABEL_PT_field, NEURALLABEL_PT_annotations,

@@ -20,7 +20,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = "blender_manifest.toml"
 # Top-level entries the zip may hold; anything else (tests/, benchmarks, caches, the venv) is a build bug.
-ALLOWED_TOP_LEVEL = {"__init__.py", MANIFEST, "README.md", "core", "addon", "operators", "panels", "scripts"}
+ALLOWED_TOP_LEVEL = {"__init__.py", MANIFEST, "README.md", "requirements.txt", "core", "addon", "operators", "panels",
+                     "scripts"}
 ALLOWED_SCRIPTS = {"scripts/bake.py"}
 
 

@@ -192,7 +192,8 @@ MODAL_SCRIPT = '''
 import json, sys, time
 from types import SimpleNamespace as NS
 import bpy
-import neurallabel.operators.bake as B
+import neurallabel.addon.worker_jobs as B
+from neurallabel.operators.jobs import NEURALLABEL_OT_cancel_job
 ARGS = json.loads(sys.argv[-1])
 
 B.bpy = NS(app=NS(background=False))  # as in the UI
@@ -231,7 +232,7 @@ def run(out, stop=None):
             if stop == "esc":
                 event = "ESC"
             else:
-                B.NEURALLABEL_OT_cancel_job.execute(None, context)
+                NEURALLABEL_OT_cancel_job.execute(None, context)
         outcome = op.modal(context, NS(type=event))
         progress_seen.append(props.job_progress)
         if outcome not in ({"RUNNING_MODAL"}, {"PASS_THROUGH"}):

@@ -18,7 +18,7 @@ def test_scene_occlusion_defaults_equal_label_options(tmp_path: Path) -> None:
     result = run_bpy(DEV_PRELUDE + '''
 scene = bpy.context.scene
 scene.unit_settings.scale_length = 1.0
-from neurallabel.operators.bake import label_options
+from neurallabel.addon.properties import label_options
 emit(label_options(scene))
 ''', {}, tmp_path)
     engine = LabelOptions()

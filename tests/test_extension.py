@@ -143,13 +143,31 @@ emit(out)
 '''
 
 
+def package_dependencies() -> list[str]:
+    """``[project] dependencies`` as setuptools computes them from pyproject.toml (what pip installs)."""
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    return read_configuration(REPO_ROOT / "pyproject.toml", expand=True)["project"]["dependencies"]
+
+
+def test_one_dependency_list() -> None:
+    """The readers the engine needs are in it (COLMAP scenes, box meshes), nothing unused is, torch leads."""
+    dependencies = package_dependencies()
+    names = [d.split("==")[0].lower() for d in dependencies]
+    assert dependencies[0] == "torch==2.13.0" and all("==" in d for d in dependencies)
+    assert {"pycolmap", "pymcubes", "numpy", "pycocotools"} <= set(names) and "imageio" not in names
+    assert len(set(names)) == len(names)
+
+
 def test_zip_content(tmp_path: Path) -> None:
     zip_path = build_extension_zip(tmp_path / "dist")
     assert zip_path.name == "neurallabel-0.1.0.zip"
     names = zipfile.ZipFile(zip_path).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names
-    for required in ("core/geometry/cameras.py", "core/data/dataset.py", "core/worker.py", "core/app/worker.py", "addon/properties.py", "addon/scene_io.py",
-                     "operators/import_dataset.py", "operators/annotate.py", "panels/sidebar.py"):
+    for required in ("core/geometry/cameras.py", "core/data/dataset.py", "core/worker.py", "core/app/worker.py",
+                     "addon/properties.py", "addon/scene_io.py", "addon/worker_jobs.py", "requirements.txt",
+                     "operators/import_dataset.py", "operators/annotate.py", "operators/dependencies.py",
+                     "panels/sidebar.py"):
         assert required in names
     assert not [n for n in names if n.startswith(("tests/", "docs/", ".venv/", "dist/"))
                 or "__pycache__" in n or n.endswith(".pyc")
@@ -199,7 +217,9 @@ def test_install_enable_use_and_disable(small_scene: Path, tmp_path: Path) -> No
     torch_cmd, core_cmd = out["install_commands"]
     assert torch_cmd == [sys.executable, "-m", "pip", "install", "--upgrade", "--target", "/target",
                          "torch==2.13.0"]
-    assert core_cmd[:7] == torch_cmd[:7] and "numpy==1.26.4" in core_cmd and not any("torch" in c for c in core_cmd)
+    assert core_cmd[:7] == torch_cmd[:7] and not any("torch" in c for c in core_cmd)
+    # The installed add-on installs exactly the package's dependencies, torch first and alone.
+    assert torch_cmd[7:] + core_cmd[7:] == package_dependencies()
     for name in ("dataset_path", "field_path", "output_dir", "formats", "device", "occlusion_tolerance",
                  "occlusion_tolerance_relative", "use_frame_range", "frame_start", "frame_end", "job_running",
                  "job_progress", "job_stage", "root"):

@@ -154,7 +154,7 @@ def test_bad_input_reports_and_changes_nothing(small_scene, tmp_path):
     assert "no annotations" in out["no_annotations"]["message"]
     assert "has no category" in out["no_category"]["message"] and "'Box'" in out["no_category"]["message"]
     message = out["duplicate_id"]["message"]
-    assert "share instance id" in message and "mug" in message
+    assert "duplicate instance_id" in message and "mug" in message  # core's id rules (parse_spec)
     assert "does not exist" in out["missing_dataset"]["message"]
     assert "root empty 'NeuralLabel Scene'" in out["sheared_root"]["message"]
     assert [name for name, case in out.items() if not case["unchanged"]] == []

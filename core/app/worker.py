@@ -5,7 +5,8 @@ Blender starts it with ``subprocess.Popen`` (never ``multiprocessing``: spawned 
 
     {"event": "progress", "done": 12, "total": 300, "stage": "bake", "eta_s": 41.0}
     {"event": "result", ...}                  # the job's result, last line on success (exit code 0)
-    {"event": "error", "message": "..."}      # a problem the user can fix (exit code 2; 3: missing module)
+    {"event": "error", "message": "..."}      # a problem the user can fix (exit code 2; 3: missing module);
+                                              # "field": the job field at fault, when the error names one
     {"event": "cancelled"}                    # after SIGTERM (exit code 130)
 
 A job file is a JSON object with ``kind`` in :data:`JOB_KINDS`, optional ``sys_path`` (folders put first on
@@ -386,7 +387,7 @@ def main(argv: list[str]) -> int:
         events.emit({"event": "cancelled"})
         return 130
     except NeuralLabelError as exc:
-        events.emit({"event": "error", "message": str(exc)})
+        events.emit({"event": "error", "message": str(exc), **({"field": exc.field} if exc.field else {})})
         return 2
     except ModuleNotFoundError as exc:
         events.emit({"event": "error", "message": _missing_module_message(exc)})

@@ -1,0 +1,230 @@
+"""Operators whose work runs in the worker process: :class:`WorkerOperator` (bake, preview, snap, load field).
+
+In the UI a job runs modally: a timer drains the worker's progress into ``scene.neurallabel.job_*`` (the
+panel's bar) and ``window_manager.progress_*`` (the status bar); Esc or ``neurallabel.cancel_job``
+(:func:`request_cancel`) stops the worker between units of work, so only whole frames remain. Under
+``blender -b`` (no timers) and from scripts, ``execute`` runs the same job synchronously.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import bpy
+
+from ..core.errors import NeuralLabelError
+from . import preferences
+from .reports import report_error
+from .worker_client import WorkerJob, run_to_end
+
+CANCEL_GRACE_S = 30.0  # after Esc, how long the worker may take to finish its frame before it is killed
+BACKGROUND_PRINT_S = 2.0  # headless: at most one progress line on stderr this often
+
+# The one job that runs at a time in this Blender session (module state: Blender glue, not core).
+_ACTIVE: dict = {"operator": None, "cancel": False}
+
+
+def job_is_running() -> bool:
+    return _ACTIVE["operator"] is not None
+
+
+def request_cancel() -> None:
+    """Ask the running job to stop (its modal timer sends the worker SIGTERM at the next tick)."""
+    _ACTIVE["cancel"] = True
+
+
+def worker_settings(context: bpy.types.Context) -> dict:
+    """Python, environment and device for a worker started from this Blender session."""
+    python = preferences.worker_python(context)
+    return {"python": python, "env": preferences.worker_environment(python),
+            "device": preferences.resolve_device(context)}
+
+
+class WorkerOperator:
+    """Mixin: run ``self.build_job(context)`` in the worker, then ``self.job_done(context, result)``.
+
+    ``build_job`` reads the scene and raises NeuralLabelError on bad input (nothing is changed before the
+    job succeeds); ``job_done`` applies the result and returns the operator's result set.
+    """
+
+    stage_label = "Working"
+    _worker: Optional[WorkerJob] = None
+    _cancel_deadline: Optional[float] = None
+    _timer = None
+    _temp_dir: Optional[str] = None
+
+    # --- to override -------------------------------------------------------------------------------------
+
+    def build_job(self, context: bpy.types.Context) -> dict:
+        raise NotImplementedError
+
+    def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
+        raise NotImplementedError
+
+    def job_cancelled(self, context: bpy.types.Context) -> None:
+        self.report({"WARNING"}, f"{self.stage_label} cancelled")
+
+    # --- shared ------------------------------------------------------------------------------------------
+
+    @classmethod
+    def scene_ready(cls, context: bpy.types.Context,
+                    no_dataset: str = "Import a dataset first (Scene > Import Dataset)") -> bool:
+        """The checks every worker operator's ``poll`` starts with; sets the greyed button's tooltip."""
+        if context.scene is None:
+            cls.poll_message_set("No scene")
+            return False
+        if job_is_running():
+            cls.poll_message_set("A NeuralLabel job is running")
+            return False
+        if not context.scene.neurallabel.dataset_path:
+            cls.poll_message_set(no_dataset)
+            return False
+        return True
+
+    def temp_dir(self) -> Path:
+        """A folder for this job's files (specs, meshes, results), removed when the job ends."""
+        if self._temp_dir is None:
+            self._temp_dir = tempfile.mkdtemp(prefix="neurallabel-")
+        return Path(self._temp_dir)
+
+    def _cleanup(self) -> None:
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    def _start(self, context: bpy.types.Context) -> WorkerJob:
+        """Build the job from the scene and start its worker (NeuralLabelError on bad input)."""
+        settings = worker_settings(context)
+        job = self.build_job(context)
+        job.setdefault("device", settings["device"])
+        return WorkerJob(job, python=settings["python"], env=settings["env"]).start()
+
+    def _progress(self, context: bpy.types.Context, event: dict) -> None:
+        props = context.scene.neurallabel
+        total = max(int(event.get("total") or 0), 1)
+        props.job_progress = min(max(float(event.get("done") or 0) / total, 0.0), 1.0)
+        props.job_stage = f"{self.stage_label}: {event.get('stage', '')} {event.get('done')}/{event.get('total')}"
+        eta = event.get("eta_s")
+        props.job_eta_s = -1.0 if eta is None else float(eta)
+
+    def _set_running(self, context: bpy.types.Context, running: bool) -> None:
+        props = context.scene.neurallabel
+        props.job_running = running
+        props.job_progress = 0.0
+        props.job_stage = self.stage_label if running else ""
+        props.job_eta_s = -1.0
+
+    def _refuse_second_job(self) -> set[str]:
+        self.report({"ERROR"}, "Another NeuralLabel job is running: wait for it or cancel it")
+        return {"CANCELLED"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        """Synchronous: background mode, scripts (``bpy.ops...()``) and the headless bake."""
+        if job_is_running():
+            return self._refuse_second_job()
+        last_print = [0.0]
+
+        def on_event(event: dict) -> None:
+            if event.get("event") != "progress":
+                return
+            self._progress(context, event)
+            now = time.monotonic()
+            finished = event.get("done") == event.get("total")
+            if bpy.app.background and (now - last_print[0] > BACKGROUND_PRINT_S or finished):
+                last_print[0] = now  # headless: a progress line now and then (Blender prints its reports too)
+                print(f"NeuralLabel {event.get('stage')}: {event.get('done')}/{event.get('total')}",
+                      file=sys.stderr, flush=True)
+
+        try:
+            worker = self._start(context)
+            _ACTIVE["operator"] = self
+            self._set_running(context, True)
+            return self.job_done(context, run_to_end(worker, on_event))
+        except NeuralLabelError as exc:
+            return report_error(self, exc)
+        finally:
+            _ACTIVE["operator"] = None
+            self._set_running(context, False)
+            self._cleanup()
+
+    def invoke(self, context: bpy.types.Context, event) -> set[str]:
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        if job_is_running():
+            return self._refuse_second_job()
+        try:
+            self._worker = self._start(context)
+        except NeuralLabelError as exc:
+            self._cleanup()
+            return report_error(self, exc)
+        _ACTIVE.update(operator=self, cancel=False)
+        self._cancel_deadline = None
+        self._set_running(context, True)
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.progress_begin(0, 1000)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: bpy.types.Context, event) -> set[str]:
+        worker = self._worker
+        if (event.type == "ESC" or _ACTIVE["cancel"]) and self._cancel_deadline is None:
+            # SIGTERM: the worker stops after the frame in progress; the UI stays responsive meanwhile.
+            worker.request_cancel()
+            self._cancel_deadline = time.monotonic() + CANCEL_GRACE_S
+            context.scene.neurallabel.job_stage = f"{self.stage_label}: cancelling..."
+            return {"RUNNING_MODAL"}
+        if self._cancel_deadline is not None and event.type == "TIMER":
+            if not worker.finished():
+                if time.monotonic() < self._cancel_deadline:
+                    return {"RUNNING_MODAL"}
+                worker.kill()  # it did not stop by itself
+            worker.poll()
+            if worker.result is not None and worker.returncode == 0:  # it had finished before the signal
+                return self._complete(context, worker)
+            self._finish(context)
+            self.job_cancelled(context)
+            return {"CANCELLED"}
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        done = worker.finished()
+        for ev in worker.poll():
+            if ev.get("event") == "progress":
+                self._progress(context, ev)
+        context.window_manager.progress_update(int(1000 * context.scene.neurallabel.job_progress))
+        for area in context.screen.areas if context.screen else []:
+            if area.type in {"VIEW_3D", "STATUSBAR"}:
+                area.tag_redraw()
+        if not done:
+            return {"RUNNING_MODAL"}
+        return self._complete(context, worker)
+
+    def _complete(self, context: bpy.types.Context, worker: WorkerJob) -> set[str]:
+        """Apply a finished worker's result (or report why it gave none) and end the job."""
+        try:
+            if worker.result is None or worker.returncode != 0:
+                raise worker.failure()
+            return self.job_done(context, worker.result)
+        except NeuralLabelError as exc:
+            return report_error(self, exc)
+        finally:
+            self._finish(context)
+
+    def _finish(self, context: bpy.types.Context) -> None:
+        wm = context.window_manager
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+        wm.progress_end()
+        if self._worker is not None:
+            self._worker.cleanup()
+        _ACTIVE.update(operator=None, cancel=False)
+        self._set_running(context, False)
+        self._cleanup()
+        for area in context.screen.areas if context.screen else []:
+            area.tag_redraw()
