@@ -210,3 +210,24 @@ def test_spec_mesh_and_transforms_paths_that_are_not_regular_files(spec_dir, tmp
         link.symlink_to(odd)
         with pytest.raises(NeuralLabelError, match=r"transforms.json: is not a regular file"):
             load_dataset(tmp_path / "ds")
+
+
+def test_bake_with_a_missing_photo_labels_the_right_frames(small_scene, tmp_path):
+    """Spec frames are dataset positions: with photo 3 gone, frame 5 is still photo 5 and its im_id is 5."""
+    import shutil
+
+    from neurallabel.core.pipeline.bake import bake
+    from neurallabel.core.spec import spec_from_scene
+
+    scene = tmp_path / "scene"
+    shutil.copytree(small_scene, scene)
+    names = [f["file_path"] for f in json.loads((scene / "transforms.json").read_text())["frames"]]
+    (scene / names[3]).unlink()
+    spec = spec_from_scene(scene)
+    spec.frames = [4, 5]
+    bake(spec, tmp_path / "out", formats=["coco"])
+    images = json.loads((tmp_path / "out" / "coco" / "annotations.json").read_text())["images"]
+    assert [(im["id"], im["file_name"]) for im in images] == [(4, names[4]), (5, names[5])]
+    spec.frames = [3]
+    with pytest.raises(NeuralLabelError, match=r"frame 3 is not loaded: its photo .* does not exist"):
+        bake(spec, tmp_path / "out3", formats=["coco"])

@@ -91,7 +91,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
             skipped += 1
             report(progress, n + 1, len(todo), "bake")
             continue
-        frame = dataset.frames[index]
+        frame = dataset.frame(index)
         t0 = time.perf_counter()
         labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data), full_depth=needs_depth,
                                confidence="raw" in formats)
@@ -262,11 +262,10 @@ def _category_models(spec: LabelSpec, models: dict[int, Any]) -> dict[int, Any]:
 
 def _check_objects_seen(spec: LabelSpec, dataset: Dataset, objects: list[LabelObject]) -> None:
     """Every object must project into at least one of the spec's frames (else the pose is surely wrong)."""
-    indices = range(len(dataset.frames)) if spec.frames is None else spec.frames
+    frames = dataset.frames if spec.frames is None else [dataset.frame(i) for i in spec.frames]
     unseen = []
     for obj in objects:
-        for i in indices:
-            frame = dataset.frames[i]
+        for frame in frames:
             intr = frame.intrinsics
             cam = spec.cam_to_world(frame.cam_to_data)
             if projected_region(intr, cam, obj.bound_points, (0, 0, intr.width, intr.height), pad=0) is not None:
