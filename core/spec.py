@@ -154,7 +154,7 @@ def parse_spec(data: Any, base_dir: Path, *, source: str = "label spec", load_me
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise fail(f"'neurallabel_spec' must be a positive integer version, got {_short(version)}")
     if version > SPEC_VERSION:
-        raise fail(f"spec version {version} is newer than this NeuralLabel reads (up to {SPEC_VERSION}); "
+        raise fail(f"spec version {_short(version)} is newer than this NeuralLabel reads (up to {SPEC_VERSION}); "
                    f"update NeuralLabel")
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
