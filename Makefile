@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 BLENDER_EXT := $(VENV)/lib/python3.11/site-packages/bpy/5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py
 
-.PHONY: venv demo test test-all extension validate bench clean
+.PHONY: venv demo test test-all extension wheel validate bench clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ test-all: $(STAMP)
 # The extension zip, built by Blender's own tool (it validates the manifest first).
 extension: $(STAMP)
 	$(PY) scripts/build_extension.py --out dist
+
+# The Python wheel (every subpackage, found by setup.py, and the scene generator the demo runs).
+wheel: $(STAMP)
+	$(PIP) wheel -q --no-deps --no-build-isolation -w dist .
 
 validate: $(STAMP)
 	$(PY) $(BLENDER_EXT) validate .

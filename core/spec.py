@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -17,13 +18,18 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import NeuralLabelError
+from .geometry.transforms import RIGID_TOLERANCE, Similarity, check_matrix4, check_rigid, rigidity_error
 from .io.atomic import write_text
+from .io.files import file_problem
 from .io.jsonfile import read_json
 from .io.meshes import load_mesh
 
 SPEC_VERSION = 1
 KINDS = ("mesh", "box")
-RIGID_TOLERANCE = 1e-6  # |R^T R - I| and |det R - 1| allowed in a pose matrix (float32 round trips)
+#: the largest ``units_to_mm`` taken (1 world unit = 1 km); beyond it BOP's millimetres overflow to Infinity
+MAX_UNITS_TO_MM = 1e6
+__all__ = ["SPEC_VERSION", "KINDS", "RIGID_TOLERANCE", "MAX_UNITS_TO_MM", "SpecObject", "LabelSpec", "write_spec",
+           "load_spec", "parse_spec", "spec_from_scene"]
 
 _TOP_KEYS = {"neurallabel_spec", "data", "field", "world_from_data", "units_to_mm", "frames", "objects"}
 _TOP_REQUIRED = {"neurallabel_spec", "data", "objects"}
@@ -131,8 +137,9 @@ def load_spec(path: str | Path, *, load_meshes: bool = True, check_frames: bool 
     with ``check_frames`` the dataset is read and ``frames`` are checked against it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise NeuralLabelError(f"{path}: label spec file does not exist")
+    problem = file_problem(path)
+    if problem is not None:
+        raise NeuralLabelError(f"{path}: label spec file {problem}")
     data = read_json(path)
     spec = parse_spec(data, path.parent.resolve(), source=str(path), load_meshes=load_meshes,
                       check_frames=check_frames)
@@ -153,9 +160,9 @@ def parse_spec(data: Any, base_dir: Path, *, source: str = "label spec", load_me
         raise fail("missing 'neurallabel_spec' (the spec version); is this a NeuralLabel label spec?")
     version = data["neurallabel_spec"]
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise fail(f"'neurallabel_spec' must be a positive integer version, got {version!r}")
+        raise fail(f"'neurallabel_spec' must be a positive integer version, got {_short(version)}")
     if version > SPEC_VERSION:
-        raise fail(f"spec version {version} is newer than this NeuralLabel reads (up to {SPEC_VERSION}); "
+        raise fail(f"spec version {_short(version)} is newer than this NeuralLabel reads (up to {SPEC_VERSION}); "
                    f"update NeuralLabel")
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
@@ -165,22 +172,21 @@ def parse_spec(data: Any, base_dir: Path, *, source: str = "label spec", load_me
         raise fail(f"missing key {missing[0]!r}")
 
     data_path = _path(data["data"], base_dir, "data", fail)
-    if not data_path.exists():
-        raise fail(f"'data': {data_path} does not exist")
+    _check_file_or_folder(data_path, "'data'", fail)
     field_path = None
     if data.get("field") is not None:
         field_path = _path(data["field"], base_dir, "field", fail)
-        if not field_path.exists():
-            raise fail(f"'field': {field_path} does not exist")
+        _check_file_or_folder(field_path, "'field'", fail)
 
     world_from_data = np.eye(4)
     if data.get("world_from_data") is not None:
-        world_from_data = _matrix4(data["world_from_data"], "world_from_data", fail)
-        _check_similarity(world_from_data, "world_from_data", fail)
+        world_from_data = _checked(lambda: Similarity.checked(data["world_from_data"], "world_from_data"),
+                                   fail).matrix
 
     units_to_mm = data.get("units_to_mm", 1000.0)
-    if not _is_number(units_to_mm) or not units_to_mm > 0:
-        raise fail(f"'units_to_mm' must be a positive number, got {units_to_mm!r}")
+    if not _is_number(units_to_mm) or not 0 < units_to_mm <= MAX_UNITS_TO_MM:
+        raise fail(f"'units_to_mm' must be a positive number up to {MAX_UNITS_TO_MM:g}, got "
+                   f"{_short(units_to_mm)}")
 
     frames = data.get("frames")
     if frames is not None:
@@ -200,11 +206,16 @@ def parse_spec(data: Any, base_dir: Path, *, source: str = "label spec", load_me
     if check_frames and frames is not None:
         from .data.dataset import load_dataset
 
-        count = len(load_dataset(data_path).frames)
+        dataset = load_dataset(data_path)
+        count = dataset.frame_count
         bad = [i for i in frames if not 0 <= i < count]
         if bad:
-            raise fail(f"'frames': frame index {bad[0]} is out of range (the dataset {data_path} has "
+            raise fail(f"'frames': frame index {_short(bad[0])} is out of range (the dataset {data_path} has "
                        f"{count} frames, 0..{count - 1})")
+        unloaded = [i for i in frames if not dataset.has_frame(i)]
+        if unloaded:
+            raise fail(f"'frames': frame {unloaded[0]} of {data_path} was skipped (its photo "
+                       f"{dataset.skip_reason(unloaded[0])})")
     return spec
 
 
@@ -228,15 +239,19 @@ def _parse_object(obj: Any, index: int, base_dir: Path, fail, load_meshes: bool)
     for key in ("category_id", "instance_id"):
         if not _is_int(obj[key]) or not 1 <= obj[key] <= 65535:
             raise fail(f"{label}: '{key}' must be an integer in 1..65535 (0 is background, maps are uint16), "
-                       f"got {obj[key]!r}")
+                       f"got {_short(obj[key])}")
     kind = obj["kind"]
     if kind not in KINDS:
-        raise fail(f"{label}: 'kind' must be 'mesh' or 'box', got {kind!r}")
-    pose = _matrix4(obj["pose"], f"{label}: 'pose'", fail)
-    _check_rigid(pose, f"{label}: 'pose'", fail)
+        raise fail(f"{label}: 'kind' must be 'mesh' or 'box', got {_short(kind)}")
+    pose = _checked(lambda: check_matrix4(obj["pose"], f"{label}: 'pose'"), fail)
+    try:
+        check_rigid(pose, f"{label}: 'pose'")
+    except NeuralLabelError as exc:
+        scaled = rigidity_error(pose) > RIGID_TOLERANCE
+        raise fail(str(exc) + ("; apply the scale to the mesh or box size instead" if scaled else "")) from None
     transparent = obj.get("transparent", False)
     if not isinstance(transparent, bool):
-        raise fail(f"{label}: 'transparent' must be true or false, got {transparent!r}")
+        raise fail(f"{label}: 'transparent' must be true or false, got {_short(transparent)}")
 
     mesh_path, size, mesh = None, None, None
     if kind == "mesh":
@@ -245,8 +260,9 @@ def _parse_object(obj: Any, index: int, base_dir: Path, fail, load_meshes: bool)
         if "mesh" not in obj:
             raise fail(f"{label}: a mesh object needs 'mesh' (a mesh file)")
         mesh_path = _path(obj["mesh"], base_dir, f"{label}: 'mesh'", fail)
-        if not mesh_path.is_file():
-            raise fail(f"{label}: mesh file {mesh_path} does not exist")
+        problem = file_problem(mesh_path)
+        if problem is not None:
+            raise fail(f"{label}: mesh file {mesh_path} {problem}")
         if load_meshes:
             try:
                 mesh = load_mesh(mesh_path, what=f"{label}: mesh")
@@ -261,7 +277,7 @@ def _parse_object(obj: Any, index: int, base_dir: Path, fail, load_meshes: bool)
         size_json = obj["size"]
         if (not isinstance(size_json, list) or len(size_json) != 3 or not all(_is_number(v) for v in size_json)
                 or not all(v > 0 for v in size_json)):
-            raise fail(f"{label}: 'size' must be three positive numbers, got {size_json!r}")
+            raise fail(f"{label}: 'size' must be three positive numbers, got {_short(size_json)}")
         size = np.array(size_json, dtype=np.float64)
     return SpecObject(obj["name"], obj["category"], int(obj["category_id"]), int(obj["instance_id"]), kind, pose,
                       mesh_path, size, transparent, mesh)
@@ -300,47 +316,38 @@ def _check_ids(objects: list[SpecObject], fail) -> None:
 
 def _path(value: Any, base_dir: Path, what: str, fail) -> Path:
     if not isinstance(value, str) or not value:
-        raise fail(f"{what} must be a path (a string), got {value!r}")
-    p = Path(value).expanduser()
+        raise fail(f"{what} must be a path (a string), got {_short(value)}")
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # "~someone/..." naming no user
+        raise fail(f"{what}: {value!r} names a home folder that does not exist") from None
     return p if p.is_absolute() else (base_dir / p)
 
 
-def _matrix4(value: Any, what: str, fail) -> np.ndarray:
+def _checked(check, fail):
+    """``check()``, with a NeuralLabelError from a shared validator re-raised as this spec's (naming the file)."""
     try:
-        m = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise fail(f"{what} must be a 4x4 matrix of numbers (a list of 4 rows)") from None
-    if m.shape != (4, 4):
-        raise fail(f"{what} must be a 4x4 matrix (a list of 4 rows of 4 numbers), got shape {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise fail(f"{what} has non-finite values")
-    if np.max(np.abs(m[3] - [0, 0, 0, 1])) > RIGID_TOLERANCE:
-        raise fail(f"{what}: the last row must be [0, 0, 0, 1], got {m[3].tolist()}")
-    return m
+        return check()
+    except NeuralLabelError as exc:
+        raise fail(str(exc)) from None
 
 
-def _check_rigid(m: np.ndarray, what: str, fail) -> None:
-    r = m[:3, :3]
-    scales = np.linalg.norm(r, axis=0)
-    error = np.max(np.abs(r.T @ r - np.eye(3)))
-    if error > RIGID_TOLERANCE:
-        raise fail(f"{what} is not a rigid transform: it has scale or shear (column lengths "
-                   f"{np.round(scales, 6).tolist()}, |R^T R - I| = {error:.2g}); apply the scale to the mesh "
-                   f"or box size instead")
-    if np.linalg.det(r) < 0:
-        raise fail(f"{what} is a reflection (det < 0), not a rotation")
+def _check_file_or_folder(path: Path, what: str, fail) -> None:
+    """``data`` and ``field`` may be a file or a folder, but not a FIFO or a device."""
+    if path.is_dir():
+        return
+    problem = file_problem(path)
+    if problem is not None:
+        raise fail(f"{what}: {path} {problem}")
 
 
-def _check_similarity(m: np.ndarray, what: str, fail) -> None:
-    r = m[:3, :3]
-    det = np.linalg.det(r)
-    if det <= 0:
-        raise fail(f"{what} must be a similarity with positive scale (det = {det:.3g})")
-    scale = np.cbrt(det)
-    error = np.max(np.abs((r / scale).T @ (r / scale) - np.eye(3)))
-    if error > RIGID_TOLERANCE:
-        raise fail(f"{what} is not a similarity (rotation, translation, one uniform scale): it has "
-                   f"non-uniform scale or shear (|R^T R / s^2 - I| = {error:.2g})")
+def _short(value: Any) -> str:
+    """``repr`` of a user value, cut short (a 400-digit integer should not fill the terminal)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long for Python to print
+        return "a number too large"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _is_int(v: Any) -> bool:
@@ -348,7 +355,13 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+    """A finite JSON number (a huge integer that does not fit a float is not one)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _relative(path: Optional[Path], base_dir: Optional[Path]) -> Optional[str]:

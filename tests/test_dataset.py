@@ -197,8 +197,16 @@ def test_missing_images_are_skipped_and_listed_or_refused_with_strict(tmp_path):
     dataset = load_dataset(tmp_path)
     assert dataset.skipped == ["2.png"]
     assert [f.image_path.name for f in dataset.frames] == ["0.png", "1.png", "3.png", "4.png"]
-    assert [f.index for f in dataset.frames] == [0, 1, 2, 3]  # indices follow the loaded list
-    assert dataset.skipped_summary() == f"{tmp_path / 'transforms.json'}: skipped 1 of 5 frames whose image is missing (2.png)"
+    # A frame's index is its position in transforms.json, photo or not: spec frame 3 is still 3.png.
+    assert [f.index for f in dataset.frames] == [0, 1, 3, 4]
+    assert dataset.frame_count == 5 and dataset.frame(3).image_path.name == "3.png"
+    assert dataset.by_index[4].image_path.name == "4.png" and not dataset.has_frame(2)
+    with pytest.raises(NeuralLabelError, match=r"frame 2 is not loaded: its photo .*2.png does not exist"):
+        dataset.frame(2)
+    with pytest.raises(NeuralLabelError, match=r"frame 5 is not loaded: its frame does not exist"):
+        dataset.frame(5)
+    assert dataset.skipped_summary() == (f"{tmp_path / 'transforms.json'}: skipped 1 of 5 frames whose image is "
+                                         f"missing or unreadable ({tmp_path / '2.png'} does not exist)")
     assert load_dataset(tmp_path / "transforms.json").frames[0].file_path == "0.png"
     with pytest.raises(NeuralLabelError, match=r"frame 2: image .*2.png does not exist"):
         load_dataset(tmp_path, strict=True)
@@ -213,7 +221,9 @@ def test_fox_lists_67_frames_of_which_50_photos_exist(shared_data):
     assert frame.intrinsics.model == "OPENCV" and len(frame.intrinsics.distortion) == 4
     assert (frame.intrinsics.width, frame.intrinsics.height) == (270, 480) and frame.source_size == (1080, 1920)
     assert load_image(frame).shape == (480, 270, 3)
-    assert sum(f.split == "test" for f in dataset.frames) == 7  # every 8th of the 50 loaded frames
+    # Every 8th listed frame is held out; frames keep their listed index whether or not their photo exists.
+    assert all((f.split == "test") == (f.index % 8 == 0) for f in dataset.frames)
+    assert dataset.frame_count == 67 and sorted(dataset.by_index) == [f.index for f in dataset.frames]
     with pytest.raises(NeuralLabelError, match="does not exist"):
         load_dataset(shared_data / "fox", strict=True)
 
@@ -278,7 +288,7 @@ def test_sparse_points_npz_maps_onto_loaded_frames_and_downscaled_pixels(tmp_pat
     sparse = load_sparse_points(dataset)
     assert len(sparse) == 2 and sparse.colors.dtype == np.uint8
     np.testing.assert_array_equal(sparse.obs_point, [0, 1])
-    np.testing.assert_array_equal(sparse.obs_frame, [0, 1])  # "2.png" is Frame.index 1 once "1.png" is skipped
+    np.testing.assert_array_equal(sparse.obs_frame, [0, 2])  # "2.png" stays Frame.index 2 with "1.png" skipped
     np.testing.assert_allclose(sparse.obs_pixel, [[5.0, 2.0], [19.75, 9.75]])
     write_json(tmp_path / "transforms.json", {"fl_x": 30.0, "w": 40, "h": 20, "frames": frames})
     assert load_sparse_points(load_dataset(tmp_path)) is None
@@ -373,7 +383,8 @@ def test_colmap_model_downscaled_with_missing_image_and_explicit_images_dir(tmp_
     assert len(dataset.frames) == 7 and dataset.skipped == [images[3].name]
     assert (dataset.frames[0].intrinsics.width, dataset.frames[0].intrinsics.height) == (48, 32)
     sparse = load_sparse_points(dataset)
-    assert set(np.unique(sparse.obs_frame)) == set(range(7))
+    assert set(np.unique(sparse.obs_frame)) == set(range(8)) - {3}  # image 3 skipped, the others keep their index
+    assert [f.index for f in dataset.frames] == [0, 1, 2, 4, 5, 6, 7] and dataset.frame_count == 8
     full = load_sparse_points(load_colmap(tmp_path / "project", downscale=1))
     assert len(full.obs_point) == len(sparse.obs_point)  # same frames, skipped ones aside
     np.testing.assert_allclose(sparse.obs_pixel, full.obs_pixel / 2)

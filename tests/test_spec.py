@@ -151,3 +151,24 @@ def test_not_json_and_not_an_object(spec_dir: Path) -> None:
     (spec_dir / "broken.json").write_text(json.dumps(mutated))
     with pytest.raises(NeuralLabelError, match=r"objects\[0\] must be a JSON object"):
         load_spec(spec_dir / "broken.json")
+
+
+def test_write_spec_is_atomic(spec_dir: Path) -> None:
+    """A reader holding the old spec keeps reading the whole old file: the new one is renamed over it."""
+    spec = load_spec(spec_dir / "spec.json")
+    target = spec_dir / "out.json"
+    target.write_text("old")
+    with open(target) as reader:
+        write_spec(spec, target)
+        assert reader.read() == "old"
+    assert load_spec(target).fingerprint() == spec.fingerprint()
+    assert [p.name for p in spec_dir.iterdir() if p.name.startswith(".out.json")] == []  # no temp file left
+
+
+def test_spec_poses_use_the_shared_tolerance(spec_dir: Path) -> None:
+    """One rigidity tolerance everywhere (core.geometry.transforms): a float32 Blender pose that is off by
+    1e-5 passes, as it does for cameras and for world_from_data."""
+    pose = rot_z(10)
+    pose[:3, :3] *= 1 + 1e-5
+    path = write(spec_dir, lambda s: s["objects"][0].update(pose=pose.tolist()))
+    assert np.allclose(load_spec(path).objects[0].pose, pose)

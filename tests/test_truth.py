@@ -70,3 +70,17 @@ def test_missing_frame_maps(tmp_path):
         truth.instance_ids(3)
     with pytest.raises(NeuralLabelError, match="no object with instance id 9"):
         truth.object(9)
+
+
+def test_object_mesh_loads_through_the_shared_loader(tmp_path):
+    """A truth mesh with no triangles (or not a file at all) is one clear error, not an empty mesh."""
+    _write(tmp_path, {"units": "m", "objects": [{**GOOD_OBJECT, "mesh": "gt/meshes/empty.obj"}]})
+    (tmp_path / "gt" / "meshes").mkdir()
+    (tmp_path / "gt" / "meshes" / "empty.obj").write_text("# no faces\nv 0 0 0\n")
+    obj = load_scene_truth(tmp_path).objects[0]
+    with pytest.raises(NeuralLabelError, match=r"object 'cube_1': mesh .*empty.obj: the mesh is empty"):
+        obj.load_mesh()
+    (tmp_path / "gt" / "meshes" / "empty.obj").unlink()
+    (tmp_path / "gt" / "meshes" / "empty.obj").mkdir()
+    with pytest.raises(NeuralLabelError, match=r"empty.obj is not a regular file \(a directory\)"):
+        obj.world_vertices()

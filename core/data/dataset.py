@@ -18,8 +18,13 @@ frame (index 0, 8, 16, ...) is ``test`` and the rest ``train``.
 
 Downscaling happens on load: ``downscale=4`` gives every frame intrinsics for an image a quarter of the
 size (``Intrinsics.scaled``); :func:`neurallabel.core.io.images.load_image` then returns images of exactly
-that size. Frames whose image file is missing are skipped and listed in ``Dataset.skipped`` (``strict``
-refuses them instead).
+that size. Frames whose image file is missing (or is not a regular file: a folder, a FIFO, ``/dev/zero``)
+are skipped and listed in ``Dataset.skipped`` (``strict`` refuses them instead). A skipped frame keeps its
+index: the next frame is still the next position in the list, so ``im_id`` s never shift. Look frames up by
+index with :meth:`Dataset.frame`, not ``dataset.frames[index]`` (that is the index-th *loaded* frame).
+
+Every camera value is checked: intrinsics must be finite numbers (a NaN focal length, an Infinity width or
+``camera_angle_x: 0`` is one error naming the file, frame and key) and poses must be rigid.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..geometry.cameras import Intrinsics
-from .colmap import SparsePoints
 from ..errors import NeuralLabelError
+from ..geometry.cameras import Intrinsics
+from ..geometry.transforms import check_matrix4, check_rigid
+from ..io.files import file_problem
 from ..io.jsonfile import read_json
+from .colmap import SparsePoints
 
 __all__ = ["SPLITS", "HOLDOUT_EVERY", "Frame", "Dataset", "SparsePoints", "load_dataset", "load_transforms",
            "load_colmap", "load_sparse_points"]
@@ -69,24 +76,64 @@ class Frame:
 
 @dataclass
 class Dataset:
+    """The loaded frames of a dataset. ``frames`` holds only frames whose photo is there, in index order;
+    indices run over every frame the dataset lists (``0 .. frame_count - 1``), loaded or skipped."""
+
     path: Path  # the file (or folder) it was read from
     frames: list[Frame]
     aabb_scale: float = 1.0
-    skipped: list[str] = field(default_factory=list)  # frames whose image file does not exist
+    skipped: list[str] = field(default_factory=list)  # file paths of frames whose photo is missing
     extra: dict[str, Any] = field(default_factory=dict)
     form: str = "transforms"  # "transforms", "transforms_splits" or "colmap"
     downscale: float = 1.0
+    #: frames the dataset lists, loaded or skipped (0 = count them: loaded + skipped)
+    frame_count: int = 0
+    #: index of each skipped frame -> why ("PATH does not exist", "PATH is not a regular file (a FIFO)")
+    skip_reasons: dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.frame_count:
+            self.frame_count = len(self.frames) + len(self.skipped)
+        self._by_index = {f.index: f for f in self.frames}
 
     def split(self, name: str) -> list[Frame]:
         return [f for f in self.frames if f.split == name]
+
+    @property
+    def by_index(self) -> dict[int, Frame]:
+        """Frame index -> loaded frame (skipped frames are absent)."""
+        if len(self._by_index) != len(self.frames):  # frames was changed after loading
+            self._by_index = {f.index: f for f in self.frames}
+        return self._by_index
+
+    def has_frame(self, index: int) -> bool:
+        return index in self.by_index
+
+    def skip_reason(self, index: int) -> str:
+        """Why frame ``index`` is not loaded: its photo's problem, or that the dataset has no such frame."""
+        if index in self.skip_reasons:
+            return self.skip_reasons[index]
+        if index in self.by_index:
+            return "is loaded"
+        return f"does not exist (the dataset has {self.frame_count} frames, 0..{self.frame_count - 1})"
+
+    def frame(self, index: int) -> Frame:
+        """The frame with ``Frame.index == index``; NeuralLabelError naming the frame when it was skipped or
+        is out of range."""
+        found = self.by_index.get(index)
+        if found is None:
+            what = "photo" if index in self.skip_reasons else "frame"
+            raise NeuralLabelError(f"{self.path}: frame {index} is not loaded: its {what} {self.skip_reason(index)}")
+        return found
 
     def skipped_summary(self) -> Optional[str]:
         """One line for the command line saying which frames were skipped (missing images), or None."""
         if not self.skipped:
             return None
-        shown = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
-        return (f"{self.path}: skipped {len(self.skipped)} of {len(self.skipped) + len(self.frames)} frames "
-                f"whose image is missing ({shown})")
+        reasons = list(self.skip_reasons.values()) or self.skipped
+        shown = ", ".join(reasons[:3]) + (", ..." if len(reasons) > 3 else "")
+        return (f"{self.path}: skipped {len(self.skipped)} of {self.frame_count} frames "
+                f"whose image is missing or unreadable ({shown})")
 
 
 _INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y", "camera_model",
@@ -99,9 +146,7 @@ def _fail(path: Path, problem: str) -> NeuralLabelError:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise _fail(path, "file does not exist")
-    data = read_json(path)
+    data = read_json(path)  # "does not exist", or a folder, a FIFO, /dev/zero: "is not a regular file"
     if not isinstance(data, dict):
         raise _fail(path, "expected a JSON object with a 'frames' list")
     return data
@@ -109,13 +154,14 @@ def _read_json(path: Path) -> dict:
 
 def _resolve_image(root: Path, file_path: str) -> Path:
     candidate = (root / file_path)
-    if candidate.suffix and candidate.exists():
+    if candidate.suffix and file_problem(candidate) != "does not exist":
         return candidate
     # NeRF-synthetic writes extension-less paths ("./train/r_0").
-    for suffix in IMAGE_SUFFIXES:
-        with_suffix = candidate.with_name(candidate.name + suffix)
-        if with_suffix.exists():
-            return with_suffix
+    if candidate.name:
+        for suffix in IMAGE_SUFFIXES:
+            with_suffix = candidate.with_name(candidate.name + suffix)
+            if file_problem(with_suffix) != "does not exist":
+                return with_suffix
     return candidate
 
 
@@ -136,60 +182,80 @@ def _intrinsics(source: dict, fallback: dict, file_size: tuple[int, int], path: 
     def get(key: str) -> Any:
         return source.get(key, fallback.get(key))
 
-    width, height = get("w"), get("h")
-    try:
-        if width is None or height is None:
-            width, height = file_size
-        width, height = int(round(float(width))), int(round(float(height)))
-        if (width, height) != tuple(file_size):
-            raise _fail(path, f"frame {i}: the image is {file_size[0]}x{file_size[1]} but the camera says "
-                              f"{width}x{height} (images of mixed sizes are not supported)")
-        fx, fy = get("fl_x"), get("fl_y")
-        if fx is None and get("camera_angle_x") is not None:
-            fx = 0.5 * width / math.tan(0.5 * float(get("camera_angle_x")))
-        if fy is None and get("camera_angle_y") is not None:
-            fy = 0.5 * height / math.tan(0.5 * float(get("camera_angle_y")))
-        if fx is None and fy is None:
-            raise _fail(path, "no focal length: give 'fl_x' (and 'fl_y') or 'camera_angle_x'")
-        fx = float(fx if fx is not None else fy)
-        fy = float(fy if fy is not None else fx)
-        cx = float(get("cx") if get("cx") is not None else width / 2.0)
-        cy = float(get("cy") if get("cy") is not None else height / 2.0)
-        model = str(get("camera_model") or "PINHOLE").upper()
-        if get("is_fisheye"):
-            model = "OPENCV_FISHEYE"  # instant-ngp's colmap2nerf marks fisheye cameras this way
-        if model == "SIMPLE_PINHOLE":
-            model = "PINHOLE"
-        if model == "PINHOLE" and any(get(k) for k in ("k1", "k2", "p1", "p2", "k3")):
-            model = "OPENCV"  # instant-ngp writes k1 k2 p1 p2 without naming the model
-        if model == "OPENCV":
-            distortion = tuple(float(get(k) or 0.0) for k in ("k1", "k2", "p1", "p2", "k3"))
-            if distortion[4] == 0.0:
-                distortion = distortion[:4]
-        elif model == "OPENCV_FISHEYE":
-            distortion = tuple(float(get(k) or 0.0) for k in ("k1", "k2", "k3", "k4"))
-        elif model == "PINHOLE":
-            distortion = ()
-        else:
-            raise _fail(path, f"camera_model {model!r} is not supported (PINHOLE, OPENCV, OPENCV_FISHEYE)")
-    except (TypeError, ValueError) as exc:
-        raise _fail(path, f"frame {i}: bad camera value ({exc})") from None
+    def number(key: str, default: Optional[float] = None, positive: bool = False) -> Optional[float]:
+        """A finite number (positive if asked) under ``key``; None when absent and no default."""
+        value = get(key)
+        if value is None:
+            return default
+        try:
+            number = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = None
+        if number is None or not math.isfinite(number) or (positive and not number > 0):
+            shown = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
+            raise _fail(path, f"frame {i}: '{key}' must be a finite{' positive' if positive else ''} number, "
+                              f"got {shown[:40]}")
+        return number
+
+    width, height = number("w", positive=True), number("h", positive=True)
+    if width is None or height is None:
+        width, height = file_size
+    width, height = int(round(width)), int(round(height))
+    if (width, height) != tuple(file_size):
+        raise _fail(path, f"frame {i}: the image is {file_size[0]}x{file_size[1]} but the camera says "
+                          f"{width}x{height} (images of mixed sizes are not supported)")
+    fx, fy = number("fl_x", positive=True), number("fl_y", positive=True)
+    for key, size in (("camera_angle_x", width), ("camera_angle_y", height)):
+        angle = number(key, positive=True)
+        if angle is not None and not angle < math.pi:
+            raise _fail(path, f"frame {i}: '{key}' must be a field of view in radians, 0 < angle < pi, got {angle}")
+        if angle is not None and key == "camera_angle_x" and fx is None:
+            fx = 0.5 * size / math.tan(0.5 * angle)
+        if angle is not None and key == "camera_angle_y" and fy is None:
+            fy = 0.5 * size / math.tan(0.5 * angle)
+    if fx is None and fy is None:
+        raise _fail(path, "no focal length: give 'fl_x' (and 'fl_y') or 'camera_angle_x'")
+    fx = fx if fx is not None else fy
+    fy = fy if fy is not None else fx
+    cx = number("cx", width / 2.0)
+    cy = number("cy", height / 2.0)
+    model = str(get("camera_model") or "PINHOLE").upper()
+    if get("is_fisheye"):
+        model = "OPENCV_FISHEYE"  # instant-ngp's colmap2nerf marks fisheye cameras this way
+    if model == "SIMPLE_PINHOLE":
+        model = "PINHOLE"
+    if model == "PINHOLE" and any(number(k, 0.0) for k in ("k1", "k2", "p1", "p2", "k3")):
+        model = "OPENCV"  # instant-ngp writes k1 k2 p1 p2 without naming the model
+    if model == "OPENCV":
+        distortion = tuple(number(k, 0.0) for k in ("k1", "k2", "p1", "p2", "k3"))
+        if distortion[4] == 0.0:
+            distortion = distortion[:4]
+    elif model == "OPENCV_FISHEYE":
+        distortion = tuple(number(k, 0.0) for k in ("k1", "k2", "k3", "k4"))
+    elif model == "PINHOLE":
+        distortion = ()
+    else:
+        raise _fail(path, f"camera_model {model[:40]!r} is not supported (PINHOLE, OPENCV, OPENCV_FISHEYE)")
     try:
         return Intrinsics(width, height, fx, fy, cx, cy, model, distortion)
     except NeuralLabelError as exc:
-        raise _fail(path, str(exc)) from None
+        raise _fail(path, f"frame {i}: {exc}") from None
 
 
 def _pose(frame: dict, path: Path, i: int) -> np.ndarray:
+    """The frame's camera-to-data pose: a finite rigid 4x4 (or 3x4) matrix, errors naming the frame."""
     matrix = frame.get("transform_matrix")
+    what = f"{path}: frame {i}: 'transform_matrix'"
     try:
         pose = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
         pose = None
     if pose is None or pose.shape not in ((4, 4), (3, 4)) or not np.all(np.isfinite(pose)):
-        raise _fail(path, f"frame {i}: 'transform_matrix' must be a finite 4x4 (or 3x4) matrix")
+        raise NeuralLabelError(f"{what} must be a finite 4x4 (or 3x4) matrix")
     if pose.shape == (3, 4):
         pose = np.vstack([pose, [0.0, 0.0, 0.0, 1.0]])
+    check_matrix4(pose, what)  # the last row [0, 0, 0, 1]
+    check_rigid(pose, what)  # a camera's axes are unit length and orthogonal: no scale, shear or mirror
     return pose
 
 
@@ -212,7 +278,9 @@ def _norm(file_path: str) -> str:
 
 
 def _frames_from(path: Path, data: dict, split: Optional[str], start: int, strict: bool,
-                 skipped: list[str]) -> list[Frame]:
+                 skipped: list[str], skip_reasons: dict[int, str]) -> tuple[list[Frame], int]:
+    """The loaded frames of one transforms file and how many frames it lists. A frame's index is
+    ``start`` + its position in the file's list, whether or not its photo is there."""
     frames_json = data.get("frames")
     if not isinstance(frames_json, list):
         raise _fail(path, "missing the 'frames' list")
@@ -222,22 +290,26 @@ def _frames_from(path: Path, data: dict, split: Optional[str], start: int, stric
     for i, frame_json in enumerate(frames_json):
         if not isinstance(frame_json, dict) or "file_path" not in frame_json:
             raise _fail(path, f"frame {i} has no 'file_path'")
-        file_path = str(frame_json["file_path"])
+        if not isinstance(frame_json["file_path"], str) or not frame_json["file_path"]:
+            raise _fail(path, f"frame {i}: 'file_path' must be a non-empty string")
+        file_path = frame_json["file_path"]
         image_path = _resolve_image(root, file_path)
         pose = _pose(frame_json, path, i)
-        if not image_path.is_file():
+        problem = file_problem(image_path)
+        if problem is not None:
             if strict:
-                raise _fail(path, f"frame {i}: image {image_path} does not exist")
+                raise _fail(path, f"frame {i}: image {image_path} {problem}")
             skipped.append(file_path)
+            skip_reasons[start + i] = f"{image_path} {problem}"
             continue
         intrinsics = _intrinsics(frame_json, data, image_size(image_path), path, i)
         frame_split = split or frame_json.get("split") or split_of.get(_norm(file_path))
         if frame_split is not None and frame_split not in SPLITS:
-            raise _fail(path, f"frame {i}: split {frame_split!r} is not one of {', '.join(SPLITS)}")
-        frames.append(Frame(start + len(frames), image_path, pose, intrinsics, frame_split or "", file_path,
+            raise _fail(path, f"frame {i}: split {str(frame_split)[:40]!r} is not one of {', '.join(SPLITS)}")
+        frames.append(Frame(start + i, image_path, pose, intrinsics, frame_split or "", file_path,
                             (intrinsics.width, intrinsics.height)))
     _check_shared_size(path, data, frames_json, frames)
-    return frames
+    return frames, len(frames_json)
 
 
 def _check_shared_size(path: Path, data: dict, frames_json: list, frames: list[Frame]) -> None:
@@ -265,36 +337,45 @@ def load_transforms(path: str | Path, downscale: float = 1.0, strict: bool = Fal
     path = Path(path)
     _check_downscale(downscale)
     skipped: list[str] = []
+    skip_reasons: dict[int, str] = {}
     if path.is_dir():
         single = path / "transforms.json"
         split_files = [path / f"transforms_{s}.json" for s in SPLITS]
-        if single.is_file():
+        if file_problem(single) != "does not exist":
             path = single
-        elif any(p.is_file() for p in split_files):
+        elif any(file_problem(p) != "does not exist" for p in split_files):
             frames: list[Frame] = []
             top: dict = {}
+            count = 0
             for split, split_path in zip(SPLITS, split_files):
-                if split_path.is_file():
+                if file_problem(split_path) != "does not exist":
                     data = _read_json(split_path)
                     top = top or data
-                    frames += _frames_from(split_path, data, split, len(frames), strict, skipped)
-            dataset = Dataset(path, frames, _aabb_scale(top, path), skipped, _extra(top), "transforms_splits")
+                    loaded, listed = _frames_from(split_path, data, split, count, strict, skipped, skip_reasons)
+                    frames += loaded
+                    count += listed
+            dataset = Dataset(path, frames, _aabb_scale(top, path), skipped, _extra(top), "transforms_splits",
+                              frame_count=count, skip_reasons=skip_reasons)
             return _finish(dataset, downscale)
         else:
             raise _fail(path, "no transforms.json or transforms_{train,val,test}.json in this folder")
     data = _read_json(path)
-    frames = _frames_from(path, data, None, 0, strict, skipped)
-    dataset = Dataset(path, frames, _aabb_scale(data, path), skipped, _extra(data), "transforms")
+    frames, count = _frames_from(path, data, None, 0, strict, skipped, skip_reasons)
+    dataset = Dataset(path, frames, _aabb_scale(data, path), skipped, _extra(data), "transforms",
+                      frame_count=count, skip_reasons=skip_reasons)
     return _finish(dataset, downscale)
 
 
 def _aabb_scale(data: dict, path: Path) -> float:
+    raw = data.get("aabb_scale", 1.0)
     try:
-        value = float(data.get("aabb_scale", 1.0))
-    except (TypeError, ValueError):
-        raise _fail(path, f"'aabb_scale' must be a number, got {data.get('aabb_scale')!r}") from None
-    if not value > 0:
-        raise _fail(path, f"'aabb_scale' must be positive, got {value}")
+        value = None if isinstance(raw, bool) else float(raw)
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if value is None:
+        raise _fail(path, f"'aabb_scale' must be a number, got {str(raw)[:40]!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise _fail(path, f"'aabb_scale' must be a finite positive number, got {value}")
     return value
 
 
@@ -348,14 +429,17 @@ def load_colmap(path: str | Path, images_dir: str | Path | None = None, downscal
                                    "model and up to three levels up)")
     images_dir = Path(images_dir)
     skipped: list[str] = []
+    skip_reasons: dict[int, str] = {}
     frames: list[Frame] = []
     intrinsics_of: dict[int, Intrinsics] = {}
-    for image in images:
+    for index, image in enumerate(images):
         image_path = images_dir / image.name
-        if not image_path.is_file():
+        problem = file_problem(image_path)
+        if problem is not None:
             if strict:
-                raise _fail(model_dir, f"image {image_path} does not exist")
+                raise _fail(model_dir, f"image {image_path} {problem}")
             skipped.append(image.name)
+            skip_reasons[index] = f"{image_path} {problem}"
             continue
         if image.camera_id not in intrinsics_of:
             try:
@@ -368,10 +452,11 @@ def load_colmap(path: str | Path, images_dir: str | Path | None = None, downscal
             raise _fail(model_dir, f"image {image.name} is {file_size[0]}x{file_size[1]} but its COLMAP camera "
                                    f"{image.camera_id} is {intrinsics.width}x{intrinsics.height}")
         cam_to_world = colmap.cam_to_world_from_colmap(image.cam_from_world().matrix())
-        frames.append(Frame(len(frames), image_path, cam_to_world, intrinsics, "", image.name, file_size))
-    extra = {"colmap_model": str(model_dir), "colmap_image_ids": [im.image_id for im in images
-                                                                 if im.name not in skipped]}
-    dataset = Dataset(model_dir, frames, 1.0, skipped, extra, "colmap")
+        frames.append(Frame(index, image_path, cam_to_world, intrinsics, "", image.name, file_size))
+    # Frame index i is the i-th registered image, loaded or not.
+    extra = {"colmap_model": str(model_dir), "colmap_image_ids": [im.image_id for im in images]}
+    dataset = Dataset(model_dir, frames, 1.0, skipped, extra, "colmap", frame_count=len(images),
+                      skip_reasons=skip_reasons)
     return _finish(dataset, downscale)
 
 
@@ -387,15 +472,17 @@ def load_dataset(path: str | Path, downscale: float = 1.0, strict: bool = False)
     from . import colmap
 
     path = Path(path)
-    if not path.exists():
-        raise _fail(path, "does not exist")
+    problem = file_problem(path)
+    if problem == "does not exist" or (problem is not None and not path.is_dir()):
+        raise _fail(path, problem)
     if path.is_file():
         if path.suffix.lower() == ".json":
             return load_transforms(path, downscale, strict)
         if path.stem in colmap.MODEL_FILES and path.suffix in (".bin", ".txt"):
             return load_colmap(path.parent, None, downscale, strict)
         raise _fail(path, "not a transforms.json file or a COLMAP model")
-    if (path / "transforms.json").is_file() or any((path / f"transforms_{s}.json").is_file() for s in SPLITS):
+    names = ["transforms.json"] + [f"transforms_{s}.json" for s in SPLITS]
+    if any(file_problem(path / name) != "does not exist" for name in names):
         return load_transforms(path, downscale, strict)
     if colmap.find_model_dir(path) is not None:
         return load_colmap(path, None, downscale, strict)
@@ -456,10 +543,13 @@ def _sparse_from_colmap(dataset: Dataset) -> SparsePoints:
 
 
 def _to_loaded_frames(sparse: SparsePoints, dataset: Dataset) -> SparsePoints:
-    """Drop observations of frames not loaded (-1) and scale pixels from the file size to the loaded size."""
-    keep = sparse.obs_frame >= 0
+    """Drop observations of frames not loaded (-1, or skipped) and scale pixels from the file size to the
+    loaded size."""
+    loaded = np.zeros(dataset.frame_count + 1, dtype=bool)  # the last slot stands for -1 (not in the dataset)
+    loaded[[f.index for f in dataset.frames]] = True
+    keep = loaded[sparse.obs_frame]
     obs_point, obs_frame, obs_pixel = sparse.obs_point[keep], sparse.obs_frame[keep], sparse.obs_pixel[keep]
-    scale = np.ones((len(dataset.frames), 2))
+    scale = np.ones((dataset.frame_count, 2))
     for f in dataset.frames:
         w, h = f.source_size or (f.intrinsics.width, f.intrinsics.height)
         scale[f.index] = (f.intrinsics.width / w, f.intrinsics.height / h)

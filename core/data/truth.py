@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import NeuralLabelError
 from ..io.jsonfile import read_json
+from ..io.meshes import load_mesh
 
 _OBJECT_KEYS = ("name", "category", "category_id", "instance_id", "mesh", "pose", "box", "transparent")
 
@@ -39,12 +40,7 @@ class TruthObject:
 
     def load_mesh(self):
         """The object's mesh (``trimesh.Trimesh``) in its own frame, exactly as stored (no processing)."""
-        import trimesh
-
-        try:
-            return trimesh.load(self.mesh_path, force="mesh", process=False)
-        except (OSError, ValueError) as exc:
-            raise NeuralLabelError(f"{self.mesh_path}: cannot read the mesh ({exc})") from None
+        return load_mesh(self.mesh_path, what=f"object {self.name!r}: mesh")
 
     def world_vertices(self) -> np.ndarray:
         """(N, 3) mesh vertices in world coordinates."""

@@ -12,11 +12,12 @@ through pixel centres of :meth:`Intrinsics.scaled`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
 from ..errors import NeuralLabelError
+from ..progress import ProgressFn, report
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.dataset import Frame
@@ -95,3 +96,30 @@ def load_image(frame: "Frame", downscale: Optional[float] = None,
         else:
             image = resize_area(image, width, height)
     return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def check_photo(frame: "Frame") -> None:
+    """Decode ``frame``'s photo once: NeuralLabelError naming the frame unless every pixel decodes (a
+    truncated or corrupt file fails) and the image has the size its camera expects."""
+    from PIL import Image, UnidentifiedImageError
+
+    expected = frame.source_size or (frame.intrinsics.width, frame.intrinsics.height)
+    try:
+        with Image.open(frame.image_path) as image:
+            image.load()
+            size = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # PIL's decoders raise all of these
+        raise NeuralLabelError(f"frame {frame.index}: photo {frame.image_path} does not decode "
+                               f"({exc.__class__.__name__}: {exc})") from None
+    if tuple(size) != tuple(expected):
+        raise NeuralLabelError(f"frame {frame.index}: photo {frame.image_path} is {size[0]}x{size[1]} but its "
+                               f"camera expects {expected[0]}x{expected[1]}")
+
+
+def validate_images(frames: Iterable["Frame"], progress: Optional[ProgressFn] = None) -> None:
+    """:func:`check_photo` on every frame (e.g. the frames a bake will label), before any work starts, so a
+    broken photo is reported up front and not halfway through."""
+    frames = list(frames)
+    for n, frame in enumerate(frames):
+        check_photo(frame)
+        report(progress, n + 1, len(frames), "check photos")

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NeuralLabelError
+from .files import check_regular_file
 
 
 def load_mesh(path: Path, what: str = "mesh"):
     """Load a triangle mesh with trimesh; NeuralLabelError if it does not load or has no triangles."""
     import trimesh
 
+    check_regular_file(path, what)  # before trimesh opens it: a FIFO would block, /dev/zero never ends
     try:
         loaded = trimesh.load(str(path), force="mesh", process=False)
     except Exception as exc:  # trimesh raises many kinds of errors for a bad file

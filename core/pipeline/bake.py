@@ -51,7 +51,7 @@ class BakeJob:
     """A prepared bake: the claimed output folder, the frames to do and everything that labels and writes them."""
 
     out_dir: Path
-    views: list[View]  # every frame of the dataset, by index (the spec's world pose computed once)
+    views: dict[int, View]  # every loaded frame of the dataset, by frame index (world pose computed once)
     todo: list[int]  # the frame indices of this run (or piece of a run)
     labeler: FrameLabeler
     writers: list[Writer]  # in the canonical order of ``FORMATS``
@@ -116,7 +116,7 @@ def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FO
 
             obj.mesh = load_mesh(obj.mesh_path, what=f"object {obj.name!r}: mesh")
     world_from_data = Similarity(spec.world_from_data)
-    views = [View.from_frame(frame, world_from_data) for frame in dataset.frames]
+    views = {frame.index: View.from_frame(frame, world_from_data) for frame in dataset.frames}
     _check_objects_seen(spec, views, [make_label_object(o, o.mesh, None) for o in spec.objects])
 
     manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(),
@@ -246,7 +246,7 @@ def _claim_out_dir(out_dir: Path, manifest: dict, allowed: set[Path] = frozenset
     write_bytes(path, json_bytes(manifest))
 
 
-def _object_models(spec: LabelSpec, views: list[View], out_dir: Path, depth_source, resolution: int,
+def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth_source, resolution: int,
                    progress: Optional[ProgressFn]) -> dict[int, Any]:
     """instance_id -> model mesh in the object's own frame (world units); box objects need a field."""
     import trimesh
@@ -277,20 +277,21 @@ def _object_models(spec: LabelSpec, views: list[View], out_dir: Path, depth_sour
     return models
 
 
-def surface_density_level(spec: LabelSpec, views: list[View], depth_source, box: Box, *, max_frames: int = 6,
+def surface_density_level(spec: LabelSpec, views: dict[int, View], depth_source, box: Box, *, max_frames: int = 6,
                           max_pixels: int = 4096, min_points: int = 32) -> Optional[float]:
     """The field's density where it renders the surface inside ``box`` (world frame): the median density at
     the points of its depth maps (median depth) inside the box, from up to ``max_frames`` evenly spread views.
     None when fewer than ``min_points`` such points are found."""
     from ..labels.frame import _region_pixels  # TODO: the public region_pixels of geometry.projection
 
-    count = len(views)
+    ordered = [views[i] for i in sorted(views)]
+    count = len(ordered)
     picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(count, max_frames))})
     corners = box.corners()
     data_from_world = Similarity(spec.world_from_data).inverse()
     densities = []
-    for index in picks:
-        view = views[index]
+    for position in picks:
+        view = ordered[position]
         intr = view.intrinsics
         region = projected_region(intr, view.cam_to_world, corners, (0, 0, intr.width, intr.height))
         if region is None:
@@ -324,9 +325,9 @@ def _category_models(spec: LabelSpec, models: dict[int, Any]) -> dict[int, Any]:
     return out
 
 
-def _check_objects_seen(spec: LabelSpec, views: list[View], objects: list[LabelObject]) -> None:
+def _check_objects_seen(spec: LabelSpec, views: dict[int, View], objects: list[LabelObject]) -> None:
     """Every object must project into at least one of the spec's frames (else the pose is surely wrong)."""
-    indices = range(len(views)) if spec.frames is None else spec.frames
+    indices = sorted(views) if spec.frames is None else spec.frames
     unseen = []
     for obj in objects:
         for i in indices:

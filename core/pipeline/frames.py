@@ -45,11 +45,13 @@ def parse_shard(value: Any) -> Optional[tuple[int, int]]:
 
 def select_frames(spec: LabelSpec, dataset: Dataset, frames: Any = None, shard: Any = None) -> list[int]:
     """Frame indices to bake: the spec's frames, within ``frames`` (A:B), then every N-th from I (shard)."""
-    count = len(dataset.frames)
-    selected = list(range(count)) if spec.frames is None else list(spec.frames)
+    count = dataset.frame_count  # frame indices are positions in the dataset's list, photos missing or not
+    selected = sorted(dataset.by_index) if spec.frames is None else list(spec.frames)
     bad = [i for i in selected if not 0 <= i < count]
     if bad:
         raise NeuralLabelError(f"spec frame index {bad[0]} is out of range: {dataset.path} has {count} frames")
+    for i in selected:
+        dataset.frame(i)  # a spec frame whose photo was skipped: one error naming the frame and why
     span = parse_frames(frames)
     if span is not None:
         start, stop = span
