@@ -204,16 +204,9 @@ def project_points(intrinsics: Intrinsics, cam_to_world: np.ndarray, points: np.
                    apply_distortion: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Project world points (N, 3) into continuous pixel coordinates (transforms.json convention).
 
-    Returns ``pixels`` (N, 2) and ``z_depth`` (N,) (positive in front of the camera).
+    Returns ``pixels`` (N, 2) and ``z_depth`` (N,) (positive in front of the camera). A thin wrapper of
+    :func:`.projection.project` for callers that hold an OpenGL camera pose.
     """
-    points = np.asarray(points, dtype=np.float64)
-    cam_from_world = world_to_camera_opencv(cam_to_world)
-    p_cam = points @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
-    z = p_cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = p_cam[:, :2] / z[:, None]
-    if apply_distortion:
-        xy = distort(intrinsics, xy)
-    pixels = np.stack([xy[:, 0] * intrinsics.fx + intrinsics.cx, xy[:, 1] * intrinsics.fy + intrinsics.cy],
-                      axis=-1)
-    return pixels, z
+    from .projection import project  # projection builds on this module's lens model
+
+    return project(intrinsics, world_to_camera_opencv(cam_to_world), points, apply_distortion)
