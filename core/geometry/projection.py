@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from .cameras import OPENGL_TO_OPENCV, Intrinsics, distort
+from .cameras import OPENGL_TO_OPENCV, Intrinsics, camera_directions, distort
 from .transforms import apply_points, rigid_inverse
 
 Region = tuple[int, int, int, int]  # (c0, r0, c1, r1), half-open pixel indices
@@ -68,3 +68,11 @@ def region_pixels(region: Region, stride: int = 1) -> tuple[np.ndarray, np.ndarr
     c0, r0, c1, r1 = region
     cols, rows = np.meshgrid(np.arange(c0, c1, stride), np.arange(r0, r1, stride))
     return rows.ravel(), cols.ravel()
+
+
+def backproject(intrinsics: Intrinsics, cam_to_world: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                z_depth: np.ndarray) -> np.ndarray:
+    """Points (N, 3) at z-depth ``z_depth`` through the centres of pixels (rows, cols), in the frame of the
+    OpenGL pose ``cam_to_world`` (through the lens distortion)."""
+    dirs_cam = camera_directions(intrinsics, np.stack([cols + 0.5, rows + 0.5], axis=-1))  # z = -1
+    return apply_points(cam_to_world, dirs_cam * z_depth[:, None])

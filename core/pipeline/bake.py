@@ -23,11 +23,16 @@ import numpy as np
 from ..data.dataset import Dataset, load_dataset
 from ..errors import NeuralLabelError
 from ..export import FORMATS, ExportContext, get_writer
+from ..geometry.box import Box
 from ..io.atomic import json_bytes, npy_bytes, write_bytes
-from ..labels.frame import FrameLabeler, LabelObject, LabelOptions, make_label_object, projected_region
+from ..geometry.projection import backproject, projected_region, region_pixels
+from ..geometry.transforms import Similarity
+from ..geometry.view import View
+from ..labels.frame import FrameLabeler, LabelObject, LabelOptions, inside_rigid_box, make_label_object
 from ..progress import ProgressFn, report
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
 from .frames import select_frames
+from ..scene.queries import DensityQuery
 from ..spec import LabelSpec
 
 STATE_DIR = ".neurallabel"
@@ -51,11 +56,11 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
     todo = select_frames(spec, dataset, frames, shard)
     source_name = "none"
     if depth_source is None and spec.field_path is not None:
-        from ..scene.queries import FieldDepth
+        from ..scene.queries import FieldQuery
 
-        depth_source = FieldDepth.load(spec.field_path, device=device)
+        depth_source = FieldQuery.load(spec.field_path, device=device)
     if depth_source is not None:
-        source_name = type(depth_source).__name__
+        source_name = depth_source.name
     if depth_source is None and any(o.kind == "box" for o in spec.objects):
         raise NeuralLabelError("the spec has box objects but no 'field': a box object's pixels and mesh come "
                                "from the field")
@@ -93,7 +98,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] = FORMA
             continue
         frame = dataset.frames[index]
         t0 = time.perf_counter()
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data), full_depth=needs_depth,
+        labels = labeler.label(View.from_frame(frame, Similarity(spec.world_from_data)), full_depth=needs_depth,
                                confidence="raw" in formats)
         fragment = {}
         for name, writer in zip(formats, writers):
@@ -198,14 +203,14 @@ def _object_models(spec: LabelSpec, dataset: Dataset, out_dir: Path, depth_sourc
         if obj.kind == "mesh":
             models[obj.instance_id] = obj.mesh
             continue
-        if depth_source is None or not getattr(depth_source, "has_density", False):
+        if not isinstance(depth_source, DensityQuery):
             continue  # no field: the box object's labels come from depth alone, it gets no model
         v_path = cache / f"instance_{obj.instance_id:06d}_vertices.npy"
         f_path = cache / f"instance_{obj.instance_id:06d}_faces.npy"
         if not (v_path.is_file() and f_path.is_file()):
             level = surface_density_level(spec, dataset, depth_source, obj)
             mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
-                                    resolution=resolution, step=getattr(depth_source, "step", None),
+                                    resolution=resolution, step=depth_source.step,
                                     threshold=level, progress=progress, name=obj.name)
             if mesh is None:
                 raise NeuralLabelError(f"object {obj.name!r}: the field holds no surface inside its box")
@@ -221,28 +226,25 @@ def surface_density_level(spec: LabelSpec, dataset: Dataset, depth_source, obj, 
     """The field's density where it renders the surface of a box object: the median density at the points of
     its depth maps (median depth) inside the box, from up to ``max_frames`` evenly spread dataset cameras.
     None when fewer than ``min_points`` such points are found."""
-    from ..labels.frame import _region_pixels, box_corners
-
     count = len(dataset.frames)
     picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(count, max_frames))})
-    corners = box_corners(-obj.size / 2, obj.size / 2) @ obj.pose[:3, :3].T + obj.pose[:3, 3]
+    box = Box(obj.pose, obj.size)
+    corners = box.corners()
     data_from_world = np.linalg.inv(spec.world_from_data)
     densities = []
     for index in picks:
-        frame = dataset.frames[index]
-        intr = frame.intrinsics
-        cam = spec.cam_to_world(frame.cam_to_data)
+        view = View.from_frame(dataset.frames[index], Similarity(spec.world_from_data))
+        intr, cam = view.intrinsics, view.cam_to_world
         region = projected_region(intr, cam, corners, (0, 0, intr.width, intr.height))
         if region is None:
             continue
-        rows, cols = _region_pixels(region)
+        rows, cols = region_pixels(region)
         stride = max(1, int(np.ceil(len(rows) * len(picks) / max_pixels)))
         rows, cols = rows[::stride], cols[::stride]
-        z, _ = depth_source.z_depth(frame, rows, cols)
+        z = depth_source.at_pixels(view, rows, cols).z_depth
         ok = np.isfinite(z)
-        points = FrameLabeler._points(intr, cam, rows[ok], cols[ok], z[ok] * spec.data_scale)
-        local = (points - obj.pose[:3, 3]) @ obj.pose[:3, :3]
-        inside = np.all(np.abs(local) <= obj.size / 2, axis=1)
+        points = backproject(intr, cam, rows[ok], cols[ok], z[ok] * spec.data_scale)
+        inside = inside_rigid_box(box, points)
         if inside.any():
             data_points = points[inside] @ data_from_world[:3, :3].T + data_from_world[:3, 3]
             densities.append(depth_source.density(data_points))
