@@ -230,7 +230,10 @@ def mean(values) -> float | None:
 
 
 def evaluate(labeler, spec, truth, dataset, frames, passes) -> dict:
-    """Per-class metrics of the labels of ``frames`` (labeler with a CachedDepth: no field rendering)."""
+    """Per-class metrics of the labels of ``frames`` (labeler with a cached scene: no field rendering)."""
+    from neurallabel.core.geometry.transforms import Similarity
+    from neurallabel.core.geometry.view import View
+
     classes = {}
     for obj in spec.objects:
         classes[obj.instance_id] = "box" if obj.kind == "box" else ("glass" if obj.transparent else "mesh")
@@ -238,7 +241,7 @@ def evaluate(labeler, spec, truth, dataset, frames, passes) -> dict:
            for c in ("mesh", "glass", "box")}
     for i in frames:
         frame = dataset.frames[i]
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data))
+        labels = labeler.label(View.from_frame(frame, Similarity(spec.world_from_data)))
         true_ids = truth.instance_ids(i)
         true_z = truth.z_depth(i).astype(np.float64)
         for obj in spec.objects:
@@ -311,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     from neurallabel.core.pipeline.bake import bake
     from neurallabel.core.labels.box_mesh import chamfer_distance
     from neurallabel.core.data.dataset import load_dataset
-    from neurallabel.core.scene.queries import CachedDepth, FieldDepth, TruthDepth
+    from neurallabel.core.geometry.transforms import Similarity
+    from neurallabel.core.geometry.view import View
+    from neurallabel.core.scene.queries import FieldQuery, TruthQuery, cached
     from neurallabel.core.labels.frame import LabelOptions
 
     torch.set_num_threads(args.threads)
@@ -339,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     result["unannotated_clutter"] = sorted({o.name for o in truth.objects} - set(result["objects"]))
 
     if args.depth == "field":
-        source = CachedDepth(FieldDepth.load(field_path, device=args.device))
+        source = cached(FieldQuery.load(field_path, device=args.device))
     else:
-        source = CachedDepth(TruthDepth(scene))
+        source = cached(TruthQuery(scene))
     # 1. The bake itself (all formats), timed per frame; box meshes are extracted first, timed apart.
     from neurallabel.core.errors import NeuralLabelError
 
@@ -409,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         best = float("inf")
         for _ in range(max(1, args.repeats)):
             t1 = time.perf_counter()
-            mesh_only.label(frame, spec.cam_to_world(frame.cam_to_data))
+            mesh_only.label(View.from_frame(frame, Similarity(spec.world_from_data)))
             best = min(best, time.perf_counter() - t1)
         times.append(best)
     mesh_only_s = float(np.mean(times))
