@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import NeuralLabelError
+from .transforms import apply_directions
 
 #: Flip between OpenGL camera axes (x right, y up, z back) and OpenCV ones (x right, y down, z forward).
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -188,7 +189,7 @@ def camera_rays(intrinsics: Intrinsics, cam_to_world: np.ndarray, pixels: np.nda
     cam_to_world = np.asarray(cam_to_world, dtype=np.float64)
     dirs_cam = camera_directions(intrinsics, pixels)
     norms = np.linalg.norm(dirs_cam, axis=-1)
-    dirs_world = dirs_cam @ cam_to_world[:3, :3].T
+    dirs_world = apply_directions(cam_to_world, dirs_cam)
     dirs_world /= np.linalg.norm(dirs_world, axis=-1, keepdims=True)
     origins = np.broadcast_to(cam_to_world[:3, 3], dirs_world.shape).copy()
     return origins, dirs_world, 1.0 / norms
