@@ -155,7 +155,7 @@ def cycles_worker(config_path: str) -> None:
     make_scene._set_truth_mode(bpy)
 
     def render(index: int, name: str):
-        cam.matrix_world = make_scene._blender_matrix(dataset.frames[index].cam_to_data)
+        cam.matrix_world = make_scene._blender_matrix(dataset.frame(index).cam_to_data)
         file_out.file_name = f"{name}_"
         bpy.ops.render.render()
         exr = exr_dir / f"{name}_pass.exr"
@@ -211,9 +211,11 @@ def mean(values) -> float | None:
 
 
 def evaluate(labeler, spec, truth, dataset, frames, passes) -> dict:
-    """Per-class metrics of the labels of ``frames`` (labeler with a CachedDepth: no field rendering): the
+    """Per-class metrics of the labels of ``frames`` (labeler with a cached scene query: no field rendering): the
     scores of :mod:`neurallabel.core.eval.labels`, plus the full-mask IoU against Cycles' per-object renders."""
     from neurallabel.core.eval.labels import mask_iou, score_objects, summarize
+    from neurallabel.core.geometry.transforms import Similarity
+    from neurallabel.core.geometry.view import View
 
     classes = {}
     for obj in spec.objects:
@@ -221,8 +223,8 @@ def evaluate(labeler, spec, truth, dataset, frames, passes) -> dict:
     scores = {c: [] for c in ("mesh", "glass", "box")}
     full_iou = {c: [] for c in scores}
     for i in frames:
-        frame = dataset.frames[i]
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data))
+        frame = dataset.frame(i)
+        labels = labeler.label(View.from_frame(frame, Similarity(spec.world_from_data)))
         for score in score_objects(i, labels.instance, truth.instance_ids(i), truth.z_depth(i).astype(np.float64),
                                    [o.instance_id for o in spec.objects], depth=labels.depth,
                                    source_depth=labels.source_depth):
@@ -280,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     from neurallabel.core.pipeline.bake import bake
     from neurallabel.core.labels.box_mesh import chamfer_distance
     from neurallabel.core.data.dataset import load_dataset
-    from neurallabel.core.scene.queries import CachedDepth, FieldDepth, TruthDepth
+    from neurallabel.core.geometry.transforms import Similarity
+    from neurallabel.core.geometry.view import View
+    from neurallabel.core.scene.queries import FieldQuery, TruthQuery, cached
     from neurallabel.core.labels.frame import LabelOptions
 
     torch.set_num_threads(args.threads)
@@ -308,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     result["unannotated_clutter"] = sorted({o.name for o in truth.objects} - set(result["objects"]))
 
     if args.depth == "field":
-        source = CachedDepth(FieldDepth.load(field_path, device=args.device))
+        source = cached(FieldQuery.load(field_path, device=args.device))
     else:
-        source = CachedDepth(TruthDepth(scene))
+        source = cached(TruthQuery(scene))
     # 1. The bake itself (all formats), timed per frame; box meshes are extracted first, timed apart.
     from neurallabel.core.errors import NeuralLabelError
 
@@ -374,11 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     mesh_only.objects = [o for o in mesh_only.objects if o.is_mesh]
     times = []
     for i in test:
-        frame = dataset.frames[i]
+        frame = dataset.frame(i)
         best = float("inf")
         for _ in range(max(1, args.repeats)):
             t1 = time.perf_counter()
-            mesh_only.label(frame, spec.cam_to_world(frame.cam_to_data))
+            mesh_only.label(View.from_frame(frame, Similarity(spec.world_from_data)))
             best = min(best, time.perf_counter() - t1)
         times.append(best)
     mesh_only_s = float(np.mean(times))

@@ -12,7 +12,7 @@ import pytest
 
 from neurallabel.core.pipeline.bake import bake
 from neurallabel.core.cli import main
-from neurallabel.core.scene.queries import TruthDepth
+from neurallabel.core.scene.queries import TruthQuery
 from neurallabel.core.errors import NeuralLabelError
 from neurallabel.core.spec import spec_from_scene, write_spec
 
@@ -23,7 +23,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def test_shards_and_frame_ranges_equal_one_run_byte_for_byte(small_scene: Path, tmp_path: Path) -> None:
     spec = spec_from_scene(small_scene)
-    depth = TruthDepth(small_scene)
+    depth = TruthQuery(small_scene)
     whole = bake(spec, tmp_path / "whole", depth_source=depth)
     assert whole["frames"] == 12 and whole["instances"] > 0
     # Three shards, then a frame range that overlaps finished frames, into one folder.

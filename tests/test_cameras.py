@@ -192,3 +192,32 @@ def test_bad_intrinsics_are_refused():
         Intrinsics(10, 10, 5.0, 5.0, 5.0, 5.0, "OPENCV_FISHEYE", (0.1, 0.1, 0.1, 0.1, 0.1))
     with pytest.raises(NeuralLabelError, match="positive"):
         Intrinsics(0, 10, 5.0, 5.0, 5.0, 5.0)
+
+
+def test_projected_region_holds_the_projection_and_handles_the_camera_plane():
+    """The one projection: ``project`` from a rigid pose equals ``project_points``; a region covers the
+    projected pixels, is None behind the camera and the whole extent when points straddle the camera plane."""
+    from neurallabel.core.geometry.projection import (backproject, opencv_from_pose, project, projected_region,
+                                                      region_pixels)
+
+    rng = np.random.default_rng(5)
+    pose = random_pose(rng)
+    intr = FOX.scaled(0.1)
+    cols = rng.uniform(0, intr.width, 50)
+    rows = rng.uniform(0, intr.height, 50)
+    z = rng.uniform(0.5, 3.0, 50)
+    points = backproject(intr, pose, rows - 0.5, cols - 0.5, z)  # pixel centres at (cols, rows)
+    pixels, depth = project(intr, opencv_from_pose(pose), points)
+    ref_pixels, ref_depth = project_points(intr, pose, points)
+    assert np.allclose(pixels, ref_pixels, atol=1e-9) and np.allclose(depth, ref_depth)
+    assert np.allclose(pixels, np.stack([cols, rows], axis=-1), atol=1e-4) and np.allclose(depth, z)
+
+    extent = (0, 0, intr.width, intr.height)
+    c0, r0, c1, r1 = projected_region(intr, pose, points, extent, pad=0)
+    assert (c0, r0) == (int(np.floor(cols.min())), int(np.floor(rows.min())))
+    assert (c1, r1) == (int(np.ceil(cols.max())), int(np.ceil(rows.max())))
+    r, c = region_pixels((c0, r0, c1, r1))
+    assert len(r) == (c1 - c0) * (r1 - r0) and (r[0], c[0], r[-1], c[-1]) == (r0, c0, r1 - 1, c1 - 1)
+    behind = backproject(intr, pose, rows, cols, -z)
+    assert projected_region(intr, pose, behind, extent) is None
+    assert projected_region(intr, pose, np.concatenate([points, behind]), extent) == extent

@@ -13,7 +13,7 @@ import trimesh
 from PIL import Image
 
 from neurallabel.core.pipeline.bake import bake
-from neurallabel.core.scene.queries import TruthDepth
+from neurallabel.core.scene.queries import TruthQuery
 from neurallabel.core.export.bop import depth_png, depth_scale_for
 from neurallabel.core.spec import load_spec, spec_from_scene
 
@@ -109,7 +109,7 @@ def test_coco_rle_decodes_to_the_raw_visible_masks(small_scene: Path, tmp_path: 
     from pycocotools.coco import COCO
 
     spec = spec_from_scene(small_scene)
-    bake(spec, tmp_path / "out", formats=("coco", "raw"), depth_source=TruthDepth(small_scene))
+    bake(spec, tmp_path / "out", formats=("coco", "raw"), depth_source=TruthQuery(small_scene))
     coco = COCO(str(tmp_path / "out" / "coco" / "annotations.json"))
     assert len(coco.getImgIds()) == 12 and len(coco.getCatIds()) == len(spec.categories())
     checked = 0

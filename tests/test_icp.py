@@ -22,7 +22,11 @@ from neurallabel.core.geometry.cameras import Intrinsics, camera_rays
 from neurallabel.core.data.dataset import Frame
 from neurallabel.core.errors import NeuralLabelError
 from neurallabel.core.geometry.icp import icp_point_to_plane, pose_error, sample_mesh_surface
-from neurallabel.core.scene.surface import Box, depth_map_sampler, surface_points
+from neurallabel.core.geometry.box import Box
+from neurallabel.core.geometry.transforms import Similarity
+from neurallabel.core.geometry.view import View
+from neurallabel.core.scene.queries import DepthMapQuery
+from neurallabel.core.scene.surface import surface_points
 
 REPO = Path(__file__).resolve().parents[1]
 BUNNY = REPO.parent / "shared" / "data" / "meshes" / "bunny.obj"
@@ -54,7 +58,7 @@ def object_mesh() -> trimesh.Trimesh:
 
 @pytest.fixture(scope="module")
 def raycast_scene():
-    """The object on a floor, 12 cameras around it (160x120), z-depth maps ray-cast by embree."""
+    """The object on a floor, 12 views around it (160x120), z-depth maps ray-cast by embree."""
     mesh = object_mesh()
     pose = np.eye(4)
     pose[:3, :3] = Rotation.from_euler("xyz", [90, 0, 30], degrees=True).as_matrix()
@@ -73,7 +77,7 @@ def raycast_scene():
         distance = np.full(len(origins), np.nan)
         distance[ray_index] = np.linalg.norm(hits - origins[ray_index], axis=1)
         depths[i] = (distance * z_per_distance).reshape(120, 160)
-        frames.append(Frame(i, Path(f"{i:06d}.png"), cam_to_world, intrinsics))
+        frames.append(View.from_frame(Frame(i, Path(f"{i:06d}.png"), cam_to_world, intrinsics), Similarity.identity()))
     return mesh, pose, frames, depths
 
 
@@ -88,14 +92,14 @@ def displaced(pose: np.ndarray, rng: np.random.Generator, shift: float, degrees:
 def test_icp_converges_from_2cm_10deg(raycast_scene):
     mesh, truth, frames, depths = raycast_scene
     model_points, model_normals = sample_mesh_surface(mesh.vertices, mesh.faces, 20000)
-    depth_at = depth_map_sampler(lambda frame: depths[frame.index])
+    scene = DepthMapQuery(lambda view: depths[view.index])
     rng = np.random.default_rng(7)
     errors = []
     for _ in range(4):
         start = displaced(truth, rng, 0.02, 10.0)
         assert pose_error(start, truth)[0] == pytest.approx(0.02)
         box = Box(start, mesh.extents)  # the mesh is centred: its bounds box sits at its origin
-        surface = surface_points(frames, box, depth_at, margin=0.03)
+        surface = surface_points(frames, box, scene, margin=0.03)
         assert surface.view_count == 12 and len(surface.points) > 1000
         result = icp_point_to_plane(model_points, model_normals, surface.points, start, max_distance=0.05)
         translation, rotation = pose_error(result.pose, truth)
@@ -109,7 +113,7 @@ def test_icp_converges_from_2cm_10deg(raycast_scene):
 def test_icp_ignores_outliers(raycast_scene):
     mesh, truth, frames, depths = raycast_scene
     model_points, model_normals = sample_mesh_surface(mesh.vertices, mesh.faces, 20000)
-    surface = surface_points(frames, Box(truth, mesh.extents), depth_map_sampler(lambda f: depths[f.index]),
+    surface = surface_points(frames, Box(truth, mesh.extents), DepthMapQuery(lambda v: depths[v.index]),
                              margin=0.03)
     rng = np.random.default_rng(3)
     clutter = truth[:3, 3] + rng.uniform(-0.1, 0.1, size=(len(surface.points) // 3, 3))  # 25 % junk

@@ -12,14 +12,16 @@ import trimesh
 
 from neurallabel.core.labels.box_mesh import chamfer_distance, density_threshold, extract_box_mesh
 from neurallabel.core.data.dataset import load_transforms
-from neurallabel.core.scene.queries import TruthDepth, _weight_near
+from neurallabel.core.geometry.transforms import Similarity
+from neurallabel.core.geometry.view import View
+from neurallabel.core.scene.queries import ScenePixels, TruthQuery, weight_near_median
 from neurallabel.core.labels.frame import FrameLabeler, LabelOptions, make_label_object
 from neurallabel.core.labels.raycast import MeshCaster, world_mesh
 from neurallabel.core.spec import LabelSpec, spec_from_scene
 from neurallabel.core.data.truth import load_scene_truth
 
 
-def labeler_for(spec: LabelSpec, depth_source, options: LabelOptions = LabelOptions()) -> FrameLabeler:
+def labeler_for(spec: LabelSpec, scene, options: LabelOptions = LabelOptions()) -> FrameLabeler:
     meshes, objects = [], []
     for obj in spec.objects:
         index = None
@@ -27,8 +29,12 @@ def labeler_for(spec: LabelSpec, depth_source, options: LabelOptions = LabelOpti
             index = len(meshes)
             meshes.append(world_mesh(obj.mesh, obj.pose))
         objects.append(make_label_object(obj, obj.mesh, index))
-    return FrameLabeler(objects, MeshCaster(meshes), depth_source, data_scale=spec.data_scale,
+    return FrameLabeler(objects, MeshCaster(meshes), scene, data_scale=spec.data_scale,
                         units_to_mm=spec.units_to_mm, options=options)
+
+
+def view_of(spec: LabelSpec, frame) -> View:
+    return View.from_frame(frame, Similarity(spec.world_from_data))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -45,11 +51,11 @@ def test_meshes_at_true_pose_reproduce_true_instance_ids(small_scene: Path, with
     truth = load_scene_truth(small_scene)
     spec = spec_from_scene(small_scene)
     dataset = load_transforms(spec.data_path)
-    labeler = labeler_for(spec, TruthDepth(small_scene) if with_depth else None)
+    labeler = labeler_for(spec, TruthQuery(small_scene) if with_depth else None)
     ids = [o.instance_id for o in truth.objects]
     ious, depth_errors = [], []
     for frame in dataset.frames:
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data))
+        labels = labeler.label(view_of(spec, frame))
         true_ids = truth.instance_ids(frame.index)
         ious += per_object_iou(labels.instance, true_ids, ids)
         on_mesh = (labels.instance > 0) & (labels.instance == true_ids)
@@ -75,7 +81,7 @@ def test_unannotated_clutter_occludes_annotated_meshes(small_scene: Path) -> Non
     # The object that hides most pixels of the others becomes the unannotated clutter.
     hidden_by = {}
     for frame in dataset.frames:
-        labels = mesh_only.label(frame, full.cam_to_world(frame.cam_to_data))
+        labels = mesh_only.label(view_of(full, frame))
         true_ids = truth.instance_ids(frame.index)
         for inst in labels.instances:
             behind = inst.full_mask & (true_ids != inst.instance_id) & (true_ids > 0)
@@ -86,16 +92,16 @@ def test_unannotated_clutter_occludes_annotated_meshes(small_scene: Path) -> Non
     assert hidden_by[clutter_id] > 20, "the scene has no occlusion to test"
     spec = spec_from_scene(small_scene)
     spec.objects = [o for o in spec.objects if o.instance_id != clutter_id]
-    with_depth = labeler_for(spec, TruthDepth(small_scene))
+    with_depth = labeler_for(spec, TruthQuery(small_scene))
     without_depth = labeler_for(spec, None)
     wrong_with, wrong_without, ious = 0, 0, []
     for frame in dataset.frames:
-        cam = spec.cam_to_world(frame.cam_to_data)
+        view = view_of(spec, frame)
         true_ids = truth.instance_ids(frame.index).copy()
         clutter = true_ids == clutter_id
         true_ids[clutter] = 0
-        a = with_depth.label(frame, cam, full_depth=False, confidence=False)
-        b = without_depth.label(frame, cam)
+        a = with_depth.label(view, full_depth=False, confidence=False)
+        b = without_depth.label(view)
         wrong_with += int(np.count_nonzero(clutter & (a.instance > 0)))
         wrong_without += int(np.count_nonzero(clutter & (b.instance > 0)))
         ious += per_object_iou(a.instance, true_ids, [o.instance_id for o in spec.objects])
@@ -116,10 +122,10 @@ def test_box_objects_take_the_surface_inside_their_box(small_scene: Path) -> Non
         obj.size = obj.size - [0.0, 0.0, lift]
         obj.pose = obj.pose.copy()
         obj.pose[:3, 3] += obj.pose[:3, 2] * lift / 2
-    labeler = labeler_for(spec, TruthDepth(small_scene))
+    labeler = labeler_for(spec, TruthQuery(small_scene))
     ious = []
     for frame in dataset.frames:
-        labels = labeler.label(frame, spec.cam_to_world(frame.cam_to_data), full_depth=False)
+        labels = labeler.label(view_of(spec, frame), full_depth=False)
         ious += per_object_iou(labels.instance, truth.instance_ids(frame.index), [o.instance_id for o in spec.objects])
     assert np.mean(ious) >= 0.90, ious
 
@@ -182,7 +188,7 @@ def test_confidence_is_the_weight_near_the_median() -> None:
     # Ray 0: all weight at the surface; ray 1: weight split between 1.0 and 2.0 (a glass and the wall behind).
     out = {"ray_indices": torch.tensor([0, 0, 1, 1]), "t_starts": torch.tensor([0.995, 1.4, 0.995, 1.995]),
            "t_ends": torch.tensor([1.005, 1.41, 1.005, 2.005]), "weights": torch.tensor([0.97, 0.01, 0.5, 0.45])}
-    conf = _weight_near(out, torch.tensor([1.0, 1.0], dtype=torch.float64), 2).numpy()
+    conf = weight_near_median(out, torch.tensor([1.0, 1.0], dtype=torch.float64), 2).numpy()
     assert conf == pytest.approx([0.97, 0.5])
 
 
@@ -200,25 +206,25 @@ def test_world_from_data_similarity_gives_the_same_labels_in_metric_units(small_
     scaled.world_from_data = turn @ np.diag([2.0, 2.0, 2.0, 1.0])
     for obj in scaled.objects:
         obj.pose = turn @ obj.pose
-    depth = TruthDepth(small_scene)
+    depth = TruthQuery(small_scene)
 
     class HalfDepth:  # the true depth in data units (half the metres)
-        has_density = False
+        name = "half"
+        measures_confidence = False
 
-        def z_depth(self, frame, rows, cols, with_confidence=False):
-            z, _ = depth.z_depth(frame, rows, cols)
-            return z / 2.0, None
+        def at_pixels(self, view, rows, cols, *, confidence=False):
+            return ScenePixels(depth.at_pixels(view, rows, cols).z_depth / 2.0)
 
     a, b = labeler_for(plain, depth), labeler_for(scaled, HalfDepth())
     assert b.data_scale == pytest.approx(2.0)
     for frame in dataset.frames[:4]:
-        la = a.label(frame, plain.cam_to_world(frame.cam_to_data))
+        la = a.label(view_of(plain, frame))
         cam_data = frame.cam_to_data.copy()
         cam_data[:3, 3] /= 2.0  # a rigid camera pose in the half-scale data frame
         data_frame = replace(frame, cam_to_data=cam_data)
-        cam_world = scaled.cam_to_world(cam_data)
-        assert np.allclose(cam_world, turn @ frame.cam_to_data)
-        lb = b.label(data_frame, cam_world)
+        view = view_of(scaled, data_frame)
+        assert np.allclose(view.cam_to_world, turn @ frame.cam_to_data)
+        lb = b.label(view)
         assert np.array_equal(la.instance, lb.instance)
         assert np.allclose(la.depth, lb.depth, equal_nan=True, atol=1e-6)
         for x, y in zip(la.instances, lb.instances):
@@ -237,8 +243,8 @@ def test_distorted_camera_labels_sit_on_pixel_centres() -> None:
     pose[:3, 3] = [0.12, -0.05, -0.9]
     spec = LabelSpec(None, Path("."), None, objects=[SpecObject("cube", "cube", 1, 1, "mesh", pose,
                                                                  Path("cube.ply"), None, False, cube)])
-    frame = Frame(0, Path("x.png"), np.eye(4), intr)
-    labels = labeler_for(spec, None).label(frame, np.eye(4))
+    view = view_of(spec, Frame(0, Path("x.png"), np.eye(4), intr))
+    labels = labeler_for(spec, None).label(view)
     rows, cols = np.nonzero(labels.instance == 1)
     assert len(rows) > 300
     z = labels.depth[rows, cols].astype(np.float64)
@@ -263,14 +269,15 @@ def test_only_a_confident_field_surface_occludes() -> None:
                                                                  Path("cube.ply"), None, False, cube)])
 
     class Floater:  # a surface at 0.5 m everywhere; confident on the left half of the image only
-        has_density = True
+        name = "floater"
+        measures_confidence = True
 
-        def z_depth(self, frame, rows, cols, with_confidence=False):
-            return np.full(len(rows), 0.5), np.where(cols < 20, 0.9, 0.1) if with_confidence else None
+        def at_pixels(self, view, rows, cols, *, confidence=False):
+            return ScenePixels(np.full(len(rows), 0.5), np.where(cols < 20, 0.9, 0.1) if confidence else None)
 
-    frame = Frame(0, Path("x.png"), np.eye(4), intr)
-    mesh_pixels = labeler_for(spec, None).label(frame, np.eye(4)).instance == 1
+    view = view_of(spec, Frame(0, Path("x.png"), np.eye(4), intr))
+    mesh_pixels = labeler_for(spec, None).label(view).instance == 1
     for min_conf, expected in ((0.3, mesh_pixels & (np.arange(40) >= 20)[None, :]), (0.0, np.zeros_like(mesh_pixels))):
         labels = labeler_for(spec, Floater(), LabelOptions(occlusion_min_confidence=min_conf)).label(
-            frame, np.eye(4), full_depth=False, confidence=False)
+            view, full_depth=False, confidence=False)
         assert mesh_pixels.sum() > 100 and np.array_equal(labels.instance == 1, expected)

@@ -99,9 +99,9 @@ def _field(job: dict):
 
 
 def _depth_source(job: dict, progress):
-    """(dataset, depth_at): true depth maps from ``depth_dir`` (named like the images) or a field."""
+    """(dataset, scene query): true depth maps from ``depth_dir`` (named like the images) or a field."""
     from ..data.dataset import load_transforms
-    from ..scene.surface import depth_map_sampler, field_sampler
+    from ..scene.queries import DepthMapQuery, FieldQuery
 
     dataset = load_transforms(_required(job, "data"))
     if job.get("depth_dir"):
@@ -116,22 +116,26 @@ def _depth_source(job: dict, progress):
                 cache[frame.index] = np.load(path)
             return cache[frame.index]
 
-        return dataset, depth_map_sampler(depth_map)
+        return dataset, DepthMapQuery(depth_map)
     if not job.get("field"):
         raise NeuralLabelError("no field: train or load a field first (Field > Load field)")
-    return dataset, field_sampler(_field(job))
+    return dataset, FieldQuery(_field(job), device=_device(job))
 
 
 def _surface_in_world(job: dict, box_world: dict, margin_world: float, progress):
     """Surface points (world) near a world box: the box goes into the cameras' frame and back."""
-    from ..scene.surface import Box, surface_points
+    from ..geometry.box import Box
+    from ..geometry.transforms import Similarity
+    from ..geometry.view import View
+    from ..scene.surface import surface_points
 
     world_from_data = _matrix(job.get("world_from_data"), "world_from_data")
     scale = _similarity_scale(world_from_data, "world_from_data")
-    dataset, depth_at = _depth_source(job, progress)
+    dataset, scene = _depth_source(job, progress)
+    views = [View.from_frame(frame, Similarity(world_from_data)) for frame in dataset.frames]
     box = Box(_matrix(box_world.get("pose"), "box pose"), np.asarray(box_world["size"], dtype=np.float64))
     box_data = box.transformed(np.linalg.inv(world_from_data))
-    surface = surface_points(dataset.frames, box_data, depth_at, margin=margin_world / scale,
+    surface = surface_points(views, box_data, scene, margin=margin_world / scale,
                              max_views=int(job.get("max_views", 12)), progress=progress)
     points = surface.points @ world_from_data[:3, :3].T + world_from_data[:3, 3]
     return points, surface.view_count

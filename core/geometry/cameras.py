@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..errors import NeuralLabelError
+from .transforms import apply_directions
 
 #: Flip between OpenGL camera axes (x right, y up, z back) and OpenCV ones (x right, y down, z forward).
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -188,7 +189,7 @@ def camera_rays(intrinsics: Intrinsics, cam_to_world: np.ndarray, pixels: np.nda
     cam_to_world = np.asarray(cam_to_world, dtype=np.float64)
     dirs_cam = camera_directions(intrinsics, pixels)
     norms = np.linalg.norm(dirs_cam, axis=-1)
-    dirs_world = dirs_cam @ cam_to_world[:3, :3].T
+    dirs_world = apply_directions(cam_to_world, dirs_cam)
     dirs_world /= np.linalg.norm(dirs_world, axis=-1, keepdims=True)
     origins = np.broadcast_to(cam_to_world[:3, 3], dirs_world.shape).copy()
     return origins, dirs_world, 1.0 / norms
@@ -204,16 +205,9 @@ def project_points(intrinsics: Intrinsics, cam_to_world: np.ndarray, points: np.
                    apply_distortion: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Project world points (N, 3) into continuous pixel coordinates (transforms.json convention).
 
-    Returns ``pixels`` (N, 2) and ``z_depth`` (N,) (positive in front of the camera).
+    Returns ``pixels`` (N, 2) and ``z_depth`` (N,) (positive in front of the camera). A thin wrapper of
+    :func:`.projection.project` for callers that hold an OpenGL camera pose.
     """
-    points = np.asarray(points, dtype=np.float64)
-    cam_from_world = world_to_camera_opencv(cam_to_world)
-    p_cam = points @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
-    z = p_cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = p_cam[:, :2] / z[:, None]
-    if apply_distortion:
-        xy = distort(intrinsics, xy)
-    pixels = np.stack([xy[:, 0] * intrinsics.fx + intrinsics.cx, xy[:, 1] * intrinsics.fy + intrinsics.cy],
-                      axis=-1)
-    return pixels, z
+    from .projection import project  # projection builds on this module's lens model
+
+    return project(intrinsics, world_to_camera_opencv(cam_to_world), points, apply_distortion)

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..errors import NeuralLabelError
+from ..geometry.transforms import apply_points
 from ..progress import ProgressFn, report
 
 DEFAULT_RESOLUTION = 128  # voxels along the box's longest side
@@ -47,9 +48,7 @@ def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.n
     counts = np.maximum(np.ceil(size / voxel).astype(int), 2)
     axes = [(np.arange(n) + 0.5) * voxel - n * voxel / 2 for n in counts]  # voxel centres, box frame
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    world = grid @ box_pose[:3, :3].T + box_pose[:3, 3]
-    data_from_world = np.linalg.inv(world_from_data)
-    points_data = world @ data_from_world[:3, :3].T + data_from_world[:3, 3]
+    points_data = apply_points(np.linalg.inv(world_from_data), apply_points(box_pose, grid))
     scale = float(np.cbrt(np.linalg.det(world_from_data[:3, :3])))  # world units per data unit
 
     values = np.empty(len(points_data))

@@ -5,14 +5,19 @@ For one camera (:meth:`FrameLabeler.label`):
    centres inside its projected bounding box -> its *full* silhouette and z-depth (also beyond the image
    border, so ``px_count_all`` and ``bbox_obj`` count the truncated part, as bop_toolkit does);
 2. the nearest annotated mesh per pixel is the one with the smallest z;
-3. the depth source (field or true depth) is asked only for the pixels a decision needs (pixels covered by a
-   mesh, and pixels inside a box's projection) -- or for all pixels when depth/confidence maps are written;
-4. a mesh pixel is *visible* unless the source's surface lies in front of the mesh by more than
+3. the scene (:class:`~..scene.queries.SceneQuery`: a field or true depth) is asked only for the pixels a
+   decision needs (pixels covered by a mesh, and pixels inside a box's projection) -- or for all pixels when
+   depth/confidence maps are written;
+4. a mesh pixel is *visible* unless the scene's surface lies in front of the mesh by more than
    ``tolerance = abs + rel * z`` (unannotated clutter occludes annotated objects);
-5. a pixel belongs to a *box* object where the source's surface along the ray lies inside the box (and no
+5. a pixel belongs to a *box* object where the scene's surface along the ray lies inside the box (and no
    annotated mesh is visible there);
-6. depth: the source's depth, replaced by the mesh's depth on visible mesh pixels (always for transparent
-   objects, whose field depth is unusable; for every mesh with ``mesh_depth="all"``, the default).
+6. depth: the scene's depth, replaced by the mesh's depth on visible mesh pixels (always for transparent
+   objects, whose field depth is unusable; for every mesh with ``mesh_depth="all"``, the default);
+7. per-instance records: counts, 2D boxes, model->camera pose and projected 3D box corners.
+
+Meshes are cast from the view's rigid world pose (``cam_to_world``); the scene is asked with the view itself
+and answers in the dataset's frame (``cam_to_data``), scaled to world units by ``data_scale``.
 
 Pixel coordinates in the outputs (2D boxes, projected corners) use the OpenCV/BOP convention: the centre of
 pixel (col, row) is at (col, row). Poses are model->camera in OpenCV camera axes, in world units.
@@ -20,15 +25,18 @@ pixel (col, row) is at (col, row). Poses are model->camera in OpenCV camera axes
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
-from ..geometry.cameras import OPENGL_TO_OPENCV, Intrinsics, camera_directions, distort
-from ..data.dataset import Frame
 from ..errors import NeuralLabelError
+from ..geometry.box import Box, box_corners
+from ..geometry.cameras import camera_directions
+from ..geometry.projection import Region, backproject, opencv_from_pose, project, projected_region, region_pixels
+from ..geometry.transforms import apply_directions, apply_points
+from ..geometry.view import View
+from ..scene.queries import SceneQuery
 from ..spec import SpecObject
 
 MESH_DEPTH_MODES = ("all", "transparent")
@@ -43,7 +51,7 @@ class LabelOptions:
     occlusion_abs_mm: float = 5.0
     occlusion_rel: float = 0.02
     #: a field surface occludes a mesh only where the field is at least this confident of it (see
-    #: ``depth_source.CONFIDENCE_WINDOW``): floaters of a half-trained field -- weight smeared along the ray --
+    #: ``scene.queries.CONFIDENCE_WINDOW``): floaters of a half-trained field -- weight smeared along the ray --
     #: do not hide an annotated object. Their pixels keep a low value in the confidence map. 0 = off.
     occlusion_min_confidence: float = 0.5
     mesh_depth: str = "all"  # "all": mesh depth on every visible mesh pixel; "transparent": only on glass
@@ -72,17 +80,19 @@ class LabelObject:
     spec: SpecObject
     model: Any  # trimesh.Trimesh in the object's own frame (world units); None for a box without a model
     cast_index: Optional[int]  # index of its world-space mesh in the MeshCaster; None without a model
-    corners: np.ndarray  # (8, 3) corners of its 3D box in the object's own frame
+    # (8, 3) corners of its 3D bounding box in the object's own frame (box_corners order). Kept as corners,
+    # not a centred Box: a mesh's bounds are not centred, and lo/hi taken as centre +- half lose an ulp.
+    local_corners: np.ndarray
     bound_points: np.ndarray  # (M, 3) world points whose projection bounds its silhouette
 
     @property
     def is_mesh(self) -> bool:
         return self.spec.kind == "mesh"
 
-
-def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """The 8 corners of an axis-aligned box, x slowest: (lo,lo,lo), (lo,lo,hi), ..., (hi,hi,hi)."""
-    return np.array(list(itertools.product(*zip(lo, hi))), dtype=np.float64)
+    @property
+    def box(self) -> Box:
+        """A box object's box in the world (box-to-world pose, edge lengths)."""
+        return Box(self.spec.pose, self.spec.size)
 
 
 def make_label_object(obj: SpecObject, model, cast_index: Optional[int]) -> LabelObject:
@@ -95,12 +105,18 @@ def make_label_object(obj: SpecObject, model, cast_index: Optional[int]) -> Labe
         except Exception:  # a flat mesh has no 3D hull; its own vertices bound it as well
             hull = vertices
     else:
-        corners = box_corners(-obj.size / 2, obj.size / 2)
+        corners = Box(np.eye(4), obj.size).local_corners()
         hull = corners
         if model is not None:
             hull = np.concatenate([hull, np.asarray(model.vertices, dtype=np.float64)])
-    bound_points = hull @ obj.pose[:3, :3].T + obj.pose[:3, 3]
-    return LabelObject(obj, model, cast_index, corners, bound_points)
+    return LabelObject(obj, model, cast_index, corners, apply_points(obj.pose, hull))
+
+
+def inside_rigid_box(box: Box, points: np.ndarray) -> np.ndarray:
+    """Which ``points`` (N, 3) lie inside ``box`` with a rigid pose (the label math's exact test: no scale
+    to divide out, unlike :meth:`Box.contains`, whose similarity handling moves the boundary by an ulp)."""
+    local = (points - box.pose[:3, 3]) @ box.pose[:3, :3]
+    return np.all(np.abs(local) <= box.size / 2, axis=1)
 
 
 @dataclass
@@ -173,59 +189,11 @@ def bbox_coco(mask: np.ndarray) -> list[int]:
     return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
 
 
-def rigid_inverse(pose: np.ndarray) -> np.ndarray:
-    """Inverse of a rigid 4x4 transform (R^T, -R^T t), without a general matrix inverse."""
-    inv = np.eye(4)
-    inv[:3, :3] = pose[:3, :3].T
-    inv[:3, 3] = -pose[:3, :3].T @ pose[:3, 3]
-    return inv
-
-
-def project(intrinsics: Intrinsics, cam_from_world: np.ndarray, points: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`~.cameras.project_points`, from an OpenCV ``cam_from_world``: (pixels (N, 2), z (N,))."""
-    p_cam = points @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
-    z = p_cam[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xy = distort(intrinsics, p_cam[:, :2] / z[:, None])
-    pixels = np.stack([xy[:, 0] * intrinsics.fx + intrinsics.cx, xy[:, 1] * intrinsics.fy + intrinsics.cy], axis=-1)
-    return pixels, z
-
-
-def projected_region(intrinsics: Intrinsics, cam_to_world: np.ndarray, points: np.ndarray,
-                     extent: tuple[int, int, int, int], pad: int = 2) -> Optional[tuple[int, int, int, int]]:
-    """Pixel rectangle (c0, r0, c1, r1), half-open, that holds the projection of ``points``, within ``extent``.
-
-    None when every point is behind the camera; the whole extent when some but not all are (the projection of
-    an object that straddles the camera plane is unbounded).
-    """
-    pixels, z = project(intrinsics, OPENGL_TO_OPENCV @ rigid_inverse(cam_to_world), points)
-    if np.all(z <= 0):
-        return None
-    if np.any(z <= 1e-9) or not np.all(np.isfinite(pixels)):
-        return extent
-    c0 = int(np.floor(pixels[:, 0].min())) - pad
-    r0 = int(np.floor(pixels[:, 1].min())) - pad
-    c1 = int(np.ceil(pixels[:, 0].max())) + pad
-    r1 = int(np.ceil(pixels[:, 1].max())) + pad
-    c0, r0 = max(c0, extent[0]), max(r0, extent[1])
-    c1, r1 = min(c1, extent[2]), min(r1, extent[3])
-    if c0 >= c1 or r0 >= r1:
-        return None
-    return c0, r0, c1, r1
-
-
-def _region_pixels(region: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    c0, r0, c1, r1 = region
-    cols, rows = np.meshgrid(np.arange(c0, c1), np.arange(r0, r1))
-    return rows.ravel(), cols.ravel()
-
-
 @dataclass
 class _Silhouette:
     """One object's cast inside the image: z-depth over ``region`` (inf where missed) and its counts."""
 
-    region: tuple[int, int, int, int]  # (c0, r0, c1, r1) inside the image
+    region: Region  # (c0, r0, c1, r1) inside the image
     z: np.ndarray  # (r1 - r0, c1 - c0)
     count_all: int  # hits including beyond the image border
     bbox_all: list[int]
@@ -237,47 +205,75 @@ class _Silhouette:
         return mask
 
 
-class FrameLabeler:
-    """Labels frames for a fixed set of objects.
+@dataclass
+class _SceneAnswer:
+    """The scene's surface for one view, in world units: (H, W) maps, NaN where not asked (or no surface)."""
 
-    ``caster`` holds the world-space meshes (``LabelObject.cast_index``); ``depth_source`` gives z-depth in data
-    units for pixels of a *data-frame* camera (:mod:`.depth_source`), or None for mesh-only labels;
+    z_depth: np.ndarray  # float64
+    confidence: Optional[np.ndarray]  # float32; None when the scene measures none (or it was not asked)
+
+
+class FrameLabeler:
+    """Labels views for a fixed set of objects.
+
+    ``caster`` holds the world-space meshes (``LabelObject.cast_index``); ``scene`` answers z-depth in data
+    units at pixels of a view (:class:`~..scene.queries.SceneQuery`), or None for mesh-only labels;
     ``data_scale`` is world units per data unit.
     """
 
-    def __init__(self, objects: list[LabelObject], caster, depth_source=None, *, data_scale: float = 1.0,
-                 units_to_mm: float = 1000.0, options: LabelOptions = LabelOptions()) -> None:
+    def __init__(self, objects: list[LabelObject], caster, scene: Optional[SceneQuery] = None, *,
+                 data_scale: float = 1.0, units_to_mm: float = 1000.0, options: LabelOptions = LabelOptions()
+                 ) -> None:
         self.objects = objects
         self.caster = caster
-        self.depth_source = depth_source
+        self.scene = scene
         self.data_scale = float(data_scale)
         self.units_to_mm = float(units_to_mm)
         self.options = options
+        self.box_ids = [i for i, o in enumerate(objects) if not o.is_mesh]
+        if scene is None and self.box_ids:
+            raise NeuralLabelError("box objects need a depth source (a field): their pixels are where the "
+                                   "field's surface lies inside the box")
 
-    def label(self, frame: Frame, cam_to_world: np.ndarray, *, full_depth: bool = True,
-              confidence: bool = True) -> FrameLabels:
-        """Labels of ``frame`` (data-frame camera) seen from ``cam_to_world`` (its rigid world pose).
+    def label(self, view: View, *, full_depth: bool = True, confidence: bool = True) -> FrameLabels:
+        """Labels of ``view``: meshes cast from its ``cam_to_world``, the scene asked through its ``cam_to_data``.
 
-        ``full_depth``: evaluate the depth source at every pixel (for depth maps); otherwise only where a
-        visibility or box decision needs it. ``confidence``: also the per-pixel confidence (field only).
+        ``full_depth``: ask the scene at every pixel (for depth maps); otherwise only where a visibility or
+        box decision needs it. ``confidence``: also the per-pixel confidence (a scene that measures one).
         """
-        intr = frame.intrinsics
-        H, W = intr.height, intr.width
-        image = (0, 0, W, H)
-        extent = (-W, -H, 2 * W, 2 * H) if self.options.truncated else image
-        source = self.depth_source
-        cam_from_world = OPENGL_TO_OPENCV @ rigid_inverse(cam_to_world)
+        shape = (view.height, view.width)
+        silhouettes = self.cast_silhouettes(view)  # 1
+        mesh_ids = [i for i in silhouettes if self.objects[i].is_mesh]
+        nearest, nearest_z = nearest_mesh(silhouettes, mesh_ids, shape)  # 2
+        covered = nearest >= 0
+        box_regions = {i: projected_region(view.intrinsics, view.cam_to_world, self.objects[i].box.corners(),
+                                           (0, 0, view.width, view.height)) for i in self.box_ids}
+        scene = self.query_scene(view, covered, box_regions, full_depth, confidence)  # 3
+        mesh_visible = self.mesh_visibility(covered, nearest_z, scene)  # 4
+        visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
+        visible.update(self.box_masks(view, box_regions, scene, mesh_visible))  # 5
+        instance, category = self.id_maps(visible, shape)
+        depth = self.depth_map(mesh_ids, visible, nearest_z, mesh_visible, scene)  # 6
+        instances = self.instance_records(view, silhouettes, visible, np.isfinite(depth))  # 7
+        return FrameLabels(view.index, instance, category, depth, None if scene is None else scene.confidence,
+                           instances, source_depth=None if scene is None else scene.z_depth)
 
-        # 1. full silhouettes and mesh depth, per object with a model (cast only inside its projection).
+    # --- stages ------------------------------------------------------------------------------------------
+
+    def cast_silhouettes(self, view: View) -> dict[int, _Silhouette]:
+        """1. Full silhouette and mesh z-depth of every object with a model, cast only inside its projection
+        (within the border's extent when ``truncated``)."""
+        W, H = view.width, view.height
+        extent = (-W, -H, 2 * W, 2 * H) if self.options.truncated else (0, 0, W, H)
         silhouettes: dict[int, _Silhouette] = {}
         for i, obj in enumerate(self.objects):
             if obj.cast_index is None:
                 continue
-            region = projected_region(intr, cam_to_world, obj.bound_points, extent)
+            region = projected_region(view.intrinsics, view.cam_to_world, obj.bound_points, extent)
             if region is None:
                 continue
-            rows, cols = _region_pixels(region)
-            z = self._cast(obj.cast_index, intr, cam_to_world, rows, cols)
+            rows, cols = region_pixels(region)
+            z = self.cast_z_depth(obj.cast_index, view, rows, cols)
             hit = np.isfinite(z)
             if not hit.any():
                 continue
@@ -289,164 +285,178 @@ class FrameLabeler:
             else:
                 inner, z_inner = (0, 0, 0, 0), np.zeros((0, 0))
             silhouettes[i] = _Silhouette(inner, z_inner, int(hit.sum()), bbox_bop(rows[hit], cols[hit]))
+        return silhouettes
 
-        # 2. the nearest annotated mesh per pixel (box objects' extracted meshes take no part: the field
-        #    decides their pixels).
-        mesh_ids = [i for i in silhouettes if self.objects[i].is_mesh]
-        nearest = np.full((H, W), -1, dtype=np.int16)
-        nearest_z = np.full((H, W), np.inf, dtype=np.float32)  # float32: ~0.1 um at metres
-        for i in mesh_ids:
-            c0, r0, c1, r1 = silhouettes[i].region
-            window_z = nearest_z[r0:r1, c0:c1]
-            closer = silhouettes[i].z < window_z
-            window_z[closer] = silhouettes[i].z[closer]
-            nearest[r0:r1, c0:c1][closer] = i
-        covered = nearest >= 0
-
-        # 3. the source's depth where needed.
-        box_ids = [i for i, o in enumerate(self.objects) if not o.is_mesh]
-        box_regions = {i: projected_region(intr, cam_to_world, box_corners(-o.spec.size / 2, o.spec.size / 2)
-                                           @ o.spec.pose[:3, :3].T + o.spec.pose[:3, 3], image)
-                       for i, o in ((i, self.objects[i]) for i in box_ids)}
-        source_z = None
-        conf_map = None
-        if source is not None:
-            source_z = np.full((H, W), np.nan)
-            has_conf = getattr(source, "has_density", False)  # a field: its weights give a confidence
-            gate = has_conf and self.options.occlusion_min_confidence > 0
-            want_conf = has_conf and (confidence or gate)
-            if full_depth or (confidence and has_conf):
-                rows, cols = np.divmod(np.arange(H * W), W)
-            else:
-                need = covered.copy()
-                for region in box_regions.values():
-                    if region is not None:
-                        c0, r0, c1, r1 = region
-                        need[r0:r1, c0:c1] = True
-                rows, cols = np.nonzero(need)
-            z, conf = source.z_depth(frame, rows, cols, with_confidence=want_conf)
-            source_z[rows, cols] = z * self.data_scale
-            if conf is not None:
-                conf_map = np.full((H, W), np.nan, dtype=np.float32)
-                conf_map[rows, cols] = conf
-        elif box_ids:
-            raise NeuralLabelError("box objects need a depth source (a field): their pixels are where the "
-                                   "field's surface lies inside the box")
-
-        # 4. visibility of the nearest mesh against the source's surface.
-        if source_z is not None:
-            tol = self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * source_z
-            with np.errstate(invalid="ignore"):
-                occluded = covered & (nearest_z > source_z + tol)  # NaN (no surface) never occludes
-                if conf_map is not None and self.options.occlusion_min_confidence > 0:
-                    occluded &= conf_map >= self.options.occlusion_min_confidence
-            mesh_visible = covered & ~occluded
+    def query_scene(self, view: View, covered: np.ndarray, box_regions: dict[int, Optional[Region]],
+                    full_depth: bool, confidence: bool) -> Optional[_SceneAnswer]:
+        """3. The scene's surface (world units) where needed: every pixel for depth or confidence maps,
+        otherwise the mesh-covered pixels and those inside a box's projection. None without a scene."""
+        if self.scene is None:
+            return None
+        H, W = covered.shape
+        measured = self.scene.measures_confidence  # a field: its weights give a confidence
+        gate = measured and self.options.occlusion_min_confidence > 0
+        want_confidence = measured and (confidence or gate)
+        if full_depth or (confidence and measured):
+            rows, cols = np.divmod(np.arange(H * W), W)
         else:
-            mesh_visible = covered
+            need = covered.copy()
+            for region in box_regions.values():
+                if region is not None:
+                    c0, r0, c1, r1 = region
+                    need[r0:r1, c0:c1] = True
+            rows, cols = np.nonzero(need)
+        answer = self.scene.at_pixels(view, rows, cols, confidence=want_confidence)
+        z_depth = np.full((H, W), np.nan)
+        z_depth[rows, cols] = answer.z_depth * self.data_scale
+        confidence_map = None
+        if answer.confidence is not None:
+            confidence_map = np.full((H, W), np.nan, dtype=np.float32)
+            confidence_map[rows, cols] = answer.confidence
+        return _SceneAnswer(z_depth, confidence_map)
 
-        instance = np.zeros((H, W), np.uint16)
-        category = np.zeros((H, W), np.uint16)
-        visible: dict[int, np.ndarray] = {}
-        for i in mesh_ids:  # within each object's region only: the rest of the frame cannot hold it
-            c0, r0, c1, r1 = silhouettes[i].region
-            visible[i] = np.zeros((H, W), bool)
-            visible[i][r0:r1, c0:c1] = mesh_visible[r0:r1, c0:c1] & (nearest[r0:r1, c0:c1] == i)
+    def mesh_visibility(self, covered: np.ndarray, nearest_z: np.ndarray, scene: Optional[_SceneAnswer]
+                        ) -> np.ndarray:
+        """4. Where the nearest mesh is visible: not behind the scene's (confident) surface by more than the
+        tolerance. Without a scene every covered pixel is."""
+        if scene is None:
+            return covered
+        scene_z = scene.z_depth
+        tol = self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * scene_z
+        with np.errstate(invalid="ignore"):
+            occluded = covered & (nearest_z > scene_z + tol)  # NaN (no surface) never occludes
+            if scene.confidence is not None and self.options.occlusion_min_confidence > 0:
+                occluded &= scene.confidence >= self.options.occlusion_min_confidence
+        return covered & ~occluded
 
-        # 5. box objects: the source's surface inside the box, where no annotated mesh is visible.
-        if box_ids:
-            box_owner = np.full((H, W), -1, dtype=np.int64)
-            owner_volume = np.full((H, W), np.inf)
-            for i in box_ids:
-                region = box_regions[i]
-                if region is None:
-                    continue
-                rows, cols = _region_pixels(region)
-                z = source_z[rows, cols]
-                ok = np.isfinite(z) & ~mesh_visible[rows, cols]
-                rows, cols, z = rows[ok], cols[ok], z[ok]
-                points = self._points(intr, cam_to_world, rows, cols, z)
-                obj = self.objects[i].spec
-                local = (points - obj.pose[:3, 3]) @ obj.pose[:3, :3]
-                inside = np.all(np.abs(local) <= obj.size / 2, axis=1)
-                volume = float(np.prod(obj.size))
-                # Overlapping boxes: the smaller box takes the pixel (deterministic, usually the right one).
-                take = inside & (volume < owner_volume[rows, cols])
-                box_owner[rows[take], cols[take]] = i
-                owner_volume[rows[take], cols[take]] = volume
-            for i in box_ids:
-                visible[i] = box_owner == i
+    def box_masks(self, view: View, box_regions: dict[int, Optional[Region]], scene: Optional[_SceneAnswer],
+                  mesh_visible: np.ndarray) -> dict[int, np.ndarray]:
+        """5. Box objects' visible masks: where the scene's surface lies inside the box and no annotated mesh
+        is visible. Overlapping boxes: the smaller box takes the pixel (deterministic, usually the right one)."""
+        if not self.box_ids:
+            return {}
+        box_owner = np.full(mesh_visible.shape, -1, dtype=np.int64)
+        owner_volume = np.full(mesh_visible.shape, np.inf)
+        for i in self.box_ids:
+            region = box_regions[i]
+            if region is None:
+                continue
+            rows, cols = region_pixels(region)
+            z = scene.z_depth[rows, cols]
+            ok = np.isfinite(z) & ~mesh_visible[rows, cols]
+            rows, cols, z = rows[ok], cols[ok], z[ok]
+            box = self.objects[i].box
+            inside = inside_rigid_box(box, backproject(view.intrinsics, view.cam_to_world, rows, cols, z))
+            volume = float(np.prod(box.size))
+            take = inside & (volume < owner_volume[rows, cols])
+            box_owner[rows[take], cols[take]] = i
+            owner_volume[rows[take], cols[take]] = volume
+        return {i: box_owner == i for i in self.box_ids}
 
+    def id_maps(self, visible: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Instance and category id maps (uint16, 0 = nothing annotated visible) of the visible masks."""
+        instance = np.zeros(shape, np.uint16)
+        category = np.zeros(shape, np.uint16)
         for i, mask in visible.items():
             instance[mask] = self.objects[i].spec.instance_id
             category[mask] = self.objects[i].spec.category_id
+        return instance, category
 
-        # 6. depth: the source's, with the mesh's where a mesh is visible.
-        if source_z is None:
+    def depth_map(self, mesh_ids: list[int], visible: dict[int, np.ndarray], nearest_z: np.ndarray,
+                  mesh_visible: np.ndarray, scene: Optional[_SceneAnswer]) -> np.ndarray:
+        """6. z-depth (float32, world units): the scene's, with the mesh's where a mesh is visible."""
+        if scene is None:
             depth = np.where(mesh_visible, nearest_z, np.nan)
         else:
-            depth = source_z.copy()
+            depth = scene.z_depth.copy()
             for i in mesh_ids:
                 if self.options.mesh_depth == "all" or self.objects[i].spec.transparent:
                     depth[visible[i]] = nearest_z[visible[i]]
-        depth = depth.astype(np.float32)
-        has_depth = np.isfinite(depth)
+        return depth.astype(np.float32)
 
-        # Per-instance labels.
-        instances: list[InstanceLabels] = []
+    def instance_records(self, view: View, silhouettes: dict[int, _Silhouette], visible: dict[int, np.ndarray],
+                         has_depth: np.ndarray) -> list[InstanceLabels]:
+        """7. One record per object seen (silhouette or visible pixels), sorted by instance id."""
+        cam_from_world = opencv_from_pose(view.cam_to_world)
+        instances = []
         for i, obj in enumerate(self.objects):
-            vis = visible.get(i)
-            sil = silhouettes.get(i)
-            if sil is None and (vis is None or not vis.any()):
-                continue
-            if vis is None:
-                vis = np.zeros((H, W), bool)
-            if sil is not None and obj.is_mesh:
-                full = sil.full_mask((H, W))  # holds the visible mask: visible pixels are nearest hits
-                px_all, bbox_obj = sil.count_all, sil.bbox_all
-            elif sil is not None:
-                model_mask = sil.full_mask((H, W))
-                full = model_mask | vis
-                extra = int(np.count_nonzero(vis & ~model_mask))
-                px_all = sil.count_all + extra  # box pixels beyond its extracted model count too
-                bbox_obj = sil.bbox_all if extra == 0 else _union_bbox(sil.bbox_all, vis)
-            else:
-                full = vis
-                px_all = int(np.count_nonzero(full))
-                bbox_obj = bbox_bop_mask(full)
-            px_visib = int(np.count_nonzero(vis))
-            m2c = cam_from_world @ obj.spec.pose
-            corners_world = obj.corners @ obj.spec.pose[:3, :3].T + obj.spec.pose[:3, 3]
-            corners_px, corners_z = project(intr, cam_from_world, corners_world)
-            instances.append(InstanceLabels(
-                instance_id=obj.spec.instance_id, category_id=obj.spec.category_id, name=obj.spec.name,
-                visible_mask=vis, full_mask=full, px_count_all=px_all,
-                px_count_valid=int(np.count_nonzero(full & has_depth)), px_count_visib=px_visib,
-                visib_fract=float(px_visib / px_all) if px_all > 0 else 0.0,
-                bbox_obj=bbox_obj, bbox_visib=bbox_bop_mask(vis),
-                cam_R_m2c=m2c[:3, :3].copy(), cam_t_m2c=m2c[:3, 3].copy(),
-                corners_px=corners_px - 0.5, corners_z=corners_z))
+            record = instance_record(view, obj, silhouettes.get(i), visible.get(i), cam_from_world, has_depth)
+            if record is not None:
+                instances.append(record)
         instances.sort(key=lambda x: x.instance_id)
-        return FrameLabels(frame.index, instance, category, depth, conf_map, instances, source_depth=source_z)
+        return instances
 
     # --- helpers -----------------------------------------------------------------------------------------
 
-    def _cast(self, cast_index: int, intr: Intrinsics, cam_to_world: np.ndarray, rows: np.ndarray,
-              cols: np.ndarray) -> np.ndarray:
-        """z-depth of mesh ``cast_index`` through pixel centres (rows, cols); inf where missed."""
-        dirs_cam = camera_directions(intr, np.stack([cols + 0.5, rows + 0.5], axis=-1))  # z = -1
+    def cast_z_depth(self, cast_index: int, view: View, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """z-depth of mesh ``cast_index`` through pixel centres (rows, cols) of ``view``; inf where missed."""
+        dirs_cam = camera_directions(view.intrinsics, np.stack([cols + 0.5, rows + 0.5], axis=-1))  # z = -1
         norms = np.sqrt(np.einsum("ij,ij->i", dirs_cam, dirs_cam))
-        dirs = (dirs_cam / norms[:, None]) @ cam_to_world[:3, :3].T
-        origins = np.broadcast_to(cam_to_world[:3, 3], dirs.shape)
+        dirs = apply_directions(view.cam_to_world, dirs_cam / norms[:, None])
+        origins = np.broadcast_to(view.cam_to_world[:3, 3], dirs.shape)
         hit, distance = self.caster.cast(cast_index, origins, dirs)
         return np.where(hit, distance / norms, np.inf)  # distance -> z-depth (unit z per |dir_cam|)
 
-    @staticmethod
-    def _points(intr: Intrinsics, cam_to_world: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                z: np.ndarray) -> np.ndarray:
-        """World points at z-depth ``z`` through pixel centres (rows, cols)."""
-        dirs_cam = camera_directions(intr, np.stack([cols + 0.5, rows + 0.5], axis=-1))  # z = -1
-        points_cam = dirs_cam * z[:, None]
-        return points_cam @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
+
+def nearest_mesh(silhouettes: dict[int, _Silhouette], mesh_ids: list[int], shape: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """2. Per pixel, the annotated mesh with the smallest z (-1: none) and that z (inf: none). Box objects'
+    extracted meshes take no part: the scene decides their pixels."""
+    nearest = np.full(shape, -1, dtype=np.int16)
+    nearest_z = np.full(shape, np.inf, dtype=np.float32)  # float32: ~0.1 um at metres
+    for i in mesh_ids:
+        c0, r0, c1, r1 = silhouettes[i].region
+        window_z = nearest_z[r0:r1, c0:c1]
+        closer = silhouettes[i].z < window_z
+        window_z[closer] = silhouettes[i].z[closer]
+        nearest[r0:r1, c0:c1][closer] = i
+    return nearest, nearest_z
+
+
+def mesh_masks(silhouettes: dict[int, _Silhouette], mesh_ids: list[int], nearest: np.ndarray,
+               mesh_visible: np.ndarray) -> dict[int, np.ndarray]:
+    """Each annotated mesh's visible mask: visible pixels where it is the nearest mesh (looked for within its
+    own region only: the rest of the view cannot hold it)."""
+    visible = {}
+    for i in mesh_ids:
+        c0, r0, c1, r1 = silhouettes[i].region
+        visible[i] = np.zeros(nearest.shape, bool)
+        visible[i][r0:r1, c0:c1] = mesh_visible[r0:r1, c0:c1] & (nearest[r0:r1, c0:c1] == i)
+    return visible
+
+
+def instance_record(view: View, obj: LabelObject, silhouette: Optional[_Silhouette], visible: Optional[np.ndarray],
+                    cam_from_world: np.ndarray, has_depth: np.ndarray) -> Optional[InstanceLabels]:
+    """Counts, 2D boxes, pose and projected corners of one object; None when the view does not see it."""
+    shape = (view.height, view.width)
+    if silhouette is None and (visible is None or not visible.any()):
+        return None
+    if visible is None:
+        visible = np.zeros(shape, bool)
+    if silhouette is not None and obj.is_mesh:
+        full = silhouette.full_mask(shape)  # holds the visible mask: visible pixels are nearest hits
+        px_all, bbox_obj = silhouette.count_all, silhouette.bbox_all
+    elif silhouette is not None:
+        model_mask = silhouette.full_mask(shape)
+        full = model_mask | visible
+        extra = int(np.count_nonzero(visible & ~model_mask))
+        px_all = silhouette.count_all + extra  # box pixels beyond its extracted model count too
+        bbox_obj = silhouette.bbox_all if extra == 0 else _union_bbox(silhouette.bbox_all, visible)
+    else:
+        full = visible
+        px_all = int(np.count_nonzero(full))
+        bbox_obj = bbox_bop_mask(full)
+    px_visib = int(np.count_nonzero(visible))
+    m2c = cam_from_world @ obj.spec.pose
+    corners_px, corners_z = project(view.intrinsics, cam_from_world, apply_points(obj.spec.pose, obj.local_corners))
+    return InstanceLabels(
+        instance_id=obj.spec.instance_id, category_id=obj.spec.category_id, name=obj.spec.name,
+        visible_mask=visible, full_mask=full, px_count_all=px_all,
+        px_count_valid=int(np.count_nonzero(full & has_depth)), px_count_visib=px_visib,
+        visib_fract=float(px_visib / px_all) if px_all > 0 else 0.0,
+        bbox_obj=bbox_obj, bbox_visib=bbox_bop_mask(visible),
+        cam_R_m2c=m2c[:3, :3].copy(), cam_t_m2c=m2c[:3, 3].copy(),
+        corners_px=corners_px - 0.5, corners_z=corners_z)
 
 
 def _union_bbox(bbox: list[int], mask: np.ndarray) -> list[int]:

@@ -18,13 +18,14 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import NeuralLabelError
+from ..geometry.transforms import apply_points
 
 
 def world_mesh(mesh, pose: np.ndarray):
     """A copy of ``mesh`` (trimesh, object frame) with vertices mapped to the world by the 4x4 ``pose``."""
     import trimesh
 
-    vertices = np.asarray(mesh.vertices, dtype=np.float64) @ pose[:3, :3].T + pose[:3, 3]
+    vertices = apply_points(pose, np.asarray(mesh.vertices, dtype=np.float64))
     return trimesh.Trimesh(vertices, np.asarray(mesh.faces), process=False)
 
 

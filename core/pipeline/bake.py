@@ -30,13 +30,14 @@ from ..data.dataset import load_dataset
 from ..errors import NeuralLabelError
 from ..export import FORMATS, ExportContext, Writer, get_writer
 from ..geometry.box import Box
-from ..geometry.cameras import camera_directions
-from ..geometry.transforms import Similarity, apply_points
+from ..geometry.projection import backproject, projected_region, region_pixels
+from ..geometry.transforms import Similarity
 from ..geometry.view import View
 from ..io.atomic import json_bytes, npy_bytes, write_bytes, write_bytes_if_changed
-from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, make_label_object, projected_region
+from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, make_label_object
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
 from ..progress import ProgressFn, report
+from ..scene.queries import DensityQuery
 from ..spec import LabelSpec
 from .frames import select_frames
 
@@ -78,8 +79,8 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str =
     """Bake ``spec`` into ``out_dir`` (:func:`prepare`, :func:`bake_frames`, :func:`assemble`); returns a
     summary (frames baked/skipped, instances, seconds per frame).
 
-    ``depth_source`` defaults to the spec's field (:class:`~..scene.queries.FieldDepth`); tests and benchmarks
-    pass a :class:`~..scene.queries.TruthDepth`. Without either, labels come from the meshes alone.
+    ``depth_source`` defaults to the spec's field (:class:`~..scene.queries.FieldQuery`); tests and benchmarks
+    pass a :class:`~..scene.queries.TruthQuery`. Without either, labels come from the meshes alone.
     """
     t_start = time.perf_counter()
     job = prepare(spec, Path(out_dir), formats=formats, frames=frames, shard=shard, device=device,
@@ -102,10 +103,10 @@ def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FO
     dataset = load_dataset(spec.data_path)
     todo = select_frames(spec, dataset, frames, shard)
     if depth_source is None and spec.field_path is not None:
-        from ..scene.queries import FieldDepth
+        from ..scene.queries import FieldQuery
 
-        depth_source = FieldDepth.load(spec.field_path, device=device)
-    source_name = "none" if depth_source is None else type(depth_source).__name__
+        depth_source = FieldQuery.load(spec.field_path, device=device)
+    source_name = "none" if depth_source is None else depth_source.name
     if depth_source is None and any(o.kind == "box" for o in spec.objects):
         raise NeuralLabelError("the spec has box objects but no 'field': a box object's pixels and mesh come "
                                "from the field")
@@ -161,7 +162,7 @@ def label_view(job: BakeJob, view: View) -> FrameLabels:
     """The labels of one view, with the maps the job's writers store (full depth maps, confidence)."""
     full_depth = any(w.needs_depth for w in job.writers)
     confidence = any(w.needs_confidence for w in job.writers)
-    return job.labeler.label(view, view.cam_to_world, full_depth=full_depth, confidence=confidence)
+    return job.labeler.label(view, full_depth=full_depth, confidence=confidence)
 
 
 def assemble(job: BakeJob) -> int:
@@ -259,14 +260,14 @@ def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth
         if obj.kind == "mesh":
             models[obj.instance_id] = obj.mesh
             continue
-        if depth_source is None or not getattr(depth_source, "has_density", False):
+        if not isinstance(depth_source, DensityQuery):
             continue  # no field: the box object's labels come from depth alone, it gets no model
         v_path = cache / f"instance_{obj.instance_id:06d}_vertices.npy"
         f_path = cache / f"instance_{obj.instance_id:06d}_faces.npy"
         if not (v_path.is_file() and f_path.is_file()):
             level = surface_density_level(spec, views, depth_source, Box(obj.pose, obj.size))
             mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
-                                    resolution=resolution, step=getattr(depth_source, "step", None),
+                                    resolution=resolution, step=depth_source.step,
                                     threshold=level, progress=progress, name=obj.name)
             if mesh is None:
                 raise NeuralLabelError(f"object {obj.name!r}: the field holds no surface inside its box")
@@ -282,8 +283,6 @@ def surface_density_level(spec: LabelSpec, views: dict[int, View], depth_source,
     """The field's density where it renders the surface inside ``box`` (world frame): the median density at
     the points of its depth maps (median depth) inside the box, from up to ``max_frames`` evenly spread views.
     None when fewer than ``min_points`` such points are found."""
-    from ..labels.frame import _region_pixels  # TODO: the public region_pixels of geometry.projection
-
     ordered = [views[i] for i in sorted(views)]
     count = len(ordered)
     picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(count, max_frames))})
@@ -296,24 +295,18 @@ def surface_density_level(spec: LabelSpec, views: dict[int, View], depth_source,
         region = projected_region(intr, view.cam_to_world, corners, (0, 0, intr.width, intr.height))
         if region is None:
             continue
-        rows, cols = _region_pixels(region)
+        rows, cols = region_pixels(region)
         stride = max(1, int(np.ceil(len(rows) * len(picks) / max_pixels)))
         rows, cols = rows[::stride], cols[::stride]
-        z, _ = depth_source.z_depth(view, rows, cols)
+        z = depth_source.at_pixels(view, rows, cols).z_depth
         ok = np.isfinite(z)
-        points = _pixel_points(intr, view.cam_to_world, rows[ok], cols[ok], z[ok] * spec.data_scale)
+        points = backproject(intr, view.cam_to_world, rows[ok], cols[ok], z[ok] * spec.data_scale)
         inside = box.contains(points)
         if inside.any():
             densities.append(depth_source.density(data_from_world.apply(points[inside])))
     if not densities or sum(len(d) for d in densities) < min_points:
         return None
     return float(np.median(np.concatenate(densities)))
-
-
-def _pixel_points(intr, cam_to_world: np.ndarray, rows: np.ndarray, cols: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """World points at z-depth ``z`` through the pixel centres (rows, cols) of a camera at ``cam_to_world``."""
-    dirs_cam = camera_directions(intr, np.stack([cols + 0.5, rows + 0.5], axis=-1))  # z = -1
-    return apply_points(cam_to_world, dirs_cam * z[:, None])
 
 
 def _category_models(spec: LabelSpec, models: dict[int, Any]) -> dict[int, Any]:

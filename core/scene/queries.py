@@ -1,24 +1,32 @@
-"""Where the bake gets the scene's depth: a trained field, or a generated scene's true depth maps.
+"""What the scene holds at a view's pixels: the one interface the label math and snap ask the scene through.
 
-The label math (:mod:`.labels`) asks a depth source only for the pixels a decision needs. Both sources work in
-the dataset's own frame (``data`` units); the caller scales to world units with ``world_from_data``'s scale.
+A :class:`SceneQuery` answers, for some pixels of a :class:`~..geometry.view.View`, the z-depth of the surface
+along each pixel's ray (and, when it measures one, how confident it is of that surface). Every query works in
+the dataset's own frame (``data`` units, the view's ``cam_to_data``); callers scale to world units with
+``world_from_data``'s scale. What "the surface" is, is decided here once: for a field, its *median* depth
+(where the ray's accumulated weight reaches 1/2), NaN where its opacity stays under 1/2. The bake's occlusion
+and snap's surface points both use it.
 
-- :class:`FieldDepth` renders z-depth with the radiance field (``core.render.render_rays``), plus a per-pixel
-  confidence from the field's weight distribution along each ray, and gives the field's density for box-mesh
-  extraction.
-- :class:`TruthDepth` reads a generated scene's true z-depth (``gt/depth/NNNNNN.npy``): it isolates the label
-  math from the field's errors in tests and benchmarks.
+- :class:`FieldQuery` renders a trained radiance field (``core.render.render_rays``); its weight distribution
+  along each ray gives a confidence, and it is also a :class:`DensityQuery` (box-mesh extraction).
+- :class:`DepthMapQuery` reads whole z-depth maps per view; :class:`TruthQuery` those of a generated scene
+  (``gt/depth/NNNNNN.npy``): it isolates the label math from the field's errors in tests and benchmarks.
+- :func:`cached` remembers another query's whole-view answers (benchmarks try many options on one render).
+
+Later research features extend :class:`ScenePixels` with optional fields (class logits, ray samples) and the
+``at_pixels`` request with a matching keyword; queries that cannot answer leave them None.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..geometry.cameras import camera_rays
-from ..data.dataset import Frame
+from ..geometry.view import View
 from ..errors import NeuralLabelError
 
 #: The confidence of a pixel is the share of the ray's weight that lies within this fraction of the reported
@@ -27,42 +35,95 @@ from ..errors import NeuralLabelError
 CONFIDENCE_WINDOW = 0.02
 
 
-class TruthDepth:
+@dataclass(frozen=True)
+class ScenePixels:
+    """A query's answer for N pixels of one view, in data units."""
+
+    z_depth: np.ndarray  # (N,) z-depth of the surface along each pixel's ray; NaN = no surface
+    confidence: Optional[np.ndarray] = None  # (N,) in [0, 1]; None unless asked for
+
+
+@runtime_checkable
+class SceneQuery(Protocol):
+    """What surface (z-depth) and confidence lie at pixels (rows, cols) of a view (pixel centres)."""
+
+    #: the name a bake records as its depth source (the first manifests' names, so older bakes re-run)
+    name: str
+    #: True when ``at_pixels(..., confidence=True)`` measures a confidence (a field's weights); a query
+    #: without one (true depth) answers 1 wherever it has a surface, and the label math writes no confidence
+    measures_confidence: bool
+
+    def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False
+                  ) -> ScenePixels:
+        ...
+
+
+@runtime_checkable
+class DensityQuery(Protocol):
+    """A scene with a volume density (a field): what box-mesh extraction needs."""
+
+    #: the renderer's step length (data units), which sets the rendered surface's density level; None: unknown
+    step: Optional[float]
+
+    def density(self, points: np.ndarray) -> np.ndarray:
+        """Volume density (per data unit of length) at ``points`` (N, 3), data frame."""
+        ...
+
+
+class DepthMapQuery:
+    """Whole z-depth maps per view (``depth_map(view) -> (H, W)``, data units; inf/NaN = nothing hit)."""
+
+    name = "DepthMap"
+    measures_confidence = False
+
+    def __init__(self, depth_map: Callable[[View], np.ndarray]) -> None:
+        self.depth_map = depth_map
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _view_depth(self, view: View) -> np.ndarray:
+        if view.name not in self._cache:
+            depth = np.asarray(self.depth_map(view)).astype(np.float64)
+            if depth.shape != (view.height, view.width):
+                raise NeuralLabelError(f"depth map of {view.name} is {depth.shape[1]}x{depth.shape[0]}, the "
+                                       f"camera is {view.width}x{view.height}")
+            depth[~np.isfinite(depth)] = np.nan
+            self._cache = {view.name: depth}  # one view at a time
+        return self._cache[view.name]
+
+    def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False
+                  ) -> ScenePixels:
+        depth = self._view_depth(view)[rows, cols]
+        return ScenePixels(depth, np.isfinite(depth).astype(np.float64) if confidence else None)
+
+
+class TruthQuery(DepthMapQuery):
     """True z-depth of a generated scene (``SCENE/gt/depth/<image stem>.npy``; inf/NaN = nothing hit)."""
 
-    has_density = False
+    name = "TruthDepth"
 
     def __init__(self, scene_dir: str | Path) -> None:
         self.scene_dir = Path(scene_dir)
         self.depth_dir = self.scene_dir / "gt" / "depth"
         if not self.depth_dir.is_dir():
             raise NeuralLabelError(f"{self.scene_dir}: no gt/depth folder (not a generated scene)")
-        self._cache: dict[str, np.ndarray] = {}
+        super().__init__(self._load)
 
-    def _frame_depth(self, frame: Frame) -> np.ndarray:
-        name = frame.image_path.stem
-        if name not in self._cache:
-            path = self.depth_dir / f"{name}.npy"
-            if not path.is_file():
-                raise NeuralLabelError(f"{path}: true depth for frame {frame.index} does not exist")
-            depth = np.load(path).astype(np.float64)
-            if depth.shape != (frame.intrinsics.height, frame.intrinsics.width):
-                raise NeuralLabelError(f"{path}: depth is {depth.shape[1]}x{depth.shape[0]}, the camera is "
-                                       f"{frame.intrinsics.width}x{frame.intrinsics.height}")
-            depth[~np.isfinite(depth)] = np.nan
-            self._cache = {name: depth}  # one frame at a time
-        return self._cache[name]
-
-    def z_depth(self, frame: Frame, rows: np.ndarray, cols: np.ndarray, with_confidence: bool = False
-                ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        depth = self._frame_depth(frame)[rows, cols]
-        return depth, (np.isfinite(depth).astype(np.float64) if with_confidence else None)
+    def _load(self, view: View) -> np.ndarray:
+        path = self.depth_dir / f"{view.name}.npy"
+        if not path.is_file():
+            raise NeuralLabelError(f"{path}: true depth for frame {view.index} does not exist")
+        return np.load(path)
 
 
-class FieldDepth:
-    """Depth and confidence rendered from a trained radiance field (``core.field.load_field``)."""
+class FieldQuery:
+    """Surface depth and confidence rendered from a trained radiance field (``core.field.load_field``).
 
-    has_density = True
+    ``depth``: "median" (the surface, default) or "expected" (the opacity-normalised mean distance; for
+    experiments only: it smears between a floater and the surface behind it).
+    """
+
+    name = "FieldDepth"
+    measures_confidence = True
 
     def __init__(self, field, device: str = "cpu", depth: str = "median", chunk: int = 65536) -> None:
         if depth not in ("median", "expected"):
@@ -73,40 +134,40 @@ class FieldDepth:
         self.chunk = chunk
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", **kwargs) -> "FieldDepth":
+    def load(cls, path: str | Path, device: str = "cpu", **kwargs) -> "FieldQuery":
         from ..field.model import load_field
 
         return cls(load_field(path, device=device), device=device, **kwargs)
 
-    def z_depth(self, frame: Frame, rows: np.ndarray, cols: np.ndarray, with_confidence: bool = False
-                ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False
+                  ) -> ScenePixels:
         import torch
 
         from ..render.volume import render_rays
 
         n = len(rows)
         if n == 0:
-            return np.zeros(0), (np.zeros(0) if with_confidence else None)
+            return ScenePixels(np.zeros(0), np.zeros(0) if confidence else None)
         pixels = np.stack([np.asarray(cols) + 0.5, np.asarray(rows) + 0.5], axis=-1)
-        origins, directions, z_per_distance = camera_rays(frame.intrinsics, frame.cam_to_data, pixels)
+        origins, directions, z_per_distance = camera_rays(view.intrinsics, view.cam_to_data, pixels)
         z = np.empty(n)
-        confidence = np.empty(n) if with_confidence else None
+        weight_near = np.empty(n) if confidence else None
         key = "median_distance" if self.depth == "median" else "distance"
         with torch.no_grad():
             for start in range(0, n, self.chunk):
                 sl = slice(start, start + self.chunk)
                 o = torch.as_tensor(origins[sl], dtype=torch.float32, device=self.device)
                 d = torch.as_tensor(directions[sl], dtype=torch.float32, device=self.device)
-                out = render_rays(self.field, o, d, depth_only=True, return_samples=with_confidence,
+                out = render_rays(self.field, o, d, depth_only=True, return_samples=confidence,
                                   chunk=self.chunk)
                 distance = out[key].double()
                 opacity = out["opacity"].double()
                 z_chunk = (distance.cpu().numpy() * z_per_distance[sl])
                 z_chunk[opacity.cpu().numpy() < 0.5] = np.nan
                 z[sl] = z_chunk
-                if with_confidence:
-                    confidence[sl] = _weight_near(out, out["median_distance"].double(), len(o)).cpu().numpy()
-        return z, confidence
+                if confidence:
+                    weight_near[sl] = weight_near_median(out, out["median_distance"].double(), len(o)).cpu().numpy()
+        return ScenePixels(z, weight_near)
 
     @property
     def step(self) -> Optional[float]:
@@ -126,7 +187,7 @@ class FieldDepth:
         return out
 
 
-def _weight_near(out: dict, median_distance, n_rays: int):
+def weight_near_median(out: dict, median_distance, n_rays: int):
     """Per ray: the weight whose sample lies within ``CONFIDENCE_WINDOW`` of the median distance."""
     import torch
 
@@ -140,33 +201,47 @@ def _weight_near(out: dict, median_distance, n_rays: int):
     return mass.clamp(0.0, 1.0)
 
 
-class CachedDepth:
-    """Remembers another source's whole-frame depth (and confidence) per frame: for trying several label
-    options on the same frames (benchmarks) without rendering the field again."""
+class CachedQuery:
+    """Remembers another query's whole-view surface (and confidence) per view: for trying several label
+    options on the same views (benchmarks) without rendering the field again. Build it with :func:`cached`."""
 
-    def __init__(self, source) -> None:
-        self.source = source
-        self.has_density = getattr(source, "has_density", False)
-        self._frames: dict[int, tuple[np.ndarray, Optional[np.ndarray]]] = {}
+    def __init__(self, scene: SceneQuery) -> None:
+        self.scene = scene
+        self.name = scene.name
+        self.measures_confidence = scene.measures_confidence
+        self._views: dict[int, ScenePixels] = {}
 
-    @property
-    def step(self) -> Optional[float]:
-        return getattr(self.source, "step", None)
+    def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False
+                  ) -> ScenePixels:
+        cached = self._views.get(view.index)
+        h, w = view.height, view.width
+        if cached is None and len(rows) < h * w:  # a part of a view not seen whole yet: ask the scene
+            return self.scene.at_pixels(view, rows, cols, confidence=confidence)
+        if cached is None or (confidence and cached.confidence is None):
+            all_rows, all_cols = np.divmod(np.arange(h * w), w)
+            whole = self.scene.at_pixels(view, all_rows, all_cols, confidence=confidence)
+            cached = ScenePixels(whole.z_depth.reshape(h, w),
+                                 None if whole.confidence is None else whole.confidence.reshape(h, w))
+            self._views[view.index] = cached
+        return ScenePixels(cached.z_depth[rows, cols], cached.confidence[rows, cols] if confidence else None)
+
+
+class CachedDensityQuery(CachedQuery):
+    """A :class:`CachedQuery` of a scene with a density: the density is passed through (it is not cached)."""
+
+    def __init__(self, scene: SceneQuery) -> None:
+        if not isinstance(scene, DensityQuery):
+            raise NeuralLabelError(f"{scene.name} has no density to pass through")
+        super().__init__(scene)
+        self.step = scene.step
 
     def density(self, points: np.ndarray) -> np.ndarray:
-        return self.source.density(points)
+        return self.scene.density(points)
 
-    def z_depth(self, frame: Frame, rows: np.ndarray, cols: np.ndarray, with_confidence: bool = False
-                ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        cached = self._frames.get(frame.index)
-        h, w = frame.intrinsics.height, frame.intrinsics.width
-        if cached is None and len(rows) < h * w:  # a part of a frame not seen whole yet: ask the source
-            return self.source.z_depth(frame, rows, cols, with_confidence=with_confidence)
-        if cached is None or (with_confidence and cached[1] is None):
-            h, w = frame.intrinsics.height, frame.intrinsics.width
-            all_rows, all_cols = np.divmod(np.arange(h * w), w)
-            z, conf = self.source.z_depth(frame, all_rows, all_cols, with_confidence=with_confidence)
-            cached = (z.reshape(h, w), None if conf is None else conf.reshape(h, w))
-            self._frames[frame.index] = cached
-        z_map, conf_map = cached
-        return z_map[rows, cols], (conf_map[rows, cols] if with_confidence else None)
+
+def cached(scene: SceneQuery) -> CachedQuery:
+    """``scene`` behind a per-view cache; still a :class:`DensityQuery` when ``scene`` is one."""
+    return CachedDensityQuery(scene) if isinstance(scene, DensityQuery) else CachedQuery(scene)
+
+
+# The first name of TruthQuery, for tests outside this change that still import it.
