@@ -17,7 +17,7 @@ from neurallabel.core.data.dataset import load_dataset
 from neurallabel.core.field.model import load_field
 from neurallabel.core.io.images import load_image
 from neurallabel.core.eval.image import psnr
-from neurallabel.core.render.volume import render_frame
+from neurallabel.core.render.views import render_frame
 from neurallabel.core.train.loop import TrainOptions, train_field
 from neurallabel.core.data.truth import load_scene_truth
 
@@ -161,14 +161,15 @@ def test_a_checkpoint_of_another_version_or_dataset_is_refused(small_scene, trai
 
 
 def test_distortion_loss_matches_its_definition():
-    from neurallabel.core.train.loop import distortion_loss
+    from neurallabel.core.render.samples import RaySamples
+    from neurallabel.core.train.losses import distortion_loss
 
     g = torch.Generator().manual_seed(0)
     ray_indices = torch.tensor([0, 0, 0, 1, 1, 2])
     t_starts = torch.tensor([0.1, 0.3, 0.35, 1.0, 2.0, 0.5])
     t_ends = t_starts + torch.rand(6, generator=g) * 0.05 + 0.01
     weights = torch.rand(6, generator=g)
-    out = {"ray_indices": ray_indices, "t_starts": t_starts, "t_ends": t_ends, "weights": weights}
+    samples = RaySamples(ray_indices, t_starts, t_ends, n_rays=3, weights=weights)
     mids = (t_starts + t_ends) / 2
     expected = 0.0
     for i in range(6):
@@ -176,4 +177,4 @@ def test_distortion_loss_matches_its_definition():
             if ray_indices[i] == ray_indices[j]:
                 expected += float(weights[i] * weights[j] * (mids[i] - mids[j]).abs())
         expected += float(weights[i] ** 2 * (t_ends[i] - t_starts[i])) / 3
-    assert float(distortion_loss(out, 3)) == pytest.approx(expected / 3, rel=1e-5)
+    assert float(distortion_loss(samples)) == pytest.approx(expected / 3, rel=1e-5)
