@@ -178,3 +178,50 @@ def test_distortion_loss_matches_its_definition():
                 expected += float(weights[i] * weights[j] * (mids[i] - mids[j]).abs())
         expected += float(weights[i] ** 2 * (t_ends[i] - t_starts[i])) / 3
     assert float(distortion_loss(samples)) == pytest.approx(expected / 3, rel=1e-5)
+
+
+def test_loss_terms_are_weighted_and_summed_so_a_new_term_is_only_added():
+    from types import SimpleNamespace
+
+    from neurallabel.core.train.losses import LossTerm, total_loss
+    from neurallabel.core.train.schedules import constant, exponential
+
+    render = SimpleNamespace(rays={"opacity": torch.tensor([0.5, 1.0])})
+    terms = [LossTerm("a", constant(2.0), lambda batch, r: r.rays["opacity"].sum()),
+             LossTerm("b", exponential(1.0, 0.1), lambda batch, r: torch.tensor(4.0))]
+    loss, parts = total_loss(terms, 1.0, None, render)
+    assert float(loss) == pytest.approx(2.0 * 1.5 + 0.1 * 4.0)
+    assert {k: round(float(v), 6) for k, v in parts.items()} == {"a": 3.0, "b": 0.4}
+    terms.append(LossTerm("semantic", constant(0.5), lambda batch, r: torch.tensor(1.0)))
+    assert float(total_loss(terms, 1.0, None, render)[0]) == pytest.approx(3.4 + 0.5)
+
+
+def test_default_terms_follow_the_options():
+    from neurallabel.core.field.model import FieldConfig
+    from neurallabel.core.train.losses import default_terms
+
+    closed = FieldConfig(roi_aabb=[[-1, -1, -1], [1, 1, 1]], levels=1)
+    names = lambda terms: [t.name for t in terms]  # noqa: E731
+    terms = default_terms(closed, 0.01, TrainOptions(), depth=False)
+    assert names(terms) == ["rgb", "opacity", "distortion"]
+    distortion = terms[2].weight_at
+    assert distortion(0.0) / distortion(1.0) == pytest.approx(10.0)  # closed scenes decay it to 1/10
+    assert names(default_terms(closed, 0.01, TrainOptions(opacity_weight=0.0, distortion_weight=0.0),
+                               depth=True)) == ["rgb", "depth"]
+
+
+def test_schedules():
+    from neurallabel.core.train.schedules import density_resolution_at, occupancy_share_at
+
+    assert [density_resolution_at(f) for f in (0.0, 0.11, 0.12, 0.3, 0.5, 1.0)] == [64, 64, 96, 128, 160, 160]
+    assert [occupancy_share_at(s) for s in (0, 8, 16, 17, 240, 256, 272)] == [None, None, 1.0, None, 1.0, 0.25,
+                                                                               0.25]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_device_names_the_device_field(tmp_path):
+    from neurallabel.core.errors import NeuralLabelError
+
+    with pytest.raises(NeuralLabelError, match="no CUDA device") as info:
+        train_field(tmp_path / "no-data", tmp_path / "f.pt", small_options(steps=1, device="cuda"))
+    assert info.value.field == "device" and "--" not in str(info.value)
