@@ -9,7 +9,11 @@ A checkpoint is one ``torch.save`` file holding only plain values and tensors (i
      "dataset": {"path", "fingerprint", "frames"},   # what it was trained on
      "training": {"step", "elapsed_s", "done", "options", "optimizer"}}
 
-CUDA-trained tensors are moved to the CPU before saving, so a checkpoint loads anywhere and back.
+CUDA-trained tensors are moved to the CPU before saving, so a checkpoint loads anywhere and back. The
+file is created with the umask's mode (teammates on a shared server can read it).
+
+Safety checks for callers that load a field to label with: :func:`check_dataset` (trained on these
+frames?) and :func:`check_finite` (a diverged run leaves NaN/inf density: "damaged field").
 """
 
 from __future__ import annotations

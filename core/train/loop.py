@@ -31,7 +31,7 @@ from ..progress import ProgressFn, report
 from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, draw_batch, load_depth_targets, load_ray_bank,
                     render_batch)
 from .bounds import default_near, density_lr_scale, field_config_for, views_per_vertex
-from .losses import LossTerm, default_terms, distortion_loss, total_loss  # noqa: F401  (distortion_loss re-exported)
+from .losses import LossTerm, default_terms, total_loss
 from .schedules import (LEARNING_RATES, density_resolution_at, finest_density_resolution, learning_rate_factor,
                         occupancy_share_at)
 
