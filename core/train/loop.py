@@ -44,7 +44,7 @@ class TrainOptions:
     downscale: float = 1.0
     strict: bool = False
     depth_supervision: bool = False
-    random_background: bool = False  # a random colour behind each training ray (see _render_train)
+    random_background: bool = False  # a random colour behind each training ray (see batch.render_train)
     opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
     # mip-NeRF 360's distortion loss. None: by the kind of scene (see distortion_for). Closed scenes start
     # strong: it is what clears the fog in free space (its pull towards transparent rays also empties space
