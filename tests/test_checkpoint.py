@@ -5,10 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neurallabel.core.field.checkpoint import VERSION, load_checkpoint, save_checkpoint
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from neurallabel.core.field.checkpoint import (VERSION, Checkpoint, check_dataset, check_finite,
+                                               dataset_fingerprint, load_checkpoint, save_checkpoint)
 from neurallabel.core.errors import NeuralLabelError
 from neurallabel.core.field.model import Field, FieldConfig, load_field
-from neurallabel.core.render.volume import render_rays
+from neurallabel.core.render.views import render_rays
 
 
 def trained_looking_field() -> Field:
@@ -79,3 +86,60 @@ def test_cuda_field_loads_on_cpu_and_back(tmp_path):
     save_checkpoint(tmp_path / "cpu.pt", on_cpu)
     back = load_field(tmp_path / "cpu.pt", device="cuda")
     assert torch.equal(back.density_grid.cpu(), field.density_grid.cpu())
+
+
+def test_a_checkpoint_with_a_cached_nerfacc_estimator_loads(tmp_path):
+    # Fields once cached nerfacc's OccGridEstimator on their occupancy grid when marching on CUDA: as a
+    # sub-module its buffers went into the state dict and the strict load called the file damaged.
+    from nerfacc import OccGridEstimator  # builds without CUDA
+
+    field = trained_looking_field()
+    grid = field.occupancy
+    estimator = OccGridEstimator(roi_aabb=grid.aabbs[0], resolution=grid.resolution, levels=grid.levels)
+    estimator.binaries.copy_(grid.binaries)
+    grid._estimator = estimator  # where the CUDA path kept it
+    assert any(key.startswith("occupancy._estimator.") for key in field.state_dict())
+    save_checkpoint(tmp_path / "cuda-trained.pt", field)
+    loaded = load_field(tmp_path / "cuda-trained.pt")
+    assert not any("_estimator" in key for key in loaded.state_dict())
+    assert torch.equal(loaded.occupancy.binaries, grid.binaries)
+
+
+def test_checkpoints_are_readable_as_the_umask_allows(tmp_path):
+    field = trained_looking_field()
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "shared.pt", field)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.pt").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.pt"]
+
+
+def _frames(n: int, shift: float = 0.0):
+    intrinsics = SimpleNamespace(width=16, height=12, fx=20.0, fy=20.0, cx=8.0, cy=6.0, distortion=())
+    poses = [np.eye(4) for _ in range(n)]
+    for i, pose in enumerate(poses):
+        pose[0, 3] = 0.1 * i + shift
+    return [SimpleNamespace(image_path=Path(f"images/{i:03d}.png"), cam_to_data=pose, intrinsics=intrinsics)
+            for i, pose in enumerate(poses)]
+
+
+def test_check_dataset_names_both_datasets():
+    frames = _frames(3)
+    checkpoint = Checkpoint(trained_looking_field(), dataset={"path": "/data/a/transforms.json",
+                                                              "fingerprint": dataset_fingerprint(frames)})
+    check_dataset(checkpoint, _frames(3), "/data/a/transforms.json")  # the same frames: fine
+    with pytest.raises(NeuralLabelError, match=r"trained on other frames \(/data/a/transforms.json\).*/data/b") as info:
+        check_dataset(checkpoint, _frames(3, shift=0.01), "/data/b", what="data")
+    assert info.value.field == "data"
+
+
+def test_check_finite_refuses_a_diverged_field():
+    field = trained_looking_field()
+    check_finite(field)
+    with torch.no_grad():
+        field.density_grid[0, 0, 3, 4, 5] = float("nan")
+        field.density_grid[0, 0, 0, 0, 0] = float("inf")
+    with pytest.raises(NeuralLabelError, match="damaged field: 2 of"):
+        check_finite(field)

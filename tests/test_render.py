@@ -11,7 +11,10 @@ import torch
 
 from neurallabel.core.geometry.cameras import Intrinsics
 from neurallabel.core.field.model import Field, FieldConfig
-from neurallabel.core.render.volume import march_cpu, ray_box, render_frame, render_rays
+from neurallabel.core.render.march import march_cpu, march_nerfacc, ray_box
+from neurallabel.core.render.samples import RaySamples
+from neurallabel.core.render.views import render_frame, render_rays
+from neurallabel.core.render.volrend import packed_cumsum
 
 
 def solid_below(plane_z: float, density: float = 2000.0, levels: int = 1, occupancy: bool = True) -> Field:
@@ -92,9 +95,9 @@ def test_cpu_marcher_matches_stepping_every_lattice_point(levels):
     directions = torch.randn(16, 3, generator=g)
     directions[:, 2] = -directions[:, 2].abs() - 0.3
     directions = directions / directions.norm(dim=-1, keepdim=True)
-    ray_indices, t_starts, t_ends, _ = march_cpu(field, origins, directions)
+    samples = march_cpu(field, origins, directions)
     step = field.render_step_size
-    got = sorted(zip(ray_indices.tolist(), torch.round(t_starts / step).long().tolist()))
+    got = sorted(zip(samples.ray_indices.tolist(), torch.round(samples.t_starts / step).long().tolist()))
     assert got == sorted(_brute_force_samples(field, origins, directions))
 
 
@@ -126,3 +129,44 @@ def test_cpu_and_cuda_paths_agree():
     gpu = render_rays(field.to("cuda"), origins.cuda(), directions.cuda())
     for key in ("opacity", "distance", "median_distance", "rgb"):
         assert torch.allclose(cpu[key], gpu[key].cpu(), atol=1e-3), key
+
+
+def test_packed_cumsum_sums_within_each_ray_only():
+    ray_indices = torch.tensor([0, 0, 0, 2, 2, 3])
+    values = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 7.0], requires_grad=True)
+    pack_start = RaySamples(ray_indices, values.detach(), values.detach() + 1, n_rays=4).pack_start()
+    assert pack_start.tolist() == [0, 3, 3, 5]  # ray 1 has no samples
+    exclusive = packed_cumsum(values, ray_indices, pack_start)
+    assert exclusive.tolist() == [0.0, 1.0, 3.0, 0.0, 10.0, 0.0]
+    inclusive = packed_cumsum(values, ray_indices, pack_start, exclusive=False)
+    assert inclusive.tolist() == [1.0, 3.0, 6.0, 10.0, 30.0, 7.0]
+    exclusive.sum().backward()  # differentiable: each value counts once per later sample of its ray
+    assert values.grad.tolist() == [2.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def test_march_cpu_returns_the_densities_of_its_samples():
+    field = solid_below(0.1)
+    origins = torch.tensor([[0.0, 0.0, 0.9], [0.0, 0.0, 0.9]])
+    directions = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
+    samples = march_cpu(field, origins, directions)
+    assert samples.n_rays == 2 and len(samples) > 0 and set(samples.ray_indices.tolist()) == {0}
+    assert torch.allclose(samples.sigmas, field.density(samples.points(origins, directions)), rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: nerfacc's marcher needs one")
+def test_nerfacc_marcher_gives_the_cpu_samples_and_keeps_no_estimator():
+    field = solid_below(-0.2, density=300.0).to("cuda")
+    keys = sorted(field.state_dict())
+    g = torch.Generator().manual_seed(1)
+    origins = torch.rand(64, 3, generator=g) * 1.6 - 0.8
+    origins[:, 2] = 0.9
+    directions = torch.randn(64, 3, generator=g)
+    directions[:, 2] = -directions[:, 2].abs() - 0.3
+    directions = (directions / directions.norm(dim=-1, keepdim=True)).cuda()
+    origins = origins.cuda()
+    gpu = march_nerfacc(field, origins, directions)
+    cpu = march_cpu(field, origins, directions)
+    step = field.render_step_size
+    assert sorted(zip(gpu.ray_indices.tolist(), torch.round(gpu.t_starts / step).long().tolist())) == \
+        sorted(zip(cpu.ray_indices.tolist(), torch.round(cpu.t_starts / step).long().tolist()))
+    assert sorted(field.state_dict()) == keys  # nothing nerfacc-made joined the module tree

@@ -17,7 +17,7 @@ from neurallabel.core.data.dataset import load_dataset
 from neurallabel.core.field.model import load_field
 from neurallabel.core.io.images import load_image
 from neurallabel.core.eval.image import psnr
-from neurallabel.core.render.volume import render_frame
+from neurallabel.core.render.views import render_frame
 from neurallabel.core.train.loop import TrainOptions, train_field
 from neurallabel.core.data.truth import load_scene_truth
 
@@ -161,14 +161,15 @@ def test_a_checkpoint_of_another_version_or_dataset_is_refused(small_scene, trai
 
 
 def test_distortion_loss_matches_its_definition():
-    from neurallabel.core.train.loop import distortion_loss
+    from neurallabel.core.render.samples import RaySamples
+    from neurallabel.core.train.losses import distortion_loss
 
     g = torch.Generator().manual_seed(0)
     ray_indices = torch.tensor([0, 0, 0, 1, 1, 2])
     t_starts = torch.tensor([0.1, 0.3, 0.35, 1.0, 2.0, 0.5])
     t_ends = t_starts + torch.rand(6, generator=g) * 0.05 + 0.01
     weights = torch.rand(6, generator=g)
-    out = {"ray_indices": ray_indices, "t_starts": t_starts, "t_ends": t_ends, "weights": weights}
+    samples = RaySamples(ray_indices, t_starts, t_ends, n_rays=3, weights=weights)
     mids = (t_starts + t_ends) / 2
     expected = 0.0
     for i in range(6):
@@ -176,4 +177,51 @@ def test_distortion_loss_matches_its_definition():
             if ray_indices[i] == ray_indices[j]:
                 expected += float(weights[i] * weights[j] * (mids[i] - mids[j]).abs())
         expected += float(weights[i] ** 2 * (t_ends[i] - t_starts[i])) / 3
-    assert float(distortion_loss(out, 3)) == pytest.approx(expected / 3, rel=1e-5)
+    assert float(distortion_loss(samples)) == pytest.approx(expected / 3, rel=1e-5)
+
+
+def test_loss_terms_are_weighted_and_summed_so_a_new_term_is_only_added():
+    from types import SimpleNamespace
+
+    from neurallabel.core.train.losses import LossTerm, total_loss
+    from neurallabel.core.train.schedules import constant, exponential
+
+    render = SimpleNamespace(rays={"opacity": torch.tensor([0.5, 1.0])})
+    terms = [LossTerm("a", constant(2.0), lambda batch, r: r.rays["opacity"].sum()),
+             LossTerm("b", exponential(1.0, 0.1), lambda batch, r: torch.tensor(4.0))]
+    loss, parts = total_loss(terms, 1.0, None, render)
+    assert float(loss) == pytest.approx(2.0 * 1.5 + 0.1 * 4.0)
+    assert {k: round(float(v), 6) for k, v in parts.items()} == {"a": 3.0, "b": 0.4}
+    terms.append(LossTerm("semantic", constant(0.5), lambda batch, r: torch.tensor(1.0)))
+    assert float(total_loss(terms, 1.0, None, render)[0]) == pytest.approx(3.4 + 0.5)
+
+
+def test_default_terms_follow_the_options():
+    from neurallabel.core.field.model import FieldConfig
+    from neurallabel.core.train.losses import default_terms
+
+    closed = FieldConfig(roi_aabb=[[-1, -1, -1], [1, 1, 1]], levels=1)
+    names = lambda terms: [t.name for t in terms]  # noqa: E731
+    terms = default_terms(closed, 0.01, TrainOptions(), depth=False)
+    assert names(terms) == ["rgb", "opacity", "distortion"]
+    distortion = terms[2].weight_at
+    assert distortion(0.0) / distortion(1.0) == pytest.approx(10.0)  # closed scenes decay it to 1/10
+    assert names(default_terms(closed, 0.01, TrainOptions(opacity_weight=0.0, distortion_weight=0.0),
+                               depth=True)) == ["rgb", "depth"]
+
+
+def test_schedules():
+    from neurallabel.core.train.schedules import density_resolution_at, occupancy_share_at
+
+    assert [density_resolution_at(f) for f in (0.0, 0.11, 0.12, 0.3, 0.5, 1.0)] == [64, 64, 96, 128, 160, 160]
+    assert [occupancy_share_at(s) for s in (0, 8, 16, 17, 240, 256, 272)] == [None, None, 1.0, None, 1.0, 0.25,
+                                                                               0.25]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_device_names_the_device_field(tmp_path):
+    from neurallabel.core.errors import NeuralLabelError
+
+    with pytest.raises(NeuralLabelError, match="no CUDA device") as info:
+        train_field(tmp_path / "no-data", tmp_path / "f.pt", small_options(steps=1, device="cuda"))
+    assert info.value.field == "device" and "--" not in str(info.value)

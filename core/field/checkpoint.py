@@ -9,21 +9,30 @@ A checkpoint is one ``torch.save`` file holding only plain values and tensors (i
      "dataset": {"path", "fingerprint", "frames"},   # what it was trained on
      "training": {"step", "elapsed_s", "done", "options", "optimizer"}}
 
-CUDA-trained tensors are moved to the CPU before saving, so a checkpoint loads anywhere and back.
+CUDA-trained tensors are moved to the CPU before saving, so a checkpoint loads anywhere and back. The
+file is created with the umask's mode (teammates on a shared server can read it).
+
+Safety checks for callers that load a field to label with: :func:`check_dataset` (trained on these
+frames?) and :func:`check_finite` (a diverged run leaves NaN/inf density: "damaged field").
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
+import json
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import NeuralLabelError
+from ..io.atomic import write_with
 from .model import Field, FieldConfig
+
+if TYPE_CHECKING:
+    from ..data.dataset import Frame
 
 FORMAT = "neurallabel-field"
 VERSION = 1
@@ -48,9 +57,8 @@ def _to_cpu(value: Any) -> Any:
 
 def save_checkpoint(path: str | Path, field: Field, *, dataset: Optional[dict[str, Any]] = None,
                     training: Optional[dict[str, Any]] = None) -> None:
-    """Write the checkpoint to a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the checkpoint to a temporary file next to ``path``, then rename it into place (mode by umask,
+    so teammates can read it where the umask lets them)."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -59,16 +67,17 @@ def save_checkpoint(path: str | Path, field: Field, *, dataset: Optional[dict[st
         "dataset": dataset or {},
         "training": _to_cpu(training or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_with(path, lambda tmp: torch.save(payload, tmp))
+
+
+#: nerfacc's ``OccGridEstimator`` was once cached on the occupancy grid, as a sub-module: CUDA-trained
+#: checkpoints of that time hold its buffers (a copy of the grid) under this prefix
+ESTIMATOR_PREFIX = "occupancy._estimator."
+
+
+def without_estimator(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the cached estimator's copies of the occupancy grid (old CUDA checkpoints)."""
+    return {key: value for key, value in state.items() if not key.startswith(ESTIMATOR_PREFIX)}
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -94,10 +103,42 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         grid = state.get("density_grid")
         if grid is not None and grid.shape != field.density_grid.shape:
             field.resize_density(int(grid.shape[-1]))
-        field.load_state_dict(state)
+        field.load_state_dict(without_estimator(state))
     except NeuralLabelError:
         raise
     except Exception as exc:
         raise NeuralLabelError(f"{path}: damaged field checkpoint ({exc})") from None
     field.eval()
     return Checkpoint(field.to(device), payload.get("dataset", {}), payload.get("training", {}))
+
+
+def dataset_fingerprint(frames: Sequence["Frame"]) -> str:
+    """A short hash of the frames a field is trained on (image names, poses, intrinsics)."""
+    digest = hashlib.sha256()
+    for f in frames:
+        digest.update(f.image_path.name.encode())
+        digest.update(np.asarray(f.cam_to_data, dtype=np.float64).round(6).tobytes())
+        i = f.intrinsics
+        digest.update(json.dumps([i.width, i.height, i.fx, i.fy, i.cx, i.cy, list(i.distortion)]).encode())
+    return digest.hexdigest()[:16]
+
+
+def check_dataset(checkpoint: Checkpoint, frames: Sequence["Frame"], data: str | Path, *,
+                  source: str | Path = "field", what: str = "field") -> None:
+    """NeuralLabelError naming both datasets unless ``checkpoint`` was trained on ``frames`` (from ``data``;
+    ``source`` names the checkpoint, ``what`` the request field at fault)."""
+    trained = checkpoint.dataset.get("fingerprint")
+    if trained != dataset_fingerprint(frames):
+        raise NeuralLabelError(
+            f"{source}: this checkpoint was trained on other frames "
+            f"({checkpoint.dataset.get('path') or 'an unnamed dataset'}) than {data}'s", field=what)
+
+
+@torch.no_grad()
+def check_finite(field: Field, *, what: str = "field") -> None:
+    """NeuralLabelError "damaged field" when the field's density holds NaN or infinity (a diverged run):
+    every depth and label rendered from it would be garbage."""
+    bad = int((~torch.isfinite(field.density_grid)).sum())
+    if bad:
+        raise NeuralLabelError(f"damaged field: {bad} of {field.density_grid.numel()} density values are "
+                               "NaN or infinite (training diverged); retrain the field", field=what)

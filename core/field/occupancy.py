@@ -1,8 +1,9 @@
 """Occupancy grid: which cells of space may hold density, so rays skip the empty ones.
 
 The grid follows nerfacc's ``OccGridEstimator`` exactly (same buffers, cell layout and update rule), so the
-CUDA path can hand it to nerfacc and the CPU path can march it with the pure-torch marcher in
-:mod:`.render` and obtain the same samples:
+CUDA path can hand its buffers to nerfacc's functional ``traverse_grids`` and the CPU path can march it
+with the pure-torch marcher in :mod:`..render.march` and obtain the same samples (no nerfacc estimator is
+kept: as a sub-module its buffers would go into the field's ``state_dict``):
 
 - ``levels`` nested boxes; level 0 is ``roi_aabb``, level ``i`` is ``roi_aabb`` scaled by ``2**i`` about its
   centre; each level has ``resolution**3`` cells indexed ``[level, ix, iy, iz]``; where levels overlap, the
@@ -48,8 +49,6 @@ class OccupancyGrid(torch.nn.Module):
                                                     self.resolution, dtype=torch.bool))
         self._skip_cells: Optional[Tensor] = None  # cached chessboard distance, see skip_cells()
         self._skip_key: tuple = ()
-        self._estimator = None  # cached nerfacc estimator, see to_nerfacc()
-        self._estimator_key: tuple = ()
 
     # --- geometry -----------------------------------------------------------------------------------
 
@@ -144,11 +143,6 @@ class OccupancyGrid(torch.nn.Module):
         self.binaries.copy_((self.occs > thre).view(self.binaries.shape))
         self._skip_cells = None
 
-    def mark_all(self) -> None:
-        """Every cell occupied (before training, or to render without skipping)."""
-        self.binaries.fill_(True)
-        self._skip_cells = None
-
     # --- skipping for the CPU marcher -------------------------------------------------------------------
 
     #: the skip distance is computed on a grid this many times coarser (OR-pooled): cheaper, still safe
@@ -230,17 +224,3 @@ class OccupancyGrid(torch.nn.Module):
         box = self.aabbs[0]
         cell = ((points - box[:3]) * (r / (box[3:] - box[:3]))).long().clamp_(0, r - 1)
         return self.binaries.reshape(-1)[(cell[:, 0] * r + cell[:, 1]) * r + cell[:, 2]]
-
-    def to_nerfacc(self):
-        """A ``nerfacc.OccGridEstimator`` holding this grid (for the CUDA path)."""
-        key = self._cache_key()
-        if self._estimator is not None and self._estimator_key == key:
-            return self._estimator
-        from nerfacc import OccGridEstimator
-
-        estimator = OccGridEstimator(roi_aabb=self.aabbs[0].detach().cpu(), resolution=self.resolution,
-                                     levels=self.levels).to(self.binaries.device)
-        estimator.binaries.copy_(self.binaries)
-        estimator.occs.copy_(torch.nan_to_num(self.occs, posinf=0.0))
-        self._estimator, self._estimator_key = estimator, key
-        return estimator

@@ -1,0 +1,148 @@
+"""Ray marching through a field's occupancy grid into packed :class:`RaySamples` (with their densities).
+
+Sampling is nerfacc's ``OccGridEstimator.sampling`` with a constant step: candidate samples sit at the
+midpoints ``near + (k + 1/2) * step`` (the same lattice for every ray), a sample is kept when its cell is
+occupied, its opacity reaches ``alpha_thre`` and the transmittance before it is still above
+``early_stop_eps``. On CUDA nerfacc's functional ``traverse_grids`` does the marching over the field's own
+grid buffers; on CPU :func:`march_cpu` yields the same samples in pure torch: it jumps over empty space
+with the occupancy grid's chessboard distance, looks at a short window of lattice points once near
+occupied cells, and stops each ray as soon as it is opaque (early ray termination), evaluating the density
+only where a sample survives.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..field.model import Field
+from ..field.occupancy import OccupancyGrid
+from .samples import RaySamples
+
+
+def ray_box(origins: Tensor, directions: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
+    """Entry and exit distances of rays through an axis-aligned box (6,); exit < entry = miss."""
+    d = torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
+    inv = 1.0 / d
+    t0 = (box[:3] - origins) * inv
+    t1 = (box[3:] - origins) * inv
+    return torch.minimum(t0, t1).amax(dim=-1), torch.maximum(t0, t1).amin(dim=-1)
+
+
+def effective_alpha_thre(field: Field) -> float:
+    """nerfacc lowers ``alpha_thre`` to the mean occupancy value, so a faint young field is not skipped."""
+    occs = torch.nan_to_num(field.occupancy.occs, posinf=0.0)
+    return min(field.config.alpha_thre, float(occs.mean()))
+
+
+@torch.no_grad()
+def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
+              stratified: bool = False, window: int = 8, max_window: int = 64) -> RaySamples:
+    """Samples of nerfacc's occupancy-grid marcher, in pure torch (runs on any device), with ``sigmas``."""
+    grid: OccupancyGrid = field.occupancy
+    step = field.render_step_size
+    eps = field.config.early_stop_eps
+    alpha_thre = effective_alpha_thre(field)
+    n = origins.shape[0]
+    device = origins.device
+    t_enter, t_exit = ray_box(origins, directions, grid.aabbs[-1])
+    t_enter = t_enter.clamp_min(near)
+    t_exit = t_exit.clamp_max(far)
+    start = torch.full((n,), float(near), device=device)
+    if stratified:
+        start = start + torch.rand(n, device=device) * step
+    # lattice index of the first midpoint at or after the entry, and one past the last before the exit
+    k = torch.ceil((t_enter - start) / step - 0.5).clamp_min(0).long()
+    k_end = torch.ceil((t_exit - start) / step - 0.5).long()
+    transmittance = torch.ones(n, device=device)
+    alive = (k < k_end).nonzero().squeeze(-1)
+    kept_rays, kept_k, kept_sigma = [], [], []
+    iteration = 0
+    while alive.numel() > 0:
+        # Rays that are still going after a few windows cross thin density: look further ahead per pass.
+        # (The window only sets how many lattice points are examined per pass, not which are kept.)
+        window = min(max_window, window * 2) if iteration >= 2 else window
+        iteration += 1
+        offsets = torch.arange(window, device=device)
+        # 1) rays in empty space jump ahead by the safe distance of their current point
+        mid = start[alive] + (k[alive].float() + 0.5) * step
+        points = origins[alive] + mid[:, None] * directions[alive]
+        _, safe = grid.lookup(points)
+        jump = torch.floor(safe / step).long() + 1
+        far_jump = jump > window
+        jumpers = alive[far_jump]
+        k[jumpers] += jump[far_jump]
+        alive = alive[~far_jump]
+        if alive.numel() == 0:
+            alive = jumpers[k[jumpers] < k_end[jumpers]]
+            continue
+        # 2) the others look at a window of lattice points: evaluate density where the cell is occupied
+        kk = k[alive][:, None] + offsets
+        valid = kk < k_end[alive][:, None]
+        mids = start[alive][:, None] + (kk.float() + 0.5) * step
+        points = (origins[alive][:, None, :] + mids[..., None] * directions[alive][:, None, :]).reshape(-1, 3)
+        occupied = grid.occupied_fast(points).view(-1, window) & valid
+        sigma = torch.zeros(occupied.shape, device=device)
+        if bool(occupied.any()):
+            sigma[occupied] = field.density(points[occupied.reshape(-1)])
+        alpha = 1.0 - torch.exp(-sigma * step)
+        trans_before = transmittance[alive][:, None] * torch.cumprod(
+            torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], dim=1), dim=1)
+        keep = occupied & (trans_before >= eps) & (alpha >= alpha_thre)
+        if bool(keep.any()):
+            rows, cols = keep.nonzero(as_tuple=True)
+            kept_rays.append(alive[rows])
+            kept_k.append(kk[rows, cols])
+            kept_sigma.append(sigma[rows, cols])
+        transmittance[alive] = trans_before[:, -1] * (1.0 - alpha[:, -1])
+        k[alive] += window
+        alive = torch.cat([jumpers, alive])
+        alive = alive[(k[alive] < k_end[alive]) & (transmittance[alive] >= eps)]
+    if not kept_rays:
+        return RaySamples.empty(n, device).with_values(sigmas=torch.zeros(0, device=device))
+    ray_indices = torch.cat(kept_rays)
+    lattice = torch.cat(kept_k)
+    sigmas = torch.cat(kept_sigma)
+    order = torch.argsort(ray_indices * (int(lattice.max()) + 1) + lattice)
+    ray_indices, lattice, sigmas = ray_indices[order], lattice[order], sigmas[order]
+    t_starts = start[ray_indices] + lattice.float() * step
+    return RaySamples(ray_indices, t_starts, t_starts + step, n, sigmas=sigmas)
+
+
+@torch.no_grad()
+def march_nerfacc(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
+                  far: float = 1e10, stratified: bool = False) -> RaySamples:
+    """The same samples from nerfacc's CUDA kernels (needs a CUDA device), with ``sigmas``.
+
+    nerfacc's functional API on the field's own grid buffers: no ``OccGridEstimator`` is built or kept
+    (one held by the field would land in its ``state_dict``, see :mod:`..field.checkpoint`)."""
+    from nerfacc.grid import traverse_grids
+    from nerfacc.volrend import render_visibility_from_density
+
+    grid = field.occupancy
+    step = field.render_step_size
+    near_planes = torch.full_like(origins[..., 0], fill_value=near)
+    far_planes = torch.full_like(origins[..., 0], fill_value=far)
+    if stratified:
+        near_planes += torch.rand_like(near_planes) * step
+    intervals, packed, _ = traverse_grids(origins, directions, grid.binaries, grid.aabbs,
+                                          near_planes=near_planes, far_planes=far_planes, step_size=step,
+                                          cone_angle=0.0)
+    samples = RaySamples(packed.ray_indices.long(), intervals.vals[intervals.is_left],
+                         intervals.vals[intervals.is_right], origins.shape[0])
+    if len(samples) == 0:
+        return samples.with_values(sigmas=torch.zeros(0, device=origins.device))
+    sigmas = field.density(samples.points(origins, directions))
+    visible = render_visibility_from_density(
+        t_starts=samples.t_starts, t_ends=samples.t_ends, sigmas=sigmas, packed_info=packed.packed_info,
+        early_stop_eps=field.config.early_stop_eps, alpha_thre=effective_alpha_thre(field))
+    return RaySamples(samples.ray_indices[visible], samples.t_starts[visible], samples.t_ends[visible],
+                      samples.n_rays, sigmas=sigmas[visible])
+
+
+def march(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
+          stratified: bool = False, backend: str = "auto") -> RaySamples:
+    """Packed samples with their densities: nerfacc on CUDA (``backend`` auto), :func:`march_cpu` elsewhere."""
+    if backend == "nerfacc" or (backend == "auto" and origins.device.type == "cuda"):
+        return march_nerfacc(field, origins, directions, near=near, far=far, stratified=stratified)
+    return march_cpu(field, origins, directions, near=near, far=far, stratified=stratified)

@@ -1,0 +1,169 @@
+"""A training step's data: the rays of the train images (and SfM depth targets), one step's random
+batch of them, and its render with gradients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.dataset import Dataset, Frame
+from ..errors import NeuralLabelError
+from ..field.model import Field
+from ..geometry.cameras import camera_directions
+from ..progress import ProgressFn, report
+from ..render.march import march
+from ..render.samples import RaySamples
+from ..render.volrend import composite
+
+
+@dataclass
+class RayBank:
+    """Every pixel of the train images: colour, and the camera each pixel's ray comes from."""
+
+    rgb: Tensor  # (N, 3) uint8
+    directions_cam: Tensor  # (N, 3) float32, OpenGL camera axes, unit length
+    camera: Tensor  # (N,) int64 index into rotations/origins
+    rotations: Tensor  # (F, 3, 3)
+    origins: Tensor  # (F, 3)
+
+    def rays(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        cam = self.camera[index]
+        directions = torch.einsum("nij,nj->ni", self.rotations[cam], self.directions_cam[index])
+        return self.origins[cam], directions, self.rgb[index].float() / 255.0
+
+
+def load_ray_bank(frames: list[Frame], progress: Optional[ProgressFn] = None) -> RayBank:
+    from ..io.images import load_image
+
+    sizes = {(f.intrinsics.width, f.intrinsics.height) for f in frames}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+        raise NeuralLabelError(f"the train images have mixed sizes ({listed}); NeuralLabel trains on images "
+                               "of one size: resize them or pass one camera size per dataset", field="data")
+    rgbs, dirs, cams = [], [], []
+    direction_cache: dict[Any, np.ndarray] = {}
+    for n, f in enumerate(frames):
+        image = load_image(f)
+        if image.shape[2] > 3:
+            image = image[..., :3]
+        rgbs.append(torch.from_numpy(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8).reshape(-1, 3)))
+        key = f.intrinsics
+        if key not in direction_cache:
+            d = camera_directions(f.intrinsics)
+            direction_cache[key] = (d / np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float32)
+        dirs.append(torch.from_numpy(direction_cache[key]))
+        cams.append(torch.full((len(direction_cache[key]),), n, dtype=torch.long))
+        report(progress, n + 1, len(frames), "load images")
+    rotations = torch.tensor(np.stack([f.cam_to_data[:3, :3] for f in frames]), dtype=torch.float32)
+    origins = torch.tensor(np.stack([f.cam_to_data[:3, 3] for f in frames]), dtype=torch.float32)
+    return RayBank(torch.cat(rgbs), torch.cat(dirs), torch.cat(cams), rotations, origins)
+
+
+@dataclass
+class DepthTargets:
+    """DS-NeRF targets: rays through observed SfM points and the distance to the point along each."""
+
+    origins: Tensor
+    directions: Tensor
+    distance: Tensor
+    sigma: Tensor  # allowed spread (world units)
+
+    def __len__(self) -> int:
+        return int(self.distance.shape[0])
+
+
+def load_depth_targets(dataset: Dataset, frames: list[Frame]) -> DepthTargets:
+    from ..data.dataset import load_sparse_points
+    from ..geometry.cameras import camera_rays
+
+    sparse = load_sparse_points(dataset)
+    if sparse is None or len(sparse.obs_point) == 0:
+        raise NeuralLabelError(f"{dataset.path}: depth supervision needs SfM points (run `neurallabel sfm`, "
+                               "or load a COLMAP model); this dataset has none", field="depth_supervision")
+    by_index = {f.index: f for f in frames}
+    origins, directions, distance, sigma = [], [], [], []
+    for frame_index in np.unique(sparse.obs_frame):
+        frame = by_index.get(int(frame_index))
+        if frame is None:
+            continue  # a test frame: its points must not leak into training
+        rows = np.nonzero(sparse.obs_frame == frame_index)[0]
+        o, d, _ = camera_rays(frame.intrinsics, frame.cam_to_data, sparse.obs_pixel[rows])
+        points = sparse.points[sparse.obs_point[rows]]
+        t = np.einsum("ij,ij->i", points - o, d)
+        # reprojection error (pixels) as an angle, times distance; at least 0.5 % of the distance
+        err = sparse.errors[sparse.obs_point[rows]] / frame.intrinsics.fx * frame.downscale
+        origins.append(o)
+        directions.append(d)
+        distance.append(t)
+        sigma.append(np.maximum(err * t, 0.005 * t))
+    if not origins:
+        raise NeuralLabelError(f"{dataset.path}: no SfM point is observed in a train frame",
+                               field="depth_supervision")
+    cat = lambda xs: torch.tensor(np.concatenate(xs), dtype=torch.float32)  # noqa: E731
+    o, d, t, s = cat(origins), cat(directions), cat(distance), cat(sigma)
+    keep = t > 0
+    return DepthTargets(o[keep], d[keep], t[keep], s[keep])
+
+
+# --- one step ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainBatch:
+    """One step's rays (on the training device) and what they should render."""
+
+    origins: Tensor  # (N, 3)
+    directions: Tensor  # (N, 3) unit
+    target_rgb: Tensor  # (N, 3) in [0, 1]
+    depth: Optional[DepthTargets] = None  # SfM rays of this step, when depth supervision is on
+
+
+def draw_batch(bank: RayBank, depth_targets: Optional[DepthTargets], rays_per_step: int,
+               generator: torch.Generator, device: torch.device) -> TrainBatch:
+    """``rays_per_step`` random pixels of the train images (and an eighth as many SfM rays, at least 64)."""
+    index = torch.randint(0, bank.rgb.shape[0], (rays_per_step,), generator=generator)
+    origins, directions, target = bank.rays(index)
+    depth = None
+    if depth_targets is not None:
+        k = min(len(depth_targets), max(64, rays_per_step // 8))
+        pick = torch.randint(0, len(depth_targets), (k,), generator=generator)
+        depth = DepthTargets(depth_targets.origins[pick].to(device), depth_targets.directions[pick].to(device),
+                             depth_targets.distance[pick].to(device), depth_targets.sigma[pick].to(device))
+    return TrainBatch(origins.to(device), directions.to(device), target.to(device), depth)
+
+
+@dataclass
+class TrainRender:
+    """A batch rendered with gradients: per-ray outputs (``rgb``, ``opacity``, ...) and the packed samples
+    with their weights; the same, depth only, for the batch's SfM rays."""
+
+    rays: dict[str, Tensor]
+    samples: RaySamples
+    depth_rays: Optional[dict[str, Tensor]] = None
+    depth_samples: Optional[RaySamples] = None
+
+
+def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
+                 depth_only: bool = False, random_background: bool = False
+                 ) -> tuple[dict[str, Tensor], RaySamples]:
+    """Stratified samples (no gradient), then density/colour with gradients at those samples."""
+    samples = march(field, origins, directions, near=near, stratified=True)
+    samples = samples.with_values(sigmas=field.density(samples.points(origins, directions)))
+    # A random colour behind every ray: the photos are opaque, so the field must explain each pixel with
+    # density instead of leaning on a background colour (which would leave holes in the depth).
+    background = torch.rand(origins.shape[0], 3, device=origins.device) if random_background else None
+    return composite(field, origins, directions, samples, depth_only=depth_only, background=background)
+
+
+def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool) -> TrainRender:
+    rays, samples = render_train(field, batch.origins, batch.directions, near=near,
+                                 random_background=random_background)
+    render = TrainRender(rays, samples)
+    if batch.depth is not None:
+        render.depth_rays, render.depth_samples = render_train(
+            field, batch.depth.origins, batch.depth.directions, near=near, depth_only=True)
+    return render

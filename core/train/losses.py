@@ -1,0 +1,115 @@
+"""Training losses as a list of weighted terms: the loop sums whatever the list holds, so a new loss (a
+semantic one, say) is a new :class:`LossTerm`, not an edit of the loop."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+
+from ..field.model import FieldConfig
+from ..render.samples import RaySamples
+from ..render.volrend import packed_cumsum
+from .batch import TrainBatch, TrainRender
+from .schedules import WeightSchedule, constant, exponential
+
+if TYPE_CHECKING:
+    from .loop import TrainOptions
+
+LossFn = Callable[[TrainBatch, TrainRender], Tensor]
+
+#: weight of the DS-NeRF depth loss
+DEPTH_WEIGHT = 0.1
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """``weight_at(done fraction) * fn(batch, render)``, reported under ``name``."""
+
+    name: str
+    weight_at: WeightSchedule
+    fn: LossFn
+
+    def __call__(self, fraction: float, batch: TrainBatch, render: TrainRender) -> Tensor:
+        return self.weight_at(fraction) * self.fn(batch, render)
+
+
+def total_loss(terms: list[LossTerm], fraction: float, batch: TrainBatch, render: TrainRender
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The sum of the terms (in list order) and each term's weighted value (detached)."""
+    loss = None
+    parts: dict[str, Tensor] = {}
+    for term in terms:
+        value = term(fraction, batch, render)
+        parts[term.name] = value.detach()
+        loss = value if loss is None else loss + value
+    if loss is None:
+        raise ValueError("no loss term to train on")
+    return loss, parts
+
+
+# --- the terms -------------------------------------------------------------------------------------------
+
+
+def photometric_loss(batch: TrainBatch, render: TrainRender) -> Tensor:
+    return torch.nn.functional.mse_loss(render.rays["rgb"], batch.target_rgb)
+
+
+def opacity_loss(batch: TrainBatch, render: TrainRender) -> Tensor:
+    """Every pixel of a photo sees a surface (the box boundary stands in for the sky), so a learned
+    background colour must not replace geometry: that would leave holes in the depth."""
+    return (1.0 - render.rays["opacity"]).mean()
+
+
+def depth_loss(samples: RaySamples, distance: Tensor, sigma: Tensor) -> Tensor:
+    """DS-NeRF: -log of the ray's termination weight near the SfM point, Gaussian-weighted."""
+    ray = samples.ray_indices
+    mids = samples.mids
+    delta = samples.deltas
+    gauss = torch.exp(-((mids - distance[ray]) ** 2) / (2 * sigma[ray] ** 2))
+    per_sample = -torch.log(samples.weights + 1e-5) * gauss * delta / (sigma[ray] * math.sqrt(2 * math.pi))
+    return torch.zeros(len(distance), device=distance.device).index_add(0, ray, per_sample).mean()
+
+
+def distortion_loss(samples: RaySamples) -> Tensor:
+    """mip-NeRF 360's distortion loss on packed samples: pulls each ray's weight into one compact
+    surface, which removes floaters. sum_ij w_i w_j |m_i - m_j| + 1/3 sum_i w_i^2 delta_i, in O(samples)."""
+    ray = samples.ray_indices
+    if ray.numel() == 0:
+        return torch.zeros((), device=ray.device)
+    w = samples.weights
+    mids = samples.mids
+    pack_start = samples.pack_start()
+    inter = 2 * w * (mids * packed_cumsum(w, ray, pack_start) - packed_cumsum(w * mids, ray, pack_start))
+    intra = w * w * samples.deltas / 3
+    return (inter + intra).sum() / samples.n_rays
+
+
+def distortion_for(config: FieldConfig, options: "TrainOptions") -> tuple[float, float]:
+    """Distortion weight at the start and the share of it left at the end (options win where given)."""
+    start, final = (1.0, 0.1) if config.levels == 1 else (0.002, 1.0)
+    if options.distortion_weight is not None:
+        start = options.distortion_weight
+    if options.distortion_final is not None:
+        final = options.distortion_final
+    return start, final
+
+
+def default_terms(config: FieldConfig, render_step_size: float, options: "TrainOptions", *,
+                  depth: bool) -> list[LossTerm]:
+    """The photometric loss plus the regularisers the options switch on (in this order)."""
+    terms = [LossTerm("rgb", constant(1.0), photometric_loss)]
+    if options.opacity_weight > 0:
+        terms.append(LossTerm("opacity", constant(options.opacity_weight), opacity_loss))
+    start, final = distortion_for(config, options)
+    if start > 0:
+        scale = 1.0 / render_step_size / config.steps_per_roi  # distances in roi diagonals
+        terms.append(LossTerm("distortion", exponential(start, final, scale),
+                              lambda batch, render: distortion_loss(render.samples)))
+    if depth:
+        terms.append(LossTerm("depth", constant(DEPTH_WEIGHT), lambda batch, render: depth_loss(
+            render.depth_samples, batch.depth.distance, batch.depth.sigma)))
+    return terms
