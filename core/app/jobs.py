@@ -27,6 +27,7 @@ from ..geometry.transforms import Similarity, check_matrix4
 from ..labels.frame import LabelOptions
 from ..pipeline.frames import parse_frames, parse_shard
 from ..progress import ProgressFn
+from ..spec import load_spec
 
 NoticeFn = Callable[[str], None]
 
@@ -398,14 +399,12 @@ def _torch_device(name: str) -> str:
 
 def run_bake(request: BakeRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
     from ..pipeline.bake import bake
-    from ..spec import load_spec
 
     with at_field("spec"):
         spec = load_spec(request.spec)
     load_dataset_noting(spec.data_path, notice)
-    summary = bake(spec, request.out, formats=request.formats, frames=request.frames, shard=request.shard,
-                   device=_torch_device(request.device), progress=progress, options=request.options)
-    return summary
+    return bake(spec, request.out, formats=request.formats, frames=request.frames, shard=request.shard,
+                device=_torch_device(request.device), progress=progress, options=request.options)
 
 
 def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
@@ -456,7 +455,7 @@ def run_demo_job(request: DemoRequest, progress: Optional[ProgressFn], notice: N
 def run_preview(request: PreviewRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
     from PIL import Image
 
-    from ..spec import load_spec
+    from ..pipeline.bake import bake
 
     out = request.out or Path(tempfile.mkdtemp(prefix="neurallabel-preview-"))
     with at_field("spec"):
@@ -465,8 +464,8 @@ def run_preview(request: PreviewRequest, progress: Optional[ProgressFn], notice:
     if request.frame >= len(dataset.frames):
         raise NeuralLabelError(f"frame {request.frame}: {dataset.path} has {len(dataset.frames)} frames",
                                field="frame")
-    run_bake(BakeRequest(request.spec, out, formats=("raw",), frames=(request.frame, request.frame + 1),
-                         device=request.device, options=request.options), progress, lambda line: None)
+    bake(spec, out, formats=("raw",), frames=(request.frame, request.frame + 1),
+         device=_torch_device(request.device), progress=progress, options=request.options)
     raw = out / "raw"
     name = f"{request.frame:06d}"
     instance_path, depth_path = raw / "instance" / f"{name}.png", raw / "depth" / f"{name}.npy"
