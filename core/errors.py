@@ -16,7 +16,3 @@ class NeuralLabelError(Exception):
     def __init__(self, message: str, *, field: Optional[str] = None) -> None:
         super().__init__(message)
         self.field = field
-
-
-class NotImplementedYet(NeuralLabelError):
-    """A subcommand whose issue has not landed yet (never a fake success)."""

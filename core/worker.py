@@ -1,6 +1,6 @@
-"""Entry point of the worker process: ``python <extension>/core/worker.py job.json`` (see :mod:`.app.worker`).
+"""Entry point of the worker process: ``python <extension>/core/worker.py job.json`` (see :mod:`.app.worker`; the jobs are in :mod:`.app.jobs`).
 
-The add-on launches this file by path, so it stays here; the jobs live in :mod:`.app.worker`.
+The add-on launches this file by path, so it stays here; the process lives in :mod:`.app.worker`.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from neurallabel.core.data.dataset import load_dataset
 from neurallabel.core.field.model import load_field
 from neurallabel.core.io.images import load_image
 from neurallabel.core.eval.image import psnr, ssim
-from neurallabel.core.render.volume import render_frame, render_rays
+from neurallabel.core.render.views import render_frame, render_rays
 from neurallabel.core.geometry.cameras import camera_rays
 from neurallabel.core.train.loop import TrainOptions, train_field
 

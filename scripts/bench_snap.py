@@ -16,7 +16,6 @@ Rotationally symmetric primitives (sphere, cylinder, torus) are skipped: their p
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
@@ -50,7 +49,7 @@ def main() -> int:
     from neurallabel.core.errors import NeuralLabelError
     from neurallabel.core.geometry.icp import pose_error
     from neurallabel.core.data.truth import load_scene_truth
-    from neurallabel.core.app.worker import EventWriter, job_snap
+    from neurallabel.core.app.jobs import request_from_job, run
 
     scene = args.scene
     if scene is None:
@@ -78,7 +77,7 @@ def main() -> int:
                            "pose": start.tolist(), **source}
                     t0 = time.perf_counter()
                     try:
-                        result = job_snap(job, EventWriter(io.StringIO()))
+                        result = run(request_from_job(job))
                         t_err, r_err = pose_error(np.array(result["pose"]), obj.object_to_world)
                     except NeuralLabelError:  # e.g. "ICP lost the object": a failed trial, not a crash
                         t_err, r_err = float("inf"), float("inf")

@@ -14,7 +14,7 @@ from neurallabel.core.geometry.transforms import Similarity
 from neurallabel.core.geometry.view import View
 from neurallabel.core.labels.frame import FrameLabeler
 from neurallabel.core.labels.raycast import MeshCaster
-from neurallabel.core.render.volume import render_frame
+from neurallabel.core.render.views import render_frame
 from neurallabel.core.scene.queries import (CachedDensityQuery, DensityQuery, DepthMapQuery, FieldQuery,
                                             SceneQuery, cached)
 from neurallabel.core.scene.surface import surface_points

@@ -1,7 +1,9 @@
 """The `neurallabel` command (also `python -m neurallabel.core.cli`).
 
-This is the only place in `core` that prints. Each subcommand parses its arguments, calls library functions
-with a progress callback, and prints a short summary. Bad input -> one line on stderr, exit code 2.
+This is the only place in `core` that prints. Each subcommand's arguments make a request of :mod:`.jobs`
+(named as its fields); :func:`.jobs.run` does the work and the command prints its progress and result:
+readable lines, or the JSON-lines events of :mod:`.events` with ``--json`` (the worker's protocol). Bad
+input -> one line on stderr naming the flag at fault, exit code 2.
 """
 
 from __future__ import annotations
@@ -10,28 +12,31 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
-from ..errors import NeuralLabelError, NotImplementedYet
-from ..progress import Cancelled, ProgressFn
+from ..errors import NeuralLabelError
+from ..progress import Cancelled
+from .events import EventWriter, eta_seconds
+from .jobs import CAMERA_MODELS, MATCHERS, REQUESTS, SPLITS, Request, at_field, run
 
 
 # --- progress display -----------------------------------------------------------------------------------
 
 
-class ProgressPrinter:
-    """A progress callback: a rich progress bar with ETA on a terminal, JSON lines with ``--json``."""
+class ProgressBar:
+    """A progress callback for people: a rich progress bar with ETA on a terminal, else a line on stderr per
+    stage's end and at most one every 10 s."""
 
-    def __init__(self, json_lines: bool) -> None:
-        self.json_lines = json_lines
+    def __init__(self) -> None:
         self._rich = None
         self._tasks: dict[str, int] = {}
         self._started: dict[str, float] = {}
-        self._last_emit = 0.0
+        self._last_line = 0.0
 
-    def __enter__(self) -> "ProgressPrinter":
-        if not self.json_lines and sys.stderr.isatty():
+    def __enter__(self) -> "ProgressBar":
+        if sys.stderr.isatty():
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
@@ -53,126 +58,78 @@ class ProgressPrinter:
                 self._tasks[stage] = self._rich.add_task(stage, total=total)
             self._rich.update(self._tasks[stage], completed=done, total=total)
             return
-        # Plain output: JSON lines, at most ~5 per second plus the last one of each stage.
-        if not self.json_lines and not self._should_log(done, total, now):
+        if done < total and now - self._last_line < 10.0:
             return
-        if self.json_lines and done < total and now - self._last_emit < 0.2:
-            return
-        self._last_emit = now
-        eta = (now - start) / done * (total - done) if done > 0 else None
-        event = {"event": "progress", "done": done, "total": total, "stage": stage,
-                 "eta_s": None if eta is None else round(eta, 1)}
-        if self.json_lines:
-            print(json.dumps(event), flush=True)
-        else:
-            print(f"{stage}: {done}/{total}" + ("" if eta is None else f" (ETA {eta:.0f} s)"),
-                  file=sys.stderr, flush=True)
-
-    def _should_log(self, done: int, total: int, now: float) -> bool:
-        return done >= total or now - self._last_emit >= 10.0
+        self._last_line = now
+        eta = eta_seconds(start, now, done, total)
+        print(f"{stage}: {done}/{total}" + ("" if eta is None else f" (ETA {eta:.0f} s)"), file=sys.stderr,
+              flush=True)
 
 
-def emit_result(args: argparse.Namespace, result: dict, lines: Sequence[str]) -> None:
-    """The end of a command: a JSON result line with ``--json``, readable lines otherwise."""
-    if getattr(args, "json", False):
-        print(json.dumps({"event": "result", **result}), flush=True)
-    else:
-        for line in lines:
-            print(line, flush=True)
+# --- requests from arguments, results to lines --------------------------------------------------------------
 
 
-# --- subcommands ----------------------------------------------------------------------------------------
-# Each handler takes the parsed arguments and a progress callback and returns the exit code.
+def request_from_args(args: argparse.Namespace) -> Request:
+    """The command's request: its arguments by name (bake's occlusion flags make its label options)."""
+    cls = REQUESTS[args.command]
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    if args.command == "bake":
+        from ..labels.frame import LabelOptions
+
+        with at_field("options"):
+            values["options"] = LabelOptions(occlusion_abs_mm=args.occlusion_abs_mm,
+                                             occlusion_rel=args.occlusion_rel,
+                                             occlusion_min_confidence=args.occlusion_min_confidence)
+    return cls(**values)
 
 
-def cmd_demo(args: argparse.Namespace, progress: ProgressFn) -> int:
-    from .demo import run_demo
-
-    result, lines = run_demo(args, progress)
-    emit_result(args, result, lines)
-    return 0
-
-
-def cmd_sfm(args: argparse.Namespace, progress: ProgressFn) -> int:
-    import pycolmap
-
-    from ..data.sfm import run_sfm
-
-    if not args.verbose:
-        pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING log lines would bury the progress bar
-    result = run_sfm(args.images, args.out, downscale=args.downscale, matcher=args.matcher,
-                     camera_model=args.camera_model, progress=progress)
-    lines = [f"sfm: registered {result.num_registered}/{result.num_images} images, {result.num_points} points, "
-             f"mean reprojection error {result.mean_reprojection_error_px:.2f} px, {result.seconds:.0f} s",
-             f"wrote {result.transforms_path}"]
-    if result.unregistered:
-        shown = ", ".join(result.unregistered[:5]) + (" ..." if len(result.unregistered) > 5 else "")
-        lines.insert(1, f"sfm: skipped {len(result.unregistered)} images that could not be registered: {shown}")
-    emit_result(args, {"command": "sfm", "transforms": str(result.transforms_path),
-                       "images": result.num_images, "registered": result.num_registered,
-                       "points": result.num_points, "unregistered": result.unregistered,
-                       "mean_reprojection_error_px": result.mean_reprojection_error_px,
-                       "camera_model": result.camera_model, "cameras": result.num_cameras,
-                       "seconds": result.seconds}, lines)
-    return 0
+def summary_lines(result: dict) -> list[str]:
+    """What a command prints at its end (without ``--json``)."""
+    kind = result["kind"]
+    if kind == "demo":
+        return list(result["lines"])
+    if kind == "sfm":
+        return [f"sfm: registered {result['registered']}/{result['images']} images, {result['points']} points, "
+                f"mean reprojection error {result['mean_reprojection_error_px']:.2f} px, {result['seconds']:.0f} s",
+                f"wrote {result['transforms']}"]
+    if kind == "train":
+        return [f"train: {result['steps']} steps in {result['elapsed_s']:.0f} s on {result['device']} "
+                f"({result['train_frames']} train views{', resumed' if result['resumed'] else ''}), "
+                f"train PSNR {result['train_psnr']:.2f} dB",
+                f"wrote {result['out']}"]
+    if kind == "render":
+        lines = [f"render: {result['count']} views of the {result['split']} split into {result['out']}"]
+        if "psnr" in result:
+            lines.append(f"PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} (mean over the views)")
+        return lines
+    if kind == "bake":
+        per_frame = result["seconds_per_frame"]
+        return [f"baked {result['frames']} frames ({result['skipped']} already done), {result['instances']} "
+                f"instances, " + (f"{per_frame:.3f} s/frame" if per_frame is not None else "nothing new to label"),
+                f"{result['frames_in_dataset']} frames in {result['out']} ({', '.join(result['formats'])})"]
+    return [json.dumps(result)]
 
 
-def cmd_train(args: argparse.Namespace, progress: ProgressFn) -> int:
-    from ..train.loop import TrainOptions, train_field
-
-    options = TrainOptions(steps=args.steps, minutes=args.minutes, device=args.device, downscale=args.downscale,
-                           strict=args.strict, depth_supervision=args.depth_supervision)
-    result = train_field(args.data, args.out, options, progress=progress)
-    emit_result(args, {"command": "train", **result.to_dict()}, [
-        f"train: {result.steps} steps in {result.elapsed_s:.0f} s on {result.device} "
-        f"({result.train_frames} train views{', resumed' if result.resumed else ''}), "
-        f"train PSNR {result.train_psnr:.2f} dB",
-        f"wrote {result.out}"])
-    return 0
+def flag_name(args: argparse.Namespace, field: str) -> str:
+    """How the command line spells a request field: ``SPEC`` for a positional argument, else ``--device``."""
+    if field in args.positionals:
+        return field.upper()
+    if field == "options":  # bake's label options come from these flags
+        return "--occlusion-mm/--occlusion-rel/--occlusion-min-confidence"
+    return "--" + field.replace("_", "-")
 
 
-def cmd_render(args: argparse.Namespace, progress: ProgressFn) -> int:
-    from ..data.dataset import load_dataset
-    from ..field.model import load_field
-    from ..render.volume import render_views
-    from ..train.loop import resolve_device
-
-    device = resolve_device(args.device)
-    field = load_field(args.field, device=str(device))
-    dataset = load_dataset(args.data, args.downscale)
-    frames = dataset.frames if args.split == "all" else dataset.split(args.split)
-    if not frames:
-        raise NeuralLabelError(f"{dataset.path}: no frame in the {args.split!r} split")
-    summary = render_views(field, frames, args.out, progress=progress)
-    lines = [f"render: {summary['count']} views of the {args.split} split into {args.out}"]
-    if "psnr" in summary:
-        lines.append(f"PSNR {summary['psnr']:.2f} dB, SSIM {summary['ssim']:.4f} (mean over the views)")
-    emit_result(args, {"command": "render", "out": str(args.out), "split": args.split, **summary}, lines)
-    return 0
-
-
-def cmd_bake(args: argparse.Namespace, progress: ProgressFn) -> int:
-    from ..pipeline.bake import bake
-    from ..spec import load_spec
-
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    from ..labels.frame import LabelOptions
-
-    spec = load_spec(args.spec)
-    options = LabelOptions(occlusion_abs_mm=args.occlusion_mm, occlusion_rel=args.occlusion_rel,
-                           occlusion_min_confidence=args.occlusion_min_confidence)
-    summary = bake(spec, args.out, formats=args.formats, frames=args.frames, shard=args.shard, device=device,
-                   progress=progress, options=options)
-    per_frame = summary["seconds_per_frame"]
-    emit_result(args, summary, [
-        f"baked {summary['frames']} frames ({summary['skipped']} already done), {summary['instances']} "
-        f"instances, " + (f"{per_frame:.3f} s/frame" if per_frame is not None else "nothing new to label"),
-        f"{summary['frames_in_dataset']} frames in {args.out} ({', '.join(summary['formats'])})"])
-    return 0
+def error_line(exc: NeuralLabelError, args: argparse.Namespace) -> str:
+    """The message with the field at fault spelt as the command line spells it: a message that starts with
+    the field's name gets the flag instead, any other the flag in front."""
+    message = str(exc)
+    if exc.field is None:
+        return message
+    flag = flag_name(args, exc.field)
+    for separator in (" ", ":"):
+        if message.startswith(exc.field + separator):
+            return flag + message[len(exc.field):]
+    return f"{flag}: {message}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,14 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="neurallabel",
         description="Photos of a real scene -> neural radiance field -> labeled vision datasets.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    devices = "auto (CUDA when there is one), cpu, cuda or cuda:N"
 
-    def add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, help_text: str, positionals: tuple[str, ...] = ()) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--json", action="store_true", help="print progress and the result as JSON lines")
-        p.set_defaults(handler=handler)
+        p.set_defaults(positionals=positionals)
+        for positional in positionals:
+            p.add_argument(positional, type=Path)
         return p
 
-    p = add("demo", cmd_demo, "generate the built-in demo scene and run the pipeline on it")
+    p = add("demo", "generate the built-in demo scene and run the pipeline on it")
     p.add_argument("--out", type=Path, default=Path(".demo"), help="output folder (default: .demo)")
     p.add_argument("--views", type=int, default=40, help="number of camera views (default 40)")
     p.add_argument("--width", type=int, default=320)
@@ -195,49 +155,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-minutes", type=float, default=2.0, help="field training time (default 2)")
 
-    p = add("sfm", cmd_sfm, "recover cameras from photos (pycolmap) and write transforms.json")
-    p.add_argument("images", type=Path)
+    p = add("sfm", "recover cameras from photos (pycolmap) and write transforms.json", ("images",))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--downscale", type=float, default=1.0,
                    help="detect features on images shrunk by this factor (cameras stay full-size)")
-    p.add_argument("--matcher", choices=("auto", "exhaustive", "sequential"), default="auto",
+    p.add_argument("--matcher", choices=MATCHERS, default="auto",
                    help="image pairs to match: all (exhaustive), neighbours in name order (sequential)")
-    p.add_argument("--camera-model", default="OPENCV",
-                   choices=("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE"),
+    p.add_argument("--camera-model", default="OPENCV", choices=CAMERA_MODELS,
                    help="COLMAP camera model (default OPENCV: k1 k2 p1 p2, right for phone photos)")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
 
-    p = add("train", cmd_train, "train a radiance field on a dataset's train split")
-    p.add_argument("data", type=Path)
+    p = add("train", "train a radiance field on a dataset's train split", ("data",))
     p.add_argument("--out", type=Path, required=True)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float)
     budget.add_argument("--steps", type=int)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", default="auto", help=devices)
     p.add_argument("--downscale", type=float, default=1.0)
     p.add_argument("--depth-supervision", action="store_true",
                    help="sparse depth loss from SfM points (DS-NeRF)")
     p.add_argument("--strict", action="store_true", help="refuse a dataset with missing images")
 
-    p = add("render", cmd_render, "render a trained field's views: rgb, z-depth, and PSNR/SSIM")
-    p.add_argument("field", type=Path)
+    p = add("render", "render a trained field's views: rgb, z-depth, and PSNR/SSIM", ("field",))
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--split", default="test", choices=SPLITS)
+    p.add_argument("--device", default="auto", help=devices)
     p.add_argument("--downscale", type=float, default=1.0)
 
-    p = add("bake", cmd_bake, "bake labels for every frame from a label spec")
-    p.add_argument("spec", type=Path)
+    p = add("bake", "bake labels for every frame from a label spec", ("spec",))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--formats", default="bop,coco,raw")
     p.add_argument("--frames", default=None, help="A:B, the frame indices A <= i < B (either may be empty)")
     p.add_argument("--shard", default=None,
                    help="I/N: bake every N-th selected frame starting at the I-th (I counts from 0); shards "
                         "baked into the same --out make one dataset")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", default="auto", help=devices)
     # Blender's Bake passes its scene's occlusion tolerances; these reproduce them (same defaults as LabelOptions).
-    p.add_argument("--occlusion-mm", type=float, default=5.0,
+    p.add_argument("--occlusion-mm", dest="occlusion_abs_mm", type=float, default=5.0,
                    help="a mesh pixel is occluded when the field's surface is nearer by more than this (mm) ...")
     p.add_argument("--occlusion-rel", type=float, default=0.02, help="... plus this fraction of the depth")
     p.add_argument("--occlusion-min-confidence", type=float, default=0.5,
@@ -246,21 +201,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    events = EventWriter(sys.stdout, min_interval_s=0.2) if args.json else None
+
+    def notice(line: str) -> None:  # e.g. the photos a dataset skipped: one line, before the work
+        if events is not None:
+            events.notice(line)
+        else:
+            print(line, flush=True)
+
     try:
-        with ProgressPrinter(args.json) as progress:
-            return int(args.handler(args, progress) or 0)
+        request = request_from_args(args)
+        if args.command == "sfm" and not args.verbose:
+            import pycolmap
+
+            pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING log lines would bury the progress bar
+        if events is not None:
+            result = run(request, events.progress, notice)
+            events.result({"command": args.command, **result})
+        else:
+            with ProgressBar() as progress:
+                result = run(request, progress, notice)
+            for line in summary_lines(result):
+                print(line, flush=True)
+        return 0
     except NeuralLabelError as exc:
-        if args.json:
-            print(json.dumps({"event": "error", "message": str(exc)}), flush=True)
-        print(f"neurallabel {args.command}: error: {exc}", file=sys.stderr)
+        line = error_line(exc, args)
+        if events is not None:
+            events.error(line, exc.field)
+        print(f"neurallabel {args.command}: error: {line}", file=sys.stderr)
         return 2
-    except Cancelled:
+    except (Cancelled, KeyboardInterrupt):
+        if events is not None:
+            events.cancelled()
         print(f"neurallabel {args.command}: cancelled", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"neurallabel {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

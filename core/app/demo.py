@@ -11,7 +11,6 @@ or reuses it when it was made with the same settings by the same script.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -21,10 +20,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import NeuralLabelError
 from ..progress import ProgressFn, report
+
+if TYPE_CHECKING:
+    from .jobs import DemoRequest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAKE_SCENE = REPO_ROOT / "scripts" / "make_scene.py"
@@ -36,7 +38,7 @@ SETTINGS_FILE = "scene_settings.json"
 
 @dataclass
 class DemoRun:
-    args: argparse.Namespace
+    request: "DemoRequest"
     out: Path
     progress: Optional[ProgressFn]
     result: dict[str, Any] = field(default_factory=dict)
@@ -46,7 +48,7 @@ class DemoRun:
 Stage = Callable[[DemoRun], None]
 
 
-def demo_scene_args(args: argparse.Namespace, meshes: Optional[Path]) -> list[str]:
+def demo_scene_args(args: "DemoRequest", meshes: Optional[Path]) -> list[str]:
     """make_scene.py arguments for the demo scene (40 views, 320x240, Stanford meshes if present, glass)."""
     scene_args = ["--views", str(args.views), "--width", str(args.width), "--height", str(args.height),
                   "--seed", str(args.seed), "--objects", str(DEMO_OBJECTS), "--glass"]
@@ -96,7 +98,7 @@ def _run_make_scene(scene_args: list[str], out: Path, progress: Optional[Progres
 def stage_scene(run: DemoRun) -> None:
     """Render the demo scene (or reuse it) into OUT/scene."""
     meshes = SHARED_MESHES if (SHARED_MESHES / "bunny.obj").is_file() else None
-    scene_args = demo_scene_args(run.args, meshes)
+    scene_args = demo_scene_args(run.request, meshes)
     scene_dir = run.out / "scene"
     settings_path = run.out / SETTINGS_FILE
     settings = _settings(scene_args)
@@ -121,7 +123,7 @@ def stage_scene(run: DemoRun) -> None:
     run.result["scene_reused"] = reused
     run.result["scene_seconds"] = round(time.monotonic() - start, 1)
     run.result["scene_objects"] = [o["name"] for o in objects]
-    run.lines.append(f"demo scene: {scene_dir} ({run.args.views} views at {run.args.width}x{run.args.height}, "
+    run.lines.append(f"demo scene: {scene_dir} ({run.request.views} views at {run.request.width}x{run.request.height}, "
                      f"{len(objects)} objects: {', '.join(o['name'] for o in objects)}; "
                      + ("reused)" if reused else f"rendered by Cycles in {run.result['scene_seconds']} s)"))
 
@@ -139,7 +141,7 @@ def stage_labels(run: DemoRun) -> None:
     from ..spec import spec_from_scene, write_spec
 
     scene_dir = Path(run.result["scene"])
-    field_path = run.result.get("field") or run.result.get("field_path")
+    field_path = run.result.get("field")
     if field_path is not None and not Path(field_path).exists():
         field_path = None
     spec = spec_from_scene(scene_dir, field_path=field_path)
@@ -153,7 +155,8 @@ def stage_labels(run: DemoRun) -> None:
     spec_path = write_spec(spec, labels_dir / "spec.json")
     dataset_dir = labels_dir / "dataset"
     if dataset_dir.is_dir() and not (dataset_dir / ".neurallabel" / "bake.json").is_file():
-        raise NeuralLabelError(f"{dataset_dir}: exists and is not a NeuralLabel bake; remove it or choose --out")
+        raise NeuralLabelError(f"{dataset_dir}: exists and is not a NeuralLabel bake; remove it or choose "
+                               "another out folder", field="out")
     if dataset_dir.is_dir():
         manifest = json.loads((dataset_dir / ".neurallabel" / "bake.json").read_text())
         if manifest.get("fingerprint") != spec.fingerprint():
@@ -183,16 +186,16 @@ def stage_labels(run: DemoRun) -> None:
 
 
 def stage_field(run: DemoRun) -> None:
-    """Train a field on the demo scene's train views for ``--train-minutes`` (resuming OUT/field.pt when it
+    """Train a field on the demo scene's train views for ``train_minutes`` (resuming OUT/field.pt when it
     is there) and measure its held-out PSNR / SSIM on the test views."""
     from ..data.dataset import load_dataset
     from ..field.model import load_field
-    from ..render.volume import render_views
+    from ..render.views import render_views
     from ..train.loop import TrainOptions, train_field
 
     scene_dir = Path(run.result["scene"])
     field_path = run.out / "field.pt"
-    trained = train_field(scene_dir, field_path, TrainOptions(minutes=run.args.train_minutes),
+    trained = train_field(scene_dir, field_path, TrainOptions(minutes=run.request.train_minutes),
                           progress=run.progress)
     test = load_dataset(scene_dir).split("test")
     summary = render_views(load_field(field_path), test, run.out / "field_render", progress=run.progress)
@@ -214,20 +217,11 @@ STAGES: list[tuple[str, Stage]] = [
 ]
 
 
-def check_demo_args(args: argparse.Namespace) -> None:
-    if args.views < 2:
-        raise NeuralLabelError(f"--views must be at least 2 (got {args.views})")
-    if args.width < 16 or args.height < 16:
-        raise NeuralLabelError(f"--width/--height must be at least 16 pixels (got {args.width}x{args.height})")
-    if args.out.exists() and not args.out.is_dir():
-        raise NeuralLabelError(f"--out {args.out}: exists and is not a folder")
-
-
-def run_demo(args: argparse.Namespace, progress: Optional[ProgressFn] = None) -> tuple[dict, list[str]]:
-    """Run every demo stage; returns the JSON-able result and the summary lines for the command line."""
-    check_demo_args(args)
-    run = DemoRun(args=args, out=Path(args.out).resolve(), progress=progress)
+def run_demo(request: "DemoRequest", progress: Optional[ProgressFn] = None) -> dict:
+    """Run every demo stage (``request`` is validated when made); the JSON-able result, with the summary
+    lines for the command line under ``lines``."""
+    run = DemoRun(request=request, out=Path(request.out).resolve(), progress=progress)
     run.result["out"] = str(run.out)
     for _name, stage in STAGES:
         stage(run)
-    return run.result, run.lines
+    return {**run.result, "lines": run.lines}

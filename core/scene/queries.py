@@ -143,7 +143,7 @@ class FieldQuery:
                   ) -> ScenePixels:
         import torch
 
-        from ..render.volume import render_rays
+        from ..render.views import render_rays
 
         n = len(rows)
         if n == 0:

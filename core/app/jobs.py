@@ -1,0 +1,608 @@
+"""The jobs the command line and the worker run: one typed request per job, one :func:`run`.
+
+A request is validated when it is made: bad values raise :class:`NeuralLabelError` whose ``field`` names the
+request field at fault (the command line shows its flag, the add-on its button). :func:`run` does the work
+with a ``progress(done, total, stage)`` callback and a ``notice(line)`` callback (things the user should
+know, e.g. the photos a dataset skipped) and returns the JSON-able result, with ``kind`` first.
+
+The CLI makes requests from its arguments (:mod:`.cli`), the worker from a job file (:func:`request_from_job`,
+same field names as the requests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import tempfile
+from dataclasses import MISSING, dataclass, fields
+from dataclasses import field as dataclass_field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+
+from ..errors import NeuralLabelError
+from ..geometry.box import Box
+from ..geometry.transforms import Similarity, check_matrix4
+from ..labels.frame import LabelOptions
+from ..pipeline.frames import parse_frames, parse_shard
+from ..progress import ProgressFn
+from ..spec import load_spec
+
+NoticeFn = Callable[[str], None]
+
+FORMATS = ("bop", "coco", "raw")
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+SPLITS = ("train", "val", "test", "all")
+MATCHERS = ("auto", "exhaustive", "sequential")
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
+
+
+# --- validation helpers ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def at_field(name: str) -> Iterator[None]:
+    """Errors raised inside name the request field ``name`` unless they already name one."""
+    try:
+        yield
+    except NeuralLabelError as exc:
+        if exc.field is None:
+            exc.field = name
+        raise
+
+
+def _path(value: Any, name: str) -> Path:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise NeuralLabelError(f"{name}: missing", field=name)
+    return Path(value)
+
+
+def _optional_path(value: Any) -> Optional[Path]:
+    return None if value is None or value == "" else Path(value)
+
+
+def _number(value: Any, name: str, *, minimum: float, inclusive: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise NeuralLabelError(f"{name} {value!r}: expected a number", field=name) from None
+    if not np.isfinite(number) or number < minimum or (number == minimum and not inclusive):
+        bound = f"at least {minimum:g}" if inclusive else f"more than {minimum:g}"
+        raise NeuralLabelError(f"{name} must be {bound} (got {value})", field=name)
+    return number
+
+
+def _integer(value: Any, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer, float)) or int(value) != value:
+        raise NeuralLabelError(f"{name} {value!r}: expected a whole number", field=name)
+    if value < minimum:
+        raise NeuralLabelError(f"{name} must be at least {minimum} (got {value})", field=name)
+    return int(value)
+
+
+def _choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise NeuralLabelError(f"{name} {value!r}: choose from {', '.join(choices)}", field=name)
+    return value
+
+
+def _device(value: Any) -> str:
+    """The device's name, checked for form; whether it exists is checked when the job runs."""
+    name = str(value or "auto").strip().lower()
+    if not DEVICE_NAME.match(name):
+        raise NeuralLabelError(f"device {value!r}: use auto, cpu, cuda or cuda:N", field="device")
+    return name
+
+
+def _formats(value: Any) -> tuple[str, ...]:
+    names = [f.strip() for f in value.split(",")] if isinstance(value, str) else list(value or ())
+    names = [n for n in names if n]
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise NeuralLabelError(f"formats: unknown format {bad[0] if bad else '(none)'!r}: choose from "
+                               f"{', '.join(FORMATS)}", field="formats")
+    return tuple(f for f in FORMATS if f in names)  # canonical order
+
+
+def _label_options(value: Any) -> LabelOptions:
+    if isinstance(value, LabelOptions):
+        return value
+    if not isinstance(value, dict):
+        raise NeuralLabelError(f"options {value!r}: expected an object of label options", field="options")
+    try:
+        with at_field("options"):
+            return LabelOptions(**value)
+    except TypeError as exc:
+        raise NeuralLabelError(f"options {value}: {exc}", field="options") from None
+
+
+def _similarity(value: Any, name: str = "world_from_data") -> Similarity:
+    if isinstance(value, Similarity):
+        return value
+    with at_field(name):
+        return Similarity.checked(np.eye(4) if value is None else value, name)
+
+
+def _matrix(value: Any, name: str) -> np.ndarray:
+    with at_field(name):
+        return check_matrix4(value, name)
+
+
+def _box(value: Any, name: str = "box") -> Optional[Box]:
+    if value is None or isinstance(value, Box):
+        return value
+    if not isinstance(value, dict) or set(value) != {"pose", "size"}:
+        raise NeuralLabelError(f"{name}: expected {{\"pose\": 4x4, \"size\": [sx, sy, sz]}}", field=name)
+    size = np.asarray(value["size"], dtype=np.float64)
+    if size.shape != (3,) or not np.all(np.isfinite(size)) or np.any(size <= 0):
+        raise NeuralLabelError(f"{name} size {value['size']!r}: expected 3 positive numbers", field=name)
+    return Box(_matrix(value["pose"], name), size)
+
+
+def _depth_input(request: Any) -> None:
+    if request.field is None and request.depth_dir is None:
+        raise NeuralLabelError("no field: train or load a field first (or give true depth maps as depth_dir)",
+                               field="field")
+
+
+# --- requests --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BakeRequest:
+    """Bake a label spec into ``out`` (DESIGN.md, Bake output)."""
+
+    spec: Path
+    out: Path
+    formats: tuple[str, ...] = FORMATS
+    frames: Any = None  # "A:B" or [A, B), B exclusive
+    shard: Any = None  # "I/N"
+    device: str = "auto"
+    options: LabelOptions = dataclass_field(default_factory=LabelOptions)
+    kind = "bake"
+
+    def __post_init__(self) -> None:
+        self.spec, self.out = _path(self.spec, "spec"), _path(self.out, "out")
+        self.formats = _formats(self.formats)
+        parse_frames(self.frames)
+        parse_shard(self.shard)
+        self.device = _device(self.device)
+        self.options = _label_options(self.options)
+
+
+@dataclass
+class TrainRequest:
+    """Train (or resume) a field on ``data``'s train split into ``out``."""
+
+    data: Path
+    out: Path
+    steps: Optional[int] = None
+    minutes: Optional[float] = None
+    device: str = "auto"
+    downscale: float = 1.0
+    strict: bool = False
+    depth_supervision: bool = False
+    kind = "train"
+
+    def __post_init__(self) -> None:
+        self.data, self.out = _path(self.data, "data"), _path(self.out, "out")
+        if self.steps is not None and self.minutes is not None:
+            raise NeuralLabelError("give steps or minutes, not both", field="steps")
+        if self.steps is not None:
+            self.steps = _integer(self.steps, "steps", minimum=1)
+        if self.minutes is not None:
+            self.minutes = _number(self.minutes, "minutes", minimum=0.0)
+        self.device = _device(self.device)
+        self.downscale = _number(self.downscale, "downscale", minimum=0.0)
+
+
+@dataclass
+class RenderRequest:
+    """Render a field's views of ``data`` (rgb, z-depth, PSNR/SSIM) into ``out``."""
+
+    field: Path
+    data: Path
+    out: Path
+    split: str = "test"
+    device: str = "auto"
+    downscale: float = 1.0
+    kind = "render"
+
+    def __post_init__(self) -> None:
+        self.field, self.data, self.out = _path(self.field, "field"), _path(self.data, "data"), _path(self.out, "out")
+        self.split = _choice(self.split, "split", SPLITS)
+        self.device = _device(self.device)
+        self.downscale = _number(self.downscale, "downscale", minimum=0.0)
+
+
+@dataclass
+class SfmRequest:
+    """Recover cameras for the photos in ``images`` and write the dataset folder ``out``."""
+
+    images: Path
+    out: Path
+    downscale: float = 1.0
+    matcher: str = "auto"
+    camera_model: str = "OPENCV"
+    kind = "sfm"
+
+    def __post_init__(self) -> None:
+        self.images, self.out = _path(self.images, "images"), _path(self.out, "out")
+        self.downscale = _number(self.downscale, "downscale", minimum=0.0)
+        self.matcher = _choice(self.matcher, "matcher", MATCHERS)
+        self.camera_model = _choice(self.camera_model, "camera_model", CAMERA_MODELS)
+
+
+@dataclass
+class DemoRequest:
+    """The whole pipeline on the built-in demo scene (see :mod:`.demo`)."""
+
+    out: Path = Path(".demo")
+    views: int = 40
+    width: int = 320
+    height: int = 240
+    seed: int = 0
+    train_minutes: float = 2.0
+    kind = "demo"
+
+    def __post_init__(self) -> None:
+        self.out = _path(self.out, "out")
+        self.views = _integer(self.views, "views", minimum=2)
+        self.width = _integer(self.width, "width", minimum=16)
+        self.height = _integer(self.height, "height", minimum=16)
+        self.seed = _integer(self.seed, "seed", minimum=0)
+        self.train_minutes = _number(self.train_minutes, "train_minutes", minimum=0.0)
+        if self.out.exists() and not self.out.is_dir():
+            raise NeuralLabelError(f"out {self.out}: exists and is not a folder", field="out")
+
+
+@dataclass
+class PreviewRequest:
+    """Bake one ``frame`` of a spec (raw) and write ``out/preview.png``: masks over the photo | depth."""
+
+    spec: Path
+    frame: int
+    out: Optional[Path] = None  # None: a new temporary folder
+    device: str = "auto"
+    options: LabelOptions = dataclass_field(default_factory=LabelOptions)
+    kind = "preview"
+
+    def __post_init__(self) -> None:
+        self.spec = _path(self.spec, "spec")
+        self.frame = _integer(self.frame, "frame", minimum=0)
+        self.out = _optional_path(self.out)
+        self.device = _device(self.device)
+        self.options = _label_options(self.options)
+
+
+@dataclass
+class SurfacePointsRequest:
+    """World points (N, 3) of the surface the cameras of ``data`` saw near ``box`` (world frame), from a
+    ``field`` or true depth maps in ``depth_dir`` (``<image stem>.npy``), saved to ``out`` (.npy). Without
+    a box: a preview cloud of the whole field."""
+
+    data: Path
+    out: Path
+    field: Optional[Path] = None
+    depth_dir: Optional[Path] = None
+    world_from_data: Similarity = dataclass_field(default_factory=Similarity.identity)
+    box: Optional[Box] = None
+    margin: float = 0.0  # world units
+    max_views: Optional[int] = None  # default: 12 near a box, 6 for a preview cloud
+    device: str = "auto"
+    kind = "surface_points"
+
+    def __post_init__(self) -> None:
+        self.data, self.out = _path(self.data, "data"), _path(self.out, "out")
+        self.field, self.depth_dir = _optional_path(self.field), _optional_path(self.depth_dir)
+        self.world_from_data = _similarity(self.world_from_data)
+        self.box = _box(self.box)
+        self.margin = _number(self.margin, "margin", minimum=0.0, inclusive=True)
+        if self.max_views is not None:
+            self.max_views = _integer(self.max_views, "max_views", minimum=1)
+        self.device = _device(self.device)
+        if self.box is None and self.field is None:
+            raise NeuralLabelError("no field: train or load a field first", field="field")
+        _depth_input(self)
+
+
+@dataclass
+class SnapRequest:
+    """Fit ``mesh`` (its own frame, world units) placed at ``pose`` (4x4 object-to-world, rigid) to the surface
+    the cameras saw around it (robust point-to-plane ICP); the snapped pose, or an error when it would run
+    away."""
+
+    mesh: Path
+    pose: np.ndarray
+    data: Path
+    field: Optional[Path] = None
+    depth_dir: Optional[Path] = None
+    world_from_data: Similarity = dataclass_field(default_factory=Similarity.identity)
+    margin: Optional[float] = None  # default: max_distance
+    max_distance: Optional[float] = None  # default: 3 cm or a fifth of the mesh's size, whichever is larger
+    model_points: int = 20000
+    max_views: int = 12
+    device: str = "auto"
+    kind = "snap"
+
+    def __post_init__(self) -> None:
+        self.mesh, self.data = _path(self.mesh, "mesh"), _path(self.data, "data")
+        self.pose = _matrix(self.pose, "pose")
+        self.field, self.depth_dir = _optional_path(self.field), _optional_path(self.depth_dir)
+        self.world_from_data = _similarity(self.world_from_data)
+        # 0 means "the default", as the add-on's "max distance 0" does.
+        self.margin = _number(self.margin, "margin", minimum=0.0) if self.margin else None
+        self.max_distance = _number(self.max_distance, "max_distance", minimum=0.0) if self.max_distance else None
+        self.model_points = _integer(self.model_points, "model_points", minimum=100)
+        self.max_views = _integer(self.max_views, "max_views", minimum=1)
+        self.device = _device(self.device)
+        _depth_input(self)
+
+
+Request = Union[BakeRequest, TrainRequest, RenderRequest, SfmRequest, DemoRequest, PreviewRequest,
+                SurfacePointsRequest, SnapRequest]
+REQUESTS: dict[str, type] = {cls.kind: cls for cls in Request.__args__}
+JOB_KINDS = tuple(REQUESTS)
+
+
+def request_from_job(job: dict, ignore: tuple[str, ...] = ()) -> Request:
+    """The request of a job object (``kind`` plus the request's fields, by name); keys in ``ignore`` are the
+    caller's (e.g. the worker's ``sys_path``). Unknown keys are errors, not silently ignored."""
+    kind = job.get("kind")
+    if kind not in REQUESTS:
+        raise NeuralLabelError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}", field="kind")
+    cls = REQUESTS[kind]
+    names = {f.name for f in fields(cls)}
+    arguments = {k: v for k, v in job.items() if k != "kind" and k not in ignore}
+    unknown = sorted(set(arguments) - names)
+    if unknown:
+        raise NeuralLabelError(f"job {kind!r}: unknown key {unknown[0]!r}; expected {', '.join(sorted(names))}",
+                               field=unknown[0])
+    missing = [f.name for f in fields(cls) if f.name not in arguments and _required(f)]
+    if missing:
+        raise NeuralLabelError(f"job {kind!r}: missing {missing[0]!r}", field=missing[0])
+    # None means "the default" in a job file, as it does on the command line.
+    defaults = {f.name for f in fields(cls) if not _required(f)}
+    return cls(**{k: v for k, v in arguments.items() if not (v is None and k in defaults)})
+
+
+def _required(f) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+# --- running ---------------------------------------------------------------------------------------------
+
+
+def run(request: Request, progress: Optional[ProgressFn] = None, notice: Optional[NoticeFn] = None) -> dict:
+    """Run ``request``; its result (``kind`` first, then the job's numbers and paths)."""
+    runner = RUNNERS[request.kind]
+    return {"kind": request.kind, **runner(request, progress, notice or (lambda line: None))}
+
+
+def load_dataset_noting(path: Path, notice: NoticeFn, downscale: float = 1.0, strict: bool = False):
+    """:func:`load_dataset`, telling ``notice`` in one line which photos it skipped (missing images)."""
+    from ..data.dataset import load_dataset
+
+    dataset = load_dataset(path, downscale, strict)
+    skipped = dataset.skipped_summary()
+    if skipped:
+        notice(skipped)
+    return dataset
+
+
+def _torch_device(name: str) -> str:
+    from ..devices import resolve_device
+
+    return str(resolve_device(name, "device"))
+
+
+def run_bake(request: BakeRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..pipeline.bake import bake
+
+    with at_field("spec"):
+        spec = load_spec(request.spec)
+    load_dataset_noting(spec.data_path, notice)
+    return bake(spec, request.out, formats=request.formats, frames=request.frames, shard=request.shard,
+                device=_torch_device(request.device), progress=progress, options=request.options)
+
+
+def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..train.loop import TrainOptions, train_field
+
+    load_dataset_noting(request.data, notice, request.downscale)
+    options = TrainOptions(steps=request.steps, minutes=request.minutes, device=_torch_device(request.device),
+                           downscale=request.downscale, strict=request.strict,
+                           depth_supervision=request.depth_supervision)
+    return train_field(request.data, request.out, options, progress=progress).to_dict()
+
+
+def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..field.model import load_field
+    from ..render.views import render_views
+
+    device = _torch_device(request.device)
+    with at_field("field"):
+        field_ = load_field(request.field, device=device)
+    dataset = load_dataset_noting(request.data, notice, request.downscale)
+    frames = dataset.frames if request.split == "all" else dataset.split(request.split)
+    if not frames:
+        raise NeuralLabelError(f"split {request.split!r}: {dataset.path} has no frame in it", field="split")
+    summary = render_views(field_, frames, request.out, progress=progress)
+    return {"out": str(request.out), "split": request.split, **summary}
+
+
+def run_sfm_job(request: SfmRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..data.sfm import run_sfm
+
+    result = run_sfm(request.images, request.out, downscale=request.downscale, matcher=request.matcher,
+                     camera_model=request.camera_model, progress=progress)
+    if result.unregistered:
+        shown = ", ".join(result.unregistered[:5]) + (" ..." if len(result.unregistered) > 5 else "")
+        notice(f"sfm: skipped {len(result.unregistered)} images that could not be registered: {shown}")
+    return {"transforms": str(result.transforms_path), "images": result.num_images,
+            "registered": result.num_registered, "points": result.num_points, "unregistered": result.unregistered,
+            "mean_reprojection_error_px": result.mean_reprojection_error_px, "camera_model": result.camera_model,
+            "cameras": result.num_cameras, "seconds": result.seconds}
+
+
+def run_demo_job(request: DemoRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from .demo import run_demo
+
+    return run_demo(request, progress)
+
+
+def run_preview(request: PreviewRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from PIL import Image
+
+    from ..pipeline.bake import bake
+
+    out = request.out or Path(tempfile.mkdtemp(prefix="neurallabel-preview-"))
+    with at_field("spec"):
+        spec = load_spec(request.spec)
+    dataset = load_dataset_noting(spec.data_path, notice)
+    if request.frame >= len(dataset.frames):
+        raise NeuralLabelError(f"frame {request.frame}: {dataset.path} has {len(dataset.frames)} frames",
+                               field="frame")
+    bake(spec, out, formats=("raw",), frames=(request.frame, request.frame + 1),
+         device=_torch_device(request.device), progress=progress, options=request.options)
+    raw = out / "raw"
+    name = f"{request.frame:06d}"
+    instance_path, depth_path = raw / "instance" / f"{name}.png", raw / "depth" / f"{name}.npy"
+    if not instance_path.is_file() or not depth_path.is_file():
+        raise NeuralLabelError(f"the bake wrote no raw labels for frame {request.frame} in {raw}", field="frame")
+    with Image.open(instance_path) as image:
+        instance = np.asarray(image).astype(np.int64)
+    z_depth = np.load(depth_path)
+    with Image.open(dataset.frames[request.frame].image_path) as image:
+        photo = np.asarray(image.convert("RGB"))
+    image_path = out / "preview.png"
+    Image.fromarray(preview_image(photo, instance, z_depth)).save(image_path)
+    ids = sorted(int(i) for i in np.unique(instance) if i > 0)
+    return {"image": str(image_path), "frame": request.frame, "instance_ids": ids,
+            "width": int(instance.shape[1]), "height": int(instance.shape[0])}
+
+
+def palette(ids: np.ndarray) -> np.ndarray:
+    """A stable bright colour per id (uint8 RGB)."""
+    ids = ids.astype(np.uint64)
+    hashed = (ids * np.uint64(2654435761)) % np.uint64(2**32)
+    rgb = np.stack([(hashed >> np.uint64(s)) & np.uint64(255) for s in (0, 8, 16)], axis=-1)
+    return (96 + (rgb.astype(np.float64) * (159.0 / 255.0))).astype(np.uint8)
+
+
+def preview_image(photo: np.ndarray, instance: np.ndarray, z_depth: np.ndarray) -> np.ndarray:
+    """Visible masks over the photo (left) and the depth (right, near = bright) as one RGB image."""
+    photo = photo[..., :3].astype(np.float64)
+    if photo.shape[:2] != instance.shape:
+        from PIL import Image
+
+        photo = np.asarray(Image.fromarray(photo.astype(np.uint8)).resize(instance.shape[::-1]),
+                           dtype=np.float64)
+    overlay = photo.copy()
+    labelled = instance > 0
+    overlay[labelled] = 0.45 * photo[labelled] + 0.55 * palette(instance[labelled])
+    finite = np.isfinite(z_depth)
+    depth_rgb = np.zeros(photo.shape)
+    if finite.any():
+        near, far = np.percentile(z_depth[finite], [1, 99])
+        level = 1.0 - np.clip((z_depth - near) / max(far - near, 1e-9), 0.0, 1.0)
+        depth_rgb[finite] = (40.0 + 215.0 * level[finite])[:, None]
+    return np.concatenate([overlay, depth_rgb], axis=1).clip(0, 255).astype(np.uint8)
+
+
+def _scene_query(request: Union[SurfacePointsRequest, SnapRequest]):
+    """The scene's surface at a view's pixels: true depth maps in ``depth_dir`` (named like the images), or the
+    field's median surface (the same surface the bake's occlusion reads)."""
+    from ..scene.queries import DepthMapQuery, FieldQuery
+
+    if request.depth_dir is not None:
+        depth_dir = request.depth_dir
+
+        def depth_map(view):
+            path = depth_dir / f"{view.name}.npy"
+            if not path.is_file():
+                raise NeuralLabelError(f"depth_dir: {path} does not exist", field="depth_dir")
+            return np.load(path)
+
+        return DepthMapQuery(depth_map)
+    return FieldQuery(_load_field(request), device=str(_torch_device(request.device)))
+
+
+def _load_field(request: Union[SurfacePointsRequest, SnapRequest]):
+    from ..field.model import load_field
+
+    device = _torch_device(request.device)
+    with at_field("field"):
+        return load_field(request.field, device=device)
+
+
+def surface_near_box(request: Union[SurfacePointsRequest, SnapRequest], box_world: Box, margin_world: float,
+                     max_views: int, progress: Optional[ProgressFn], notice: NoticeFn) -> tuple[np.ndarray, int]:
+    """Surface points (world) near a world box: the box goes into the cameras' frame and back."""
+    from ..geometry.view import View
+    from ..scene.surface import surface_points
+
+    world_from_data = request.world_from_data
+    dataset = load_dataset_noting(request.data, notice)
+    views = [View.from_frame(frame, world_from_data) for frame in dataset.frames]
+    box_data = box_world.transformed(world_from_data.inverse().matrix)
+    surface = surface_points(views, box_data, _scene_query(request),
+                             margin=margin_world / world_from_data.scale, max_views=max_views, progress=progress)
+    return world_from_data.apply(surface.points), surface.view_count
+
+
+def run_surface_points(request: SurfacePointsRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    if request.box is None:
+        from ..scene.surface import field_cloud
+
+        views = request.max_views or 6
+        dataset = load_dataset_noting(request.data, notice)
+        points = request.world_from_data.apply(field_cloud(_load_field(request), dataset.frames, views=views,
+                                                           progress=progress))
+        views = min(len(dataset.frames), views)
+    else:
+        points, views = surface_near_box(request, request.box, request.margin, request.max_views or 12,
+                                         progress, notice)
+    request.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(request.out, points.astype(np.float32))
+    return {"points": str(request.out), "count": int(len(points)), "views": int(views)}
+
+
+def run_snap(request: SnapRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..geometry.icp import icp_point_to_plane, sample_mesh_surface
+    from ..io.meshes import load_mesh
+    from ..scene.surface import estimate_normals
+
+    with at_field("mesh"):
+        mesh = load_mesh(request.mesh, what="mesh")
+    vertices, faces = np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int64)
+    pose = request.pose
+    lo, hi = vertices.min(axis=0), vertices.max(axis=0)
+    centre = np.eye(4)
+    centre[:3, 3] = 0.5 * (lo + hi)
+    size = float(np.linalg.norm(hi - lo))
+    max_distance = request.max_distance or max(0.03, 0.2 * size)
+    margin = request.margin or max_distance
+    scene_points, views = surface_near_box(request, Box(pose @ centre, hi - lo), margin, request.max_views,
+                                           progress, notice)
+    model_points, model_normals = sample_mesh_surface(vertices, faces, request.model_points)
+    result = icp_point_to_plane(model_points, model_normals, scene_points, pose, max_distance=max_distance,
+                                scene_normals=estimate_normals(scene_points), progress=progress)
+    # A snap that runs away is worse than none: the surface there does not look like the mesh.
+    moved = float(np.linalg.norm((result.pose @ centre)[:3, 3] - (pose @ centre)[:3, 3]))
+    turned = float(np.degrees(np.arccos(np.clip((np.trace(pose[:3, :3].T @ result.pose[:3, :3]) - 1) / 2, -1, 1))))
+    if moved > max_distance or turned > 30.0:
+        raise NeuralLabelError(
+            f"the snap would move the mesh by {moved:.3g} (scene units) and turn it by {turned:.0f} degrees: the "
+            f"surface near it does not match the mesh (RMS residual {result.rmse:.3g}). The mesh stays where it was; "
+            "place it closer (within max_distance), raise max_distance, or check the field there",
+            field="max_distance")
+    return {"pose": result.pose.tolist(), "fitness": result.fitness, "rmse": result.rmse,
+            "iterations": result.iterations, "converged": result.converged,
+            "scene_points": int(len(scene_points)), "views": int(views)}
+
+
+RUNNERS: dict[str, Callable[[Any, Optional[ProgressFn], NoticeFn], dict]] = {
+    "bake": run_bake, "train": run_train, "render": run_render, "sfm": run_sfm_job, "demo": run_demo_job,
+    "preview": run_preview, "surface_points": run_surface_points, "snap": run_snap}
