@@ -11,17 +11,15 @@ import numpy as np
 from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
+from ..core.export import FORMATS, WRITERS
+
 DEVICE_ITEMS = [
     ("auto", "Auto", "Use the device chosen in the add-on preferences (CUDA when the worker has it)"),
     ("cpu", "CPU", "Run on the CPU"),
     ("cuda", "CUDA", "Run on an NVIDIA GPU (the worker Python needs a CUDA build of torch)"),
 ]
 
-FORMAT_ITEMS = [
-    ("bop", "BOP", "BOP scenewise dataset: poses, masks, depth, models in mm"),
-    ("coco", "COCO", "COCO instances with RLE masks and boxes"),
-    ("raw", "Raw", "Per-frame depth (.npy), instance and category id images"),
-]
+FORMAT_ITEMS = [(w.name, w.title, w.description) for w in WRITERS.values()]  # core's one list of formats
 
 ROLE_ITEMS = [
     ("NONE", "None", "Not an annotation"),
@@ -62,7 +60,7 @@ class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
     output_dir: StringProperty(
         name="Output", subtype="DIR_PATH", description="Folder the bake writes its labels into")
     formats: EnumProperty(
-        name="Formats", items=FORMAT_ITEMS, options={"ENUM_FLAG"}, default={"bop", "coco", "raw"},
+        name="Formats", items=FORMAT_ITEMS, options={"ENUM_FLAG"}, default=set(FORMATS),
         description="Label formats the bake writes")
     device: EnumProperty(name="Device", items=DEVICE_ITEMS, default="auto",
                          description="Where the worker runs the field")

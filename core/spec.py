@@ -75,15 +75,14 @@ class LabelSpec:
     objects: list[SpecObject] = field(default_factory=list)
 
     @property
+    def data_to_world(self) -> Similarity:
+        """``world_from_data`` as a :class:`Similarity` (views take their world poses through it)."""
+        return Similarity(self.world_from_data)
+
+    @property
     def data_scale(self) -> float:
         """World units per data unit (the uniform scale of ``world_from_data``)."""
-        return float(np.cbrt(np.linalg.det(self.world_from_data[:3, :3])))
-
-    def cam_to_world(self, cam_to_data: np.ndarray) -> np.ndarray:
-        """A dataset camera pose (OpenGL, data frame) as a rigid camera-to-world pose in the world frame."""
-        pose = self.world_from_data @ np.asarray(cam_to_data, dtype=np.float64)
-        pose[:3, :3] /= self.data_scale  # the similarity's scale moves the centre, not the camera's axes
-        return pose
+        return self.data_to_world.scale
 
     def categories(self) -> dict[int, str]:
         return {o.category_id: o.category for o in sorted(self.objects, key=lambda o: o.category_id)}

@@ -85,7 +85,7 @@ def test_world_from_data_similarity_maps_cameras(spec_dir: Path) -> None:
     assert spec.data_scale == pytest.approx(2.0)
     cam_data = np.eye(4)
     cam_data[:3, 3] = [0.5, 0.0, 1.0]
-    cam_world = spec.cam_to_world(cam_data)
+    cam_world = spec.data_to_world.rigid_pose(cam_data)
     assert np.allclose(cam_world[:3, :3], rot_z(90)[:3, :3])  # rigid: the scale moved only the centre
     assert np.allclose(cam_world[:3, 3], w[:3, :3] @ [0.5, 0.0, 1.0] + w[:3, 3])
 

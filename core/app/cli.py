@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import NeuralLabelError
+from ..export import FORMATS
 from ..progress import Cancelled
 from .events import EventWriter, eta_seconds
 from .jobs import CAMERA_MODELS, MATCHERS, REQUESTS, SPLITS, Request, at_field, run
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("bake", "bake labels for every frame from a label spec", ("spec",))
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--formats", default="bop,coco,raw")
+    p.add_argument("--formats", default=",".join(FORMATS))
     p.add_argument("--frames", default=None, help="A:B, the frame indices A <= i < B (either may be empty)")
     p.add_argument("--shard", default=None,
                    help="I/N: bake every N-th selected frame starting at the I-th (I counts from 0); shards "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..errors import NeuralLabelError
+from ..io.atomic import write_text
 from ..progress import ProgressFn, report
 
 if TYPE_CHECKING:
@@ -115,9 +115,7 @@ def stage_scene(run: DemoRun) -> None:
         run.out.mkdir(parents=True, exist_ok=True)
         settings_path.unlink(missing_ok=True)
         _run_make_scene(scene_args, scene_dir, run.progress, "demo scene")
-        tmp = settings_path.with_name(settings_path.name + ".tmp")
-        tmp.write_text(json.dumps(settings, indent=1))
-        os.replace(tmp, settings_path)
+        write_text(settings_path, json.dumps(settings, indent=1))
     objects = json.loads((scene_dir / "gt" / "objects.json").read_text())["objects"]
     run.result["scene"] = str(scene_dir)
     run.result["scene_reused"] = reused

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from ..errors import NeuralLabelError
+from ..export import FORMATS
 from ..geometry.box import Box
 from ..geometry.transforms import Similarity, check_matrix4
 from ..labels.frame import LabelOptions
@@ -31,7 +32,6 @@ from ..spec import load_spec
 
 NoticeFn = Callable[[str], None]
 
-FORMATS = ("bop", "coco", "raw")
 DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SPLITS = ("train", "val", "test", "all")
 MATCHERS = ("auto", "exhaustive", "sequential")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NeuralLabelError
+from ..geometry.transforms import apply_points
 from ..io.jsonfile import read_json
 from ..io.meshes import load_mesh
 
@@ -45,13 +46,13 @@ class TruthObject:
     def world_vertices(self) -> np.ndarray:
         """(N, 3) mesh vertices in world coordinates."""
         vertices = np.asarray(self.load_mesh().vertices, dtype=np.float64)
-        return vertices @ self.object_to_world[:3, :3].T + self.object_to_world[:3, 3]
+        return apply_points(self.object_to_world, vertices)
 
     def box_corners(self) -> np.ndarray:
         """(8, 3) world coordinates of the enclosing box's corners."""
         signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
         local = 0.5 * signs * self.box_size
-        return local @ self.box_to_world[:3, :3].T + self.box_to_world[:3, 3]
+        return apply_points(self.box_to_world, local)
 
 
 @dataclass
