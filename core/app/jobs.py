@@ -25,6 +25,7 @@ from ..errors import NeuralLabelError
 from ..export import FORMATS
 from ..geometry.box import Box
 from ..geometry.transforms import Similarity, check_matrix4
+from ..io.outdir import check_output_location
 from ..labels.frame import LabelOptions
 from ..pipeline.frames import parse_frames, parse_shard
 from ..progress import ProgressFn
@@ -211,9 +212,10 @@ class RenderRequest:
 
     def __post_init__(self) -> None:
         self.field, self.data, self.out = _path(self.field, "field"), _path(self.data, "data"), _path(self.out, "out")
+        check_output_location(self.out)  # before minutes of rendering, not after
         self.split = _choice(self.split, "split", SPLITS)
         self.device = _device(self.device)
-        self.downscale = _number(self.downscale, "downscale", minimum=0.0)
+        self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
 
 
 @dataclass
@@ -229,7 +231,8 @@ class SfmRequest:
 
     def __post_init__(self) -> None:
         self.images, self.out = _path(self.images, "images"), _path(self.out, "out")
-        self.downscale = _number(self.downscale, "downscale", minimum=0.0)
+        check_output_location(self.out)
+        self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
         self.matcher = _choice(self.matcher, "matcher", MATCHERS)
         self.camera_model = _choice(self.camera_model, "camera_model", CAMERA_MODELS)
 
@@ -418,18 +421,37 @@ def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: Not
 
 
 def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
-    from ..field.model import load_field
-    from ..render.views import render_views
+    from ..field.checkpoint import check_finite, load_checkpoint
+    from ..render.views import claim_render_dir, render_views
 
     device = _torch_device(request.device)
     with at_field("field"):
-        field_ = load_field(request.field, device=device)
-    dataset = load_dataset_noting(request.data, notice, request.downscale)
+        checkpoint = load_checkpoint(request.field, device=device)
+        check_finite(checkpoint.field)
+    with at_field("data"):
+        dataset = load_dataset_noting(request.data, notice, request.downscale)
+    _check_trained_on(checkpoint, request, dataset)
     frames = dataset.frames if request.split == "all" else dataset.split(request.split)
     if not frames:
         raise NeuralLabelError(f"split {request.split!r}: {dataset.path} has no frame in it", field="split")
-    summary = render_views(field_, frames, request.out, progress=progress)
+    claim_render_dir(request.out, dataset, field_path=request.field, trained_on=checkpoint.dataset.get("fingerprint"),
+                     split=request.split, downscale=request.downscale)
+    summary = render_views(checkpoint.field, frames, request.out, progress=progress)
     return {"out": str(request.out), "split": request.split, **summary}
+
+
+def _check_trained_on(checkpoint, request: RenderRequest, dataset) -> None:
+    """Refuse a field trained on other frames than ``dataset``'s train split, fingerprinted as training did:
+    at the downscale it trained with (intrinsics are part of the fingerprint)."""
+    from ..data.dataset import load_dataset
+    from ..field.checkpoint import check_dataset
+
+    options = checkpoint.training.get("options") or {}
+    downscale = float(options.get("downscale") or 1.0)
+    if downscale != dataset.downscale:
+        with at_field("data"):
+            dataset = load_dataset(request.data, downscale)
+    check_dataset(checkpoint, dataset.split("train"), request.data, source=request.field, what="field")
 
 
 def run_sfm_job(request: SfmRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:

@@ -16,11 +16,14 @@ the median sparse point, scaled so the median camera is 1 unit from that centre.
 stored as ``applied_transform`` (4x4, data_from_colmap). ``downscale`` only shrinks the images SIFT sees
 (COLMAP scales keypoints back), so the cameras describe the full-resolution photos.
 
-Everything is written into a temporary folder inside DATA first; transforms.json appears last, by rename.
+DATA is claimed first (:func:`claim_sfm_dir`): sfm replaces only its own earlier output, never someone
+else's transforms.json or COLMAP model. Everything is written into a temporary folder inside DATA first;
+transforms.json appears last, by rename.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,12 +43,15 @@ from .colmap import (cam_to_world_from_colmap,
     transforms_camera_keys)
 from .dataset import image_size
 from ..errors import NeuralLabelError
+from ..io.outdir import OutputClaim, claim_output_dir
 from ..progress import Cancelled, ProgressFn, report
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 MIN_REGISTERED = 3
 MIN_REGISTERED_SHARE = 0.5
 FEATURE_CHUNK = 8  # images per feature-extraction call, so progress moves
+#: what sfm writes into its output folder, in publishing order (transforms.json last: it makes the dataset)
+SFM_OUTPUTS = ("sparse_points.npz", "colmap", "transforms.json")
 
 
 @dataclass
@@ -96,10 +102,11 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
     sizes = {image_size(images_dir / n) for n in names}
     max_side = max(max(s) for s in sizes)
     created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".sfm-", dir=out_dir))
+    claim = claim_sfm_dir(images_dir, out_dir, names)
     finished = False
+    work = None
     try:
+        work = Path(tempfile.mkdtemp(prefix=".sfm-", dir=out_dir))
         database = work / "database.db"
         _extract(pycolmap, database, images_dir, names, len(sizes) == 1, camera_model,
                  int(round(max_side / downscale)), num_threads, progress)
@@ -120,9 +127,10 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
         report(progress, 1, 1, "sfm: writing")
         finished = True
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if created and not finished and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # leave no trace of a failed run
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        if not finished:
+            _leave_no_trace(claim, out_dir if created else None)
     cameras = {im.camera_id for im in registered}
     reg_names = {im.name for im in registered}
     return SfmResult(out_dir=out_dir, transforms_path=out_dir / "transforms.json", num_images=len(names),
@@ -130,6 +138,29 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
                      mean_reprojection_error_px=float(reconstruction.compute_mean_reprojection_error()),
                      camera_model=camera_model, num_cameras=len(cameras), seconds=time.monotonic() - started,
                      unregistered=[n for n in names if n not in reg_names])
+
+
+def claim_sfm_dir(images_dir: Path, out_dir: Path, names: list[str]) -> OutputClaim:
+    """Claim ``out_dir`` for the SfM of the photos ``names`` in ``images_dir`` (both resolved), before any SfM
+    work. The folder may hold the photos (``sfm DATA/images --out DATA``) and the user's other files, which
+    stay; refused (NeuralLabelError, field ``out``): a ``transforms.json``, ``colmap/`` or sparse points that
+    another SfM (or anyone else) wrote, an images folder that is the output folder or lies under a name sfm
+    writes, an output folder inside the images folder. A re-run for the same images replaces its own output."""
+    photos = [images_dir / n for n in names]
+    return claim_output_dir(out_dir, kind="sfm", manifest={"images": str(images_dir)},
+                            inputs={"images folder": [images_dir], "photo": photos}, reserved=SFM_OUTPUTS,
+                            allowed=[images_dir, *photos], others_stay=True)
+
+
+def _leave_no_trace(claim: OutputClaim, created: Optional[Path]) -> None:
+    """After a failed run: drop a claim this run made (a resumed one stays: its output is there) and the
+    output folder if this run ``created`` it and it is empty again."""
+    if not claim.resumed:
+        claim.manifest_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: leave it
+            claim.manifest_path.parent.rmdir()
+    if created is not None and not any(created.iterdir()):
+        created.rmdir()
 
 
 def _extract(pycolmap, database: Path, images_dir: Path, names: list[str], one_size: bool, camera_model: str,
@@ -265,7 +296,7 @@ def _write_outputs(reconstruction, registered: list, images_dir: Path, out_dir: 
     model_dir.mkdir(parents=True)
     reconstruction.write(model_dir)
     (staging / "transforms.json").write_text(json.dumps(transforms, indent=2))
-    return ["sparse_points.npz", "colmap", "transforms.json"]  # transforms.json last: it makes the dataset
+    return list(SFM_OUTPUTS)  # transforms.json last: it makes the dataset
 
 
 def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:

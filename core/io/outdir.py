@@ -100,9 +100,11 @@ def _compare(existing: dict, manifest: dict, kind: str, out_dir: Path) -> None:
 
 def claim_output_dir(out_dir: str | Path, *, kind: str, manifest: dict,
                      inputs: Mapping[str, Iterable[Path]] = {}, reserved: Sequence[str] = (),
-                     allowed: Iterable[Path] = ()) -> OutputClaim:
+                     allowed: Iterable[Path] = (), others_stay: bool = False) -> OutputClaim:
     """Claim ``out_dir`` for an output of ``kind`` described by ``manifest`` (JSON-able; equal manifests mean
-    the same output, so a re-run resumes). See the module docstring for the rules."""
+    the same output, so a re-run resumes). See the module docstring for the rules. With ``others_stay`` the
+    folder is the user's (sfm writes a dataset into a capture folder): entries outside ``reserved`` are left
+    alone and are no reason to refuse; only a ``reserved`` name that is not this output's is."""
     out_dir = Path(out_dir)
     check_output_location(out_dir)
     occupied = check_inputs_outside(out_dir, inputs, reserved, allowed)
@@ -118,7 +120,8 @@ def claim_output_dir(out_dir: str | Path, *, kind: str, manifest: dict,
             remove_stale_temps(out_dir)
             return OutputClaim(out_dir, path, True)
         if out_dir.is_dir():
-            foreign = [p for p in out_dir.iterdir() if p.name != STATE_DIR and p not in occupied]
+            foreign = [p for p in out_dir.iterdir() if p.name != STATE_DIR and p not in occupied
+                       and not (others_stay and p.name not in reserved)]
             if foreign:
                 raise _fail(out_dir, f"is not empty ({foreign[0].name} ...) and holds no NeuralLabel {kind}; "
                                      f"choose an empty or new folder")

@@ -12,9 +12,14 @@ from torch import Tensor
 from ..field.model import Field
 from ..geometry.cameras import Intrinsics, camera_rays
 from ..io.atomic import npy_bytes, write_bytes, write_with
+from ..io.outdir import OutputClaim, check_inputs_outside, claim_output_dir
 from ..progress import ProgressFn, report
 from .march import march
 from .volrend import composite
+
+
+#: what :func:`render_views` writes into its folder: never where a photo lies
+RENDER_OUTPUTS = ("rgb", "depth")
 
 
 def field_device(field: Field) -> torch.device:
@@ -104,6 +109,8 @@ def render_views(field: Field, frames, out_dir, *, progress: Optional[ProgressFn
     from ..io.images import load_image
 
     out_dir = Path(out_dir)
+    # photos often live in DATA/rgb: a render there would overwrite them (and then score itself)
+    check_inputs_outside(out_dir, {"photo": [f.image_path for f in frames]}, RENDER_OUTPUTS)
     views = []
     for n, frame in enumerate(frames):
         out = render_frame(field, frame.intrinsics, frame.cam_to_data)
@@ -123,3 +130,31 @@ def render_views(field: Field, frames, out_dir, *, progress: Optional[ProgressFn
         summary["psnr"] = float(np.mean([v["psnr"] for v in scored]))
         summary["ssim"] = float(np.mean([v["ssim"] for v in scored]))
     return summary
+
+
+def dataset_files(dataset) -> list[Path]:
+    """The files a :class:`~..data.dataset.Dataset` was read from (transforms JSON files or a COLMAP model)."""
+    from ..data.colmap import find_model_dir
+
+    path = Path(dataset.path)
+    if path.is_file():
+        return [path]
+    if dataset.form == "colmap":
+        model = find_model_dir(path)
+        return sorted(p for p in model.iterdir() if p.is_file()) if model is not None else []
+    return sorted(path.glob("transforms*.json"))
+
+
+def claim_render_dir(out_dir: str | Path, dataset, *, field_path: str | Path, trained_on: Optional[str],
+                     split: str, downscale: float) -> OutputClaim:
+    """Claim ``out_dir`` for :func:`render_views` of ``dataset``'s ``split`` through the field saved at
+    ``field_path`` (trained on the frames fingerprinted ``trained_on``), before anything is rendered.
+
+    Refused (NeuralLabelError, field ``out``): a file; a folder holding anything but this render (a re-run of
+    the same render overwrites its own output, also after the field trained on); a folder holding the photos,
+    the dataset's files or the field."""
+    manifest = {"field": str(Path(field_path).resolve()), "trained_on": trained_on,
+                "data": str(Path(dataset.path).resolve()), "split": split, "downscale": float(downscale)}
+    inputs = {"photo": [f.image_path for f in dataset.frames], "dataset file": dataset_files(dataset),
+              "field": [Path(field_path)]}
+    return claim_output_dir(out_dir, kind="render", manifest=manifest, inputs=inputs, reserved=RENDER_OUTPUTS)
