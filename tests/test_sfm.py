@@ -59,8 +59,8 @@ def test_sfm_cli_on_a_few_fox_photos(shared_data, tmp_path, capsys):
 
     # The folder holds the dataset; the user's files and the photos are untouched; no photo was copied.
     assert (data / "notes.txt").read_text() == "the user's file"
-    assert sorted(p.name for p in data.iterdir()) == ["colmap", "images", "notes.txt", "sparse_points.npz",
-                                                      "transforms.json"]
+    assert sorted(p.name for p in data.iterdir()) == [".neurallabel", "colmap", "images", "notes.txt",
+                                                      "sparse_points.npz", "transforms.json"]
     transforms = json.loads((data / "transforms.json").read_text())
     assert transforms["camera_model"] == "OPENCV" and transforms["sparse_points"] == "sparse_points.npz"
     assert transforms["frames"][0]["file_path"] == "images/0001.jpg"
