@@ -434,8 +434,8 @@ def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: N
     frames = dataset.frames if request.split == "all" else dataset.split(request.split)
     if not frames:
         raise NeuralLabelError(f"split {request.split!r}: {dataset.path} has no frame in it", field="split")
-    claim_render_dir(request.out, dataset, field_path=request.field, trained_on=checkpoint.dataset.get("fingerprint"),
-                     split=request.split, downscale=request.downscale)
+    claim_render_dir(request.out, dataset, field_path=request.field, split=request.split,
+                     trained_on=checkpoint.dataset.get("fingerprint"), downscale=request.downscale)
     summary = render_views(checkpoint.field, frames, request.out, progress=progress)
     return {"out": str(request.out), "split": request.split, **summary}
 
