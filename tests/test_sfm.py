@@ -125,13 +125,14 @@ def test_photos_of_nothing_in_common_register_nothing(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-def test_sfm_refuses_a_folder_without_images(tmp_path):
+def test_sfm_refuses_a_folder_without_images(tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "readme.txt").write_text("no photos here")
     with pytest.raises(NeuralLabelError, match="no images"):
         run_sfm(tmp_path / "photos", tmp_path / "data")
     assert not (tmp_path / "data").exists()
     assert main(["sfm", str(tmp_path / "missing"), "--out", str(tmp_path / "data")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: IMAGES: {tmp_path / 'missing'}: not a folder of images")
 
 
 def test_similarity_alignment_recovers_a_known_similarity():

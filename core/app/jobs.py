@@ -457,8 +457,9 @@ def _check_trained_on(checkpoint, request: RenderRequest, dataset) -> None:
 def run_sfm_job(request: SfmRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
     from ..data.sfm import run_sfm
 
-    result = run_sfm(request.images, request.out, downscale=request.downscale, matcher=request.matcher,
-                     camera_model=request.camera_model, progress=progress)
+    with at_field("images"):  # the photos' problems (none there, no overlap); the claim names ``out`` itself
+        result = run_sfm(request.images, request.out, downscale=request.downscale, matcher=request.matcher,
+                         camera_model=request.camera_model, progress=progress)
     if result.unregistered:
         shown = ", ".join(result.unregistered[:5]) + (" ..." if len(result.unregistered) > 5 else "")
         notice(f"sfm: skipped {len(result.unregistered)} images that could not be registered: {shown}")
