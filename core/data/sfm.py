@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 
 from ..geometry.cameras import Intrinsics
+from ..geometry.transforms import apply_points
 from .colmap import (cam_to_world_from_colmap,
     intrinsics_from_colmap,
     registered_images,
@@ -345,7 +346,7 @@ def camera_centre_errors(recovered: dict[str, np.ndarray], given: dict[str, np.n
     source = np.array([recovered[n][:3, 3] for n in common])
     target = np.array([given[n][:3, 3] for n in common])
     target_from_source = similarity_alignment(source, target)
-    aligned = source @ target_from_source[:3, :3].T + target_from_source[:3, 3]
+    aligned = apply_points(target_from_source, source)
     scene_size = float(np.max(np.linalg.norm(target[:, None] - target[None], axis=-1)))
     errors = np.linalg.norm(aligned - target, axis=1) / scene_size
     # Orientation check too: the angle between each given rotation and the recovered one after the best
