@@ -63,8 +63,15 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
         spec_path = spec_export.export_spec(context, out / "spec.json")
         self._frames, self._started, self._out_path = frames, time.monotonic(), out
         self._options, self._formats = label_options(context.scene), ",".join(formats)
-        return {"kind": "bake", "spec": str(spec_path), "out": str(out), "formats": formats, "frames": frames,
-                "options": self._options}
+        job = {"kind": "bake", "spec": str(spec_path), "out": str(out), "formats": formats, "frames": frames,
+               "options": self._options}
+        try:  # pre-flight: a bad scene or output folder fails here, before the worker starts
+            from ..core.app.jobs import check_bake, request_from_job
+
+            check_bake(request_from_job(job))
+        except ImportError:
+            pass  # Blender's Python lacks a dependency (e.g. trimesh): the worker makes the same checks first
+        return job
 
     def cli_command(self) -> str:
         """The shell command that bakes the same (e.g. on a GPU server with the exported spec)."""

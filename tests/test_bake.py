@@ -57,15 +57,17 @@ def test_foreign_output_folder_is_refused(small_scene: Path, tmp_path: Path) -> 
     before = tree(out)
     other = spec_from_scene(small_scene)
     other.objects = other.objects[1:]  # another scene's spec
-    with pytest.raises(NeuralLabelError, match="another scene's dataset"):
+    with pytest.raises(NeuralLabelError, match=r"output folder .*out: already holds another bake \(different inputs\)"):
         bake(other, out, formats=("coco",), frames="0:2")
-    with pytest.raises(NeuralLabelError, match="different formats"):
+    with pytest.raises(NeuralLabelError, match="already holds a bake with different formats") as info:
         bake(spec, out, formats=("coco", "raw"), frames="0:2")
+    assert info.value.field == "out"
     assert tree(out) == before
     stranger = tmp_path / "someone_else"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
-    with pytest.raises(NeuralLabelError, match="not empty and holds no NeuralLabel bake"):
+    with pytest.raises(NeuralLabelError, match=r"output folder .*someone_else: is not empty \(notes.txt ...\) and "
+                                               r"holds no NeuralLabel bake"):
         bake(spec, stranger)
     assert tree(stranger) == {"notes.txt": b"mine"}
 

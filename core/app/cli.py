@@ -3,18 +3,21 @@
 This is the only place in `core` that prints. Each subcommand's arguments make a request of :mod:`.jobs`
 (named as its fields); :func:`.jobs.run` does the work and the command prints its progress and result:
 readable lines, or the JSON-lines events of :mod:`.events` with ``--json`` (the worker's protocol). Bad
-input -> one line on stderr naming the flag at fault, exit code 2.
+input -> one line on stderr naming the flag at fault, exit code 2. Ctrl-C or SIGTERM -> "cancelled", exit code
+130 (a re-run goes on from the finished units of work).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from ..errors import NeuralLabelError
 from ..export import FORMATS
@@ -201,8 +204,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[dict]:
+    """SIGTERM (``kill``, a batch system's stop, a container's stop) stops the command as Ctrl-C does: a
+    KeyboardInterrupt -> "cancelled", exit code 130. Writes are atomic (temp file + rename), so only whole files
+    remain; a temp file the interrupt catches mid-creation is removed by the next run (its process is gone).
+    Once ``state["done"]`` is set a SIGTERM is ignored (the result is being printed). Restores the previous
+    handler on exit; outside the main thread (no signals there) it does nothing."""
+    state = {"done": False}
+
+    def on_sigterm(signum, frame) -> None:
+        if not state["done"]:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    with sigterm_interrupts() as signals:
+        return _main(args, signals)
+
+
+def _main(args: argparse.Namespace, signals: dict) -> int:
     events = EventWriter(sys.stdout, min_interval_s=0.2) if args.json else None
 
     def notice(line: str) -> None:  # e.g. the photos a dataset skipped: one line, before the work
@@ -219,10 +251,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING log lines would bury the progress bar
         if events is not None:
             result = run(request, events.progress, notice)
+            signals["done"] = True
             events.result({"command": args.command, **result})
         else:
             with ProgressBar() as progress:
                 result = run(request, progress, notice)
+            signals["done"] = True
             for line in summary_lines(result):
                 print(line, flush=True)
         return 0

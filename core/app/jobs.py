@@ -403,11 +403,25 @@ def _torch_device(name: str) -> str:
 def run_bake(request: BakeRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
     from ..pipeline.bake import bake
 
+    device = _torch_device(request.device)  # first: a missing device is refused before anything is read
     with at_field("spec"):
         spec = load_spec(request.spec)
     load_dataset_noting(spec.data_path, notice)
     return bake(spec, request.out, formats=request.formats, frames=request.frames, shard=request.shard,
-                device=_torch_device(request.device), progress=progress, options=request.options)
+                device=device, progress=progress, options=request.options)
+
+
+def check_bake(request: BakeRequest) -> None:
+    """The add-on's pre-flight, in Blender's own process before it starts the worker: every check of
+    :func:`run_bake` that needs neither torch (the device, the field) nor decoding every photo -- the spec,
+    dataset, frames, meshes, objects in view and the output folder. Writes nothing; NeuralLabelError on the
+    first problem. The worker makes these checks again, and the rest, before it writes anything."""
+    from ..pipeline.bake import check_request
+
+    with at_field("spec"):
+        spec = load_spec(request.spec)
+    check_request(spec, request.out, formats=request.formats, frames=request.frames, shard=request.shard,
+                  device=None, options=request.options, load_field=False, check_photos=False)
 
 
 def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
@@ -487,8 +501,13 @@ def run_preview(request: PreviewRequest, progress: Optional[ProgressFn], notice:
     if request.frame >= len(dataset.frames):
         raise NeuralLabelError(f"frame {request.frame}: {dataset.path} has {len(dataset.frames)} frames",
                                field="frame")
-    bake(spec, out, formats=("raw",), frames=(request.frame, request.frame + 1),
-         device=_torch_device(request.device), progress=progress, options=request.options)
+    try:
+        bake(spec, out, formats=("raw",), frames=(request.frame, request.frame + 1),
+             device=_torch_device(request.device), progress=progress, options=request.options)
+    except NeuralLabelError as exc:
+        if exc.field == "frames":  # the one frame is not among the spec's frames (or has no photo)
+            exc.field = "frame"
+        raise
     raw = out / "raw"
     name = f"{request.frame:06d}"
     instance_path, depth_path = raw / "instance" / f"{name}.png", raw / "depth" / f"{name}.npy"

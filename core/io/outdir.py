@@ -98,13 +98,20 @@ def _compare(existing: dict, manifest: dict, kind: str, out_dir: Path) -> None:
     raise _fail(out_dir, f"already holds {reason}; choose an empty folder or the same inputs and settings")
 
 
-def claim_output_dir(out_dir: str | Path, *, kind: str, manifest: dict,
+def output_error(out_dir: str | Path, exc: OSError) -> NeuralLabelError:
+    """An OSError met while writing into ``out_dir`` (read-only, full, not writable...) as one error naming the
+    folder (field ``out``)."""
+    reason = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable",
+              errno.EPERM: "is not writable", errno.ENOSPC: "has no space left", errno.EDQUOT: "is over its quota",
+              errno.ENOTDIR: "lies under a file"}.get(exc.errno, f"cannot be written ({exc.strerror or exc})")
+    return _fail(Path(out_dir), reason)
+
+
+def check_output_dir(out_dir: str | Path, *, kind: str, manifest: dict,
                      inputs: Mapping[str, Iterable[Path]] = {}, reserved: Sequence[str] = (),
-                     allowed: Iterable[Path] = (), others_stay: bool = False) -> OutputClaim:
-    """Claim ``out_dir`` for an output of ``kind`` described by ``manifest`` (JSON-able; equal manifests mean
-    the same output, so a re-run resumes). See the module docstring for the rules. With ``others_stay`` the
-    folder is the user's (sfm writes a dataset into a capture folder): entries outside ``reserved`` are left
-    alone and are no reason to refuse; only a ``reserved`` name that is not this output's is."""
+                     allowed: Iterable[Path] = (), others_stay: bool = False) -> bool:
+    """Every check of :func:`claim_output_dir`, writing nothing (a pre-flight): NeuralLabelError when the claim
+    would be refused; True when ``out_dir`` already holds this output (a resumed or sharded run)."""
     out_dir = Path(out_dir)
     check_output_location(out_dir)
     occupied = check_inputs_outside(out_dir, inputs, reserved, allowed)
@@ -117,14 +124,34 @@ def claim_output_dir(out_dir: str | Path, *, kind: str, manifest: dict,
                     raise _fail(out_dir, f"holds a {other.stem} output; choose another folder")
         if path.is_file():
             _compare(_read_manifest(path, out_dir), manifest, kind, out_dir)
-            remove_stale_temps(out_dir)
-            return OutputClaim(out_dir, path, True)
+            return True
         if out_dir.is_dir():
             foreign = [p for p in out_dir.iterdir() if p.name != STATE_DIR and p not in occupied
                        and not (others_stay and p.name not in reserved)]
             if foreign:
                 raise _fail(out_dir, f"is not empty ({foreign[0].name} ...) and holds no NeuralLabel {kind}; "
                                      f"choose an empty or new folder")
+        return False
+    except OSError as exc:
+        raise output_error(out_dir, exc) from None
+
+
+def claim_output_dir(out_dir: str | Path, *, kind: str, manifest: dict,
+                     inputs: Mapping[str, Iterable[Path]] = {}, reserved: Sequence[str] = (),
+                     allowed: Iterable[Path] = (), others_stay: bool = False) -> OutputClaim:
+    """Claim ``out_dir`` for an output of ``kind`` described by ``manifest`` (JSON-able; equal manifests mean
+    the same output, so a re-run resumes). See the module docstring for the rules. With ``others_stay`` the
+    folder is the user's (sfm writes a dataset into a capture folder): entries outside ``reserved`` are left
+    alone and are no reason to refuse; only a ``reserved`` name that is not this output's is."""
+    out_dir = Path(out_dir)
+    resumed = check_output_dir(out_dir, kind=kind, manifest=manifest, inputs=inputs, reserved=reserved,
+                               allowed=allowed, others_stay=others_stay)
+    state = out_dir / STATE_DIR
+    path = state / f"{kind}.json"
+    try:
+        if resumed:
+            remove_stale_temps(out_dir)
+            return OutputClaim(out_dir, path, True)
         state.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out_dir)
         tmp = temp_path(path)
@@ -139,7 +166,4 @@ def claim_output_dir(out_dir: str | Path, *, kind: str, manifest: dict,
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as exc:
-        reason = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable",
-                  errno.EPERM: "is not writable", errno.ENOSPC: "has no space left",
-                  errno.ENOTDIR: "lies under a file"}.get(exc.errno, f"cannot be written ({exc.strerror})")
-        raise _fail(out_dir, reason) from None
+        raise output_error(out_dir, exc) from None

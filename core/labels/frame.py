@@ -25,6 +25,8 @@ pixel (col, row) is at (col, row). Poses are model->camera in OpenCV camera axes
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -61,6 +63,11 @@ class LabelOptions:
         if self.mesh_depth not in MESH_DEPTH_MODES:
             raise NeuralLabelError(f"mesh_depth must be one of {', '.join(MESH_DEPTH_MODES)}, got "
                                    f"{self.mesh_depth!r}")
+        # NaN passes every comparison below (and NaN != NaN: a manifest holding one never equals its re-run's)
+        for name in ("occlusion_abs_mm", "occlusion_rel", "occlusion_min_confidence"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise NeuralLabelError(f"{name} must be a finite number, got {value!r}")
         if self.occlusion_abs_mm < 0 or self.occlusion_rel < 0:
             raise NeuralLabelError("occlusion tolerances must be >= 0")
         if not 0.0 <= self.occlusion_min_confidence <= 1.0:

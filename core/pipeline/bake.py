@@ -1,32 +1,44 @@
 """Bake: labels for every frame of a label spec, written as BOP, COCO and raw datasets.
 
-``bake(spec, out_dir)`` runs three stages:
+``bake(spec, out_dir)`` runs three stages after one check:
 
-1. :func:`prepare` checks everything it can before touching the output folder (formats, frames, meshes, every
-   object seen by some camera), then claims the folder -- refusing one that holds another bake (a different
-   spec/data/field fingerprint, formats or options) or files that are not a NeuralLabel bake, so nothing of
-   someone else's is overwritten -- writes the manifest, the object models (annotated meshes as given; box
-   objects' meshes extracted from the field's density, cached in ``DIR/.neurallabel/models`` so shards and
-   re-runs share one extraction) and the writers' static files;
+0. :func:`check_request` checks everything it can while writing nothing: the device, formats, frames (a
+   selection of no frame is an error), meshes, every object seen by some camera, the output folder (the
+   read-only half of :func:`~..io.outdir.claim_output_dir`: no input of the bake may lie where it writes), the
+   field (finite, trained on this dataset's train frames) and the photos of the frames to do (each decodes).
+   The add-on calls it before it starts the worker (without the field and photos, which the worker checks);
+1. :func:`prepare` claims the folder (:func:`~..io.outdir.claim_output_dir`, kind ``bake``) -- refusing one
+   that holds another bake (a different spec/data/field fingerprint, photos, formats or options) or files that
+   are not a NeuralLabel bake, so nothing of someone else's is overwritten -- which writes the manifest; then
+   it writes the object models (annotated meshes as given; box objects' meshes extracted from the field's
+   density, cached in ``DIR/.neurallabel/models`` so shards and re-runs share one extraction) and the writers'
+   static files;
 2. :func:`bake_frames` labels each selected frame's :class:`~..geometry.view.View`
    (:class:`~..labels.frame.FrameLabeler`), writes its files atomically, then its fragment
    ``DIR/.neurallabel/frames/NNNNNN.json`` -- the mark that the frame is finished (a re-run skips it);
 3. :func:`assemble` writes the aggregate files (scene_gt.json, annotations.json, ...) from *all* finished
-   fragments, sorted by frame, so ``--frames`` / ``--shard`` pieces baked into one folder equal one unsharded
-   run byte for byte.
+   fragments, sorted by frame, under a lock on the manifest, so ``--frames`` / ``--shard`` pieces baked into
+   one folder, at once or one after another, equal one unsharded run byte for byte.
+
+The manifest ``DIR/.neurallabel/bake.json`` identifies the bake: the spec's fingerprint (data, field, meshes,
+poses), the photos' (which frames have one, each one's name and size: a re-run after a photo vanished or was
+replaced would mix two numberings, so it is refused), formats and options. An OSError while writing (read-only
+folder, full disk) is one NeuralLabelError naming the output folder (field ``out``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..data.dataset import load_dataset
+from ..data.dataset import SPLITS, Dataset, load_dataset
 from ..errors import NeuralLabelError
 from ..export import FORMATS, ExportContext, Writer, get_writer
 from ..geometry.box import Box
@@ -34,17 +46,49 @@ from ..geometry.projection import backproject, projected_region, region_pixels
 from ..geometry.transforms import Similarity
 from ..geometry.view import View
 from ..io.atomic import json_bytes, npy_bytes, write_bytes, write_bytes_if_changed
+from ..io.images import validate_images
+from ..io.lock import file_lock
+from ..io.outdir import STATE_DIR, OutputClaim, check_output_dir, claim_output_dir, output_error
 from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, make_label_object
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
 from ..progress import ProgressFn, report
-from ..scene.queries import DensityQuery
+from ..scene.queries import DensityQuery, FieldQuery
 from ..spec import LabelSpec
 from .frames import select_frames
 
-STATE_DIR = ".neurallabel"
-MANIFEST = f"{STATE_DIR}/bake.json"
+KIND = "bake"
+MANIFEST = f"{STATE_DIR}/{KIND}.json"
 FRAGMENTS = f"{STATE_DIR}/frames"
 BAKE_FORMAT = 1
+#: top-level names of the output folder that the bake writes: no input may lie under them (the spec and its
+#: meshes may lie elsewhere in the folder: Blender exports DIR/spec.json and DIR/meshes/ and bakes into DIR)
+RESERVED = (*FORMATS, STATE_DIR)
+
+
+@dataclass
+class BakePlan:
+    """A checked bake request (:func:`check_request`); nothing is written yet."""
+
+    spec: LabelSpec
+    out_dir: Path
+    writers: list[Writer]  # in the canonical order of ``FORMATS``
+    dataset: Dataset
+    views: dict[int, View]  # every loaded frame of the dataset, by frame index
+    todo: list[int]  # the frame indices of this run (or piece of a run)
+    depth_source: Any  # a SceneQuery, or None (labels from the meshes alone; or the field was not loaded)
+    depth_source_name: str
+    device: Optional[str]  # None: not resolved (a pre-flight leaves that to the worker)
+    options: LabelOptions
+    box_resolution: int
+    manifest: dict
+    inputs: dict[str, list[Path]]  # what the bake reads, by kind: none of it may be written over
+    allowed: list[Path]  # inputs that may lie in the output folder (the spec and its meshes)
+    resumed: bool  # the output folder already holds this bake
+
+    def claim(self) -> OutputClaim:
+        """Claim the output folder (writes the manifest of a new bake)."""
+        return claim_output_dir(self.out_dir, kind=KIND, manifest=self.manifest, inputs=self.inputs,
+                                reserved=RESERVED, allowed=self.allowed)
 
 
 @dataclass
@@ -94,23 +138,29 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str =
             "seconds": time.perf_counter() - t_start, "depth_source": job.depth_source_name}
 
 
-def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
-            shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
-            options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None
-            ) -> BakeJob:
-    """Stage 1: check the request, claim ``out_dir`` and write the manifest, the models and the static files."""
+def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str = FORMATS,
+                  frames: Any = None, shard: Any = None, device: Optional[str] = "cpu",
+                  progress: Optional[ProgressFn] = None, depth_source=None, options: LabelOptions = LabelOptions(),
+                  box_resolution: int = 128, load_field: bool = True, check_photos: bool = True) -> BakePlan:
+    """Stage 0: every check of a bake, cheapest first; writes nothing. NeuralLabelError on the first problem.
+
+    ``device`` None leaves the device unresolved, ``load_field`` False skips loading the spec's field (torch)
+    and ``check_photos`` False skips decoding the photos: the add-on's pre-flight in Blender's own process
+    (:func:`..app.jobs.check_bake`) checks the scene that way, and the worker checks the rest before it writes.
+    """
+    out_dir = Path(out_dir)
+    if device is not None:
+        from ..devices import resolve_device
+
+        device = str(resolve_device(device, "device"))
+    if not isinstance(options, LabelOptions):
+        raise NeuralLabelError(f"options {options!r}: expected LabelOptions", field="options")
     writers = check_formats(formats)
     dataset = load_dataset(spec.data_path)
     todo = select_frames(spec, dataset, frames, shard)
-    if depth_source is None and spec.field_path is not None:
-        from ..scene.queries import FieldQuery
-
-        depth_source = FieldQuery.load(spec.field_path, device=device)
-    source_name = "none" if depth_source is None else depth_source.name
-    if depth_source is None and any(o.kind == "box" for o in spec.objects):
+    if depth_source is None and spec.field_path is None and any(o.kind == "box" for o in spec.objects):
         raise NeuralLabelError("the spec has box objects but no 'field': a box object's pixels and mesh come "
                                "from the field")
-    # Everything that can be checked before touching the output folder is checked first.
     for obj in spec.objects:
         if obj.kind == "mesh" and obj.mesh is None:
             from ..io.meshes import load_mesh
@@ -120,21 +170,59 @@ def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FO
     views = {frame.index: View.from_frame(frame, world_from_data) for frame in dataset.frames}
     _check_objects_seen(spec, views, [make_label_object(o, o.mesh, None) for o in spec.objects])
 
+    if depth_source is not None:
+        source_name = depth_source.name
+    else:
+        source_name = "none" if spec.field_path is None else FieldQuery.name
     manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(),
-                "formats": [w.name for w in writers], "depth_source": source_name, "options": options.to_json(),
-                "box_resolution": box_resolution}
-    _claim_out_dir(out_dir, manifest, allowed=_spec_entries(spec, out_dir))
+                "photos": photos_fingerprint(dataset), "formats": [w.name for w in writers],
+                "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
+    meshes = [o.mesh_path for o in spec.objects if o.mesh_path is not None]
+    inputs = {"photo": [f.image_path for f in dataset.frames], "dataset": dataset_files(dataset),
+              "spec": [spec.path] if spec.path is not None else [], "mesh": meshes,
+              "field": [spec.field_path] if spec.field_path is not None else []}
+    allowed = ([spec.path] if spec.path is not None else []) + meshes
+    resumed = check_output_dir(out_dir, kind=KIND, manifest=manifest, inputs=inputs, reserved=RESERVED,
+                               allowed=allowed)
 
-    models = _object_models(spec, views, out_dir, depth_source, box_resolution, progress)
-    labeler = frame_labeler(spec, models, depth_source, options, backend=backend, device=device)
-    ctx = ExportContext(spec, dataset, _category_models(spec, models))
-    for writer in writers:
-        _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
-    return BakeJob(out_dir, views, todo, labeler, writers, ctx, source_name)
+    if depth_source is None and spec.field_path is not None and load_field:
+        depth_source = load_checked_field(spec, dataset, device or "cpu")
+    if check_photos:
+        fragments = out_dir / FRAGMENTS
+        validate_images([dataset.frame(i) for i in todo
+                         if not (resumed and (fragments / f"{i:06d}.json").is_file())], _when_slow(progress))
+    return BakePlan(spec, out_dir, writers, dataset, views, todo, depth_source, source_name, device, options,
+                    box_resolution, manifest, inputs, allowed, resumed)
+
+
+def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
+            shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
+            options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None
+            ) -> BakeJob:
+    """Stage 1: check the request (:func:`check_request`), claim ``out_dir`` (writes the manifest), then write
+    the models and the static files."""
+    plan = check_request(spec, out_dir, formats=formats, frames=frames, shard=shard, device=device,
+                         progress=progress, depth_source=depth_source, options=options,
+                         box_resolution=box_resolution)
+    claim = plan.claim()
+    out_dir, device, depth_source = plan.out_dir, plan.device, plan.depth_source
+    with writing_into(out_dir):
+        with file_lock(claim.manifest_path):  # concurrent pieces extract a box's mesh once, and share it
+            models = _object_models(spec, plan.views, out_dir, depth_source, box_resolution, progress)
+        labeler = frame_labeler(spec, models, depth_source, options, backend=backend, device=device)
+        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models))
+        for writer in plan.writers:
+            _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
+    return BakeJob(out_dir, plan.views, plan.todo, labeler, plan.writers, ctx, plan.depth_source_name)
 
 
 def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDone:
     """Stage 2: label and write every frame of ``job.todo`` without a fragment (unfinished), fragment last."""
+    with writing_into(job.out_dir):
+        return _bake_frames(job, progress)
+
+
+def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
     done = FramesDone()
     report(progress, 0, len(job.todo), "bake")
     for n, index in enumerate(job.todo):
@@ -166,11 +254,16 @@ def label_view(job: BakeJob, view: View) -> FrameLabels:
 
 
 def assemble(job: BakeJob) -> int:
-    """Stage 3: every writer's aggregate files from all finished fragments; returns how many frames are done."""
-    fragments = read_fragments(job.fragments_dir)
-    for writer in job.writers:
-        _write_all(job.out_dir, writer.assemble(job.ctx, [(i, f[writer.name]) for i, f in fragments]),
-                   write_bytes_if_changed)
+    """Stage 3: every writer's aggregate files from all finished fragments; returns how many frames are done.
+
+    Holds the lock on the manifest from reading the fragments to the last write: pieces of one bake that finish
+    at once take turns, so the last one to write has read every fragment (without it, a piece could write an
+    aggregate made from fewer fragments over a complete one)."""
+    with writing_into(job.out_dir), file_lock(job.out_dir / MANIFEST):
+        fragments = read_fragments(job.fragments_dir)
+        for writer in job.writers:
+            _write_all(job.out_dir, writer.assemble(job.ctx, [(i, f[writer.name]) for i, f in fragments]),
+                       write_bytes_if_changed)
     return len(fragments)
 
 
@@ -209,42 +302,89 @@ def _write_all(out_dir: Path, files: dict[str, bytes], write) -> None:
         write(out_dir / rel, data)
 
 
-def _spec_entries(spec: LabelSpec, out_dir: Path) -> set[Path]:
-    """Entries of ``out_dir`` that hold the spec itself or its meshes (Blender exports DIR/spec.json and
-    DIR/meshes/ before it bakes into DIR): they do not make the folder someone else's."""
-    entries = set()
-    out = out_dir.resolve()
-    for path in [spec.path] + [o.mesh_path for o in spec.objects if o.mesh_path is not None]:
-        if path is None:
+def _when_slow(progress: Optional[ProgressFn], after_s: float = 1.0) -> Optional[ProgressFn]:
+    """``progress`` for a short stage that is shown only once it has taken ``after_s`` (checking a few photos
+    would flash a progress bar that then starts again for the bake; checking thousands is worth showing)."""
+    if progress is None:
+        return None
+    start = time.monotonic()
+
+    def report_when_slow(done: int, total: int, stage: str) -> None:
+        if time.monotonic() - start >= after_s:
+            progress(done, total, stage)
+
+    return report_when_slow
+
+
+@contextmanager
+def writing_into(out_dir: Path) -> Iterator[None]:
+    """An OSError inside (a read-only folder, a full disk...) becomes one NeuralLabelError naming the output
+    folder (field ``out``), or naming the input file it came from when that lies elsewhere."""
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename
+        if name is not None and not _inside(Path(name), out_dir):
+            raise NeuralLabelError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+        raise output_error(out_dir, exc) from None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path, folder = Path(path).resolve(), Path(folder).resolve()
+    except OSError:
+        return True
+    return path == folder or folder in path.parents
+
+
+def photos_fingerprint(dataset: Dataset) -> str:
+    """A hash of the dataset's photo set: which frames have a photo, and each photo's name and size in bytes
+    (cheap: no pixels are read). Frame indices are positions in the dataset's list, so a photo that vanished
+    or was replaced changes what a frame index means; the manifest holds this to refuse such a re-run."""
+    entries: list[Any] = []
+    for index in range(dataset.frame_count):
+        frame = dataset.by_index.get(index)
+        if frame is None:
+            entries.append([index, None])
             continue
-        path = Path(path).resolve()
-        if out in path.parents:
-            entries.add(out / path.relative_to(out).parts[0])
-    return entries
-
-
-def _claim_out_dir(out_dir: Path, manifest: dict, allowed: set[Path] = frozenset()) -> None:
-    """Make ``out_dir`` ours: new or empty (but for ``allowed`` entries: the spec's own files), or holding a
-    bake of the same spec with the same settings."""
-    path = out_dir / MANIFEST
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NeuralLabelError(f"--out {out_dir} is a file, not a folder")
-    if path.is_file():
         try:
-            existing = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise NeuralLabelError(f"{path}: unreadable bake manifest; refusing to write into {out_dir}") from None
-        if existing != manifest:
-            what = [k for k in manifest if existing.get(k) != manifest[k]] or ["manifest"]
-            reason = {"fingerprint": "another scene's dataset (a different spec, data, field or meshes)"}.get(
-                what[0], f"a bake with different {what[0]}")
-            raise NeuralLabelError(f"--out {out_dir} already holds {reason}; choose an empty folder or the "
-                                   f"same spec and settings")
-        return
-    if out_dir.is_dir() and any(p.resolve() not in allowed for p in out_dir.iterdir()):
-        raise NeuralLabelError(f"--out {out_dir} is not empty and holds no NeuralLabel bake; refusing to write "
-                               f"into it (choose an empty or new folder)")
-    write_bytes(path, json_bytes(manifest))
+            size = frame.image_path.stat().st_size
+        except OSError:
+            size = None
+        entries.append([index, frame.file_path or frame.image_path.name, size])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def dataset_files(dataset: Dataset) -> list[Path]:
+    """The files (or COLMAP model folder) a dataset was read from."""
+    if dataset.form == "transforms_splits":
+        return [dataset.path / f"transforms_{s}.json" for s in SPLITS
+                if (dataset.path / f"transforms_{s}.json").exists()]
+    return [dataset.path]
+
+
+def load_checked_field(spec: LabelSpec, dataset: Dataset, device: str) -> FieldQuery:
+    """The spec's field as a depth source, refused when its density holds NaN/infinity or when it was trained
+    on other frames than ``dataset``'s train split (as ``train`` counts them: its ``downscale``, the frames with
+    a photo). A checkpoint that records no dataset (made by hand, not by ``train``) is not compared."""
+    from ..field.checkpoint import check_dataset, check_finite, load_checkpoint
+
+    checkpoint = load_checkpoint(spec.field_path, device=device)
+    try:
+        check_finite(checkpoint.field, what=None)
+    except NeuralLabelError as exc:
+        raise NeuralLabelError(f"{spec.field_path}: {exc}") from None
+    if checkpoint.dataset.get("fingerprint") is not None:
+        options = checkpoint.training.get("options") or {}
+        downscale = float(options.get("downscale") or 1.0)
+        trained_on = dataset if downscale == 1.0 else load_dataset(spec.data_path, downscale)
+        try:
+            check_dataset(checkpoint, trained_on.split("train"), dataset.path, source=spec.field_path, what=None)
+        except NeuralLabelError as exc:
+            missing = (f" ({len(dataset.skipped)} of its photos are missing now; the field is compared with the "
+                       f"train frames that have one)") if dataset.skipped else ""
+            raise NeuralLabelError(f"{exc}{missing}; use the field trained on this dataset") from None
+    return FieldQuery(checkpoint.field, device=device)
 
 
 def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth_source, resolution: int,

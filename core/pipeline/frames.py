@@ -44,7 +44,8 @@ def parse_shard(value: Any) -> Optional[tuple[int, int]]:
 
 
 def select_frames(spec: LabelSpec, dataset: Dataset, frames: Any = None, shard: Any = None) -> list[int]:
-    """Frame indices to bake: the spec's frames, within ``frames`` (A:B), then every N-th from I (shard)."""
+    """Frame indices to bake: the spec's frames, within ``frames`` (A:B), then every N-th from I (shard).
+    NeuralLabelError (naming ``frames`` or ``shard``) when that leaves no frame: an empty bake is a mistake."""
     count = dataset.frame_count  # frame indices are positions in the dataset's list, photos missing or not
     selected = sorted(dataset.by_index) if spec.frames is None else list(spec.frames)
     bad = [i for i in selected if not 0 <= i < count]
@@ -52,6 +53,8 @@ def select_frames(spec: LabelSpec, dataset: Dataset, frames: Any = None, shard: 
         raise NeuralLabelError(f"spec frame index {bad[0]} is out of range: {dataset.path} has {count} frames")
     for i in selected:
         dataset.frame(i)  # a spec frame whose photo was skipped: one error naming the frame and why
+    if not selected:
+        raise NeuralLabelError(f"{dataset.path}: no frame to bake (no frame of the spec has a photo)")
     span = parse_frames(frames)
     if span is not None:
         start, stop = span
@@ -59,8 +62,20 @@ def select_frames(spec: LabelSpec, dataset: Dataset, frames: Any = None, shard: 
         if not 0 <= start < count or not start < stop <= count:
             raise NeuralLabelError(f"frames {start}:{stop} is out of range: {dataset.path} has {count} "
                                    f"frames (0..{count - 1}; B is exclusive)", field="frames")
-        selected = [i for i in selected if start <= i < stop]
+        chosen = [i for i in selected if start <= i < stop]
+        if not chosen:
+            raise NeuralLabelError(f"frames {start}:{stop} selects no frame to bake: the spec's frames with a "
+                                   f"photo are {_shown(selected)}", field="frames")
+        selected = chosen
     part = parse_shard(shard)
     if part is not None:
-        selected = selected[part[0]::part[1]]
+        chosen = selected[part[0]::part[1]]
+        if not chosen:
+            raise NeuralLabelError(f"shard {part[0]}/{part[1]} selects no frame: {len(selected)} frames are "
+                                   f"selected, fewer than {part[0] + 1}", field="shard")
+        selected = chosen
     return selected
+
+
+def _shown(indices: list[int]) -> str:
+    return ", ".join(str(i) for i in indices[:8]) + (", ..." if len(indices) > 8 else "")
