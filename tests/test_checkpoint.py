@@ -143,3 +143,17 @@ def test_check_finite_refuses_a_diverged_field():
         field.density_grid[0, 0, 0, 0, 0] = float("inf")
     with pytest.raises(NeuralLabelError, match="damaged field: 2 of"):
         check_finite(field)
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_a_field_path_that_is_not_a_regular_file_says_so(tmp_path: Path, kind: str) -> None:
+    import os
+
+    odd = Path("/dev/zero") if kind == "device" else tmp_path / "odd"
+    if kind == "directory":
+        odd.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(odd)
+    with pytest.raises(NeuralLabelError, match=r"field checkpoint is not a regular file") as info:
+        load_checkpoint(odd)
+    assert info.value.field == "field"

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import NeuralLabelError
+from ..io.files import file_problem
 from ..io.atomic import write_with
 from .model import Field, FieldConfig
 
@@ -83,8 +84,9 @@ def without_estimator(state: dict[str, Any]) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Read a checkpoint; NeuralLabelError for a missing/unreadable file, another format or version."""
     path = Path(path)
-    if not path.is_file():
-        raise NeuralLabelError(f"{path}: field checkpoint does not exist")
+    problem = file_problem(path)
+    if problem is not None:  # a FIFO would hang torch.load; a folder is not "missing"
+        raise NeuralLabelError(f"{path}: field checkpoint {problem}", field="field")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
