@@ -33,13 +33,14 @@ from ..geometry.box import Box
 from ..geometry.projection import backproject, projected_region, region_pixels
 from ..geometry.transforms import Similarity
 from ..geometry.view import View
-from ..io.atomic import json_bytes, npy_bytes, write_bytes, write_bytes_if_changed
+from ..io.atomic import json_bytes, write_bytes, write_bytes_if_changed
 from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, make_label_object
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
 from ..progress import ProgressFn, report
 from ..scene.queries import DensityQuery
 from ..spec import LabelSpec
 from .frames import select_frames
+from .model_cache import cached_mesh
 
 STATE_DIR = ".neurallabel"
 MANIFEST = f"{STATE_DIR}/bake.json"
@@ -241,7 +242,7 @@ def _claim_out_dir(out_dir: Path, manifest: dict, allowed: set[Path] = frozenset
             raise NeuralLabelError(f"--out {out_dir} already holds {reason}; choose an empty folder or the "
                                    f"same spec and settings")
         return
-    if out_dir.is_dir() and any(p.resolve() not in allowed for p in out_dir.iterdir()):
+    if out_dir.is_dir() and any(p.resolve() not in allowed and p.name != STATE_DIR for p in out_dir.iterdir()):
         raise NeuralLabelError(f"--out {out_dir} is not empty and holds no NeuralLabel bake; refusing to write "
                                f"into it (choose an empty or new folder)")
     write_bytes(path, json_bytes(manifest))
@@ -250,8 +251,6 @@ def _claim_out_dir(out_dir: Path, manifest: dict, allowed: set[Path] = frozenset
 def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth_source, resolution: int,
                    progress: Optional[ProgressFn]) -> dict[int, Any]:
     """instance_id -> model mesh in the object's own frame (world units); box objects need a field."""
-    import trimesh
-
     from ..labels.box_mesh import extract_box_mesh
 
     models: dict[int, Any] = {}
@@ -262,19 +261,17 @@ def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth
             continue
         if not isinstance(depth_source, DensityQuery):
             continue  # no field: the box object's labels come from depth alone, it gets no model
-        v_path = cache / f"instance_{obj.instance_id:06d}_vertices.npy"
-        f_path = cache / f"instance_{obj.instance_id:06d}_faces.npy"
-        if not (v_path.is_file() and f_path.is_file()):
+
+        def extract(obj=obj):  # only when not cached yet
             level = surface_density_level(spec, views, depth_source, Box(obj.pose, obj.size))
             mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
                                     resolution=resolution, step=depth_source.step,
                                     threshold=level, progress=progress, name=obj.name)
             if mesh is None:
                 raise NeuralLabelError(f"object {obj.name!r}: the field holds no surface inside its box")
-            write_bytes(v_path, npy_bytes(np.asarray(mesh.vertices, dtype=np.float64)))
-            write_bytes(f_path, npy_bytes(np.asarray(mesh.faces, dtype=np.int64)))
-        # Always use the cached copy, so a fresh run and a re-run label with the very same mesh.
-        models[obj.instance_id] = trimesh.Trimesh(np.load(v_path), np.load(f_path), process=False)
+            return mesh
+
+        models[obj.instance_id] = cached_mesh(cache / f"instance_{obj.instance_id:06d}.npz", extract)
     return models
 
 
