@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="I/N: bake every N-th selected frame starting at the I-th (I counts from 0); shards "
                         "baked into the same --out make one dataset")
     p.add_argument("--device", default="auto", help=devices)
+    stages = p.add_mutually_exclusive_group()
+    stages.add_argument("--no-assemble", action="store_true",
+                        help="label and write the frames only (shards running at once); then --assemble-only")
+    stages.add_argument("--assemble-only", action="store_true",
+                        help="write the aggregate files once every selected frame is baked (else exit 2)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="bake the frames as Ray tasks: on a local cluster, or the cluster at ADDRESS "
+                        "(pip install \"neurallabel[ray]\")")
     # Blender's Bake passes its scene's occlusion tolerances; these reproduce them (same defaults as LabelOptions).
     p.add_argument("--occlusion-mm", dest="occlusion_abs_mm", type=float, default=5.0,
                    help="a mesh pixel is occluded when the field's surface is nearer by more than this (mm) ...")

@@ -28,6 +28,7 @@ from ..geometry.transforms import Similarity, check_matrix4
 from ..io.outdir import check_output_location
 from ..labels.frame import LabelOptions
 from ..pipeline.frames import parse_frames, parse_shard
+from ..pipeline.phases import stages_of
 from ..progress import ProgressFn
 from ..spec import load_spec
 
@@ -161,6 +162,9 @@ class BakeRequest:
     shard: Any = None  # "I/N"
     device: str = "auto"
     options: LabelOptions = dataclass_field(default_factory=LabelOptions)
+    no_assemble: bool = False  # label the frames only; a later assemble_only run writes the aggregate files
+    assemble_only: bool = False  # only the aggregate files, once every selected frame is baked
+    ray: Optional[str] = None  # run the frames on Ray: "local" (a local cluster) or a cluster's address
     kind = "bake"
 
     def __post_init__(self) -> None:
@@ -170,6 +174,7 @@ class BakeRequest:
         parse_shard(self.shard)
         self.device = _device(self.device)
         self.options = _label_options(self.options)
+        stages_of(self.no_assemble, self.assemble_only, self.ray)
 
 
 @dataclass
@@ -401,14 +406,15 @@ def _torch_device(name: str) -> str:
 
 
 def run_bake(request: BakeRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
-    from ..pipeline.bake import bake
+    from ..pipeline.phases import bake_in_stages
 
     device = _torch_device(request.device)  # first: a missing device is refused before anything is read
     with at_field("spec"):
         spec = load_spec(request.spec)
     load_dataset_noting(spec.data_path, notice)
-    return bake(spec, request.out, formats=request.formats, frames=request.frames, shard=request.shard,
-                device=device, progress=progress, options=request.options)
+    return bake_in_stages(spec, request.out, stages_of(request.no_assemble, request.assemble_only, request.ray),
+                          formats=request.formats, frames=request.frames, shard=request.shard,
+                          device=device, progress=progress, options=request.options)
 
 
 def check_bake(request: BakeRequest) -> None:

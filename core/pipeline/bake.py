@@ -45,7 +45,7 @@ from ..geometry.box import Box
 from ..geometry.projection import backproject, projected_region, region_pixels
 from ..geometry.transforms import Similarity
 from ..geometry.view import View
-from ..io.atomic import json_bytes, npy_bytes, write_bytes, write_bytes_if_changed
+from ..io.atomic import json_bytes, write_bytes, write_bytes_if_changed
 from ..io.images import validate_images
 from ..io.lock import file_lock
 from ..io.outdir import STATE_DIR, OutputClaim, check_output_dir, claim_output_dir, output_error
@@ -55,6 +55,7 @@ from ..progress import ProgressFn, report
 from ..scene.queries import DensityQuery, FieldQuery
 from ..spec import LabelSpec
 from .frames import select_frames
+from .model_cache import cached_mesh
 
 KIND = "bake"
 MANIFEST = f"{STATE_DIR}/{KIND}.json"
@@ -390,8 +391,6 @@ def load_checked_field(spec: LabelSpec, dataset: Dataset, device: str) -> FieldQ
 def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth_source, resolution: int,
                    progress: Optional[ProgressFn]) -> dict[int, Any]:
     """instance_id -> model mesh in the object's own frame (world units); box objects need a field."""
-    import trimesh
-
     from ..labels.box_mesh import extract_box_mesh
 
     models: dict[int, Any] = {}
@@ -402,19 +401,17 @@ def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth
             continue
         if not isinstance(depth_source, DensityQuery):
             continue  # no field: the box object's labels come from depth alone, it gets no model
-        v_path = cache / f"instance_{obj.instance_id:06d}_vertices.npy"
-        f_path = cache / f"instance_{obj.instance_id:06d}_faces.npy"
-        if not (v_path.is_file() and f_path.is_file()):
+
+        def extract(obj=obj):  # only when not cached yet
             level = surface_density_level(spec, views, depth_source, Box(obj.pose, obj.size))
             mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
                                     resolution=resolution, step=depth_source.step,
                                     threshold=level, progress=progress, name=obj.name)
             if mesh is None:
                 raise NeuralLabelError(f"object {obj.name!r}: the field holds no surface inside its box")
-            write_bytes(v_path, npy_bytes(np.asarray(mesh.vertices, dtype=np.float64)))
-            write_bytes(f_path, npy_bytes(np.asarray(mesh.faces, dtype=np.int64)))
-        # Always use the cached copy, so a fresh run and a re-run label with the very same mesh.
-        models[obj.instance_id] = trimesh.Trimesh(np.load(v_path), np.load(f_path), process=False)
+            return mesh
+
+        models[obj.instance_id] = cached_mesh(cache / f"instance_{obj.instance_id:06d}.npz", extract)
     return models
 
 
