@@ -149,7 +149,7 @@ def march_nerfacc(field: Field, origins: Tensor, directions: Tensor, *, near: fl
 
 @functools.lru_cache(maxsize=None)
 def nerfacc_kernels() -> Optional[str]:
-    """None when nerfacc's CUDA kernels load; otherwise one line saying why not and how to get them.
+    """None when nerfacc's CUDA kernels load; otherwise why not (see :func:`choose_backend` for the notice).
 
     nerfacc 0.5.3 ships no kernels for this torch: it JIT-compiles them on first use (minutes, once per
     machine; needs nvcc of torch's CUDA major version and ninja) and, without them, fails later with an
@@ -166,11 +166,7 @@ def nerfacc_kernels() -> Optional[str]:
     except Exception as error:  # a failed compile raises from torch.utils.cpp_extension.load
         last = str(error).strip().splitlines()[-1:] or [""]
         ready, reason = False, f"{type(error).__name__}: {last[0]}"
-    if ready:
-        return None
-    return (f"nerfacc's CUDA kernels are not built ({reason}); marching with the slower pure-torch marcher. "
-            "For the fast path install the CUDA toolkit matching torch.version.cuda (nvcc on PATH) and ninja, "
-            "then run once: python -c 'import nerfacc.cuda._backend'")
+    return None if ready else reason
 
 
 def choose_backend(device: torch.device | str, backend: str = "auto") -> tuple[str, Optional[str]]:
@@ -183,9 +179,12 @@ def choose_backend(device: torch.device | str, backend: str = "auto") -> tuple[s
     missing = nerfacc_kernels()
     if missing is None:
         return "nerfacc", None
+    notice = (f"nerfacc's CUDA kernels are not built ({missing}); marching with the slower pure-torch marcher. "
+              "For the fast path install the CUDA toolkit matching torch.version.cuda (nvcc on PATH) and "
+              "ninja, then run once: python -c 'import nerfacc.cuda._backend'")
     if backend == "nerfacc":
-        raise NeuralLabelError(missing, field="backend")
-    return "torch", missing
+        raise NeuralLabelError(notice, field="backend")
+    return "torch", notice
 
 
 def march(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,

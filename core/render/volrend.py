@@ -80,7 +80,7 @@ def composite(field: Field, origins: Tensor, directions: Tensor, samples: RaySam
 
     Outputs: ``opacity``, ``distance`` (weighted mean distance given a hit; ``inf`` where the ray meets no
     density), ``rgb`` unless ``depth_only`` and, with ``median``, ``median_distance`` (no gradient).
-    Per-ray sums are :func:`segment_sum`\ s: the same bits on every run, on CUDA too.
+    Per-ray sums are segment sums (:func:`segment_sum`): the same bits on every run, on CUDA too.
     ``background``: (N, 3) colours behind each ray; default the field's learned background colour."""
     n_rays = origins.shape[0]
     ray_indices = samples.ray_indices

@@ -204,7 +204,9 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
     # A random colour behind every ray: the photos are opaque, so the field must explain each pixel with
     # density instead of leaning on a background colour (which would leave holes in the depth).
     background = torch.rand(origins.shape[0], 3, device=origins.device) if random_background else None
-    return composite(field, origins, directions, samples, depth_only=depth_only, background=background)
+    # no median distance: no loss uses it (it costs a cumulative sum and a scatter per step)
+    return composite(field, origins, directions, samples, depth_only=depth_only, background=background,
+                     median=False)
 
 
 def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool) -> TrainRender:
