@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -243,7 +244,7 @@ def test_views_per_vertex_counts_past_32767_cameras():
 
 
 def test_gpu_check_dry_run_writes_one_json_per_part(tmp_path):
-    env = dict(os.environ, GPU_CHECK_DRY="1")
+    env = dict(os.environ, GPU_CHECK_DRY="1", PYTHON=sys.executable)
     run = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), str(tmp_path / "out")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
