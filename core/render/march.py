@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import io
 from typing import Optional
 
@@ -159,8 +160,9 @@ def nerfacc_kernels() -> Optional[str]:
     captured = io.StringIO()
     try:  # nerfacc announces its build on stdout: keep it off ours (the CLI may print JSON lines there)
         with contextlib.redirect_stdout(captured):
-            from nerfacc.cuda._backend import _C
-        ready = _C is not None and hasattr(_C, "traverse_grids")
+            # nerfacc's own loader: importing it builds (or loads) the kernels into its `_C` attribute
+            kernels = getattr(importlib.import_module("nerfacc.cuda._backend"), "_C", None)
+        ready = kernels is not None and hasattr(kernels, "traverse_grids")
         why = captured.getvalue().strip().splitlines()[-1:] or ["the kernels did not load"]
         reason = why[0]
     except Exception as error:  # a failed compile raises from torch.utils.cpp_extension.load
