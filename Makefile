@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 BLENDER_EXT := $(VENV)/lib/python3.11/site-packages/bpy/5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py
 
-.PHONY: venv demo test test-all extension wheel validate bench clean
+.PHONY: venv demo test test-all extension wheel validate bench clean gpu-wheels
 
 venv: $(STAMP)
 
@@ -41,3 +41,16 @@ validate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) dist build tests/.cache .demo
+
+# The wheels a bare GPU machine (Python 3.12, torch/numpy/scipy/opencv/pillow/rich/ninja/pytest there, no
+# network) lacks, into the ignored .whl/ for scripts/gpu_check.sh; the versions are requirements.txt's.
+GPU_WHEELS := nerfacc trimesh embreex pycocotools PyMCubes
+gpu-wheels:
+	mkdir -p .whl
+	for name in $(GPU_WHEELS); do \
+	  pin=$$(grep -i "^$$name==" requirements.txt) || { echo "no pin for $$name in requirements.txt"; exit 1; }; \
+	  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    --platform any -d .whl "$$pin" || exit 1; \
+	done
+	du -sh .whl

@@ -130,7 +130,7 @@ def test_box_objects_take_the_surface_inside_their_box(small_scene: Path) -> Non
     assert np.mean(ious) >= 0.90, ious
 
 
-def test_torch_backend_matches_embree() -> None:
+def test_embree_distances_match_the_analytic_sphere() -> None:
     mesh = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
     pose = np.eye(4)
     pose[:3, 3] = [0.05, -0.02, -1.0]
@@ -141,10 +141,7 @@ def test_torch_backend_matches_embree() -> None:
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     origins = np.zeros_like(directions)
     hit_e, dist_e = MeshCaster([placed], backend="embree").cast(0, origins, directions)
-    hit_t, dist_t = MeshCaster([placed], backend="torch").cast(0, origins, directions)
     assert 200 < hit_e.sum() < 950
-    assert np.array_equal(hit_e, hit_t)
-    assert np.allclose(dist_e[hit_e], dist_t[hit_t], atol=1e-6)  # embree: float32
     # Against the analytic sphere: the icosphere's flat faces lie inside it (hits are never nearer), and away
     # from the grazing rim within its sagitta (~1% of the radius).
     centre = pose[:3, 3]

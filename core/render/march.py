@@ -4,7 +4,8 @@ Sampling is nerfacc's ``OccGridEstimator.sampling`` with a constant step: candid
 midpoints ``near + (k + 1/2) * step`` (the same lattice for every ray), a sample is kept when its cell is
 occupied, its opacity reaches ``alpha_thre`` and the transmittance before it is still above
 ``early_stop_eps``. On CUDA nerfacc's functional ``traverse_grids`` does the marching over the field's own
-grid buffers; on CPU :func:`march_cpu` yields the same samples in pure torch: it jumps over empty space
+grid buffers; elsewhere (and on CUDA when nerfacc's kernels cannot be built, see :func:`nerfacc_kernels`)
+:func:`march_cpu` yields the same samples in pure torch: it jumps over empty space
 with the occupancy grid's chessboard distance, looks at a short window of lattice points once near
 occupied cells, and stops each ray as soon as it is opaque (early ray termination), evaluating the density
 only where a sample survives.
@@ -12,9 +13,16 @@ only where a sample survives.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
+import io
+from typing import Optional
+
 import torch
 from torch import Tensor
 
+from ..errors import NeuralLabelError
 from ..field.model import Field
 from ..field.occupancy import OccupancyGrid
 from .samples import RaySamples
@@ -140,9 +148,51 @@ def march_nerfacc(field: Field, origins: Tensor, directions: Tensor, *, near: fl
                       samples.n_rays, sigmas=sigmas[visible])
 
 
+@functools.lru_cache(maxsize=None)
+def nerfacc_kernels() -> Optional[str]:
+    """None when nerfacc's CUDA kernels load; otherwise why not (see :func:`choose_backend` for the notice).
+
+    nerfacc 0.5.3 ships no kernels for this torch: it JIT-compiles them on first use (minutes, once per
+    machine; needs nvcc of torch's CUDA major version and ninja) and, without them, fails later with an
+    AttributeError. Asked once per process (the build is cached on disk by torch)."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    captured = io.StringIO()
+    try:  # nerfacc announces its build on stdout: keep it off ours (the CLI may print JSON lines there)
+        with contextlib.redirect_stdout(captured):
+            # nerfacc's own loader: importing it builds (or loads) the kernels into its `_C` attribute
+            kernels = getattr(importlib.import_module("nerfacc.cuda._backend"), "_C", None)
+        ready = kernels is not None and hasattr(kernels, "traverse_grids")
+        why = captured.getvalue().strip().splitlines()[-1:] or ["the kernels did not load"]
+        reason = why[0]
+    except Exception as error:  # a failed compile raises from torch.utils.cpp_extension.load
+        last = str(error).strip().splitlines()[-1:] or [""]
+        ready, reason = False, f"{type(error).__name__}: {last[0]}"
+    return None if ready else reason
+
+
+def choose_backend(device: torch.device | str, backend: str = "auto") -> tuple[str, Optional[str]]:
+    """The marcher :func:`march` uses on ``device`` (``nerfacc`` or ``torch``) and, where CUDA falls back to
+    the pure-torch marcher, the one line to tell the user (else None)."""
+    if backend not in ("auto", "nerfacc", "torch"):
+        raise NeuralLabelError(f"marcher {backend!r} is not one of auto, nerfacc, torch", field="backend")
+    if backend == "torch" or (backend == "auto" and torch.device(device).type != "cuda"):
+        return "torch", None
+    missing = nerfacc_kernels()
+    if missing is None:
+        return "nerfacc", None
+    notice = (f"nerfacc's CUDA kernels are not built ({missing}); marching with the slower pure-torch marcher. "
+              "For the fast path install the CUDA toolkit matching torch.version.cuda (nvcc on PATH) and "
+              "ninja, then run once: python -c 'import nerfacc.cuda._backend'")
+    if backend == "nerfacc":
+        raise NeuralLabelError(notice, field="backend")
+    return "torch", notice
+
+
 def march(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
           stratified: bool = False, backend: str = "auto") -> RaySamples:
-    """Packed samples with their densities: nerfacc on CUDA (``backend`` auto), :func:`march_cpu` elsewhere."""
-    if backend == "nerfacc" or (backend == "auto" and origins.device.type == "cuda"):
+    """Packed samples with their densities: nerfacc on CUDA when its kernels load (``backend`` auto, see
+    :func:`choose_backend`), :func:`march_cpu` elsewhere."""
+    if choose_backend(origins.device, backend)[0] == "nerfacc":
         return march_nerfacc(field, origins, directions, near=near, far=far, stratified=stratified)
     return march_cpu(field, origins, directions, near=near, far=far, stratified=stratified)

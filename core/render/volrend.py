@@ -27,6 +27,20 @@ def packed_cumsum(values: Tensor, ray_indices: Tensor, pack_start: Tensor, *, ex
     return (inclusive - before_pack).float()
 
 
+def segment_sum(values: Tensor, samples: RaySamples) -> Tensor:
+    """(n_rays, ...) per-ray sums of packed ``values`` (M, ...), sorted by ray (differentiable).
+
+    ``index_add`` sums with float atomics on CUDA, in whatever order the threads arrive, so a render is not
+    reproducible there. A segmented reduction over the packed rays adds each ray's samples in order on every
+    device: the same bits on every run, and on the CPU exactly ``index_add``'s bits (float32, in order;
+    differences of a float64 cumulative sum would change the CPU's last bits and every baked depth)."""
+    n_rays = samples.n_rays
+    if values.numel() == 0:
+        return torch.zeros((n_rays,) + values.shape[1:], device=values.device, dtype=values.dtype)
+    counts = torch.bincount(samples.ray_indices, minlength=n_rays)
+    return torch.segment_reduce(values, "sum", lengths=counts, axis=0, unsafe=True)
+
+
 def weights_from_density(samples: RaySamples, sigmas: Tensor) -> tuple[Tensor, Tensor]:
     """Packed volume-rendering weights and transmittance before each sample (differentiable in ``sigmas``)."""
     tau = sigmas * samples.deltas
@@ -59,34 +73,35 @@ def median_distance(samples: RaySamples, opacity: Tensor) -> Tensor:
 
 
 def composite(field: Field, origins: Tensor, directions: Tensor, samples: RaySamples, *,
-              depth_only: bool = False, background: Optional[Tensor] = None
+              depth_only: bool = False, background: Optional[Tensor] = None, median: bool = True
               ) -> tuple[dict[str, Tensor], RaySamples]:
     """Per-ray outputs from packed samples whose ``sigmas`` are set (differentiable), and the samples with
     their ``weights``.
 
     Outputs: ``opacity``, ``distance`` (weighted mean distance given a hit; ``inf`` where the ray meets no
-    density), ``rgb`` unless ``depth_only`` and ``median_distance`` (no gradient).
+    density), ``rgb`` unless ``depth_only`` and, with ``median``, ``median_distance`` (no gradient).
+    Per-ray sums are segment sums (:func:`segment_sum`): the same bits on every run, on CUDA too.
     ``background``: (N, 3) colours behind each ray; default the field's learned background colour."""
     n_rays = origins.shape[0]
     ray_indices = samples.ray_indices
     weights, _ = weights_from_density(samples, samples.sigmas)
     mids = samples.mids
-    zeros = torch.zeros(n_rays, device=origins.device)
-    opacity = zeros.index_add(0, ray_indices, weights)
-    weighted = zeros.index_add(0, ray_indices, weights * mids)
+    opacity = segment_sum(weights, samples)
+    weighted = segment_sum(weights * mids, samples)
     distance = torch.where(opacity > 0, weighted / opacity.clamp_min(1e-12), torch.full_like(opacity, float("inf")))
     out = {"opacity": opacity, "distance": distance}
     if not depth_only:
         if ray_indices.numel():
             rgb = field.rgb(samples.points(origins, directions), directions[ray_indices])
-            colour = torch.zeros(n_rays, 3, device=origins.device).index_add(0, ray_indices,
-                                                                              weights[:, None] * rgb)
+            colour = segment_sum(weights[:, None] * rgb, samples)
         else:
             colour = torch.zeros(n_rays, 3, device=origins.device)
         if background is None:
             background = field.background_rgb.clamp(0.0, 1.0)
         out["rgb"] = colour + (1.0 - opacity[:, None]) * background
     weighted_samples = samples.with_values(weights=weights)
+    if not median:
+        return out, weighted_samples
     with torch.no_grad():
         out["median_distance"] = median_distance(weighted_samples.with_values(weights=weights.detach()),
                                                  opacity.detach())

@@ -3,8 +3,11 @@ batch of them, and its render with gradients."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -22,45 +25,90 @@ from ..render.volrend import composite
 
 @dataclass
 class RayBank:
-    """Every pixel of the train images: colour, and the camera each pixel's ray comes from."""
+    """Every pixel of the train images: its colour (3 bytes) and nothing else per pixel.
 
-    rgb: Tensor  # (N, 3) uint8
-    directions_cam: Tensor  # (N, 3) float32, OpenGL camera axes, unit length
-    camera: Tensor  # (N,) int64 index into rotations/origins
+    Pixel ``i`` is pixel ``i % P`` of frame ``i // P`` (P pixels per image: the train images share one
+    size); its camera-axes direction comes from the one table of that frame's intrinsics. ``rgb`` is an
+    array in RAM or, past the RAM budget, a memory-mapped temporary file (see :func:`load_ray_bank`)."""
+
+    rgb: np.ndarray  # (N, 3) uint8 (np.memmap past the RAM budget)
+    directions_cam: Tensor  # (K, P, 3) float32 unit directions, OpenGL camera axes, one table per intrinsics
+    table: Tensor  # (F,) int64: each frame's direction table
     rotations: Tensor  # (F, 3, 3)
     origins: Tensor  # (F, 3)
 
+    def __len__(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the bank holds (pixels and tables; the pixels may live in a file)."""
+        tensors = (self.directions_cam, self.table, self.rotations, self.origins)
+        return int(self.rgb.nbytes) + sum(t.numel() * t.element_size() for t in tensors)
+
+    @property
+    def mapped(self) -> bool:
+        return isinstance(self.rgb, np.memmap)
+
     def rays(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        cam = self.camera[index]
-        directions = torch.einsum("nij,nj->ni", self.rotations[cam], self.directions_cam[index])
-        return self.origins[cam], directions, self.rgb[index].float() / 255.0
+        """Origins, world directions and colours in [0, 1] of the pixels ``index`` (CPU int64)."""
+        pixels = self.directions_cam.shape[1]
+        frame = torch.div(index, pixels, rounding_mode="floor")
+        directions_cam = self.directions_cam[self.table[frame], index - frame * pixels]
+        directions = torch.einsum("nij,nj->ni", self.rotations[frame], directions_cam)
+        rgb = torch.from_numpy(np.ascontiguousarray(self.rgb[index.numpy()]))
+        return self.origins[frame], directions, rgb.float() / 255.0
 
 
-def load_ray_bank(frames: list[Frame], progress: Optional[ProgressFn] = None) -> RayBank:
-    from ..io.images import load_image
+def default_ram_budget() -> int:
+    """A quarter of the machine's physical memory: beyond it the ray bank goes to a memory-mapped file."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def pixel_array(count: int, ram_budget: int, spill_dir: Optional[Path] = None) -> np.ndarray:
+    """(count, 3) uint8 for the bank's pixels: in RAM within ``ram_budget`` bytes, else memory-mapped onto an
+    anonymous temporary file in ``spill_dir`` (default: the system's temp folder), gone when unmapped."""
+    if count * 3 <= ram_budget:
+        return np.empty((count, 3), dtype=np.uint8)
+    with tempfile.TemporaryFile(dir=spill_dir, prefix="neurallabel-rays-") as handle:
+        # the map keeps its own handle to the (already unlinked) file
+        return np.memmap(handle, dtype=np.uint8, mode="w+", shape=(count, 3))
+
+
+def load_ray_bank(frames: list[Frame], progress: Optional[ProgressFn] = None, *,
+                  ram_budget: Optional[int] = None, spill_dir: Optional[Path] = None,
+                  load: Optional[Callable[[Frame], np.ndarray]] = None) -> RayBank:
+    """The ray bank of ``frames``; ``load`` gives a frame's float image (default: its photo)."""
+    if load is None:
+        from ..io.images import load_image as load
 
     sizes = {(f.intrinsics.width, f.intrinsics.height) for f in frames}
     if len(sizes) > 1:
         listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
         raise NeuralLabelError(f"the train images have mixed sizes ({listed}); NeuralLabel trains on images "
                                "of one size: resize them or pass one camera size per dataset", field="data")
-    rgbs, dirs, cams = [], [], []
-    direction_cache: dict[Any, np.ndarray] = {}
+    (width, height), = sizes
+    pixels = width * height
+    budget = default_ram_budget() if ram_budget is None else ram_budget
+    rgb = pixel_array(len(frames) * pixels, budget, spill_dir)
+    tables: dict[Any, int] = {}
+    directions, table = [], []
     for n, f in enumerate(frames):
-        image = load_image(f)
-        if image.shape[2] > 3:
-            image = image[..., :3]
-        rgbs.append(torch.from_numpy(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8).reshape(-1, 3)))
-        key = f.intrinsics
-        if key not in direction_cache:
+        image = load(f)
+        rgb[n * pixels:(n + 1) * pixels] = np.round(np.clip(image[..., :3], 0, 1) * 255).astype(np.uint8).reshape(-1, 3)
+        if f.intrinsics not in tables:
+            tables[f.intrinsics] = len(directions)
             d = camera_directions(f.intrinsics)
-            direction_cache[key] = (d / np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float32)
-        dirs.append(torch.from_numpy(direction_cache[key]))
-        cams.append(torch.full((len(direction_cache[key]),), n, dtype=torch.long))
+            directions.append((d / np.linalg.norm(d, axis=-1, keepdims=True)).astype(np.float32))
+        table.append(tables[f.intrinsics])
         report(progress, n + 1, len(frames), "load images")
     rotations = torch.tensor(np.stack([f.cam_to_data[:3, :3] for f in frames]), dtype=torch.float32)
     origins = torch.tensor(np.stack([f.cam_to_data[:3, 3] for f in frames]), dtype=torch.float32)
-    return RayBank(torch.cat(rgbs), torch.cat(dirs), torch.cat(cams), rotations, origins)
+    return RayBank(rgb, torch.from_numpy(np.stack(directions)), torch.tensor(table, dtype=torch.long), rotations,
+                   origins)
 
 
 @dataclass
@@ -125,7 +173,7 @@ class TrainBatch:
 def draw_batch(bank: RayBank, depth_targets: Optional[DepthTargets], rays_per_step: int,
                generator: torch.Generator, device: torch.device) -> TrainBatch:
     """``rays_per_step`` random pixels of the train images (and an eighth as many SfM rays, at least 64)."""
-    index = torch.randint(0, bank.rgb.shape[0], (rays_per_step,), generator=generator)
+    index = torch.randint(0, len(bank), (rays_per_step,), generator=generator)
     origins, directions, target = bank.rays(index)
     depth = None
     if depth_targets is not None:
@@ -156,7 +204,9 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
     # A random colour behind every ray: the photos are opaque, so the field must explain each pixel with
     # density instead of leaning on a background colour (which would leave holes in the depth).
     background = torch.rand(origins.shape[0], 3, device=origins.device) if random_background else None
-    return composite(field, origins, directions, samples, depth_only=depth_only, background=background)
+    # no median distance: no loss uses it (it costs a cumulative sum and a scatter per step)
+    return composite(field, origins, directions, samples, depth_only=depth_only, background=background,
+                     median=False)
 
 
 def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool) -> TrainRender:

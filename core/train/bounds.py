@@ -78,7 +78,7 @@ def views_per_vertex(field: Field, frames: list[Frame], near: float, resolution:
     else:
         u = coords
     points = field.roi_centre + u * field.roi_half
-    count = torch.zeros(points.shape[0], dtype=torch.int16, device=device)
+    count = torch.zeros(points.shape[0], dtype=torch.int32, device=device)  # int16 overflows at 32,768 views
     for f in frames:
         c2w = torch.tensor(f.cam_to_data, dtype=torch.float32, device=device)
         p = (points - c2w[:3, 3]) @ c2w[:3, :3]  # camera axes (OpenGL: looking down -z)
@@ -87,7 +87,7 @@ def views_per_vertex(field: Field, frames: list[Frame], near: float, resolution:
         zs = z.clamp_min(1e-9)
         x = i.fx * p[:, 0] / zs + i.cx
         y = -i.fy * p[:, 1] / zs + i.cy
-        count += ((z > near) & (x >= 0) & (x <= i.width) & (y >= 0) & (y <= i.height)).to(torch.int16)
+        count += ((z > near) & (x >= 0) & (x <= i.width) & (y >= 0) & (y <= i.height)).to(torch.int32)
     return count.view(1, 1, resolution, resolution, resolution).float()
 
 

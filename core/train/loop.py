@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -28,6 +28,7 @@ from ..errors import NeuralLabelError
 from ..field.checkpoint import check_dataset, dataset_fingerprint, load_checkpoint, save_checkpoint
 from ..field.model import Field
 from ..progress import ProgressFn, report
+from ..render.march import choose_backend
 from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, draw_batch, load_depth_targets, load_ray_bank,
                     render_batch)
 from .bounds import default_near, density_lr_scale, field_config_for, views_per_vertex
@@ -57,8 +58,9 @@ class TrainOptions:
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
     # memorise the train views; nothing the cameras photograph sits that close)
-    samples_per_step: int = 65536
-    max_rays_per_step: int = 8192
+    # None: by device (see batch_sizes): more on CUDA, where a step's cost is mostly launch overhead
+    samples_per_step: Optional[int] = None
+    max_rays_per_step: Optional[int] = None
     checkpoint_every_s: float = 60.0
     seed: int = 0
     threads: Optional[int] = None  # torch CPU threads (None: torch's default)
@@ -73,6 +75,14 @@ class TrainOptions:
             raise NeuralLabelError(f"minutes must be positive (got {self.minutes})", field="minutes")
         return "seconds", minutes * 60.0
 
+    def batch_sizes(self, device: torch.device) -> tuple[int, int]:
+        """(samples per step, most rays per step): the options', else 2^16 / 8192 on the CPU and
+        nerfacc's instant-NGP example's 2^18 samples (at most 2^16 rays) on CUDA."""
+        cuda = device.type == "cuda"
+        samples = self.samples_per_step or (1 << 18 if cuda else 1 << 16)
+        rays = self.max_rays_per_step or (1 << 16 if cuda else 8192)
+        return samples, rays
+
 
 @dataclass
 class TrainResult:
@@ -85,6 +95,8 @@ class TrainResult:
     final_loss: float
     train_psnr: float
     cpu_share: float  # process CPU time / (wall time x threads): how much of the CPU the run got
+    marcher: str = "torch"  # nerfacc (CUDA kernels) or torch (march_cpu; on CUDA when nerfacc's are missing)
+    marcher_notice: Optional[str] = None  # one line when CUDA fell back to the torch marcher
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -181,7 +193,7 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
     torch.manual_seed(options.seed)
     field, training = resume_or_create(out, dataset, frames)
     field = field.to(device).train()
-    bank = load_ray_bank(frames, progress)
+    bank = load_ray_bank(frames, progress, spill_dir=out.parent if out.parent.is_dir() else None)
     depth_targets = load_depth_targets(dataset, frames) if options.depth_supervision else None
     optimizer = make_optimizer(field)
     resumed = training is not None
@@ -254,17 +266,18 @@ def optimiser_step(state: TrainState, loss: torch.Tensor) -> None:
         field.density_grid.copy_(density_before + (field.density_grid - density_before) * state.lr_scale)
 
 
-def record_step(options: TrainOptions, state: TrainState, batch: TrainBatch, render: TrainRender,
+def record_step(setup: TrainSetup, state: TrainState, batch: TrainBatch, render: TrainRender,
                 loss: torch.Tensor) -> None:
     """Loss and PSNR (EMA) for the report; the next step's ray count (dynamic batch)."""
-    state.loss = float(loss.detach())
-    mse = float(torch.nn.functional.mse_loss(render.rays["rgb"].detach(), batch.target_rgb))
+    mse = torch.nn.functional.mse_loss(render.rays["rgb"].detach(), batch.target_rgb)
+    state.loss, mse = torch.stack([loss.detach(), mse]).tolist()  # one host sync, not two
     psnr = -10 * math.log10(max(mse, 1e-10))
     state.psnr_ema = psnr if math.isnan(state.psnr_ema) else 0.95 * state.psnr_ema + 0.05 * psnr
     # keep the number of samples per step near the target
     n_samples = max(1, len(render.samples))
-    state.rays_per_step = int(min(options.max_rays_per_step, max(
-        256, state.rays_per_step * options.samples_per_step / n_samples * 0.5 + state.rays_per_step * 0.5)))
+    samples_per_step, max_rays_per_step = setup.options.batch_sizes(setup.device)
+    state.rays_per_step = int(min(max_rays_per_step, max(
+        256, state.rays_per_step * samples_per_step / n_samples * 0.5 + state.rays_per_step * 0.5)))
 
 
 def save_state(setup: TrainSetup, state: TrainState, *, done: bool) -> None:
@@ -289,10 +302,17 @@ def finish_field(state: TrainState) -> None:
 
 
 def train_field(data: str | Path, out: str | Path, options: TrainOptions,
-                progress: Optional[ProgressFn] = None) -> TrainResult:
-    """Train (or resume training) a field on ``data``'s train split and save it to ``out``."""
+                progress: Optional[ProgressFn] = None,
+                notice: Optional[Callable[[str], None]] = None) -> TrainResult:
+    """Train (or resume training) a field on ``data``'s train split and save it to ``out``.
+
+    ``notice`` hears one line before the steps when CUDA marches without nerfacc's kernels (also in the
+    result's ``marcher_notice``)."""
     budget_kind, budget = options.budget()
     setup, state = set_up(data, out, options, progress)
+    marcher, marcher_notice = choose_backend(setup.device)
+    if marcher_notice is not None and notice is not None:
+        notice(marcher_notice)
     generator = torch.Generator().manual_seed(options.seed)
 
     def done_fraction() -> float:
@@ -309,7 +329,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         render = render_batch(state.field, batch, near=setup.near, random_background=options.random_background)
         loss, _ = total_loss(setup.terms, fraction, batch, render)
         optimiser_step(state, loss)
-        record_step(options, state, batch, render, loss)
+        record_step(setup, state, batch, render, loss)
         state.step += 1
         state.elapsed += time.monotonic() - t0
         report(progress, min(total_units, int(state.step if budget_kind == "steps" else state.elapsed)),
@@ -324,4 +344,4 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
     threads = torch.get_num_threads() if setup.device.type == "cpu" else 1
     cpu_share = (time.process_time() - cpu_start) / max(1e-9, wall * threads)
     return TrainResult(setup.out, state.step, state.elapsed, state.resumed, setup.device.type, len(setup.frames),
-                       state.loss, state.psnr_ema, round(cpu_share, 3))
+                       state.loss, state.psnr_ema, round(cpu_share, 3), marcher, marcher_notice)
