@@ -437,7 +437,7 @@ def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: Not
     options = TrainOptions(steps=request.steps, minutes=request.minutes, device=_torch_device(request.device),
                            downscale=request.downscale, strict=request.strict,
                            depth_supervision=request.depth_supervision)
-    return train_field(request.data, request.out, options, progress=progress).to_dict()
+    return train_field(request.data, request.out, options, progress=progress, notice=notice).to_dict()
 
 
 def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
