@@ -16,6 +16,7 @@ from ..addon import spec_export
 from ..addon.properties import FORMAT_ITEMS, formats_argument, frames_argument, label_options
 from ..addon.worker_jobs import WorkerOperator
 from ..core.errors import NeuralLabelError
+from ..core.io.outdir import check_before_export
 from ..core.pipeline.frames import parse_frames
 
 FORMATS = tuple(f for f, _, _ in FORMAT_ITEMS)
@@ -60,6 +61,7 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
         formats = formats_list(self.formats or formats_argument(props))
         frames = self.frames.strip() or frames_argument(props)  # None: every frame
         parse_frames(frames)  # a clear message for a malformed range, before anything is written
+        check_before_export(out, kind="bake", exported=("spec.json", "meshes"))  # the export writes first
         spec_path = spec_export.export_spec(context, out / "spec.json")
         self._frames, self._started, self._out_path = frames, time.monotonic(), out
         self._options, self._formats = label_options(context.scene), ",".join(formats)

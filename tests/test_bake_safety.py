@@ -395,3 +395,42 @@ def test_the_bake_operator_refuses_a_bad_scene_before_the_worker_starts(small_sc
                      {"data": str(small_scene / "transforms.json"), "objects": objects,
                       "out": str(tmp_path / "labels")}, tmp_path / "bpy")
     assert result["started"] == 0 and "outside every camera" in (result["message"] or ""), result
+
+
+EXPORT_GUARD_SCRIPT = '''
+import neurallabel.addon.worker_jobs as worker_jobs
+started = []
+
+class NoWorker:
+    def __init__(self, job, **kwargs):
+        started.append(job)
+    def start(self):
+        raise RuntimeError("the worker was started")
+
+worker_jobs.WorkerJob = NoWorker
+try:
+    bpy.ops.neurallabel.bake(out_dir=ARGS["out"], frames="0:2")
+    message = None
+except RuntimeError as exc:
+    message = str(exc)
+emit({"message": message, "started": len(started)})
+'''
+
+
+@pytest.mark.bpy
+def test_the_bake_operator_never_exports_into_someone_elses_folder(small_scene, tmp_path):
+    """The export writes spec.json and meshes/ before the bake claims the folder: a folder of someone else's
+    (here: their own spec.json next to their notes) is refused before the export touches it."""
+    from bpy_helpers import DEV_PRELUDE, run_bpy
+    from test_bake_operator import ANNOTATE, truth_objects
+
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "spec.json").write_text("their spec")
+    (out / "notes.txt").write_text("their notes")
+    result = run_bpy(DEV_PRELUDE + ANNOTATE + EXPORT_GUARD_SCRIPT,
+                     {"data": str(small_scene / "transforms.json"), "objects": truth_objects(small_scene),
+                      "out": str(out)}, tmp_path / "bpy")
+    assert result["started"] == 0 and "is not empty (notes.txt" in (result["message"] or ""), result
+    assert (out / "spec.json").read_text() == "their spec" and sorted(p.name for p in out.iterdir()) == [
+        "notes.txt", "spec.json"]

@@ -98,6 +98,21 @@ def _compare(existing: dict, manifest: dict, kind: str, out_dir: Path) -> None:
     raise _fail(out_dir, f"already holds {reason}; choose an empty folder or the same inputs and settings")
 
 
+def check_before_export(out_dir: str | Path, *, kind: str, exported: Sequence[str]) -> None:
+    """Before a front end exports the command's inputs into ``out_dir`` (Blender writes ``spec.json`` and
+    ``meshes/`` into the bake's folder): refuse a folder that the claim would refuse anyway -- a file, or a
+    folder holding anything but those ``exported`` names and no output of ``kind`` -- so that nothing of
+    someone else's is overwritten by the export itself."""
+    out_dir = Path(out_dir)
+    check_output_location(out_dir)
+    if not out_dir.is_dir() or (out_dir / STATE_DIR / f"{kind}.json").is_file():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (*exported, STATE_DIR))
+    if foreign:
+        raise _fail(out_dir, f"is not empty ({foreign[0]} ...) and holds no NeuralLabel {kind}; choose an empty "
+                             f"or new folder")
+
+
 def output_error(out_dir: str | Path, exc: OSError) -> NeuralLabelError:
     """An OSError met while writing into ``out_dir`` (read-only, full, not writable...) as one error naming the
     folder (field ``out``)."""
