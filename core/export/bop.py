@@ -2,11 +2,18 @@
 
 ``camera.json``; ``models/obj_XXXXXX.ply`` in mm with ``models_info.json``; one scene ``train/000000`` with
 ``rgb/``, ``depth/`` (uint16 PNG, ``depth * depth_scale`` = mm), ``mask/`` and ``mask_visib/``
-(``{im_id:06d}_{gt_id:06d}.png``, 0/255), ``scene_camera.json``, ``scene_gt.json``, ``scene_gt_info.json``.
+(``{im_id:06d}_{gt_id:06d}.png``, 0/255), ``scene_camera.json``, ``scene_gt.json``, ``scene_gt_info.json`` and
+``scene_gt_coco.json`` (COCO as bop_toolkit's calc_gt_coco writes it: RLE of ``mask_visib``, amodal ``bbox_obj``,
+``ignore`` where visib_fract < 0.1, image ids = im_ids); ``models_eval/`` repeats ``models/`` (vertex normals).
 ``im_id`` = the frame's index in the dataset; ``obj_id`` = the object's category_id; ``gt_id`` = the
 instance's position in the frame's ``scene_gt`` list (sorted by instance_id, which is also stored).
 Poses are model->camera in OpenCV camera axes, translations in mm; ``cam_K`` uses the OpenCV pixel
-convention (top-left pixel centre at 0, 0). A synthetic view (no photo) gets no ``rgb/`` file.
+convention (top-left pixel centre at 0, 0). A synthetic view (no photo) gets no ``rgb/`` file; an ``rgb/`` file
+is ``.jpg`` (a JPEG photo, copied) or ``.png`` (a PNG copied, anything else re-encoded).
+
+BOP is a pinhole format: for a camera with lens distortion, ``rgb``, ``depth``, ``mask`` and ``mask_visib`` are
+undistorted (:mod:`.undistort`) and ``cam_K`` is the new pinhole matrix; poses stay (same rotation and axis),
+and ``scene_gt_info`` counts and boxes come from the undistorted masks (so ``bbox_obj`` then ends at the border).
 """
 
 from __future__ import annotations
@@ -17,8 +24,12 @@ import numpy as np
 
 from ..geometry.cameras import world_to_camera_opencv
 from ..geometry.view import View
+from ..errors import NeuralLabelError
 from ..io.atomic import json_bytes, png_bytes
+from ..labels.frame import bbox_bop_mask
+from .coco import encode_rle
 from .context import ExportContext
+from .undistort import PinholeMaps, pinhole_maps, remap
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -27,6 +38,10 @@ ROOT = "bop"
 SCENE = f"{ROOT}/train/000000"
 #: candidate depth scales (mm per stored unit), finest first: each frame takes the finest one that holds its
 #: farthest depth in uint16, so a depth map can never overflow.
+#: BOP's models and its evaluation models (the same meshes here: no resampling).
+MODEL_FOLDERS = ("models", "models_eval")
+#: bop_toolkit's calc_gt_coco: an instance less visible than this is marked ``ignore``.
+COCO_IGNORE_VISIB_FRACT = 0.1
 DEPTH_SCALES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 1000.0, 10000.0)
 
 
@@ -62,6 +77,65 @@ def model_info(mesh_mm) -> dict:
             "size_x": float(hi[0] - lo[0]), "size_y": float(hi[1] - lo[1]), "size_z": float(hi[2] - lo[2])}
 
 
+#: BOP reads rgb/ images as .png or .jpg: a JPEG keeps its bytes under .jpg, anything else becomes a PNG.
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def rgb_suffix(image_suffix: str) -> str:
+    return ".jpg" if image_suffix.lower() in JPEG_SUFFIXES else ".png"
+
+
+def _read_photo(path) -> np.ndarray:
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # keeps 16-bit and alpha; BGR in, BGR out
+    if image is None:
+        raise NeuralLabelError(f"{path}: not a readable image", field="image")
+    return image
+
+
+def rgb_file(image_path, maps: "PinholeMaps | None") -> tuple[str, bytes]:
+    """(suffix, bytes) of a view's ``rgb/`` file: the photo's own bytes where BOP reads them as they are."""
+    import cv2
+
+    suffix = rgb_suffix(image_path.suffix)
+    if maps is None and image_path.suffix.lower() in JPEG_SUFFIXES + (".png",):
+        return suffix, image_path.read_bytes()
+    image = _read_photo(image_path)
+    if maps is not None:
+        image = remap(image, maps, nearest=False)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix == ".jpg" else []
+    ok, encoded = cv2.imencode(suffix, image, params)
+    if not ok:
+        raise NeuralLabelError(f"{image_path}: could not encode as {suffix}", field="image")
+    return suffix, encoded.tobytes()
+
+
+class _PinholeFrame:
+    """A frame's BOP images for the pinhole ``K``: undistorted where the camera has distortion."""
+
+    def __init__(self, view: View, labels: "FrameLabels", units_to_mm: float) -> None:
+        self.maps = pinhole_maps(view.intrinsics) if view.intrinsics.has_distortion else None
+        self.K = view.intrinsics.K_opencv if self.maps is None else self.maps.K
+        depth_mm, self.depth_scale = _depth_mm_and_scale(labels, units_to_mm)
+        self.depth = self._remap(depth_png(depth_mm, self.depth_scale))  # 0 = no depth, also outside the photo
+        self.full = [self._remap(inst.full_mask) for inst in labels.instances]
+        self.visible = [self._remap(inst.visible_mask) for inst in labels.instances]
+
+    def _remap(self, image: np.ndarray) -> np.ndarray:
+        return image if self.maps is None else remap(image, self.maps, nearest=True)
+
+    def gt_info(self, gt_id: int, inst) -> dict:
+        info = {"bbox_obj": inst.bbox_obj, "bbox_visib": inst.bbox_visib, "px_count_all": inst.px_count_all,
+                "px_count_valid": inst.px_count_valid, "px_count_visib": inst.px_count_visib,
+                "visib_fract": inst.visib_fract}
+        if self.maps is not None:  # boxes and counts of the images written, not of the distorted photo
+            full, visible = self.full[gt_id], self.visible[gt_id]
+            info.update(bbox_obj=bbox_bop_mask(full), bbox_visib=bbox_bop_mask(visible),
+                        px_count_valid=int((full & (self.depth > 0)).sum()), px_count_visib=int(visible.sum()))
+        return info
+
+
 def _depth_mm_and_scale(labels: "FrameLabels", units_to_mm: float) -> tuple[np.ndarray, float]:
     depth_mm = labels.depth.astype(np.float64) * units_to_mm
     return depth_mm, depth_scale_for(float(np.nanmax(depth_mm)) if np.isfinite(depth_mm).any() else 0.0)
@@ -85,39 +159,49 @@ class BopWriter:
             model = ctx.models[category_id]
             mesh_mm = trimesh.Trimesh(np.asarray(model.vertices, dtype=np.float64) * ctx.units_to_mm,
                                       np.asarray(model.faces), process=False)
-            files[f"{ROOT}/models/obj_{category_id:06d}.ply"] = trimesh.exchange.ply.export_ply(
-                mesh_mm, encoding="binary", include_attributes=False)
+            ply = trimesh.exchange.ply.export_ply(mesh_mm, encoding="binary", vertex_normal=True,
+                                                  include_attributes=False)
             info[str(category_id)] = model_info(mesh_mm)
-        files[f"{ROOT}/models/models_info.json"] = json_bytes(info)
+            for folder in MODEL_FOLDERS:
+                files[f"{ROOT}/{folder}/obj_{category_id:06d}.ply"] = ply
+        for folder in MODEL_FOLDERS:
+            files[f"{ROOT}/{folder}/models_info.json"] = json_bytes(info)
         return files
 
     def frame_files(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         im = view.index
+        frame = _PinholeFrame(view, labels, ctx.units_to_mm)
         if view.image_path is not None:  # a synthetic view has no photo to copy
-            files[f"{SCENE}/rgb/{im:06d}{view.image_path.suffix.lower()}"] = view.image_path.read_bytes()
-        depth_mm, scale = _depth_mm_and_scale(labels, ctx.units_to_mm)
-        files[f"{SCENE}/depth/{im:06d}.png"] = png_bytes(depth_png(depth_mm, scale))
-        for gt_id, inst in enumerate(labels.instances):
-            files[f"{SCENE}/mask/{im:06d}_{gt_id:06d}.png"] = png_bytes(inst.full_mask.astype(np.uint8) * 255)
+            suffix, data = rgb_file(view.image_path, frame.maps)
+            files[f"{SCENE}/rgb/{im:06d}{suffix}"] = data
+        files[f"{SCENE}/depth/{im:06d}.png"] = png_bytes(frame.depth)
+        for gt_id in range(len(labels.instances)):
+            files[f"{SCENE}/mask/{im:06d}_{gt_id:06d}.png"] = png_bytes(frame.full[gt_id].astype(np.uint8) * 255)
             files[f"{SCENE}/mask_visib/{im:06d}_{gt_id:06d}.png"] = png_bytes(
-                inst.visible_mask.astype(np.uint8) * 255)
+                frame.visible[gt_id].astype(np.uint8) * 255)
         return files
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
-        _, scale = _depth_mm_and_scale(labels, ctx.units_to_mm)
+        frame = _PinholeFrame(view, labels, ctx.units_to_mm)
         w2c = world_to_camera_opencv(view.cam_to_world)
-        camera = {"cam_K": _floats(view.intrinsics.K_opencv), "depth_scale": scale,
+        camera = {"cam_K": _floats(frame.K), "depth_scale": frame.depth_scale,
                   "cam_R_w2c": _floats(w2c[:3, :3]), "cam_t_w2c": _floats(w2c[:3, 3] * ctx.units_to_mm)}
-        gt, gt_info = [], []
-        for inst in labels.instances:
+        gt, gt_info, coco = [], [], []
+        for gt_id, inst in enumerate(labels.instances):
             gt.append({"cam_R_m2c": _floats(inst.cam_R_m2c),
                        "cam_t_m2c": _floats(inst.cam_t_m2c * ctx.units_to_mm),
                        "obj_id": inst.category_id, "instance_id": inst.instance_id})
-            gt_info.append({"bbox_obj": inst.bbox_obj, "bbox_visib": inst.bbox_visib,
-                            "px_count_all": inst.px_count_all, "px_count_valid": inst.px_count_valid,
-                            "px_count_visib": inst.px_count_visib, "visib_fract": inst.visib_fract})
-        return {"camera": camera, "gt": gt, "gt_info": gt_info}
+            info = frame.gt_info(gt_id, inst)
+            gt_info.append(info)
+            coco.append({"image_id": view.index, "category_id": inst.category_id, "iscrowd": 0,
+                         "area": info["px_count_visib"], "bbox": info["bbox_obj"],
+                         "segmentation": encode_rle(frame.visible[gt_id]), "width": view.width,
+                         "height": view.height, "ignore": bool(info["visib_fract"] < COCO_IGNORE_VISIB_FRACT)})
+        image = {"id": view.index, "width": view.width, "height": view.height,
+                 "file_name": (f"rgb/{view.index:06d}{rgb_suffix(view.image_path.suffix)}"
+                               if view.image_path is not None else None)}
+        return {"camera": camera, "gt": gt, "gt_info": gt_info, "coco": {"image": image, "annotations": coco}}
 
     def assemble(self, ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict[str, bytes]:
         first = ctx.dataset.frames[0].intrinsics  # camera.json: the dataset's first camera (per-image K below)
@@ -127,7 +211,21 @@ class BopWriter:
         return {f"{ROOT}/camera.json": json_bytes(camera),
                 f"{SCENE}/scene_camera.json": json_bytes({str(i): f["camera"] for i, f in fragments}),
                 f"{SCENE}/scene_gt.json": json_bytes({str(i): f["gt"] for i, f in fragments}),
-                f"{SCENE}/scene_gt_info.json": json_bytes({str(i): f["gt_info"] for i, f in fragments})}
+                f"{SCENE}/scene_gt_info.json": json_bytes({str(i): f["gt_info"] for i, f in fragments}),
+                f"{SCENE}/scene_gt_coco.json": json_bytes(scene_gt_coco(ctx, fragments))}
+
+
+def scene_gt_coco(ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict:
+    """The scene's COCO ground truth from the frames' fragments; annotation ids count up from 1."""
+    annotations = []
+    for _, frag in fragments:
+        for ann in frag["coco"]["annotations"]:
+            annotations.append({"id": len(annotations) + 1, **ann})
+    categories = [{"id": cid, "name": name, "supercategory": "neurallabel"}
+                  for cid, name in ctx.spec.categories().items()]
+    return {"info": {"description": "NeuralLabel bake, BOP scene 000000", "version": "1.0"}, "licenses": [],
+            "images": [frag["coco"]["image"] for _, frag in fragments], "annotations": annotations,
+            "categories": categories}
 
 
 BOP = BopWriter()
