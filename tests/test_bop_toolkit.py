@@ -23,6 +23,7 @@ from neurallabel.core.spec import load_spec
 
 W, H, F = 160, 120, 120.0
 DISTORTION = {"camera_model": "OPENCV", "k1": -0.15, "k2": 0.05, "p1": 0.001, "p2": 0.001}
+FISHEYE = {"camera_model": "OPENCV_FISHEYE", "k1": 0.05, "k2": -0.02, "k3": 0.01, "k4": 0.0}
 
 
 def _pose(x: float, y: float, z: float, angle: float = 0.0) -> list:
@@ -89,9 +90,9 @@ def _mask(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path)) > 0
 
 
-@pytest.fixture(scope="module")
-def distorted(tmp_path_factory) -> Path:
-    return make_scene(tmp_path_factory.mktemp("distorted"), DISTORTION)
+@pytest.fixture(scope="module", params=[DISTORTION, FISHEYE], ids=["opencv", "fisheye"])
+def distorted(request, tmp_path_factory) -> Path:
+    return make_scene(tmp_path_factory.mktemp("distorted"), request.param)
 
 
 def test_models_project_into_their_masks_with_bops_pinhole_convention(distorted: Path) -> None:

@@ -184,3 +184,39 @@ def test_bake_refuses_no_format_naming_the_field(cube_scene: Path) -> None:
     with pytest.raises(NeuralLabelError, match="no format") as error:
         bake(load_spec(cube_scene / "spec.json"), cube_scene / "out", formats=" , ")
     assert error.value.field == "formats" and not (cube_scene / "out").exists()
+
+
+@pytest.mark.parametrize("model, distortion", [("OPENCV", (-0.15, 0.05, 0.001, 0.002, 0.01)),
+                                               ("OPENCV_FISHEYE", (0.05, -0.02, 0.01, 0.003))])
+def test_bop_undistortion_follows_the_projects_lens_model(model: str, distortion: tuple) -> None:
+    """The cv2 maps (cv2_distortion: the one mapping of our lens parameters) send each pinhole pixel to where
+    the project's own ``distort`` puts its ray in the photo; alpha 0 keeps every pinhole pixel on the photo."""
+    from neurallabel.core.export.undistort import pinhole_maps, remap
+    from neurallabel.core.geometry.cameras import Intrinsics, distort
+
+    intr = Intrinsics(160, 120, 120.0, 118.0, 81.0, 59.5, model, distortion)
+    maps = pinhole_maps(intr)
+    rows, cols = np.mgrid[0:120:7, 0:160:9]
+    xy = np.stack([(cols.ravel() - maps.K[0, 2]) / maps.K[0, 0], (rows.ravel() - maps.K[1, 2]) / maps.K[1, 1]], -1)
+    xy_d = distort(intr, xy)
+    K = intr.K_opencv
+    expected = np.stack([K[0, 0] * xy_d[:, 0] + K[0, 2], K[1, 1] * xy_d[:, 1] + K[1, 2]], -1)
+    got = np.stack([maps.map_x[rows, cols].ravel(), maps.map_y[rows, cols].ravel()], -1)
+    assert np.abs(got - expected).max() < 1e-2
+    assert got.min() > -1.0 and got[:, 0].max() < 160 and got[:, 1].max() < 120
+    # Masks stay masks (nearest), a constant photo stays constant inside.
+    assert remap(np.ones((120, 160), bool), maps, nearest=True)[10:-10, 10:-10].all()
+
+
+def test_bop_refuses_a_fragment_from_before_scene_gt_coco(cube_scene: Path) -> None:
+    from neurallabel.core.errors import NeuralLabelError
+    from neurallabel.core.export.bop import BOP
+    from neurallabel.core.pipeline.bake import label_view, prepare
+
+    job = prepare(load_spec(cube_scene / "spec.json"), cube_scene / "out")
+    fragment = BOP.fragment(job.ctx, job.views[0], label_view(job, job.views[0]))
+    assert "scene_gt_coco.json" in {Path(p).name for p in BOP.assemble(job.ctx, [(0, fragment)])}
+    del fragment["coco"]
+    with pytest.raises(NeuralLabelError, match="frame 0 was baked before") as error:
+        BOP.assemble(job.ctx, [(0, fragment)])
+    assert error.value.field == "out"

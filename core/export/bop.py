@@ -218,7 +218,10 @@ class BopWriter:
 def scene_gt_coco(ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict:
     """The scene's COCO ground truth from the frames' fragments; annotation ids count up from 1."""
     annotations = []
-    for _, frag in fragments:
+    for index, frag in fragments:
+        if "coco" not in frag:
+            raise NeuralLabelError(f"frame {index} was baked before BOP had scene_gt_coco.json: bake it again "
+                                   f"into a new folder", field="out")
         for ann in frag["coco"]["annotations"]:
             annotations.append({"id": len(annotations) + 1, **ann})
     categories = [{"id": cid, "name": name, "supercategory": "neurallabel"}
