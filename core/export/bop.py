@@ -13,7 +13,8 @@ is ``.jpg`` (a JPEG photo, copied) or ``.png`` (a PNG copied, anything else re-e
 
 BOP is a pinhole format: for a camera with lens distortion, ``rgb``, ``depth``, ``mask`` and ``mask_visib`` are
 undistorted (:mod:`.undistort`) and ``cam_K`` is the new pinhole matrix; poses stay (same rotation and axis),
-and ``scene_gt_info`` counts and boxes come from the undistorted masks (so ``bbox_obj`` then ends at the border).
+and ``scene_gt_info`` boxes, ``px_count_visib`` and ``px_count_valid`` come from the undistorted images (so
+``bbox_obj`` then ends at the border); ``px_count_all`` and ``visib_fract`` stay those of the real lens.
 """
 
 from __future__ import annotations
