@@ -41,7 +41,8 @@ MAX_DEPTH_MM = 65535  # uint16
 
 def depth_mm_png(depth: np.ndarray, units_to_mm: float) -> np.ndarray:
     """z-depth (world units, NaN = none) as uint16 millimetres; 0 where there is none or it does not fit."""
-    mm = np.round(np.nan_to_num(depth.astype(np.float64), nan=0.0) * units_to_mm)
+    # from the float32 values the .npy holds, so the two files agree to the millimetre
+    mm = np.round(np.nan_to_num(depth.astype(np.float32).astype(np.float64), nan=0.0) * units_to_mm)
     return np.where((mm > 0) & (mm <= MAX_DEPTH_MM), mm, 0).astype(np.uint16)
 
 
