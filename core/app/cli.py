@@ -190,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("bake", "bake labels for every frame from a label spec", ("spec",))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--formats", default=",".join(FORMATS))
+    p.add_argument("--coco-masks", dest="coco_masks", default="rle", choices=("rle", "polygon"),
+                   help="COCO segmentation: RLE (default), or polygons (RLE where one would change the mask)")
     p.add_argument("--frames", default=None, help="A:B, the frame indices A <= i < B (either may be empty)")
     p.add_argument("--shard", default=None,
                    help="I/N: bake every N-th selected frame starting at the I-th (I counts from 0); shards "

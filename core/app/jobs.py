@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import NeuralLabelError
 from ..export import FORMATS
+from ..export.coco import MASK_FORMATS as COCO_MASKS
 from ..geometry.box import Box
 from ..geometry.transforms import Similarity, check_matrix4
 from ..io.outdir import check_output_location
@@ -165,6 +166,7 @@ class BakeRequest:
     no_assemble: bool = False  # label the frames only; a later assemble_only run writes the aggregate files
     assemble_only: bool = False  # only the aggregate files, once every selected frame is baked
     ray: Optional[str] = None  # run the frames on Ray: "local" (a local cluster) or a cluster's address
+    coco_masks: str = "rle"  # COCO segmentation: "rle", or "polygon" (RLE where a polygon cannot be exact)
     kind = "bake"
 
     def __post_init__(self) -> None:
@@ -175,6 +177,9 @@ class BakeRequest:
         self.device = _device(self.device)
         self.options = _label_options(self.options)
         stages_of(self.no_assemble, self.assemble_only, self.ray)
+        if self.coco_masks not in COCO_MASKS:
+            raise NeuralLabelError(f"coco_masks {self.coco_masks!r}: choose from {', '.join(COCO_MASKS)}",
+                                   field="coco_masks")
 
 
 @dataclass
@@ -414,7 +419,8 @@ def run_bake(request: BakeRequest, progress: Optional[ProgressFn], notice: Notic
     load_dataset_noting(spec.data_path, notice)
     return bake_in_stages(spec, request.out, stages_of(request.no_assemble, request.assemble_only, request.ray),
                           formats=request.formats, frames=request.frames, shard=request.shard,
-                          device=device, progress=progress, options=request.options)
+                          device=device, progress=progress, options=request.options,
+                          coco_masks=request.coco_masks)
 
 
 def check_bake(request: BakeRequest) -> None:
@@ -427,7 +433,8 @@ def check_bake(request: BakeRequest) -> None:
     with at_field("spec"):
         spec = load_spec(request.spec)
     check_request(spec, request.out, formats=request.formats, frames=request.frames, shard=request.shard,
-                  device=None, options=request.options, load_field=False, check_photos=False)
+                  device=None, options=request.options, load_field=False, check_photos=False,
+                  coco_masks=request.coco_masks)
 
 
 def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:

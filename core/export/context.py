@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..data.dataset import Dataset
@@ -17,6 +18,12 @@ class ExportContext:
     #: category_id -> model mesh (trimesh) in the object's own frame, world units; a category without a model
     #: (a box object baked without a field) is absent.
     models: dict[int, Any] = field(default_factory=dict)
+    #: how the COCO writer stores masks: "rle" or "polygon" (with RLE where a polygon cannot be exact)
+    coco_masks: str = "rle"
+
+    def dataset_root(self) -> Path:
+        """The dataset folder (absolute): image paths in the outputs are relative to it."""
+        return (self.dataset.path if self.dataset.path.is_dir() else self.dataset.path.parent).resolve()
 
     @property
     def units_to_mm(self) -> float:
@@ -26,8 +33,7 @@ class ExportContext:
         """The view's photo relative to the dataset folder (posix); a synthetic view's name (it has no file)."""
         if view.image_path is None:
             return view.name
-        root = self.dataset.path if self.dataset.path.is_dir() else self.dataset.path.parent
         try:
-            return view.image_path.resolve().relative_to(root.resolve()).as_posix()
+            return view.image_path.resolve().relative_to(self.dataset_root()).as_posix()
         except ValueError:
             return view.image_path.name

@@ -1,12 +1,22 @@
 """Raw writer, everything under ``DIR/raw`` (NNNNNN = the frame's index in the dataset).
 
-``depth/NNNNNN.npy`` float32 z-depth in world units (NaN = no surface); ``instance/NNNNNN.png`` and
+``depth/NNNNNN.npy`` float32 z-depth in world units (NaN = no surface); ``depth_mm/NNNNNN.png`` the same
+depth as uint16 millimetres, round(depth * units_to_mm), 0 = no surface (NaN, or beyond 65.535 m); ``instance/NNNNNN.png`` and
 ``category/NNNNNN.png`` uint16 id maps (0 = background); ``binary/NNNNNN.png`` 0/255;
 ``full/NNNNNN_IIIIII.png`` each instance's full silhouette (I = instance_id), 0/255;
 ``confidence/NNNNNN.png`` uint8, 255 * the field's confidence (written only with a field); and
 ``labels.json``: per frame its camera and, per instance, boxes, projected 3D box corners, pose and counts.
 Pixel coordinates use the OpenCV convention (pixel centres at integers); poses are model->camera in OpenCV
 camera axes, in world units.
+
+``transforms.json`` makes the folder a nerfstudio dataset (``ns-train nerfacto --data DIR/raw``): the photos'
+cameras in the world frame (OpenGL camera-to-world, the convention of the input dataset), the intrinsics as
+transforms.json keys (top level when every frame shares them, else per frame), and per frame ``file_path``
+(the photo, absolute: the bake does not copy photos), ``mask_path`` (``binary/NNNNNN.png``, relative:
+nerfstudio ignores pixels where the mask is 0, so training on it fits the labelled objects alone) and
+``depth_file_path`` (``depth_mm/NNNNNN.png``). ``depth_unit_scale_factor`` = 1 / units_to_mm turns the PNG's
+values into world units (the poses' units; 1e-3 for a metric world); nerfstudio takes it as its dataparser's
+``--depth-unit-scale-factor``. Synthetic views (no photo) are left out of it.
 """
 
 from __future__ import annotations
@@ -15,7 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..geometry.cameras import world_to_camera_opencv
+from ..data.colmap import transforms_camera_keys
+from ..geometry.cameras import Intrinsics, world_to_camera_opencv
 from ..geometry.view import View
 from ..io.atomic import json_bytes, npy_bytes, png_bytes
 from ..labels.frame import bbox_coco
@@ -25,6 +36,14 @@ if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
 
 ROOT = "raw"
+MAX_DEPTH_MM = 65535  # uint16
+
+
+def depth_mm_png(depth: np.ndarray, units_to_mm: float) -> np.ndarray:
+    """z-depth (world units, NaN = none) as uint16 millimetres; 0 where there is none or it does not fit."""
+    # from the float32 values the .npy holds, so the two files agree to the millimetre
+    mm = np.round(np.nan_to_num(depth.astype(np.float32).astype(np.float64), nan=0.0) * units_to_mm)
+    return np.where((mm > 0) & (mm <= MAX_DEPTH_MM), mm, 0).astype(np.uint16)
 
 
 def _floats(values) -> list:
@@ -48,7 +67,8 @@ class RawWriter:
         files = {f"{ROOT}/depth/{n}.npy": npy_bytes(labels.depth.astype(np.float32)),
                  f"{ROOT}/instance/{n}.png": png_bytes(labels.instance.astype(np.uint16)),
                  f"{ROOT}/category/{n}.png": png_bytes(labels.category.astype(np.uint16)),
-                 f"{ROOT}/binary/{n}.png": png_bytes(labels.binary.astype(np.uint8) * 255)}
+                 f"{ROOT}/binary/{n}.png": png_bytes(labels.binary.astype(np.uint8) * 255),
+                 f"{ROOT}/depth_mm/{n}.png": png_bytes(depth_mm_png(labels.depth, ctx.units_to_mm))}
         for inst in labels.instances:
             files[f"{ROOT}/full/{n}_{inst.instance_id:06d}.png"] = png_bytes(inst.full_mask.astype(np.uint8) * 255)
         if labels.confidence is not None:
@@ -73,7 +93,7 @@ class RawWriter:
                 "K": _floats(intr.K_opencv), "model": intr.model, "distortion": list(intr.distortion),
                 "cam_to_world": _floats(view.cam_to_world),
                 "cam_from_world_opencv": _floats(world_to_camera_opencv(view.cam_to_world)),
-                "instances": instances}
+                "instances": instances, **({"synthetic": True} if view.image_path is None else {})}
 
     def assemble(self, ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict[str, bytes]:
         labels = {"units_to_mm": ctx.units_to_mm,
@@ -83,7 +103,31 @@ class RawWriter:
                                **({"size": _floats(o.size)} if o.kind == "box" else {})}
                               for o in sorted(ctx.spec.objects, key=lambda o: o.instance_id)],
                   "frames": [frag for _, frag in fragments]}
-        return {f"{ROOT}/labels.json": json_bytes(labels)}
+        return {f"{ROOT}/labels.json": json_bytes(labels),
+                f"{ROOT}/transforms.json": json_bytes(nerfstudio_transforms(ctx, [f for _, f in fragments]))}
+
+
+def nerfstudio_transforms(ctx: ExportContext, frames: list[dict]) -> dict:
+    """``raw/transforms.json`` from the raw fragments (their cameras); see the module docstring."""
+    root = ctx.dataset_root()
+    photos = [f for f in frames if not f.get("synthetic")]
+    cameras = [transforms_camera_keys(_intrinsics(f)) for f in photos]
+    shared = bool(cameras) and all(c == cameras[0] for c in cameras)
+    out: dict = {**(cameras[0] if shared else {}),
+                 "camera_model": cameras[0]["camera_model"] if cameras else "PINHOLE",
+                 "depth_unit_scale_factor": 1.0 / ctx.units_to_mm, "frames": []}
+    for f, camera in zip(photos, cameras):
+        n = f"{f['index']:06d}"
+        out["frames"].append({"file_path": (root / f["image"]).as_posix(), "mask_path": f"binary/{n}.png",
+                              "depth_file_path": f"depth_mm/{n}.png", "transform_matrix": f["cam_to_world"],
+                              **({} if shared else camera)})
+    return out
+
+
+def _intrinsics(frame: dict) -> Intrinsics:
+    K = frame["K"]  # OpenCV pixel convention in labels.json; transforms.json puts pixel centres at +0.5
+    return Intrinsics(frame["width"], frame["height"], K[0][0], K[1][1], K[0][2] + 0.5, K[1][2] + 0.5,
+                      frame["model"], tuple(frame["distortion"]))
 
 
 RAW = RawWriter()

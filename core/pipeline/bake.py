@@ -41,6 +41,7 @@ import numpy as np
 from ..data.dataset import SPLITS, Dataset, load_dataset
 from ..errors import NeuralLabelError
 from ..export import FORMATS, ExportContext, Writer, get_writer
+from ..export.coco import MASK_FORMATS as COCO_MASKS
 from ..geometry.box import Box
 from ..geometry.projection import backproject, projected_region, region_pixels
 from ..geometry.transforms import Similarity
@@ -119,8 +120,8 @@ class FramesDone:
 
 def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
          shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
-         options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None
-         ) -> dict:
+         options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None,
+         coco_masks: str = "rle") -> dict:
     """Bake ``spec`` into ``out_dir`` (:func:`prepare`, :func:`bake_frames`, :func:`assemble`); returns a
     summary (frames baked/skipped, instances, seconds per frame).
 
@@ -130,7 +131,7 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str =
     t_start = time.perf_counter()
     job = prepare(spec, Path(out_dir), formats=formats, frames=frames, shard=shard, device=device,
                   progress=progress, depth_source=depth_source, options=options, box_resolution=box_resolution,
-                  backend=backend)
+                  backend=backend, coco_masks=coco_masks)
     done = bake_frames(job, progress)
     finished = assemble(job)
     return {"out": str(job.out_dir), "formats": [w.name for w in job.writers], "frames": done.baked,
@@ -142,7 +143,8 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str =
 def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str = FORMATS,
                   frames: Any = None, shard: Any = None, device: Optional[str] = "cpu",
                   progress: Optional[ProgressFn] = None, depth_source=None, options: LabelOptions = LabelOptions(),
-                  box_resolution: int = 128, load_field: bool = True, check_photos: bool = True) -> BakePlan:
+                  box_resolution: int = 128, load_field: bool = True, check_photos: bool = True,
+                  coco_masks: str = "rle") -> BakePlan:
     """Stage 0: every check of a bake, cheapest first; writes nothing. NeuralLabelError on the first problem.
 
     ``device`` None leaves the device unresolved, ``load_field`` False skips loading the spec's field (torch)
@@ -157,6 +159,8 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
     if not isinstance(options, LabelOptions):
         raise NeuralLabelError(f"options {options!r}: expected LabelOptions", field="options")
     writers = check_formats(formats)
+    if coco_masks not in COCO_MASKS:
+        raise NeuralLabelError(f"coco_masks {coco_masks!r}: choose from {', '.join(COCO_MASKS)}", field="coco_masks")
     dataset = load_dataset(spec.data_path)
     todo = select_frames(spec, dataset, frames, shard)
     if depth_source is None and spec.field_path is None and any(o.kind == "box" for o in spec.objects):
@@ -178,6 +182,8 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
     manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(),
                 "photos": photos_fingerprint(dataset), "formats": [w.name for w in writers],
                 "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
+    if coco_masks != "rle":  # only then: a default bake's manifest keeps its bytes
+        manifest["coco_masks"] = coco_masks
     meshes = [o.mesh_path for o in spec.objects if o.mesh_path is not None]
     inputs = {"photo": [f.image_path for f in dataset.frames], "dataset": dataset_files(dataset),
               "spec": [spec.path] if spec.path is not None else [], "mesh": meshes,
@@ -198,20 +204,20 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
 
 def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
             shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
-            options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None
-            ) -> BakeJob:
+            options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None,
+            coco_masks: str = "rle") -> BakeJob:
     """Stage 1: check the request (:func:`check_request`), claim ``out_dir`` (writes the manifest), then write
     the models and the static files."""
     plan = check_request(spec, out_dir, formats=formats, frames=frames, shard=shard, device=device,
                          progress=progress, depth_source=depth_source, options=options,
-                         box_resolution=box_resolution)
+                         box_resolution=box_resolution, coco_masks=coco_masks)
     claim = plan.claim()
     out_dir, device, depth_source = plan.out_dir, plan.device, plan.depth_source
     with writing_into(out_dir):
         with file_lock(claim.manifest_path):  # concurrent pieces extract a box's mesh once, and share it
             models = _object_models(spec, plan.views, out_dir, depth_source, box_resolution, progress)
         labeler = frame_labeler(spec, models, depth_source, options, backend=backend, device=device)
-        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models))
+        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), coco_masks)
         for writer in plan.writers:
             _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
     return BakeJob(out_dir, plan.views, plan.todo, labeler, plan.writers, ctx, plan.depth_source_name)
