@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  neurallabel demo --out .demo\n\n'neurallabel COMMAND --help' describes a command.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
                         help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do; 'neurallabel COMMAND --help' describes it")
     devices = "auto (CUDA when there is one), cpu, cuda or cuda:N"
 
     def add(name: str, help_text: str, example: str, positionals: tuple[str, ...] = ()

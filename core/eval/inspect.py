@@ -131,6 +131,7 @@ def draw_overlay(background: np.ndarray, instance: np.ndarray, frame: dict, cate
         out[mask] = 0.55 * out[mask] + 0.45 * np.asarray(colour(inst["instance_id"]), dtype=np.float64)
     image = np.ascontiguousarray(out.round().clip(0, 255).astype(np.uint8))
     K = np.asarray(frame["K"], dtype=np.float64).reshape(3, 3)
+    scale = float(np.clip(image.shape[1] / 1600, 0.25, 0.6))  # names readable, yet small on small images
     for inst in frame["instances"]:
         rgb = colour(inst["instance_id"])
         mask = (instance == inst["instance_id"]).astype(np.uint8)
@@ -147,8 +148,8 @@ def draw_overlay(background: np.ndarray, instance: np.ndarray, frame: dict, cate
             cv2.rectangle(image, _pt((x, y)), _pt((x + w - 1, y + h - 1)), (255, 255, 255), 1)
             name = f"{inst['name']} ({categories.get(str(inst['category_id']), inst['category_id'])})"
             origin = (int(x), max(int(y) - 3, 10))
-            cv2.putText(image, name, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 2, cv2.LINE_AA)
-            cv2.putText(image, name, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+            cv2.putText(image, name, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
+            cv2.putText(image, name, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
     return image
 
 
