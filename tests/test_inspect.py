@@ -16,7 +16,7 @@ import pytest
 
 from neurallabel.core.app.cli import main
 from neurallabel.core.eval.inspect import (BOX_EDGES, colour, colour_depth, draw_overlay, inspect_bake,
-                                          select_frames)
+                                          read_depth, read_instance, read_labels, select_frames)
 from neurallabel.core.errors import NeuralLabelError
 from neurallabel.core.pipeline.bake import bake
 from neurallabel.core.scene.queries import TruthQuery
@@ -111,6 +111,25 @@ def test_a_mask_is_the_photo_blended_with_its_colour_inside_its_contour() -> Non
     assert np.abs(edge).max() > 0  # the contour
 
 
+def test_a_bake_without_raw_is_drawn_from_its_bop_scene(baked: Path, tmp_path: Path) -> None:
+    only_bop = tmp_path / "bake"
+    shutil.copytree(baked / "bop", only_bop / "bop")
+    raw, bop = read_labels(baked), read_labels(only_bop)
+    assert (raw["source"], bop["source"]) == ("raw", "bop")
+    assert [f["index"] for f in bop["frames"]] == [f["index"] for f in raw["frames"]]
+    for a, b in zip(raw["frames"], bop["frames"]):
+        assert np.array_equal(read_instance(baked, raw, a), read_instance(only_bop, bop, b))
+        for ia, ib in zip(a["instances"], b["instances"]):  # the same 3D box from the model's box and the pose
+            assert ia["instance_id"] == ib["instance_id"]
+            assert np.allclose(ia["corners_px"], ib["corners_px"], atol=0.05)
+        depth_raw, depth_mm = read_depth(baked, raw, a), read_depth(only_bop, bop, b)
+        assert np.array_equal(np.isnan(depth_raw), np.isnan(depth_mm))
+        assert np.allclose(depth_mm[~np.isnan(depth_mm)], raw["units_to_mm"] * depth_raw[~np.isnan(depth_raw)], atol=1.0)  # BOP: mm
+    result = inspect_bake(only_bop)
+    assert [r["instances"] for r in result["frames"]] == [len(f["instances"]) for f in raw["frames"]]
+    assert cv2.imread(str(only_bop / "inspect" / "overlay" / "000002.png")).shape == (120, 160, 3)
+
+
 def test_box_edges_and_axes_are_drawn_where_they_project() -> None:
     # A 40-pixel square box seen face-on: near corners (z = 1) at the square's corners, far ones (z = 2) inside.
     near = [(20, 20), (20, 60), (60, 20), (60, 60)]
@@ -170,7 +189,7 @@ def test_an_output_folder_holding_the_bake_is_refused(baked: Path, where: str, c
 def test_a_folder_without_raw_labels_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(NeuralLabelError) as err:
         inspect_bake(tmp_path)
-    assert err.value.field == "bake" and "raw/labels.json" in str(err.value)
+    assert err.value.field == "bake" and "raw/labels.json nor bop" in str(err.value)
     assert main(["inspect", str(tmp_path / "missing")]) == 2
     assert "BAKE" in capsys.readouterr().err
     assert not (tmp_path / "inspect").exists()

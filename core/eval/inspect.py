@@ -1,7 +1,8 @@
 """Pictures of a bake's output for people: ``neurallabel inspect DIR`` (DIR = a bake's ``--out``).
 
-Reads ``DIR/raw`` (labels.json, instance ids, depth, confidence) and, when present, the photos BOP copied
-(``DIR/bop/train/000000/rgb``) and writes into ``out`` (default ``DIR/inspect``):
+Reads ``DIR/raw`` (labels.json, instance ids, depth, confidence) -- or, for a bake without raw, its BOP scene
+(scene_gt, scene_camera, mask_visib, depth, models_info) -- and, when present, the photos BOP copied
+(``DIR/bop/train/000000/rgb``), and writes into ``out`` (default ``DIR/inspect``):
 
 - ``overlay/NNNNNN.png``: visible masks filled semi-transparently with their contours, the 2D box, the
   projected 3D box (8 corners, 12 edges), the pose axes and "instance (category)" names over the photo
@@ -42,16 +43,98 @@ BOX_EDGES = tuple((i, j) for i in range(8) for j in range(i + 1, 8) if bin(i ^ j
 # --- reading the bake --------------------------------------------------------------------------------------
 
 
-def read_labels(bake_dir: Path) -> dict:
-    """``bake_dir/raw/labels.json``; NeuralLabelError (field ``bake``) when the folder holds no raw labels."""
-    path = bake_dir / "raw" / "labels.json"
-    if not path.is_file():
-        raise NeuralLabelError(f"{bake_dir} holds no raw/labels.json: bake it with the raw format "
-                               f"(--formats raw,...) or give a bake's output folder", field="bake")
+BOP_SCENE = ("bop", "train", "000000")
+
+
+def _json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise NeuralLabelError(f"{path}: cannot read it ({exc})", field="bake") from None
+
+
+def read_labels(bake_dir: Path) -> dict:
+    """The bake's labels as ``raw/labels.json`` has them (``source`` "raw"), or, for a bake without raw, the
+    same made from its BOP scene (``source`` "bop"; millimetres). NeuralLabelError (field ``bake``) when the
+    folder holds neither."""
+    raw = bake_dir / "raw" / "labels.json"
+    if raw.is_file():
+        return {**_json(raw), "source": "raw"}
+    scene = bake_dir.joinpath(*BOP_SCENE)
+    if (scene / "scene_gt.json").is_file():
+        return labels_from_bop(bake_dir)
+    raise NeuralLabelError(f"{bake_dir} holds no raw/labels.json nor bop/train/000000/scene_gt.json: give a "
+                           f"bake's output folder (--formats raw or bop)", field="bake")
+
+
+def labels_from_bop(bake_dir: Path) -> dict:
+    """labels.json's frames from a BOP scene: camera, and per instance the pose, visible fraction, 2D box and
+    the model's bounding box (models_info.json) projected with the pose."""
+    scene = bake_dir.joinpath(*BOP_SCENE)
+    gts, cameras = _json(scene / "scene_gt.json"), _json(scene / "scene_camera.json")
+    infos = _json(scene / "scene_gt_info.json") if (scene / "scene_gt_info.json").is_file() else {}
+    models_path = bake_dir / "bop" / "models" / "models_info.json"
+    models = _json(models_path) if models_path.is_file() else {}
+    frames = []
+    for im, gt in sorted(gts.items(), key=lambda item: int(item[0])):
+        K = np.asarray(cameras[im]["cam_K"], dtype=np.float64).reshape(3, 3)
+        size = _image_size(scene, int(im))
+        instances = []
+        for k, (pose, info) in enumerate(zip(gt, infos.get(im, [{}] * len(gt)))):
+            R = np.asarray(pose["cam_R_m2c"], dtype=np.float64).reshape(3, 3)
+            t = np.asarray(pose["cam_t_m2c"], dtype=np.float64).reshape(3)
+            model = models.get(str(pose["obj_id"]))
+            lo = np.array([model[f"min_{a}"] for a in "xyz"]) if model else np.zeros(3)
+            hi = lo + np.array([model[f"size_{a}"] for a in "xyz"]) if model else np.zeros(3)
+            corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+            cam = corners @ R.T + t
+            z = cam[:, 2]
+            px = (cam @ K.T)[:, :2] / np.where(np.abs(z) > 1e-9, z, 1e-9)[:, None]
+            box = info.get("bbox_visib")
+            instances.append({
+                "instance_id": int(pose.get("instance_id", k + 1)), "category_id": int(pose["obj_id"]),
+                "name": f"obj_{int(pose['obj_id']):06d}", "mask": f"mask_visib/{int(im):06d}_{k:06d}.png",
+                "bbox_visib_coco": box if box and box[2] > 0 else None, "visib_fract": info.get("visib_fract", 0.0),
+                "corners_px": px.tolist(), "corners_z": (z if model else -np.ones(8)).tolist(),
+                "R_m2c": R.ravel().tolist(), "t_m2c": t.tolist()})
+        frames.append({"index": int(im), "width": size[1], "height": size[0], "K": K.tolist(),
+                       "depth_scale": cameras[im].get("depth_scale", 1.0), "instances": instances})
+    return {"source": "bop", "categories": {}, "frames": frames}
+
+
+def _image_size(scene: Path, im: int) -> tuple[int, int]:
+    """(height, width) of BOP image ``im`` from its depth or first mask."""
+    for path in [scene / "depth" / f"{im:06d}.png", *sorted((scene / "mask_visib").glob(f"{im:06d}_*.png"))]:
+        image = _read(path)
+        if image is not None:
+            return image.shape[:2]
+    raise NeuralLabelError(f"{scene}: frame {im} has no depth or mask image", field="bake")
+
+
+def read_instance(bake_dir: Path, labels: dict, frame: dict) -> np.ndarray:
+    """The frame's visible instance ids (uint16, 0 = background): raw's id image, or BOP's visible masks."""
+    n, shape = f"{frame['index']:06d}", (frame["height"], frame["width"])
+    if labels["source"] == "raw":
+        image = _read(bake_dir / "raw" / "instance" / f"{n}.png")
+        return np.zeros(shape, np.uint16) if image is None else image
+    ids = np.zeros(shape, np.uint16)
+    for inst in frame["instances"]:
+        mask = _read(bake_dir.joinpath(*BOP_SCENE, inst["mask"]))
+        if mask is not None:
+            ids[mask > 0] = inst["instance_id"]
+    return ids
+
+
+def read_depth(bake_dir: Path, labels: dict, frame: dict) -> Optional[np.ndarray]:
+    """The frame's depth (NaN = none): raw's .npy (world units), or BOP's PNG (mm), or None."""
+    n = f"{frame['index']:06d}"
+    if labels["source"] == "raw":
+        path = bake_dir / "raw" / "depth" / f"{n}.npy"
+        return np.load(path) if path.is_file() else None
+    image = _read(bake_dir.joinpath(*BOP_SCENE, "depth", f"{n}.png"))
+    if image is None:
+        return None
+    return np.where(image > 0, image.astype(np.float64) * float(frame["depth_scale"]), np.nan)
 
 
 def select_frames(frames: list[dict], span: Optional[tuple[int, Optional[int]]], max_frames: Optional[int]
@@ -261,20 +344,19 @@ def inspect_bake(bake_dir: str | Path, out_dir: Optional[str | Path] = None, *,
     for k, frame in enumerate(chosen):
         n = f"{frame['index']:06d}"
         shape = (frame["height"], frame["width"])
-        instance = _read(raw / "instance" / f"{n}.png")
-        instance = np.zeros(shape, np.uint16) if instance is None else instance
-        # BOP's photo of a camera with lens distortion is undistorted: it would not match the raw masks.
-        distorted = any(float(c) != 0.0 for c in frame.get("distortion", []))
+        instance = read_instance(bake_dir, labels, frame)
+        # BOP's photo of a camera with lens distortion is undistorted: it would not match raw's masks.
+        distorted = labels["source"] == "raw" and any(float(c) != 0.0 for c in frame.get("distortion", []))
         photo = None if distorted else read_photo(bake_dir, frame["index"], frame["width"], frame["height"])
         if photo is None:  # a synthetic view: the masks on grey
             photo = np.full(shape + (3,), 64, np.uint8)
         overlay = draw_overlay(photo, instance, frame, categories)
         pictures = {"overlay": f"overlay/{n}.png"}
         write_bytes(out_dir / pictures["overlay"], png_bytes(overlay))
-        depth_path = raw / "depth" / f"{n}.npy"
-        if depth_path.is_file():
+        depth = read_depth(bake_dir, labels, frame)
+        if depth is not None:
             pictures["depth"] = f"depth/{n}.png"
-            write_bytes(out_dir / pictures["depth"], png_bytes(colour_depth(np.load(depth_path))))
+            write_bytes(out_dir / pictures["depth"], png_bytes(colour_depth(depth)))
         confidence = _read(raw / "confidence" / f"{n}.png")
         if confidence is not None:
             pictures["confidence"] = f"confidence/{n}.png"
