@@ -124,7 +124,8 @@ def test_a_bake_without_raw_is_drawn_from_its_bop_scene(baked: Path, tmp_path: P
             assert np.allclose(ia["corners_px"], ib["corners_px"], atol=0.05)
         depth_raw, depth_mm = read_depth(baked, raw, a), read_depth(only_bop, bop, b)
         assert np.array_equal(np.isnan(depth_raw), np.isnan(depth_mm))
-        assert np.allclose(depth_mm[~np.isnan(depth_mm)], raw["units_to_mm"] * depth_raw[~np.isnan(depth_raw)], atol=1.0)  # BOP: mm
+        finite = ~np.isnan(depth_raw)
+        assert np.allclose(depth_mm[finite], raw["units_to_mm"] * depth_raw[finite], atol=1.0)  # BOP: mm
     result = inspect_bake(only_bop)
     assert [r["instances"] for r in result["frames"]] == [len(f["instances"]) for f in raw["frames"]]
     assert cv2.imread(str(only_bop / "inspect" / "overlay" / "000002.png")).shape == (120, 160, 3)
