@@ -173,6 +173,8 @@ def test_frames_and_max_on_the_command_line(baked: Path, tmp_path: Path, capsys:
     assert main(["inspect", str(baked), "--out", str(out), "--frames", "1:", "--max", "2"]) == 0
     assert sorted(p.name for p in (out / "overlay").iterdir()) == ["000001.png", "000003.png"]
     assert f"open {out / 'index.html'}" in capsys.readouterr().out
+    assert main(["inspect", str(baked), "--out", str(out), "--max", "1"]) == 0  # a re-run draws into its folder
+    assert re.findall(r'src="(overlay/[^"]+)"', (out / "index.html").read_text()) == ["overlay/000000.png"]
     assert main(["inspect", str(baked), "--out", str(out), "--frames", "9:"]) == 2
     assert "--frames" in capsys.readouterr().err
 
