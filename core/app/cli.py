@@ -111,6 +111,8 @@ def summary_lines(result: dict) -> list[str]:
         return [f"baked {result['frames']} frames ({result['skipped']} already done), {result['instances']} "
                 f"instances, " + (f"{per_frame:.3f} s/frame" if per_frame is not None else "nothing new to label"),
                 f"{result['frames_in_dataset']} frames in {result['out']} ({', '.join(result['formats'])})"]
+    if kind == "inspect":
+        return [f"inspect: {len(result['frames'])} frames drawn into {result['out']}", f"open {result['index']}"]
     return [json.dumps(result)]
 
 
@@ -136,62 +138,110 @@ def error_line(exc: NeuralLabelError, args: argparse.Namespace) -> str:
     return f"{flag}: {message}"
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """States each option's default in its help and keeps the examples' line breaks. No "(default: None)" or
+    "(default: False)" (flags and unset options say nothing), nor a second default where the text has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def package_version() -> str:
+    """The installed package's version, else the one in the source tree's pyproject.toml."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("neurallabel")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        try:
+            return tomllib.loads(pyproject.read_text())["project"]["version"]
+        except (OSError, KeyError, ValueError):
+            return "unknown"
+
+
+POSITIONAL_HELP = {
+    "images": "folder of photos of the scene",
+    "data": "dataset folder (transforms.json and its images)",
+    "field": "trained field folder (the --out of train)",
+    "spec": "label spec (spec.json, written by the Blender add-on)",
+    "bake": "a bake's output folder (the --out of bake)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="neurallabel",
-        description="Photos of a real scene -> neural radiance field -> labeled vision datasets.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        prog="neurallabel", formatter_class=HelpFormatter,
+        description="Photos of a real scene -> neural radiance field -> labeled vision datasets.",
+        epilog="example:\n  neurallabel demo --out .demo\n\n'neurallabel COMMAND --help' describes a command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do; 'neurallabel COMMAND --help' describes it")
     devices = "auto (CUDA when there is one), cpu, cuda or cuda:N"
 
-    def add(name: str, help_text: str, positionals: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, help_text: str, example: str, positionals: tuple[str, ...] = ()
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                           epilog=f"example:\n  neurallabel {name} {example}")
         p.add_argument("--json", action="store_true", help="print progress and the result as JSON lines")
         p.set_defaults(positionals=positionals)
         for positional in positionals:
-            p.add_argument(positional, type=Path)
+            p.add_argument(positional, type=Path, help=POSITIONAL_HELP[positional])
         return p
 
-    p = add("demo", "generate the built-in demo scene and run the pipeline on it")
-    p.add_argument("--out", type=Path, default=Path(".demo"), help="output folder (default: .demo)")
-    p.add_argument("--views", type=int, default=40, help="number of camera views (default 40)")
-    p.add_argument("--width", type=int, default=320)
-    p.add_argument("--height", type=int, default=240)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-minutes", type=float, default=2.0, help="field training time (default 2)")
+    p = add("demo", "generate the built-in demo scene and run the pipeline on it", "--out .demo --views 20")
+    p.add_argument("--out", type=Path, default=Path(".demo"), help="output folder")
+    p.add_argument("--views", type=int, default=40, help="number of camera views")
+    p.add_argument("--width", type=int, default=320, help="image width (pixels)")
+    p.add_argument("--height", type=int, default=240, help="image height (pixels)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the scene and cameras")
+    p.add_argument("--train-minutes", type=float, default=2.0, help="field training time (minutes)")
 
-    p = add("sfm", "recover cameras from photos (pycolmap) and write transforms.json", ("images",))
-    p.add_argument("--out", type=Path, required=True)
+    p = add("sfm", "recover cameras from photos (pycolmap) and write transforms.json", "photos/ --out data/",
+            ("images",))
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write (transforms.json)")
     p.add_argument("--downscale", type=float, default=1.0,
                    help="detect features on images shrunk by this factor (cameras stay full-size)")
     p.add_argument("--matcher", choices=MATCHERS, default="auto",
                    help="image pairs to match: all (exhaustive), neighbours in name order (sequential)")
     p.add_argument("--camera-model", default="OPENCV", choices=CAMERA_MODELS,
-                   help="COLMAP camera model (default OPENCV: k1 k2 p1 p2, right for phone photos)")
+                   help="COLMAP camera model (OPENCV: k1 k2 p1 p2, right for phone photos)")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
 
-    p = add("train", "train a radiance field on a dataset's train split", ("data",))
-    p.add_argument("--out", type=Path, required=True)
+    p = add("train", "train a radiance field on a dataset's train split", "data/ --out field/ --minutes 10",
+            ("data",))
+    p.add_argument("--out", type=Path, required=True, help="field folder to write (a re-run resumes it)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float)
-    budget.add_argument("--steps", type=int)
+    budget.add_argument("--minutes", type=float,
+                        help="stop after this much training time, in minutes (default: 5, unless --steps is given)")
+    budget.add_argument("--steps", type=int, help="stop after this many steps instead of a time")
     p.add_argument("--device", default="auto", help=devices)
-    p.add_argument("--downscale", type=float, default=1.0)
+    p.add_argument("--downscale", type=float, default=1.0, help="train on images shrunk by this factor")
     p.add_argument("--depth-supervision", action="store_true",
                    help="sparse depth loss from SfM points (DS-NeRF)")
     p.add_argument("--strict", action="store_true", help="refuse a dataset with missing images")
 
-    p = add("render", "render a trained field's views: rgb, z-depth, and PSNR/SSIM", ("field",))
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--split", default="test", choices=SPLITS)
+    p = add("render", "render a trained field's views: rgb, z-depth, and PSNR/SSIM",
+            "field/ --data data/ --out renders/", ("field",))
+    p.add_argument("--data", type=Path, required=True, help="the dataset whose cameras to render")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the renders into")
+    p.add_argument("--split", default="test", choices=SPLITS, help="which of the dataset's views to render")
     p.add_argument("--device", default="auto", help=devices)
-    p.add_argument("--downscale", type=float, default=1.0)
+    p.add_argument("--downscale", type=float, default=1.0, help="render images shrunk by this factor")
 
-    p = add("bake", "bake labels for every frame from a label spec", ("spec",))
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--formats", default=",".join(FORMATS))
+    p = add("bake", "bake labels for every frame from a label spec", "spec.json --out dataset/ --formats bop,coco",
+            ("spec",))
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (a re-run goes on from the finished frames)")
+    p.add_argument("--formats", default=",".join(FORMATS),
+                   help=f"comma-separated dataset formats to write, from {', '.join(FORMATS)}")
     p.add_argument("--coco-masks", dest="coco_masks", default="rle", choices=("rle", "polygon"),
-                   help="COCO segmentation: RLE (default), or polygons (RLE where one would change the mask)")
+                   help="COCO segmentation: RLE, or polygons (RLE where a polygon would change the mask)")
     p.add_argument("--frames", default=None, help="A:B, the frame indices A <= i < B (either may be empty)")
     p.add_argument("--shard", default=None,
                    help="I/N: bake every N-th selected frame starting at the I-th (I counts from 0); shards "
@@ -211,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--occlusion-rel", type=float, default=0.02, help="... plus this fraction of the depth")
     p.add_argument("--occlusion-min-confidence", type=float, default=0.5,
                    help="... and only where the field is at least this confident of its surface (0-1; 0: off)")
+
+    p = add("inspect", "draw a bake's labels: overlays, depth, confidence, contact sheet and index.html",
+            "dataset/ --max 24   (then open dataset/inspect/index.html)", ("bake",))
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the pictures (default: BAKE/inspect; never one holding the bake's files)")
+    p.add_argument("--frames", default=None, help="A:B, the frame indices A <= i < B (either may be empty)")
+    p.add_argument("--max", type=int, default=None, help="at most this many frames, spread evenly (default: all)")
     return parser
 
 

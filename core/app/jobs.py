@@ -353,8 +353,27 @@ class SnapRequest:
         _depth_input(self)
 
 
+@dataclass
+class InspectRequest:
+    """Pictures of the bake in ``bake`` (overlays, depth, confidence, contact sheet, index.html) written into
+    ``out`` (None: ``bake/inspect``); see :mod:`..eval.inspect`."""
+
+    bake: Path
+    out: Optional[Path] = None
+    frames: Any = None  # "A:B" or [A, B), B exclusive
+    max: Optional[int] = None  # at most this many frames, spread evenly over the selection
+    kind = "inspect"
+
+    def __post_init__(self) -> None:
+        self.bake, self.out = _path(self.bake, "bake"), _optional_path(self.out)
+        if not self.bake.is_dir():
+            raise NeuralLabelError(f"bake {self.bake}: not a folder (give a bake's output folder)", field="bake")
+        self.frames = parse_frames(self.frames)
+        self.max = None if self.max is None else _integer(self.max, "max", minimum=1)
+
+
 Request = Union[BakeRequest, TrainRequest, RenderRequest, SfmRequest, DemoRequest, PreviewRequest,
-                SurfacePointsRequest, SnapRequest]
+                SurfacePointsRequest, SnapRequest, InspectRequest]
 REQUESTS: dict[str, type] = {cls.kind: cls for cls in Request.__args__}
 JOB_KINDS = tuple(REQUESTS)
 
@@ -658,6 +677,14 @@ def run_snap(request: SnapRequest, progress: Optional[ProgressFn], notice: Notic
             "scene_points": int(len(scene_points)), "views": int(views)}
 
 
+def run_inspect(request: InspectRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..eval.inspect import inspect_bake
+
+    return inspect_bake(request.bake, request.out, frames=request.frames, max_frames=request.max,
+                        progress=progress)
+
+
 RUNNERS: dict[str, Callable[[Any, Optional[ProgressFn], NoticeFn], dict]] = {
     "bake": run_bake, "train": run_train, "render": run_render, "sfm": run_sfm_job, "demo": run_demo_job,
-    "preview": run_preview, "surface_points": run_surface_points, "snap": run_snap}
+    "preview": run_preview, "surface_points": run_surface_points, "snap": run_snap,
+    "inspect": run_inspect}

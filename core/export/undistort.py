@@ -13,16 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import NeuralLabelError
-from ..geometry.cameras import Intrinsics, _fisheye_params, _opencv_params
+from ..geometry.cameras import Intrinsics, fisheye_params, opencv_params
 
 
 def cv2_distortion(intrinsics: Intrinsics) -> np.ndarray:
     """The project's lens parameters as OpenCV ``distCoeffs``: (k1, k2, p1, p2, k3) for OPENCV (cv2's own
     order), (k1, k2, k3, k4) for OPENCV_FISHEYE (cv2.fisheye's ``D``); empty for a pinhole camera."""
     if intrinsics.model == "OPENCV":
-        return np.array(_opencv_params(intrinsics.distortion), dtype=np.float64)
+        return np.array(opencv_params(intrinsics.distortion), dtype=np.float64)
     if intrinsics.model == "OPENCV_FISHEYE":
-        return np.array(_fisheye_params(intrinsics.distortion), dtype=np.float64).reshape(4, 1)
+        return np.array(fisheye_params(intrinsics.distortion), dtype=np.float64).reshape(4, 1)
     return np.zeros(0, dtype=np.float64)
 
 

@@ -87,12 +87,12 @@ class Intrinsics:
 # --- lens distortion on normalised OpenCV coordinates ------------------------------------------------
 
 
-def _opencv_params(distortion: tuple[float, ...]) -> tuple[float, float, float, float, float]:
+def opencv_params(distortion: tuple[float, ...]) -> tuple[float, float, float, float, float]:
     k = list(distortion) + [0.0] * (5 - len(distortion))
     return k[0], k[1], k[2], k[3], k[4]  # k1, k2, p1, p2, k3
 
 
-def _fisheye_params(distortion: tuple[float, ...]) -> tuple[float, float, float, float]:
+def fisheye_params(distortion: tuple[float, ...]) -> tuple[float, float, float, float]:
     k = list(distortion) + [0.0] * (4 - len(distortion))
     return k[0], k[1], k[2], k[3]
 
@@ -104,14 +104,14 @@ def distort(intrinsics: Intrinsics, xy: np.ndarray) -> np.ndarray:
         return xy.copy()
     x, y = xy[..., 0], xy[..., 1]
     if intrinsics.model == "OPENCV":
-        k1, k2, p1, p2, k3 = _opencv_params(intrinsics.distortion)
+        k1, k2, p1, p2, k3 = opencv_params(intrinsics.distortion)
         r2 = x * x + y * y
         radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
         xd = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
         yd = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
         return np.stack([xd, yd], axis=-1)
     # OPENCV_FISHEYE: equidistant model on the angle from the axis.
-    k1, k2, k3, k4 = _fisheye_params(intrinsics.distortion)
+    k1, k2, k3, k4 = fisheye_params(intrinsics.distortion)
     r = np.sqrt(x * x + y * y)
     theta = np.arctan(r)
     t2 = theta * theta
@@ -126,7 +126,7 @@ def undistort(intrinsics: Intrinsics, xy_distorted: np.ndarray, iterations: int 
     if not intrinsics.has_distortion:
         return xy_d.copy()
     if intrinsics.model == "OPENCV":
-        k1, k2, p1, p2, k3 = _opencv_params(intrinsics.distortion)
+        k1, k2, p1, p2, k3 = opencv_params(intrinsics.distortion)
         xy = xy_d.copy()
         for _ in range(iterations):
             x, y = xy[..., 0], xy[..., 1]
@@ -142,7 +142,7 @@ def undistort(intrinsics: Intrinsics, xy_distorted: np.ndarray, iterations: int 
             det = np.where(np.abs(det) < 1e-12, 1e-12, det)
             xy = xy - np.stack([(j11 * fx - j01 * fy) / det, (j00 * fy - j01 * fx) / det], axis=-1)
         return xy
-    k1, k2, k3, k4 = _fisheye_params(intrinsics.distortion)
+    k1, k2, k3, k4 = fisheye_params(intrinsics.distortion)
     r_d = np.sqrt(np.sum(xy_d * xy_d, axis=-1))
     theta = np.clip(r_d, 0.0, np.pi / 2 - 1e-6)
     for _ in range(iterations):
