@@ -363,7 +363,7 @@ def test_preflight_checks_the_scene_and_writes_nothing(small_scene, tmp_path):
     assert info.value.field == "out" and tree(out) == {}
 
 
-PREFLIGHT_SCRIPT = '''
+NO_WORKER = '''
 import neurallabel.addon.worker_jobs as worker_jobs
 started = []
 
@@ -374,6 +374,9 @@ class NoWorker:  # stands in for the worker: records that one was started
         raise RuntimeError("the worker was started")
 
 worker_jobs.WorkerJob = NoWorker
+'''
+
+PREFLIGHT_SCRIPT = NO_WORKER + '''
 obj = bpy.data.objects[ARGS["objects"][0]["name"]]
 obj.matrix_world.translation.x += 1000.0  # far outside every camera
 try:
@@ -397,17 +400,7 @@ def test_the_bake_operator_refuses_a_bad_scene_before_the_worker_starts(small_sc
     assert result["started"] == 0 and "outside every camera" in (result["message"] or ""), result
 
 
-EXPORT_GUARD_SCRIPT = '''
-import neurallabel.addon.worker_jobs as worker_jobs
-started = []
-
-class NoWorker:
-    def __init__(self, job, **kwargs):
-        started.append(job)
-    def start(self):
-        raise RuntimeError("the worker was started")
-
-worker_jobs.WorkerJob = NoWorker
+EXPORT_GUARD_SCRIPT = NO_WORKER + '''
 try:
     bpy.ops.neurallabel.bake(out_dir=ARGS["out"], frames="0:2")
     message = None
