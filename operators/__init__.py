@@ -15,7 +15,7 @@ MODULES = (
     "preview",  # neurallabel.preview_labels
     "snap",  # neurallabel.snap_to_field
     "field",  # neurallabel.load_field
-    "dependencies",  # neurallabel.install_dependencies
+    "dependencies",  # neurallabel.check_worker, neurallabel.install_dependencies
 )
 
 
