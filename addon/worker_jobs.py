@@ -53,6 +53,7 @@ class WorkerOperator:
     """
 
     stage_label = "Working"
+    uses_device = True  # the job takes the scene's device (SfM runs on the CPU: it has none)
     _worker: Optional[WorkerJob] = None
     _cancel_deadline: Optional[float] = None
     _timer = None
@@ -101,7 +102,8 @@ class WorkerOperator:
         """Build the job from the scene and start its worker (NeuralLabelError on bad input)."""
         settings = worker_settings(context)
         job = self.build_job(context)
-        job.setdefault("device", settings["device"])
+        if self.uses_device:
+            job.setdefault("device", settings["device"])
         return WorkerJob(job, python=settings["python"], env=settings["env"]).start()
 
     def _progress(self, context: bpy.types.Context, event: dict) -> None:

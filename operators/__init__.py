@@ -15,6 +15,7 @@ MODULES = (
     "preview",  # neurallabel.preview_labels
     "snap",  # neurallabel.snap_to_field
     "field",  # neurallabel.load_field
+    "field_jobs",  # neurallabel.run_sfm, neurallabel.train_field, neurallabel.export_field_points
     "dependencies",  # neurallabel.check_worker, neurallabel.install_dependencies
 )
 
