@@ -75,7 +75,7 @@ def install_commands(python: str, target: str, index_url: str | None = None) -> 
     torch, *others = requirements()
     if not torch.startswith("torch=="):
         raise ValueError(f"{REQUIREMENTS_FILE}: the first requirement must be a pinned torch, got {torch!r}")
-    base = [python, "-m", "pip", "install", "--upgrade", "--progress-bar", "off", "--target", target]
+    base = [python, "-m", "pip", "install", "--upgrade", "--target", target]
     index = ["--index-url", index_url] if index_url else []
     return [base + index + [torch], base + others]
 
