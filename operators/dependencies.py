@@ -8,12 +8,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 
 import bpy
 
 from ..addon import preferences
-from ..addon.worker_jobs import WorkerOperator, job_is_running
+from ..addon.worker_jobs import WorkerOperator
 
 
 class NEURALLABEL_OT_check_worker(WorkerOperator, bpy.types.Operator):
@@ -26,7 +25,7 @@ class NEURALLABEL_OT_check_worker(WorkerOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        return context.scene is not None and not job_is_running()
+        return cls.can_start(context)
 
     def build_job(self, context: bpy.types.Context) -> dict:
         return {"kind": "check"}

@@ -12,7 +12,7 @@ import numpy as np
 from bpy.props import FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper
 
-from ..addon.worker_jobs import WorkerOperator, job_is_running
+from ..addon.worker_jobs import WorkerOperator
 from ..core.errors import NeuralLabelError
 from .field import cloud_job
 
@@ -38,15 +38,13 @@ class NEURALLABEL_OT_run_sfm(WorkerOperator, bpy.types.Operator):
 
     images: StringProperty(name="Photos", subtype="DIR_PATH", description="Folder of photos of the scene")
     out_dir: StringProperty(name="Dataset Folder", subtype="DIR_PATH",
-                            description="Where the dataset (transforms.json) is written; empty: the photos' parent folder")
+                            description="Where the dataset (transforms.json) is written; empty: the photos' "
+                                        "parent folder")
     downscale: FloatProperty(name="Downscale", default=1.0, min=1.0, description="Match on smaller photos")
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene is None or job_is_running():
-            cls.poll_message_set("A NeuralLabel job is running" if context.scene else "No scene")
-            return False
-        return True
+        return cls.can_start(context)
 
     def invoke(self, context: bpy.types.Context, event) -> set[str]:
         if self.images or bpy.app.background or context.window is None:

@@ -4,6 +4,7 @@ cancellable process with progress lines), all without network, bpy standing in f
 
 from __future__ import annotations
 
+import re
 import sys
 import tomllib
 
@@ -85,6 +86,37 @@ out["cancel_lines"] = job.lines
 failing = D.InstallProcess([[sys.executable, "-c", "print('ERROR: no wheel'); raise SystemExit(1)"], slow]).start()
 out["fail"] = [failing.wait(10), failing.last_line(), len(failing.lines)]
 
+# The modal path (the UI: no window here, so stand-ins): invoke starts the install and returns at once; the
+# timer shows its last line in the status bar; Esc kills it.
+from types import SimpleNamespace as NS
+Op = D.NEURALLABEL_OT_install_dependencies
+class Modal:
+    _begin, _end, invoke, modal = Op._begin, Op._end, Op.invoke, Op.modal
+    def __init__(self):
+        self.reports = []
+    def report(self, kind, message):
+        self.reports.append([sorted(kind)[0], message])
+status = []
+D.bpy = NS(app=NS(background=False, online_access=True))
+wm = NS(event_timer_add=lambda step, window=None: "timer", modal_handler_add=lambda op: status.append("handler"),
+        event_timer_remove=lambda timer: status.append("timer_removed"))
+context = NS(window="window", window_manager=wm, workspace=NS(status_text_set=status.append))
+P.install_commands = lambda python, target, index=None: [slow]
+op = Modal()
+t0 = time.monotonic()
+out["modal_invoke"] = sorted(op.invoke(context, NS(type="LEFTMOUSE")))
+out["modal_invoke_s"] = time.monotonic() - t0
+outcomes = []
+while op._install.lines[-1:] in ([], [op._install.lines[0]]) and time.monotonic() - t0 < 20:
+    outcomes.append(sorted(op.modal(context, NS(type="TIMER"))))
+    time.sleep(0.05)
+outcomes.append(sorted(op.modal(context, NS(type="MOUSEMOVE"))))
+outcomes.append(sorted(op.modal(context, NS(type="ESC"))))
+while outcomes[-1] == ["RUNNING_MODAL"] and time.monotonic() - t0 < 20:
+    outcomes.append(sorted(op.modal(context, NS(type="TIMER"))))
+    time.sleep(0.05)
+out["modal_outcomes"], out["modal_status"], out["modal_reports"] = outcomes, status, op.reports
+
 # Check Worker: the worker Python (here this one) reports torch, CUDA, numpy and nothing missing.
 out["check"] = sorted(bpy.ops.neurallabel.check_worker())
 out["check_line"] = bpy.context.scene.neurallabel.worker_check
@@ -119,6 +151,13 @@ def test_install_commands_refusals_and_process(tmp_path):
     assert not any(line.startswith("[2/2]") for line in result["cancel_lines"])  # the list stopped
     assert not any(line == "line 99" for line in result["cancel_lines"])  # killed, not run to its end
     assert result["fail"] == [1, "ERROR: no wheel", 2]  # the first failure stops the list
+    assert result["modal_invoke"] == ["RUNNING_MODAL"] and result["modal_invoke_s"] < 2  # never blocks
+    outcomes = result["modal_outcomes"]
+    assert ["PASS_THROUGH"] in outcomes and outcomes[-1] == ["CANCELLED"]
+    status = result["modal_status"]
+    assert status[0] == "handler" and any(re.search(r": line \d+$", str(line)) for line in status)  # progress shown
+    assert "timer_removed" in status and status[-1] is None  # the status bar is given back
+    assert result["modal_reports"][-1] == ["WARNING", "Installing the dependencies was cancelled"]
     assert result["check"] == ["FINISHED"] and "all dependencies found" in result["check_line"]
     assert "torch" in result["check_line"] and "numpy" in result["check_line"]
     assert result["summary"].endswith("missing: torch, cv2") and "torch missing" in result["summary"]
