@@ -10,6 +10,7 @@ the "Install Dependencies" button is ``operators/dependencies.py``.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,8 +32,42 @@ def requirements(path: Path = REQUIREMENTS_FILE) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def install_commands(python: str, target: str) -> list[list[str]]:
-    """The pip commands that install the worker's dependencies into ``target``.
+#: The torch wheel indexes "Install Dependencies" picks from (macOS: PyPI's default build).
+TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+#: The Python the pinned requirements have wheels for (numpy 1.26 has none for 3.13, Blender 5.1's Python).
+INSTALLER_PYTHON = (3, 11)
+WORKER_ENV_HINT = "make a worker environment (docs/blender.md) and set Worker Python in the preferences"
+
+
+def torch_index(platform: str, has_nvidia_gpu: bool) -> str | None:
+    """The wheel index for torch: CUDA on Linux/Windows with an NVIDIA GPU, CPU there otherwise, PyPI's
+    default on macOS (``None``)."""
+    if platform == "darwin":
+        return None
+    return TORCH_CUDA_INDEX if has_nvidia_gpu else TORCH_CPU_INDEX
+
+
+def has_nvidia_gpu() -> bool:
+    """An NVIDIA driver is installed: ``nvidia-smi`` is on PATH."""
+    return shutil.which("nvidia-smi") is not None
+
+
+def install_refusal(version: tuple[int, int], online_access: bool) -> str | None:
+    """Why "Install Dependencies" cannot serve this Blender, or None when it can."""
+    if not online_access:
+        return ("Online access is disabled (Preferences > System > Network > Allow Online Access): allow it, "
+                f"or {WORKER_ENV_HINT}")
+    if tuple(version[:2]) != INSTALLER_PYTHON:
+        have, need = ".".join(map(str, version[:2])), ".".join(map(str, INSTALLER_PYTHON))
+        return (f"Blender's Python is {have}; the pinned dependencies need Python {need} (numpy 1.26 has no "
+                f"wheels for {have}): {WORKER_ENV_HINT}")
+    return None
+
+
+def install_commands(python: str, target: str, index_url: str | None = None) -> list[list[str]]:
+    """The pip commands that install the worker's dependencies into ``target``: every line of
+    requirements.txt, torch first and alone from ``index_url`` (None: PyPI).
 
     torch goes first and alone: letting pip resolve torch through nerfacc would pull GBs of CUDA wheels
     (DESIGN.md, Dependencies).
@@ -41,7 +76,8 @@ def install_commands(python: str, target: str) -> list[list[str]]:
     if not torch.startswith("torch=="):
         raise ValueError(f"{REQUIREMENTS_FILE}: the first requirement must be a pinned torch, got {torch!r}")
     base = [python, "-m", "pip", "install", "--upgrade", "--target", target]
-    return [base + [torch], base + others]
+    index = ["--index-url", index_url] if index_url else []
+    return [base + index + [torch], base + others]
 
 
 def dependencies_path(create: bool = False) -> str:
@@ -110,8 +146,13 @@ class NeuralLabelPreferences(bpy.types.AddonPreferences):
             layout.label(text=f"Using Blender's Python: {sys.executable}", icon="INFO")
         layout.prop(self, "device")
         row = layout.row()
-        row.operator("neurallabel.install_dependencies", icon="IMPORT")
-        row.enabled = not self.worker_python
+        row.operator("neurallabel.check_worker", icon="CHECKMARK")
+        sub = row.row()
+        sub.operator("neurallabel.install_dependencies", icon="IMPORT")
+        sub.enabled = not self.worker_python
+        scene = context.scene
+        if scene is not None and scene.neurallabel.worker_check:
+            layout.label(text=scene.neurallabel.worker_check)
 
 
 classes = (NeuralLabelPreferences,)

@@ -93,6 +93,8 @@ class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
     job_stage: StringProperty(name="Stage", default="", options={"SKIP_SAVE"})
     job_eta_s: FloatProperty(name="ETA", default=-1.0, options={"SKIP_SAVE"},
                              description="Estimated seconds left, negative when unknown")
+    # The last "Check Worker" result, one line for the panel (operators/dependencies.py).
+    worker_check: StringProperty(name="Worker Check", default="", options={"SKIP_SAVE"})
 
 
 class NeuralLabelObjectProperties(bpy.types.PropertyGroup):

@@ -53,6 +53,7 @@ class WorkerOperator:
     """
 
     stage_label = "Working"
+    uses_device = True  # the job takes the scene's device (SfM runs on the CPU: it has none)
     _worker: Optional[WorkerJob] = None
     _cancel_deadline: Optional[float] = None
     _timer = None
@@ -72,14 +73,21 @@ class WorkerOperator:
     # --- shared ------------------------------------------------------------------------------------------
 
     @classmethod
-    def scene_ready(cls, context: bpy.types.Context,
-                    no_dataset: str = "Import a dataset first (Scene > Import Dataset)") -> bool:
-        """The checks every worker operator's ``poll`` starts with; sets the greyed button's tooltip."""
+    def can_start(cls, context: bpy.types.Context) -> bool:
+        """A scene and no job running (the ``poll`` of jobs that need no dataset: SfM, Check Worker)."""
         if context.scene is None:
             cls.poll_message_set("No scene")
             return False
         if job_is_running():
             cls.poll_message_set("A NeuralLabel job is running")
+            return False
+        return True
+
+    @classmethod
+    def scene_ready(cls, context: bpy.types.Context,
+                    no_dataset: str = "Import a dataset first (Scene > Import Dataset)") -> bool:
+        """The checks every worker operator's ``poll`` starts with; sets the greyed button's tooltip."""
+        if not cls.can_start(context):
             return False
         if not context.scene.neurallabel.dataset_path:
             cls.poll_message_set(no_dataset)
@@ -101,7 +109,8 @@ class WorkerOperator:
         """Build the job from the scene and start its worker (NeuralLabelError on bad input)."""
         settings = worker_settings(context)
         job = self.build_job(context)
-        job.setdefault("device", settings["device"])
+        if self.uses_device:
+            job.setdefault("device", settings["device"])
         return WorkerJob(job, python=settings["python"], env=settings["env"]).start()
 
     def _progress(self, context: bpy.types.Context, event: dict) -> None:

@@ -15,7 +15,8 @@ MODULES = (
     "preview",  # neurallabel.preview_labels
     "snap",  # neurallabel.snap_to_field
     "field",  # neurallabel.load_field
-    "dependencies",  # neurallabel.install_dependencies
+    "field_jobs",  # neurallabel.run_sfm, neurallabel.train_field, neurallabel.export_field_points
+    "dependencies",  # neurallabel.check_worker, neurallabel.install_dependencies
 )
 
 

@@ -45,6 +45,16 @@ def replace_cloud(context: bpy.types.Context, points: np.ndarray) -> bpy.types.O
     return obj
 
 
+def cloud_job(context: bpy.types.Context, field: str, views: int, out: Path) -> dict:
+    """The ``surface_points`` job of a whole field's cloud (the dataset frame): ``field``, or the scene's."""
+    field = bpy.path.abspath(field or context.scene.neurallabel.field_path)
+    if not field or not Path(field).exists():
+        raise NeuralLabelError(f"the field {field or '(none)'} does not exist: choose a trained field checkpoint")
+    data = bpy.path.abspath(context.scene.neurallabel.dataset_path)
+    return {"kind": "surface_points", "data": data, "field": field, "box": None, "max_views": views,
+            "out": str(out)}
+
+
 class NEURALLABEL_OT_load_field(WorkerOperator, bpy.types.Operator, ImportHelper):
     """Use a trained field checkpoint and show its surface as a preview point cloud"""
 
@@ -68,14 +78,9 @@ class NEURALLABEL_OT_load_field(WorkerOperator, bpy.types.Operator, ImportHelper
         return {"RUNNING_MODAL"}
 
     def build_job(self, context: bpy.types.Context) -> dict:
-        field = bpy.path.abspath(self.filepath or context.scene.neurallabel.field_path)
-        if not field or not Path(field).exists():
-            raise NeuralLabelError(f"the field {field or '(none)'} does not exist: choose a trained field "
-                                   "checkpoint")
-        data = bpy.path.abspath(context.scene.neurallabel.dataset_path)
-        self._field = field
-        return {"kind": "surface_points", "data": data, "field": field, "box": None,
-                "max_views": int(self.views), "out": str(self.temp_dir() / "cloud.npy")}
+        job = cloud_job(context, self.filepath, int(self.views), self.temp_dir() / "cloud.npy")
+        self._field = job["field"]
+        return job
 
     def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
         points = np.load(result["points"])

@@ -36,7 +36,9 @@ class NEURALLABEL_PT_scene(NeuralLabelPanel, bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         props = context.scene.neurallabel
-        layout.operator("neurallabel.import_dataset", text="Import Dataset", icon="IMPORT")
+        row = layout.row(align=True)
+        row.operator("neurallabel.import_dataset", text="Import Dataset", icon="IMPORT")
+        row.operator("neurallabel.run_sfm", text="Run SfM", icon="CAMERA_DATA")
         col = layout.column()
         col.prop(props, "dataset_path", text="")
         col.prop(props, "root")
@@ -55,7 +57,10 @@ class NEURALLABEL_PT_field(NeuralLabelPanel, bpy.types.Panel):
         props = context.scene.neurallabel
         layout.prop(props, "field_path", text="")
         layout.prop(props, "device")
-        layout.operator("neurallabel.load_field", text="Load Field", icon="POINTCLOUD_DATA")
+        row = layout.row(align=True)
+        row.operator("neurallabel.train_field", text="Train Field", icon="PLAY")
+        row.operator("neurallabel.load_field", text="Load Field", icon="POINTCLOUD_DATA")
+        layout.operator("neurallabel.export_field_points", text="Export Field Points", icon="EXPORT")
 
 
 class NEURALLABEL_PT_annotations(NeuralLabelPanel, bpy.types.Panel):

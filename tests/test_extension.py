@@ -18,7 +18,8 @@ pytestmark = pytest.mark.bpy
 
 PUBLIC_OPERATORS = ["neurallabel.import_dataset", "neurallabel.add_box", "neurallabel.add_mesh"]
 LATER_OPERATORS = ["neurallabel.snap_to_field", "neurallabel.preview_labels", "neurallabel.export_spec",
-                   "neurallabel.bake"]
+                   "neurallabel.bake", "neurallabel.run_sfm", "neurallabel.train_field",
+                   "neurallabel.export_field_points", "neurallabel.check_worker"]
 PANELS = ["NEURALLABEL_PT_main", "NEURALLABEL_PT_scene", "NEURALLABEL_PT_field", "NEURALLABEL_PT_annotations",
           "NEURALLABEL_PT_bake"]
 
@@ -167,7 +168,7 @@ def test_zip_content(tmp_path: Path) -> None:
     for required in ("core/geometry/cameras.py", "core/data/dataset.py", "core/worker.py", "core/app/worker.py",
                      "addon/properties.py", "addon/scene_io.py", "addon/worker_jobs.py", "requirements.txt",
                      "operators/import_dataset.py", "operators/annotate.py", "operators/dependencies.py",
-                     "panels/sidebar.py"):
+                     "operators/field_jobs.py", "panels/sidebar.py"):
         assert required in names
     assert not [n for n in names if n.startswith(("tests/", "docs/", ".venv/", "dist/"))
                 or "__pycache__" in n or n.endswith(".pyc")

@@ -372,8 +372,19 @@ class InspectRequest:
         self.max = None if self.max is None else _integer(self.max, "max", minimum=1)
 
 
+@dataclass
+class CheckRequest:
+    """Report what this Python can run: torch, CUDA, numpy, and the requirements it cannot import."""
+
+    device: str = "auto"  # the add-on sends every job a device; the check reports CUDA whatever it says
+    kind = "check"
+
+    def __post_init__(self) -> None:
+        self.device = _device(self.device)
+
+
 Request = Union[BakeRequest, TrainRequest, RenderRequest, SfmRequest, DemoRequest, PreviewRequest,
-                SurfacePointsRequest, SnapRequest, InspectRequest]
+                SurfacePointsRequest, SnapRequest, InspectRequest, CheckRequest]
 REQUESTS: dict[str, type] = {cls.kind: cls for cls in Request.__args__}
 JOB_KINDS = tuple(REQUESTS)
 
@@ -684,7 +695,38 @@ def run_inspect(request: InspectRequest, progress: Optional[ProgressFn], notice:
                         progress=progress)
 
 
+#: Import names of requirements.txt's distributions where they differ from the name in lower case.
+IMPORT_NAMES = {"pymcubes": "mcubes", "opencv-python-headless": "cv2", "pillow": "PIL"}
+
+
+def requirement_modules(requirements: list[str]) -> list[str]:
+    """The module each requirement line (``name==version``) is imported as."""
+    names = [re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].strip().lower() for line in requirements]
+    return [IMPORT_NAMES.get(name, name.replace("-", "_")) for name in names]
+
+
+def run_check(request: CheckRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    import importlib.util
+    import platform
+    import sys
+
+    requirements = Path(__file__).resolve().parents[2] / "requirements.txt"
+    lines = [line.strip() for line in requirements.read_text().splitlines()] if requirements.exists() else []
+    modules = requirement_modules([line for line in lines if line and not line.startswith("#")])
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    result = {"python": f"{platform.python_version()} ({sys.executable})", "torch": None, "cuda": False,
+              "device": "cpu", "numpy": np.__version__, "missing": missing}
+    if "torch" not in missing:
+        import torch
+
+        result["torch"] = torch.__version__
+        result["cuda"] = bool(torch.cuda.is_available())
+        if result["cuda"]:
+            result["device"] = torch.cuda.get_device_name(0)
+    return result
+
+
 RUNNERS: dict[str, Callable[[Any, Optional[ProgressFn], NoticeFn], dict]] = {
     "bake": run_bake, "train": run_train, "render": run_render, "sfm": run_sfm_job, "demo": run_demo_job,
     "preview": run_preview, "surface_points": run_surface_points, "snap": run_snap,
-    "inspect": run_inspect}
+    "inspect": run_inspect, "check": run_check}
