@@ -376,9 +376,7 @@ class NoWorker:  # stands in for the worker: records that one was started
 worker_jobs.WorkerJob = NoWorker
 '''
 
-PREFLIGHT_SCRIPT = NO_WORKER + '''
-obj = bpy.data.objects[ARGS["objects"][0]["name"]]
-obj.matrix_world.translation.x += 1000.0  # far outside every camera
+BAKE_AND_EMIT = '''
 try:
     bpy.ops.neurallabel.bake(out_dir=ARGS["out"], frames="0:2")
     message = None
@@ -386,6 +384,11 @@ except RuntimeError as exc:
     message = str(exc)
 emit({"message": message, "started": len(started)})
 '''
+
+PREFLIGHT_SCRIPT = NO_WORKER + '''
+obj = bpy.data.objects[ARGS["objects"][0]["name"]]
+obj.matrix_world.translation.x += 1000.0  # far outside every camera
+''' + BAKE_AND_EMIT
 
 
 @pytest.mark.bpy
@@ -400,14 +403,7 @@ def test_the_bake_operator_refuses_a_bad_scene_before_the_worker_starts(small_sc
     assert result["started"] == 0 and "outside every camera" in (result["message"] or ""), result
 
 
-EXPORT_GUARD_SCRIPT = NO_WORKER + '''
-try:
-    bpy.ops.neurallabel.bake(out_dir=ARGS["out"], frames="0:2")
-    message = None
-except RuntimeError as exc:
-    message = str(exc)
-emit({"message": message, "started": len(started)})
-'''
+EXPORT_GUARD_SCRIPT = NO_WORKER + BAKE_AND_EMIT
 
 
 @pytest.mark.bpy
