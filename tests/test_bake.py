@@ -124,6 +124,26 @@ def sphere_field(radius: float = 0.2):
     return field
 
 
+def write_sphere_scene(folder: Path, radius: float = 0.2, size: tuple[int, int, float] = (40, 30, 40.0)) -> None:
+    """``folder/field.pt`` (a sphere of ``radius`` at the origin) and a 2-view ``transforms.json`` around it."""
+    from PIL import Image
+
+    from neurallabel.core.field.checkpoint import save_checkpoint
+
+    save_checkpoint(folder / "field.pt", sphere_field(radius))
+    (folder / "images").mkdir()
+    w, h, f = size
+    frames = []
+    for i, angle in enumerate((0.0, 0.5)):
+        c2w = np.eye(4)  # looking at the origin from 1.2 m, turned about y
+        c2w[:3, :3] = [[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]]
+        c2w[:3, 3] = c2w[:3, :3] @ [0, 0, 1.2]
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(folder / "images" / f"{i:06d}.png")
+        frames.append({"file_path": f"images/{i:06d}.png", "transform_matrix": c2w.tolist()})
+    (folder / "transforms.json").write_text(json.dumps(
+        {"w": w, "h": h, "fl_x": f, "fl_y": f, "cx": w / 2, "cy": h / 2, "frames": frames}))
+
+
 def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
     """With a real field (a sphere): the box object takes the sphere's pixels and gets its mesh; a mesh behind
     the sphere is hidden by it; depth and confidence come from the field."""
@@ -132,22 +152,11 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
 
     from neurallabel.core.labels.box_mesh import chamfer_distance
     from neurallabel.core.geometry.cameras import camera_rays
-    from neurallabel.core.field.checkpoint import save_checkpoint
     from neurallabel.core.spec import load_spec
 
     radius = 0.2
-    save_checkpoint(tmp_path / "field.pt", sphere_field(radius))
-    (tmp_path / "images").mkdir()
     w, h, f = 40, 30, 40.0
-    frames = []
-    for i, angle in enumerate((0.0, 0.5)):
-        c2w = np.eye(4)  # looking at the origin from 1.2 m, turned about y
-        c2w[:3, :3] = [[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]]
-        c2w[:3, 3] = c2w[:3, :3] @ [0, 0, 1.2]
-        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "images" / f"{i:06d}.png")
-        frames.append({"file_path": f"images/{i:06d}.png", "transform_matrix": c2w.tolist()})
-    (tmp_path / "transforms.json").write_text(json.dumps(
-        {"w": w, "h": h, "fl_x": f, "fl_y": f, "cx": w / 2, "cy": h / 2, "frames": frames}))
+    write_sphere_scene(tmp_path, radius, (w, h, f))
     trimesh.creation.box([0.2, 0.2, 0.2]).export(tmp_path / "cube.ply")
     behind = np.eye(4)
     behind[:3, 3] = [0.26, 0.0, -0.35]  # partly behind the sphere, as seen from the first camera
@@ -193,3 +202,25 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
     cube_info = next(x for x, g in zip(info, json.loads(
         (out / "bop" / "train" / "000000" / "scene_gt.json").read_text())["0"]) if g["obj_id"] == 2)
     assert 0.05 < cube_info["visib_fract"] < 0.8, cube_info
+
+
+def test_a_box_without_surface_leaves_the_folder_free_for_the_corrected_spec(tmp_path: Path) -> None:
+    """A box object with no field surface inside fails after the claim: the claim (and any model cache) is
+    released, so the corrected spec bakes into the same folder instead of being refused as another bake."""
+    from neurallabel.core.errors import NeuralLabelError
+    from neurallabel.core.spec import load_spec
+
+    write_sphere_scene(tmp_path)
+    box = {"name": "ball", "category": "ball", "category_id": 1, "instance_id": 1, "kind": "box",
+           "pose": np.eye(4).tolist(), "size": [0.5, 0.5, 0.5]}
+    empty = np.eye(4)
+    empty[:3, 3] = [0.0, 0.35, 0.0]  # in view, above the sphere: nothing there
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"neurallabel_spec": 1, "data": "transforms.json", "field": "field.pt",
+                                     "objects": [box | {"pose": empty.tolist(), "size": [0.1, 0.1, 0.1]}]}))
+    with pytest.raises(NeuralLabelError, match="no surface inside its box"):
+        bake(load_spec(spec_path), tmp_path / "out", box_resolution=32)
+    spec_path.write_text(json.dumps({"neurallabel_spec": 1, "data": "transforms.json", "field": "field.pt",
+                                     "objects": [box]}))
+    summary = bake(load_spec(spec_path), tmp_path / "out", box_resolution=32)
+    assert summary["frames"] == 2 and summary["instances"] > 0

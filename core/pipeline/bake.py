@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -214,13 +215,29 @@ def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FO
     claim = plan.claim()
     out_dir, device, depth_source = plan.out_dir, plan.device, plan.depth_source
     with writing_into(out_dir):
-        with file_lock(claim.manifest_path):  # concurrent pieces extract a box's mesh once, and share it
-            models = _object_models(spec, plan.views, out_dir, depth_source, box_resolution, progress)
+        try:
+            with file_lock(claim.manifest_path):  # concurrent pieces extract a box's mesh once, and share it
+                models = _object_models(spec, plan.views, out_dir, depth_source, box_resolution, progress)
+        except NeuralLabelError:
+            if not claim.resumed:  # nothing is baked yet: the corrected spec must find the folder free
+                release_claim(claim)
+            raise
         labeler = frame_labeler(spec, models, depth_source, options, backend=backend, device=device)
         ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), coco_masks)
         for writer in plan.writers:
             _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
     return BakeJob(out_dir, plan.views, plan.todo, labeler, plan.writers, ctx, plan.depth_source_name)
+
+
+def release_claim(claim: OutputClaim) -> None:
+    """Undo a new claim that baked nothing (a box object without surface): its manifest and model cache go
+    (the output folder itself stays: it may be the user's)."""
+    shutil.rmtree(claim.out_dir / STATE_DIR / "models", ignore_errors=True)
+    claim.manifest_path.unlink(missing_ok=True)
+    try:
+        (claim.out_dir / STATE_DIR).rmdir()  # only when empty
+    except OSError:
+        pass
 
 
 def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDone:
