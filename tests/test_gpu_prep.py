@@ -71,7 +71,7 @@ def write_orbit_scene(folder: Path, views: int = 12, width: int = 64, height: in
         frames.append({"file_path": f"images/{n:06d}.png", "transform_matrix": pose.tolist(),
                        "split": "test" if n % 6 == 5 else "train"})
     meta = {"camera_model": "PINHOLE", "w": width, "h": height, "fl_x": focal, "fl_y": focal, "cx": width / 2,
-            "cy": height / 2, "scene_aabb": [[-1.0, -1.0, -0.55], [1.0, 1.0, 0.6]], "frames": frames}
+            "cy": height / 2, "frames": frames}  # no bounds key: real captures carry none
     (folder / "transforms.json").write_text(json.dumps(meta))
     return folder
 
