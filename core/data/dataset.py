@@ -96,6 +96,13 @@ class Dataset:
             self.frame_count = len(self.frames) + len(self.skipped)
         self._by_index = {f.index: f for f in self.frames}
 
+    def source_paths(self) -> list[Path]:
+        """What the dataset was read from, for the output guards that must never write over it: its
+        transforms file(s), or its COLMAP model folder (nothing may be written in or below that folder)."""
+        if self.form == "colmap" or self.path.is_file():
+            return [self.path]
+        return sorted(self.path.glob("transforms*.json"))
+
     def split(self, name: str) -> list[Frame]:
         return [f for f in self.frames if f.split == name]
 

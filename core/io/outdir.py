@@ -41,7 +41,8 @@ def _fail(out_dir: Path, problem: str) -> NeuralLabelError:
     return NeuralLabelError(f"output folder {out_dir}: {problem}", field="out")
 
 
-def _within(path: Path, folder: Path) -> bool:
+def within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both already resolved)."""
     return path == folder or folder in path.parents
 
 
@@ -68,9 +69,9 @@ def check_inputs_outside(out_dir: Path, inputs: Mapping[str, Iterable[Path]], re
             if path is None:
                 continue
             real = Path(path).resolve()
-            if real.is_dir() and _within(out, real) and real != out:
+            if real.is_dir() and within(out, real) and real != out:
                 raise _fail(out_dir, f"lies inside the {what} folder {path}; choose a folder outside it")
-            if not _within(real, out):
+            if not within(real, out):
                 continue
             top = real.relative_to(out).parts[0] if real != out else ""
             if real not in allowed or top in reserved or real == out:

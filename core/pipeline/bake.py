@@ -39,7 +39,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..data.dataset import SPLITS, Dataset, load_dataset
+from ..data.dataset import Dataset, load_dataset
 from ..errors import NeuralLabelError
 from ..export import FORMATS, ExportContext, Writer, get_writer
 from ..export.coco import MASK_FORMATS as COCO_MASKS
@@ -50,7 +50,7 @@ from ..geometry.view import View
 from ..io.atomic import json_bytes, write_bytes, write_bytes_if_changed
 from ..io.images import validate_images
 from ..io.lock import file_lock
-from ..io.outdir import STATE_DIR, OutputClaim, check_output_dir, claim_output_dir, output_error
+from ..io.outdir import STATE_DIR, OutputClaim, check_output_dir, claim_output_dir, output_error, within
 from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, make_label_object
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
 from ..progress import ProgressFn, report
@@ -186,7 +186,7 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
     if coco_masks != "rle":  # only then: a default bake's manifest keeps its bytes
         manifest["coco_masks"] = coco_masks
     meshes = [o.mesh_path for o in spec.objects if o.mesh_path is not None]
-    inputs = {"photo": [f.image_path for f in dataset.frames], "dataset": dataset_files(dataset),
+    inputs = {"photo": [f.image_path for f in dataset.frames], "dataset": dataset.source_paths(),
               "spec": [spec.path] if spec.path is not None else [], "mesh": meshes,
               "field": [spec.field_path] if spec.field_path is not None else []}
     allowed = ([spec.path] if spec.path is not None else []) + meshes
@@ -355,10 +355,9 @@ def writing_into(out_dir: Path) -> Iterator[None]:
 
 def _inside(path: Path, folder: Path) -> bool:
     try:
-        path, folder = Path(path).resolve(), Path(folder).resolve()
+        return within(Path(path).resolve(), Path(folder).resolve())
     except OSError:
         return True
-    return path == folder or folder in path.parents
 
 
 def photos_fingerprint(dataset: Dataset) -> str:
@@ -377,14 +376,6 @@ def photos_fingerprint(dataset: Dataset) -> str:
             size = None
         entries.append([index, frame.file_path or frame.image_path.name, size])
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-
-
-def dataset_files(dataset: Dataset) -> list[Path]:
-    """The files (or COLMAP model folder) a dataset was read from."""
-    if dataset.form == "transforms_splits":
-        return [dataset.path / f"transforms_{s}.json" for s in SPLITS
-                if (dataset.path / f"transforms_{s}.json").exists()]
-    return [dataset.path]
 
 
 def load_checked_field(spec: LabelSpec, dataset: Dataset, device: str) -> FieldQuery:

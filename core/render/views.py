@@ -132,19 +132,6 @@ def render_views(field: Field, frames, out_dir, *, progress: Optional[ProgressFn
     return summary
 
 
-def dataset_files(dataset) -> list[Path]:
-    """The files a :class:`~..data.dataset.Dataset` was read from (transforms JSON files or a COLMAP model)."""
-    from ..data.colmap import find_model_dir
-
-    path = Path(dataset.path)
-    if path.is_file():
-        return [path]
-    if dataset.form == "colmap":
-        model = find_model_dir(path)
-        return sorted(p for p in model.iterdir() if p.is_file()) if model is not None else []
-    return sorted(path.glob("transforms*.json"))
-
-
 def claim_render_dir(out_dir: str | Path, dataset, *, field_path: str | Path, trained_on: Optional[str],
                      split: str, downscale: float) -> OutputClaim:
     """Claim ``out_dir`` for :func:`render_views` of ``dataset``'s ``split`` through the field saved at
@@ -155,6 +142,6 @@ def claim_render_dir(out_dir: str | Path, dataset, *, field_path: str | Path, tr
     the dataset's files or the field."""
     manifest = {"field": str(Path(field_path).resolve()), "trained_on": trained_on,
                 "data": str(Path(dataset.path).resolve()), "split": split, "downscale": float(downscale)}
-    inputs = {"photo": [f.image_path for f in dataset.frames], "dataset file": dataset_files(dataset),
+    inputs = {"photo": [f.image_path for f in dataset.frames], "dataset file": dataset.source_paths(),
               "field": [Path(field_path)]}
     return claim_output_dir(out_dir, kind="render", manifest=manifest, inputs=inputs, reserved=RENDER_OUTPUTS)
