@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..errors import NeuralLabelError
 from .atomic import json_bytes, remove_stale_temps, temp_path
@@ -108,7 +108,12 @@ def check_before_export(out_dir: str | Path, *, kind: str, exported: Sequence[st
     check_output_location(out_dir)
     if not out_dir.is_dir() or (out_dir / STATE_DIR / f"{kind}.json").is_file():
         return
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in (*exported, STATE_DIR))
+    _refuse_foreign(out_dir, kind, lambda entry: entry.name in exported)
+
+
+def _refuse_foreign(out_dir: Path, kind: str, allowed: Callable[[Path], bool]) -> None:
+    """Refuse ``out_dir`` when it holds an entry that is neither our state folder nor ``allowed``."""
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name != STATE_DIR and not allowed(p))
     if foreign:
         raise _fail(out_dir, f"is not empty ({foreign[0]} ...) and holds no NeuralLabel {kind}; choose an empty "
                              f"or new folder")
@@ -142,11 +147,8 @@ def check_output_dir(out_dir: str | Path, *, kind: str, manifest: dict,
             _compare(_read_manifest(path, out_dir), manifest, kind, out_dir)
             return True
         if out_dir.is_dir():
-            foreign = [p for p in out_dir.iterdir() if p.name != STATE_DIR and p not in occupied
-                       and not (others_stay and p.name not in reserved)]
-            if foreign:
-                raise _fail(out_dir, f"is not empty ({foreign[0].name} ...) and holds no NeuralLabel {kind}; "
-                                     f"choose an empty or new folder")
+            _refuse_foreign(out_dir, kind, lambda entry: entry in occupied
+                            or (others_stay and entry.name not in reserved))
         return False
     except OSError as exc:
         raise output_error(out_dir, exc) from None
