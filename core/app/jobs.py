@@ -478,7 +478,7 @@ def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: Not
 
 
 def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
-    from ..field.checkpoint import check_finite, load_checkpoint
+    from ..field.checkpoint import check_finite, check_trained_on, load_checkpoint
     from ..render.views import claim_render_dir, render_views
 
     device = _torch_device(request.device)
@@ -487,7 +487,8 @@ def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: N
         check_finite(checkpoint.field)
     with at_field("data"):
         dataset = load_dataset_noting(request.data, notice, request.downscale)
-    _check_trained_on(checkpoint, request, dataset)
+    with at_field("data"):  # re-reading the data at the field's training size may fail
+        check_trained_on(checkpoint, dataset, request.data, source=request.field, what="field")
     frames = dataset.frames if request.split == "all" else dataset.split(request.split)
     if not frames:
         raise NeuralLabelError(f"split {request.split!r}: {dataset.path} has no frame in it", field="split")
@@ -495,20 +496,6 @@ def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: N
                      trained_on=checkpoint.dataset.get("fingerprint"), downscale=request.downscale)
     summary = render_views(checkpoint.field, frames, request.out, progress=progress)
     return {"out": str(request.out), "split": request.split, **summary}
-
-
-def _check_trained_on(checkpoint, request: RenderRequest, dataset) -> None:
-    """Refuse a field trained on other frames than ``dataset``'s train split, fingerprinted as training did:
-    at the downscale it trained with (intrinsics are part of the fingerprint)."""
-    from ..data.dataset import load_dataset
-    from ..field.checkpoint import check_dataset
-
-    options = checkpoint.training.get("options") or {}
-    downscale = float(options.get("downscale") or 1.0)
-    if downscale != dataset.downscale:
-        with at_field("data"):
-            dataset = load_dataset(request.data, downscale)
-    check_dataset(checkpoint, dataset.split("train"), request.data, source=request.field, what="field")
 
 
 def run_sfm_job(request: SfmRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:

@@ -33,7 +33,7 @@ from ..io.atomic import write_with
 from .model import Field, FieldConfig
 
 if TYPE_CHECKING:
-    from ..data.dataset import Frame
+    from ..data.dataset import Dataset, Frame
 
 FORMAT = "neurallabel-field"
 VERSION = 1
@@ -134,6 +134,19 @@ def check_dataset(checkpoint: Checkpoint, frames: Sequence["Frame"], data: str |
         raise NeuralLabelError(
             f"{source}: this checkpoint was trained on other frames "
             f"({checkpoint.dataset.get('path') or 'an unnamed dataset'}) than {data}'s", field=what)
+
+
+def check_trained_on(checkpoint: Checkpoint, dataset: "Dataset", data: str | Path, *, source: str | Path,
+                     what: str | None = "field") -> None:
+    """:func:`check_dataset` against ``dataset``'s train split fingerprinted as training did it: at the
+    downscale the checkpoint trained with (intrinsics are part of the fingerprint), re-reading ``data`` when
+    ``dataset`` was loaded at another size."""
+    from ..data.dataset import load_dataset
+
+    options = checkpoint.training.get("options") or {}
+    downscale = float(options.get("downscale") or 1.0)
+    trained_on = dataset if downscale == dataset.downscale else load_dataset(data, downscale)
+    check_dataset(checkpoint, trained_on.split("train"), data, source=source, what=what)
 
 
 @torch.no_grad()

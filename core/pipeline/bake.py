@@ -382,7 +382,7 @@ def load_checked_field(spec: LabelSpec, dataset: Dataset, device: str) -> FieldQ
     """The spec's field as a depth source, refused when its density holds NaN/infinity or when it was trained
     on other frames than ``dataset``'s train split (as ``train`` counts them: its ``downscale``, the frames with
     a photo). A checkpoint that records no dataset (made by hand, not by ``train``) is not compared."""
-    from ..field.checkpoint import check_dataset, check_finite, load_checkpoint
+    from ..field.checkpoint import check_finite, check_trained_on, load_checkpoint
 
     checkpoint = load_checkpoint(spec.field_path, device=device)
     try:
@@ -390,11 +390,8 @@ def load_checked_field(spec: LabelSpec, dataset: Dataset, device: str) -> FieldQ
     except NeuralLabelError as exc:
         raise NeuralLabelError(f"{spec.field_path}: {exc}") from None
     if checkpoint.dataset.get("fingerprint") is not None:
-        options = checkpoint.training.get("options") or {}
-        downscale = float(options.get("downscale") or 1.0)
-        trained_on = dataset if downscale == 1.0 else load_dataset(spec.data_path, downscale)
         try:
-            check_dataset(checkpoint, trained_on.split("train"), dataset.path, source=spec.field_path, what=None)
+            check_trained_on(checkpoint, dataset, dataset.path, source=spec.field_path, what=None)
         except NeuralLabelError as exc:
             missing = (f" ({len(dataset.skipped)} of its photos are missing now; the field is compared with the "
                        f"train frames that have one)") if dataset.skipped else ""
