@@ -150,6 +150,16 @@ class BopWriter:
     description = "BOP scenewise dataset: poses, masks, depth, models in mm"
     needs_depth = True
     needs_confidence = False
+    #: (view, labels, _PinholeFrame) of the last view: the bake asks for a view's files, then its fragment,
+    #: and both need the same resampled depth and masks. Held by identity, so a stale entry is never reused.
+    _last: tuple = (None, None, None)
+
+    def _frame(self, view: View, labels: "FrameLabels", units_to_mm: float) -> "_PinholeFrame":
+        last_view, last_labels, frame = self._last
+        if last_view is not view or last_labels is not labels:
+            frame = _PinholeFrame(view, labels, units_to_mm)
+            self._last = (view, labels, frame)
+        return frame
 
     def static_files(self, ctx: ExportContext) -> dict[str, bytes]:
         import trimesh
@@ -172,7 +182,7 @@ class BopWriter:
     def frame_files(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         im = view.index
-        frame = _PinholeFrame(view, labels, ctx.units_to_mm)
+        frame = self._frame(view, labels, ctx.units_to_mm)
         if view.image_path is not None:  # a synthetic view has no photo to copy
             suffix, data = rgb_file(view.image_path, frame.maps)
             files[f"{SCENE}/rgb/{im:06d}{suffix}"] = data
@@ -184,7 +194,7 @@ class BopWriter:
         return files
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
-        frame = _PinholeFrame(view, labels, ctx.units_to_mm)
+        frame = self._frame(view, labels, ctx.units_to_mm)
         w2c = world_to_camera_opencv(view.cam_to_world)
         camera = {"cam_K": _floats(frame.K), "depth_scale": frame.depth_scale,
                   "cam_R_w2c": _floats(w2c[:3, :3]), "cam_t_w2c": _floats(w2c[:3, 3] * ctx.units_to_mm)}
