@@ -134,11 +134,15 @@ def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str =
                   progress=progress, depth_source=depth_source, options=options, box_resolution=box_resolution,
                   backend=backend, coco_masks=coco_masks)
     done = bake_frames(job, progress)
-    finished = assemble(job)
+    return summary(job, done, assemble(job), time.perf_counter() - t_start)
+
+
+def summary(job: BakeJob, done: FramesDone, finished: int, seconds: float) -> dict:
+    """What a bake reports: frames baked and skipped, frames finished in the folder, seconds per frame."""
     return {"out": str(job.out_dir), "formats": [w.name for w in job.writers], "frames": done.baked,
             "skipped": done.skipped, "frames_in_dataset": finished, "instances": done.instances,
             "seconds_per_frame": (done.label_seconds / done.baked) if done.baked else None,
-            "seconds": time.perf_counter() - t_start, "depth_source": job.depth_source_name}
+            "seconds": seconds, "depth_source": job.depth_source_name}
 
 
 def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str = FORMATS,

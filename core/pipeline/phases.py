@@ -63,7 +63,7 @@ def bake_in_stages(spec: LabelSpec, out_dir: str | Path, stages: Stages = Stages
                    progress: Optional[ProgressFn] = None, **settings: Any) -> dict:
     """:func:`~.bake.bake` (``settings``: its keyword arguments) running only the stages in ``stages``;
     returns the same summary."""
-    from .bake import MANIFEST, FramesDone, assemble, bake_frames, prepare, read_fragments
+    from .bake import MANIFEST, FramesDone, assemble, bake_frames, prepare, read_fragments, summary
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -92,7 +92,4 @@ def bake_in_stages(spec: LabelSpec, out_dir: str | Path, stages: Stages = Stages
     finally:
         if runner is not None:
             runner.close()
-    return {"out": str(job.out_dir), "formats": [w.name for w in job.writers], "frames": done.baked,
-            "skipped": done.skipped, "frames_in_dataset": finished, "instances": done.instances,
-            "seconds_per_frame": (done.label_seconds / done.baked) if done.baked else None,
-            "seconds": time.perf_counter() - t_start, "depth_source": job.depth_source_name}
+    return summary(job, done, finished, time.perf_counter() - t_start)
