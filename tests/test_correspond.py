@@ -1,0 +1,154 @@
+"""Correspondences from a depth distribution, on analytic scenes (no training): two thin slabs along the
+rays, the first half-transparent (the issue's unit target), and the sampler's own laws."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from neurallabel.core.correspond.distribution import DensityDepth, DepthDistribution, FieldDepth, sample_depths
+from neurallabel.core.correspond.reproject import pixel_rays, project_to_view
+from neurallabel.core.correspond.roundtrip import REASONS, PairOptions, correspond_pair
+from neurallabel.core.geometry.cameras import Intrinsics
+from neurallabel.core.geometry.view import View
+
+SLAB_Z = (-1.0, -1.05)  # world z of the two slabs; camera A at the origin looks down -z
+THICK = 0.001
+SIGMA_FRONT = math.log(2.0) / THICK  # optical depth ln 2 along A's axis: half the light passes
+SIGMA_BACK = 20.0 / THICK  # opaque
+
+
+def slabs(points: torch.Tensor) -> torch.Tensor:
+    z = points[:, 2]
+    front = (z - SLAB_Z[0]).abs() <= THICK / 2
+    back = (z - SLAB_Z[1]).abs() <= THICK / 2
+    return front * SIGMA_FRONT + back * SIGMA_BACK
+
+
+def rot_y(deg: float) -> np.ndarray:
+    a = math.radians(deg)
+    return np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+
+
+def view(index: int, pose: np.ndarray, intrinsics: Intrinsics) -> View:
+    return View(index, f"v{index}", intrinsics, pose, pose)
+
+
+@pytest.fixture(scope="module")
+def two_views():
+    K = Intrinsics(400, 300, 500.0, 500.0, 200.0, 150.0)
+    pose_a = np.eye(4)
+    centre = np.array([0.0, 0.0, -1.025])
+    pose_b = np.eye(4)
+    pose_b[:3, :3] = rot_y(45.0)
+    pose_b[:3, 3] = centre + rot_y(45.0) @ np.array([0.0, 0.0, 1.025])
+    return view(0, pose_a, K), view(1, pose_b, K)
+
+
+SOURCE = DensityDepth(slabs, near=0.8, far=1.3, step=0.0001)
+
+
+def query_pixels(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(150, 250, n), rng.integers(100, 200, n)], axis=1) + 0.5
+
+
+def on_slab(view_a: View, pixels: np.ndarray, slab: int) -> np.ndarray:
+    """Where A's rays through ``pixels`` meet slab ``slab`` (world points)."""
+    o, d, _ = pixel_rays(view_a, pixels)
+    t = (SLAB_Z[slab] - o[:, 2]) / d[:, 2]
+    return o + t[:, None] * d
+
+
+def test_mean_depth_lands_between_the_slabs_and_misses_by_more_than_5px(two_views):
+    a, b = two_views
+    pixels = query_pixels(200)
+    pairs = correspond_pair(SOURCE, a, b, pixels, PairOptions(mode="mean"))
+    assert np.all(pairs.depth_a > 1.0 + 0.01) and np.all(pairs.depth_a < 1.05 - 0.01)
+    truths = [project_to_view(b, on_slab(a, pixels, s))[0] - 0.5 for s in (0, 1)]
+    error = np.minimum(*[np.linalg.norm(pairs.uv_b - t, axis=1) for t in truths])
+    assert error.min() > 5.0
+
+
+def test_sampled_depths_land_on_a_slab_and_accepted_pairs_are_exact(two_views):
+    a, b = two_views
+    pixels = query_pixels(300)
+    pairs = correspond_pair(SOURCE, a, b, pixels, PairOptions(mode="sample", round_trip_px=1.0), seed=3)
+    z = pairs.depth_a.astype(np.float64)
+    near_slab = np.minimum(np.abs(z - 1.0), np.abs(z - 1.05))
+    assert np.all(near_slab <= THICK / 2 + SOURCE.step)  # the lattice interval straddling the slab edge
+    front = np.abs(z - 1.0) < 0.01
+    assert 0.35 < front.mean() < 0.65  # half the weight on the half-transparent slab
+    truth = np.where(front[:, None], *[project_to_view(b, on_slab(a, pixels, s))[0] - 0.5 for s in (0, 1)])
+    accepted = pairs.accepted
+    assert accepted.sum() > 50 and (~accepted).sum() > 50  # wrong-layer draws in B come back elsewhere
+    assert np.all(pairs.reason[~accepted] == REASONS["round_trip"])
+    error = np.linalg.norm(pairs.uv_b[accepted] - truth[accepted], axis=1)
+    assert error.max() < 0.5
+    assert np.all(pairs.transparent)  # every ray of A splits its weight between the slabs
+
+
+def test_same_seed_same_pairs_and_chunks_bound_memory(two_views):
+    a, b = two_views
+    pixels = query_pixels(64)
+    one = correspond_pair(SOURCE, a, b, pixels, seed=7, chunk=16)
+    two = correspond_pair(SOURCE, a, b, pixels, seed=7, chunk=16)
+    other = correspond_pair(SOURCE, a, b, pixels, seed=8, chunk=16)
+    assert np.array_equal(one.depth_a, two.depth_a) and np.array_equal(one.accepted, two.accepted)
+    assert not np.array_equal(one.depth_a, other.depth_a)
+
+
+def packed(weights_per_ray: list[list[float]], step: float = 1.0) -> DepthDistribution:
+    rays, starts, pdf, opacity = [], [], [], []
+    for r, w in enumerate(weights_per_ray):
+        total = sum(w)
+        rays += [r] * len(w)
+        starts += [10.0 + step * k for k in range(len(w))]
+        pdf += [x / total if total else 0.0 for x in w]
+        opacity.append(total)
+    t = torch.tensor(starts)
+    return DepthDistribution(torch.tensor(rays), t, t + step, torch.tensor(pdf), torch.tensor(opacity),
+                             len(weights_per_ray))
+
+
+def test_inverse_cdf_is_continuous_inside_intervals_and_follows_the_weights():
+    dist = packed([[0.0, 0.25, 0.0, 0.75]])
+    t, mass = sample_depths(dist, "sample", 20000, torch.Generator().manual_seed(0))
+    t = t[0].numpy()
+    assert np.all(((t >= 11) & (t <= 12)) | ((t >= 13) & (t <= 14)))
+    assert abs(((t >= 13)).mean() - 0.75) < 0.02
+    inside = t[t >= 13] - 13  # uniform inside the interval, not snapped to its midpoint
+    assert abs(inside.mean() - 0.5) < 0.02 and inside.std() > 0.25
+    assert set(np.round(mass[0].numpy(), 4)) == {0.25, 0.75}
+
+
+def test_single_depth_modes_and_no_surface():
+    dist = packed([[0.5, 0.0, 0.0, 0.4], [0.1, 0.1, 0.0, 0.0]])
+    mean, _ = sample_depths(dist, "mean")
+    median, _ = sample_depths(dist, "median")
+    mode, _ = sample_depths(dist, "mode", n=3)
+    assert mean[0, 0].item() == pytest.approx(10.5 * 5 / 9 + 13.5 * 4 / 9, rel=1e-5)
+    assert median[0, 0].item() == pytest.approx(10.0 + 0.45 / 0.5 * 1.0, rel=1e-5)  # inside the first interval
+    assert mode[0].tolist() == [10.5] * 3
+    for t in (mean, median, mode):  # opacity 0.2 < 0.5: no surface
+        assert torch.isnan(t[1]).all()
+    with pytest.raises(Exception, match="mode"):
+        sample_depths(dist, "deepest")
+
+
+def test_points_behind_or_outside_are_out_of_view(two_views):
+    a, b = two_views
+    _, z, ok = project_to_view(a, np.array([[0.0, 0.0, -1.0], [0.0, 0.0, 1.0], [5.0, 0.0, -1.0]]))
+    assert ok.tolist() == [True, False, False] and z[1] < 0
+
+
+def test_lens_distortion_round_trips_both_ways():
+    K = Intrinsics(400, 300, 300.0, 300.0, 200.0, 150.0, "OPENCV", (-0.2, 0.05, 0.001, -0.001))
+    v = view(0, np.eye(4), K)
+    pixels = np.stack(np.meshgrid(np.linspace(5, 395, 9), np.linspace(5, 295, 7)), -1).reshape(-1, 2)
+    o, d, _ = pixel_rays(v, pixels)
+    back, _, ok = project_to_view(v, o + 2.0 * d)
+    assert ok.all() and np.abs(back - pixels).max() < 1e-6
