@@ -113,6 +113,10 @@ def summary_lines(result: dict) -> list[str]:
                 f"{result['frames_in_dataset']} frames in {result['out']} ({', '.join(result['formats'])})"]
     if kind == "inspect":
         return [f"inspect: {len(result['frames'])} frames drawn into {result['out']}", f"open {result['index']}"]
+    if kind == "correspond":
+        return [f"correspond: {result['pairs_made']} pairs made, {result['pairs_done']}/{result['pairs']} done, "
+                f"{result['accepted']}/{result['queries']} queries accepted ({result['mode']})",
+                f"wrote {result['out']}"]
     return [json.dumps(result)]
 
 
@@ -268,6 +272,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the pictures (default: BAKE/inspect; never one holding the bake's files)")
     p.add_argument("--frames", default=None, help="A:B, the frame indices A <= i < B (either may be empty)")
     p.add_argument("--max", type=int, default=None, help="at most this many frames, spread evenly (default: all)")
+
+    # correspond (issue 15): dense correspondences from the field's depth distribution
+    p = add("correspond", "dense pixel correspondences between view pairs, drawn from a field's depth distribution",
+            "field.pt --data data/ --out corr/ --pairs 50 --per-pair 2000", ("field",))
+    p.add_argument("--data", type=Path, required=True, help="the dataset the field was trained on")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder; writes OUT/correspondences/ (a re-run goes on from the finished pairs)")
+    p.add_argument("--pairs", type=int, default=None, help="at most this many view pairs (default: every pair)")
+    p.add_argument("--per-pair", type=int, default=1000, help="query pixels per pair")
+    p.add_argument("--mode", default="sample", choices=("sample", "mean", "median", "mode"),
+                   help="depth per query: drawn from the ray's weights (with the round trip), or one depth "
+                        "per ray (with the depth-visibility check)")
+    p.add_argument("--round-trip-px", type=float, default=2.0,
+                   help="sample mode: keep a pair whose round trip back to A lands within this many pixels")
+    p.add_argument("--mask-from", type=Path, default=None, metavar="BAKE_DIR",
+                   help="query only inside the objects' masks of this bake (its raw/instance/)")
+    p.add_argument("--shard", default=None,
+                   help="I/N: every N-th pair starting at the I-th; shards written into one --out merge")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the pairs, pixels and depth draws")
+    p.add_argument("--max-angle", type=float, default=45.0, help="largest angle between a pair's optical axes")
+    p.add_argument("--whole-field", action="store_true",
+                   help="open scenes: also keep points outside the field's detailed box")
+    p.add_argument("--device", default="auto", help=devices)
     return parser
 
 

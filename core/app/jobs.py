@@ -383,8 +383,47 @@ class CheckRequest:
         self.device = _device(self.device)
 
 
+# --- correspond (dense correspondences, issue 15) ------------------------------------------------------------
+
+
+@dataclass
+class CorrespondRequest:
+    """Dense correspondences between ``data``'s view pairs from ``field``'s depth distribution, written into
+    ``out/correspondences`` (see :mod:`..correspond.writer`)."""
+
+    field: Path
+    data: Path
+    out: Path
+    pairs: Optional[int] = None  # None: every pair within the angle and baseline limits
+    per_pair: Optional[int] = 1000  # query pixels per pair; None: every pixel (inside the masks)
+    mode: str = "sample"
+    round_trip_px: float = 2.0
+    mask_from: Optional[Path] = None  # a bake's folder: query only inside its instance masks (raw/instance)
+    shard: Any = None  # "I/N"
+    seed: int = 0
+    max_angle: float = 45.0  # degrees between the optical axes of a pair
+    whole_field: bool = False  # open scenes: also keep points outside the field's detailed box
+    device: str = "auto"
+    kind = "correspond"
+
+    def __post_init__(self) -> None:
+        from ..correspond.distribution import MODES
+
+        self.field, self.data, self.out = _path(self.field, "field"), _path(self.data, "data"), _path(self.out, "out")
+        check_output_location(self.out)
+        self.pairs = None if self.pairs is None else _integer(self.pairs, "pairs", minimum=1)
+        self.per_pair = None if self.per_pair is None else _integer(self.per_pair, "per_pair", minimum=1)
+        self.mode = _choice(self.mode, "mode", MODES)
+        self.round_trip_px = _number(self.round_trip_px, "round_trip_px", minimum=0.0)
+        self.mask_from = _optional_path(self.mask_from)
+        parse_shard(self.shard)
+        self.seed = _integer(self.seed, "seed", minimum=0)
+        self.max_angle = _number(self.max_angle, "max_angle", minimum=0.0)
+        self.device = _device(self.device)
+
+
 Request = Union[BakeRequest, TrainRequest, RenderRequest, SfmRequest, DemoRequest, PreviewRequest,
-                SurfacePointsRequest, SnapRequest, InspectRequest, CheckRequest]
+                SurfacePointsRequest, SnapRequest, InspectRequest, CheckRequest, CorrespondRequest]
 REQUESTS: dict[str, type] = {cls.kind: cls for cls in Request.__args__}
 JOB_KINDS = tuple(REQUESTS)
 
@@ -682,6 +721,23 @@ def run_inspect(request: InspectRequest, progress: Optional[ProgressFn], notice:
                         progress=progress)
 
 
+def run_correspond(request: CorrespondRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..correspond.writer import correspond_dataset
+    from ..field.checkpoint import check_finite, check_trained_on, load_checkpoint
+
+    device = _torch_device(request.device)
+    with at_field("field"):
+        checkpoint = load_checkpoint(request.field, device=device)
+        check_finite(checkpoint.field)
+    with at_field("data"):
+        dataset = load_dataset_noting(request.data, notice)
+        check_trained_on(checkpoint, dataset, request.data, source=request.field, what="field")
+    return correspond_dataset(checkpoint, dataset, request.out, field_path=request.field, pairs=request.pairs,
+                              per_pair=request.per_pair, mode=request.mode, round_trip_px=request.round_trip_px,
+                              mask_from=request.mask_from, shard=parse_shard(request.shard), seed=request.seed,
+                              max_angle=request.max_angle, whole_field=request.whole_field, progress=progress)
+
+
 #: Import names of requirements.txt's distributions where they differ from the name in lower case.
 IMPORT_NAMES = {"pymcubes": "mcubes", "opencv-python-headless": "cv2", "pillow": "PIL"}
 
@@ -716,4 +772,4 @@ def run_check(request: CheckRequest, progress: Optional[ProgressFn], notice: Not
 RUNNERS: dict[str, Callable[[Any, Optional[ProgressFn], NoticeFn], dict]] = {
     "bake": run_bake, "train": run_train, "render": run_render, "sfm": run_sfm_job, "demo": run_demo_job,
     "preview": run_preview, "surface_points": run_surface_points, "snap": run_snap,
-    "inspect": run_inspect, "check": run_check}
+    "inspect": run_inspect, "check": run_check, "correspond": run_correspond}
