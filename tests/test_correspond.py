@@ -152,3 +152,59 @@ def test_lens_distortion_round_trips_both_ways():
     o, d, _ = pixel_rays(v, pixels)
     back, _, ok = project_to_view(v, o + 2.0 * d)
     assert ok.all() and np.abs(back - pixels).max() < 1e-6
+
+
+def floor_and_fog(near: float) -> "Field":
+    """A real field in [-1, 1]^3: solid below z = 0.1 and a dense fog layer at 0.75 < z < 0.8 (in front of
+    cameras at z = 0.9, closer than their training near plane ``near``)."""
+    from neurallabel.core.field.model import Field, FieldConfig
+
+    config = FieldConfig(roi_aabb=[[-1, -1, -1], [1, 1, 1]], density_resolution=96, plane_resolutions=(16,),
+                         occupancy_resolution=48, near=near)
+    field = Field(config)
+    with torch.no_grad():
+        r = config.density_resolution
+        z = torch.linspace(-1, 1, r)
+        dense = math.log(math.expm1(2000.0 / field.density_scale)) - field.density_shift
+        raw = torch.where((z < 0.1) | ((z > 0.75) & (z < 0.8)), dense, -30.0)
+        field.density_grid[:] = raw.view(1, 1, 1, 1, r).expand_as(field.density_grid)
+    field.update_occupancy()
+    return field
+
+
+def looking_down(index: int, tilt_deg: float) -> View:
+    K = Intrinsics(160, 120, 150.0, 150.0, 80.0, 60.0)
+    pose = np.eye(4)  # OpenGL camera at z = 0.9 looking down -z, tilted about y, aimed at (0, 0, 0.1)
+    pose[:3, :3] = rot_y(tilt_deg)
+    pose[:3, 3] = np.array([0.0, 0.0, 0.1]) + rot_y(tilt_deg) @ np.array([0.0, 0.0, 0.8])
+    return view(index, pose, K)
+
+
+def test_field_distribution_respects_the_training_near_plane():
+    a = looking_down(0, 0.0)
+    o, d, _ = pixel_rays(a, np.array([[80.5, 60.5], [40.5, 30.5]]))
+    args = torch.from_numpy(o).float(), torch.from_numpy(d).float()
+    t, _ = sample_depths(FieldDepth(floor_and_fog(0.3))(*args), "sample", 200, torch.Generator().manual_seed(0))
+    assert torch.all(t > 0.3)  # the fog at 0.1..0.15 in front of the camera is never drawn
+    median, _ = sample_depths(FieldDepth(floor_and_fog(0.3))(*args), "median")
+    assert abs(median[0, 0].item() - 0.8) < 0.03
+    fogged, _ = sample_depths(FieldDepth(floor_and_fog(0.0))(*args), "median")
+    assert fogged[0, 0].item() < 0.2  # without the near plane the fog is the surface
+
+
+def test_field_correspondences_on_a_floor_match_the_plane():
+    a, b = looking_down(0, 0.0), looking_down(1, 30.0)
+    source = FieldDepth(floor_and_fog(0.3))
+    pixels = query_pixels(300, seed=1) * 0.4  # the middle of the image
+    pixels = np.floor(pixels) + 0.5
+    pairs = correspond_pair(source, a, b, pixels, PairOptions(mode="sample", round_trip_px=1.0), seed=0)
+    ok = pairs.accepted
+    assert ok.mean() > 0.9
+    surface_z = float(np.median(pairs.xyz[ok, 2]))
+    assert abs(surface_z - 0.1) < 2.0 / 95  # within a density voxel of the plane
+    o, d, _ = pixel_rays(a, pixels[ok])
+    on_plane = o + ((surface_z - o[:, 2]) / d[:, 2])[:, None] * d
+    truth = project_to_view(b, on_plane)[0] - 0.5
+    assert np.median(np.linalg.norm(pairs.uv_b[ok] - truth, axis=1)) < 0.5
+    mean = correspond_pair(source, a, b, pixels, PairOptions(mode="mean"))
+    assert mean.accepted.mean() > 0.9 and set(np.unique(mean.reason)) <= {REASONS["accepted"], REASONS["occluded"]}

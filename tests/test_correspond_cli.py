@@ -24,7 +24,7 @@ def trained(small_scene, tmp_path_factory) -> Path:
     from neurallabel.core.train.loop import TrainOptions, train_field
 
     out = tmp_path_factory.mktemp("corr_field") / "field.pt"
-    train_field(small_scene, out, TrainOptions(steps=40, device="cpu"))
+    train_field(small_scene, out, TrainOptions(steps=3, device="cpu"))
     return out
 
 
