@@ -135,3 +135,45 @@ def test_true_correspondences_go_there_and_back(small_scene):
     assert np.median(error[visible_back]) < 1.0
     classes = pixel_classes(a, set())
     assert {CLASSES[c] for c in np.unique(classes)} >= {"opaque", "edge", "background"}
+
+
+class TruthDepth:
+    """A depth source from the scene's true depth maps: one thin interval at the true depth of each ray (the
+    ray's view is found by its origin). The generator on it must reproduce the truth module's answers."""
+
+    def __init__(self, frames: list[TrueFrame]) -> None:
+        self.frames = frames
+
+    def __call__(self, origins, directions):
+        import torch
+
+        from neurallabel.core.correspond.distribution import DepthDistribution
+        from neurallabel.core.correspond.reproject import project_to_view
+
+        o, d = origins.double().numpy(), directions.double().numpy()
+        frame = min(self.frames, key=lambda f: np.linalg.norm(f.view.cam_to_data[:3, 3] - o[0]))
+        pixels, z, _ = project_to_view(frame.view, o + d)
+        h, w = frame.depth.shape
+        cols = np.clip(np.floor(pixels[:, 0]).astype(int), 0, w - 1)
+        rows = np.clip(np.floor(pixels[:, 1]).astype(int), 0, h - 1)
+        depth = frame.depth[rows, cols].astype(np.float64) / z  # z-depth -> distance along the unit ray
+        has = np.isfinite(depth)
+        t = torch.from_numpy(np.where(has, depth, 1.0)).float()
+        n = len(o)
+        return DepthDistribution(torch.arange(n), t - 1e-4, t + 1e-4, torch.ones(n),
+                                 torch.from_numpy(has.astype(np.float32)), n)
+
+
+def test_generator_on_true_depth_agrees_with_the_truth_module(small_scene):
+    from neurallabel.core.correspond.metrics import endpoint_errors, pck
+    from neurallabel.core.correspond.roundtrip import PairOptions, correspond_pair
+
+    a, b = true_frames(small_scene, (0, 1))
+    rows, cols = np.mgrid[0:a.depth.shape[0]:2, 0:a.depth.shape[1]:2]
+    pixels = np.stack([cols.ravel() + 0.5, rows.ravel() + 0.5], axis=1)
+    uv_true, visible, z_a = true_correspondences(a, b, pixels)
+    pairs = correspond_pair(TruthDepth([a, b]), a.view, b.view, pixels, PairOptions(mode="median"))
+    assert np.allclose(pairs.depth_a[np.isfinite(z_a)], z_a[np.isfinite(z_a)], rtol=1e-3)
+    both = visible & pairs.accepted
+    assert both.sum() > 0.8 * visible.sum()
+    assert pck(endpoint_errors(pairs.uv_b[both], uv_true[both] - 0.5), 0.01) == 1.0  # OpenCV = ours - 0.5
