@@ -208,3 +208,38 @@ def test_field_correspondences_on_a_floor_match_the_plane():
     assert np.median(np.linalg.norm(pairs.uv_b[ok] - truth, axis=1)) < 0.5
     mean = correspond_pair(source, a, b, pixels, PairOptions(mode="mean"))
     assert mean.accepted.mean() > 0.9 and set(np.unique(mean.reason)) <= {REASONS["accepted"], REASONS["occluded"]}
+
+
+def test_pck_is_strict_and_aepe_skips_missing():
+    from neurallabel.core.correspond.metrics import aepe, pck, pck_alpha
+
+    errors = np.array([0.5, 3.0, 2.999, np.nan])
+    assert pck(errors, 3) == 0.5  # 3.0 is not < 3; NaN (no prediction) is a miss
+    assert aepe(errors) == pytest.approx((0.5 + 3.0 + 2.999) / 3)
+    assert pck_alpha(errors, 0.01, 300, 200) == pck(errors, 3.0)
+    assert np.isnan(pck(np.array([]), 3))
+
+
+def test_pairs_skip_small_baselines_and_wide_angles_and_queries_stay_in_masks():
+    from neurallabel.core.correspond.pairs import query_pixels as queries, select_pairs
+
+    target = np.array([0.0, 0.0, 0.1])
+    views = [looking_down(0, 0.0), looking_down(1, 0.5), looking_down(2, 30.0), looking_down(3, 80.0)]
+    choice = select_pairs(views, target)
+    assert (0, 1) not in choice.pairs and choice.skipped["small_baseline"] >= 1  # 0.5 degrees apart
+    assert (0, 2) in choice.pairs and (0, 3) not in choice.pairs and choice.skipped["angle"] >= 1
+    assert select_pairs(views, target, seed=1).pairs == choice.pairs
+    mask = np.zeros((120, 160), bool)
+    mask[10:20, 30:35] = True
+    pixels = queries(160, 120, 20, mask=mask, seed=0)
+    assert len(pixels) == 20 and mask[pixels[:, 1].astype(int), pixels[:, 0].astype(int)].all()
+    assert len(queries(160, 120, 1000, mask=mask)) == 50  # every masked pixel when fewer than asked
+
+
+def test_open_scene_points_outside_the_box_are_dropped(two_views):
+    a, b = two_views
+    box = (-1.0, -1.0, -1.03, 1.0, 1.0, 0.0)  # holds the front slab only
+    pairs = correspond_pair(SOURCE, a, b, query_pixels(100), PairOptions(box=box), seed=2)
+    behind = pairs.depth_a > 1.03
+    assert 0 < behind.sum() < 100
+    assert np.all((pairs.reason == REASONS["outside_box"]) == behind)

@@ -74,6 +74,12 @@ def test_output_layout_rerun_and_shards(small_scene, trained, tmp_path, capsys):
     two = tmp_path / "two" / "correspondences"
     assert {p.name: p.read_bytes() for p in two.iterdir() if not p.name.startswith(".")} == \
         {k: v for k, v in before.items() if not k.startswith(".")}
+    # the README's loader runs on it as written
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = readme.split("Plain numpy reads it:\n```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(snippet.replace('"corr/correspondences"', repr(str(folder))), scope)
+    assert scope["uv_a"].dtype == np.float32 and scope["K_b"].shape == (3, 3)
 
 
 def test_other_options_into_the_same_folder_are_refused(small_scene, trained, tmp_path, capsys):
