@@ -516,18 +516,27 @@ def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: Not
     return train_field(request.data, request.out, options, progress=progress, notice=notice).to_dict()
 
 
-def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+def load_trained_field(request: Union["RenderRequest", "CorrespondRequest"], notice: NoticeFn,
+                       downscale: float = 1.0):
+    """The request's field checkpoint (finite) on its device and its dataset, refused (field ``field``) when the
+    field was trained on other frames."""
     from ..field.checkpoint import check_finite, check_trained_on, load_checkpoint
-    from ..render.views import claim_render_dir, render_views
 
     device = _torch_device(request.device)
     with at_field("field"):
         checkpoint = load_checkpoint(request.field, device=device)
         check_finite(checkpoint.field)
     with at_field("data"):
-        dataset = load_dataset_noting(request.data, notice, request.downscale)
+        dataset = load_dataset_noting(request.data, notice, downscale)
     with at_field("data"):  # re-reading the data at the field's training size may fail
         check_trained_on(checkpoint, dataset, request.data, source=request.field, what="field")
+    return checkpoint, dataset
+
+
+def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..render.views import claim_render_dir, render_views
+
+    checkpoint, dataset = load_trained_field(request, notice, request.downscale)
     frames = dataset.frames if request.split == "all" else dataset.split(request.split)
     if not frames:
         raise NeuralLabelError(f"split {request.split!r}: {dataset.path} has no frame in it", field="split")
@@ -723,15 +732,8 @@ def run_inspect(request: InspectRequest, progress: Optional[ProgressFn], notice:
 
 def run_correspond(request: CorrespondRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
     from ..correspond.writer import correspond_dataset
-    from ..field.checkpoint import check_finite, check_trained_on, load_checkpoint
 
-    device = _torch_device(request.device)
-    with at_field("field"):
-        checkpoint = load_checkpoint(request.field, device=device)
-        check_finite(checkpoint.field)
-    with at_field("data"):
-        dataset = load_dataset_noting(request.data, notice)
-        check_trained_on(checkpoint, dataset, request.data, source=request.field, what="field")
+    checkpoint, dataset = load_trained_field(request, notice)
     return correspond_dataset(checkpoint, dataset, request.out, field_path=request.field, pairs=request.pairs,
                               per_pair=request.per_pair, mode=request.mode, round_trip_px=request.round_trip_px,
                               mask_from=request.mask_from, shard=parse_shard(request.shard), seed=request.seed,
