@@ -119,6 +119,9 @@ def main() -> None:
     parser.add_argument("--scene", type=Path, default=None, help="use this generated scene")
     parser.add_argument("--pairs", type=int, default=None, help="default: 6 quick, 40 full")
     parser.add_argument("--per-pair", type=int, default=None, help="default: 400 quick, 2500 full")
+    parser.add_argument("--train-descriptors", action="store_true",
+                        help="also train the U-Net example per mode (and on truth: the oracle) and score it")
+    parser.add_argument("--descriptor-steps", type=int, default=None, help="default: 60 quick, 1500 full")
     parser.add_argument("--sweep", default="0.5,1,1.5,2,3,4,6", help="round-trip thresholds to try (px)")
     args = parser.parse_args()
     pairs_n = args.pairs or (6 if args.quick else 40)
@@ -176,7 +179,8 @@ def main() -> None:
                 sampled += len(pixels)
             errors = np.linalg.norm(result.uv_b.astype(np.float64) - (uv_true - 0.5), axis=1)
             row = {"errors": errors, "accepted": result.accepted, "visible": visible,
-                   "classes": classes_a[rows_c], "pair": n}
+                   "classes": classes_a[rows_c], "pair": n, "ab": (i, j), "uv_a": result.uv_a.astype(np.float64),
+                   "uv_b": result.uv_b.astype(np.float64), "uv_true": uv_true - 0.5}
             if mode == "sample":
                 for x in sweep:
                     row[f"rt{x:g}"] = result.accepted & (result.round_trip_px < x)
@@ -210,7 +214,64 @@ def main() -> None:
         "100k_queries_under_60s": report["seconds_per_100k_queries"] < 60.0,
         "judged": not args.quick,
     }
+    if args.train_descriptors:
+        report["descriptors"] = descriptor_scores(rows, views, chosen, evaluation,
+                                                  args.descriptor_steps or (60 if args.quick else 1500), args.seed)
     print(json.dumps(report))
+
+
+def descriptor_scores(rows: dict, views, chosen: float, evaluation: list[dict], steps: int, seed: int) -> dict:
+    """The descriptor example trained on the calibration pairs' accepted correspondences of each mode (and on
+    their true correspondences: the oracle), scored by best match on the evaluation pairs' visible queries."""
+    import torch
+
+    from neurallabel.core.correspond.descriptors import best_match, load_rgb, train
+    from neurallabel.core.correspond.metrics import aepe, endpoint_errors, pck
+
+    torch.set_num_threads(1)  # small convolutions: one thread beats a contended machine
+    held_out = {r["pair"] for r in evaluation}
+    images: dict[int, np.ndarray] = {}
+
+    def image(k: int) -> np.ndarray:
+        if k not in images:
+            images[k] = load_rgb(views[k].image_path, (views[k].width, views[k].height))
+        return images[k]
+
+    def matches(mode: str) -> list:
+        out = []
+        for r in rows["sample" if mode == "truth" else mode]:
+            if r["pair"] in held_out:
+                continue
+            if mode == "truth":
+                keep = r["visible"]
+                uv_b = r["uv_true"]
+            else:
+                keep = r[f"rt{chosen:g}"] if mode == "sample" else r["accepted"]
+                uv_b = r["uv_b"]
+            i, j = r["ab"]
+            out.append((i, j, r["uv_a"][keep], uv_b[keep]))
+        return out
+
+    result = {"steps": steps}
+    for mode in MODES + ("truth",):
+        train_set = matches(mode)
+        order = sorted({k for m in train_set for k in m[:2]} | {k for r in evaluation for k in r["ab"]})
+        index = {k: n for n, k in enumerate(order)}
+        if not any(len(m[2]) for m in train_set):
+            result[mode] = None
+            continue
+        net = train([image(k) for k in order], [(index[a], index[b], ua, ub) for a, b, ua, ub in train_set],
+                    steps=steps, seed=seed)
+        errors = []
+        for r in evaluation:
+            i, j = r["ab"]
+            keep = r["visible"]
+            predicted = best_match(net, image(i), image(j), r["uv_a"][keep])
+            errors.append(endpoint_errors(predicted, r["uv_true"][keep]))
+        e = np.concatenate(errors) if errors else np.zeros(0)
+        result[mode] = {"pck@3": pck(e, 3), "pck@5": pck(e, 5), "aepe": aepe(e),
+                        "train_matches": int(sum(len(m[2]) for m in train_set))}
+    return result
 
 
 if __name__ == "__main__":
