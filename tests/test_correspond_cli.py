@@ -183,3 +183,26 @@ def test_generator_on_true_depth_agrees_with_the_truth_module(small_scene):
     both = visible & pairs.accepted
     assert both.sum() > 0.8 * visible.sum()
     assert pck(endpoint_errors(pairs.uv_b[both], uv_true[both] - 0.5), 0.01) == 1.0  # OpenCV = ours - 0.5
+
+
+def test_queries_stay_inside_a_bakes_masks(small_scene, trained, tmp_path, capsys):
+    from PIL import Image
+
+    dataset = load_dataset(small_scene)
+    bake = tmp_path / "bake"
+    (bake / "raw" / "instance").mkdir(parents=True)
+    for frame in dataset.frames:
+        ids = np.zeros((frame.intrinsics.height, frame.intrinsics.width), np.uint16)
+        ids[40:50, 60:75] = 3
+        Image.fromarray(ids).save(bake / "raw" / "instance" / f"{frame.index:06d}.png")
+    common = [trained, "--data", small_scene, "--pairs", "2", "--per-pair", "1000", "--device", "cpu"]
+    code, _, err = run(["correspond", *common, "--out", tmp_path / "c", "--mask-from", bake], capsys)
+    assert code == 0, err
+    folder = tmp_path / "c" / "correspondences"
+    for pair in read_pairs(folder)["pairs"]:
+        uv = load_pair(folder, pair["a"], pair["b"])["uv_a"]
+        assert len(uv) == 150  # every masked pixel: fewer than asked
+        assert uv[:, 0].min() >= 60 and uv[:, 0].max() < 75 and uv[:, 1].min() >= 40 and uv[:, 1].max() < 50
+    shutil.rmtree(bake / "raw" / "instance")
+    code, _, err = run(["correspond", *common, "--out", tmp_path / "d", "--mask-from", bake], capsys)
+    assert code == 2 and "--mask-from" in err
