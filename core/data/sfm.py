@@ -358,3 +358,168 @@ def camera_centre_errors(recovered: dict[str, np.ndarray], given: dict[str, np.n
     return {"names": common, "errors": errors, "median": float(np.median(errors)), "max": float(errors.max()),
             "scene_size": scene_size, "count": len(common), "target_from_source": target_from_source,
             "rotation_deg": rotation_deg, "median_rotation_deg": float(np.median(rotation_deg))}
+
+
+# --- self-check ---------------------------------------------------------------------------------------------
+
+#: each camera's strongest verified pairs (by inlier matches) are taken as true: its neighbours in the capture
+#: share far more features than a repeated texture elsewhere does (fox: true neighbours 300-3000 inliers,
+#: false wallpaper pairs at most ~130)
+CHECK_STRONG_PAIRS = 3
+#: a pair agrees with the model when this share of its verified inliers lie on the model's epipolar lines
+CHECK_MIN_AGREEMENT = 0.5
+#: epipolar distance (full-resolution pixels, times the feature downscale) that counts as on the line
+CHECK_EPIPOLAR_PX = 4.0
+#: a camera the model keeps with fewer own 3D points than this is not supported by the model
+CHECK_MIN_OWN_POINTS = 15
+
+
+@dataclass
+class PairAgreement:
+    """One verified image pair and the share of its inlier matches the model's cameras explain."""
+
+    a: str
+    b: str
+    inliers: int
+    agreement: float
+
+
+@dataclass
+class SfmCheck:
+    """The reconstruction's self-check (:func:`check_reconstruction`): ``flagged`` maps each camera the model
+    cannot vouch for to why; ``contradicted`` lists the strong pairs whose own geometry the model denies."""
+
+    cameras: int
+    strong_pairs: int
+    contradicted: list[PairAgreement]
+    flagged: dict[str, str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.flagged
+
+    def message(self) -> str:
+        names = sorted(self.flagged)
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        why = self.flagged[names[0]] if names else ""
+        return (f"SfM self-check failed: {len(names)} of {self.cameras} cameras disagree with their own "
+                f"matches and are probably misplaced: {shown} ({names[0] if names else ''}: {why})")
+
+    def summary(self) -> dict:
+        return {"passed": self.passed, "cameras": self.cameras, "strong_pairs": self.strong_pairs,
+                "contradicted_pairs": [[p.a, p.b, p.inliers, round(p.agreement, 3)] for p in self.contradicted],
+                "flagged": dict(sorted(self.flagged.items()))}
+
+
+def check_reconstruction(reconstruction, database: Path, *, epipolar_px: float = CHECK_EPIPOLAR_PX,
+                         strong_pairs: int = CHECK_STRONG_PAIRS) -> SfmCheck:
+    """Check a COLMAP model against the two-view geometries it was built from (``database``).
+
+    A model that places some cameras wrong still reports a small reprojection error: those cameras' points
+    are triangulated from the same wrong poses. What it cannot hide is a camera's strongest verified pairs
+    (its true neighbours): their inlier matches then do not lie on the model's epipolar lines. So:
+
+    - each registered camera's ``strong_pairs`` pairs with the most inliers (among registered cameras) are
+      scored by the share of their inliers within ``epipolar_px`` of the model's epipolar lines;
+    - cameras joined by agreeing strong pairs form groups; for each contradicted pair (share below
+      CHECK_MIN_AGREEMENT) between two groups, the smaller group (never the largest) is flagged: it holds
+      together but sits in the wrong place; a contradicted pair inside one group flags its two cameras;
+    - a camera with fewer than CHECK_MIN_OWN_POINTS 3D points of its own is flagged too.
+    """
+    import pycolmap
+
+    images = {im.image_id: im for im in reconstruction.images.values() if im.has_pose}
+    db = pycolmap.Database.open(str(database))
+    try:
+        pair_ids, geometries = db.read_two_view_geometries()
+        pairs = []
+        for pair_id, geometry in zip(pair_ids, geometries):
+            i, j = pycolmap.pair_id_to_image_pair(pair_id)
+            if i in images and j in images and len(geometry.inlier_matches):
+                pairs.append((int(i), int(j), geometry.inlier_matches))
+        keypoints = {i: db.read_keypoints(i)[:, :2] for i in {p[0] for p in pairs} | {p[1] for p in pairs}}
+    finally:
+        db.close()
+    strong = _strongest_pairs(pairs, strong_pairs)
+    scored = []
+    for i, j, matches in strong:
+        share = _epipolar_agreement(reconstruction, images[i], images[j], keypoints[i][matches[:, 0]],
+                                    keypoints[j][matches[:, 1]], epipolar_px)
+        scored.append(PairAgreement(images[i].name, images[j].name, len(matches), share))
+    contradicted = [p for p in scored if p.agreement < CHECK_MIN_AGREEMENT]
+    flagged: dict[str, str] = {}
+    if contradicted:
+        groups = _groups([im.name for im in images.values()],
+                         [(p.a, p.b) for p in scored if p.agreement >= CHECK_MIN_AGREEMENT])
+        group_of = {name: group for group in groups for name in group}
+        main = max(groups, key=len)
+        for p in contradicted:
+            a, b = group_of[p.a], group_of[p.b]
+            if a is b:  # one group: the model denies this pair alone; name both cameras
+                for name, other in ((p.a, p.b), (p.b, p.a)):
+                    flagged.setdefault(name, f"the model contradicts {p.inliers} verified matches with {other} "
+                                             f"({100 * p.agreement:.0f}% on its epipolar lines)")
+                continue
+            # Two groups that each hold together: the smaller one (never the largest) sits in the wrong place.
+            wrong, other = (a, p.b) if b is main or (a is not main and len(a) <= len(b)) else (b, p.a)
+            for name in wrong:
+                flagged.setdefault(name, f"in a group of {len(wrong)} cameras whose {p.inliers} verified "
+                                         f"matches with {other} the model contradicts")
+    for image in images.values():
+        if image.num_points3D < CHECK_MIN_OWN_POINTS and image.name not in flagged:
+            flagged[image.name] = f"only {image.num_points3D} 3D points of its own"
+    return SfmCheck(cameras=len(images), strong_pairs=len(strong), contradicted=contradicted, flagged=flagged)
+
+
+def _strongest_pairs(pairs: list, count: int) -> list:
+    """The union over images of each image's ``count`` pairs with the most inlier matches."""
+    by_image: dict[int, list] = {}
+    for pair in pairs:
+        by_image.setdefault(pair[0], []).append(pair)
+        by_image.setdefault(pair[1], []).append(pair)
+    chosen = {}
+    for own in by_image.values():
+        for pair in sorted(own, key=lambda p: -len(p[2]))[:count]:
+            chosen[(pair[0], pair[1])] = pair
+    return [chosen[key] for key in sorted(chosen)]
+
+
+def _epipolar_agreement(reconstruction, image_a, image_b, pixels_a: np.ndarray, pixels_b: np.ndarray,
+                        max_px: float) -> float:
+    """Share of matches (pixels_a[k] <-> pixels_b[k]) within ``max_px`` (Sampson distance, in pixels of the
+    mean focal length) of the epipolar geometry the model's poses and lenses give the two images."""
+    camera_a = reconstruction.cameras[image_a.camera_id]
+    camera_b = reconstruction.cameras[image_b.camera_id]
+    xa = np.c_[camera_a.cam_from_img(np.asarray(pixels_a, np.float64)), np.ones(len(pixels_a))]
+    xb = np.c_[camera_b.cam_from_img(np.asarray(pixels_b, np.float64)), np.ones(len(pixels_b))]
+    a = image_a.cam_from_world().matrix()
+    b = image_b.cam_from_world().matrix()
+    rotation = b[:, :3] @ a[:, :3].T
+    t = b[:, 3] - rotation @ a[:, 3]
+    t = t / max(np.linalg.norm(t), 1e-12)
+    essential = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]]) @ rotation
+    line_b = xa @ essential.T
+    line_a = xb @ essential
+    numerator = np.sum(xb * line_b, axis=1) ** 2
+    denominator = line_b[:, 0] ** 2 + line_b[:, 1] ** 2 + line_a[:, 0] ** 2 + line_a[:, 1] ** 2
+    focal = 0.5 * (camera_a.mean_focal_length() + camera_b.mean_focal_length())
+    distance = np.sqrt(numerator / np.maximum(denominator, 1e-300)) * focal
+    return float(np.mean(distance < max_px))
+
+
+def _groups(names: list[str], edges: list[tuple[str, str]]) -> list[list[str]]:
+    """Connected components of the graph (names, edges), each sorted; in order of their first name."""
+    parent = {n: n for n in names}
+
+    def root(n: str) -> str:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for a, b in edges:
+        parent[root(a)] = root(b)
+    groups: dict[str, list[str]] = {}
+    for n in sorted(names):
+        groups.setdefault(root(n), []).append(n)
+    return list(groups.values())
