@@ -67,6 +67,8 @@ class SfmResult:
     num_cameras: int
     seconds: float
     unregistered: list[str]
+    check: "SfmCheck"
+    remapped: bool = False  # the first model failed its self-check and was mapped again (see run_sfm)
 
 
 def list_images(images_dir: Path) -> list[str]:
@@ -82,13 +84,18 @@ def list_images(images_dir: Path) -> list[str]:
 
 def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1.0, matcher: str = "auto",
             camera_model: str = "OPENCV", num_threads: int = -1, seed: int = 0,
-            progress: Optional[ProgressFn] = None) -> SfmResult:
+            allow_inconsistent: bool = False, progress: Optional[ProgressFn] = None) -> SfmResult:
     """Recover cameras for the photos in ``images_dir`` and write the dataset folder ``out_dir``.
 
     ``matcher``: "exhaustive", "sequential" (video-like captures), or "auto" (exhaustive up to 150 images).
     ``camera_model``: a COLMAP model; OPENCV (k1 k2 p1 p2) suits phone photos. All images of one size share
     one camera. Raises :class:`NeuralLabelError` when there are no images or the cameras do not overlap
     (fewer than 3 or under half of the images registered); then nothing is written.
+
+    Self-check (:func:`check_reconstruction`): a model whose cameras contradict their own strongest matches
+    is mapped once more without the pairs that glued those cameras in place (repeated textures verify false
+    pairs); if the check still fails, :class:`NeuralLabelError` names the cameras and nothing is written,
+    unless ``allow_inconsistent`` (then ``result.check`` and transforms.json's ``sfm.self_check`` say so).
     """
     import pycolmap
 
@@ -119,11 +126,30 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
             raise NeuralLabelError(
                 f"{images_dir}: the cameras do not overlap enough: SfM registered {len(registered)} of "
                 f"{len(names)} images (needs at least {MIN_REGISTERED} and half); take more overlapping photos")
+        epipolar_px = CHECK_EPIPOLAR_PX * downscale  # the matches' accuracy is the feature image's pixel
+        report(progress, 0, 1, "sfm: checking")
+        check = check_reconstruction(reconstruction, database, epipolar_px=epipolar_px)
+        remapped = False
+        if not check.passed:
+            # The glue that placed the flagged cameras is false pairs (a repeated texture); without them the
+            # cameras' true, contradicted pairs place them. Kept only if its check is better.
+            drop_agreeing_pairs(reconstruction, database, set(check.flagged), epipolar_px)
+            again = _map(pycolmap, database, images_dir, work / "mapping-again", len(names), num_threads, seed,
+                         progress)
+            again_registered = registered_images(again) if again is not None else []
+            if len(again_registered) >= len(registered):
+                again_check = check_reconstruction(again, database, epipolar_px=epipolar_px)
+                if len(again_check.flagged) < len(check.flagged):
+                    reconstruction, registered, check, remapped = again, again_registered, again_check, True
+        report(progress, 1, 1, "sfm: checking")
+        if not check.passed and not allow_inconsistent:
+            raise NeuralLabelError(f"{images_dir}: {check.message()}; nothing written (--allow-inconsistent "
+                                   f"writes the model anyway)")
         report(progress, 0, 1, "sfm: writing")
         data_from_colmap = _normalizing_similarity(reconstruction)
         reconstruction.transform(pycolmap.Sim3d(data_from_colmap[:3, :]))
         result_files = _write_outputs(reconstruction, registered, images_dir, out_dir, work / "out",
-                                      data_from_colmap, downscale)
+                                      data_from_colmap, downscale, {**check.summary(), "remapped": remapped})
         _publish(work / "out", out_dir, result_files)
         report(progress, 1, 1, "sfm: writing")
         finished = True
@@ -138,7 +164,7 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: float = 1
                      num_registered=len(registered), num_points=reconstruction.num_points3D(),
                      mean_reprojection_error_px=float(reconstruction.compute_mean_reprojection_error()),
                      camera_model=camera_model, num_cameras=len(cameras), seconds=time.monotonic() - started,
-                     unregistered=[n for n in names if n not in reg_names])
+                     unregistered=[n for n in names if n not in reg_names], check=check, remapped=remapped)
 
 
 def claim_sfm_dir(images_dir: Path, out_dir: Path, names: list[str]) -> OutputClaim:
@@ -265,7 +291,7 @@ def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _write_outputs(reconstruction, registered: list, images_dir: Path, out_dir: Path, staging: Path,
-                   data_from_colmap: np.ndarray, downscale: float) -> list[str]:
+                   data_from_colmap: np.ndarray, downscale: float, self_check: dict) -> list[str]:
     staging.mkdir(parents=True)
     intrinsics_of: dict[int, Intrinsics] = {}
     for image in registered:
@@ -287,7 +313,8 @@ def _write_outputs(reconstruction, registered: list, images_dir: Path, out_dir: 
     transforms.update({"frames": frames, "sparse_points": "sparse_points.npz",
                        "applied_transform": data_from_colmap.tolist(),
                        "sfm": {"tool": "pycolmap", "version": _pycolmap_version(),
-                               "feature_downscale": downscale, "images": str(images_dir)}})
+                               "feature_downscale": downscale, "images": str(images_dir),
+                               "self_check": self_check}})
     sparse = sparse_points_from_reconstruction(
         reconstruction, {im.image_id: i for i, im in enumerate(registered)})
     np.savez(staging / "sparse_points.npz", points=sparse.points, colors=sparse.colors, errors=sparse.errors,
@@ -469,6 +496,32 @@ def check_reconstruction(reconstruction, database: Path, *, epipolar_px: float =
         if image.num_points3D < CHECK_MIN_OWN_POINTS and image.name not in flagged:
             flagged[image.name] = f"only {image.num_points3D} 3D points of its own"
     return SfmCheck(cameras=len(images), strong_pairs=len(strong), contradicted=contradicted, flagged=flagged)
+
+
+def drop_agreeing_pairs(reconstruction, database: Path, flagged: set[str], epipolar_px: float) -> int:
+    """Delete from ``database`` the verified pairs between a ``flagged`` camera and an unflagged one that the
+    (failed) model agrees with: the pairs that put the flagged cameras where they are. Returns how many."""
+    import pycolmap
+
+    images = {im.image_id: im for im in reconstruction.images.values() if im.has_pose}
+    db = pycolmap.Database.open(str(database))
+    try:
+        pair_ids, geometries = db.read_two_view_geometries()
+        dropped = 0
+        for pair_id, geometry in zip(pair_ids, geometries):
+            i, j = pycolmap.pair_id_to_image_pair(pair_id)
+            if i not in images or j not in images or len(geometry.inlier_matches) == 0 or \
+                    (images[i].name in flagged) == (images[j].name in flagged):
+                continue
+            matches = geometry.inlier_matches
+            share = _epipolar_agreement(reconstruction, images[i], images[j], db.read_keypoints(i)[matches[:, 0], :2],
+                                        db.read_keypoints(j)[matches[:, 1], :2], epipolar_px)
+            if share >= CHECK_MIN_AGREEMENT:
+                db.delete_two_view_geometry(i, j)
+                dropped += 1
+    finally:
+        db.close()
+    return dropped
 
 
 def _strongest_pairs(pairs: list, count: int) -> list:
