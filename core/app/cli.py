@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sfm", "recover cameras from photos (pycolmap) and write transforms.json", "photos/ --out data/",
             ("images",))
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write (transforms.json)")
-    p.add_argument("--downscale", type=float, default=1.0,
-                   help="detect features on images shrunk by this factor (cameras stay full-size)")
+    p.add_argument("--downscale", type=float, default=None,
+                   help="detect features on images shrunk by this factor (cameras stay full-size); "
+                        "default: to 480 px on the longer side")
     p.add_argument("--matcher", choices=MATCHERS, default="auto",
                    help="image pairs to match: all (exhaustive), neighbours in name order (sequential)")
     p.add_argument("--camera-model", default="OPENCV", choices=CAMERA_MODELS,

@@ -234,7 +234,7 @@ class SfmRequest:
 
     images: Path
     out: Path
-    downscale: float = 1.0
+    downscale: Optional[float] = None  # None: features on images FEATURE_SIDE px on the longer side
     matcher: str = "auto"
     camera_model: str = "OPENCV"
     allow_inconsistent: bool = False  # write a model failing its self-check (with a warning), not refuse
@@ -243,7 +243,8 @@ class SfmRequest:
     def __post_init__(self) -> None:
         self.images, self.out = _path(self.images, "images"), _path(self.out, "out")
         check_output_location(self.out)
-        self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
+        if self.downscale is not None:
+            self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
         self.matcher = _choice(self.matcher, "matcher", MATCHERS)
         self.camera_model = _choice(self.camera_model, "camera_model", CAMERA_MODELS)
         if not isinstance(self.allow_inconsistent, bool):
