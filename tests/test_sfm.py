@@ -303,3 +303,34 @@ def test_epipolar_agreement_and_groups_on_synthetic_cameras():
     turned, _ = image(Rotation.from_euler("x", 30, degrees=True).as_matrix(), np.array([0.0, 0.8, 0.0]))
     assert _epipolar_agreement(model, a, turned, pa, pb, 4.0) < 0.2
     assert _groups(["a", "b", "c", "d"], [("a", "b"), ("d", "c")]) == [["a", "b"], ["c", "d"]]
+
+
+def test_weak_pairs_are_pruned_and_every_image_keeps_its_strongest(fox_model, tmp_path):
+    import shutil
+
+    import pycolmap
+
+    from neurallabel.core.data.sfm import prune_weak_pairs
+
+    def pairs(path):
+        db = pycolmap.Database.open(str(path))
+        try:
+            ids, geometries = db.read_two_view_geometries()
+            return {pycolmap.pair_id_to_image_pair(i): len(g.inlier_matches) for i, g in zip(ids, geometries)
+                    if len(g.inlier_matches)}
+        finally:
+            db.close()
+
+    database = shutil.copy(fox_model[1], tmp_path / "database.db")
+    before = pairs(database)
+    strongest = {}
+    for (i, j), count in before.items():
+        strongest[i] = max(strongest.get(i, 0), count)
+        strongest[j] = max(strongest.get(j, 0), count)
+    dropped = prune_weak_pairs(database, 0.2)
+    after = pairs(database)
+    assert dropped > 0 and len(after) == len(before) - dropped
+    assert after == {p: c for p, c in before.items() if c >= 0.2 * min(strongest[p[0]], strongest[p[1]])}
+    for image, best in strongest.items():  # each image's strongest pair stays
+        assert any(c == best and image in p for p, c in after.items())
+    assert prune_weak_pairs(database, 0.0) == 0 and pairs(database) == after
