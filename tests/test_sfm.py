@@ -161,12 +161,176 @@ def test_similarity_alignment_recovers_a_known_similarity():
 
 
 @pytest.mark.slow
-def test_fox_sfm_benchmark_meets_the_two_percent_target(shared_data, tmp_path):
-    """The benchmark's target: all 50 fox photos (1/4 size) register, median centre error <= 2% of the scene."""
+def test_fox_sfm_benchmark_meets_the_two_percent_target(shared_data):
+    """The benchmark's target with default settings: all 50 fox photos register, every camera within 2% of the
+    scene size after one similarity, and the self-check silent."""
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_sfm.py"), "--data",
-                             str(shared_data / "fox"), "--keep", str(tmp_path / "data")],
-                            capture_output=True, text=True, timeout=1200)
+                             str(shared_data / "fox")], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-2000:]
-    numbers = json.loads(result.stdout.strip().splitlines()[-1])
-    assert numbers["registered"] == numbers["images"] == 50
-    assert numbers["median_centre_error_frac"] <= 0.02
+    row = json.loads(result.stdout.strip().splitlines()[-1])["settings"][0]
+    assert row["setting"] == "default" and row["registered"] == row["images"] == 50
+    assert row["worst_frac"] <= 0.02 and not row["check_fired"] and row["pass"], row
+
+
+# --- self-check ---------------------------------------------------------------------------------------------
+
+FOX_CHECK = FOX_SUBSET + ["0014.jpg", "0018.jpg", "0019.jpg"]  # two groups along the path: 0001-0009, 0012-0019
+
+
+def move_cameras(reconstruction, names: set[str], degrees: float = 100.0) -> None:
+    """Turn the world of the cameras ``names`` about z: they keep their relative poses (a rigid group) but
+    land far from where their matches with the other cameras put them."""
+    import pycolmap
+
+    turn = Rotation.from_euler("z", degrees, degrees=True).as_matrix()
+    for image in reconstruction.images.values():
+        if image.name in names:
+            m = image.cam_from_world().matrix()
+            frame = reconstruction.frame(image.frame_id)
+            frame.rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(m[:, :3] @ turn.T), m[:, 3])
+
+
+@pytest.fixture(scope="module")
+def fox_model(shared_data, tmp_path_factory):
+    """12 fox photos at 1/4 size through the engine's own extraction, matching and mapping; the COLMAP
+    database kept for the check. Returns (reconstruction folder, database)."""
+    import pycolmap
+
+    from neurallabel.core.data import sfm
+
+    work = tmp_path_factory.mktemp("foxcheck")
+    images = link_images(FOX_CHECK, shared_data / "fox" / "images", work / "images")
+    database = work / "database.db"
+    sfm._extract(pycolmap, database, images, FOX_CHECK, True, "OPENCV", 480, -1, None)
+    sfm._match(pycolmap, database, len(FOX_CHECK), "exhaustive", -1, None)
+    model = sfm._map(pycolmap, database, images, work / "mapping", len(FOX_CHECK), -1, 0, None)
+    assert model.num_reg_images() == len(FOX_CHECK)
+    (work / "model").mkdir()
+    model.write(work / "model")
+    return work / "model", database
+
+
+def test_the_check_passes_a_good_model_and_names_a_moved_group(fox_model):
+    import pycolmap
+
+    from neurallabel.core.data.sfm import check_reconstruction
+
+    folder, database = fox_model
+    good = check_reconstruction(pycolmap.Reconstruction(folder), database, epipolar_px=16.0)
+    assert good.passed and good.cameras == len(FOX_CHECK) and good.strong_pairs >= len(FOX_CHECK) - 1
+
+    group = {"0012.jpg", "0014.jpg", "0018.jpg", "0019.jpg"}  # consecutive photos: they hold together
+    moved = pycolmap.Reconstruction(folder)
+    move_cameras(moved, group)
+    bad = check_reconstruction(moved, database, epipolar_px=16.0)
+    assert set(bad.flagged) == group, bad.summary()
+    assert all("group of 4 cameras" in why for why in bad.flagged.values())
+    assert bad.contradicted and all(({p.a, p.b} & group) and ({p.a, p.b} - group) for p in bad.contradicted)
+    message = bad.message()
+    assert message.startswith("SfM self-check failed: 4 of 12 cameras") and all(n in message for n in group)
+
+    one = pycolmap.Reconstruction(folder)
+    move_cameras(one, {"0004.jpg"}, degrees=20.0)
+    assert set(check_reconstruction(one, database, epipolar_px=16.0).flagged) == {"0004.jpg"}
+
+
+def test_sfm_refuses_a_model_that_fails_its_check_and_writes_it_only_when_allowed(shared_data, fox_model,
+                                                                                    tmp_path, monkeypatch, capsys):
+    """The mapper's model (both tries) has 0012-0019 turned away: exit 2 naming them, nothing written;
+    --allow-inconsistent writes it with a warning that names them, and records the check. (The fixture's
+    features, matches and model stand in for SfM's own, to keep this fast.)"""
+    import shutil
+
+    import pycolmap
+
+    from neurallabel.core.data import sfm
+
+    folder, database = fox_model
+    group = {"0012.jpg", "0014.jpg", "0018.jpg", "0019.jpg"}
+    tries = []
+
+    def mapped_and_moved(*args, **kwargs):
+        model = pycolmap.Reconstruction(folder)
+        move_cameras(model, group)
+        tries.append(model.num_reg_images())
+        return model
+
+    monkeypatch.setattr(sfm, "_extract", lambda pycolmap, db, *args: shutil.copy(database, db))
+    monkeypatch.setattr(sfm, "_match", lambda *args: None)
+    monkeypatch.setattr(sfm, "_map", mapped_and_moved)
+    images = link_images(FOX_CHECK, shared_data / "fox" / "images", tmp_path / "images")
+    out = tmp_path / "data"
+    assert main(["sfm", str(images), "--out", str(out), "--downscale", "4"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "self-check failed: 4 of 12 cameras" in lines[0], lines
+    assert all(name in lines[0] for name in group) and "--allow-inconsistent" in lines[0]
+    assert len(tries) == 2 and not out.exists()  # mapped again without the glue, still wrong: refused
+
+    assert main(["sfm", str(images), "--out", str(out), "--downscale", "4", "--allow-inconsistent"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning: written despite the self-check" in printed and all(name in printed for name in group)
+    assert "self-check: FAILED for 4 cameras (written anyway)" in printed
+    check = json.loads((out / "transforms.json").read_text())["sfm"]["self_check"]
+    assert check["passed"] is False and sorted(check["flagged"]) == sorted(group)
+
+
+def test_epipolar_agreement_and_groups_on_synthetic_cameras():
+    """No data needed: matches made by projecting points agree with their own poses, not with a turned one."""
+    from types import SimpleNamespace
+
+    import pycolmap
+
+    from neurallabel.core.data.sfm import _epipolar_agreement, _groups
+
+    camera = pycolmap.Camera(model="PINHOLE", width=640, height=480, params=[500.0, 500.0, 320.0, 240.0])
+    model = SimpleNamespace(cameras={1: camera})
+
+    def image(rotation: np.ndarray, centre: np.ndarray):
+        pose = np.c_[rotation, -rotation @ centre]
+        return SimpleNamespace(camera_id=1, cam_from_world=lambda: SimpleNamespace(matrix=lambda: pose)), pose
+
+    rng = np.random.default_rng(0)
+    points = rng.uniform([-1, -1, 4], [1, 1, 6], size=(200, 3))
+    a, pose_a = image(np.eye(3), np.zeros(3))
+    b, pose_b = image(Rotation.from_euler("y", -10, degrees=True).as_matrix(), np.array([0.8, 0.0, 0.0]))
+
+    def pixels(pose):
+        cam = points @ pose[:, :3].T + pose[:, 3]
+        return cam[:, :2] / cam[:, 2:] * 500.0 + [320.0, 240.0]
+
+    pa, pb = pixels(pose_a), pixels(pose_b)
+    assert _epipolar_agreement(model, a, b, pa, pb, 1.0) == 1.0
+    turned, _ = image(Rotation.from_euler("x", 30, degrees=True).as_matrix(), np.array([0.0, 0.8, 0.0]))
+    assert _epipolar_agreement(model, a, turned, pa, pb, 4.0) < 0.2
+    assert _groups(["a", "b", "c", "d"], [("a", "b"), ("d", "c")]) == [["a", "b"], ["c", "d"]]
+
+
+def test_weak_pairs_are_pruned_and_every_image_keeps_its_strongest(fox_model, tmp_path):
+    import shutil
+
+    import pycolmap
+
+    from neurallabel.core.data.sfm import prune_weak_pairs
+
+    def pairs(path):
+        db = pycolmap.Database.open(str(path))
+        try:
+            ids, geometries = db.read_two_view_geometries()
+            return {pycolmap.pair_id_to_image_pair(i): len(g.inlier_matches) for i, g in zip(ids, geometries)
+                    if len(g.inlier_matches)}
+        finally:
+            db.close()
+
+    database = shutil.copy(fox_model[1], tmp_path / "database.db")
+    before = pairs(database)
+    strongest = {}
+    for (i, j), count in before.items():
+        strongest[i] = max(strongest.get(i, 0), count)
+        strongest[j] = max(strongest.get(j, 0), count)
+    dropped = prune_weak_pairs(database, 0.2)
+    after = pairs(database)
+    assert dropped > 0 and len(after) == len(before) - dropped
+    assert after == {p: c for p, c in before.items() if c >= 0.2 * min(strongest[p[0]], strongest[p[1]])}
+    for image, best in strongest.items():  # each image's strongest pair stays
+        assert any(c == best and image in p for p, c in after.items())
+    assert prune_weak_pairs(database, 0.0) == 0 and pairs(database) == after

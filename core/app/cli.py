@@ -95,6 +95,8 @@ def summary_lines(result: dict) -> list[str]:
     if kind == "sfm":
         return [f"sfm: registered {result['registered']}/{result['images']} images, {result['points']} points, "
                 f"mean reprojection error {result['mean_reprojection_error_px']:.2f} px, {result['seconds']:.0f} s",
+                "self-check: " + ("passed" if result["self_check_passed"] else
+                                  f"FAILED for {len(result['inconsistent_cameras'])} cameras (written anyway)"),
                 f"wrote {result['transforms']}"]
     if kind == "train":
         return [f"train: {result['steps']} steps in {result['elapsed_s']:.0f} s on {result['device']} "
@@ -209,12 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sfm", "recover cameras from photos (pycolmap) and write transforms.json", "photos/ --out data/",
             ("images",))
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write (transforms.json)")
-    p.add_argument("--downscale", type=float, default=1.0,
-                   help="detect features on images shrunk by this factor (cameras stay full-size)")
+    p.add_argument("--downscale", type=float, default=None,
+                   help="detect features on images shrunk by this factor (cameras stay full-size); "
+                        "default: to 480 px on the longer side")
     p.add_argument("--matcher", choices=MATCHERS, default="auto",
                    help="image pairs to match: all (exhaustive), neighbours in name order (sequential)")
     p.add_argument("--camera-model", default="OPENCV", choices=CAMERA_MODELS,
                    help="COLMAP camera model (OPENCV: k1 k2 p1 p2, right for phone photos)")
+    p.add_argument("--allow-inconsistent", action="store_true",
+                   help="write the cameras even when the self-check finds some that contradict their own "
+                        "matches (warns, naming them); by default sfm refuses with exit 2")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
 
     p = add("train", "train a radiance field on a dataset's train split", "data/ --out field/ --minutes 10",

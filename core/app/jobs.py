@@ -234,17 +234,21 @@ class SfmRequest:
 
     images: Path
     out: Path
-    downscale: float = 1.0
+    downscale: Optional[float] = None  # None: features on images FEATURE_SIDE px on the longer side
     matcher: str = "auto"
     camera_model: str = "OPENCV"
+    allow_inconsistent: bool = False  # write a model failing its self-check (with a warning), not refuse
     kind = "sfm"
 
     def __post_init__(self) -> None:
         self.images, self.out = _path(self.images, "images"), _path(self.out, "out")
         check_output_location(self.out)
-        self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
+        if self.downscale is not None:
+            self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
         self.matcher = _choice(self.matcher, "matcher", MATCHERS)
         self.camera_model = _choice(self.camera_model, "camera_model", CAMERA_MODELS)
+        if not isinstance(self.allow_inconsistent, bool):
+            raise NeuralLabelError("allow_inconsistent must be true or false", field="allow_inconsistent")
 
 
 @dataclass
@@ -551,14 +555,18 @@ def run_sfm_job(request: SfmRequest, progress: Optional[ProgressFn], notice: Not
 
     with at_field("images"):  # the photos' problems (none there, no overlap); the claim names ``out`` itself
         result = run_sfm(request.images, request.out, downscale=request.downscale, matcher=request.matcher,
-                         camera_model=request.camera_model, progress=progress)
+                         camera_model=request.camera_model, allow_inconsistent=bool(request.allow_inconsistent),
+                         progress=progress)
+    if not result.check.passed:
+        notice(f"sfm: warning: written despite the self-check (--allow-inconsistent): {result.check.message()}")
     if result.unregistered:
         shown = ", ".join(result.unregistered[:5]) + (" ..." if len(result.unregistered) > 5 else "")
         notice(f"sfm: skipped {len(result.unregistered)} images that could not be registered: {shown}")
     return {"transforms": str(result.transforms_path), "images": result.num_images,
             "registered": result.num_registered, "points": result.num_points, "unregistered": result.unregistered,
             "mean_reprojection_error_px": result.mean_reprojection_error_px, "camera_model": result.camera_model,
-            "cameras": result.num_cameras, "seconds": result.seconds}
+            "cameras": result.num_cameras, "seconds": result.seconds, "self_check_passed": result.check.passed,
+            "inconsistent_cameras": sorted(result.check.flagged), "remapped": result.remapped}
 
 
 def run_demo_job(request: DemoRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
