@@ -252,10 +252,12 @@ def test_distorted_camera_labels_sit_on_pixel_centres() -> None:
     assert np.allclose(pixels, np.stack([cols + 0.5, rows + 0.5], axis=-1), atol=1e-4)
 
 
-def test_only_a_confident_field_surface_occludes() -> None:
-    """A surface in front of the mesh hides it where the field is confident, not where its weight is smeared."""
+def test_occlusion_min_confidence_is_how_sure_the_field_must_be_that_something_hides_the_mesh() -> None:
+    """A faint fog in front of a cube lets 30 % of the light through: occluded at the default (0.5: visible when
+    more likely visible than not), visible when occlusion must be 80 % sure, occluded by any density at 0."""
     from neurallabel.core.geometry.cameras import Intrinsics
     from neurallabel.core.data.dataset import Frame
+    from neurallabel.core.scene.queries import DensityMarchQuery
     from neurallabel.core.spec import SpecObject
 
     intr = Intrinsics(40, 30, 40.0, 40.0, 20.0, 15.0)
@@ -264,17 +266,21 @@ def test_only_a_confident_field_surface_occludes() -> None:
     pose[:3, 3] = [0.0, 0.0, -1.0]
     spec = LabelSpec(None, Path("."), None, objects=[SpecObject("cube", "cube", 1, 1, "mesh", pose,
                                                                  Path("cube.ply"), None, False, cube)])
+    fog_z = (-0.6, -0.4)
+    optical_depth = -np.log(0.3)
 
-    class Floater:  # a surface at 0.5 m everywhere; confident on the left half of the image only
-        name = "floater"
-        measures_confidence = True
+    def density(p):
+        inside = np.all(np.abs(p - [0, 0, -1.0]) <= 0.2, axis=1)
+        fog = (p[:, 2] > fog_z[0]) & (p[:, 2] < fog_z[1])
+        return np.where(inside, 1e4, 0.0) + np.where(fog, optical_depth / (fog_z[1] - fog_z[0]), 0.0)
 
-        def at_pixels(self, view, rows, cols, *, confidence=False):
-            return ScenePixels(np.full(len(rows), 0.5), np.where(cols < 20, 0.9, 0.1) if confidence else None)
-
+    fog_field = DensityMarchQuery(density, step=0.002, near=0.1, far=1.5)
     view = view_of(spec, Frame(0, Path("x.png"), np.eye(4), intr))
     mesh_pixels = labeler_for(spec, None).label(view).instance == 1
-    for min_conf, expected in ((0.3, mesh_pixels & (np.arange(40) >= 20)[None, :]), (0.0, np.zeros_like(mesh_pixels))):
-        labels = labeler_for(spec, Floater(), LabelOptions(occlusion_min_confidence=min_conf)).label(
-            view, full_depth=False, confidence=False)
-        assert mesh_pixels.sum() > 100 and np.array_equal(labels.instance == 1, expected)
+    assert mesh_pixels.sum() > 100
+    for min_conf, visible in ((0.5, False), (0.8, True), (0.0, False)):
+        labels = labeler_for(spec, fog_field, LabelOptions(occlusion_min_confidence=min_conf)).label(
+            view, full_depth=False)
+        assert np.array_equal(labels.instance == 1, mesh_pixels if visible else np.zeros_like(mesh_pixels))
+        # the confidence is the probability of the label given: 0.7 occluded, 0.3 visible
+        assert labels.confidence[mesh_pixels] == pytest.approx(0.3 if visible else 0.7, abs=0.02)

@@ -47,7 +47,7 @@ from ..geometry.transforms import apply_directions, apply_points
 from ..geometry.view import View
 from ..scene.queries import RayWeights, SceneQuery, samples_from_depth
 from ..spec import SpecObject
-from .occlusion import SurfaceBand, bottom_zone, box_up_axis, support_plane
+from .occlusion import SurfaceBand, bottom_zone, box_up_axis, lateral_span, support_plane
 
 MESH_DEPTH_MODES = ("all", "transparent")
 
@@ -461,7 +461,8 @@ class FrameLabeler:
         # the plane fit's tolerance: the support thickness, and never under 0.2 % of the box (a depth map's
         # exact table still scatters by its float precision)
         tolerance = max(thickness, 0.002 * float(np.linalg.norm(box.size)))
-        return support_plane(local[bottom_zone(local, box.size, up)], up, tolerance, seed=view.index)
+        return support_plane(local[bottom_zone(local, box.size, up)], up, tolerance,
+                             span=lateral_span(box.size, up), seed=view.index)
 
     def id_maps(self, visible: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Instance and category id maps (uint16, 0 = nothing annotated visible) of the visible masks."""

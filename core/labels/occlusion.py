@@ -66,13 +66,14 @@ class Plane:
         return points @ self.normal - self.offset
 
 
-def support_plane(points: np.ndarray, up: np.ndarray, tolerance: float, *, max_tilt_deg: float = 30.0,
-                  min_share: float = 0.15, min_points: int = 30, iterations: int = 200, seed: int = 0
-                  ) -> Optional[Plane]:
+def support_plane(points: np.ndarray, up: np.ndarray, tolerance: float, *, span: Optional[np.ndarray] = None,
+                  max_tilt_deg: float = 30.0, min_share: float = 0.15, min_points: int = 30, iterations: int = 200,
+                  seed: int = 0) -> Optional[Plane]:
     """The plane that holds the most of ``points`` (N, 3) within ``tolerance``, tilted at most ``max_tilt_deg``
     from ``up`` (RANSAC, seeded so that every run agrees, refined by least squares on its inliers). None when
-    the best plane holds fewer than ``min_share`` of the points or ``min_points``: nothing supports the box
-    there (or the object itself fills its bottom)."""
+    the best plane holds fewer than ``min_share`` of the points or ``min_points``, or when its points spread
+    (5th to 95th percentile) less than ``span`` (3,) along each axis (a table reaches across the box; the
+    flat bottom of a floating object does not): nothing supports the box there."""
     points = np.asarray(points, dtype=np.float64)
     up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
     n = len(points)
@@ -102,6 +103,10 @@ def support_plane(points: np.ndarray, up: np.ndarray, tolerance: float, *, max_t
     if best is None or best_count < max(min_points, min_share * n):
         return None
     inliers = points[np.abs(points @ best[0] - best[1]) <= tolerance]
+    if span is not None:
+        spread = np.percentile(inliers, 95, axis=0) - np.percentile(inliers, 5, axis=0)
+        if np.any(spread < np.asarray(span)):
+            return None
     centre = inliers.mean(axis=0)
     _, _, vt = np.linalg.svd(inliers - centre, full_matrices=False)
     normal = vt[-1] * np.sign(vt[-1] @ up)
@@ -117,6 +122,13 @@ def box_up_axis(box_rotation: np.ndarray, world_up: np.ndarray = np.array([0.0, 
     axis = np.zeros(3)
     axis[k] = np.sign(up_local[k]) or 1.0
     return axis
+
+
+def lateral_span(size: np.ndarray, up: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """(3,) the spread a support plane's points must reach: ``share`` of the box's size sideways, 0 along up."""
+    span = share * np.asarray(size, dtype=np.float64)
+    span[int(np.argmax(np.abs(up)))] = 0.0
+    return span
 
 
 def bottom_zone(local: np.ndarray, size: np.ndarray, up: np.ndarray, *, margin: float = 0.25,
