@@ -284,3 +284,54 @@ def test_occlusion_min_confidence_is_how_sure_the_field_must_be_that_something_h
         assert np.array_equal(labels.instance == 1, mesh_pixels if visible else np.zeros_like(mesh_pixels))
         # the confidence is the probability of the label given: 0.7 occluded, 0.3 visible
         assert labels.confidence[mesh_pixels] == pytest.approx(0.3 if visible else 0.7, abs=0.02)
+
+
+def test_a_mesh_outside_every_camera_warns_and_gets_no_label(small_scene: Path, tmp_path: Path) -> None:
+    import json
+
+    from neurallabel.core.labels.frame import LabelWarning
+    from neurallabel.core.pipeline.bake import bake
+
+    spec = spec_from_scene(small_scene)
+    lost = spec.objects[0]
+    lost.pose = lost.pose.copy()
+    lost.pose[0, 3] += 1000.0
+    with pytest.warns(LabelWarning, match=f"'{lost.name}' is outside every camera"):
+        bake(spec, tmp_path / "out", frames="0:2", formats=("raw",), depth_source=TruthQuery(small_scene))
+    frames = json.loads((tmp_path / "out" / "raw" / "labels.json").read_text())["frames"]
+    ids = {inst["instance_id"] for frame in frames for inst in frame["instances"]}
+    assert ids and lost.instance_id not in ids
+
+
+def test_coco_ignores_instances_more_likely_wrong_than_right() -> None:
+    """COCO: ``ignore`` 1 for an instance whose mean confidence is under 1/2 (iscrowd stays 0); raw keeps the
+    mean confidence per instance."""
+    from neurallabel.core.data.dataset import Frame
+    from neurallabel.core.export.coco import COCO
+    from neurallabel.core.export.raw import RAW
+    from neurallabel.core.geometry.cameras import Intrinsics
+    from neurallabel.core.labels.frame import FrameLabels, InstanceLabels
+
+    view = view_of(LabelSpec(None, Path("."), None, objects=[]),
+                   Frame(0, Path("x.png"), np.eye(4), Intrinsics(8, 6, 8.0, 8.0, 4.0, 3.0)))
+    records = []
+    for instance_id, conf in ((1, 0.9), (2, 0.3), (3, None)):
+        mask = np.zeros((6, 8), bool)
+        mask[instance_id, 1:4] = True
+        records.append(InstanceLabels(instance_id, 1, f"o{instance_id}", mask, mask, 3, 3, 3, 1.0, [1, 1, 2, 0],
+                                      [1, 1, 2, 0], np.eye(3), np.zeros(3), np.zeros((8, 2)), np.ones(8),
+                                      mean_confidence=conf))
+    labels = FrameLabels(0, np.zeros((6, 8), np.uint16), np.zeros((6, 8), np.uint16), np.zeros((6, 8), np.float32),
+                         None, records)
+
+    class Ctx:
+        coco_masks = "rle"
+
+        def image_name(self, view):
+            return "x.png"
+
+    anns = {a["instance_id"]: a for a in COCO.fragment(Ctx(), view, labels)["annotations"]}
+    assert "ignore" not in anns[1] and anns[2]["ignore"] == 1 and "ignore" not in anns[3]
+    assert all(a["iscrowd"] == 0 for a in anns.values())
+    raw = RAW.fragment(Ctx(), view, labels)
+    assert [i["mean_confidence"] for i in raw["instances"]] == [0.9, 0.3, None]
