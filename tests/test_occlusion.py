@@ -17,6 +17,7 @@ from neurallabel.core.labels.frame import FrameLabeler, LabelOptions, make_label
 from neurallabel.core.labels.raycast import MeshCaster, world_mesh
 from neurallabel.core.scene.queries import DensityMarchQuery, RayWeights, ScenePixels, samples_from_depth
 from neurallabel.core.spec import SpecObject
+from test_scene_queries import fog_field  # noqa: F401  (a hand-set field: fog in front of a wall)
 
 INTR = Intrinsics(64, 48, 60.0, 60.0, 32.0, 24.0)
 DENSE = 2000.0  # per metre: a 5 mm step through it keeps e^-10 of the light
@@ -177,3 +178,24 @@ def test_depth_map_scenes_occlude_outside_the_band_only() -> None:
     assert not (labels.instance == 1)[mesh_only & (cols < 32)].any()
     assert (labels.instance == 1)[mesh_only & (cols >= 32)].all()
     assert labels.confidence is None  # true depth measures no confidence
+
+
+def test_a_fields_samples_give_its_transmittance(fog_field) -> None:
+    """FieldQuery's samples (opacity per sample, from the renderer's weights): the fog slab passes 60 % of the
+    light, the wall stops the rest, and the weights rebuilt from them sum to the rendered opacity."""
+    from neurallabel.core.scene.queries import FieldQuery
+    from test_scene_queries import WALL_Z
+
+    query = FieldQuery(fog_field)
+    intr = Intrinsics(16, 12, 20.0, 20.0, 8.0, 6.0)
+    rows, cols = np.divmod(np.arange(16 * 12), 16)
+    answer = query.at_pixels(view(np.eye(4), intr), rows, cols, samples_for=np.ones(len(rows), bool))
+    s = answer.samples
+    in_fog = s.z < -WALL_Z - 0.05  # everything in front of the wall
+    passed = s.transmittance(len(rows), in_fog)
+    assert passed == pytest.approx(0.6, abs=0.05)  # the slab's 40 % opacity (longer paths at the corners)
+    weights = s.weights(len(rows))
+    # the weights rebuilt from the samples' opacities put the median where the renderer does
+    assert s.median_z(len(rows)) == pytest.approx(answer.z_depth, abs=0.02)
+    assert weights.sum() / len(rows) == pytest.approx(1.0, abs=0.02)
+    assert np.all(np.abs(answer.z_depth + WALL_Z) < 0.05)
