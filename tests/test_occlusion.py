@@ -83,7 +83,9 @@ def test_ray_weights_transmittance_and_median() -> None:
 
 def test_fog_of_clutter_occludes_the_mesh_behind_it() -> None:
     """Unannotated clutter that is a thick, faint fog (its weight smeared over 20 cm: the old confidence gate let
-    it occlude nothing) hides the mesh where it keeps most of the light from reaching it."""
+    it occlude nothing) hides the mesh where it keeps most of the light from reaching it. The confidence of
+    those pixels is low all the same: smeared weight is no surface (a half-trained field's fog looks like
+    this), so the label may be wrong. A crisp plate of clutter is sure to hide it."""
     def density(p):
         cube = soft(box_sdf(p, [0, 0, -1.0], [0.2, 0.2, 0.2]))
         # a 20 cm slab of fog in front of the left half: transmittance e^-3 = 0.05 through it
@@ -97,7 +99,8 @@ def test_fog_of_clutter_occludes_the_mesh_behind_it() -> None:
     assert left.sum() > 100 and right.sum() > 100
     assert not (labels.instance == 1)[left].any()  # hidden by the fog
     assert (labels.instance == 1)[right].all()
-    assert labels.confidence[left].min() > 0.9  # sure that the fog hides it: 1 - 0.05
+    assert labels.confidence[left].max() < 0.5
+    assert labels.confidence[right].min() > 0.9
 
 
 def test_the_fields_blurred_surface_does_not_occlude_its_own_object_at_the_silhouette() -> None:
@@ -129,6 +132,7 @@ def test_clutter_just_outside_the_band_occludes() -> None:
     clear = mesh_only & ((x_at_plate < -0.005) | (x_at_plate > 0.205))
     assert behind.sum() > 50 and clear.sum() > 50
     assert not (labels.instance == 1)[behind].any() and (labels.instance == 1)[clear].all()
+    assert labels.confidence[behind].min() > 0.9 and labels.confidence[clear].min() > 0.9
 
 
 def test_confidence_flags_the_wrong_pixels() -> None:

@@ -45,7 +45,7 @@ from ..geometry.cameras import camera_directions
 from ..geometry.projection import Region, backproject, opencv_from_pose, project, projected_region, region_pixels
 from ..geometry.transforms import apply_directions, apply_points
 from ..geometry.view import View
-from ..scene.queries import RayWeights, SceneQuery, samples_from_depth
+from ..scene.queries import RayWeights, SceneQuery, concentrated_weight, samples_from_depth
 from ..spec import SpecObject
 from .occlusion import SurfaceBand, bottom_zone, box_up_axis, lateral_span, support_plane
 
@@ -289,7 +289,7 @@ class FrameLabeler:
         box_regions = {i: projected_region(view.intrinsics, view.cam_to_world, self.objects[i].box.corners(),
                                            (0, 0, view.width, view.height)) for i in self.box_ids}
         scene = self.query_scene(view, covered, box_regions, full_depth)  # 3
-        p_visible, p_on_mesh = self.mesh_visibility(view, covered, nearest_z, scene)  # 4
+        p_visible, p_on_mesh, p_occluder = self.mesh_visibility(view, covered, nearest_z, scene)  # 4
         mesh_visible = covered & (1.0 - p_visible <= self.options.occlusion_min_confidence)
         visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
         box_visible, p_box = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
@@ -299,7 +299,8 @@ class FrameLabeler:
             # a transparent object's field density is too faint to show it: its confidence is the visibility
             transparent = np.isin(nearest, [i for i in mesh_ids if self.objects[i].spec.transparent])
             p_right = np.where(transparent, p_visible, np.minimum(p_visible, p_on_mesh))
-            conf = confidence_map(covered, mesh_visible, p_visible, p_right, box_regions, box_visible, p_box)  # 6
+            p_right = np.where(mesh_visible, p_right, np.minimum(1.0 - p_visible, p_occluder))
+            conf = confidence_map(covered, mesh_visible, p_right, box_regions, box_visible, p_box)  # 6
         instance, category = self.id_maps(visible, shape)
         depth = self.depth_map(mesh_ids, visible, nearest_z, mesh_visible, scene)  # 7
         instances = self.instance_records(view, silhouettes, visible, np.isfinite(depth), box_regions, conf)  # 8
@@ -368,13 +369,15 @@ class FrameLabeler:
         return _SceneAnswer(z_depth, rows, cols, ray_of, samples, bool(self.scene.measures_confidence))
 
     def mesh_visibility(self, view: View, covered: np.ndarray, nearest_z: np.ndarray,
-                        scene: Optional[_SceneAnswer]) -> tuple[np.ndarray, np.ndarray]:
+                        scene: Optional[_SceneAnswer]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """4. Per pixel (float32 maps, 0 where no mesh is): the probability that the nearest mesh is visible --
         the transmittance from the camera up to the mesh, not counting samples within the band of any annotated
-        mesh's surface -- and the probability that the ray stops on an annotated object: its weight within that
-        band (the field sees the object there). Both 1 on every covered pixel without a scene."""
+        mesh's surface --, the probability that the ray stops on an annotated object (its weight within that
+        band: the field sees the object there), and that it stops on one occluding surface (the occluding
+        weight concentrated around its own median depth: a fog's smeared weight is no surface). All 1 on
+        every covered pixel without a scene."""
         if scene is None:
-            return covered.astype(np.float32), covered.astype(np.float32)
+            return (covered.astype(np.float32),) * 3
         rows, cols = np.nonzero(covered)
         rays = scene.ray_of[rows, cols]
         mesh_z = np.full(scene.n_rays, -np.inf)
@@ -393,10 +396,12 @@ class FrameLabeler:
         counted = (s.z < mesh_z[s.ray]) & ~own
         transmittance = s.transmittance(scene.n_rays, counted)
         on_mesh = np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays)
-        p, stop = np.zeros(covered.shape, np.float32), np.zeros(covered.shape, np.float32)
-        p[rows, cols] = transmittance[rays]
-        stop[rows, cols] = np.clip(on_mesh[rays], 0.0, 1.0)
-        return p, stop
+        occluding = np.flatnonzero(counted)
+        occluder = concentrated_weight(s.ray[occluding], s.z[occluding], weights[occluding], scene.n_rays)
+        maps = [np.zeros(covered.shape, np.float32) for _ in range(3)]
+        for out, per_ray in zip(maps, (transmittance, on_mesh, occluder)):
+            out[rows, cols] = np.clip(per_ray[rays], 0.0, 1.0)
+        return tuple(maps)
 
     def box_masks(self, view: View, box_regions: dict[int, Optional[Region]], scene: Optional[_SceneAnswer],
                   mesh_visible: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
@@ -618,16 +623,16 @@ def world_object_mesh(obj: LabelObject):
     return world_mesh(obj.model, obj.spec.pose)
 
 
-def confidence_map(covered: np.ndarray, mesh_visible: np.ndarray, p_visible: np.ndarray, p_right: np.ndarray,
+def confidence_map(covered: np.ndarray, mesh_visible: np.ndarray, p_mesh_right: np.ndarray,
                    box_regions: dict[int, Optional[Region]], box_visible: dict[int, np.ndarray],
                    p_box: dict[int, np.ndarray]) -> np.ndarray:
-    """6. Per pixel, the probability (float32) that its label is right: a visible mesh pixel, ``p_right`` (the
-    ray reaches the mesh and the field sees the object there); a pixel whose mesh is occluded, one minus its
-    visibility; a box pixel, its box probability; a pixel labelled nothing, one minus the probability of each
-    label it did not get (the lowest counts). 1 where no annotated object can be (outside every silhouette and
-    box)."""
+    """6. Per pixel, the probability (float32) that its label is right: on a mesh's silhouette
+    ``p_mesh_right`` (visible: the ray reaches the mesh and the field sees the object there; occluded: it does
+    not reach it, stopped by one surface); a box pixel, its box probability; a pixel labelled nothing, one
+    minus the probability of each label it did not get (the lowest counts). 1 where no annotated object can be
+    (outside every silhouette and box)."""
     conf = np.ones(covered.shape, np.float32)
-    conf[covered] = np.where(mesh_visible, p_right, 1.0 - p_visible)[covered]
+    conf[covered] = p_mesh_right[covered]
     boxed = np.zeros(covered.shape, bool)
     for mask in box_visible.values():
         boxed |= mask

@@ -75,6 +75,25 @@ class RayWeights:
         return RayWeights(self.ray[keep], self.z[keep], self.alpha[keep])
 
 
+def concentrated_weight(ray: np.ndarray, z: np.ndarray, weights: np.ndarray, n_rays: int,
+                        window: float = CONFIDENCE_WINDOW) -> np.ndarray:
+    """(N,) per ray, the part of ``weights`` (samples sorted by ray, then z) within ``window`` (a fraction of the
+    depth) of their own weighted median: high for a surface, low for the same weight smeared as fog."""
+    if len(ray) == 0:
+        return np.zeros(n_rays)
+    total = np.bincount(ray, weights=weights, minlength=n_rays)
+    cum = weights + _exclusive_segment_cumsum(weights, ray, n_rays)
+    reached = np.flatnonzero(cum >= 0.5 * total[ray])
+    first = np.full(n_rays, len(z))
+    np.minimum.at(first, ray[reached], reached)
+    has = first < len(z)
+    median = np.full(n_rays, np.nan)
+    median[has] = z[first[has]]
+    with np.errstate(invalid="ignore"):
+        near = np.abs(z - median[ray]) <= window * median[ray]
+    return np.bincount(ray[near], weights=weights[near], minlength=n_rays)
+
+
 def _exclusive_segment_cumsum(values: np.ndarray, ray: np.ndarray, n_rays: int) -> np.ndarray:
     """Per sample, the sum of the values of the samples before it on its ray (samples sorted by ray)."""
     if len(values) == 0:
