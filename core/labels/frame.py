@@ -64,7 +64,7 @@ class LabelOptions:
     #: stay under the gap between an object and clutter just in front of it; scripts/bench_labels.py reports
     #: the visible-mask IoU against Cycles for a range of bands (its ``band_curve``).
     occlusion_abs_mm: float = 5.0
-    occlusion_rel: float = 0.0
+    occlusion_rel: float = 0.02
     #: a mesh pixel is occluded when the probability that its ray does not reach the mesh (1 - transmittance)
     #: exceeds this: 0.5 = visible when more likely visible than not; 0 = any density occludes; 1 = nothing does.
     occlusion_min_confidence: float = 0.5
