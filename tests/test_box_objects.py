@@ -3,16 +3,13 @@ its extracted mesh without the floor, overlapping boxes, and a box with nothing 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 import trimesh
 
 from neurallabel.core.geometry.cameras import Intrinsics
 from neurallabel.core.geometry.projection import backproject
 from neurallabel.core.labels.box_mesh import chamfer_distance, extract_box_mesh
-from neurallabel.core.labels.frame import LabelOptions, inside_rigid_box
+from neurallabel.core.labels.frame import inside_rigid_box
 from neurallabel.core.geometry.box import Box
 from neurallabel.core.spec import SpecObject
 from test_occlusion import DENSE, labeler, soft, view
