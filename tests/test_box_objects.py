@@ -28,13 +28,11 @@ def scene_density(p: np.ndarray) -> np.ndarray:
     return soft(torus_sdf(p)) + floor
 
 
-class Scene:
+def Scene():
     """The torus on the floor as a field (marched) that also answers its density."""
+    from neurallabel.core.scene.queries import DensityMarchQuery
 
-    def __new__(cls):
-        from neurallabel.core.scene.queries import DensityMarchQuery
-
-        return DensityMarchQuery(scene_density, step=0.002, near=0.3, far=1.2)
+    return DensityMarchQuery(scene_density, step=0.002, near=0.3, far=1.2)
 
 
 def look_at(eye, target=(0.0, 0.0, 0.02)) -> np.ndarray:
@@ -80,7 +78,7 @@ def test_the_floor_through_the_torus_hole_is_not_the_torus() -> None:
     labels = labeler([obj], scene).label(view(CAMERA, INTR), full_depth=False)
     mine = labels.instance == 1
     box = Box(obj.pose, obj.size)
-    hole = floor & np.zeros_like(floor)
+    hole = np.zeros_like(floor)
     rows, cols = np.nonzero(floor)
     z = scene.at_pixels(view(CAMERA, INTR), rows, cols).z_depth
     in_box = inside_rigid_box(box, backproject(INTR, CAMERA, rows, cols, z))
