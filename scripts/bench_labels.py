@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scene", type=Path, help="use this generated scene folder instead of making one")
     parser.add_argument("--no-cycles", action="store_true", help="skip the Cycles reference (no full-mask IoU, "
                                                                   "no speed ratio)")
+    parser.add_argument("--box-resolution", type=int, default=None, help="box mesh voxels (128; quick 64)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -343,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args.width, args.height = args.width or (320 if quick else 640), args.height or (240 if quick else 480)
     args.frames = args.frames or (3 if quick else 8)
     args.minutes = args.minutes if args.minutes is not None else (1.0 if quick else 10.0)
+    args.box_resolution = args.box_resolution or (64 if quick else 128)
 
     import torch
 
@@ -377,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1. The bake with the field, all formats: its own seconds per frame (labels + writing).
     field = FieldQuery.load(field_path, device=args.device)
     out = CACHE / f"bake-{scene.name}-{int(time.time())}"
-    summary = bake(spec, out, depth_source=field, device=args.device)
+    summary = bake(spec, out, depth_source=field, device=args.device, box_resolution=args.box_resolution)
     result["bake"] = {"seconds_per_frame": summary["seconds_per_frame"], "frames": summary["frames"],
                       "seconds_total": summary["seconds"], "out": str(out)}
     models = {o.instance_id: o.mesh for o in spec.objects if o.kind == "mesh"}
