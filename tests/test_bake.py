@@ -91,9 +91,10 @@ def test_cli_bake_and_bad_input(small_scene: Path, tmp_path: Path, capsys) -> No
     fails(["bake", str(spec_path), "--out", str(out), "--shard", "3/3"], "0 <= I < N")
     fails(["bake", str(spec_path), "--out", str(out), "--formats", "bop,voc"], "unknown format 'voc'")
     fails(["bake", str(tmp_path / "nope.json"), "--out", str(out)], "does not exist")
-    # An object far outside every camera.
+    # Every object far outside every camera (one alone is a warning: it gets no label).
     spec = json.loads(spec_path.read_text())
-    spec["objects"][0]["pose"][0][3] = 1000.0
+    for obj in spec["objects"]:
+        obj["pose"][0][3] = 1000.0
     lost = tmp_path / "lost.json"
     lost.write_text(json.dumps(spec))
     fails(["bake", str(lost), "--out", str(tmp_path / "lost_out")], "outside every camera")
@@ -204,10 +205,10 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
     assert 0.05 < cube_info["visib_fract"] < 0.8, cube_info
 
 
-def test_a_box_without_surface_leaves_the_folder_free_for_the_corrected_spec(tmp_path: Path) -> None:
-    """A box object with no field surface inside fails after the claim: the claim (and any model cache) is
-    released, so the corrected spec bakes into the same folder instead of being refused as another bake."""
-    from neurallabel.core.errors import NeuralLabelError
+def test_a_box_without_surface_is_reported_with_no_pixels_and_a_warning(tmp_path: Path) -> None:
+    """A box object with no field surface inside: the bake warns, naming it, and reports it with 0 visible
+    pixels (no crash); the corrected spec bakes into another folder as usual."""
+    from neurallabel.core.labels.frame import LabelWarning
     from neurallabel.core.spec import load_spec
 
     write_sphere_scene(tmp_path)
@@ -218,8 +219,11 @@ def test_a_box_without_surface_leaves_the_folder_free_for_the_corrected_spec(tmp
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps({"neurallabel_spec": 1, "data": "transforms.json", "field": "field.pt",
                                      "objects": [box | {"pose": empty.tolist(), "size": [0.1, 0.1, 0.1]}]}))
-    with pytest.raises(NeuralLabelError, match="no surface inside its box"):
-        bake(load_spec(spec_path), tmp_path / "out", box_resolution=32)
+    with pytest.warns(LabelWarning, match="'ball'.*no surface inside its box"):
+        summary = bake(load_spec(spec_path), tmp_path / "empty", box_resolution=32)
+    labels = json.loads((tmp_path / "empty" / "raw" / "labels.json").read_text())
+    records = [inst for frame in labels["frames"] for inst in frame["instances"]]
+    assert summary["frames"] == 2 and records and all(r["px_count_visib"] == 0 for r in records)
     spec_path.write_text(json.dumps({"neurallabel_spec": 1, "data": "transforms.json", "field": "field.pt",
                                      "objects": [box]}))
     summary = bake(load_spec(spec_path), tmp_path / "out", box_resolution=32)

@@ -353,7 +353,8 @@ def test_preflight_checks_the_scene_and_writes_nothing(small_scene, tmp_path):
     check_bake(BakeRequest(spec_path, out, frames="0:4"))
     assert not out.exists()
     lost = json.loads(spec_path.read_text())
-    lost["objects"][0]["pose"][0][3] = 1000.0
+    for obj in lost["objects"]:  # all of them: one alone is a warning (it gets no label)
+        obj["pose"][0][3] = 1000.0
     (tmp_path / "lost.json").write_text(json.dumps(lost))
     with pytest.raises(NeuralLabelError, match="outside every camera"):
         check_bake(BakeRequest(tmp_path / "lost.json", out))
@@ -386,8 +387,8 @@ emit({"message": message, "started": len(started)})
 '''
 
 PREFLIGHT_SCRIPT = NO_WORKER + '''
-obj = bpy.data.objects[ARGS["objects"][0]["name"]]
-obj.matrix_world.translation.x += 1000.0  # far outside every camera
+for entry in ARGS["objects"]:  # all of them far outside every camera (one alone is a warning)
+    bpy.data.objects[entry["name"]].matrix_world.translation.x += 1000.0
 ''' + BAKE_AND_EMIT
 
 

@@ -252,10 +252,12 @@ def test_distorted_camera_labels_sit_on_pixel_centres() -> None:
     assert np.allclose(pixels, np.stack([cols + 0.5, rows + 0.5], axis=-1), atol=1e-4)
 
 
-def test_only_a_confident_field_surface_occludes() -> None:
-    """A surface in front of the mesh hides it where the field is confident, not where its weight is smeared."""
+def test_occlusion_min_confidence_is_how_sure_the_field_must_be_that_something_hides_the_mesh() -> None:
+    """A faint fog in front of a cube lets 30 % of the light through: occluded at the default (0.5: visible when
+    more likely visible than not), visible when occlusion must be 80 % sure, occluded by any density at 0."""
     from neurallabel.core.geometry.cameras import Intrinsics
     from neurallabel.core.data.dataset import Frame
+    from neurallabel.core.scene.queries import DensityMarchQuery
     from neurallabel.core.spec import SpecObject
 
     intr = Intrinsics(40, 30, 40.0, 40.0, 20.0, 15.0)
@@ -264,17 +266,73 @@ def test_only_a_confident_field_surface_occludes() -> None:
     pose[:3, 3] = [0.0, 0.0, -1.0]
     spec = LabelSpec(None, Path("."), None, objects=[SpecObject("cube", "cube", 1, 1, "mesh", pose,
                                                                  Path("cube.ply"), None, False, cube)])
+    fog_z = (-0.6, -0.4)
+    optical_depth = -np.log(0.3)
 
-    class Floater:  # a surface at 0.5 m everywhere; confident on the left half of the image only
-        name = "floater"
-        measures_confidence = True
+    def density(p):
+        inside = np.all(np.abs(p - [0, 0, -1.0]) <= 0.2, axis=1)
+        fog = (p[:, 2] > fog_z[0]) & (p[:, 2] < fog_z[1])
+        return np.where(inside, 1e4, 0.0) + np.where(fog, optical_depth / (fog_z[1] - fog_z[0]), 0.0)
 
-        def at_pixels(self, view, rows, cols, *, confidence=False):
-            return ScenePixels(np.full(len(rows), 0.5), np.where(cols < 20, 0.9, 0.1) if confidence else None)
-
+    fog_field = DensityMarchQuery(density, step=0.002, near=0.1, far=1.5)
     view = view_of(spec, Frame(0, Path("x.png"), np.eye(4), intr))
     mesh_pixels = labeler_for(spec, None).label(view).instance == 1
-    for min_conf, expected in ((0.3, mesh_pixels & (np.arange(40) >= 20)[None, :]), (0.0, np.zeros_like(mesh_pixels))):
-        labels = labeler_for(spec, Floater(), LabelOptions(occlusion_min_confidence=min_conf)).label(
-            view, full_depth=False, confidence=False)
-        assert mesh_pixels.sum() > 100 and np.array_equal(labels.instance == 1, expected)
+    assert mesh_pixels.sum() > 100
+    for min_conf, visible in ((0.5, False), (0.8, True), (0.0, False)):
+        labels = labeler_for(spec, fog_field, LabelOptions(occlusion_min_confidence=min_conf)).label(
+            view, full_depth=False)
+        assert np.array_equal(labels.instance == 1, mesh_pixels if visible else np.zeros_like(mesh_pixels))
+        # the confidence of the label given: visible, 0.3 reach the cube; occluded, by a fog (no surface)
+        conf = labels.confidence[mesh_pixels]
+        assert conf == pytest.approx(0.3, abs=0.02) if visible else conf.max() < 0.3
+
+
+def test_a_mesh_outside_every_camera_warns_and_gets_no_label(small_scene: Path, tmp_path: Path) -> None:
+    import json
+
+    from neurallabel.core.labels.frame import LabelWarning
+    from neurallabel.core.pipeline.bake import bake
+
+    spec = spec_from_scene(small_scene)
+    lost = spec.objects[0]
+    lost.pose = lost.pose.copy()
+    lost.pose[0, 3] += 1000.0
+    with pytest.warns(LabelWarning, match=f"'{lost.name}' is outside every camera"):
+        bake(spec, tmp_path / "out", frames="0:2", formats=("raw",), depth_source=TruthQuery(small_scene))
+    frames = json.loads((tmp_path / "out" / "raw" / "labels.json").read_text())["frames"]
+    ids = {inst["instance_id"] for frame in frames for inst in frame["instances"]}
+    assert ids and lost.instance_id not in ids
+
+
+def test_coco_ignores_instances_more_likely_wrong_than_right() -> None:
+    """COCO: ``ignore`` 1 for an instance whose mean confidence is under 1/2 (iscrowd stays 0); raw keeps the
+    mean confidence per instance."""
+    from neurallabel.core.data.dataset import Frame
+    from neurallabel.core.export.coco import COCO
+    from neurallabel.core.export.raw import RAW
+    from neurallabel.core.geometry.cameras import Intrinsics
+    from neurallabel.core.labels.frame import FrameLabels, InstanceLabels
+
+    view = view_of(LabelSpec(None, Path("."), None, objects=[]),
+                   Frame(0, Path("x.png"), np.eye(4), Intrinsics(8, 6, 8.0, 8.0, 4.0, 3.0)))
+    records = []
+    for instance_id, conf in ((1, 0.9), (2, 0.3), (3, None)):
+        mask = np.zeros((6, 8), bool)
+        mask[instance_id, 1:4] = True
+        records.append(InstanceLabels(instance_id, 1, f"o{instance_id}", mask, mask, 3, 3, 3, 1.0, [1, 1, 2, 0],
+                                      [1, 1, 2, 0], np.eye(3), np.zeros(3), np.zeros((8, 2)), np.ones(8),
+                                      mean_confidence=conf))
+    labels = FrameLabels(0, np.zeros((6, 8), np.uint16), np.zeros((6, 8), np.uint16), np.zeros((6, 8), np.float32),
+                         None, records)
+
+    class Ctx:
+        coco_masks = "rle"
+
+        def image_name(self, view):
+            return "x.png"
+
+    anns = {a["instance_id"]: a for a in COCO.fragment(Ctx(), view, labels)["annotations"]}
+    assert "ignore" not in anns[1] and anns[2]["ignore"] == 1 and "ignore" not in anns[3]
+    assert all(a["iscrowd"] == 0 for a in anns.values())
+    raw = RAW.fragment(Ctx(), view, labels)
+    assert [i["mean_confidence"] for i in raw["instances"]] == [0.9, 0.3, None]

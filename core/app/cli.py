@@ -267,10 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(pip install \"neurallabel[ray]\")")
     # Blender's Bake passes its scene's occlusion tolerances; these reproduce them (same defaults as LabelOptions).
     p.add_argument("--occlusion-mm", dest="occlusion_abs_mm", type=float, default=5.0,
-                   help="a mesh pixel is occluded when the field's surface is nearer by more than this (mm) ...")
+                   help="the field's density within this band (mm) of an annotated mesh's surface belongs to "
+                        "it and hides nothing ...")
     p.add_argument("--occlusion-rel", type=float, default=0.02, help="... plus this fraction of the depth")
     p.add_argument("--occlusion-min-confidence", type=float, default=0.5,
-                   help="... and only where the field is at least this confident of its surface (0-1; 0: off)")
+                   help="a mesh pixel is occluded when the probability that its ray does not reach the mesh "
+                        "exceeds this (0-1; 0.5: the likelier of visible and occluded)")
 
     p = add("inspect", "draw a bake's labels: overlays, depth, confidence, contact sheet and index.html",
             "dataset/ --max 24   (then open dataset/inspect/index.html)", ("bake",))

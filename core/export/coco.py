@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 PATH = "coco/annotations.json"
 MASK_FORMATS = ("rle", "polygon")
+#: an instance whose visible pixels' mean confidence (P(label right)) is under this gets ``"ignore": 1``
+IGNORE_BELOW = 0.5
 #: contours are traced on the mask upsampled by this factor, then mapped back: a ring through the pixel
 #: centres of the upsampled mask runs a quarter pixel inside the original pixels' edges, which pycocotools'
 #: polygon rasteriser fills to exactly the mask (a ring through the original pixel centres loses half of
@@ -101,7 +103,7 @@ class CocoWriter:
     title = "COCO"
     description = "COCO instances with RLE masks and boxes"
     needs_depth = False
-    needs_confidence = False
+    needs_confidence = True  # an instance's mean confidence sets its ``ignore``
 
     def static_files(self, ctx: ExportContext) -> dict[str, bytes]:
         return {}
@@ -118,9 +120,13 @@ class CocoWriter:
             if inst.px_count_visib == 0:
                 continue  # COCO has no use for an invisible instance
             seg, extra = segmentation(inst.visible_mask, ctx.coco_masks)
+            # An instance whose pixels are more likely wrong than right: COCOeval neither rewards nor punishes
+            # detections of it (``ignore``); it stays a normal instance otherwise (iscrowd 0).
+            unsure = inst.mean_confidence is not None and inst.mean_confidence < IGNORE_BELOW
             annotations.append({"image_id": view.index, "category_id": inst.category_id,
                                 "segmentation": seg, "area": inst.px_count_visib,
                                 "bbox": bbox_coco(inst.visible_mask), "iscrowd": 0,
+                                **({"ignore": 1} if unsure else {}),
                                 "instance_id": inst.instance_id, "name": inst.name, **extra})
         return {"image": image, "annotations": annotations}
 

@@ -4,8 +4,9 @@
 depth as uint16 millimetres, round(depth * units_to_mm), 0 = no surface (NaN, or beyond 65.535 m); ``instance/NNNNNN.png`` and
 ``category/NNNNNN.png`` uint16 id maps (0 = background); ``binary/NNNNNN.png`` 0/255;
 ``full/NNNNNN_IIIIII.png`` each instance's full silhouette (I = instance_id), 0/255;
-``confidence/NNNNNN.png`` uint8, 255 * the field's confidence (written only with a field); and
-``labels.json``: per frame its camera and, per instance, boxes, projected 3D box corners, pose and counts.
+``confidence/NNNNNN.png`` uint8, 255 * the probability that the pixel's label is right (written only with a
+field; docs/loading.md says how it is made); and ``labels.json``: per frame its camera and, per instance, boxes,
+projected 3D box corners, pose, counts and the mean confidence of its visible pixels.
 Pixel coordinates use the OpenCV convention (pixel centres at integers); poses are model->camera in OpenCV
 camera axes, in world units.
 
@@ -87,7 +88,9 @@ class RawWriter:
                 "corners_px": _floats(inst.corners_px), "corners_z": _floats(inst.corners_z),
                 "R_m2c": _floats(inst.cam_R_m2c), "t_m2c": _floats(inst.cam_t_m2c),
                 "px_count_all": inst.px_count_all, "px_count_valid": inst.px_count_valid,
-                "px_count_visib": inst.px_count_visib, "visib_fract": inst.visib_fract})
+                "px_count_visib": inst.px_count_visib, "visib_fract": inst.visib_fract,
+                # the mean over its visible pixels of P(the pixel's label is right); null without a field
+                "mean_confidence": None if inst.mean_confidence is None else round(inst.mean_confidence, 6)})
         intr = view.intrinsics
         return {"index": view.index, "image": ctx.image_name(view), "width": intr.width, "height": intr.height,
                 "K": _floats(intr.K_opencv), "model": intr.model, "distortion": list(intr.distortion),

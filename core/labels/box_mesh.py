@@ -1,8 +1,10 @@
 """Box pipeline: an object's mesh extracted from the field's density inside its annotated box.
 
-The density is sampled on a regular grid of voxel centres in the box's own frame, the iso-surface is taken
-with marching cubes (PyMCubes) and only the largest connected piece is kept (floaters and bits of the
-neighbours that poke into the box go away). The iso-level comes from the field itself, not from a magic
+The density is sampled on a regular grid of voxel centres in the box's own frame and the iso-surface is taken
+with marching cubes (PyMCubes). Then it is cleaned: the support the object stands on (the table or floor in the
+box's bottom: the dominant plane there, :func:`~.occlusion.support_plane`) is cut away with a slab of
+``support`` above it, and only the big connected pieces are kept (floaters and bits of the neighbours that
+poke into the box go away). The iso-level comes from the field itself, not from a magic
 number. The caller measures it where the field renders its surfaces: the median density at the points of
 the field's own depth (the median of each ray's weights) that fall inside the box, seen from the dataset's
 cameras (:func:`core.bake` does this). Without such points, it is the density at which transmittance drops
@@ -20,8 +22,12 @@ import numpy as np
 from ..errors import NeuralLabelError
 from ..geometry.transforms import apply_points
 from ..progress import ProgressFn, report
+from .occlusion import bottom_zone, box_up_axis, lateral_span, support_plane
 
 DEFAULT_RESOLUTION = 128  # voxels along the box's longest side
+#: pieces with at least this share of the largest piece's faces are kept (a handle cut off by the support slab,
+#: the two halves of a torus cut by it); smaller ones are floaters
+KEEP_PIECE_SHARE = 0.2
 
 
 def density_threshold(voxel_data: float) -> float:
@@ -32,13 +38,16 @@ def density_threshold(voxel_data: float) -> float:
 def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.ndarray, size: np.ndarray,
                      world_from_data: np.ndarray, *, resolution: int = DEFAULT_RESOLUTION,
                      step: Optional[float] = None, threshold: Optional[float] = None, chunk: int = 1 << 18,
-                     progress: Optional[ProgressFn] = None, name: str = "box"):
+                     progress: Optional[ProgressFn] = None, name: str = "box", support: Optional[float] = None,
+                     world_up: np.ndarray = np.array([0.0, 0.0, 1.0])):
     """The largest connected surface of the field inside a box, as a trimesh in the box's frame (world units).
 
     ``density(points_data (N, 3)) -> (N,)`` is the field's density in the data frame; ``box_pose`` is
     box-to-world (box centred at its origin), ``size`` its edge lengths (world units); ``step`` the field's
     render step in data units; ``threshold`` the iso-level (density per data unit), by default
-    ``ln 2 / step``. Returns None when the field holds no surface in the box.
+    ``ln 2 / step``; ``support`` the slab above the support plane that is cut away (world units; default two
+    voxels: the blur of the field's table surface), ``world_up`` the world's up (the support lies under the
+    box's side nearest to it). Returns None when the field holds no surface in the box.
     """
     import mcubes
     import trimesh
@@ -72,10 +81,35 @@ def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.n
     offsets = np.array([a[0] for a in axes])
     vertices = (vertices - 1.0) * voxel + offsets
     mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=True)
+    mesh = clean_box_mesh(mesh, size, box_up_axis(np.asarray(box_pose)[:3, :3], world_up),
+                          2.0 * voxel if support is None else float(support), tolerance=voxel)
+    if mesh is None:
+        return None
+    mesh.fix_normals()
+    return mesh
+
+
+def clean_box_mesh(mesh, size: np.ndarray, up: np.ndarray, support: float, *, tolerance: float):
+    """``mesh`` (box frame) without its support -- faces touching the slab of ``support`` above the dominant
+    plane near the box's bottom (within ``tolerance``), or below it -- and without its small pieces; None
+    when nothing is left."""
+    vertices = np.asarray(mesh.vertices)
+    # not the caps that close the surface on the box's walls: the support's underside would be one
+    inner = np.all(np.abs(vertices) < np.asarray(size) / 2 - tolerance, axis=1)
+    zone = bottom_zone(vertices, size, up) & inner
+    plane = support_plane(vertices[zone], up, max(tolerance, support / 2), span=lateral_span(size, up))
+    if plane is not None:
+        low = plane.height(vertices) <= support
+        keep = ~low[np.asarray(mesh.faces)].any(axis=1)
+        if not keep.any():
+            return None
+        mesh = mesh.submesh([np.flatnonzero(keep)], append=True)
     pieces = mesh.split(only_watertight=False)
     if len(pieces) > 1:
-        mesh = max(pieces, key=lambda m: (len(m.faces), float(m.area)))
-    mesh.fix_normals()
+        largest = max(len(m.faces) for m in pieces)
+        import trimesh
+
+        mesh = trimesh.util.concatenate([m for m in pieces if len(m.faces) >= KEEP_PIECE_SHARE * largest])
     return mesh
 
 

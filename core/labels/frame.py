@@ -5,16 +5,23 @@ For one camera (:meth:`FrameLabeler.label`):
    centres inside its projected bounding box -> its *full* silhouette and z-depth (also beyond the image
    border, so ``px_count_all`` and ``bbox_obj`` count the truncated part, as bop_toolkit does);
 2. the nearest annotated mesh per pixel is the one with the smallest z;
-3. the scene (:class:`~..scene.queries.SceneQuery`: a field or true depth) is asked only for the pixels a
-   decision needs (pixels covered by a mesh, and pixels inside a box's projection) -- or for all pixels when
-   depth/confidence maps are written;
-4. a mesh pixel is *visible* unless the scene's surface lies in front of the mesh by more than
-   ``tolerance = abs + rel * z`` (unannotated clutter occludes annotated objects);
-5. a pixel belongs to a *box* object where the scene's surface along the ray lies inside the box (and no
-   annotated mesh is visible there);
-6. depth: the scene's depth, replaced by the mesh's depth on visible mesh pixels (always for transparent
+3. the scene (:class:`~..scene.queries.SceneQuery`: a field or true depth) is rendered once, only for the
+   pixels a decision needs (pixels covered by a mesh, and pixels inside a box's projection) -- or for all
+   pixels when a depth map is written -- with its samples along the rays of the decision pixels (a depth map's
+   surface is one opaque sample);
+4. a mesh pixel is visible with the probability that its ray reaches the mesh: the transmittance up to the
+   mesh's depth, not counting samples within a 3D band around any annotated mesh's surface (the field's
+   blurred copy of an annotated object belongs to it and hides nothing); density elsewhere (unannotated
+   clutter) occludes. Visible where that probability is at least 1/2 (``occlusion_min_confidence``);
+5. a pixel belongs to a *box* object with the probability that its ray stops on the object: the share of its
+   weight inside the box or near the box's extracted mesh, but not on the support surface under the box (the
+   table, found per frame by a plane fit) -- where that is at least 1/2 and no annotated mesh is visible;
+   overlapping boxes: the smaller box takes the pixel;
+6. confidence: per pixel, the probability that its label is right (the visibility or box probability of the
+   label it got, or one minus it for the label it did not get; 1 where no annotated object can be);
+7. depth: the scene's depth, replaced by the mesh's depth on visible mesh pixels (always for transparent
    objects, whose field depth is unusable; for every mesh with ``mesh_depth="all"``, the default);
-7. per-instance records: counts, 2D boxes, model->camera pose and projected 3D box corners.
+8. per-instance records: counts, 2D boxes, model->camera pose, projected 3D box corners, mean confidence.
 
 Meshes are cast from the view's rigid world pose (``cam_to_world``); the scene is asked with the view itself
 and answers in the dataset's frame (``cam_to_data``), scaled to world units by ``data_scale``.
@@ -38,24 +45,37 @@ from ..geometry.cameras import camera_directions
 from ..geometry.projection import Region, backproject, opencv_from_pose, project, projected_region, region_pixels
 from ..geometry.transforms import apply_directions, apply_points
 from ..geometry.view import View
-from ..scene.queries import SceneQuery
+from ..scene.queries import RayWeights, SceneQuery, concentrated_weight, samples_from_depth
 from ..spec import SpecObject
+from .occlusion import SurfaceBand, bottom_zone, box_up_axis, lateral_span, support_plane
 
 MESH_DEPTH_MODES = ("all", "transparent")
 
 
+class LabelWarning(UserWarning):
+    """Something in the spec gives no label where the user surely expected one (the bake goes on)."""
+
+
 @dataclass(frozen=True)
 class LabelOptions:
-    #: a mesh pixel is occluded when the depth source's surface is nearer than the mesh by more than
-    #: ``occlusion_abs_mm`` (converted with ``units_to_mm``) + ``occlusion_rel`` * depth.
-    # Defaults from scripts/bench_labels.py's sweep (CPU-trained field, unannotated clutter in the scene):
-    # visible-mask IoU 0.55 with no confidence gate, 0.88 at 0.3, 0.985 at 0.5 with 5 mm + 2 %.
+    #: the band around every annotated mesh's surface whose density belongs to that object and occludes
+    #: nothing: ``occlusion_abs_mm`` (converted with ``units_to_mm``) + ``occlusion_rel`` * z-depth. It must
+    #: cover how far a trained field blurs a surface in front of it (the field's step and its smoothing), and
+    #: stay under the gap between an object and clutter just in front of it; scripts/bench_labels.py reports
+    #: the visible-mask IoU against Cycles for a range of bands (its ``band_curve``).
+    # Measured so far: a 2 mm blurred shell needs >= 4 mm at grazing rays (tests/test_occlusion.py); on a
+    # 233-step CPU field of the seed-2 test scene the mesh IoU kept rising with the band (0.63 at 0 mm, 0.73 at
+    # 5, 0.85 at 20: a half-trained field's fog hugs the surfaces), while clutter 2 cm in front must still
+    # occlude. 5 mm + 2 % of the depth (15 mm at 0.5 m) lies between, and is the CLI's and the add-on's
+    # default; set it from the band curve of a 10-minute field.
     occlusion_abs_mm: float = 5.0
     occlusion_rel: float = 0.02
-    #: a field surface occludes a mesh only where the field is at least this confident of it (see
-    #: ``scene.queries.CONFIDENCE_WINDOW``): floaters of a half-trained field -- weight smeared along the ray --
-    #: do not hide an annotated object. Their pixels keep a low value in the confidence map. 0 = off.
+    #: a mesh pixel is occluded when the probability that its ray does not reach the mesh (1 - transmittance)
+    #: exceeds this: 0.5 = visible when more likely visible than not; 0 = any density occludes; 1 = nothing does.
     occlusion_min_confidence: float = 0.5
+    #: surface this close above (or anywhere below) the plane a box object stands on is that support, not the
+    #: object (the field's table surface is blurred by a few millimetres)
+    support_mm: float = 3.0
     mesh_depth: str = "all"  # "all": mesh depth on every visible mesh pixel; "transparent": only on glass
     truncated: bool = True  # count the silhouette beyond the image border (BOP px_count_all, bbox_obj)
 
@@ -64,20 +84,20 @@ class LabelOptions:
             raise NeuralLabelError(f"mesh_depth must be one of {', '.join(MESH_DEPTH_MODES)}, got "
                                    f"{self.mesh_depth!r}")
         # NaN passes every comparison below (and NaN != NaN: a manifest holding one never equals its re-run's)
-        for name in ("occlusion_abs_mm", "occlusion_rel", "occlusion_min_confidence"):
+        for name in ("occlusion_abs_mm", "occlusion_rel", "occlusion_min_confidence", "support_mm"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise NeuralLabelError(f"{name} must be a finite number, got {value!r}")
-        if self.occlusion_abs_mm < 0 or self.occlusion_rel < 0:
-            raise NeuralLabelError("occlusion tolerances must be >= 0")
+        if self.occlusion_abs_mm < 0 or self.occlusion_rel < 0 or self.support_mm < 0:
+            raise NeuralLabelError("occlusion band and support thickness must be >= 0")
         if not 0.0 <= self.occlusion_min_confidence <= 1.0:
             raise NeuralLabelError(f"occlusion_min_confidence must be in [0, 1], got "
                                    f"{self.occlusion_min_confidence}")
 
     def to_json(self) -> dict:
         return {"occlusion_abs_mm": self.occlusion_abs_mm, "occlusion_rel": self.occlusion_rel,
-                "occlusion_min_confidence": self.occlusion_min_confidence, "mesh_depth": self.mesh_depth,
-                "truncated": self.truncated}
+                "occlusion_min_confidence": self.occlusion_min_confidence, "support_mm": self.support_mm,
+                "mesh_depth": self.mesh_depth, "truncated": self.truncated}
 
 
 @dataclass
@@ -143,6 +163,7 @@ class InstanceLabels:
     cam_t_m2c: np.ndarray  # (3,) translation, world units
     corners_px: np.ndarray  # (8, 2) projected 3D box corners, OpenCV pixel convention
     corners_z: np.ndarray  # (8,) their z-depth
+    mean_confidence: Optional[float] = None  # mean confidence over the visible mask; None: no confidence map
 
 
 @dataclass
@@ -151,7 +172,7 @@ class FrameLabels:
     instance: np.ndarray  # (H, W) uint16 instance ids (0 = nothing annotated visible)
     category: np.ndarray  # (H, W) uint16 category ids
     depth: np.ndarray  # (H, W) float32 z-depth in world units, NaN = no surface (or not computed)
-    confidence: Optional[np.ndarray]  # (H, W) float32 in [0, 1], the field's certainty; None without a field
+    confidence: Optional[np.ndarray]  # (H, W) float32 in [0, 1], P(the pixel's label is right); None without a field
     instances: list[InstanceLabels] = field(default_factory=list)
     source_depth: Optional[np.ndarray] = None  # (H, W) the depth source's own z-depth (NaN: not asked / none)
 
@@ -214,10 +235,25 @@ class _Silhouette:
 
 @dataclass
 class _SceneAnswer:
-    """The scene's surface for one view, in world units: (H, W) maps, NaN where not asked (or no surface)."""
+    """The scene for one view, in world units: its surface as an (H, W) map, NaN where not asked (or no surface),
+    and the samples along the rays of the decision pixels."""
 
     z_depth: np.ndarray  # float64
-    confidence: Optional[np.ndarray]  # float32; None when the scene measures none (or it was not asked)
+    rows: np.ndarray  # (N,) the pixels asked, in the order of the samples' ray index
+    cols: np.ndarray
+    ray_of: np.ndarray  # (H, W) int64: the ray index of a pixel, -1 where not asked
+    samples: RayWeights  # z in world units
+    measured: bool  # the scene measures how sure it is (a field): the label math writes a confidence map
+    _weights: Optional[np.ndarray] = None
+
+    @property
+    def n_rays(self) -> int:
+        return len(self.rows)
+
+    def weights(self) -> np.ndarray:
+        if self._weights is None:
+            self._weights = self.samples.weights(self.n_rays)
+        return self._weights
 
 
 class FrameLabeler:
@@ -238,6 +274,8 @@ class FrameLabeler:
         self.units_to_mm = float(units_to_mm)
         self.options = options
         self.box_ids = [i for i, o in enumerate(objects) if not o.is_mesh]
+        self._annotated_band: Optional[SurfaceBand] = None  # built on first use (mesh-only labels need none)
+        self._model_bands: dict[int, Optional[SurfaceBand]] = {}
         if scene is None and self.box_ids:
             raise NeuralLabelError("box objects need a depth source (a field): their pixels are where the "
                                    "field's surface lies inside the box")
@@ -255,15 +293,24 @@ class FrameLabeler:
         covered = nearest >= 0
         box_regions = {i: projected_region(view.intrinsics, view.cam_to_world, self.objects[i].box.corners(),
                                            (0, 0, view.width, view.height)) for i in self.box_ids}
-        scene = self.query_scene(view, covered, box_regions, full_depth, confidence)  # 3
-        mesh_visible = self.mesh_visibility(covered, nearest_z, scene)  # 4
+        scene = self.query_scene(view, covered, box_regions, full_depth)  # 3
+        p_visible, p_on_mesh, p_occluder = self.mesh_visibility(view, covered, nearest_z, scene)  # 4
+        mesh_visible = covered & (1.0 - p_visible <= self.options.occlusion_min_confidence)
         visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
-        visible.update(self.box_masks(view, box_regions, scene, mesh_visible))  # 5
+        box_visible, p_box = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
+        visible.update(box_visible)
+        conf = None
+        if scene is not None and scene.measured and confidence:
+            # a transparent object's field density is too faint to show it: its confidence is the visibility
+            transparent = np.isin(nearest, [i for i in mesh_ids if self.objects[i].spec.transparent])
+            p_right = np.where(transparent, p_visible, np.minimum(p_visible, p_on_mesh))
+            p_right = np.where(mesh_visible, p_right, np.minimum(1.0 - p_visible, p_occluder))
+            conf = confidence_map(covered, mesh_visible, p_right, box_regions, box_visible, p_box)  # 6
         instance, category = self.id_maps(visible, shape)
-        depth = self.depth_map(mesh_ids, visible, nearest_z, mesh_visible, scene)  # 6
-        instances = self.instance_records(view, silhouettes, visible, np.isfinite(depth))  # 7
-        return FrameLabels(view.index, instance, category, depth, None if scene is None else scene.confidence,
-                           instances, source_depth=None if scene is None else scene.z_depth)
+        depth = self.depth_map(mesh_ids, visible, nearest_z, mesh_visible, scene)  # 7
+        instances = self.instance_records(view, silhouettes, visible, np.isfinite(depth), box_regions, conf)  # 8
+        return FrameLabels(view.index, instance, category, depth, conf, instances,
+                           source_depth=None if scene is None else scene.z_depth)
 
     # --- stages ------------------------------------------------------------------------------------------
 
@@ -295,70 +342,137 @@ class FrameLabeler:
         return silhouettes
 
     def query_scene(self, view: View, covered: np.ndarray, box_regions: dict[int, Optional[Region]],
-                    full_depth: bool, confidence: bool) -> Optional[_SceneAnswer]:
-        """3. The scene's surface (world units) where needed: every pixel for depth or confidence maps,
-        otherwise the mesh-covered pixels and those inside a box's projection. None without a scene."""
+                    full_depth: bool) -> Optional[_SceneAnswer]:
+        """3. One render of the scene (world units): every pixel for a depth map, otherwise the mesh-covered
+        pixels and those inside a box's projection; samples along the rays of those decision pixels. None
+        without a scene."""
         if self.scene is None:
             return None
         H, W = covered.shape
-        measured = self.scene.measures_confidence  # a field: its weights give a confidence
-        gate = measured and self.options.occlusion_min_confidence > 0
-        want_confidence = measured and (confidence or gate)
-        if full_depth or (confidence and measured):
+        need = covered.copy()
+        for region in box_regions.values():
+            if region is not None:
+                c0, r0, c1, r1 = region
+                need[r0:r1, c0:c1] = True
+        if full_depth:
             rows, cols = np.divmod(np.arange(H * W), W)
         else:
-            need = covered.copy()
-            for region in box_regions.values():
-                if region is not None:
-                    c0, r0, c1, r1 = region
-                    need[r0:r1, c0:c1] = True
             rows, cols = np.nonzero(need)
-        answer = self.scene.at_pixels(view, rows, cols, confidence=want_confidence)
+        decide = need[rows, cols]
+        if getattr(self.scene, "gives_samples", False):
+            answer = self.scene.at_pixels(view, rows, cols, samples_for=decide)
+            samples = answer.samples
+        else:
+            answer = self.scene.at_pixels(view, rows, cols)
+            surface = samples_from_depth(answer.z_depth)
+            samples = surface.select(decide[surface.ray])
         z_depth = np.full((H, W), np.nan)
         z_depth[rows, cols] = answer.z_depth * self.data_scale
-        confidence_map = None
-        if answer.confidence is not None:
-            confidence_map = np.full((H, W), np.nan, dtype=np.float32)
-            confidence_map[rows, cols] = answer.confidence
-        return _SceneAnswer(z_depth, confidence_map)
+        ray_of = np.full((H, W), -1, dtype=np.int64)
+        ray_of[rows, cols] = np.arange(len(rows))
+        samples = RayWeights(samples.ray, samples.z * self.data_scale, samples.alpha)
+        return _SceneAnswer(z_depth, rows, cols, ray_of, samples, bool(self.scene.measures_confidence))
 
-    def mesh_visibility(self, covered: np.ndarray, nearest_z: np.ndarray, scene: Optional[_SceneAnswer]
-                        ) -> np.ndarray:
-        """4. Where the nearest mesh is visible: not behind the scene's (confident) surface by more than the
-        tolerance. Without a scene every covered pixel is."""
+    def mesh_visibility(self, view: View, covered: np.ndarray, nearest_z: np.ndarray,
+                        scene: Optional[_SceneAnswer]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """4. Per pixel (float32 maps, 0 where no mesh is): the probability that the nearest mesh is visible --
+        the transmittance from the camera up to the mesh, not counting samples within the band of any annotated
+        mesh's surface --, the probability that the ray stops on an annotated object (its weight within that
+        band: the field sees the object there), and that it stops on one occluding surface (the occluding
+        weight concentrated around its own median depth: a fog's smeared weight is no surface). All 1 on
+        every covered pixel without a scene."""
         if scene is None:
-            return covered
-        scene_z = scene.z_depth
-        tol = self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * scene_z
-        with np.errstate(invalid="ignore"):
-            occluded = covered & (nearest_z > scene_z + tol)  # NaN (no surface) never occludes
-            if scene.confidence is not None and self.options.occlusion_min_confidence > 0:
-                occluded &= scene.confidence >= self.options.occlusion_min_confidence
-        return covered & ~occluded
+            return (covered.astype(np.float32),) * 3
+        rows, cols = np.nonzero(covered)
+        rays = scene.ray_of[rows, cols]
+        mesh_z = np.full(scene.n_rays, -np.inf)
+        mesh_z[rays] = nearest_z[rows, cols]
+        s = scene.samples
+        weights = scene.weights()
+        band = self.band(s.z)
+        # Only samples with some opacity, up to just behind the mesh, matter; their 3D distance to the annotated
+        # surfaces decides whose they are.
+        idx = np.flatnonzero((s.z < mesh_z[s.ray] + 2 * band) & (s.alpha > 1e-4))
+        own = np.zeros(len(s.z), bool)
+        if len(idx):
+            points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[idx]],
+                                 scene.cols[s.ray[idx]], s.z[idx])
+            own[idx] = self.annotated_band().within(points, band[idx])
+        counted = (s.z < mesh_z[s.ray]) & ~own
+        transmittance = s.transmittance(scene.n_rays, counted)
+        on_mesh = np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays)
+        occluding = np.flatnonzero(counted)
+        occluder = concentrated_weight(s.ray[occluding], s.z[occluding], weights[occluding], scene.n_rays)
+        maps = [np.zeros(covered.shape, np.float32) for _ in range(3)]
+        for out, per_ray in zip(maps, (transmittance, on_mesh, occluder)):
+            out[rows, cols] = np.clip(per_ray[rays], 0.0, 1.0)
+        return tuple(maps)
 
     def box_masks(self, view: View, box_regions: dict[int, Optional[Region]], scene: Optional[_SceneAnswer],
-                  mesh_visible: np.ndarray) -> dict[int, np.ndarray]:
-        """5. Box objects' visible masks: where the scene's surface lies inside the box and no annotated mesh
-        is visible. Overlapping boxes: the smaller box takes the pixel (deterministic, usually the right one)."""
+                  mesh_visible: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """5. Box objects' visible masks, and per box the probability map (0 outside its region) that a pixel's
+        ray stops on the object: the share of its weight inside the box or within the band of the box's
+        extracted mesh, and above the support plane (found in this frame's surface points near the box's
+        bottom). A pixel is the box's where that is >= 1/2 and no annotated mesh is visible there.
+        Overlapping boxes: the smaller box takes the pixel (an object inside a bigger box is usually the one
+        the small box was drawn for)."""
         if not self.box_ids:
-            return {}
-        box_owner = np.full(mesh_visible.shape, -1, dtype=np.int64)
-        owner_volume = np.full(mesh_visible.shape, np.inf)
+            return {}, {}
+        shape = mesh_visible.shape
+        box_owner = np.full(shape, -1, dtype=np.int64)
+        owner_volume = np.full(shape, np.inf)
+        p_box: dict[int, np.ndarray] = {}
+        s = scene.samples
+        weights = scene.weights()
+        support = self.options.support_mm / self.units_to_mm
+        threshold = 1.0 - self.options.occlusion_min_confidence
         for i in self.box_ids:
             region = box_regions[i]
+            p_map = np.zeros(shape, np.float32)
+            p_box[i] = p_map
             if region is None:
                 continue
-            rows, cols = region_pixels(region)
-            z = scene.z_depth[rows, cols]
-            ok = np.isfinite(z) & ~mesh_visible[rows, cols]
-            rows, cols, z = rows[ok], cols[ok], z[ok]
             box = self.objects[i].box
-            inside = inside_rigid_box(box, backproject(view.intrinsics, view.cam_to_world, rows, cols, z))
+            rotation, centre, half = box.pose[:3, :3], box.pose[:3, 3], box.size / 2
+            rows, cols = region_pixels(region)
+            rays = scene.ray_of[rows, cols]
+            plane = self.support(view, box, rows, cols, scene.z_depth[rows, cols], support)
+            # The weight of each ray's samples on the object.
+            in_region = np.zeros(scene.n_rays, bool)
+            in_region[rays] = True
+            idx = np.flatnonzero(in_region[s.ray] & (weights > 1e-6))
+            points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[idx]],
+                                 scene.cols[s.ray[idx]], s.z[idx])
+            local = (points - centre) @ rotation
+            owned = np.all(np.abs(local) <= half, axis=1)
+            model_band = self.model_band(i)
+            if model_band is not None:
+                owned |= model_band.within(points, self.band(s.z[idx]))
+            if plane is not None:
+                owned &= plane.height(local) > support
+            p_ray = np.bincount(s.ray[idx], weights=weights[idx] * owned, minlength=scene.n_rays)
+            p = np.clip(p_ray[rays], 0.0, 1.0)
+            p_map[rows, cols] = p
+            take = (p >= threshold) & (p > 0) & ~mesh_visible[rows, cols]
             volume = float(np.prod(box.size))
-            take = inside & (volume < owner_volume[rows, cols])
+            take &= volume < owner_volume[rows, cols]
             box_owner[rows[take], cols[take]] = i
             owner_volume[rows[take], cols[take]] = volume
-        return {i: box_owner == i for i in self.box_ids}
+        return {i: box_owner == i for i in self.box_ids}, p_box
+
+    def support(self, view: View, box: Box, rows: np.ndarray, cols: np.ndarray, z: np.ndarray,
+                thickness: float):
+        """The plane a box object stands on, in the box's frame: the dominant plane among this frame's surface
+        points (``z``, world units, at pixels rows/cols) around the box's bottom; None when there is none."""
+        rotation, centre = box.pose[:3, :3], box.pose[:3, 3]
+        up = box_up_axis(rotation)
+        ok = np.isfinite(z)
+        local = (backproject(view.intrinsics, view.cam_to_world, rows[ok], cols[ok], z[ok]) - centre) @ rotation
+        # the plane fit's tolerance: the support thickness, and never under 0.2 % of the box (a depth map's
+        # exact table still scatters by its float precision)
+        tolerance = max(thickness, 0.002 * float(np.linalg.norm(box.size)))
+        return support_plane(local[bottom_zone(local, box.size, up)], up, tolerance,
+                             span=lateral_span(box.size, up), seed=view.index)
 
     def id_maps(self, visible: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Instance and category id maps (uint16, 0 = nothing annotated visible) of the visible masks."""
@@ -382,18 +496,57 @@ class FrameLabeler:
         return depth.astype(np.float32)
 
     def instance_records(self, view: View, silhouettes: dict[int, _Silhouette], visible: dict[int, np.ndarray],
-                         has_depth: np.ndarray) -> list[InstanceLabels]:
-        """7. One record per object seen (silhouette or visible pixels), sorted by instance id."""
+                         has_depth: np.ndarray, box_regions: Optional[dict[int, Optional[Region]]] = None,
+                         confidence: Optional[np.ndarray] = None) -> list[InstanceLabels]:
+        """8. One record per object seen (silhouette or visible pixels; a box object also when its box is in
+        view, with 0 visible pixels where the scene holds nothing of it), sorted by instance id."""
         cam_from_world = opencv_from_pose(view.cam_to_world)
         instances = []
+        box_regions = box_regions or {}
         for i, obj in enumerate(self.objects):
-            record = instance_record(view, obj, silhouettes.get(i), visible.get(i), cam_from_world, has_depth)
+            record = instance_record(view, obj, silhouettes.get(i), visible.get(i), cam_from_world, has_depth,
+                                     in_view=box_regions.get(i) is not None)
             if record is not None:
+                if confidence is not None:
+                    mask = record.visible_mask
+                    record.mean_confidence = float(confidence[mask].mean()) if mask.any() else 0.0
                 instances.append(record)
         instances.sort(key=lambda x: x.instance_id)
         return instances
 
     # --- helpers -----------------------------------------------------------------------------------------
+
+    def band(self, z: np.ndarray) -> np.ndarray:
+        """The occlusion band (world units) at z-depths ``z`` (capped at the band the surfaces were built for)."""
+        return np.minimum(self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * z,
+                          self.max_band())
+
+    def max_band(self) -> float:
+        """The widest band asked for: the relative part at the objects' distance from the origin, plus 4 m
+        of reach (cameras stand around the objects)."""
+        reach = max((float(np.abs(o.bound_points).max(initial=0.0)) for o in self.objects), default=0.0)
+        return self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * (2 * reach + 4.0)
+
+    def annotated_band(self) -> SurfaceBand:
+        """The surfaces of the annotated meshes (world), built on first use."""
+        if self._annotated_band is None:
+            meshes = [world_object_mesh(o) for o in self.objects if o.is_mesh and o.model is not None]
+            self._annotated_band = SurfaceBand(meshes, self.max_band(), spacing=self.band_spacing())
+        return self._annotated_band
+
+    def model_band(self, i: int) -> Optional[SurfaceBand]:
+        """The surface of box object ``i``'s extracted mesh (world), built on first use; None without one."""
+        if i not in self._model_bands:
+            obj = self.objects[i]
+            self._model_bands[i] = None if obj.model is None else SurfaceBand(
+                [world_object_mesh(obj)], self.max_band(), spacing=self.band_spacing())
+        return self._model_bands[i]
+
+    def band_spacing(self) -> float:
+        """Surface samples every third of the band (a distance is then known to ~1/6 band), never under 0.5 mm
+        (memory)."""
+        return max(self.options.occlusion_abs_mm / 3.0, 0.5) / self.units_to_mm
+
 
     def cast_z_depth(self, cast_index: int, view: View, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """z-depth of mesh ``cast_index`` through pixel centres (rows, cols) of ``view``; inf where missed."""
@@ -433,10 +586,12 @@ def mesh_masks(silhouettes: dict[int, _Silhouette], mesh_ids: list[int], nearest
 
 
 def instance_record(view: View, obj: LabelObject, silhouette: Optional[_Silhouette], visible: Optional[np.ndarray],
-                    cam_from_world: np.ndarray, has_depth: np.ndarray) -> Optional[InstanceLabels]:
-    """Counts, 2D boxes, pose and projected corners of one object; None when the view does not see it."""
+                    cam_from_world: np.ndarray, has_depth: np.ndarray, in_view: bool = False
+                    ) -> Optional[InstanceLabels]:
+    """Counts, 2D boxes, pose and projected corners of one object; None when the view does not see it (for a
+    box object ``in_view``: its box projects into the view)."""
     shape = (view.height, view.width)
-    if silhouette is None and (visible is None or not visible.any()):
+    if silhouette is None and (visible is None or not visible.any()) and not in_view:
         return None
     if visible is None:
         visible = np.zeros(shape, bool)
@@ -464,6 +619,39 @@ def instance_record(view: View, obj: LabelObject, silhouette: Optional[_Silhouet
         bbox_obj=bbox_obj, bbox_visib=bbox_bop_mask(visible),
         cam_R_m2c=m2c[:3, :3].copy(), cam_t_m2c=m2c[:3, 3].copy(),
         corners_px=corners_px - 0.5, corners_z=corners_z)
+
+
+def world_object_mesh(obj: LabelObject):
+    """An object's model placed at its pose (world)."""
+    from .raycast import world_mesh
+
+    return world_mesh(obj.model, obj.spec.pose)
+
+
+def confidence_map(covered: np.ndarray, mesh_visible: np.ndarray, p_mesh_right: np.ndarray,
+                   box_regions: dict[int, Optional[Region]], box_visible: dict[int, np.ndarray],
+                   p_box: dict[int, np.ndarray]) -> np.ndarray:
+    """6. Per pixel, the probability (float32) that its label is right: on a mesh's silhouette
+    ``p_mesh_right`` (visible: the ray reaches the mesh and the field sees the object there; occluded: it does
+    not reach it, stopped by one surface); a box pixel, its box probability; a pixel labelled nothing, one
+    minus the probability of each label it did not get (the lowest counts). 1 where no annotated object can be
+    (outside every silhouette and box)."""
+    conf = np.ones(covered.shape, np.float32)
+    conf[covered] = p_mesh_right[covered]
+    boxed = np.zeros(covered.shape, bool)
+    for mask in box_visible.values():
+        boxed |= mask
+    for i, region in box_regions.items():
+        if region is None:
+            continue
+        c0, r0, c1, r1 = region
+        window = (slice(r0, r1), slice(c0, c1))
+        mine, p = box_visible[i][window], p_box[i][window]
+        unlabelled = ~boxed[window] & ~mesh_visible[window]
+        c = conf[window]
+        c[mine] = np.minimum(c[mine], p[mine])
+        c[unlabelled] = np.minimum(c[unlabelled], 1.0 - p[unlabelled])
+    return np.clip(conf, 0.0, 1.0)
 
 
 def _union_bbox(bbox: list[int], mask: np.ndarray) -> list[int]:

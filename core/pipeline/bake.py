@@ -32,6 +32,7 @@ import hashlib
 import json
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ from ..io.atomic import json_bytes, write_bytes, write_bytes_if_changed
 from ..io.images import validate_images
 from ..io.lock import file_lock
 from ..io.outdir import STATE_DIR, OutputClaim, check_output_dir, claim_output_dir, output_error, within
-from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, make_label_object
+from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, LabelWarning, make_label_object
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
 from ..progress import ProgressFn, report
 from ..scene.queries import DensityQuery, FieldQuery
@@ -423,11 +424,20 @@ def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth
                                     resolution=resolution, step=depth_source.step,
                                     threshold=level, progress=progress, name=obj.name)
             if mesh is None:
-                raise NeuralLabelError(f"object {obj.name!r}: the field holds no surface inside its box")
+                raise _NoSurface()
             return mesh
 
-        models[obj.instance_id] = cached_mesh(cache / f"instance_{obj.instance_id:06d}.npz", extract)
+        try:
+            models[obj.instance_id] = cached_mesh(cache / f"instance_{obj.instance_id:06d}.npz", extract)
+        except _NoSurface:
+            # labelled from the field's surface alone: 0 visible pixels where the field holds nothing
+            warnings.warn(f"object {obj.name!r}: the field holds no surface inside its box; it gets 0 visible "
+                          f"pixels", LabelWarning, stacklevel=2)
     return models
+
+
+class _NoSurface(Exception):
+    """A box object's box holds no surface of the field (no mesh to extract)."""
 
 
 def surface_density_level(spec: LabelSpec, views: dict[int, View], depth_source, box: Box, *, max_frames: int = 6,
@@ -482,9 +492,13 @@ def _check_objects_seen(spec: LabelSpec, views: dict[int, View], objects: list[L
                 break
         else:
             unseen.append(obj.spec.name)
-    if unseen:
-        raise NeuralLabelError(f"object {unseen[0]!r} is outside every camera of the dataset (check its pose, "
-                               f"and world_from_data)" + (f"; also {', '.join(unseen[1:])}" if unseen[1:] else ""))
+    if not unseen:
+        return
+    message = (f"object {unseen[0]!r} is outside every camera of the dataset (check its pose, and "
+               f"world_from_data)" + (f"; also {', '.join(unseen[1:])}" if unseen[1:] else ""))
+    if len(unseen) == len(objects):
+        raise NeuralLabelError(message)  # nothing could be labelled: surely a wrong pose or world_from_data
+    warnings.warn(f"{message}; it gets no label", LabelWarning, stacklevel=2)
 
 
 def read_fragments(frames_dir: Path) -> list[tuple[int, dict]]:

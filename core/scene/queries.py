@@ -36,11 +36,87 @@ CONFIDENCE_WINDOW = 0.02
 
 
 @dataclass(frozen=True)
+class RayWeights:
+    """What N pixel rays cross: packed samples sorted by ray, then by depth (data units).
+
+    A sample is a short stretch of its ray with an opacity ``alpha`` (the probability that the ray stops in it,
+    given that it got there). A surface from a depth map is one sample with ``alpha`` 1. The label math asks
+    from these how much of the ray reaches a depth when some samples are not counted (an annotated object's
+    own blurred surface), and how much of its weight lies in a region (a box)."""
+
+    ray: np.ndarray  # (M,) int64: which of the N rays
+    z: np.ndarray  # (M,) z-depth of the sample's midpoint
+    alpha: np.ndarray  # (M,) in [0, 1]
+
+    def weights(self, n_rays: int) -> np.ndarray:
+        """(M,) each sample's volume-rendering weight: ``alpha`` times the transmittance before it."""
+        log_pass = np.log1p(-np.minimum(self.alpha, 1.0 - 1e-12))
+        before = _exclusive_segment_cumsum(log_pass, self.ray, n_rays)
+        return self.alpha * np.exp(before)
+
+    def transmittance(self, n_rays: int, counted: np.ndarray) -> np.ndarray:
+        """(N,) the probability that each ray passes all of its ``counted`` samples (M,) bool."""
+        log_pass = np.log1p(-np.minimum(self.alpha, 1.0 - 1e-12)) * counted
+        return np.exp(np.bincount(self.ray, weights=log_pass, minlength=n_rays))
+
+    def median_z(self, n_rays: int) -> np.ndarray:
+        """(N,) z of the sample where the accumulated weight reaches 1/2; NaN where it never does."""
+        weights = self.weights(n_rays)
+        cum = weights + _exclusive_segment_cumsum(weights, self.ray, n_rays)
+        out = np.full(n_rays, np.nan)
+        reached = np.flatnonzero(cum >= 0.5)
+        first = np.full(n_rays, len(self.z))
+        np.minimum.at(first, self.ray[reached], reached)
+        hit = first < len(self.z)
+        out[hit] = self.z[first[hit]]
+        return out
+
+    def select(self, keep: np.ndarray) -> "RayWeights":
+        return RayWeights(self.ray[keep], self.z[keep], self.alpha[keep])
+
+
+def concentrated_weight(ray: np.ndarray, z: np.ndarray, weights: np.ndarray, n_rays: int,
+                        window: float = CONFIDENCE_WINDOW) -> np.ndarray:
+    """(N,) per ray, the part of ``weights`` (samples sorted by ray, then z) within ``window`` (a fraction of the
+    depth) of their own weighted median: high for a surface, low for the same weight smeared as fog."""
+    if len(ray) == 0:
+        return np.zeros(n_rays)
+    total = np.bincount(ray, weights=weights, minlength=n_rays)
+    cum = weights + _exclusive_segment_cumsum(weights, ray, n_rays)
+    reached = np.flatnonzero(cum >= 0.5 * total[ray])
+    first = np.full(n_rays, len(z))
+    np.minimum.at(first, ray[reached], reached)
+    has = first < len(z)
+    median = np.full(n_rays, np.nan)
+    median[has] = z[first[has]]
+    with np.errstate(invalid="ignore"):
+        near = np.abs(z - median[ray]) <= window * median[ray]
+    return np.bincount(ray[near], weights=weights[near], minlength=n_rays)
+
+
+def _exclusive_segment_cumsum(values: np.ndarray, ray: np.ndarray, n_rays: int) -> np.ndarray:
+    """Per sample, the sum of the values of the samples before it on its ray (samples sorted by ray)."""
+    if len(values) == 0:
+        return np.zeros(0)
+    total = np.cumsum(values)
+    starts = np.searchsorted(ray, np.arange(n_rays))  # first sample of each ray
+    before_ray = np.concatenate([[0.0], total])[starts]
+    return total - values - before_ray[ray]
+
+
+def samples_from_depth(z_depth: np.ndarray) -> RayWeights:
+    """A depth map's surface as ray samples: one opaque sample at each finite depth."""
+    hit = np.flatnonzero(np.isfinite(z_depth))
+    return RayWeights(hit.astype(np.int64), np.asarray(z_depth, dtype=np.float64)[hit], np.ones(len(hit)))
+
+
+@dataclass(frozen=True)
 class ScenePixels:
     """A query's answer for N pixels of one view, in data units."""
 
     z_depth: np.ndarray  # (N,) z-depth of the surface along each pixel's ray; NaN = no surface
     confidence: Optional[np.ndarray] = None  # (N,) in [0, 1]; None unless asked for
+    samples: Optional[RayWeights] = None  # of the rays asked for with ``samples_for`` (others have none)
 
 
 @runtime_checkable
@@ -52,6 +128,8 @@ class SceneQuery(Protocol):
     #: True when ``at_pixels(..., confidence=True)`` measures a confidence (a field's weights); a query
     #: without one (true depth) answers 1 wherever it has a surface, and the label math writes no confidence
     measures_confidence: bool
+    #: (optional attribute, False when absent) True when ``at_pixels(..., samples_for=mask)`` answers the
+    #: rays' samples (:class:`RayWeights`); otherwise the label math treats ``z_depth`` as an opaque surface
 
     def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False
                   ) -> ScenePixels:
@@ -124,6 +202,7 @@ class FieldQuery:
 
     name = "FieldDepth"
     measures_confidence = True
+    gives_samples = True
 
     def __init__(self, field, device: str = "cpu", depth: str = "median", chunk: int = 65536) -> None:
         if depth not in ("median", "expected"):
@@ -139,26 +218,31 @@ class FieldQuery:
 
         return cls(load_field(path, device=device), device=device, **kwargs)
 
-    def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False
-                  ) -> ScenePixels:
+    def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False,
+                  samples_for: Optional[np.ndarray] = None) -> ScenePixels:
+        """``samples_for``: (N,) bool, the rays whose samples to return too (one render serves the depth, the
+        occlusion and the confidence of a frame)."""
         import torch
 
         from ..render.views import render_rays
 
         n = len(rows)
         if n == 0:
-            return ScenePixels(np.zeros(0), np.zeros(0) if confidence else None)
+            return ScenePixels(np.zeros(0), np.zeros(0) if confidence else None,
+                               None if samples_for is None else samples_from_depth(np.zeros(0)))
         pixels = np.stack([np.asarray(cols) + 0.5, np.asarray(rows) + 0.5], axis=-1)
         origins, directions, z_per_distance = camera_rays(view.intrinsics, view.cam_to_data, pixels)
         z = np.empty(n)
         weight_near = np.empty(n) if confidence else None
+        parts: list[RayWeights] = []
         key = "median_distance" if self.depth == "median" else "distance"
         with torch.no_grad():
             for start in range(0, n, self.chunk):
                 sl = slice(start, start + self.chunk)
                 o = torch.as_tensor(origins[sl], dtype=torch.float32, device=self.device)
                 d = torch.as_tensor(directions[sl], dtype=torch.float32, device=self.device)
-                out = render_rays(self.field, o, d, depth_only=True, return_samples=confidence,
+                want = samples_for is not None and bool(np.any(samples_for[sl]))
+                out = render_rays(self.field, o, d, depth_only=True, return_samples=confidence or want,
                                   chunk=self.chunk)
                 distance = out[key].double()
                 opacity = out["opacity"].double()
@@ -167,7 +251,14 @@ class FieldQuery:
                 z[sl] = z_chunk
                 if confidence:
                     weight_near[sl] = weight_near_median(out, out["median_distance"].double(), len(o)).cpu().numpy()
-        return ScenePixels(z, weight_near)
+                if want:
+                    parts.append(_field_samples(out, start, z_per_distance, samples_for))
+        ray_weights = None
+        if samples_for is not None:
+            ray_weights = RayWeights(*(np.concatenate([getattr(p, k) for p in parts]) if parts else
+                                       np.zeros(0, dtype=np.int64 if k == "ray" else np.float64)
+                                       for k in ("ray", "z", "alpha")))
+        return ScenePixels(z, weight_near, ray_weights)
 
     @property
     def step(self) -> Optional[float]:
@@ -185,6 +276,64 @@ class FieldQuery:
                 p = torch.as_tensor(points[start:start + chunk], dtype=torch.float32, device=self.device)
                 out[start:start + chunk] = self.field.density(p).reshape(-1).double().cpu().numpy()
         return out
+
+
+def _field_samples(out: dict, start: int, z_per_distance: np.ndarray, keep_rays: np.ndarray) -> RayWeights:
+    """The rendered samples of one chunk of rays (first ray ``start``) as :class:`RayWeights` (z-depth), only
+    of the rays in ``keep_rays``. A sample's opacity is its weight over the transmittance before it (the
+    renderer keeps only samples with weight, which are the ones that occlude)."""
+    chunk_ray = out["ray_indices"].long().cpu().numpy()
+    ray = chunk_ray + start
+    mid = (0.5 * (out["t_starts"].reshape(-1) + out["t_ends"].reshape(-1))).double().cpu().numpy()
+    weights = out["weights"].reshape(-1).double().cpu().numpy()
+    n_chunk = int(chunk_ray.max()) + 1 if len(chunk_ray) else 0
+    passed = 1.0 - _exclusive_segment_cumsum(weights, chunk_ray, n_chunk)
+    alpha = np.clip(weights / np.maximum(passed, 1e-12), 0.0, 1.0)
+    keep = keep_rays[ray]
+    return RayWeights(ray[keep].astype(np.int64), (mid * z_per_distance[ray])[keep], alpha[keep])
+
+
+class DensityMarchQuery:
+    """A scene given by a volume density (``density(points_data (N, 3)) -> (N,)``), marched in fixed steps
+    from ``near`` to ``far`` along each pixel's ray: an analytic stand-in for a field (tests, benchmarks),
+    answering like :class:`FieldQuery` (median depth, confidence, samples, density)."""
+
+    name = "DensityMarch"
+    measures_confidence = True
+    gives_samples = True
+
+    def __init__(self, density: Callable[[np.ndarray], np.ndarray], *, step: float, near: float, far: float
+                 ) -> None:
+        self._density = density
+        self.step = float(step)
+        self.near, self.far = float(near), float(far)
+
+    def density(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(self._density(points), dtype=np.float64)
+
+    def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False,
+                  samples_for: Optional[np.ndarray] = None) -> ScenePixels:
+        n = len(rows)
+        pixels = np.stack([np.asarray(cols) + 0.5, np.asarray(rows) + 0.5], axis=-1)
+        origins, directions, z_per_distance = camera_rays(view.intrinsics, view.cam_to_data, pixels)
+        t = np.arange(self.near + self.step / 2, self.far, self.step)
+        points = origins[:, None, :] + directions[:, None, :] * t[None, :, None]
+        sigma = np.maximum(self.density(points.reshape(-1, 3)), 0.0)
+        alpha = 1.0 - np.exp(-sigma * self.step)
+        ray = np.repeat(np.arange(n, dtype=np.int64), len(t))
+        z = (t[None, :] * z_per_distance[:, None]).reshape(-1)
+        weights = RayWeights(ray, z, alpha)
+        keep = alpha > 0
+        median = weights.select(keep).median_z(n)
+        near_weight = None
+        if confidence:
+            w = weights.weights(n)
+            near = np.abs(z - median[ray]) <= CONFIDENCE_WINDOW * median[ray]
+            near_weight = np.clip(np.bincount(ray, weights=np.where(near, w, 0.0), minlength=n), 0.0, 1.0)
+        samples = None
+        if samples_for is not None:
+            samples = weights.select(keep & np.asarray(samples_for)[ray])
+        return ScenePixels(median, near_weight, samples)
 
 
 def weight_near_median(out: dict, median_distance, n_rays: int):

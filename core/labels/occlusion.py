@@ -1,0 +1,143 @@
+"""What the label math asks of the scene's density beyond its surface: which samples along a pixel's ray belong
+to an annotated object (a band around its surface), and the plane an object stands on (its support).
+
+- :class:`SurfaceBand`: points within a distance of some meshes' surfaces (a k-d tree over dense samples of the
+  surfaces: the samples along a frame's rays are many, an exact point-to-triangle query per sample is slow).
+- :func:`support_plane`: the dominant plane among surface points near a box's bottom (RANSAC), the table or
+  floor that the boxed object stands on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+class SurfaceBand:
+    """Which points lie within ``band`` of the surface of any of ``meshes`` (trimesh, one frame of reference).
+
+    The surfaces are sampled every ``spacing`` (default band / 3), so a distance is known to about spacing / 2."""
+
+    def __init__(self, meshes: Sequence, band: float, spacing: Optional[float] = None, seed: int = 0) -> None:
+        import trimesh
+        from scipy.spatial import cKDTree
+
+        self.band = float(band)
+        spacing = float(spacing) if spacing else self.band / 3.0
+        clouds = []
+        for mesh in meshes:
+            vertices = np.asarray(mesh.vertices, dtype=np.float64)
+            clouds.append(vertices)
+            area = float(mesh.area)
+            if area > 0 and spacing > 0:
+                count = int(min(2e6, np.ceil(2.0 * area / spacing ** 2)))
+                points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
+                clouds.append(np.asarray(points, dtype=np.float64))
+        cloud = np.concatenate(clouds) if clouds else np.zeros((0, 3))
+        self.empty = len(cloud) == 0
+        self._tree = None if self.empty else cKDTree(cloud)
+        self.lo = cloud.min(axis=0) - self.band if not self.empty else None
+        self.hi = cloud.max(axis=0) + self.band if not self.empty else None
+
+    def within(self, points: np.ndarray, band: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N,) bool: each point's distance to the nearest surface is at most ``band`` (scalar or (N,) array,
+        at most the band given at construction; default that band)."""
+        out = np.zeros(len(points), bool)
+        if self.empty or len(points) == 0:
+            return out
+        near_box = np.all((points >= self.lo) & (points <= self.hi), axis=1)
+        idx = np.flatnonzero(near_box)
+        if len(idx) == 0:
+            return out
+        limit = self.band if band is None else np.broadcast_to(band, (len(points),))[idx]
+        distance, _ = self._tree.query(points[idx], distance_upper_bound=self.band * (1 + 1e-9))
+        out[idx] = distance <= limit
+        return out
+
+
+@dataclass(frozen=True)
+class Plane:
+    normal: np.ndarray  # (3,) unit, pointing up (away from what the plane supports' underside)
+    offset: float  # points x on the plane: normal . x = offset
+
+    def height(self, points: np.ndarray) -> np.ndarray:
+        return points @ self.normal - self.offset
+
+
+def support_plane(points: np.ndarray, up: np.ndarray, tolerance: float, *, span: Optional[np.ndarray] = None,
+                  max_tilt_deg: float = 30.0, min_share: float = 0.15, min_points: int = 30, iterations: int = 200,
+                  seed: int = 0) -> Optional[Plane]:
+    """The plane that holds the most of ``points`` (N, 3) within ``tolerance``, tilted at most ``max_tilt_deg``
+    from ``up`` (RANSAC, seeded so that every run agrees, refined by least squares on its inliers). None when
+    the best plane holds fewer than ``min_share`` of the points or ``min_points``, or when its points spread
+    (5th to 95th percentile) less than ``span`` (3,) along each axis (a table reaches across the box; the
+    flat bottom of a floating object does not): nothing supports the box there."""
+    points = np.asarray(points, dtype=np.float64)
+    up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+    n = len(points)
+    if n < max(3, min_points):
+        return None
+    rng = np.random.default_rng(seed)
+    cos_max = np.cos(np.radians(max_tilt_deg))
+    picks = rng.integers(0, n, size=(iterations, 3))
+    a, b, c = points[picks[:, 0]], points[picks[:, 1]], points[picks[:, 2]]
+    normals = np.cross(b - a, c - a)
+    length = np.linalg.norm(normals, axis=1)
+    ok = length > 1e-12
+    normals[ok] /= length[ok, None]
+    normals *= np.sign(normals @ up)[:, None]
+    ok &= normals @ up >= cos_max
+    best, best_count = None, 0
+    # Score the candidate planes in blocks: (candidates x points) distances.
+    for start in range(0, iterations, 50):
+        idx = np.flatnonzero(ok[start:start + 50]) + start
+        if len(idx) == 0:
+            continue
+        offsets = np.einsum("ij,ij->i", normals[idx], a[idx])
+        counts = (np.abs(points @ normals[idx].T - offsets) <= tolerance).sum(axis=0)
+        k = int(np.argmax(counts))
+        if counts[k] > best_count:
+            best, best_count = (normals[idx[k]], offsets[k]), int(counts[k])
+    if best is None or best_count < max(min_points, min_share * n):
+        return None
+    inliers = points[np.abs(points @ best[0] - best[1]) <= tolerance]
+    if span is not None:
+        spread = np.percentile(inliers, 95, axis=0) - np.percentile(inliers, 5, axis=0)
+        if np.any(spread < np.asarray(span)):
+            return None
+    centre = inliers.mean(axis=0)
+    _, _, vt = np.linalg.svd(inliers - centre, full_matrices=False)
+    normal = vt[-1] * np.sign(vt[-1] @ up)
+    if normal @ up < cos_max:
+        normal = best[0]
+    return Plane(normal, float(normal @ centre))
+
+
+def box_up_axis(box_rotation: np.ndarray, world_up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+    """The box's own axis (in the box frame, signed) nearest to the world's up: the side a support lies under."""
+    up_local = box_rotation.T @ world_up
+    k = int(np.argmax(np.abs(up_local)))
+    axis = np.zeros(3)
+    axis[k] = np.sign(up_local[k]) or 1.0
+    return axis
+
+
+def lateral_span(size: np.ndarray, up: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """(3,) the spread a support plane's points must reach: ``share`` of the box's size sideways, 0 along up."""
+    span = share * np.asarray(size, dtype=np.float64)
+    span[int(np.argmax(np.abs(up)))] = 0.0
+    return span
+
+
+def bottom_zone(local: np.ndarray, size: np.ndarray, up: np.ndarray, *, margin: float = 0.25,
+                below: float = 0.25, above: float = 0.35) -> np.ndarray:
+    """(N,) bool: box-frame points in the zone where a support plane is looked for: the box widened sideways
+    by ``margin`` of its size, from ``below`` of its height under its bottom to ``above`` of it over."""
+    k = int(np.argmax(np.abs(up)))
+    half = np.asarray(size, dtype=np.float64) / 2
+    h = local[:, k] * up[k]  # height along up, 0 = box centre
+    side = [j for j in range(3) if j != k]
+    lateral = np.all(np.abs(local[:, side]) <= half[side] * (1 + margin), axis=1)
+    return lateral & (h >= -half[k] - below * 2 * half[k]) & (h <= -half[k] + above * 2 * half[k])

@@ -1,0 +1,123 @@
+"""Box objects on analytic fields: a torus lying on the floor (the floor seen through its hole is not the torus),
+its extracted mesh without the floor, overlapping boxes, and a box with nothing inside."""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+
+from neurallabel.core.geometry.cameras import Intrinsics
+from neurallabel.core.geometry.projection import backproject
+from neurallabel.core.labels.box_mesh import chamfer_distance, extract_box_mesh
+from neurallabel.core.labels.frame import inside_rigid_box
+from neurallabel.core.geometry.box import Box
+from neurallabel.core.spec import SpecObject
+from test_occlusion import DENSE, labeler, soft, view
+
+R, r = 0.1, 0.03  # the torus: major and minor radius (m), lying flat on the floor z = 0
+INTR = Intrinsics(80, 60, 70.0, 70.0, 40.0, 30.0)
+
+
+def torus_sdf(p: np.ndarray) -> np.ndarray:
+    q = np.hypot(p[:, 0], p[:, 1]) - R
+    return np.hypot(q, p[:, 2] - r) - r
+
+
+def scene_density(p: np.ndarray) -> np.ndarray:
+    floor = soft(np.maximum(p[:, 2], -0.05 - p[:, 2]))
+    return soft(torus_sdf(p)) + floor
+
+
+def Scene():
+    """The torus on the floor as a field (marched) that also answers its density."""
+    from neurallabel.core.scene.queries import DensityMarchQuery
+
+    return DensityMarchQuery(scene_density, step=0.002, near=0.3, far=1.2)
+
+
+def look_at(eye, target=(0.0, 0.0, 0.02)) -> np.ndarray:
+    eye, target = np.asarray(eye, float), np.asarray(target, float)
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, up, -forward, eye
+    return pose
+
+
+CAMERA = look_at([0.0, -0.25, 0.55])
+
+
+def box_object(size, centre=(0.0, 0.0, r), instance_id: int = 1, name: str = "torus") -> SpecObject:
+    pose = np.eye(4)
+    pose[:3, 3] = centre
+    return SpecObject(name, name, instance_id, instance_id, "box", pose, None, np.asarray(size, float), False, None)
+
+
+def truth_masks(scene, cam) -> tuple[np.ndarray, np.ndarray]:
+    """Where the analytic surface at each pixel is the torus, and where it is the floor."""
+    v = view(cam, INTR)
+    rows, cols = np.divmod(np.arange(INTR.width * INTR.height), INTR.width)
+    z = scene.at_pixels(v, rows, cols).z_depth
+    points = backproject(INTR, cam, rows, cols, z)
+    torus = (torus_sdf(points) < 0.004) & (points[:, 2] > 0.004)
+    floor = np.abs(points[:, 2]) < 0.004
+    return torus.reshape(60, 80), floor.reshape(60, 80)
+
+
+def iou(a, b) -> float:
+    return np.count_nonzero(a & b) / max(1, np.count_nonzero(a | b))
+
+
+def test_the_floor_through_the_torus_hole_is_not_the_torus() -> None:
+    scene = Scene()
+    torus, floor = truth_masks(scene, CAMERA)
+    # The user's box: around the torus with a margin, its bottom a little under the floor.
+    obj = box_object([2 * (R + r) + 0.01, 2 * (R + r) + 0.01, 2 * r + 0.012], centre=(0, 0, r - 0.001))
+    labels = labeler([obj], scene).label(view(CAMERA, INTR), full_depth=False)
+    mine = labels.instance == 1
+    box = Box(obj.pose, obj.size)
+    hole = np.zeros_like(floor)
+    rows, cols = np.nonzero(floor)
+    z = scene.at_pixels(view(CAMERA, INTR), rows, cols).z_depth
+    in_box = inside_rigid_box(box, backproject(INTR, CAMERA, rows, cols, z))
+    hole[rows[in_box], cols[in_box]] = True  # floor inside the box: the hole and the rim around the torus
+    assert hole.sum() > 50
+    assert not (mine & hole).any()
+    assert iou(mine, torus) >= 0.93
+    # Confidence: sure on the torus and on the floor through its hole.
+    assert np.mean(labels.confidence[mine] >= 0.5) == 1.0
+    assert np.mean(labels.confidence[hole] >= 0.5) >= 0.95
+
+
+def test_box_mesh_leaves_the_floor_out() -> None:
+    scene = Scene()
+    pose = np.eye(4)
+    pose[:3, 3] = [0.0, 0.0, r - 0.004]
+    size = np.array([2 * (R + r) + 0.02, 2 * (R + r) + 0.02, 2 * r + 0.016])  # 12 mm of floor inside
+    mesh = extract_box_mesh(scene.density, pose, size, np.eye(4), resolution=96, threshold=DENSE / 2)
+    world_z = np.asarray(mesh.vertices)[:, 2] + pose[2, 3]
+    assert world_z.min() > 0.0  # nothing of the floor (at z <= 0) is left
+    true_torus = trimesh.creation.torus(R, r)
+    true_torus.apply_translation([0.0, 0.0, r - pose[2, 3]])
+    diagonal = float(np.linalg.norm(size))
+    assert chamfer_distance(mesh, true_torus) <= 0.02 * diagonal
+
+
+def test_overlapping_boxes_the_smaller_takes_the_pixel() -> None:
+    scene = Scene()
+    small = box_object([2 * (R + r) + 0.01, 2 * (R + r) + 0.01, 2 * r + 0.012], centre=(0, 0, r - 0.001))
+    big = box_object([0.5, 0.5, 0.2], centre=(0, 0, 0.09), instance_id=2, name="big")
+    labels = labeler([big, small], scene).label(view(CAMERA, INTR), full_depth=False)
+    alone = labeler([small], scene).label(view(CAMERA, INTR), full_depth=False)
+    assert np.array_equal(labels.instance == 1, alone.instance == 1)
+    assert (alone.instance == 1).sum() > 200
+
+
+def test_a_box_with_nothing_inside_has_zero_visible_pixels() -> None:
+    scene = Scene()
+    empty = box_object([0.1, 0.1, 0.1], centre=(0.0, 0.05, 0.2), instance_id=3, name="empty")
+    labels = labeler([empty], scene).label(view(CAMERA, INTR), full_depth=False)
+    (record,) = labels.instances
+    assert record.name == "empty" and record.px_count_visib == 0 and not labels.instance.any()
