@@ -35,7 +35,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -87,6 +87,7 @@ class BakePlan:
     inputs: dict[str, list[Path]]  # what the bake reads, by kind: none of it may be written over
     allowed: list[Path]  # inputs that may lie in the output folder (the spec and its meshes)
     resumed: bool  # the output folder already holds this bake
+    coco_masks: str = "rle"
 
     def claim(self) -> OutputClaim:
         """Claim the output folder (writes the manifest of a new bake)."""
@@ -105,6 +106,9 @@ class BakeJob:
     writers: list[Writer]  # in the canonical order of ``FORMATS``
     ctx: ExportContext
     depth_source_name: str
+    #: whether to write a labelled view (None: all): a False leaves it without files or fragment, counted as
+    #: dropped (synthetic views' trust gate)
+    keep: Optional[Callable[[View, FrameLabels], bool]] = None
 
     @property
     def fragments_dir(self) -> Path:
@@ -117,6 +121,7 @@ class FramesDone:
     skipped: int = 0
     instances: int = 0
     label_seconds: float = 0.0
+    dropped: int = 0
 
 
 def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
@@ -204,7 +209,7 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
         validate_images([dataset.frame(i) for i in todo
                          if not (resumed and (fragments / f"{i:06d}.json").is_file())], _when_slow(progress))
     return BakePlan(spec, out_dir, writers, dataset, views, todo, depth_source, source_name, device, options,
-                    box_resolution, manifest, inputs, allowed, resumed)
+                    box_resolution, manifest, inputs, allowed, resumed, coco_masks)
 
 
 def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
@@ -216,18 +221,24 @@ def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FO
     plan = check_request(spec, out_dir, formats=formats, frames=frames, shard=shard, device=device,
                          progress=progress, depth_source=depth_source, options=options,
                          box_resolution=box_resolution, coco_masks=coco_masks)
-    claim = plan.claim()
+    return start(plan, progress=progress, backend=backend)
+
+
+def start(plan: BakePlan, *, progress: Optional[ProgressFn] = None, backend: Optional[str] = None) -> BakeJob:
+    """Stage 1 of a checked plan: claim its folder (writes the manifest), write the models and static files.
+    (Synthetic views start a plan of their own: :mod:`..synth.views`.)"""
+    spec, claim = plan.spec, plan.claim()
     out_dir, device, depth_source = plan.out_dir, plan.device, plan.depth_source
     with writing_into(out_dir):
         try:
             with file_lock(claim.manifest_path):  # concurrent pieces extract a box's mesh once, and share it
-                models = _object_models(spec, plan.views, out_dir, depth_source, box_resolution, progress)
+                models = _object_models(spec, plan.views, out_dir, depth_source, plan.box_resolution, progress)
         except NeuralLabelError:
             if not claim.resumed:  # nothing is baked yet: the corrected spec must find the folder free
                 release_claim(claim)
             raise
-        labeler = frame_labeler(spec, models, depth_source, options, backend=backend, device=device)
-        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), coco_masks)
+        labeler = frame_labeler(spec, models, depth_source, plan.options, backend=backend, device=device)
+        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), plan.coco_masks)
         for writer in plan.writers:
             _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
     return BakeJob(out_dir, plan.views, plan.todo, labeler, plan.writers, ctx, plan.depth_source_name)
@@ -262,6 +273,10 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
         view = job.views[index]
         t0 = time.perf_counter()
         labels = label_view(job, view)
+        if job.keep is not None and not job.keep(view, labels):
+            done.dropped += 1
+            report(progress, n + 1, len(job.todo), "bake")
+            continue
         fragment = {}
         for writer in job.writers:
             _write_all(job.out_dir, writer.frame_files(job.ctx, view, labels), write_bytes)

@@ -1,0 +1,144 @@
+"""Synthetic views (issue 17): poses from bins around the training cameras, Gumbel-softmax draws that replay,
+rendered and baked views, the trust gate, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neurallabel.core.errors import NeuralLabelError
+from neurallabel.core.geometry.transforms import Similarity
+from neurallabel.core.synth.distribution import (Bins, histogram_logits, load_weights, logits_from_weights,
+                                                 probabilities, replay, sample, total_variation)
+from neurallabel.core.synth.poses import (Range, azimuth_arc, clamp_to_hull, orbit_pose, parse_range,
+                                          spherical, training_orbit)
+
+RADIUS = 0.2
+W, H, F = 48, 36, 44.0
+
+
+def write_orbit_scene(folder: Path, cameras=((a, 20.0 + 20 * (i % 2), 1.0 + 0.05 * i)
+                                            for i, a in enumerate(range(0, 360, 45)))) -> Path:
+    """``folder``: a sphere field (radius RADIUS at the origin, no training), an orbit of cameras around it
+    (world = data, z up) and a spec with the sphere as a mesh object; returns the spec's path."""
+    import trimesh
+    from PIL import Image
+
+    from neurallabel.core.field.checkpoint import save_checkpoint
+    from test_bake import sphere_field
+
+    save_checkpoint(folder / "field.pt", sphere_field(RADIUS))
+    (folder / "images").mkdir()
+    frames = []
+    for i, (az, el, dist) in enumerate(cameras):
+        Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(folder / "images" / f"{i:06d}.png")
+        frames.append({"file_path": f"images/{i:06d}.png",
+                       "transform_matrix": orbit_pose(np.zeros(3), az, el, dist).tolist()})
+    (folder / "transforms.json").write_text(json.dumps(
+        {"w": W, "h": H, "fl_x": F, "fl_y": F, "cx": W / 2, "cy": H / 2, "frames": frames}))
+    trimesh.creation.icosphere(subdivisions=3, radius=RADIUS).export(folder / "ball.ply")
+    spec = {"neurallabel_spec": 1, "data": "transforms.json", "field": "field.pt", "objects": [
+        {"name": "ball", "category": "ball", "category_id": 1, "instance_id": 1, "kind": "mesh",
+         "mesh": "ball.ply", "pose": np.eye(4).tolist()}]}
+    (folder / "spec.json").write_text(json.dumps(spec))
+    return folder / "spec.json"
+
+
+# --- poses ------------------------------------------------------------------------------------------------
+
+
+def test_orbit_pose_looks_at_the_centre_from_its_spherical_coordinates() -> None:
+    centre = np.array([0.1, -0.2, 0.05])
+    pose = orbit_pose(centre, 30.0, 40.0, 2.0)
+    assert np.allclose(spherical(centre, pose[None, :3, 3]), [[30.0, 40.0, 2.0]])
+    forward = -pose[:3, 2]  # OpenGL: the camera looks down -z
+    assert np.allclose(forward, (centre - pose[:3, 3]) / 2.0)
+    assert abs(pose[2, 0]) < 1e-12  # no roll: x stays horizontal
+    assert np.allclose(pose[:3, :3].T @ pose[:3, :3], np.eye(3))
+
+
+def test_azimuth_arc_is_the_smallest_arc_holding_every_camera() -> None:
+    assert azimuth_arc(np.arange(0, 360, 45.0)) == (-180.0, 180.0)  # a full orbit
+    assert azimuth_arc(np.array([10.0, 40.0, 70.0])) == (10.0, 70.0)
+    low, high = azimuth_arc(np.array([170.0, -170.0, 175.0]))  # across the +-180 seam
+    assert (low, high) == (170.0, 190.0)
+
+
+def test_training_orbit_is_the_hull_of_the_cameras_and_ranges_are_clamped_to_it(tmp_path: Path) -> None:
+    from neurallabel.core.data.dataset import load_dataset
+
+    write_orbit_scene(tmp_path)
+    orbit = training_orbit(load_dataset(tmp_path / "transforms.json").frames, Similarity.identity())
+    assert np.allclose(orbit.centre, 0.0, atol=1e-9)
+    assert orbit.azimuth == (-180.0, 180.0)
+    assert np.allclose(orbit.elevation, (20.0, 40.0)) and np.allclose(orbit.distance, (1.0, 1.35))
+    ranges, cut = clamp_to_hull((Range(0, 90, 2), Range(0, 80, 2), Range(1.1, 1.2, 1)), orbit)
+    assert np.allclose([ranges[1].low, ranges[1].high], [20.0, 40.0]) and ranges[1].count == 2
+    assert ranges[0] == Range(0, 90, 2) and ranges[2] == Range(1.1, 1.2, 1)
+    assert cut == ["elevation 0:80 -> 20:40"]
+
+
+def test_forward_facing_cameras_have_no_orbit_centre(tmp_path: Path) -> None:
+    from neurallabel.core.data.dataset import load_dataset
+
+    write_orbit_scene(tmp_path, [(a, 10.0, 1.0) for a in (0.0, 2.0, 4.0, 6.0)])
+    with pytest.raises(NeuralLabelError, match="no orbit centre"):
+        training_orbit(load_dataset(tmp_path / "transforms.json").frames, Similarity.identity())
+
+
+@pytest.mark.parametrize("value, message", [("0:360", "LOW:HIGH:BINS"), ("0:360:0", "empty bins"),
+                                            ("90:10:2", "empty bins"), ("a:b:c", "LOW:HIGH:BINS")])
+def test_bad_ranges_name_the_axis(value: str, message: str) -> None:
+    with pytest.raises(NeuralLabelError, match=message) as info:
+        parse_range(value, "azimuth")
+    assert info.value.field == "azimuth"
+
+
+# --- the distribution ---------------------------------------------------------------------------------------
+
+
+BINS = Bins((Range(0, 360, 4), Range(20, 40, 2), Range(1.0, 2.0, 2)))
+
+
+def test_draws_replay_exactly_from_their_noise_and_stay_in_their_bins() -> None:
+    logits = np.log(np.arange(1, 17, dtype=float))
+    draws = sample(logits, BINS, 200, np.random.default_rng(3), tau=0.1)
+    again = replay(logits, BINS, draws.gumbel_uniform, draws.offsets, tau=0.1)
+    assert np.array_equal(again.bins, draws.bins) and np.array_equal(again.coords, draws.coords)
+    for b, (az, el, d) in zip(draws.bins, draws.coords):
+        (a0, a1), (e0, e1), (d0, d1) = BINS.bounds(int(b))
+        assert a0 <= az <= a1 and e0 <= el <= e1 and d0 <= d <= d1
+    assert np.array_equal(BINS.locate(draws.coords), draws.bins)
+
+
+def test_gumbel_argmax_samples_the_softmax_of_the_logits() -> None:
+    p = np.zeros(16)
+    p[[1, 6, 11]] = [0.6, 0.3, 0.1]
+    logits = logits_from_weights(p, 16)
+    assert np.all(np.isfinite(logits))  # a zero weight is a finite logit, never log 0
+    draws = sample(logits, BINS, 4000, np.random.default_rng(0))
+    freq = np.bincount(draws.bins, minlength=16) / 4000
+    assert total_variation(freq, p) < 0.03
+
+
+def test_bad_tau_and_weights_are_refused() -> None:
+    with pytest.raises(NeuralLabelError, match="tau") as info:
+        sample(np.zeros(16), BINS, 1, np.random.default_rng(0), tau=0.0)
+    assert info.value.field == "tau"
+    with pytest.raises(NeuralLabelError, match="not all 0"):
+        logits_from_weights(np.zeros(16), 16)
+    with pytest.raises(NeuralLabelError, match="3 values for 16 bins"):
+        logits_from_weights([1, 2, 3], 16)
+
+
+def test_weights_from_a_psi_json_and_the_pose_histogram(tmp_path: Path) -> None:
+    coords = np.array([[10.0, 25.0, 1.2], [100.0, 35.0, 1.8], [15.0, 22.0, 1.1]])
+    logits = histogram_logits(coords, BINS)
+    p = probabilities(logits)
+    assert p[BINS.locate(coords[:1])[0]] == pytest.approx(2 / 3, abs=1e-6)
+    (tmp_path / "psi.json").write_text(json.dumps({"probabilities": p.tolist()}))
+    assert np.allclose(probabilities(load_weights(str(tmp_path / "psi.json"), BINS)), p, atol=1e-6)
+    assert np.array_equal(load_weights("uniform", BINS), np.zeros(16))
