@@ -20,8 +20,10 @@ RADIUS = 0.2
 W, H, F = 48, 36, 44.0
 
 
-def write_orbit_scene(folder: Path, cameras=((a, 20.0 + 20 * (i % 2), 1.0 + 0.05 * i)
-                                            for i, a in enumerate(range(0, 360, 45)))) -> Path:
+ORBIT = tuple((float(a), 20.0 + 20 * (i % 2), 1.0 + 0.05 * i) for i, a in enumerate(range(0, 360, 45)))
+
+
+def write_orbit_scene(folder: Path, cameras=ORBIT) -> Path:
     """``folder``: a sphere field (radius RADIUS at the origin, no training), an orbit of cameras around it
     (world = data, z up) and a spec with the sphere as a mesh object; returns the spec's path."""
     import trimesh
@@ -142,3 +144,110 @@ def test_weights_from_a_psi_json_and_the_pose_histogram(tmp_path: Path) -> None:
     (tmp_path / "psi.json").write_text(json.dumps({"probabilities": p.tolist()}))
     assert np.allclose(probabilities(load_weights(str(tmp_path / "psi.json"), BINS)), p, atol=1e-6)
     assert np.array_equal(load_weights("uniform", BINS), np.zeros(16))
+
+
+# --- synthetic views ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory):
+    """One synth run of 6 views over the sphere scene (shared by the tests that read its output)."""
+    from neurallabel.core.spec import load_spec
+    from neurallabel.core.synth.views import SynthOptions, bake_synthetic
+
+    folder = tmp_path_factory.mktemp("orbit")
+    spec = load_spec(write_orbit_scene(folder))
+    notices: list[str] = []
+    options = SynthOptions(views=6, elevation="0:60:2", seed=4)
+    summary = bake_synthetic(spec, folder / "out", options, notice=notices.append)
+    return folder, spec, options, summary, notices
+
+
+def test_synthetic_views_are_a_normal_bake_with_their_own_scene(synth_run) -> None:
+    from PIL import Image
+
+    folder, spec, options, summary, notices = synth_run
+    out = folder / "out"
+    assert summary["baked"] == 6 and summary["inside_geometry"] == 0 and summary["untrusted"] == 0
+    assert notices == ["warning: clamped to the training cameras' hull: elevation 0:60 -> 20:40 "
+                       "(--allow-extrapolation keeps them)"]
+    scene = out / "bop" / "train" / "000001"
+    gt = json.loads((scene / "scene_gt.json").read_text())
+    assert sorted(gt) == [str(i) for i in range(6)] and all(v[0]["obj_id"] == 1 for v in gt.values())
+    coco = json.loads((out / "coco" / "annotations.json").read_text())
+    image = coco["images"][0]
+    assert image["synthetic"] is True and np.array(image["camera"]["K"]).shape == (3, 3)
+    transforms = json.loads((out / "synth" / "transforms.json").read_text())
+    pose = np.array(transforms["frames"][0]["transform_matrix"])
+    assert np.allclose(pose, image["camera"]["cam_to_world"])  # world = data here
+    assert np.allclose(spherical(np.zeros(3), pose[None, :3, 3])[0],
+                       [transforms["frames"][0][k] for k in ("azimuth", "elevation", "distance")])
+    # the rendered RGB sits in the BOP scene; the sphere is where the mesh's mask says (field and mesh agree)
+    rgb = np.array(Image.open(scene / "rgb" / "000000.png"))
+    assert rgb.shape == (H, W, 3)
+    mask = np.array(Image.open(scene / "mask_visib" / "000000_000000.png")) > 0
+    depth = np.array(Image.open(scene / "depth" / "000000.png"))
+    assert mask.sum() > 50 and np.all(depth[mask] > 0)
+    confidence = np.array(Image.open(out / "raw" / "confidence" / "000000.png"))
+    assert confidence[mask].mean() > 0.8 * 255
+
+
+def test_psi_json_and_draws_replay_the_run(synth_run) -> None:
+    folder, spec, options, summary, notices = synth_run
+    synth = folder / "out" / "synth"
+    psi = json.loads((synth / "psi.json").read_text())
+    assert psi["tau"] == 0.1 and len(psi["bins"]) == 16 and psi["ranges"]["elevation"][:2] == pytest.approx([20, 40])
+    assert sum(psi["probabilities"]) == pytest.approx(1.0)
+    with np.load(synth / "draws.npz") as z:
+        bins = Bins(tuple(Range(*psi["ranges"][k]) for k in ("azimuth", "elevation", "distance")))
+        again = replay(np.array(psi["logits"]), bins, z["gumbel_uniform"], z["offsets"], psi["tau"])
+        assert np.array_equal(again.coords, z["coords"])
+    frames = json.loads((synth / "transforms.json").read_text())["frames"]
+    assert np.allclose([[f["azimuth"], f["elevation"], f["distance"]] for f in frames], again.coords)
+
+
+def test_a_rerun_resumes_and_another_draw_is_refused(synth_run) -> None:
+    from neurallabel.core.synth.views import SynthOptions, bake_synthetic
+
+    folder, spec, options, summary, notices = synth_run
+    again = bake_synthetic(spec, folder / "out", options)
+    assert again["skipped"] == 6 and again["baked"] == 0
+    with pytest.raises(NeuralLabelError) as info:
+        bake_synthetic(spec, folder / "out", SynthOptions(views=6, seed=5))
+    assert info.value.field == "out"
+
+
+def test_trust_gate_drops_or_flags_unconfident_views_and_cameras_inside_geometry(tmp_path: Path) -> None:
+    from neurallabel.core.geometry.view import View
+    from neurallabel.core.spec import load_spec
+    from neurallabel.core.synth.views import (RenderedQuery, SynthOptions, bake_synthetic, inside_geometry,
+                                              synthetic_intrinsics)
+    from neurallabel.core.field.model import load_field
+    from neurallabel.core.geometry.cameras import Intrinsics
+
+    spec = load_spec(write_orbit_scene(tmp_path))
+    strict = bake_synthetic(spec, tmp_path / "strict", SynthOptions(views=3, min_confidence=1.01))
+    assert strict["untrusted"] == 3 and strict["untrusted_dropped"] == 3 and strict["baked"] == 0
+    flagged = bake_synthetic(spec, tmp_path / "flag", SynthOptions(views=3, min_confidence=1.01,
+                                                                    keep_untrusted=True))
+    assert flagged["untrusted"] == 3 and flagged["baked"] == 3
+    frames = json.loads((tmp_path / "flag" / "synth" / "transforms.json").read_text())["frames"]
+    assert all(f["untrusted"] and f["baked"] for f in frames)
+
+    query = RenderedQuery(load_field(tmp_path / "field.pt"))
+    intr = synthetic_intrinsics(Intrinsics(W, H, F, F, W / 2, H / 2))
+    views = {0: View.synthetic(0, intr, orbit_pose(np.zeros(3), 0, 0, 0.05), Similarity.identity()),
+             1: View.synthetic(1, intr, orbit_pose(np.zeros(3), 0, 30, 1.2), Similarity.identity())}
+    assert inside_geometry(views, spec, query.density, query.step) == [0]
+    spec.objects.clear()  # the field alone also finds it
+    assert inside_geometry(views, spec, query.density, query.step) == [0]
+
+
+def test_synth_needs_a_field_of_this_dataset(tmp_path: Path) -> None:
+    from neurallabel.core.spec import load_spec
+    from neurallabel.core.synth.views import SynthOptions, bake_synthetic
+
+    spec = load_spec(write_orbit_scene(tmp_path))
+    spec.field_path = None
+    with pytest.raises(NeuralLabelError, match="no 'field'"):
+        bake_synthetic(spec, tmp_path / "out", SynthOptions(views=2))

@@ -154,12 +154,13 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
                   frames: Any = None, shard: Any = None, device: Optional[str] = "cpu",
                   progress: Optional[ProgressFn] = None, depth_source=None, options: LabelOptions = LabelOptions(),
                   box_resolution: int = 128, load_field: bool = True, check_photos: bool = True,
-                  coco_masks: str = "rle") -> BakePlan:
+                  coco_masks: str = "rle", extra_manifest: Optional[dict] = None) -> BakePlan:
     """Stage 0: every check of a bake, cheapest first; writes nothing. NeuralLabelError on the first problem.
 
     ``device`` None leaves the device unresolved, ``load_field`` False skips loading the spec's field (torch)
     and ``check_photos`` False skips decoding the photos: the add-on's pre-flight in Blender's own process
     (:func:`..app.jobs.check_bake`) checks the scene that way, and the worker checks the rest before it writes.
+    ``extra_manifest`` joins the manifest (a re-run resumes only when it is equal too).
     """
     out_dir = Path(out_dir)
     if device is not None:
@@ -194,6 +195,7 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
                 "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
     if coco_masks != "rle":  # only then: a default bake's manifest keeps its bytes
         manifest["coco_masks"] = coco_masks
+    manifest.update(extra_manifest or {})  # what else the folder's bake is made of (synthetic views' draws)
     meshes = [o.mesh_path for o in spec.objects if o.mesh_path is not None]
     inputs = {"photo": [f.image_path for f in dataset.frames], "dataset": dataset.source_paths(),
               "spec": [spec.path] if spec.path is not None else [], "mesh": meshes,

@@ -279,13 +279,13 @@ def bake_synthetic(spec, out_dir: str | Path, options: SynthOptions = SynthOptio
     if not todo:
         raise NeuralLabelError(f"all {len(views)} cameras sit inside geometry: choose larger distances",
                                field="distance")
+    # the views are part of what the folder holds: another draw must not resume into it
+    synthetic = {"views": draws_fingerprint(draws, intrinsics), "tau": options.tau,
+                 "min_confidence": options.min_confidence, "keep_untrusted": options.keep_untrusted,
+                 "scene": SYNTH_SCENE}
     bake_plan = check_request(spec, out_dir, formats=formats or FORMATS, device=device, depth_source=query,
                               options=label_options or LabelOptions(), check_photos=False,
-                              coco_masks=coco_masks)
-    # the views are part of what the folder holds: another draw must not resume into it
-    bake_plan.manifest["synthetic"] = {"views": draws_fingerprint(draws, intrinsics), "tau": options.tau,
-                                       "min_confidence": options.min_confidence,
-                                       "keep_untrusted": options.keep_untrusted, "scene": SYNTH_SCENE}
+                              coco_masks=coco_masks, extra_manifest={"synthetic": synthetic})
     job = start(bake_plan, progress=progress, backend=backend)
     gate = Gate(query.render, options.min_confidence, drop=not options.keep_untrusted)
     job = dataclasses.replace(job, views=views, todo=todo, keep=gate.keep,
