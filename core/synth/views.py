@@ -199,6 +199,7 @@ class SynthOptions:
     elevation: Optional[object] = None
     distance: Optional[object] = None
     weights: Optional[str] = None  # "uniform", a JSON file of weights, or a psi.json
+    logits: Optional[tuple[float, ...]] = None  # the bins' logits themselves (an optimised distribution)
     tau: float = 0.1
     seed: int = 0
     allow_extrapolation: bool = False
@@ -233,7 +234,14 @@ def plan_distribution(dataset, world_from_data: Similarity, options: SynthOption
     if not options.allow_extrapolation:
         ranges, clamped = clamp_to_hull(ranges, orbit)
     bins = Bins(ranges)
-    return SynthPlan(orbit, bins, load_weights(options.weights, bins), clamped)
+    if options.logits is not None:
+        logits = np.asarray(options.logits, dtype=np.float64)
+        if logits.shape != (bins.count,) or not np.all(np.isfinite(logits)):
+            raise NeuralLabelError(f"logits: {logits.size} finite values needed for {bins.count} bins",
+                                   field="weights")
+    else:
+        logits = load_weights(options.weights, bins)
+    return SynthPlan(orbit, bins, logits, clamped)
 
 
 def npz_bytes(**arrays) -> bytes:
@@ -246,7 +254,8 @@ def npz_bytes(**arrays) -> bytes:
 
 def bake_synthetic(spec, out_dir: str | Path, options: SynthOptions = SynthOptions(), *, formats=None,
                    device: str = "cpu", progress=None, notice: Optional[Callable[[str], None]] = None,
-                   label_options=None, coco_masks: str = "rle", backend: Optional[str] = None) -> dict:
+                   label_options=None, coco_masks: str = "rle", backend: Optional[str] = None,
+                   psi_extra: Optional[dict] = None) -> dict:
     """Draw ``options.views`` poses, render and bake them into ``out_dir`` (BOP scene ``SYNTH_SCENE``,
     COCO, raw), and write ``synth/transforms.json``, ``synth/psi.json`` and ``synth/draws.npz`` (the noise:
     the run replays exactly). Returns a summary with the gate's counts."""
@@ -295,7 +304,8 @@ def bake_synthetic(spec, out_dir: str | Path, options: SynthOptions = SynthOptio
     dropped = set(gate.untrusted) if gate.drop else set()
     kept = [i for i in todo if i not in dropped]
     psi = psi_json(plan.bins, plan.logits, options.tau, options.seed, orbit=plan.orbit.to_json(),
-                   extra={"clamped": plan.clamped, "allow_extrapolation": options.allow_extrapolation})
+                   extra={"clamped": plan.clamped, "allow_extrapolation": options.allow_extrapolation,
+                          **(psi_extra or {})})
     with writing_into(out_dir):
         write_bytes(out_dir / "synth" / "psi.json", json_bytes(psi))
         write_bytes(out_dir / "synth" / "transforms.json",
