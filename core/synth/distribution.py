@@ -8,7 +8,6 @@ forward, once backward" needs the same sample twice).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,20 +74,12 @@ class Bins:
 
 @dataclass(frozen=True)
 class Draws:
-    """N draws and their noise: enough to replay them exactly."""
+    """N draws and their noise: enough to replay them exactly (``synth/draws.npz`` holds these arrays)."""
 
     gumbel_uniform: np.ndarray  # (N, B) the uniforms of the Gumbel noise
     offsets: np.ndarray  # (N, 3) the uniform in-bin offsets
     bins: np.ndarray  # (N,) the chosen bins
     coords: np.ndarray  # (N, 3) azimuth (deg), elevation (deg), distance
-
-    def save(self, path: Path) -> None:
-        np.savez(path, gumbel_uniform=self.gumbel_uniform, offsets=self.offsets, bins=self.bins, coords=self.coords)
-
-    @classmethod
-    def load(cls, path: Path) -> "Draws":
-        with np.load(path) as z:
-            return cls(z["gumbel_uniform"], z["offsets"], z["bins"], z["coords"])
 
 
 def check_tau(tau: float) -> float:
@@ -185,7 +176,3 @@ def psi_json(bins: Bins, logits, tau: float, seed: Optional[int], *, orbit: Opti
         out["history"] = history
     out.update(extra or {})
     return out
-
-
-def all_bins(bins: Bins) -> list[tuple[int, int, int]]:
-    return list(itertools.product(*(range(c) for c in bins.shape)))
