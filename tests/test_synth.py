@@ -251,3 +251,25 @@ def test_synth_needs_a_field_of_this_dataset(tmp_path: Path) -> None:
     spec.field_path = None
     with pytest.raises(NeuralLabelError, match="no 'field'"):
         bake_synthetic(spec, tmp_path / "out", SynthOptions(views=2))
+
+
+def test_cli_refuses_a_forward_facing_capture_and_a_field_of_another_dataset(tmp_path: Path, capsys) -> None:
+    from neurallabel.core.cli import main
+    from test_bake_safety import sphere_checkpoint
+
+    forward = tmp_path / "forward"
+    forward.mkdir()
+    spec = write_orbit_scene(forward, [(a, 10.0, 1.0) for a in (0.0, 2.0, 4.0, 6.0)])
+    assert main(["synth", str(spec), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SPEC: the cameras have no orbit centre" in err[0]
+
+    orbit = tmp_path / "orbit"
+    orbit.mkdir()
+    spec = write_orbit_scene(orbit)
+    sphere_checkpoint(orbit / "field.pt", dataset={"path": "/elsewhere/transforms.json",
+                                                    "fingerprint": "0123456789abcdef", "frames": 7})
+    assert main(["synth", str(spec), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained on other frames" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -53,6 +53,9 @@ def subset(data: TaskSet, keep: np.ndarray) -> TaskSet:
 
 @dataclasses.dataclass(frozen=True)
 class OptimiseOptions:
+    """REINFORCE's budget (iterations x views), its leave-one-out groups, the logits' Adam step, and the
+    task's training steps per scored group."""
+
     iterations: int = 10
     views_per_iteration: int = 40
     groups: int = 4

@@ -107,7 +107,7 @@ def training_orbit(frames, world_from_data: Similarity) -> Orbit:
     from ..train.bounds import look_at_centre
 
     if not frames:
-        raise NeuralLabelError("the dataset has no camera to orbit", field="data")
+        raise NeuralLabelError("the dataset has no camera to orbit", field="spec")
     centre_data = look_at_centre(frames)
     ahead = [float(np.dot(centre_data - f.cam_to_data[:3, 3], -f.cam_to_data[:3, 2])) for f in frames]
     origins = np.array([world_from_data.apply(f.cam_to_data[:3, 3][None])[0] for f in frames])
@@ -118,7 +118,7 @@ def training_orbit(frames, world_from_data: Similarity) -> Orbit:
     if np.mean(np.array(ahead) > 0) < 0.9 or spread < MIN_ORBIT_SPREAD_DEG:
         raise NeuralLabelError(f"the cameras have no orbit centre (a forward-facing capture: they look at no "
                                f"common point, spread {spread:.0f} deg); synthetic orbit views need one",
-                               field="data")
+                               field="spec")
     sph = spherical(centre, origins)
     return Orbit(centre, azimuth_arc(sph[:, 0]), (float(sph[:, 1].min()), float(sph[:, 1].max())),
                  (float(sph[:, 2].min()), float(sph[:, 2].max())))
