@@ -104,3 +104,19 @@ def test_cli_synth_fit_to_poses_optimise_and_bad_input(tmp_path: Path, capsys) -
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "category 9 is not in the spec" in err[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_generated_scene_is_a_target_with_its_truth_classes(small_scene: Path) -> None:
+    from neurallabel.core.data.truth import load_scene_truth
+    from neurallabel.core.spec import spec_from_scene
+    from neurallabel.core.synth.tasks import SIZE, load_target
+
+    category_ids = tuple(sorted(spec_from_scene(small_scene).categories()))
+    target = load_target(small_scene, category_ids, limit=2)
+    assert target.images.shape == (2, SIZE[1], SIZE[0], 3) and target.classes.shape == (2, SIZE[1], SIZE[0])
+    assert 0 < np.count_nonzero(target.classes) < target.classes.size  # objects and background
+    assert set(np.unique(target.classes)) <= set(range(len(category_ids) + 1))
+    with pytest.raises(NeuralLabelError, match="is not in the spec") as info:
+        load_target(small_scene, category_ids[1:])
+    assert info.value.field == "target"
+    assert load_scene_truth(small_scene).objects  # the scene has truth: the test is not vacuous

@@ -173,14 +173,16 @@ def draws_fingerprint(draws: Draws, intrinsics: Intrinsics) -> str:
 
 
 def transforms_json(views: dict[int, View], draws: Draws, world_from_data: Similarity, *, kept: list[int],
-                    flagged: list[int]) -> dict:
+                    flagged: list[int], with_rgb: bool = True) -> dict:
     """``DIR/synth/transforms.json``: the synthetic cameras, OpenGL camera-to-data poses (the dataset's own
-    convention and frame, as its transforms.json), nerfstudio intrinsics (pixel centre at 0.5)."""
+    convention and frame, as its transforms.json), nerfstudio intrinsics (pixel centre at 0.5); ``file_path``
+    is the view's BOP render (``with_rgb``: the bake wrote BOP), else None."""
     frames = []
     for i in sorted(views):
         v = views[i]
         k = v.intrinsics
-        frames.append({"file_path": f"../bop/train/{SYNTH_SCENE:06d}/rgb/{i:06d}.png", "name": v.name,
+        rgb = f"../bop/train/{SYNTH_SCENE:06d}/rgb/{i:06d}.png" if with_rgb and i in kept else None
+        frames.append({"file_path": rgb, "name": v.name,
                        "fl_x": k.fx, "fl_y": k.fy, "cx": k.cx, "cy": k.cy, "w": k.width, "h": k.height,
                        "transform_matrix": np.asarray(v.cam_to_data).tolist(),
                        "azimuth": float(draws.coords[i, 0]), "elevation": float(draws.coords[i, 1]),
@@ -309,7 +311,8 @@ def bake_synthetic(spec, out_dir: str | Path, options: SynthOptions = SynthOptio
     with writing_into(out_dir):
         write_bytes(out_dir / "synth" / "psi.json", json_bytes(psi))
         write_bytes(out_dir / "synth" / "transforms.json",
-                    json_bytes(transforms_json(views, draws, world_from_data, kept=kept, flagged=gate.untrusted)))
+                    json_bytes(transforms_json(views, draws, world_from_data, kept=kept, flagged=gate.untrusted,
+                                               with_rgb=any(w.name == "bop" for w in job.writers))))
         write_bytes(out_dir / "synth" / "draws.npz", npz_bytes(gumbel_uniform=draws.gumbel_uniform,
                                                                 offsets=draws.offsets, bins=draws.bins,
                                                                 coords=draws.coords))
