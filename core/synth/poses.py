@@ -114,7 +114,7 @@ def training_orbit(frames, world_from_data: Similarity) -> Orbit:
     centre = world_from_data.apply(centre_data[None])[0]
     dirs = origins - centre
     dirs /= np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-12)
-    spread = math.degrees(max(math.acos(float(np.clip(a @ b, -1, 1))) for a in dirs for b in dirs))
+    spread = math.degrees(math.acos(float(np.clip((dirs @ dirs.T).min(), -1.0, 1.0))))  # widest pair
     if np.mean(np.array(ahead) > 0) < 0.9 or spread < MIN_ORBIT_SPREAD_DEG:
         raise NeuralLabelError(f"the cameras have no orbit centre (a forward-facing capture: they look at no "
                                f"common point, spread {spread:.0f} deg); synthetic orbit views need one",
