@@ -141,7 +141,7 @@ def main() -> None:
     p.add_argument("--distance", default="0.5:1.3:4", help="distance bins of the gap experiment (LOW:HIGH:BINS)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    quick = dict(frames=2, speed_views=2, iterations=3, views_per_iteration=8, target_views=8, seeds=1, steps=80)
+    quick = dict(frames=1, speed_views=1, iterations=2, views_per_iteration=8, target_views=8, seeds=1, steps=60)
     full = dict(frames=8, speed_views=10, iterations=10, views_per_iteration=40, target_views=40, seeds=3,
                 steps=150)
     for key, value in (quick if args.quick else full).items():
@@ -151,9 +151,10 @@ def main() -> None:
     field = load_checked_field(spec, dataset, "cpu").field
     result = {"bench": "synth", "quick": args.quick, "scene": str(args.scene), "field": str(args.field)}
     t0 = time.perf_counter()
-    result.update(label_accuracy(spec, args.scene, field, args.frames))
-    result.update(speed(spec, args.speed_views))
-    result.update(gap_experiment(spec, dataset, field, args))
+    for stage in (lambda: label_accuracy(spec, args.scene, field, args.frames), lambda: speed(spec, args.speed_views),
+                  lambda: gap_experiment(spec, dataset, field, args)):
+        result.update(stage())
+        print(json.dumps(result), file=sys.stderr, flush=True)  # partial results, stage by stage
     result["seconds"] = time.perf_counter() - t0
     checks = {}
     for key, (op, bound) in TARGETS.items():
