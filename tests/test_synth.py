@@ -238,7 +238,8 @@ def test_trust_gate_drops_or_flags_unconfident_views_and_cameras_inside_geometry
     intr = synthetic_intrinsics(Intrinsics(W, H, F, F, W / 2, H / 2))
     views = {0: View.synthetic(0, intr, orbit_pose(np.zeros(3), 0, 0, 0.05), Similarity.identity()),
              1: View.synthetic(1, intr, orbit_pose(np.zeros(3), 0, 30, 1.2), Similarity.identity())}
-    assert inside_geometry(views, spec, query.density, query.step) == [0]
+    fresh = load_spec(tmp_path / "spec.json")  # meshes not loaded yet: the mesh's box alone finds it
+    assert inside_geometry(views, fresh, None, None) == [0] and fresh.objects[0].mesh is not None
     spec.objects.clear()  # the field alone also finds it
     assert inside_geometry(views, spec, query.density, query.step) == [0]
 

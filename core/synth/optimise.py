@@ -31,7 +31,10 @@ class ViewSource:
         from ..pipeline.bake import frame_labeler
 
         self.query = RenderedQuery(field, device=device)
-        models = {o.instance_id: o.mesh for o in spec.objects if o.kind == "mesh"}
+        from ..io.meshes import load_mesh
+
+        models = {o.instance_id: o.mesh if o.mesh is not None else load_mesh(o.mesh_path, what=f"object {o.name!r}")
+                  for o in spec.objects if o.kind == "mesh"}
         # box objects without a model are labelled from the field's depth inside their box
         self.labeler = frame_labeler(spec, models, self.query, LabelOptions(), device=device)
         self.world_from_data = Similarity(spec.world_from_data)

@@ -58,7 +58,8 @@ def _rgb01(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     image = image[..., :3]
-    return image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 65535.0 if image.dtype == np.uint16 else 1.0)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(image.dtype, 1.0)
+    return image.astype(np.float32) / scale
 
 
 def load_target(path: Path, category_ids: tuple[int, ...], size=SIZE, limit: Optional[int] = None) -> TaskSet:

@@ -22,6 +22,7 @@ from ..errors import NeuralLabelError
 from ..geometry.cameras import Intrinsics, camera_rays
 from ..geometry.transforms import Similarity, apply_points, rigid_inverse
 from ..geometry.view import View
+from ..io.meshes import load_mesh
 from ..labels.frame import FrameLabels, make_label_object
 from ..scene.queries import ScenePixels
 from .distribution import Draws
@@ -134,7 +135,7 @@ def inside_geometry(views: dict[int, View], spec, density: Optional[Callable[[np
         inside |= density(centres_data) >= opaque_density(step)
     for obj in spec.objects:
         if obj.kind == "mesh" and obj.mesh is None:
-            continue
+            obj.mesh = load_mesh(obj.mesh_path, what=f"object {obj.name!r}: mesh")
         lo_hi = make_label_object(obj, obj.mesh, None).local_corners
         local = apply_points(rigid_inverse(obj.pose), centres_world)
         inside |= np.all((local >= lo_hi.min(axis=0)) & (local <= lo_hi.max(axis=0)), axis=1)
@@ -285,18 +286,18 @@ def bake_synthetic(spec, out_dir: str | Path, options: SynthOptions = SynthOptio
 
     field_query = load_checked_field(spec, dataset, device)  # a field of another dataset is refused here
     query = RenderedQuery(field_query.field, device=device)
-    inside = inside_geometry(views, spec, query.density, query.step)
-    todo = [i for i in sorted(views) if i not in inside]
-    if not todo:
-        raise NeuralLabelError(f"all {len(views)} cameras sit inside geometry: choose larger distances",
-                               field="distance")
     # the views are part of what the folder holds: another draw must not resume into it
     synthetic = {"views": draws_fingerprint(draws, intrinsics), "tau": options.tau,
                  "min_confidence": options.min_confidence, "keep_untrusted": options.keep_untrusted,
                  "scene": SYNTH_SCENE}
     bake_plan = check_request(spec, out_dir, formats=formats or FORMATS, device=device, depth_source=query,
                               options=label_options or LabelOptions(), check_photos=False,
-                              coco_masks=coco_masks, extra_manifest={"synthetic": synthetic})
+                              coco_masks=coco_masks, extra_manifest={"synthetic": synthetic})  # loads meshes
+    inside = inside_geometry(views, spec, query.density, query.step)
+    todo = [i for i in sorted(views) if i not in inside]
+    if not todo:
+        raise NeuralLabelError(f"all {len(views)} cameras sit inside geometry: choose larger distances",
+                               field="distance")
     job = start(bake_plan, progress=progress, backend=backend)
     gate = Gate(query.render, options.min_confidence, drop=not options.keep_untrusted)
     job = dataclasses.replace(job, views=views, todo=todo, keep=gate.keep,
