@@ -163,7 +163,9 @@ def test_writers_label_a_synthetic_view_without_a_photo(cube_scene: Path) -> Non
     assert "bop/train/000000/depth/000007.png" in files and "raw/instance/000007.png" in files
     assert fragments["bop"]["camera"]["cam_t_w2c"] == pytest.approx([0.0, 0.0, 100.0])
     assert fragments["coco"]["image"] == {"id": 7, "file_name": "view_000007", "width": W, "height": H,
-                                          "synthetic": True}
+                                          "synthetic": True, "camera": {  # issue 17: its camera goes with it
+                                              "K": photo.intrinsics.K_opencv.tolist(),
+                                              "cam_to_world": cam_to_world.tolist()}}
     assert fragments["raw"]["image"] == "view_000007" and fragments["raw"]["cam_to_world"] == cam_to_world.tolist()
 
 

@@ -113,6 +113,12 @@ def summary_lines(result: dict) -> list[str]:
         return [f"baked {result['frames']} frames ({result['skipped']} already done), {result['instances']} "
                 f"instances, " + (f"{per_frame:.3f} s/frame" if per_frame is not None else "nothing new to label"),
                 f"{result['frames_in_dataset']} frames in {result['out']} ({', '.join(result['formats'])})"]
+    if kind == "synth":
+        return [f"synth: baked {result['baked']} of {result['views']} views ({result['skipped']} already done); "
+                f"dropped {result['inside_geometry']} inside geometry, {result['untrusted']} untrusted "
+                f"({result['untrusted_dropped']} dropped), {result['negatives']} negatives (no object)",
+                f"{result['frames_in_dataset']} views in {result['out']} (BOP scene {result['bop_scene']:06d}; "
+                f"synth/psi.json, synth/transforms.json)"]
     if kind == "inspect":
         return [f"inspect: {len(result['frames'])} frames drawn into {result['out']}", f"open {result['index']}"]
     if kind == "correspond":
@@ -273,6 +279,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--occlusion-min-confidence", type=float, default=0.5,
                    help="a mesh pixel is occluded when the probability that its ray does not reach the mesh "
                         "exceeds this (0-1; 0.5: the likelier of visible and occluded)")
+
+    # synth (issue 17): labelled novel views rendered from the field
+    p = add("synth", "render and label novel views from the field, posed by bins around the training cameras",
+            "spec.json --out synth/ --views 200 --distance 0.5:1.0:3", ("spec",))
+    p.add_argument("--out", type=Path, required=True, help="output folder (a bake's layout plus synth/)")
+    p.add_argument("--views", type=int, default=100, help="number of synthetic views to draw")
+    for axis, unit in (("azimuth", "degrees"), ("elevation", "degrees"), ("distance", "world units")):
+        p.add_argument(f"--{axis}", default=None, metavar="LOW:HIGH:BINS",
+                       help=f"{axis} bins ({unit}; default: the training cameras' range)")
+    p.add_argument("--weights", default=None, help="bin weights: uniform (the default), a JSON list or a psi.json")
+    p.add_argument("--tau", type=float, default=0.1, help="Gumbel-softmax temperature (> 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the draws (a run replays exactly)")
+    p.add_argument("--allow-extrapolation", action="store_true",
+                   help="keep bins outside the training cameras' hull (else clamped, with a warning)")
+    p.add_argument("--size", default=None, metavar="WxH", help="image size (default: the dataset's camera)")
+    p.add_argument("--min-confidence", type=float, default=0.5,
+                   help="trust gate: drop views whose mean field confidence over object pixels is lower")
+    p.add_argument("--keep-untrusted", action="store_true", help="flag untrusted views instead of dropping them")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated formats, from {', '.join(FORMATS)}")
+    p.add_argument("--device", default="auto", help=devices)
+    p.add_argument("--optimise", action="store_true", help="fit the pose distribution to --target first")
+    p.add_argument("--target", type=Path, default=None, help="labelled target dataset (a COCO or bake folder)")
+    p.add_argument("--task", default="segment", choices=("segment",), help="the downstream task to optimise for")
+    p.add_argument("--iterations", type=int, default=10, help="optimisation iterations")
+    p.add_argument("--views-per-iteration", type=int, default=40, help="views rendered per iteration")
+    p.add_argument("--estimator", default="reinforce", choices=("reinforce",), help="gradient estimator")
+    p.add_argument("--fit-to-poses", type=Path, default=None,
+                   help="a dataset (transforms.json) whose camera histogram becomes the weights (baseline)")
 
     p = add("inspect", "draw a bake's labels: overlays, depth, confidence, contact sheet and index.html",
             "dataset/ --max 24   (then open dataset/inspect/index.html)", ("bake",))

@@ -426,8 +426,95 @@ class CorrespondRequest:
         self.device = _device(self.device)
 
 
+# --- synth (issue 17): labelled novel views from the field, and an optimised pose distribution ----------
+
+
+SYNTH_TASKS = ("segment",)
+SYNTH_ESTIMATORS = ("reinforce",)
+
+
+@dataclass
+class SynthRequest:
+    """Render and bake ``views`` synthetic views of ``spec`` into ``out`` (DESIGN.md, Synthetic views); with
+    ``optimise``, first fit the pose distribution to ``target`` (a labelled dataset) for ``task``."""
+
+    spec: Path
+    out: Path
+    views: int = 100
+    azimuth: Optional[str] = None  # "A0:A1:K" (degrees); None: the training cameras' hull
+    elevation: Optional[str] = None
+    distance: Optional[str] = None
+    weights: Optional[str] = None  # "uniform", a JSON list of weights per bin, or a psi.json
+    tau: float = 0.1
+    seed: int = 0
+    allow_extrapolation: bool = False
+    size: Optional[str] = None  # "WxH"; None: the dataset's first camera
+    min_confidence: float = 0.5
+    keep_untrusted: bool = False
+    formats: tuple[str, ...] = FORMATS
+    device: str = "auto"
+    optimise: bool = False
+    target: Optional[Path] = None
+    task: str = "segment"
+    iterations: int = 10
+    views_per_iteration: int = 40
+    estimator: str = "reinforce"
+    fit_to_poses: Optional[Path] = None  # a dataset whose camera histogram becomes the weights
+    kind = "synth"
+
+    def __post_init__(self) -> None:
+        from ..synth.distribution import check_tau
+        from ..synth.poses import parse_range
+
+        self.spec, self.out = _path(self.spec, "spec"), _path(self.out, "out")
+        check_output_location(self.out)
+        self.views = _integer(self.views, "views", minimum=1)
+        for name in ("azimuth", "elevation", "distance"):
+            parse_range(getattr(self, name), name)
+        self.tau = check_tau(self.tau)
+        self.min_confidence = _number(self.min_confidence, "min_confidence", minimum=0.0, inclusive=True)
+        if self.size is not None:
+            self.size = str(self.size)
+            parts = self.size.lower().split("x")
+            if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+                raise NeuralLabelError(f"size {self.size!r}: expected WxH, e.g. 400x300", field="size")
+        self.formats = _formats(self.formats)
+        self.device = _device(self.device)
+        self.task = _choice(self.task, "task", SYNTH_TASKS)
+        self.estimator = _choice(self.estimator, "estimator", SYNTH_ESTIMATORS)
+        self.iterations = _integer(self.iterations, "iterations", minimum=1)
+        self.views_per_iteration = _integer(self.views_per_iteration, "views_per_iteration", minimum=2)
+        self.target, self.fit_to_poses = _optional_path(self.target), _optional_path(self.fit_to_poses)
+        if self.optimise and self.target is None:
+            raise NeuralLabelError("optimise needs a target: a labelled dataset (COCO/BOP folder)", field="target")
+        if sum(x is not None for x in (self.weights, self.fit_to_poses)) + self.optimise > 1:
+            raise NeuralLabelError("give one of weights, fit_to_poses and optimise", field="weights")
+
+
+def run_synth(request: SynthRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..synth.views import SynthOptions, bake_synthetic
+
+    device = _torch_device(request.device)
+    with at_field("spec"):
+        spec = load_spec(request.spec)
+    size = None if request.size is None else tuple(int(v) for v in request.size.lower().split("x"))
+    options = SynthOptions(views=request.views, azimuth=request.azimuth, elevation=request.elevation,
+                           distance=request.distance, weights=request.weights, tau=request.tau, seed=request.seed,
+                           allow_extrapolation=request.allow_extrapolation, size=size,
+                           min_confidence=request.min_confidence, keep_untrusted=request.keep_untrusted)
+    extra: dict = {}
+    if request.optimise or request.fit_to_poses is not None:
+        from ..synth.optimise import fitted_weights
+
+        options, extra = fitted_weights(spec, request, options, device=device, progress=progress, notice=notice)
+    result = bake_synthetic(spec, request.out, options, formats=request.formats, device=device,
+                            progress=progress, notice=notice, psi_extra=extra)
+    return result
+
+
 Request = Union[BakeRequest, TrainRequest, RenderRequest, SfmRequest, DemoRequest, PreviewRequest,
-                SurfacePointsRequest, SnapRequest, InspectRequest, CheckRequest, CorrespondRequest]
+                SurfacePointsRequest, SnapRequest, InspectRequest, CheckRequest, CorrespondRequest,
+                SynthRequest]
 REQUESTS: dict[str, type] = {cls.kind: cls for cls in Request.__args__}
 JOB_KINDS = tuple(REQUESTS)
 
@@ -782,4 +869,4 @@ def run_check(request: CheckRequest, progress: Optional[ProgressFn], notice: Not
 RUNNERS: dict[str, Callable[[Any, Optional[ProgressFn], NoticeFn], dict]] = {
     "bake": run_bake, "train": run_train, "render": run_render, "sfm": run_sfm_job, "demo": run_demo_job,
     "preview": run_preview, "surface_points": run_surface_points, "snap": run_snap,
-    "inspect": run_inspect, "check": run_check, "correspond": run_correspond}
+    "inspect": run_inspect, "check": run_check, "correspond": run_correspond, "synth": run_synth}

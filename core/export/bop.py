@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
 
 ROOT = "bop"
-SCENE = f"{ROOT}/train/000000"
 #: candidate depth scales (mm per stored unit), finest first: each frame takes the finest one that holds its
 #: farthest depth in uint16, so a depth map can never overflow.
 #: BOP's models and its evaluation models (the same meshes here: no resampling).
@@ -183,13 +182,16 @@ class BopWriter:
         files: dict[str, bytes] = {}
         im = view.index
         frame = self._frame(view, labels, ctx.units_to_mm)
-        if view.image_path is not None:  # a synthetic view has no photo to copy
+        scene = ctx.bop_scene_dir()
+        if view.image_path is not None:
             suffix, data = rgb_file(view.image_path, frame.maps)
-            files[f"{SCENE}/rgb/{im:06d}{suffix}"] = data
-        files[f"{SCENE}/depth/{im:06d}.png"] = png_bytes(frame.depth)
+            files[f"{scene}/rgb/{im:06d}{suffix}"] = data
+        elif ctx.rendered_rgb is not None:  # a synthetic view: its render (pinhole, so no remap)
+            files[f"{scene}/rgb/{im:06d}.png"] = png_bytes(ctx.rendered_rgb(view))
+        files[f"{scene}/depth/{im:06d}.png"] = png_bytes(frame.depth)
         for gt_id in range(len(labels.instances)):
-            files[f"{SCENE}/mask/{im:06d}_{gt_id:06d}.png"] = png_bytes(frame.full[gt_id].astype(np.uint8) * 255)
-            files[f"{SCENE}/mask_visib/{im:06d}_{gt_id:06d}.png"] = png_bytes(
+            files[f"{scene}/mask/{im:06d}_{gt_id:06d}.png"] = png_bytes(frame.full[gt_id].astype(np.uint8) * 255)
+            files[f"{scene}/mask_visib/{im:06d}_{gt_id:06d}.png"] = png_bytes(
                 frame.visible[gt_id].astype(np.uint8) * 255)
         return files
 
@@ -210,8 +212,7 @@ class BopWriter:
                          "segmentation": encode_rle(frame.visible[gt_id]), "width": view.width,
                          "height": view.height, "ignore": bool(info["visib_fract"] < COCO_IGNORE_VISIB_FRACT)})
         image = {"id": view.index, "width": view.width, "height": view.height,
-                 "file_name": (f"rgb/{view.index:06d}{rgb_suffix(view.image_path.suffix)}"
-                               if view.image_path is not None else None)}
+                 "file_name": _rgb_name(ctx, view)}
         return {"camera": camera, "gt": gt, "gt_info": gt_info, "coco": {"image": image, "annotations": coco}}
 
     def assemble(self, ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict[str, bytes]:
@@ -219,11 +220,19 @@ class BopWriter:
         scales = [frag["camera"]["depth_scale"] for _, frag in fragments]
         camera = {"cx": first.cx - 0.5, "cy": first.cy - 0.5, "depth_scale": max(scales) if scales else 1.0,
                   "fx": first.fx, "fy": first.fy, "height": first.height, "width": first.width}
+        scene = ctx.bop_scene_dir()
         return {f"{ROOT}/camera.json": json_bytes(camera),
-                f"{SCENE}/scene_camera.json": json_bytes({str(i): f["camera"] for i, f in fragments}),
-                f"{SCENE}/scene_gt.json": json_bytes({str(i): f["gt"] for i, f in fragments}),
-                f"{SCENE}/scene_gt_info.json": json_bytes({str(i): f["gt_info"] for i, f in fragments}),
-                f"{SCENE}/scene_gt_coco.json": json_bytes(scene_gt_coco(ctx, fragments))}
+                f"{scene}/scene_camera.json": json_bytes({str(i): f["camera"] for i, f in fragments}),
+                f"{scene}/scene_gt.json": json_bytes({str(i): f["gt"] for i, f in fragments}),
+                f"{scene}/scene_gt_info.json": json_bytes({str(i): f["gt_info"] for i, f in fragments}),
+                f"{scene}/scene_gt_coco.json": json_bytes(scene_gt_coco(ctx, fragments))}
+
+
+def _rgb_name(ctx: ExportContext, view: View):
+    """The view's ``rgb/`` file in its scene folder; None for a synthetic view with no render."""
+    if view.image_path is not None:
+        return f"rgb/{view.index:06d}{rgb_suffix(view.image_path.suffix)}"
+    return f"rgb/{view.index:06d}.png" if ctx.rendered_rgb is not None else None
 
 
 def scene_gt_coco(ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict:
@@ -237,7 +246,7 @@ def scene_gt_coco(ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict
             annotations.append({"id": len(annotations) + 1, **ann})
     categories = [{"id": cid, "name": name, "supercategory": "neurallabel"}
                   for cid, name in ctx.spec.categories().items()]
-    return {"info": {"description": "NeuralLabel bake, BOP scene 000000", "version": "1.0"}, "licenses": [],
+    return {"info": {"description": f"NeuralLabel bake, BOP scene {ctx.bop_scene:06d}", "version": "1.0"}, "licenses": [],
             "images": [frag["coco"]["image"] for _, frag in fragments], "annotations": annotations,
             "categories": categories}
 

@@ -75,6 +75,13 @@ def polygons_mask(polygons: list[list[float]], height: int, width: int) -> np.nd
     return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))).astype(bool)
 
 
+def synthetic_camera(view: View) -> dict:
+    """A synthetic view's camera for COCO ``images``: OpenCV ``K`` (top-left pixel centre at 0, 0) and the
+    OpenGL camera-to-world pose in the world frame (the dataset convention)."""
+    return {"K": [[float(v) for v in row] for row in view.intrinsics.K_opencv],
+            "cam_to_world": [[float(v) for v in row] for row in view.cam_to_world]}
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
@@ -113,8 +120,9 @@ class CocoWriter:
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
         image = {"id": view.index, "file_name": ctx.image_name(view), "width": view.width, "height": view.height}
-        if view.image_path is None:
+        if view.image_path is None:  # a synthetic view: no photo, so its camera goes with it
             image["synthetic"] = True
+            image["camera"] = synthetic_camera(view)
         annotations = []
         for inst in labels.instances:
             if inst.px_count_visib == 0:

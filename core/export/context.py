@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
+
+import numpy as np
 
 from ..data.dataset import Dataset
 from ..geometry.view import View
@@ -20,6 +22,10 @@ class ExportContext:
     models: dict[int, Any] = field(default_factory=dict)
     #: how the COCO writer stores masks: "rle" or "polygon" (with RLE where a polygon cannot be exact)
     coco_masks: str = "rle"
+    #: the BOP scene id the views go into (synthetic views get their own, e.g. 1)
+    bop_scene: int = 0
+    #: a view without a photo (synthetic): its RGB (H, W, 3) uint8, rendered from the field; None: no image
+    rendered_rgb: Optional[Callable[[View], np.ndarray]] = None
 
     def dataset_root(self) -> Path:
         """The dataset folder (absolute): image paths in the outputs are relative to it."""
@@ -28,6 +34,10 @@ class ExportContext:
     @property
     def units_to_mm(self) -> float:
         return self.spec.units_to_mm
+
+    def bop_scene_dir(self) -> str:
+        """The BOP scene folder of the views, relative to the bake's output folder."""
+        return f"bop/train/{self.bop_scene:06d}"
 
     def image_name(self, view: View) -> str:
         """The view's photo relative to the dataset folder (posix); a synthetic view's name (it has no file)."""

@@ -36,7 +36,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -88,6 +88,7 @@ class BakePlan:
     inputs: dict[str, list[Path]]  # what the bake reads, by kind: none of it may be written over
     allowed: list[Path]  # inputs that may lie in the output folder (the spec and its meshes)
     resumed: bool  # the output folder already holds this bake
+    coco_masks: str = "rle"
 
     def claim(self) -> OutputClaim:
         """Claim the output folder (writes the manifest of a new bake)."""
@@ -106,6 +107,9 @@ class BakeJob:
     writers: list[Writer]  # in the canonical order of ``FORMATS``
     ctx: ExportContext
     depth_source_name: str
+    #: whether to write a labelled view (None: all): a False leaves it without files or fragment, counted as
+    #: dropped (synthetic views' trust gate)
+    keep: Optional[Callable[[View, FrameLabels], bool]] = None
 
     @property
     def fragments_dir(self) -> Path:
@@ -118,6 +122,7 @@ class FramesDone:
     skipped: int = 0
     instances: int = 0
     label_seconds: float = 0.0
+    dropped: int = 0
 
 
 def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
@@ -150,12 +155,13 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
                   frames: Any = None, shard: Any = None, device: Optional[str] = "cpu",
                   progress: Optional[ProgressFn] = None, depth_source=None, options: LabelOptions = LabelOptions(),
                   box_resolution: int = 128, load_field: bool = True, check_photos: bool = True,
-                  coco_masks: str = "rle") -> BakePlan:
+                  coco_masks: str = "rle", extra_manifest: Optional[dict] = None) -> BakePlan:
     """Stage 0: every check of a bake, cheapest first; writes nothing. NeuralLabelError on the first problem.
 
     ``device`` None leaves the device unresolved, ``load_field`` False skips loading the spec's field (torch)
     and ``check_photos`` False skips decoding the photos: the add-on's pre-flight in Blender's own process
     (:func:`..app.jobs.check_bake`) checks the scene that way, and the worker checks the rest before it writes.
+    ``extra_manifest`` joins the manifest (a re-run resumes only when it is equal too).
     """
     out_dir = Path(out_dir)
     if device is not None:
@@ -190,6 +196,7 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
                 "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
     if coco_masks != "rle":  # only then: a default bake's manifest keeps its bytes
         manifest["coco_masks"] = coco_masks
+    manifest.update(extra_manifest or {})  # what else the folder's bake is made of (synthetic views' draws)
     meshes = [o.mesh_path for o in spec.objects if o.mesh_path is not None]
     inputs = {"photo": [f.image_path for f in dataset.frames], "dataset": dataset.source_paths(),
               "spec": [spec.path] if spec.path is not None else [], "mesh": meshes,
@@ -205,7 +212,7 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
         validate_images([dataset.frame(i) for i in todo
                          if not (resumed and (fragments / f"{i:06d}.json").is_file())], _when_slow(progress))
     return BakePlan(spec, out_dir, writers, dataset, views, todo, depth_source, source_name, device, options,
-                    box_resolution, manifest, inputs, allowed, resumed)
+                    box_resolution, manifest, inputs, allowed, resumed, coco_masks)
 
 
 def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
@@ -217,18 +224,24 @@ def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FO
     plan = check_request(spec, out_dir, formats=formats, frames=frames, shard=shard, device=device,
                          progress=progress, depth_source=depth_source, options=options,
                          box_resolution=box_resolution, coco_masks=coco_masks)
-    claim = plan.claim()
+    return start(plan, progress=progress, backend=backend)
+
+
+def start(plan: BakePlan, *, progress: Optional[ProgressFn] = None, backend: Optional[str] = None) -> BakeJob:
+    """Stage 1 of a checked plan: claim its folder (writes the manifest), write the models and static files.
+    (Synthetic views start a plan of their own: :mod:`..synth.views`.)"""
+    spec, claim = plan.spec, plan.claim()
     out_dir, device, depth_source = plan.out_dir, plan.device, plan.depth_source
     with writing_into(out_dir):
         try:
             with file_lock(claim.manifest_path):  # concurrent pieces extract a box's mesh once, and share it
-                models = _object_models(spec, plan.views, out_dir, depth_source, box_resolution, progress)
+                models = _object_models(spec, plan.views, out_dir, depth_source, plan.box_resolution, progress)
         except NeuralLabelError:
             if not claim.resumed:  # nothing is baked yet: the corrected spec must find the folder free
                 release_claim(claim)
             raise
-        labeler = frame_labeler(spec, models, depth_source, options, backend=backend, device=device)
-        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), coco_masks)
+        labeler = frame_labeler(spec, models, depth_source, plan.options, backend=backend, device=device)
+        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), plan.coco_masks)
         for writer in plan.writers:
             _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
     return BakeJob(out_dir, plan.views, plan.todo, labeler, plan.writers, ctx, plan.depth_source_name)
@@ -263,6 +276,10 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
         view = job.views[index]
         t0 = time.perf_counter()
         labels = label_view(job, view)
+        if job.keep is not None and not job.keep(view, labels):
+            done.dropped += 1
+            report(progress, n + 1, len(job.todo), "bake")
+            continue
         fragment = {}
         for writer in job.writers:
             _write_all(job.out_dir, writer.frame_files(job.ctx, view, labels), write_bytes)

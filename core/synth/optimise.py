@@ -1,0 +1,136 @@
+"""Fitting the pose distribution: to a downstream task on a target set (``reinforce``: a score-function
+estimator on the CPU), or to the poses of target cameras (``--fit-to-poses``, the practical baseline).
+
+``reinforce`` (REINFORCE with a leave-one-out baseline): each iteration draws ``views_per_iteration`` views
+from softmax(logits) (Tool 1), renders and labels them in memory, splits them into ``groups``, trains a fresh
+segmentation net per group and scores it by mIoU on the target. A group's reward minus the mean of the other
+groups' is the advantage of every view in it; the logits follow Adam on -sum(advantage * log p(bin)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import NeuralLabelError
+from ..geometry.transforms import Similarity
+from ..progress import ProgressFn, report
+from .distribution import Bins, Draws, histogram_logits, log_prob, probabilities, sample
+from .tasks import SIZE, TaskSet, class_map, load_target, score
+from .views import RenderedQuery, SynthOptions, plan_distribution, synthetic_intrinsics, synthetic_views
+
+
+class ViewSource:
+    """Renders and labels the views of draws, in memory, at the task's size."""
+
+    def __init__(self, spec, dataset, field, *, device: str = "cpu", size=SIZE) -> None:
+        from ..labels.frame import LabelOptions
+        from ..pipeline.bake import frame_labeler
+
+        self.query = RenderedQuery(field, device=device)
+        from ..io.meshes import load_mesh
+
+        models = {o.instance_id: o.mesh if o.mesh is not None else load_mesh(o.mesh_path, what=f"object {o.name!r}")
+                  for o in spec.objects if o.kind == "mesh"}
+        # box objects without a model are labelled from the field's depth inside their box
+        self.labeler = frame_labeler(spec, models, self.query, LabelOptions(), device=device)
+        self.world_from_data = Similarity(spec.world_from_data)
+        self.intrinsics = synthetic_intrinsics(dataset.frames[0].intrinsics, size)
+        self.category_ids = tuple(sorted(spec.categories()))
+
+    def views(self, draws: Draws, centre: np.ndarray) -> TaskSet:
+        images, classes = [], []
+        for view in synthetic_views(draws, centre, self.intrinsics, self.world_from_data).values():
+            labels = self.labeler.label(view, full_depth=False, confidence=False)
+            images.append(self.query.rgb(view).astype(np.float32) / 255.0)
+            classes.append(class_map(labels.category, self.category_ids))
+        return TaskSet(np.stack(images), np.stack(classes), self.category_ids)
+
+
+def subset(data: TaskSet, keep: np.ndarray) -> TaskSet:
+    return TaskSet(data.images[keep], data.classes[keep], data.category_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimiseOptions:
+    """REINFORCE's budget (iterations x views), its leave-one-out groups, the logits' Adam step, and the
+    task's training steps per scored group."""
+
+    iterations: int = 10
+    views_per_iteration: int = 40
+    groups: int = 4
+    lr: float = 0.3
+    task_steps: int = 150
+    tau: float = 0.1
+    seed: int = 0
+
+
+def reinforce(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, logits0: np.ndarray,
+              options: OptimiseOptions = OptimiseOptions(), progress: Optional[ProgressFn] = None
+              ) -> tuple[np.ndarray, list[dict]]:
+    """The optimised logits and the history per iteration (probabilities, group rewards)."""
+    groups = max(2, min(options.groups, options.views_per_iteration))
+    rng = np.random.default_rng(options.seed)
+    logits = torch.tensor(np.asarray(logits0, dtype=np.float64), requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=options.lr)
+    history = []
+    for it in range(options.iterations):
+        draws = sample(logits.detach().numpy(), bins, options.views_per_iteration, rng, options.tau)
+        views = render(draws)
+        group = np.arange(options.views_per_iteration) % groups
+        rewards = np.array([score(subset(views, group == g), target, steps=options.task_steps)
+                            for g in range(groups)])
+        baseline = (rewards.sum() - rewards) / (groups - 1)  # leave-one-out: unbiased
+        advantage = torch.as_tensor((rewards - baseline)[group])
+        loss = -(advantage * log_prob(logits, draws.bins)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({"iteration": it + 1, "rewards": [float(r) for r in rewards],
+                        "mean_reward": float(rewards.mean()), "bins_drawn": [int(b) for b in draws.bins],
+                        "probabilities": [float(p) for p in probabilities(logits.detach().numpy())]})
+        report(progress, it + 1, options.iterations, "optimise")
+    return logits.detach().numpy(), history
+
+
+def pose_coords(frames, world_from_data: Similarity, centre: np.ndarray) -> np.ndarray:
+    """(N, 3) azimuth, elevation, distance of ``frames``' cameras around ``centre`` (world frame)."""
+    from .poses import spherical
+
+    origins = world_from_data.apply(np.array([f.cam_to_data[:3, 3] for f in frames]))
+    return spherical(centre, origins)
+
+
+def fitted_weights(spec, request, options: SynthOptions, *, device: str = "cpu",
+                   progress: Optional[ProgressFn] = None, notice=None) -> tuple[SynthOptions, dict]:
+    """``options`` with the logits fitted to ``request.fit_to_poses`` (the target cameras' histogram) or,
+    with ``request.optimise``, to ``request.task`` on ``request.target``; and what psi.json records of it."""
+    from ..data.dataset import load_dataset
+    from ..pipeline.bake import load_checked_field
+
+    dataset = load_dataset(spec.data_path)
+    world_from_data = Similarity(spec.world_from_data)
+    plan = plan_distribution(dataset, world_from_data, options)
+    if request.fit_to_poses is not None:
+        try:
+            target = load_dataset(request.fit_to_poses)
+        except NeuralLabelError as exc:
+            raise NeuralLabelError(str(exc), field="fit_to_poses") from None
+        coords = pose_coords(target.frames, world_from_data, plan.orbit.centre)
+        logits = histogram_logits(coords, plan.bins)
+        return dataclasses.replace(options, logits=tuple(logits)), {"fit_to_poses": str(request.fit_to_poses)}
+    category_ids = tuple(sorted(spec.categories()))
+    target = load_target(request.target, category_ids)
+    source = ViewSource(spec, dataset, load_checked_field(spec, dataset, device).field, device=device)
+    opt = OptimiseOptions(iterations=request.iterations, views_per_iteration=request.views_per_iteration,
+                          tau=options.tau, seed=options.seed)
+    logits, history = reinforce(lambda d: source.views(d, plan.orbit.centre), target, plan.bins, plan.logits,
+                                opt, progress)
+    extra = {"optimise": {"estimator": request.estimator, "task": request.task, "target": str(request.target),
+                          "iterations": opt.iterations, "views_per_iteration": opt.views_per_iteration,
+                          "groups": opt.groups, "lr": opt.lr, "task_steps": opt.task_steps},
+             "history": history}
+    return dataclasses.replace(options, logits=tuple(logits)), extra

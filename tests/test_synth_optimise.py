@@ -1,0 +1,122 @@
+"""Fitting the pose distribution (issue 17): the segmentation task and its mIoU, REINFORCE moving mass to the
+bins whose views score best on the target, --fit-to-poses, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neurallabel.core.errors import NeuralLabelError
+from neurallabel.core.synth.distribution import Bins, probabilities
+from neurallabel.core.synth.optimise import OptimiseOptions, reinforce
+from neurallabel.core.synth.poses import Range
+from neurallabel.core.synth.tasks import TaskSet, miou, score
+
+from test_synth import write_orbit_scene
+
+
+def test_miou_counts_the_classes_present() -> None:
+    truth = np.array([[0, 0, 1, 1]])
+    assert miou(truth, truth, 2) == 1.0
+    assert miou(np.array([[0, 1, 1, 1]]), truth, 2) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert miou(np.zeros((1, 4), int), truth, 3) == pytest.approx((2 / 4 + 0) / 2)
+
+
+def squares(n: int, side: int, rng: np.random.Generator) -> TaskSet:
+    """Bright squares of ``side`` pixels (class 1) on a dark ground at random places, 24x16."""
+    images = rng.uniform(0.0, 0.3, (n, 16, 24, 3)).astype(np.float32)
+    classes = np.zeros((n, 16, 24), np.int64)
+    for i in range(n):
+        y, x = rng.integers(0, 16 - side + 1), rng.integers(0, 24 - side + 1)
+        images[i, y:y + side, x:x + side] = rng.uniform(0.7, 1.0, 3)
+        classes[i, y:y + side, x:x + side] = 1
+    return TaskSet(images, classes, (1,))
+
+
+def test_a_net_trained_on_the_target_look_scores_higher_than_one_trained_on_another() -> None:
+    rng = np.random.default_rng(0)
+    target = squares(8, 12, rng)
+    assert score(squares(8, 12, rng), target, steps=60) > score(squares(8, 2, rng), target, steps=60) + 0.1
+
+
+def test_reinforce_moves_mass_to_the_bins_that_look_like_the_target() -> None:
+    """A zoom gap by design: bin 0 renders big squares like the target's, bin 1 tiny ones."""
+    rng = np.random.default_rng(1)
+    target = squares(8, 12, rng)
+    bins = Bins((Range(0, 360, 1), Range(20, 40, 1), Range(1.0, 2.0, 2)))
+
+    def render(draws):
+        parts = [squares(1, 12 if b == 0 else 2, rng) for b in draws.bins]
+        return TaskSet(np.concatenate([p.images for p in parts]), np.concatenate([p.classes for p in parts]), (1,))
+
+    logits, history = reinforce(render, target, bins, np.zeros(2),
+                                OptimiseOptions(iterations=6, views_per_iteration=8, groups=4, task_steps=40,
+                                                lr=0.4, tau=0.1, seed=0))
+    assert len(history) == 6 and all(len(h["rewards"]) == 4 for h in history)
+    assert probabilities(logits)[0] > 0.75
+    assert history[-1]["probabilities"] == pytest.approx(list(probabilities(logits)))
+
+
+def test_cli_synth_fit_to_poses_optimise_and_bad_input(tmp_path: Path, capsys) -> None:
+    from neurallabel.core.cli import main
+    from neurallabel.core.synth.poses import orbit_pose
+
+    spec = write_orbit_scene(tmp_path)
+    # the target cameras: all near, at one azimuth quadrant
+    target = tmp_path / "target"
+    target.mkdir()
+    write_orbit_scene(target, [(a, 30.0, 1.02) for a in (10.0, 20.0, 30.0, 40.0, 50.0)])
+    code = main(["synth", str(spec), "--out", str(tmp_path / "fit"), "--views", "3", "--azimuth", "0:360:4",
+                 "--distance", "1.0:1.3:2", "--fit-to-poses", str(target / "transforms.json"), "--device", "cpu"])
+    assert code == 0, capsys.readouterr()
+    psi = json.loads((tmp_path / "fit" / "synth" / "psi.json").read_text())
+    p = np.array(psi["probabilities"]).reshape(4, 2, 2)
+    assert p[0, :, 0].sum() == pytest.approx(1.0, abs=1e-6)  # azimuth 0-90, near: every target camera
+    out = capsys.readouterr().out
+    assert "synth: baked 3 of 3 views" in out
+
+    # optimise against a labelled target: a synth bake of near views (a field-rendered target)
+    assert main(["synth", str(spec), "--out", str(tmp_path / "near"), "--views", "4", "--distance", "1.0:1.05:1",
+                 "--device", "cpu"]) == 0
+    code = main(["synth", str(spec), "--out", str(tmp_path / "opt"), "--views", "2", "--optimise", "--target",
+                 str(tmp_path / "near"), "--iterations", "2", "--views-per-iteration", "2", "--distance",
+                 "1.0:1.3:2", "--azimuth", "0:360:1", "--elevation", "20:40:1", "--device", "cpu"])
+    assert code == 0, capsys.readouterr()
+    psi = json.loads((tmp_path / "opt" / "synth" / "psi.json").read_text())
+    assert [h["iteration"] for h in psi["history"]] == [1, 2] and psi["optimise"]["estimator"] == "reinforce"
+    assert psi["probabilities"] == pytest.approx(psi["history"][-1]["probabilities"])
+    capsys.readouterr()
+
+    for argv, message in ((["--tau", "0"], "--tau"), (["--distance", "1:2:0"], "--distance"),
+                          (["--optimise"], "--target"), (["--size", "40"], "--size")):
+        assert main(["synth", str(spec), "--out", str(tmp_path / "bad"), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"error: {message}" in err[0], err
+    # a target with a category the spec does not have
+    coco = json.loads((tmp_path / "near" / "coco" / "annotations.json").read_text())
+    coco["categories"].append({"id": 9, "name": "cat", "supercategory": "cat"})
+    (tmp_path / "other.json").write_text(json.dumps(coco))
+    assert main(["synth", str(spec), "--out", str(tmp_path / "bad"), "--optimise", "--target",
+                 str(tmp_path / "other.json"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "category 9 is not in the spec" in err[0]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_generated_scene_is_a_target_with_its_truth_classes(small_scene: Path) -> None:
+    from neurallabel.core.data.truth import load_scene_truth
+    from neurallabel.core.spec import spec_from_scene
+    from neurallabel.core.synth.tasks import SIZE, load_target
+
+    category_ids = tuple(sorted(spec_from_scene(small_scene).categories()))
+    target = load_target(small_scene, category_ids, limit=2)
+    assert target.images.shape == (2, SIZE[1], SIZE[0], 3) and target.classes.shape == (2, SIZE[1], SIZE[0])
+    assert 0 < np.count_nonzero(target.classes) < target.classes.size  # objects and background
+    assert set(np.unique(target.classes)) <= set(range(len(category_ids) + 1))
+    with pytest.raises(NeuralLabelError, match="is not in the spec") as info:
+        load_target(small_scene, category_ids[1:])
+    assert info.value.field == "target"
+    assert load_scene_truth(small_scene).objects  # the scene has truth: the test is not vacuous
