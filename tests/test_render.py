@@ -72,8 +72,9 @@ def _brute_force_samples(field: Field, origins, directions, near=0.0):
     for i in range(len(origins)):
         trans = 1.0
         k, t = 0, near  # walk the lattice: steps of `step`, or of t * cone once that is longer
+        switch = max(field.config.background_from, step / cone) if cone else float("inf")
         while True:
-            dt = max(step, t * cone)
+            dt = max(step, t * cone) if t >= switch - 1e-9 else step
             mid = t + dt / 2
             if mid >= float(t_exit[i]) or trans < field.config.early_stop_eps:
                 break
@@ -88,10 +89,12 @@ def _brute_force_samples(field: Field, origins, directions, near=0.0):
     return out
 
 
-@pytest.mark.parametrize("levels,cone", [(1, 0.0), (2, 0.0), (3, 0.02)])
-def test_cpu_marcher_matches_stepping_every_lattice_point(levels, cone):
+@pytest.mark.parametrize("levels,cone,background_from", [(1, 0.0, 0.0), (2, 0.0, 0.0), (3, 0.02, 0.0),
+                                                          (3, 0.05, 0.9)])
+def test_cpu_marcher_matches_stepping_every_lattice_point(levels, cone, background_from):
     field = solid_below(-0.2, density=300.0, levels=levels)
     field.config.cone_angle = cone
+    field.config.background_from = background_from
     g = torch.Generator().manual_seed(1)
     origins = torch.rand(16, 3, generator=g) * 1.6 - 0.8
     origins[:, 2] = 0.9
@@ -106,7 +109,7 @@ def test_cpu_marcher_matches_stepping_every_lattice_point(levels, cone):
     assert samples.t_starts.tolist() == pytest.approx([expected[j][2] for j in order], rel=1e-4, abs=1e-5)
     if cone:  # past step / cone the samples grow with the distance
         deltas = samples.deltas
-        far = samples.t_starts > 2 * field.render_step_size / cone
+        far = samples.t_starts > max(2 * field.render_step_size / cone, background_from + 0.1)
         assert bool(far.any()) and bool(torch.all(deltas[far] > 1.5 * field.render_step_size))
 
 

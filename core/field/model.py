@@ -44,7 +44,9 @@ class FieldConfig:
     early_stop_eps: float = 1e-4  # rays stop when transmittance drops below this
     background: tuple[float, float, float] = (0.5, 0.5, 0.5)  # colour beyond the field (learned when levels > 1)
     near: float = 0.0  # training rays started this far from the camera: closer than that is unknown space
-    cone_angle: float = 0.0  # steps grow as distance x cone_angle past step / cone_angle (0: uniform steps)
+    # Steps grow as distance x cone_angle past background_from (and past step / cone_angle), 0: uniform
+    cone_angle: float = 0.0
+    background_from: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -49,21 +49,23 @@ def effective_alpha_thre(field: Field) -> float:
 class Lattice:
     """Where a ray's samples sit: sample ``k`` covers ``[t(k), t(k + 1)]``.
 
-    Uniform steps of ``step`` from ``start`` out to ``t_switch``, then steps that grow with the distance,
-    ``t(k + 1) = t(k) * (1 + cone)`` (instant-ngp's cone stepping, nerfacc's ``cone_angle``): the detailed
-    region is marched finely and the contracted background, where a voxel spans ever more distance, coarsely.
-    ``cone = 0``: uniform everywhere. ``start`` is per ray (a stratified offset); the switch is the first
-    lattice point at or past ``step / cone``."""
+    Uniform steps of ``step`` from ``start`` out to ``switch`` (the detailed region, as far as any camera
+    sees it), then steps that grow with the distance, ``t(k + 1) = t(k) * (1 + cone)`` (instant-ngp's cone
+    stepping, nerfacc's ``cone_angle``): the contracted background, where one voxel spans ever more
+    distance, is marched coarsely. ``cone = 0``: uniform everywhere. ``start`` is per ray (a stratified
+    offset); steps grow from the first lattice point at or past ``max(switch, step / cone)``."""
 
     start: Tensor  # (N,)
     step: float
-    cone: float
+    cone: float = 0.0
+    switch: float = 0.0
 
     @property
     def k_switch(self) -> Tensor:
         if self.cone <= 0:
             return torch.full_like(self.start, float("inf"))
-        return torch.ceil(((self.step / self.cone) - self.start).clamp_min(0) / self.step)
+        t_switch = max(self.switch, self.step / self.cone)
+        return torch.ceil((t_switch - self.start).clamp_min(0) / self.step)
 
     def t(self, k: Tensor, rays: Optional[Tensor] = None) -> Tensor:
         """Distance of lattice point ``k`` (any real index) on ``rays`` (default: all, aligned with k)."""
@@ -87,6 +89,14 @@ class Lattice:
         grown = ks + torch.log(t.clamp_min(1e-12) / t_switch.clamp_min(1e-12)) / math.log1p(self.cone)
         return torch.where(t <= t_switch, uniform, grown)
 
+    def switch_distance(self) -> Tensor:
+        """(N,) where each ray's steps start to grow (``inf`` without a cone)."""
+        return self.start + self.k_switch * self.step
+
+
+def field_lattice(field: Field, start: Tensor) -> Lattice:
+    return Lattice(start, field.render_step_size, field.config.cone_angle, field.config.background_from)
+
 
 @torch.no_grad()
 def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
@@ -104,7 +114,7 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
     start = torch.full((n,), float(near), device=device)
     if stratified:
         start = start + torch.rand(n, device=device) * step
-    lattice = Lattice(start, step, field.config.cone_angle)
+    lattice = field_lattice(field, start)
     # lattice index of the first midpoint at or after the entry, and one past the last before the exit
     k = torch.ceil(lattice.k(t_enter) - 0.5).clamp_min(0).long()
     k_end = torch.ceil(lattice.k(t_exit) - 0.5).long()
@@ -184,16 +194,32 @@ def march_nerfacc(field: Field, origins: Tensor, directions: Tensor, *, near: fl
     far_planes = torch.full_like(origins[..., 0], fill_value=far)
     if stratified:
         near_planes += torch.rand_like(near_planes) * step
-    intervals, packed, _ = traverse_grids(origins, directions, grid.binaries, grid.aabbs,
-                                          near_planes=near_planes, far_planes=far_planes, step_size=step,
-                                          cone_angle=field.config.cone_angle)
-    samples = RaySamples(packed.ray_indices.long(), intervals.vals[intervals.is_left],
-                         intervals.vals[intervals.is_right], origins.shape[0])
+    # the lattice of :class:`Lattice`: uniform steps up to the switch, nerfacc's cone steps beyond it
+    switch = field_lattice(field, near_planes).switch_distance()
+    parts = []
+    for seg_near, seg_far, cone in ((near_planes, torch.minimum(far_planes, switch), 0.0),
+                                    (torch.maximum(near_planes, switch), far_planes, field.config.cone_angle)):
+        if cone == 0.0 and seg_near is not near_planes:
+            continue
+        intervals, packed, _ = traverse_grids(origins, directions, grid.binaries, grid.aabbs,
+                                              near_planes=seg_near, far_planes=seg_far, step_size=step,
+                                              cone_angle=cone)
+        parts.append((packed.ray_indices.long(), intervals.vals[intervals.is_left],
+                      intervals.vals[intervals.is_right]))
+        if field.config.cone_angle <= 0:
+            break
+    ray_indices, t_starts, t_ends = (torch.cat(values) for values in zip(*parts))
+    if len(parts) > 1 and ray_indices.numel():
+        order = torch.argsort(ray_indices.double() * (t_ends.max().double() + 1) + t_starts.double())
+        ray_indices, t_starts, t_ends = ray_indices[order], t_starts[order], t_ends[order]
+    samples = RaySamples(ray_indices, t_starts, t_ends, origins.shape[0])
     if len(samples) == 0:
         return samples.with_values(sigmas=torch.zeros(0, device=origins.device))
     sigmas = field.density(samples.points(origins, directions))
+    counts = torch.bincount(samples.ray_indices, minlength=samples.n_rays)
+    packed_info = torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1).int()
     visible = render_visibility_from_density(
-        t_starts=samples.t_starts, t_ends=samples.t_ends, sigmas=sigmas, packed_info=packed.packed_info,
+        t_starts=samples.t_starts, t_ends=samples.t_ends, sigmas=sigmas, packed_info=packed_info,
         early_stop_eps=field.config.early_stop_eps, alpha_thre=effective_alpha_thre(field))
     return RaySamples(samples.ray_indices[visible], samples.t_starts[visible], samples.t_ends[visible],
                       samples.n_rays, sigmas=sigmas[visible])

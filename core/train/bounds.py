@@ -25,6 +25,9 @@ ROI_HALF_SHARE = (0.25, 0.5)
 #: nested boxes around the detailed region: the outermost is 2^(levels - 1) times as large (the contracted
 #: background out to 16 x by default; instant-ngp's ``aabb_scale`` asks for more, up to 128 x)
 MIN_LEVELS, MAX_LEVELS = 5, 8
+#: step growth per step in the background: about one contracted voxel per step where it starts, far
+#: coarser than the voxels beyond (they grow with the square of the distance)
+BACKGROUND_CONE = 1.0 / 64
 #: a common region is one at least this share of the cameras sees in front of them, inside the image
 MIN_SHARE_SEEING_CENTRE = 0.5
 
@@ -142,9 +145,8 @@ def field_config_for(dataset: Dataset) -> FieldConfig:
     config = FieldConfig(roi_aabb=roi, levels=levels, density_resolution=DENSITY_SCHEDULE[0][0],
                          occupancy_resolution=64)
     # uniform steps out to the far side of the region from the farthest camera, growing beyond
-    step = 2 * half * math.sqrt(3) / config.steps_per_roi
-    reach = float(np.max(camera_distances(frames, centre))) + half * math.sqrt(3)
-    config.cone_angle = step / reach
+    config.background_from = float(np.max(camera_distances(frames, centre))) + half * math.sqrt(3)
+    config.cone_angle = BACKGROUND_CONE
     return config
 
 
