@@ -125,3 +125,19 @@ def test_contracted_distance_is_linear_inside_the_region_and_bounded_outside():
     two = RaySamples(torch.tensor([0, 0, 1]), torch.tensor([0.2, 0.4, 0.2]), torch.tensor([0.3, 0.5, 0.3]), 2)
     s2 = in_contracted_distance(two, torch.zeros(2, 3), torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]), field.normalize, 0.0)
     assert s2.mids.tolist() == pytest.approx([0.125, 0.225, 0.125], abs=1e-6)
+
+
+def test_background_density_is_per_contracted_length():
+    config = FieldConfig(roi_aabb=[[-1, -1, -1], [1, 1, 1]], levels=5, density_resolution=16,
+                         plane_resolutions=(4,), occupancy_resolution=8)
+    plain = Field(config)
+    scaled = Field(FieldConfig(**{**config.__dict__, "contracted_density": True}))
+    scaled.load_state_dict(plain.state_dict())
+    points = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.99, 0.0], [3.0, 0.0, 0.0], [0.0, -10.0, 4.0]])
+    ratio = (scaled.density(points) / plain.density(points)).tolist()
+    # inside the region: the same; outside: 1 / norm^2 (norm in region half-widths)
+    assert ratio == pytest.approx([1.0, 1.0, 1 / 9, 1 / 100], rel=1e-5)
+    assert torch.equal(plain.normalize(points), scaled.normalize(points))
+    # a trained field's config records it; an older checkpoint's config (without the key) keeps plain density
+    assert FieldConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "contracted_density"}
+                                 ).contracted_density is False

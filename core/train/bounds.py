@@ -143,7 +143,7 @@ def field_config_for(dataset: Dataset) -> FieldConfig:
     levels = int(np.clip(1 + math.ceil(math.log2(aabb_scale)), MIN_LEVELS, MAX_LEVELS))
     roi = [list(map(float, centre - half)), list(map(float, centre + half))]
     config = FieldConfig(roi_aabb=roi, levels=levels, density_resolution=DENSITY_SCHEDULE[0][0],
-                         occupancy_resolution=64)
+                         occupancy_resolution=64, contracted_density=True)
     # uniform steps out to the far side of the region from the farthest camera, growing beyond
     config.background_from = float(np.max(camera_distances(frames, centre))) + half * math.sqrt(3)
     config.cone_angle = BACKGROUND_CONE
