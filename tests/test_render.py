@@ -68,27 +68,33 @@ def _brute_force_samples(field: Field, origins, directions, near=0.0):
     t_enter, t_exit = ray_box(origins, directions, grid.aabbs[-1])
     t_enter = t_enter.clamp_min(near)
     out = []
+    cone = field.config.cone_angle
     for i in range(len(origins)):
         trans = 1.0
-        k = max(0, math.ceil((float(t_enter[i]) - near) / step - 0.5))
+        k, t = 0, near  # walk the lattice: steps of `step`, or of t * cone once that is longer
+        switch = max(field.config.background_from, step / cone) if cone else float("inf")
         while True:
-            mid = near + (k + 0.5) * step
+            dt = max(step, t * cone) if t >= switch - 1e-9 else step
+            mid = t + dt / 2
             if mid >= float(t_exit[i]) or trans < field.config.early_stop_eps:
                 break
             p = origins[i] + mid * directions[i]
-            if bool(grid.occupied(p[None])[0]):
+            if mid >= float(t_enter[i]) and bool(grid.occupied(p[None])[0]):
                 sigma = float(field.density(p[None])[0])
-                alpha = 1 - math.exp(-sigma * step)
+                alpha = 1 - math.exp(-sigma * dt)
                 if alpha >= min(field.config.alpha_thre, float(grid.occs.mean())):
-                    out.append((i, k))
+                    out.append((i, k, t))
                 trans *= 1 - alpha
-            k += 1
+            k, t = k + 1, t + dt
     return out
 
 
-@pytest.mark.parametrize("levels", [1, 2])
-def test_cpu_marcher_matches_stepping_every_lattice_point(levels):
+@pytest.mark.parametrize("levels,cone,background_from", [(1, 0.0, 0.0), (2, 0.0, 0.0), (3, 0.02, 0.0),
+                                                          (3, 0.05, 0.9)])
+def test_cpu_marcher_matches_stepping_every_lattice_point(levels, cone, background_from):
     field = solid_below(-0.2, density=300.0, levels=levels)
+    field.config.cone_angle = cone
+    field.config.background_from = background_from
     g = torch.Generator().manual_seed(1)
     origins = torch.rand(16, 3, generator=g) * 1.6 - 0.8
     origins[:, 2] = 0.9
@@ -96,9 +102,15 @@ def test_cpu_marcher_matches_stepping_every_lattice_point(levels):
     directions[:, 2] = -directions[:, 2].abs() - 0.3
     directions = directions / directions.norm(dim=-1, keepdim=True)
     samples = march_cpu(field, origins, directions)
-    step = field.render_step_size
-    got = sorted(zip(samples.ray_indices.tolist(), torch.round(samples.t_starts / step).long().tolist()))
-    assert got == sorted(_brute_force_samples(field, origins, directions))
+    expected = _brute_force_samples(field, origins, directions)
+    assert len(expected) > 0 and len(samples) == len(expected)
+    order = sorted(range(len(expected)), key=lambda j: expected[j][:2])
+    assert samples.ray_indices.tolist() == [expected[j][0] for j in order]
+    assert samples.t_starts.tolist() == pytest.approx([expected[j][2] for j in order], rel=1e-4, abs=1e-5)
+    if cone:  # past step / cone the samples grow with the distance
+        deltas = samples.deltas
+        far = samples.t_starts > max(2 * field.render_step_size / cone, background_from + 0.1)
+        assert bool(far.any()) and bool(torch.all(deltas[far] > 1.5 * field.render_step_size))
 
 
 def test_render_frame_z_depth_and_nan_where_nothing_is_hit():

@@ -197,16 +197,14 @@ def test_loss_terms_are_weighted_and_summed_so_a_new_term_is_only_added():
 
 
 def test_default_terms_follow_the_options():
-    from neurallabel.core.field.model import FieldConfig
     from neurallabel.core.train.losses import default_terms
 
-    closed = FieldConfig(roi_aabb=[[-1, -1, -1], [1, 1, 1]], levels=1)
     names = lambda terms: [t.name for t in terms]  # noqa: E731
-    terms = default_terms(closed, 0.01, TrainOptions(), depth=False)
+    terms = default_terms(TrainOptions(), depth=False)
     assert names(terms) == ["rgb", "opacity", "distortion"]
     distortion = terms[2].weight_at
-    assert distortion(0.0) / distortion(1.0) == pytest.approx(10.0)  # closed scenes decay it to 1/10
-    assert names(default_terms(closed, 0.01, TrainOptions(opacity_weight=0.0, distortion_weight=0.0),
+    assert distortion(0.0) / distortion(1.0) == pytest.approx(10.0)  # decayed to 1/10 by the end
+    assert names(default_terms(TrainOptions(opacity_weight=0.0, distortion_weight=0.0),
                                depth=True)) == ["rgb", "depth"]
 
 

@@ -44,6 +44,13 @@ class FieldConfig:
     early_stop_eps: float = 1e-4  # rays stop when transmittance drops below this
     background: tuple[float, float, float] = (0.5, 0.5, 0.5)  # colour beyond the field (learned when levels > 1)
     near: float = 0.0  # training rays started this far from the camera: closer than that is unknown space
+    # Steps grow as distance x cone_angle past background_from (and past step / cone_angle), 0: uniform
+    cone_angle: float = 0.0
+    background_from: float = 0.0
+    # density outside roi_aabb is per contracted length (scaled by the contraction's radial derivative), so a
+    # far voxel, which spans metres, is no quicker to turn opaque than one on the subject (False: fields
+    # trained before this existed)
+    contracted_density: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -119,12 +126,16 @@ class Field(torch.nn.Module):
 
     def normalize(self, points: Tensor) -> Tensor:
         """World points -> grid coordinates in [-1, 1]^3 (contracted outside the roi when levels > 1)."""
+        return self.contract(points)[0]
+
+    def contract(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Grid coordinates of world points and their L-inf norm in roi half-widths (N,) (1 inside)."""
         u = (points - self.roi_centre) / self.roi_half
         if self.config.levels == 1:
-            return u
+            return u, torch.ones_like(u[:, 0])
         norm = u.abs().amax(dim=-1, keepdim=True).clamp_min(1e-9)
         contracted = torch.where(norm <= 1.0, u, (2.0 - 1.0 / norm) * (u / norm))
-        return contracted / 2.0
+        return contracted / 2.0, norm.squeeze(-1).clamp_min(1.0)
 
     # --- evaluation ------------------------------------------------------------------------------------
 
@@ -135,7 +146,11 @@ class Field(torch.nn.Module):
 
     def density(self, points: Tensor) -> Tensor:
         """(N,) density (1 / world unit) at world points (N, 3)."""
-        return self.density_from_normalized(self.normalize(points))
+        coords, norm = self.contract(points)
+        if not self.config.contracted_density:
+            return self.density_from_normalized(coords)
+        # d(contracted norm)/d(norm) = 1 / norm^2 outside the region: world density per contracted length
+        return self.density_from_normalized(coords) / norm ** 2
 
     def rgb(self, points: Tensor, directions: Tensor) -> Tensor:
         """(N, 3) colour in [0, 1] at world points seen along unit ``directions``."""

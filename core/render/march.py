@@ -17,6 +17,8 @@ import contextlib
 import functools
 import importlib
 import io
+import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -43,6 +45,59 @@ def effective_alpha_thre(field: Field) -> float:
     return min(field.config.alpha_thre, float(occs.mean()))
 
 
+@dataclass(frozen=True)
+class Lattice:
+    """Where a ray's samples sit: sample ``k`` covers ``[t(k), t(k + 1)]``.
+
+    Uniform steps of ``step`` from ``start`` out to ``switch`` (the detailed region, as far as any camera
+    sees it), then steps that grow with the distance, ``t(k + 1) = t(k) * (1 + cone)`` (instant-ngp's cone
+    stepping, nerfacc's ``cone_angle``): the contracted background, where one voxel spans ever more
+    distance, is marched coarsely. ``cone = 0``: uniform everywhere. ``start`` is per ray (a stratified
+    offset); steps grow from the first lattice point at or past ``max(switch, step / cone)``."""
+
+    start: Tensor  # (N,)
+    step: float
+    cone: float = 0.0
+    switch: float = 0.0
+
+    @property
+    def k_switch(self) -> Tensor:
+        if self.cone <= 0:
+            return torch.full_like(self.start, float("inf"))
+        t_switch = max(self.switch, self.step / self.cone)
+        return torch.ceil((t_switch - self.start).clamp_min(0) / self.step)
+
+    def t(self, k: Tensor, rays: Optional[Tensor] = None) -> Tensor:
+        """Distance of lattice point ``k`` (any real index) on ``rays`` (default: all, aligned with k)."""
+        start = self.start if rays is None else self.start[rays]
+        uniform = start + k * self.step
+        if self.cone <= 0:
+            return uniform
+        ks = self.k_switch if rays is None else self.k_switch[rays]
+        t_switch = start + ks * self.step
+        grown = t_switch * torch.exp((k - ks).clamp_min(0) * math.log1p(self.cone))
+        return torch.where(k <= ks, uniform, grown)
+
+    def k(self, t: Tensor, rays: Optional[Tensor] = None) -> Tensor:
+        """The (real) lattice index of distance ``t``: the inverse of :meth:`t`."""
+        start = self.start if rays is None else self.start[rays]
+        uniform = (t - start) / self.step
+        if self.cone <= 0:
+            return uniform
+        ks = self.k_switch if rays is None else self.k_switch[rays]
+        t_switch = start + ks * self.step
+        grown = ks + torch.log(t.clamp_min(1e-12) / t_switch.clamp_min(1e-12)) / math.log1p(self.cone)
+        return torch.where(t <= t_switch, uniform, grown)
+
+    def switch_distance(self) -> Tensor:
+        """(N,) where each ray's steps start to grow (``inf`` without a cone)."""
+        return self.start + self.k_switch * self.step
+
+
+def field_lattice(field: Field, start: Tensor) -> Lattice:
+    return Lattice(start, field.render_step_size, field.config.cone_angle, field.config.background_from)
+
+
 @torch.no_grad()
 def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
               stratified: bool = False, window: int = 8, max_window: int = 64) -> RaySamples:
@@ -59,9 +114,10 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
     start = torch.full((n,), float(near), device=device)
     if stratified:
         start = start + torch.rand(n, device=device) * step
+    lattice = field_lattice(field, start)
     # lattice index of the first midpoint at or after the entry, and one past the last before the exit
-    k = torch.ceil((t_enter - start) / step - 0.5).clamp_min(0).long()
-    k_end = torch.ceil((t_exit - start) / step - 0.5).long()
+    k = torch.ceil(lattice.k(t_enter) - 0.5).clamp_min(0).long()
+    k_end = torch.ceil(lattice.k(t_exit) - 0.5).long()
     transmittance = torch.ones(n, device=device)
     alive = (k < k_end).nonzero().squeeze(-1)
     kept_rays, kept_k, kept_sigma = [], [], []
@@ -73,10 +129,11 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
         iteration += 1
         offsets = torch.arange(window, device=device)
         # 1) rays in empty space jump ahead by the safe distance of their current point
-        mid = start[alive] + (k[alive].float() + 0.5) * step
+        kf = k[alive].float()
+        mid = lattice.t(kf + 0.5, alive)
         points = origins[alive] + mid[:, None] * directions[alive]
         _, safe = grid.lookup(points)
-        jump = torch.floor(safe / step).long() + 1
+        jump = torch.floor(lattice.k(mid + safe, alive) - kf - 0.5).long() + 1
         far_jump = jump > window
         jumpers = alive[far_jump]
         k[jumpers] += jump[far_jump]
@@ -87,21 +144,25 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
         # 2) the others look at a window of lattice points: evaluate density where the cell is occupied
         kk = k[alive][:, None] + offsets
         valid = kk < k_end[alive][:, None]
-        mids = start[alive][:, None] + (kk.float() + 0.5) * step
+        rows = alive[:, None].expand_as(kk)
+        edges = lattice.t(torch.cat([kk, kk[:, -1:] + 1], dim=1).float(),
+                          torch.cat([rows, rows[:, -1:]], dim=1))
+        mids = (edges[:, 1:] + edges[:, :-1]) / 2
+        deltas = edges[:, 1:] - edges[:, :-1]
         points = (origins[alive][:, None, :] + mids[..., None] * directions[alive][:, None, :]).reshape(-1, 3)
         occupied = grid.occupied_fast(points).view(-1, window) & valid
         sigma = torch.zeros(occupied.shape, device=device)
         if bool(occupied.any()):
             sigma[occupied] = field.density(points[occupied.reshape(-1)])
-        alpha = 1.0 - torch.exp(-sigma * step)
+        alpha = 1.0 - torch.exp(-sigma * deltas)
         trans_before = transmittance[alive][:, None] * torch.cumprod(
             torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], dim=1), dim=1)
         keep = occupied & (trans_before >= eps) & (alpha >= alpha_thre)
         if bool(keep.any()):
-            rows, cols = keep.nonzero(as_tuple=True)
-            kept_rays.append(alive[rows])
-            kept_k.append(kk[rows, cols])
-            kept_sigma.append(sigma[rows, cols])
+            r, c = keep.nonzero(as_tuple=True)
+            kept_rays.append(alive[r])
+            kept_k.append(kk[r, c])
+            kept_sigma.append(sigma[r, c])
         transmittance[alive] = trans_before[:, -1] * (1.0 - alpha[:, -1])
         k[alive] += window
         alive = torch.cat([jumpers, alive])
@@ -109,12 +170,12 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
     if not kept_rays:
         return RaySamples.empty(n, device).with_values(sigmas=torch.zeros(0, device=device))
     ray_indices = torch.cat(kept_rays)
-    lattice = torch.cat(kept_k)
+    lattice_k = torch.cat(kept_k)
     sigmas = torch.cat(kept_sigma)
-    order = torch.argsort(ray_indices * (int(lattice.max()) + 1) + lattice)
-    ray_indices, lattice, sigmas = ray_indices[order], lattice[order], sigmas[order]
-    t_starts = start[ray_indices] + lattice.float() * step
-    return RaySamples(ray_indices, t_starts, t_starts + step, n, sigmas=sigmas)
+    order = torch.argsort(ray_indices * (int(lattice_k.max()) + 1) + lattice_k)
+    ray_indices, lattice_k, sigmas = ray_indices[order], lattice_k[order], sigmas[order]
+    kf = lattice_k.float()
+    return RaySamples(ray_indices, lattice.t(kf, ray_indices), lattice.t(kf + 1, ray_indices), n, sigmas=sigmas)
 
 
 @torch.no_grad()
@@ -133,16 +194,32 @@ def march_nerfacc(field: Field, origins: Tensor, directions: Tensor, *, near: fl
     far_planes = torch.full_like(origins[..., 0], fill_value=far)
     if stratified:
         near_planes += torch.rand_like(near_planes) * step
-    intervals, packed, _ = traverse_grids(origins, directions, grid.binaries, grid.aabbs,
-                                          near_planes=near_planes, far_planes=far_planes, step_size=step,
-                                          cone_angle=0.0)
-    samples = RaySamples(packed.ray_indices.long(), intervals.vals[intervals.is_left],
-                         intervals.vals[intervals.is_right], origins.shape[0])
+    # the lattice of :class:`Lattice`: uniform steps up to the switch, nerfacc's cone steps beyond it
+    switch = field_lattice(field, near_planes).switch_distance()
+    parts = []
+    for seg_near, seg_far, cone in ((near_planes, torch.minimum(far_planes, switch), 0.0),
+                                    (torch.maximum(near_planes, switch), far_planes, field.config.cone_angle)):
+        if cone == 0.0 and seg_near is not near_planes:
+            continue
+        intervals, packed, _ = traverse_grids(origins, directions, grid.binaries, grid.aabbs,
+                                              near_planes=seg_near, far_planes=seg_far, step_size=step,
+                                              cone_angle=cone)
+        parts.append((packed.ray_indices.long(), intervals.vals[intervals.is_left],
+                      intervals.vals[intervals.is_right]))
+        if field.config.cone_angle <= 0:
+            break
+    ray_indices, t_starts, t_ends = (torch.cat(values) for values in zip(*parts))
+    if len(parts) > 1 and ray_indices.numel():
+        order = torch.argsort(ray_indices.double() * (t_ends.max().double() + 1) + t_starts.double())
+        ray_indices, t_starts, t_ends = ray_indices[order], t_starts[order], t_ends[order]
+    samples = RaySamples(ray_indices, t_starts, t_ends, origins.shape[0])
     if len(samples) == 0:
         return samples.with_values(sigmas=torch.zeros(0, device=origins.device))
     sigmas = field.density(samples.points(origins, directions))
+    counts = torch.bincount(samples.ray_indices, minlength=samples.n_rays)
+    packed_info = torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1).int()
     visible = render_visibility_from_density(
-        t_starts=samples.t_starts, t_ends=samples.t_ends, sigmas=sigmas, packed_info=packed.packed_info,
+        t_starts=samples.t_starts, t_ends=samples.t_ends, sigmas=sigmas, packed_info=packed_info,
         early_stop_eps=field.config.early_stop_eps, alpha_thre=effective_alpha_thre(field))
     return RaySamples(samples.ray_indices[visible], samples.t_starts[visible], samples.t_ends[visible],
                       samples.n_rays, sigmas=sigmas[visible])

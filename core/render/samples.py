@@ -7,7 +7,7 @@ Samples are packed (nerfacc's layout): one flat list sorted by ray, then by dist
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -53,3 +53,34 @@ class RaySamples:
     def with_values(self, **values: Optional[Tensor]) -> "RaySamples":
         """The same samples with ``sigmas`` and/or ``weights`` replaced."""
         return replace(self, **values)
+
+
+def in_contracted_distance(samples: RaySamples, origins: Tensor, directions: Tensor,
+                           normalize: Callable[[Tensor], Tensor], near: float) -> RaySamples:
+    """The same samples with ``t_starts`` / ``t_ends`` measured along each ray in the field's normalised,
+    contracted coordinates (``normalize``: world points -> [-1, 1]^3) from the ray's point at ``near``.
+
+    mip-NeRF 360 measures its distortion loss in such a normalised distance: the background, where the
+    contraction squeezes ever longer world stretches into one voxel, then weighs no more than the subject,
+    so the loss can be strong without emptying open scenes. Positions are chords between consecutive
+    samples (a gap of skipped empty space counts as its chord); no gradient flows through them."""
+    if len(samples) == 0:
+        return samples
+    with torch.no_grad():
+        ray = samples.ray_indices
+        o, d = origins[ray], directions[ray]
+        c_start = normalize(o + samples.t_starts[:, None] * d)
+        c_end = normalize(o + samples.t_ends[:, None] * d)
+        c_mid = normalize(o + samples.mids[:, None] * d)
+        previous = torch.roll(c_mid, 1, dims=0)
+        first = torch.ones_like(ray, dtype=torch.bool)
+        first[1:] = ray[1:] != ray[:-1]
+        previous[first] = normalize(origins[ray[first]] + near * directions[ray[first]])
+        chords = torch.linalg.vector_norm(c_mid - previous, dim=-1)
+        # the running sum restarts on each ray: subtract the sum reached before the ray's first sample
+        total = torch.cumsum(chords, 0)
+        starts_at = torch.nonzero(first).squeeze(-1)
+        counts = torch.diff(torch.cat([starts_at, torch.tensor([len(ray)], device=ray.device)]))
+        s_mid = total - torch.repeat_interleave(total[starts_at] - chords[starts_at], counts)
+        half = torch.linalg.vector_norm(c_end - c_start, dim=-1) / 2
+    return replace(samples, t_starts=s_mid - half, t_ends=s_mid + half)

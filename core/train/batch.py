@@ -19,7 +19,7 @@ from ..field.model import Field
 from ..geometry.cameras import camera_directions
 from ..progress import ProgressFn, report
 from ..render.march import march
-from ..render.samples import RaySamples
+from ..render.samples import RaySamples, in_contracted_distance
 from ..render.volrend import composite
 
 
@@ -193,6 +193,8 @@ class TrainRender:
     samples: RaySamples
     depth_rays: Optional[dict[str, Tensor]] = None
     depth_samples: Optional[RaySamples] = None
+    #: ``samples`` with their intervals in the field's normalised contracted distance (regularisers use it)
+    contracted: Optional[RaySamples] = None
 
 
 def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
@@ -212,7 +214,8 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
 def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool) -> TrainRender:
     rays, samples = render_train(field, batch.origins, batch.directions, near=near,
                                  random_background=random_background)
-    render = TrainRender(rays, samples)
+    render = TrainRender(rays, samples, contracted=in_contracted_distance(
+        samples, batch.origins, batch.directions, field.normalize, near))
     if batch.depth is not None:
         render.depth_rays, render.depth_samples = render_train(
             field, batch.depth.origins, batch.depth.directions, near=near, depth_only=True)

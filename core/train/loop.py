@@ -47,11 +47,7 @@ class TrainOptions:
     depth_supervision: bool = False
     random_background: bool = False  # a random colour behind each training ray (see batch.render_train)
     opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
-    # mip-NeRF 360's distortion loss. None: by the kind of scene (see distortion_for). Closed scenes start
-    # strong: it is what clears the fog in free space (its pull towards transparent rays also empties space
-    # no surface explains), decayed to 1/10 by the end so the surfaces close up (400x300 bench scene: 0.002
-    # leaves depth 17 % off on objects). Open scenes keep it weak: measured in world distance, the long
-    # contracted stretches behind the subject would dominate it and punch holes (fox: 15.0 dB vs 22.6 dB).
+    # mip-NeRF 360's distortion loss, in normalised contracted distance. None: losses.DISTORTION
     distortion_weight: Optional[float] = None
     distortion_final: Optional[float] = None  # the weight decays exponentially to this share of it
     min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
@@ -211,7 +207,7 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
     field.config.near = near
     # counted once on the finest grid of the schedule (~0.1 s per million vertices and camera), resampled
     view_count = views_per_vertex(field, frames, near, finest_density_resolution())
-    terms = default_terms(field.config, field.render_step_size, options, depth=depth_targets is not None)
+    terms = default_terms(options, depth=depth_targets is not None)
     setup = TrainSetup(out, options, device, dataset, frames, dataset_fingerprint(frames), bank, depth_targets,
                        near, view_count, terms)
     state = TrainState(field, optimizer, [g["lr"] for g in optimizer.param_groups],
