@@ -84,6 +84,20 @@ def labels_scene() -> Path:
     return cached_scene(labels_scene_args())
 
 
+#: A tabletop with distant walls, two unannotated monkeys (one in front of an object in a test view) and
+#: transforms.json in nerfstudio form: 8 views at 160x120, test frames 0 and 4. Seed 2: the table has room
+#: for the first monkey in front of an object (on a crowded table she stands anywhere).
+CLUTTER_SCENE_ARGS = ["--views", "8", "--width", "160", "--height", "120", "--objects", "5", "--seed", "2",
+                      "--layout", "tabletop", "--clutter", "2", "--format", "nerfstudio", "--test-every", "4",
+                      "--samples", "4"]
+
+
+@pytest.fixture(scope="session")
+def clutter_scene() -> Path:
+    """A cached generated scene: :data:`CLUTTER_SCENE_ARGS` (tabletop, clutter, nerfstudio form)."""
+    return cached_scene(CLUTTER_SCENE_ARGS)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (fox photos, Stanford meshes), or skip the test where it is absent."""
