@@ -260,7 +260,7 @@ def plan_clutter(rng: np.random.Generator, objects: list[dict], cameras: list[np
             "name": f"monkey_{k + 1}", "category": "monkey", "category_id": CATEGORY_IDS["monkey"],
             "instance_id": len(objects) + k + 1, "source": None,
             # Suzanne's proportions: width = extent, depth 0.62, height 0.72 of it.
-            "size": {"extent": float(rng.uniform(0.15, 0.18))},
+            "size": {"extent": float(rng.uniform(0.16, 0.2))},
             "yaw": float(rng.uniform(0.0, 2.0 * math.pi)), "texture": str(rng.choice(TEXTURES)),
             "texture_scale": float(rng.uniform(30.0, 70.0)),
             "colors": [list(map(float, rng.uniform(0.05, 0.95, size=3))) for _ in range(2)],
@@ -279,25 +279,59 @@ def plan_clutter(rng: np.random.Generator, objects: list[dict], cameras: list[np
 
 def _spot_in_front(objects: list[dict], cameras: list[np.ndarray], extent: float, surface_z: float,
                    aspect: float):
-    """(xy, unit direction to the camera, object, camera index) of a free spot just in front of an opaque
-    object as one camera sees it, well inside its view; lowest cameras (most sideways) and the objects
-    nearest the centre first. None when the table is too crowded."""
+    """(xy, unit direction to the camera, object, camera index) of the free spot just in front of an opaque
+    object, well inside one camera's view, where the monkey hides most of the object from that camera
+    (estimated with boxes and cylinders standing in for the meshes). None when the table is too crowded."""
     r_side = 0.5 * math.hypot(extent, 0.62 * extent)  # the neighbours' clearance (a circle round her)
     half_x = math.tan(0.5 * math.radians(HORIZONTAL_FOV_DEG))
-    for view in sorted(range(len(cameras)), key=lambda i: cameras[i][2, 3]):
-        eye, world_to_cam = cameras[view][:3, 3], np.linalg.inv(cameras[view])
-        for obj in sorted((o for o in objects if not o["transparent"]), key=lambda o: math.hypot(*o["xy"])):
+    best, best_hidden = None, 0.0
+    for view, camera in enumerate(cameras):
+        eye, world_to_cam = camera[:3, 3], np.linalg.inv(camera)
+        for obj in (o for o in objects if not o["transparent"]):
             towards = eye[:2] - np.asarray(obj["xy"])
             towards /= np.linalg.norm(towards)
-            for gap in (0.005, 0.02, 0.04, 0.07):
+            samples = _object_samples(obj, surface_z)
+            for gap in (0.005, 0.02, 0.04):
                 xy = np.asarray(obj["xy"]) + towards * (_footprint(obj) + 0.31 * extent + gap)
                 x, y, z = (world_to_cam @ [xy[0], xy[1], surface_z + 0.05, 1.0])[:3]
                 in_view = z < 0 and abs(x / z) < 0.85 * half_x and abs(y / z) < 0.85 * half_x * aspect
                 free = all(math.hypot(xy[0] - o["xy"][0], xy[1] - o["xy"][1]) > r_side + _footprint(o) + 0.005
                            for o in objects if o is not obj)
-                if in_view and free:
-                    return xy, towards, obj, view
-    return None
+                if not (in_view and free):
+                    continue
+                hidden = _hidden_share(eye, samples, xy, towards, extent, surface_z)
+                if hidden > best_hidden + 1e-9:
+                    best, best_hidden = (xy, towards, obj, view), hidden
+    return best
+
+
+def _object_samples(obj: dict, surface_z: float) -> np.ndarray:
+    """Points on a cylinder standing in for the object (footprint radius x 0.7, its height)."""
+    s = obj["size"]
+    height = (s.get("edge") or (s["dims"][2] if "dims" in s else None) or s.get("height")
+              or (2 * s["minor"] if "minor" in s else None) or (2 * s["radius"] if "radius" in s else s["extent"]))
+    angles = np.linspace(0.0, 2.0 * math.pi, 12, endpoint=False)
+    r = 0.7 * _footprint(obj)
+    ring = np.stack([obj["xy"][0] + r * np.cos(angles), obj["xy"][1] + r * np.sin(angles)], axis=1)
+    points = [np.column_stack([ring, np.full(len(ring), surface_z + f * height)]) for f in (0.15, 0.4, 0.65, 0.9)]
+    return np.concatenate(points)
+
+
+def _hidden_share(eye: np.ndarray, points: np.ndarray, xy: np.ndarray, towards: np.ndarray, extent: float,
+                  surface_z: float) -> float:
+    """The share of ``points`` whose sight line from ``eye`` passes through a box inside the monkey (facing
+    ``towards``; 0.7 x 0.4 x 0.5 of her width, depth and height), a slab test in her frame."""
+    side = np.array([-towards[1], towards[0]])
+    to_local = lambda p: np.column_stack([(p[:, :2] - xy) @ side, (p[:, :2] - xy) @ towards, p[:, 2] - surface_z])  # noqa: E731
+    a, b = to_local(eye[None, :])[0], to_local(points)
+    lo = np.array([-0.35 * extent, -0.2 * extent, 0.1 * extent])
+    hi = np.array([0.35 * extent, 0.2 * extent, 0.6 * extent])
+    d = b - a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t0, t1 = (lo - a) / d, (hi - a) / d
+    t_near = np.nanmax(np.minimum(t0, t1), axis=1)
+    t_far = np.nanmin(np.maximum(t0, t1), axis=1)
+    return float(np.mean((t_near < t_far) & (t_far > 0) & (t_near < 1)))
 
 
 def held_out_frames(views: int, test_every: int) -> list[int]:

@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from neurallabel.core.data.dataset import load_transforms
@@ -65,6 +66,66 @@ def test_demo_runs_every_stage_then_reuses_the_scene(tmp_path):
     assert second.returncode == 0, second.stderr
     assert f"demo scene: {out / 'scene'}" in second.stdout and "reused" in second.stdout
     assert "field: " in second.stdout and "label accuracy vs Cycles truth" in second.stdout
+
+
+def test_labels_stage_numbers_with_an_oracle_field(demo_scene, tmp_path):
+    """The labels stage's numbers on the demo scene with Cycles' depth in place of the field (an oracle: what a
+    perfect field would decide), checked against the truth computed here independently."""
+    from PIL import Image
+
+    from neurallabel.core.app.demo import DemoRun, demo_box_object, stage_labels
+    from neurallabel.core.app.jobs import DemoRequest
+    from neurallabel.core.scene.queries import TruthQuery
+
+    request = DemoRequest(out=tmp_path / "demo", views=9, width=160, height=120, seed=6)
+    run = DemoRun(request, tmp_path / "demo", None, result={"scene": str(demo_scene), "field": None},
+                  depth_source=TruthQuery(demo_scene))
+    stage_labels(run)
+    labels = run.result["labels"]
+    records = json.loads((demo_scene / "gt" / "objects.json").read_text())["objects"]
+    monkey = next(r for r in records if not r["annotated"])
+    hidden = next(r for r in records if r["name"] == monkey["in_front_of"])
+    box = demo_box_object(records)
+    assert labels["box_object"] == box and labels["box_left_out"] is None
+    by_name = {o["name"]: o for o in labels["objects"]}
+    assert list(by_name) == [r["name"] for r in records if r["annotated"]]  # the monkey is no label
+    assert by_name[box]["kind"] == "box" and sum(o["kind"] == "box" for o in labels["objects"]) == 1
+
+    # Per-object IoU, recomputed here from the raw output and Cycles' instance pass.
+    truth = load_scene_truth(demo_scene)
+    raw = tmp_path / "demo" / "labels" / "dataset" / "raw"
+    test_frames = [0, 8]
+    assert sorted(int(p.stem) for p in (raw / "instance").glob("*.png")) == test_frames
+    assert monkey["in_front_in_frame"] in test_frames
+    for o in labels["objects"]:
+        ious = []
+        for index in test_frames:
+            labelled = np.array(Image.open(raw / "instance" / f"{index:06d}.png")) == o["instance_id"]
+            true = truth.instance_ids(index) == o["instance_id"]
+            if labelled.any() or true.any():
+                ious.append(np.count_nonzero(labelled & true) / np.count_nonzero(labelled | true))
+        assert o["frames"] == len(ious) >= 1
+        assert o["visible_iou_mean"] == pytest.approx(np.mean(ious)) and o["visible_iou_min"] == pytest.approx(min(ious))
+        # With perfect depth only silhouette pixels can differ (pixel-centre rays graze an edge in both tracers):
+        # measured min 0.991 on meshes, 1.0 on the box; the floors are the issue's per-frame mesh target (0.97)
+        # and, for the box (its mask is the depth inside its box, its floor contact band can go either way), 0.9.
+        assert o["visible_iou_min"] >= (0.97 if o["kind"] == "mesh" else 0.9), o
+    # What the oracle decided: it occludes the mesh pixels the monkey (and the box object) cover, and is right.
+    occlusion = labels["occlusion"]
+    assert 0.0 < occlusion["occluded_share"] < 0.5 and occlusion["right_share"] > 0.95
+    assert occlusion["occluded"] == round(occlusion["occluded_share"] * occlusion["mesh_pixels"])
+    behind = by_name[hidden["name"]]
+    assert behind["occluded"] > 30 and behind["right"] >= 0.95 * behind["occluded"]
+    # ... recomputed for the hidden object: its full silhouette minus what is labelled with any mesh object.
+    index = monkey["in_front_in_frame"]
+    full = np.array(Image.open(raw / "full" / f"{index:06d}_{hidden['instance_id']:06d}.png")) > 0
+    instance = np.array(Image.open(raw / "instance" / f"{index:06d}.png"))
+    mesh_ids = [o["instance_id"] for o in labels["objects"] if o["kind"] == "mesh"]
+    occluded_here = full & ~np.isin(instance, mesh_ids)
+    assert np.count_nonzero(occluded_here & (truth.instance_ids(index) == monkey["instance_id"])) > 30
+    assert [line.split(":")[0] for line in run.lines] == [
+        "labels", "label accuracy vs Cycles truth", "per-object visible-mask IoU (mean / min over frames)",
+        "occlusion decided by the depth source TruthDepth"]
 
 
 @pytest.mark.parametrize("args, message", [
