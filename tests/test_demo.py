@@ -25,7 +25,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_demo_runs_every_stage_then_reuses_the_scene(tmp_path):
     out = tmp_path / "demo"
-    small = ["--out", str(out), "--views", "3", "--width", "48", "--height", "36", "--train-minutes", "0.05"]
+    # Seed 6: the 9-view table has room for the monkey in front of an object in a test view (conftest).
+    small = ["--out", str(out), "--views", "9", "--width", "64", "--height", "48", "--seed", "6",
+             "--train-minutes", "0.05"]
     first = run_cli("demo", "--json", *small)
     assert first.returncode == 0, first.stderr
     events = [json.loads(line) for line in first.stdout.splitlines() if line.startswith("{")]
@@ -35,37 +37,76 @@ def test_demo_runs_every_stage_then_reuses_the_scene(tmp_path):
     stages = {e["stage"] for e in events if e["event"] == "progress"}
     assert {"demo scene: render rgb", "demo scene: render truth"} <= stages
     dataset = load_transforms(out / "scene", strict=True)
-    assert len(dataset.frames) == 3 and dataset.frames[0].intrinsics.width == 48
+    assert len(dataset.frames) == 9 and dataset.frames[0].intrinsics.width == 64
+    assert "scene_aabb" not in json.loads((out / "scene" / "transforms.json").read_text())
     truth = load_scene_truth(out / "scene")
-    assert len(truth.objects) == 6 and sum(o.transparent for o in truth.objects) == 1
-    assert result["scene_objects"] == [o.name for o in truth.objects] and result["scene_seconds"] > 0
+    records = json.loads((out / "scene" / "gt" / "objects.json").read_text())["objects"]
+    annotated = [r["name"] for r in records if r["annotated"]]
+    assert len(annotated) == 6 and sum(o.transparent for o in truth.objects) == 1
+    assert result["scene_objects"] == annotated and result["scene_seconds"] > 0
     test_views = [f.index for f in dataset.frames if f.split == "test"]
+    assert test_views == [0, 8]
+    # The scene stage: one unannotated monkey, in front of an annotated object in a test view (the truth
+    # shows her there, over pixels of that object's box).
+    (clutter,) = result["scene_clutter"]
+    monkey = truth.object(len(annotated) + 1)
+    assert clutter["name"] == monkey.name and clutter["in_front_of"] in annotated and clutter["frame"] in test_views
+    assert np.count_nonzero(truth.instance_ids(clutter["frame"]) == monkey.instance_id) > 20
 
     # The field stage: trained into OUT/field.pt, measured on the held-out views.
     assert result["field"] == str(out / "field.pt") and (out / "field.pt").is_file()
     training = result["field_training"]
     assert training["steps"] >= 1 and training["resumed"] is False and training["device"] in ("cpu", "cuda")
-    assert training["test_views"] == len(test_views) >= 1
+    assert training["test_views"] == len(test_views)
     assert math.isfinite(training["test_psnr_db"]) and 5.0 < training["test_psnr_db"] < 60.0
     assert 0.0 < training["test_ssim"] <= 1.0
     assert {"load images", "train", "render"} <= stages
 
-    # The labels stage: the held-out frames baked in every format with the field, and their accuracy.
+    # The labels stage: the held-out frames baked in every format with the field, the monkey left out, one
+    # object a box (or, with a field of seconds that holds no surface in it, left out and said so).
     labels = result["labels"]
     assert labels["field"] == result["field"] and labels["depth_source"] == "FieldDepth"
     assert labels["formats"] == ["bop", "coco", "raw"] and labels["frames_in_dataset"] == len(test_views)
     assert labels["instances"] >= 1 and labels["frames"] == len(test_views)
     assert (out / "labels" / "dataset" / "coco" / "annotations.json").is_file()
+    box = labels["box_object"]
+    assert box in annotated and box != clutter["in_front_of"]
+    names = [o["name"] for o in labels["objects"]]
+    if labels["box_left_out"] is None:
+        assert names == annotated and [o["kind"] for o in labels["objects"] if o["name"] == box] == ["box"]
+    else:
+        assert names == [n for n in annotated if n != box] and repr(box) in labels["box_left_out"]
+        assert f"box object {box} left out: {labels['box_left_out']}" in result["lines"]
+    # Per-object IoU: each within [0, 1], min <= mean, and they pool to the summary's numbers.
     accuracy = labels["accuracy"]
-    assert 0.5 <= accuracy["visible_iou_min"] <= accuracy["visible_iou_mean"] <= 1.0
+    scored = [o for o in labels["objects"] if o["frames"]]
+    for o in scored:
+        assert 0.0 <= o["visible_iou_min"] <= o["visible_iou_mean"] <= 1.0 and o["frames"] <= len(test_views)
+    assert accuracy["visible_iou_min"] == pytest.approx(min(o["visible_iou_min"] for o in scored))
+    pooled = sum(o["visible_iou_mean"] * o["frames"] for o in scored) / sum(o["frames"] for o in scored)
+    assert accuracy["visible_iou_mean"] == pytest.approx(pooled)
+    # Measured with a field of one step (which occludes nothing): 0.88 mean, 0.34 min (the object behind the
+    # monkey, painted over her). The mean floor 0.5 holds whether such a field occludes nothing or some; the
+    # oracle test below holds the labels to 0.97 where the depth is right.
+    assert accuracy["visible_iou_mean"] >= 0.5
     assert 0.0 <= accuracy["depth_error_mm_p95"] < 50.0
+    # The field's decisions: counts that add up (what a field trained for seconds decides is not judged here;
+    # test_labels_stage_numbers_with_an_oracle_field judges the decisions of a perfect one).
+    occlusion = labels["occlusion"]
+    meshes = [o for o in labels["objects"] if o["kind"] == "mesh"]
+    assert 0 <= occlusion["right"] <= occlusion["occluded"] <= occlusion["mesh_pixels"] <= sum(o["mesh_pixels"] for o in meshes)
+    assert occlusion["mesh_pixels"] >= max(o["mesh_pixels"] for o in meshes) > 0
+    assert occlusion["occluded_share"] == pytest.approx(occlusion["occluded"] / occlusion["mesh_pixels"])
     lines = result["lines"]
-    assert [line.split(":")[0] for line in lines] == ["demo scene", "field", "labels", "label accuracy vs Cycles truth"]
+    assert [line.split(":")[0] for line in lines if not line.startswith("box object")] == [
+        "demo scene", "field", "labels", "label accuracy vs Cycles truth",
+        "per-object visible-mask IoU (mean / min over frames)", "occlusion decided by the field"]
 
     second = run_cli("demo", *small)
     assert second.returncode == 0, second.stderr
     assert f"demo scene: {out / 'scene'}" in second.stdout and "reused" in second.stdout
     assert "field: " in second.stdout and "label accuracy vs Cycles truth" in second.stdout
+    assert "per-object visible-mask IoU" in second.stdout and "occlusion decided by the field" in second.stdout
 
 
 def test_labels_stage_numbers_with_an_oracle_field(demo_scene, tmp_path):
