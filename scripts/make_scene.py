@@ -322,7 +322,10 @@ def _hidden_share(eye: np.ndarray, points: np.ndarray, xy: np.ndarray, towards: 
     """The share of ``points`` whose sight line from ``eye`` passes through a box inside the monkey (facing
     ``towards``; 0.7 x 0.4 x 0.5 of her width, depth and height), a slab test in her frame."""
     side = np.array([-towards[1], towards[0]])
-    to_local = lambda p: np.column_stack([(p[:, :2] - xy) @ side, (p[:, :2] - xy) @ towards, p[:, 2] - surface_z])  # noqa: E731
+
+    def to_local(p: np.ndarray) -> np.ndarray:
+        return np.column_stack([(p[:, :2] - xy) @ side, (p[:, :2] - xy) @ towards, p[:, 2] - surface_z])
+
     a, b = to_local(eye[None, :])[0], to_local(points)
     lo = np.array([-0.35 * extent, -0.2 * extent, 0.1 * extent])
     hi = np.array([0.35 * extent, 0.2 * extent, 0.6 * extent])
