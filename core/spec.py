@@ -397,7 +397,8 @@ def _file_digest(path: Path) -> str:
 def spec_from_scene(scene_dir: str | Path, *, field_path: Optional[str | Path] = None,
                     box_objects: tuple[str, ...] = (), box_margin: float = 0.0,
                     units_to_mm: float = 1000.0) -> LabelSpec:
-    """A spec for a generated scene (``scripts/make_scene.py``): its true meshes at their true poses.
+    """A spec for a generated scene (``scripts/make_scene.py``): its true meshes at their true poses (its
+    unannotated clutter left out).
 
     Objects named in ``box_objects`` become box objects with the scene's true enclosing box, grown by
     ``box_margin`` (world units) on every side. Used by the demo, tests and benchmarks.
@@ -405,8 +406,13 @@ def spec_from_scene(scene_dir: str | Path, *, field_path: Optional[str | Path] =
     from .data.truth import load_scene_truth
 
     truth = load_scene_truth(scene_dir)
+    # Unannotated clutter ("annotated": false in objects.json) stays out of the spec: it only occludes.
+    clutter = {o.get("name") for o in read_json(Path(scene_dir) / "gt" / "objects.json")["objects"]
+               if isinstance(o, dict) and o.get("annotated") is False}
     objects = []
     for t in truth.objects:
+        if t.name in clutter:
+            continue
         if t.name in box_objects:
             objects.append(SpecObject(t.name, t.category, t.category_id, t.instance_id, "box",
                                       np.array(t.box_to_world, dtype=np.float64), None,

@@ -3,15 +3,26 @@
 Runs under Blender and under Python with the ``bpy`` module::
 
     blender -b -P scripts/make_scene.py -- --out DIR [--views 40] [--meshes ../shared/data/meshes] [--glass]
-    python scripts/make_scene.py --out DIR [...]
+    python scripts/make_scene.py --out DIR [--layout room|tabletop] [--clutter N] [--format nerfstudio] [...]
+
+Layouts: ``room`` (default) stands the objects on a 2 m x 2 m floor with low walls at its edges;
+``tabletop`` stands them on a 1.2 m x 0.8 m table (top at 0.75 m) in a 5 m x 5 m room whose textured walls
+are ~2.5 m away (an open scene: the background lies far beyond the objects). ``--clutter N`` adds N
+unannotated monkeys (Blender's Suzanne); the first stands between the first camera and an annotated object.
+They have instance ids (the truth knows what they hide) and ``"annotated": false`` in objects.json.
 
 Writes (units: metres)::
 
-    DIR/transforms.json          pinhole intrinsics, OpenGL camera-to-world poses, train/test split
+    DIR/transforms.json          pinhole intrinsics, OpenGL camera-to-world poses, train/test split:
+                                 instant-ngp form (default: per-frame "split", "camera_angle_x", "aabb_scale"
+                                 only with --aabb-scale) or nerfstudio form (--format nerfstudio: no per-frame
+                                 split; train_filenames / val_filenames / test_filenames, val = test). No
+                                 bounds key unless --bounds-key (then "scene_aabb": the room's box).
     DIR/images/NNNNNN.png        Cycles RGB (few samples + denoiser)
     DIR/gt/depth/NNNNNN.npy      float32 z-depth along the optical axis (Cycles Z pass), inf = nothing hit
     DIR/gt/instance/NNNNNN.png   uint16 instance id per pixel centre (Object Index pass), 0 = floor/walls/sky
-    DIR/gt/objects.json          name, category, ids, mesh file, object-to-world pose, enclosing box, transparent
+    DIR/gt/objects.json          name, category, ids, mesh file, object-to-world pose, enclosing box, transparent,
+                                 annotated (false: clutter no label spec should hold); "background": layout
     DIR/gt/meshes/<name>.ply     each object's triangles in its own frame (exactly what Cycles rendered)
 
 The depth and id passes come from a second render with 1 sample and a 0.01 px pixel filter: Cycles writes
@@ -42,14 +53,24 @@ import numpy as np
 
 #: Category ids are fixed per shape so that every generated scene shares one category table.
 CATEGORY_IDS = {"cube": 1, "box": 2, "cylinder": 3, "sphere": 4, "cone": 5, "torus": 6, "icosphere": 7,
-                "bunny": 8, "armadillo": 9, "glass": 10}
+                "bunny": 8, "armadillo": 9, "glass": 10, "monkey": 11}
 PRIMITIVES = ("cube", "box", "cylinder", "sphere", "cone", "torus", "icosphere")
 STANFORD_MESHES = ("bunny", "armadillo")
 TEXTURES = ("checker", "noise", "voronoi", "wave", "brick")
 
 FLOOR_HALF_SIZE = 1.0   # the floor is 2 m x 2 m, walls stand on its edges
 WALL_HEIGHT = 0.8
-TARGET = (0.0, 0.0, 0.04)  # cameras look at the table centre, slightly above the floor
+TARGET = (0.0, 0.0, 0.04)  # cameras look at the table centre, slightly above the floor (room layout)
+#: Geometry per --layout: the surface the objects stand on, the room, and the cameras' elevation range.
+#: The tabletop's cameras fly lower so the distant walls show in the upper part of many views.
+LAYOUTS = {
+    "room": {"surface_z": 0.0, "floor_half_size": FLOOR_HALF_SIZE, "wall_height": WALL_HEIGHT,
+             "elevation_deg": (22.0, 60.0)},
+    "tabletop": {"surface_z": 0.75, "table_size": (1.2, 0.8), "table_thickness": 0.04, "leg_width": 0.05,
+                 "floor_half_size": 2.5, "wall_height": 2.5, "elevation_deg": (12.0, 55.0)},
+}
+FORMATS = ("instant-ngp", "nerfstudio")
+MAX_CLUTTER = 4
 HORIZONTAL_FOV_DEG = 55.0
 SENSOR_WIDTH_MM = 36.0
 BACKGROUND_DEPTH = 1e9  # Cycles writes 1e10 where a ray hits nothing
@@ -81,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-denoise", action="store_true", help="do not denoise the RGB images")
     p.add_argument("--threads", type=int, default=0, help="render threads (0: all cores)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--layout", choices=tuple(LAYOUTS), default="room",
+                   help="room: floor with walls at its edges (default); tabletop: a table in a larger room")
+    p.add_argument("--clutter", type=int, default=0,
+                   help=f"unannotated clutter objects (monkeys), 0-{MAX_CLUTTER} (default 0)")
+    p.add_argument("--format", choices=FORMATS, default="instant-ngp",
+                   help="transforms.json form (default instant-ngp)")
+    p.add_argument("--aabb-scale", type=int, default=None,
+                   help="instant-ngp's aabb_scale (a power of two, 1-128); written only when given")
+    p.add_argument("--bounds-key", action="store_true",
+                   help="also write 'scene_aabb' (the room's box) into transforms.json (old behaviour)")
     return p
 
 
@@ -105,6 +136,13 @@ def check_args(args: argparse.Namespace) -> list[Path]:
         raise SceneError(f"--test-every must be >= 0 (got {args.test_every})")
     if args.threads < 0:
         raise SceneError(f"--threads must be >= 0 (got {args.threads})")
+    if not 0 <= args.clutter <= MAX_CLUTTER:
+        raise SceneError(f"--clutter must be 0..{MAX_CLUTTER} (got {args.clutter})")
+    if args.aabb_scale is not None:
+        if args.format != "instant-ngp":
+            raise SceneError("--aabb-scale is instant-ngp's key: use it with --format instant-ngp")
+        if not (1 <= args.aabb_scale <= 128 and args.aabb_scale & (args.aabb_scale - 1) == 0):
+            raise SceneError(f"--aabb-scale must be a power of two, 1..128 (got {args.aabb_scale})")
     mesh_files: list[Path] = []
     if args.meshes is not None:
         if not args.meshes.is_dir():
@@ -193,9 +231,11 @@ def _footprint(obj: dict) -> float:
     return 0.5 * s["extent"] * math.sqrt(2.0)
 
 
-def _place(rng: np.random.Generator, objects: list[dict]) -> None:
+def _place(rng: np.random.Generator, objects: list[dict],
+           placed: list[tuple[float, float, float]] | None = None) -> None:
+    """Random non-overlapping spots near the centre; ``placed`` holds (x, y, radius) already taken."""
     radius = 0.22
-    placed: list[tuple[float, float, float]] = []
+    placed = [] if placed is None else placed
     for obj in objects:
         r = _footprint(obj)
         for attempt in range(2000):
@@ -209,16 +249,111 @@ def _place(rng: np.random.Generator, objects: list[dict]) -> None:
         obj["xy"] = [float(x), float(y)]
 
 
-def plan_cameras(rng: np.random.Generator, views: int) -> list[np.ndarray]:
+def plan_clutter(rng: np.random.Generator, objects: list[dict], cameras: list[np.ndarray], count: int,
+                 surface_z: float = 0.0, aspect: float = 0.75) -> list[dict]:
+    """Unannotated monkeys. The first stands just in front of an annotated object as seen from one of
+    ``cameras`` (camera-to-world; the caller passes the test cameras), facing it, so it hides the object's
+    lower part there and in nearby views; the others stand anywhere free on the surface."""
+    clutter = []
+    for k in range(count):
+        clutter.append({
+            "name": f"monkey_{k + 1}", "category": "monkey", "category_id": CATEGORY_IDS["monkey"],
+            "instance_id": len(objects) + k + 1, "source": None,
+            # Suzanne's proportions: width = extent, depth 0.62, height 0.72 of it.
+            "size": {"extent": float(rng.uniform(0.16, 0.2))},
+            "yaw": float(rng.uniform(0.0, 2.0 * math.pi)), "texture": str(rng.choice(TEXTURES)),
+            "texture_scale": float(rng.uniform(30.0, 70.0)),
+            "colors": [list(map(float, rng.uniform(0.05, 0.95, size=3))) for _ in range(2)],
+            "transparent": False, "annotated": False,
+        })
+    taken = [(o["xy"][0], o["xy"][1], _footprint(o)) for o in objects]
+    spot = _spot_in_front(objects, cameras, clutter[0]["size"]["extent"], surface_z, aspect) if clutter else None
+    if spot is not None:
+        xy, towards, obj, view = spot
+        clutter[0].update(xy=[float(xy[0]), float(xy[1])], in_front_of=obj["name"], in_front_in_view=view,
+                          yaw=float(math.atan2(towards[0], -towards[1])))  # Suzanne faces -y: face the camera
+        taken.append((xy[0], xy[1], _footprint(clutter[0])))
+    _place(rng, [c for c in clutter if "xy" not in c], taken)
+    return clutter
+
+
+def _spot_in_front(objects: list[dict], cameras: list[np.ndarray], extent: float, surface_z: float,
+                   aspect: float):
+    """(xy, unit direction to the camera, object, camera index) of the free spot just in front of an opaque
+    object, well inside one camera's view, where the monkey hides most of the object from that camera
+    (estimated with boxes and cylinders standing in for the meshes). None when the table is too crowded."""
+    r_side = 0.5 * math.hypot(extent, 0.62 * extent)  # the neighbours' clearance (a circle round her)
+    half_x = math.tan(0.5 * math.radians(HORIZONTAL_FOV_DEG))
+    best, best_hidden = None, 0.0
+    for view, camera in enumerate(cameras):
+        eye, world_to_cam = camera[:3, 3], np.linalg.inv(camera)
+        for obj in (o for o in objects if not o["transparent"]):
+            towards = eye[:2] - np.asarray(obj["xy"])
+            towards /= np.linalg.norm(towards)
+            samples = _object_samples(obj, surface_z)
+            for gap in (0.005, 0.02, 0.04):
+                xy = np.asarray(obj["xy"]) + towards * (_footprint(obj) + 0.31 * extent + gap)
+                x, y, z = (world_to_cam @ [xy[0], xy[1], surface_z + 0.05, 1.0])[:3]
+                in_view = z < 0 and abs(x / z) < 0.85 * half_x and abs(y / z) < 0.85 * half_x * aspect
+                free = all(math.hypot(xy[0] - o["xy"][0], xy[1] - o["xy"][1]) > r_side + _footprint(o) + 0.005
+                           for o in objects if o is not obj)
+                if not (in_view and free):
+                    continue
+                hidden = _hidden_share(eye, samples, xy, towards, extent, surface_z)
+                if hidden > best_hidden + 1e-9:
+                    best, best_hidden = (xy, towards, obj, view), hidden
+    return best
+
+
+def _object_samples(obj: dict, surface_z: float) -> np.ndarray:
+    """Points on a cylinder standing in for the object (footprint radius x 0.7, its height)."""
+    s = obj["size"]
+    height = (s.get("edge") or (s["dims"][2] if "dims" in s else None) or s.get("height")
+              or (2 * s["minor"] if "minor" in s else None) or (2 * s["radius"] if "radius" in s else s["extent"]))
+    angles = np.linspace(0.0, 2.0 * math.pi, 12, endpoint=False)
+    r = 0.7 * _footprint(obj)
+    ring = np.stack([obj["xy"][0] + r * np.cos(angles), obj["xy"][1] + r * np.sin(angles)], axis=1)
+    points = [np.column_stack([ring, np.full(len(ring), surface_z + f * height)]) for f in (0.15, 0.4, 0.65, 0.9)]
+    return np.concatenate(points)
+
+
+def _hidden_share(eye: np.ndarray, points: np.ndarray, xy: np.ndarray, towards: np.ndarray, extent: float,
+                  surface_z: float) -> float:
+    """The share of ``points`` whose sight line from ``eye`` passes through a box inside the monkey (facing
+    ``towards``; 0.7 x 0.4 x 0.5 of her width, depth and height), a slab test in her frame."""
+    side = np.array([-towards[1], towards[0]])
+
+    def to_local(p: np.ndarray) -> np.ndarray:
+        return np.column_stack([(p[:, :2] - xy) @ side, (p[:, :2] - xy) @ towards, p[:, 2] - surface_z])
+
+    a, b = to_local(eye[None, :])[0], to_local(points)
+    lo = np.array([-0.35 * extent, -0.2 * extent, 0.1 * extent])
+    hi = np.array([0.35 * extent, 0.2 * extent, 0.6 * extent])
+    d = b - a
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t0, t1 = (lo - a) / d, (hi - a) / d
+    t_near = np.nanmax(np.minimum(t0, t1), axis=1)
+    t_far = np.nanmin(np.maximum(t0, t1), axis=1)
+    return float(np.mean((t_near < t_far) & (t_far > 0) & (t_near < 1)))
+
+
+def held_out_frames(views: int, test_every: int) -> list[int]:
+    """The frames of the test split (every frame when there is none)."""
+    return [i for i in range(views) if test_every and i % test_every == 0] or list(range(views))
+
+
+def plan_cameras(rng: np.random.Generator, views: int, layout: str = "room") -> list[np.ndarray]:
     """Camera-to-world poses (OpenGL axes = Blender camera) on a hemisphere, looking at the table centre.
 
     Azimuths are stratified (one random angle per equal sector) so any number of views covers the circle.
     """
-    target = np.array(TARGET)
+    geometry = LAYOUTS[layout]
+    target = np.array(TARGET) + np.array([0.0, 0.0, geometry["surface_z"]])
+    low, high = geometry["elevation_deg"]
     poses = []
     for i in range(views):
         azimuth = 2.0 * math.pi * (i + rng.uniform(0.0, 1.0)) / views
-        elevation = math.radians(rng.uniform(22.0, 60.0))
+        elevation = math.radians(rng.uniform(low, high))
         distance = rng.uniform(0.55, 0.8)
         look_at = target + np.array([rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04), 0.0])
         eye = look_at + distance * np.array([math.cos(elevation) * math.cos(azimuth),
@@ -294,6 +429,8 @@ def _new_primitive(bpy, kind: str, size: dict):
     elif kind == "torus":
         bpy.ops.mesh.primitive_torus_add(major_segments=48, minor_segments=16, major_radius=size["major"],
                                          minor_radius=size["minor"])
+    elif kind == "monkey":
+        bpy.ops.mesh.primitive_monkey_add(size=1.0)  # scaled to size["extent"] by _center_and_scale
     else:
         raise SceneError(f"unknown primitive {kind!r}")
     obj = bpy.context.object
@@ -356,15 +493,36 @@ def _face_key(face, n: float) -> float:
     return (a * n + b) * n + c
 
 
-def build_scene(bpy, objects: list[dict], rng: np.random.Generator):
-    """Floor, walls, light, world and objects; returns the Blender objects in the order of ``objects``."""
+def _add_table(bpy, geometry: dict) -> None:
+    """A textured table (a slab on four legs) whose top lies at ``surface_z``; instance id 0 like the floor."""
+    (sx, sy), top, thick, leg = geometry["table_size"], geometry["surface_z"], geometry["table_thickness"], \
+        geometry["leg_width"]
+    mat = _material(bpy, "table", "checker", 10.0, [[0.62, 0.5, 0.36], [0.4, 0.3, 0.2]], roughness=0.5)
+    _add_floor_noise(bpy, mat)
+    parts = [((0.0, 0.0, top - 0.5 * thick), (sx, sy, thick))]
+    leg_height = top - thick
+    for cx in (-1, 1):
+        for cy in (-1, 1):
+            parts.append(((cx * (0.5 * sx - leg), cy * (0.5 * sy - leg), 0.5 * leg_height), (leg, leg, leg_height)))
+    for k, (centre, dims) in enumerate(parts):
+        bpy.ops.mesh.primitive_cube_add(size=1.0, location=centre)
+        part = bpy.context.object
+        part.name = "table_top" if k == 0 else f"table_leg_{k}"
+        part.data.transform(_blender_matrix(np.diag([*dims, 1.0])))
+        part.data.materials.append(mat)
+
+
+def build_scene(bpy, objects: list[dict], rng: np.random.Generator, layout: str = "room"):
+    """Floor, walls, (table,) light, world and objects; returns the Blender objects in the order of ``objects``."""
     from mathutils import Matrix
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
+    geometry = LAYOUTS[layout]
+    half, wall_height = geometry["floor_half_size"], geometry["wall_height"]
 
-    # Floor (the table top) and four walls, all with instance id 0.
-    bpy.ops.mesh.primitive_plane_add(size=2.0 * FLOOR_HALF_SIZE)
+    # Floor and four walls (and the table), all with instance id 0.
+    bpy.ops.mesh.primitive_plane_add(size=2.0 * half)
     floor = bpy.context.object
     floor.name = "floor"
     floor.data.materials.append(_material(bpy, "floor", "checker", 6.0, [[0.55, 0.42, 0.3], [0.3, 0.22, 0.15]],
@@ -375,11 +533,15 @@ def build_scene(bpy, objects: list[dict], rng: np.random.Generator):
         bpy.ops.mesh.primitive_plane_add(size=1.0)
         wall = bpy.context.object
         wall.name = f"wall_{k}"
-        wall.data.transform(_blender_matrix(np.diag([2.0 * FLOOR_HALF_SIZE, WALL_HEIGHT, 1.0, 1.0])))
+        wall.data.transform(_blender_matrix(np.diag([2.0 * half, wall_height, 1.0, 1.0])))
         angle = k * math.pi / 2.0
-        wall.matrix_world = (Matrix.Rotation(angle, 4, "Z") @ Matrix.Translation((0.0, FLOOR_HALF_SIZE, 0.5 * WALL_HEIGHT))
+        wall.matrix_world = (Matrix.Rotation(angle, 4, "Z") @ Matrix.Translation((0.0, half, 0.5 * wall_height))
                              @ Matrix.Rotation(math.pi / 2.0, 4, "X"))
         wall.data.materials.append(_material(bpy, f"wall_{k}", "brick", 3.0, wall_colors, roughness=0.8))
+        if layout == "tabletop":
+            _add_floor_noise(bpy, wall.data.materials[0])  # distant walls need fine texture to be seen in depth
+    if layout == "tabletop":
+        _add_table(bpy, geometry)
 
     # Light: a soft sun from a random direction plus a dim sky.
     sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", type="SUN"))
@@ -402,7 +564,7 @@ def build_scene(bpy, objects: list[dict], rng: np.random.Generator):
             _center_and_scale(obj, extent)
         else:
             obj = _new_primitive(bpy, spec["category"], spec["size"])
-            _center_and_scale(obj, None)
+            _center_and_scale(obj, spec["size"].get("extent"))  # only the monkey's size is an extent
         _triangulate(bpy, obj)
         obj.name = spec["name"]
         obj.data.name = spec["name"]
@@ -415,7 +577,8 @@ def build_scene(bpy, objects: list[dict], rng: np.random.Generator):
                                                 spec["colors"]))
         lo, hi = _mesh_bounds(obj)
         x, y = spec["xy"]
-        obj.matrix_world = Matrix.Translation((x, y, -lo[2])) @ Matrix.Rotation(spec["yaw"], 4, "Z")
+        obj.matrix_world = (Matrix.Translation((x, y, geometry["surface_z"] - lo[2]))
+                            @ Matrix.Rotation(spec["yaw"], 4, "Z"))
         blender_objects.append(obj)
     return blender_objects
 
@@ -597,8 +760,12 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
     clock = time.monotonic()
     rng = np.random.default_rng(args.seed)
     objects = plan_objects(rng, args.objects, mesh_files, args.glass)
-    poses = plan_cameras(rng, args.views)
-    blender_objects = build_scene(bpy, objects, rng)
+    poses = plan_cameras(rng, args.views, args.layout)
+    # Clutter draws from its own stream: a scene without clutter stays what the seed made before.
+    test = held_out_frames(args.views, args.test_every)
+    objects += plan_clutter(np.random.default_rng([args.seed, 1]), objects, [poses[i] for i in test],
+                            args.clutter, LAYOUTS[args.layout]["surface_z"], args.height / args.width)
+    blender_objects = build_scene(bpy, objects, rng, args.layout)
     cam, focal_px = add_camera(bpy, args.width, args.height)
 
     for sub in ("images", "gt/depth", "gt/instance", "gt/meshes"):
@@ -618,7 +785,9 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
             "name": spec["name"], "category": spec["category"], "category_id": spec["category_id"],
             "instance_id": spec["instance_id"], "mesh": mesh_rel, "pose": _rounded(pose),
             "box": {"pose": _rounded(box_pose), "size": [float(round(v, 9)) for v in (hi - lo)]},
-            "transparent": spec["transparent"],
+            "transparent": spec["transparent"], "annotated": spec.get("annotated", True),
+            **({"in_front_of": spec["in_front_of"], "in_front_in_frame": test[spec["in_front_in_view"]]}
+               if "in_front_of" in spec else {}),
         })
 
     seconds = {"setup": time.monotonic() - clock}
@@ -653,24 +822,50 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
     _stop_if_terminated()
     seconds["truth"] = time.monotonic() - clock
 
-    transforms = {
+    transforms = transforms_json(args, focal_px, poses)
+    (staging / "transforms.json").write_text(json.dumps(transforms, indent=1))
+    geometry = LAYOUTS[args.layout]
+    background = {"layout": args.layout, "floor_z": 0.0, "floor_half_size": geometry["floor_half_size"],
+                  "wall_height": geometry["wall_height"]}
+    if args.layout == "tabletop":
+        background["table"] = {"top_z": geometry["surface_z"], "size": list(geometry["table_size"]),
+                               "centre": [0.0, 0.0]}
+    truth = {"units": "m", "objects": records, "background": background}
+    (staging / "gt" / "objects.json").write_text(json.dumps(truth, indent=1))
+    return {"objects": len(records), "views": args.views,
+            "stage_seconds": {k: round(v, 2) for k, v in seconds.items()}}
+
+
+def transforms_json(args: argparse.Namespace, focal_px: float, poses: list[np.ndarray]) -> dict:
+    """transforms.json in ``args.format``: instant-ngp's (a per-frame ``split``, ``camera_angle_x``,
+    ``aabb_scale`` when asked) or nerfstudio's (intrinsics at the top, the split as file lists, as nerfstudio's
+    dataparser reads them: it asks for ``val_filenames`` while training, so val holds the test frames)."""
+    files = [f"images/{i:06d}.png" for i in range(len(poses))]
+    split = ["test" if args.test_every and i % args.test_every == 0 else "train" for i in range(len(poses))]
+    data: dict = {
         "camera_model": "PINHOLE",
         "w": args.width, "h": args.height,
         "fl_x": focal_px, "fl_y": focal_px,
         "cx": args.width / 2.0, "cy": args.height / 2.0,  # Blender's principal point: the image centre
-        "camera_angle_x": math.radians(HORIZONTAL_FOV_DEG),
-        "scene_aabb": [[-FLOOR_HALF_SIZE, -FLOOR_HALF_SIZE, 0.0], [FLOOR_HALF_SIZE, FLOOR_HALF_SIZE, WALL_HEIGHT]],
-        "generator": {"script": "make_scene.py", "seed": args.seed, "samples": args.samples},
-        "frames": [{"file_path": f"images/{i:06d}.png", "transform_matrix": _rounded(pose),
-                    "split": "test" if args.test_every and i % args.test_every == 0 else "train"}
-                   for i, pose in enumerate(poses)],
     }
-    (staging / "transforms.json").write_text(json.dumps(transforms, indent=1))
-    truth = {"units": "m", "objects": records,
-             "background": {"floor_z": 0.0, "floor_half_size": FLOOR_HALF_SIZE, "wall_height": WALL_HEIGHT}}
-    (staging / "gt" / "objects.json").write_text(json.dumps(truth, indent=1))
-    return {"objects": len(records), "views": args.views,
-            "stage_seconds": {k: round(v, 2) for k, v in seconds.items()}}
+    if args.format == "instant-ngp":
+        data["camera_angle_x"] = math.radians(HORIZONTAL_FOV_DEG)
+        if args.aabb_scale is not None:
+            data["aabb_scale"] = args.aabb_scale
+    if args.bounds_key:
+        geometry = LAYOUTS[args.layout]
+        half = geometry["floor_half_size"]
+        data["scene_aabb"] = [[-half, -half, 0.0], [half, half, geometry["wall_height"]]]
+    data["generator"] = {"script": "make_scene.py", "seed": args.seed, "samples": args.samples,
+                         "layout": args.layout, "clutter": args.clutter}
+    if args.format == "instant-ngp":
+        data["frames"] = [{"file_path": f, "transform_matrix": _rounded(pose), "split": s}
+                          for f, pose, s in zip(files, poses, split)]
+    else:
+        data["frames"] = [{"file_path": f, "transform_matrix": _rounded(pose)} for f, pose in zip(files, poses)]
+        data["train_filenames"] = [f for f, s in zip(files, split) if s == "train"]
+        data["val_filenames"] = data["test_filenames"] = [f for f, s in zip(files, split) if s == "test"]
+    return data
 
 
 def _translation(t) -> np.ndarray:

@@ -84,6 +84,37 @@ def labels_scene() -> Path:
     return cached_scene(labels_scene_args())
 
 
+#: A tabletop with distant walls, two unannotated monkeys (one in front of an object in a test view) and
+#: transforms.json in nerfstudio form: 8 views at 160x120, test frames 0 and 4. Seed 2: the table has room
+#: for the first monkey in front of an object (on a crowded table she stands anywhere).
+CLUTTER_SCENE_ARGS = ["--views", "8", "--width", "160", "--height", "120", "--objects", "5", "--seed", "2",
+                      "--layout", "tabletop", "--clutter", "2", "--format", "nerfstudio", "--test-every", "4",
+                      "--samples", "4"]
+
+
+@pytest.fixture(scope="session")
+def clutter_scene() -> Path:
+    """A cached generated scene: :data:`CLUTTER_SCENE_ARGS` (tabletop, clutter, nerfstudio form)."""
+    return cached_scene(CLUTTER_SCENE_ARGS)
+
+
+#: The demo tests' seed: with or without the Stanford meshes, its table has room for the monkey in front of
+#: an object in a test view (frame 0 or 8 of 9; the default seed's crowded 9-view table has none).
+DEMO_TEST_SEED = 6
+
+
+@pytest.fixture(scope="session")
+def demo_scene() -> Path:
+    """The demo's scene (``neurallabel demo``: six objects, a glass, a clutter monkey in front of one) at 9
+    views, 160x120 (test frames 0 and 8), cached."""
+    from neurallabel.core.app.demo import SHARED_MESHES, demo_scene_args
+    from neurallabel.core.app.jobs import DemoRequest
+
+    meshes = SHARED_MESHES if (SHARED_MESHES / "bunny.obj").is_file() else None
+    request = DemoRequest(out=Path("unused"), views=9, width=160, height=120, seed=DEMO_TEST_SEED)
+    return cached_scene(demo_scene_args(request, meshes))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (fox photos, Stanford meshes), or skip the test where it is absent."""

@@ -259,3 +259,122 @@ def test_overwrite_replaces_only_a_scene(tmp_path):
     result = run_make_scene("--out", str(out), "--views", "1", "--overwrite")
     assert result.returncode == 2 and "is not a generated scene" in result.stderr
     assert (out / "thesis.tex").read_text() == "years of work"
+
+
+# --- options: transforms.json forms, bounds key, layout, clutter ----------------------------------------
+
+
+def load_make_scene_module():
+    """scripts/make_scene.py as a module (it imports bpy only when rendering)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_scene_under_test", MAKE_SCENE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def transforms_for(*args: str) -> dict:
+    make_scene = load_make_scene_module()
+    parsed = make_scene.build_parser().parse_args(["--out", "unused", "--views", "9", *args])
+    poses = [np.eye(4) for _ in range(parsed.views)]
+    return make_scene.transforms_json(parsed, 100.0, poses)
+
+
+def test_instant_ngp_form_has_no_bounds_key_or_aabb_scale_unless_asked():
+    default = transforms_for()
+    assert "scene_aabb" not in default and "aabb_scale" not in default
+    assert default["camera_angle_x"] == pytest.approx(math.radians(55.0))
+    assert [f["split"] for f in default["frames"]] == ["test"] + ["train"] * 7 + ["test"]
+    for scale in (1, 4, 16):
+        assert transforms_for("--aabb-scale", str(scale))["aabb_scale"] == scale
+    assert transforms_for("--bounds-key")["scene_aabb"] == [[-1.0, -1.0, 0.0], [1.0, 1.0, 0.8]]
+    assert transforms_for("--bounds-key", "--layout", "tabletop")["scene_aabb"] == [[-2.5, -2.5, 0.0],
+                                                                                   [2.5, 2.5, 2.5]]
+
+
+def test_nerfstudio_form_keys_and_split_lists():
+    data = transforms_for("--format", "nerfstudio", "--test-every", "4")
+    assert {"fl_x", "fl_y", "cx", "cy", "w", "h", "camera_model"} <= set(data)
+    assert not {"applied_transform", "camera_angle_x", "aabb_scale", "scene_aabb"} & set(data)
+    assert all(set(f) == {"file_path", "transform_matrix"} for f in data["frames"])
+    files = [f["file_path"] for f in data["frames"]]
+    assert data["test_filenames"] == data["val_filenames"] == [files[0], files[4], files[8]]
+    assert data["train_filenames"] == [f for i, f in enumerate(files) if i % 4]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--clutter", "5"], "--clutter must be 0..4"),
+    (["--aabb-scale", "3"], "--aabb-scale must be a power of two, 1..128"),
+    (["--aabb-scale", "256"], "--aabb-scale must be a power of two, 1..128"),
+    (["--aabb-scale", "4", "--format", "nerfstudio"], "--aabb-scale is instant-ngp's key"),
+    (["--layout", "garden"], "invalid choice"),
+])
+def test_bad_option_values_exit_2(tmp_path, args, message):
+    result = run_make_scene("--out", str(tmp_path / "scene"), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_scene_has_no_bounds_key_and_annotated_objects(small_scene):
+    data = json.loads((small_scene / "transforms.json").read_text())
+    assert "scene_aabb" not in data and "aabb_scale" not in data
+    truth = json.loads((small_scene / "gt" / "objects.json").read_text())
+    assert truth["background"]["layout"] == "room"
+    assert all(o["annotated"] is True for o in truth["objects"])
+
+
+def test_tabletop_scene_in_nerfstudio_form_loads_with_its_split(clutter_scene):
+    dataset = load_transforms(clutter_scene, strict=True)
+    assert [f.split for f in dataset.frames] == ["test" if i % 4 == 0 else "train" for i in range(8)]
+    data = json.loads((clutter_scene / "transforms.json").read_text())
+    assert all("split" not in f for f in data["frames"]) and "scene_aabb" not in data
+    truth = load_scene_truth(clutter_scene)
+    table = truth.extra["background"]["table"]
+    assert truth.extra["background"]["layout"] == "tabletop" and table["top_z"] == pytest.approx(0.75)
+    for obj in truth.objects:  # everything stands on the table top, within it
+        vertices = obj.world_vertices()
+        assert vertices[:, 2].min() == pytest.approx(0.75, abs=1e-5)
+        assert np.all(np.abs(vertices[:, 0]) < 0.6) and np.all(np.abs(vertices[:, 1]) < 0.4)
+    for frame in dataset.frames:
+        # Cameras orbit the table top, looking at its centre.
+        eye, forward = frame.cam_to_data[:3, 3], -frame.cam_to_data[:3, 2]
+        closest = eye + forward * np.dot(np.array([0.0, 0.0, 0.79]) - eye, forward)
+        assert np.linalg.norm(closest - [0.0, 0.0, 0.79]) < 0.1 and eye[2] > 0.8
+    # The distant walls (2.5 m from the centre) show in the photos: far background pixels with depth.
+    far = [np.count_nonzero(np.isfinite(truth.z_depth(f.index)) & (truth.z_depth(f.index) > 1.8))
+           for f in dataset.frames]
+    assert sum(n > 500 for n in far) >= 2, far
+    ids = truth.instance_ids(0)
+    assert np.all(np.isfinite(truth.z_depth(0))) and 0.5 < np.mean(ids == 0) < 0.99
+
+
+def test_clutter_monkeys_are_unannotated_have_ids_and_occlude(clutter_scene):
+    from neurallabel.core.spec import spec_from_scene
+
+    records = json.loads((clutter_scene / "gt" / "objects.json").read_text())["objects"]
+    monkeys = [r for r in records if r["category"] == "monkey"]
+    assert len(monkeys) == 2 and all(r["annotated"] is False for r in monkeys)
+    assert all(r["annotated"] is True for r in records if r["category"] != "monkey")
+    truth = load_scene_truth(clutter_scene)
+    dataset = load_transforms(clutter_scene)
+    # Cycles gave the monkeys their ids: ids and depth agree with a ray cast of all meshes, monkeys included.
+    for frame in dataset.frames[:2]:
+        cast_ids, cast_depth = ray_cast_truth(truth, frame)
+        ids, depth = truth.instance_ids(frame.index), truth.z_depth(frame.index)
+        assert np.mean(ids == cast_ids) > 0.995
+        on_object = (ids == cast_ids) & (ids > 0)
+        assert np.percentile(np.abs(depth[on_object] - cast_depth[on_object]), 99) < 1e-3
+    assert all(any(np.any(truth.instance_ids(f.index) == m["instance_id"]) for f in dataset.frames) for m in monkeys)
+    # The first monkey stands in front of an annotated object in a test frame and hides most of it there.
+    first = next(m for m in monkeys if "in_front_of" in m)
+    frame = dataset.frame(first["in_front_in_frame"])
+    assert frame.split == "test"
+    target = next(o for o in truth.objects if o.name == first["in_front_of"])
+    single = type(truth)(truth.path, truth.units, [target])
+    alone, _ = ray_cast_truth(single, frame)  # where the target would show with nothing in front of it
+    seen = truth.instance_ids(frame.index)[alone == target.instance_id]
+    assert np.count_nonzero(seen == first["instance_id"]) > 0.3 * len(seen) > 30
+    # A label spec built from the scene leaves the clutter out.
+    spec = spec_from_scene(clutter_scene)
+    assert [o.name for o in spec.objects] == [r["name"] for r in records if r["annotated"]]

@@ -94,19 +94,79 @@ def summarize(scores: Sequence[ObjectScore], to_mm: float = 1000.0) -> dict:
             "source_depth_error_mm": error_stats(sources, to_mm) if sources else None}
 
 
-def score_raw_bake(bake_dir: str | Path, truth: "SceneTruth") -> list[ObjectScore]:
+def score_raw_bake(bake_dir: str | Path, truth: "SceneTruth",
+                   instance_ids: Optional[Iterable[int]] = None) -> list[ObjectScore]:
     """Scores of every frame of a bake's raw output (``DIR/raw/instance``, ``DIR/raw/depth``) against ``truth``,
-    for all of the truth's objects."""
+    for ``instance_ids`` (default: all of the truth's objects; pass the spec's to leave unannotated clutter out)."""
+    ids = [o.instance_id for o in truth.objects] if instance_ids is None else list(instance_ids)
+    scores = []
+    for index, instance in _raw_frames(bake_dir):
+        depth = np.load(_raw_dir(bake_dir) / "depth" / f"{index:06d}.npy")
+        scores += score_objects(index, instance, truth.instance_ids(index), truth.z_depth(index), ids, depth=depth)
+    return scores
+
+
+def per_object(scores: Sequence[ObjectScore]) -> dict[int, dict]:
+    """Per instance id: the frames it was scored in and its visible-mask IoU's mean and minimum over them."""
+    by_id: dict[int, list[float]] = {}
+    for s in scores:
+        by_id.setdefault(s.instance_id, []).append(s.visible_iou)
+    return {i: {"frames": len(v), "visible_iou_mean": float(np.mean(v)), "visible_iou_min": float(np.min(v))}
+            for i, v in sorted(by_id.items())}
+
+
+def occlusion_decisions(bake_dir: str | Path, truth: "SceneTruth", mesh_ids: Iterable[int]) -> dict:
+    """What the depth source decided on a bake's mesh pixels (those inside a mesh object's full silhouette,
+    ``DIR/raw/full``): the pixels it occluded (labelled neither with that object nor with another mesh object
+    -- background, or a box object in front), and how many of those were right (the truth shows something
+    other than the mesh there: clutter, a box object, background).
+
+    Pooled over the frames (a pixel counts once, right when the truth shows none of the meshes covering it)
+    and per mesh object (``per_object[id]``: its silhouette pixels, occluded, right).
+    """
     from PIL import Image
 
-    from ..export.raw import ROOT
+    mesh_ids = sorted(set(int(i) for i in mesh_ids))
+    full_dir = _raw_dir(bake_dir) / "full"
+    pooled = {"mesh_pixels": 0, "occluded": 0, "right": 0}
+    per: dict[int, dict] = {i: {"mesh_pixels": 0, "occluded": 0, "right": 0} for i in mesh_ids}
+    for index, instance in _raw_frames(bake_dir):
+        true_ids = truth.instance_ids(index)
+        labelled_mesh = np.isin(instance, mesh_ids)
+        covered = np.zeros(instance.shape, dtype=bool)
+        shows_a_cover = np.zeros(instance.shape, dtype=bool)  # the truth shows one of the meshes covering it
+        for i in mesh_ids:
+            path = full_dir / f"{index:06d}_{i:06d}.png"
+            if not path.is_file():
+                continue  # not in this frame
+            with Image.open(path) as image:
+                full = np.array(image) > 0
+            occluded = full & ~labelled_mesh
+            right = occluded & (true_ids != i)
+            for key, mask in (("mesh_pixels", full), ("occluded", occluded), ("right", right)):
+                per[i][key] += int(np.count_nonzero(mask))
+            covered |= full
+            shows_a_cover |= full & (true_ids == i)
+        occluded = covered & ~labelled_mesh
+        pooled["mesh_pixels"] += int(np.count_nonzero(covered))
+        pooled["occluded"] += int(np.count_nonzero(occluded))
+        pooled["right"] += int(np.count_nonzero(occluded & ~shows_a_cover))
+    share = lambda a, b: a / b if b else None  # noqa: E731
+    return {**pooled, "occluded_share": share(pooled["occluded"], pooled["mesh_pixels"]),
+            "right_share": share(pooled["right"], pooled["occluded"]), "per_object": per}
 
-    raw = Path(bake_dir) / ROOT
-    scores = []
+
+def _raw_dir(bake_dir: str | Path) -> Path:
+    from ..export.raw import ROOT  # lazily: the evaluator is imported without the exporters
+
+    return Path(bake_dir) / ROOT
+
+
+def _raw_frames(bake_dir: str | Path):
+    """(frame index, uint16 instance map) of every frame in a bake's raw output, in index order."""
+    from PIL import Image
+
+    raw = _raw_dir(bake_dir)
     for index in sorted(int(p.stem) for p in (raw / "instance").glob("*.png")):
         with Image.open(raw / "instance" / f"{index:06d}.png") as image:
-            instance = np.array(image)
-        depth = np.load(raw / "depth" / f"{index:06d}.npy")
-        scores += score_objects(index, instance, truth.instance_ids(index), truth.z_depth(index),
-                                [o.instance_id for o in truth.objects], depth=depth)
-    return scores
+            yield index, np.array(image)
