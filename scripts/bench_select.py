@@ -80,6 +80,10 @@ def category_truth(scene: Path, cache) -> np.ndarray:
     return out
 
 
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def saving_budget(pixels: list[float], scores: list[float], target: float) -> float:
     for p, s in zip(pixels, scores):
         if s >= target:
@@ -99,6 +103,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="default: 1 (quick), 3")
     parser.add_argument("--budgets", type=int, default=None, help="grid points from 0.01 %% to 10 %% (default 8 / 13)")
     parser.add_argument("--head-steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: on a shared machine two threads fight over the cores)")
     parser.add_argument("--label-noise", type=float, default=0.0, help="share of revealed units given a wrong class")
     args = parser.parse_args()
     import_package()
@@ -113,7 +119,7 @@ def main() -> None:
     from neurallabel.core.semantic.strategies import select_units, surface_cells
     from neurallabel.core.semantic.train import HeadTrainOptions, train_head
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.field_steps is None and args.quick and not args.field:
         args.field_steps = 300
     granularities = (args.granularities or ("patch:8,image" if args.quick else "pixel,patch:8,patch:16,image")).split(",")
@@ -129,6 +135,8 @@ def main() -> None:
     t_cache = time.monotonic()
     train_cache, test_cache = cache_frames(field, train_frames), cache_frames(field, test_frames)
     cache_s = time.monotonic() - t_cache
+    log(f"cached {train_cache.n_rays} train and {test_cache.n_rays} test rays in {cache_s:.0f} s "
+        f"({len(train_cache.weights)} samples)")
     train_truth, test_truth = category_truth(scene, train_cache), category_truth(scene, test_cache)
     classes = sorted(set(np.unique(train_truth).tolist()) | set(np.unique(test_truth).tolist()))
     index_of = {c: i for i, c in enumerate(classes)}
@@ -137,7 +145,8 @@ def main() -> None:
     t_full = time.monotonic()
     full_head = train_head(train_cache, train_target, classes, options)
     full_s = time.monotonic() - t_full
-    m_full = miou(test_truth, predict(full_head, test_cache).category, classes)
+    m_full = miou(test_truth, predict(full_head, test_cache).ids, classes)
+    log(f"M_full {m_full:.3f} (head trained in {full_s:.0f} s)")
     n_pixels = train_cache.n_rays
     budgets = np.unique(np.round(np.geomspace(1e-4, 0.1, n_budgets) * n_pixels).astype(int)).tolist()
     cells = surface_cells(train_cache, np.asarray(field.config.roi_aabb, dtype=np.float64).reshape(6))
@@ -181,9 +190,11 @@ def main() -> None:
                     head = train_head(train_cache, target, classes, HeadTrainOptions(steps=args.head_steps, seed=seed))
                     train_s = time.monotonic() - start
                     round_seconds.append(select_s + train_s)
-                    test_pred = predict(head, test_cache).category
-                    train_pred = predict(head, train_cache).category
+                    test_pred = predict(head, test_cache).ids
+                    train_pred = predict(head, train_cache).ids
                     completed = np.where(labelled, np.asarray(classes)[np.maximum(target, 0)], train_pred)
+                    log(f"{strategy} {grain_text} seed {seed} budget {budget}: {int(labelled.sum())} px, "
+                        f"select {select_s:.1f} s, train {train_s:.1f} s")
                     points.append({"budget": budget, "pixels": int(labelled.sum()), "clicks": clicks,
                                    "miou": miou(test_truth, test_pred, classes),
                                    "completion": miou(train_truth, completed, classes),

@@ -48,6 +48,13 @@ class RayCache:
     def subset(self, rays: np.ndarray) -> "RayCache":
         """The cache of the rays ``rays`` (indices, in that order)."""
         rays = np.asarray(rays, dtype=np.int64)
+        if len(rays) == 0 or np.all(np.diff(rays) > 0):  # ascending: the samples keep their order, no sort
+            chosen = torch.zeros(self.n_rays, dtype=torch.bool)
+            chosen[torch.from_numpy(rays)] = True
+            keep = chosen[self.ray_indices]
+            new_index = torch.cumsum(chosen.long(), 0) - 1
+            return RayCache(self.frame[rays], self.x[rays], self.y[rays], self.surface[rays],
+                            new_index[self.ray_indices[keep]], self.coords[keep], self.weights[keep])
         new_index = torch.full((self.n_rays,), -1, dtype=torch.long)
         new_index[torch.from_numpy(rays)] = torch.arange(len(rays))
         mapped = new_index[self.ray_indices]

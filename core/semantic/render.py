@@ -21,10 +21,12 @@ SEMANTIC_OUTPUTS = ("category", "entropy", "preview")
 
 @dataclass
 class SemanticPrediction:
-    """Per cached ray: ``probabilities`` (N, C), ``category`` (N,) category id (``VOID`` without a surface),
-    ``entropy`` (N,) normalised to [0, 1] by log C, ``margin`` (N,) top-1 minus top-2 probability."""
+    """Per cached ray: ``probabilities`` (N, C), ``ids`` (N,) the most likely category id, ``category`` (N,)
+    the same with ``VOID`` where the field sees no surface, ``entropy`` (N,) normalised to [0, 1] by log C,
+    ``margin`` (N,) top-1 minus top-2 probability."""
 
     probabilities: np.ndarray
+    ids: np.ndarray
     category: np.ndarray
     entropy: np.ndarray
     margin: np.ndarray
@@ -39,7 +41,7 @@ def predict(head: SemanticHead, cache: RayCache) -> SemanticPrediction:
     margin = top[:, 0] - (top[:, 1] if n_classes > 1 else 0.0)
     ids = np.asarray(head.config.class_ids, dtype=np.int64)[probs.argmax(axis=1)]
     category = np.where(cache.has_surface, ids, VOID)
-    return SemanticPrediction(probs, category, np.clip(entropy, 0.0, 1.0), margin)
+    return SemanticPrediction(probs, ids, category, np.clip(entropy, 0.0, 1.0), margin)
 
 
 def preview_colours(category: np.ndarray) -> np.ndarray:
