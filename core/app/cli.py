@@ -284,8 +284,11 @@ def add_semantic_commands(sub, add, devices: str) -> None:
     """``semantic train``, ``semantic render`` (nested under ``semantic``) and ``select``."""
     semantic = sub.add_parser("semantic", help="a semantic head on a trained field: train it, render it",
                               description="a semantic head on a trained field: train it from a few labelled "
-                                          "pixels, render every view's category map")
-    nested = semantic.add_subparsers(dest="semantic_command", required=True, metavar="SUBCOMMAND")
+                                          "pixels, render every view's category map", formatter_class=HelpFormatter,
+                              epilog="example:\n  neurallabel semantic train field.pt --data data/ --labels labels/ "
+                                     "--out head.pt\n  neurallabel semantic render head.pt --data data/ --out semantic/")
+    nested = semantic.add_subparsers(dest="semantic_command", required=True, metavar="SUBCOMMAND",
+                                     help="train or render; 'neurallabel semantic SUBCOMMAND --help' describes it")
     p = nested.add_parser("train", help="train a semantic head from label images (uint16 category PNGs, "
                           "65535 = unlabelled)", formatter_class=HelpFormatter,
                           epilog="example:\n  neurallabel semantic train field.pt --data data/ --labels labels/ "
