@@ -65,8 +65,9 @@ def field_path(args, scene: Path) -> Path:
     return path
 
 
-def category_truth(scene: Path, cache) -> np.ndarray:
-    """(N,) true category id of each cached ray (0 = background: floor, walls)."""
+def category_truth(scene: Path, cache, downscale: int = 1) -> np.ndarray:
+    """(N,) true category id of each cached ray (0 = background: floor, walls); with ``downscale`` the truth
+    pixel nearest the shrunk pixel's centre."""
     from neurallabel.core.data.truth import load_scene_truth
 
     truth = load_scene_truth(scene)
@@ -76,7 +77,8 @@ def category_truth(scene: Path, cache) -> np.ndarray:
     out = np.zeros(cache.n_rays, dtype=np.int64)
     for index in np.unique(cache.frame):
         rays = np.nonzero(cache.frame == index)[0]
-        out[rays] = to_category[truth.instance_ids(int(index))[cache.y[rays], cache.x[rays]]]
+        ids = truth.instance_ids(int(index))
+        out[rays] = to_category[ids[cache.y[rays] * downscale + downscale // 2, cache.x[rays] * downscale + downscale // 2]]
     return out
 
 
@@ -102,7 +104,8 @@ def main() -> None:
     parser.add_argument("--granularities", default=None, help="default: patch:8,image (quick), pixel,patch:8,patch:16,image")
     parser.add_argument("--seeds", type=int, default=None, help="default: 1 (quick), 3")
     parser.add_argument("--budgets", type=int, default=None, help="grid points from 0.01 %% to 10 %% (default 8 / 13)")
-    parser.add_argument("--head-steps", type=int, default=200)
+    parser.add_argument("--head-steps", type=int, default=100)
+    parser.add_argument("--downscale", type=float, default=None, help="images shrunk by this (default 2 quick, 1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: on a shared machine two threads fight over the cores)")
     parser.add_argument("--label-noise", type=float, default=0.0, help="share of revealed units given a wrong class")
@@ -130,14 +133,15 @@ def main() -> None:
     t0 = time.monotonic()
     fpath = field_path(args, scene)
     field = load_checkpoint(fpath).field
-    dataset = load_dataset(scene)
+    downscale = args.downscale or (2.0 if args.quick else 1.0)
+    dataset = load_dataset(scene, downscale)
     train_frames, test_frames = dataset.split("train"), dataset.split("test")
     t_cache = time.monotonic()
     train_cache, test_cache = cache_frames(field, train_frames), cache_frames(field, test_frames)
     cache_s = time.monotonic() - t_cache
     log(f"cached {train_cache.n_rays} train and {test_cache.n_rays} test rays in {cache_s:.0f} s "
         f"({len(train_cache.weights)} samples)")
-    train_truth, test_truth = category_truth(scene, train_cache), category_truth(scene, test_cache)
+    train_truth, test_truth = (category_truth(scene, c, int(downscale)) for c in (train_cache, test_cache))
     classes = sorted(set(np.unique(train_truth).tolist()) | set(np.unique(test_truth).tolist()))
     index_of = {c: i for i, c in enumerate(classes)}
     train_target = np.array([index_of[c] for c in train_truth])
@@ -222,7 +226,7 @@ def main() -> None:
     result = {
         "bench": "select", "quick": args.quick, "scene": str(scene), "field": str(fpath),
         "train_pixels": n_pixels, "test_pixels": test_cache.n_rays, "classes": classes,
-        "budgets": budgets, "seeds": seeds, "label_noise": args.label_noise, "head_steps": args.head_steps,
+        "downscale": downscale, "budgets": budgets, "seeds": seeds, "label_noise": args.label_noise, "head_steps": args.head_steps,
         "m_full": m_full, "full_head_train_s": round(full_s, 2), "cache_s": round(cache_s, 2),
         "round_s_mean": float(np.mean(round_seconds)) if round_seconds else None,
         "round_s_max": float(np.max(round_seconds)) if round_seconds else None,

@@ -32,7 +32,7 @@ class HeadConfig:
     class_ids: list[int]  # category id of each output
     resolution: int = 24  # feature grid vertices per axis over the field's [-1, 1]^3
     features: int = 8
-    hidden: int = 64
+    hidden: int = 32
 
     @property
     def n_classes(self) -> int:

@@ -20,6 +20,9 @@ from ..render.volrend import composite
 
 #: samples lighter than this are dropped from the cache (1 % of a pixel: their logits barely move its sum)
 MIN_WEIGHT = 1e-2
+#: at most this many samples per ray are kept, the heaviest (a young, foggy field spreads a ray's weight
+#: over dozens of samples; the head's cost grows with them, its answer hardly)
+MAX_SAMPLES = 8
 #: a pixel "has a surface" where the field's opacity reaches this (as render_frame's depths)
 MIN_OPACITY = 0.5
 
@@ -73,6 +76,19 @@ class RayCache:
                         torch.cat([p.coords for p in parts]), torch.cat([p.weights for p in parts]))
 
 
+def heaviest(ray_indices: Tensor, weights: Tensor, n_rays: int) -> Tensor:
+    """Indices of the packed samples to keep: weight >= MIN_WEIGHT, the MAX_SAMPLES heaviest per ray, still
+    grouped by ray (in order of weight inside a ray: a sum does not care)."""
+    if ray_indices.numel() == 0:
+        return ray_indices
+    order = torch.argsort(ray_indices.double() * 2.0 - weights.double().clamp(0.0, 1.0), stable=True)
+    counts = torch.bincount(ray_indices, minlength=n_rays)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(order), device=order.device) - first[ray_indices[order]]
+    keep = order[(rank < MAX_SAMPLES) & (weights[order] >= MIN_WEIGHT)]
+    return keep
+
+
 @torch.no_grad()
 def cache_frame(field, frame, pixels: Optional[np.ndarray] = None, *, chunk: int = 32768) -> RayCache:
     """March ``frame``'s rays (every pixel centre, or ``pixels`` (N, 2) integer x, y) through the frozen field."""
@@ -94,7 +110,7 @@ def cache_frame(field, frame, pixels: Optional[np.ndarray] = None, *, chunk: int
         point = o + out["median_distance"].clamp_max(1e6)[:, None] * d
         point[~hit] = float("nan")
         surfaces.append(point.float().cpu())
-        keep = samples.weights >= MIN_WEIGHT
+        keep = heaviest(samples.ray_indices, samples.weights, len(o))
         rays.append(samples.ray_indices[keep].cpu() + begin)
         coords.append(field.normalize(samples.points(o, d)[keep]).float().cpu())
         weights.append(samples.weights[keep].float().cpu())

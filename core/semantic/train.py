@@ -23,12 +23,12 @@ from .rays import RayCache
 class HeadTrainOptions:
     steps: int = 300
     lr: float = 0.02
-    max_rays_per_step: int = 16384
+    max_rays_per_step: int = 4096
     seed: int = 0
     tv_weight: float = 1e-3  # smooths the feature grid so labels spread to nearby unlabelled surface
     resolution: int = 24
     features: int = 8
-    hidden: int = 64
+    hidden: int = 32
 
 
 def total_variation(grid: torch.Tensor) -> torch.Tensor:
