@@ -197,12 +197,11 @@ def main() -> None:
                     test_pred = predict(head, test_cache).ids
                     train_pred = predict(head, train_cache).ids
                     completed = np.where(labelled, np.asarray(classes)[np.maximum(target, 0)], train_pred)
-                    log(f"{strategy} {grain_text} seed {seed} budget {budget}: {int(labelled.sum())} px, "
-                        f"select {select_s:.1f} s, train {train_s:.1f} s")
                     points.append({"budget": budget, "pixels": int(labelled.sum()), "clicks": clicks,
                                    "miou": miou(test_truth, test_pred, classes),
                                    "completion": miou(train_truth, completed, classes),
                                    "select_s": round(select_s, 3), "train_s": round(train_s, 3)})
+                    log(f"{strategy} {grain_text} seed {seed}: {points[-1]}")
                 runs.append(points)
             curve = {key: np.mean([[p[key] for p in run] for run in runs], axis=0).tolist()
                      for key in ("pixels", "clicks", "miou", "completion")}

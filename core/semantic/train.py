@@ -26,13 +26,13 @@ class HeadTrainOptions:
     max_rays_per_step: int = 4096
     seed: int = 0
     tv_weight: float = 1e-3  # smooths the feature grid so labels spread to nearby unlabelled surface
-    resolution: int = 24
+    resolution: int = 64
     features: int = 8
     hidden: int = 32
 
 
 def total_variation(grid: torch.Tensor) -> torch.Tensor:
-    return sum((grid.diff(dim=d) ** 2).mean() for d in (2, 3, 4))
+    return sum((grid.diff(dim=d) ** 2).mean() for d in range(2, grid.dim()))
 
 
 def train_head(cache: RayCache, targets: np.ndarray, class_ids: Sequence[int],
