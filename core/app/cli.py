@@ -125,6 +125,8 @@ def summary_lines(result: dict) -> list[str]:
         return [f"correspond: {result['pairs_made']} pairs made, {result['pairs_done']}/{result['pairs']} done, "
                 f"{result['accepted']}/{result['queries']} queries accepted ({result['mode']})",
                 f"wrote {result['out']}"]
+    if kind in SEMANTIC_KINDS:
+        return semantic_summary_lines(result)
     return [json.dumps(result)]
 
 
@@ -337,7 +339,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whole-field", action="store_true",
                    help="open scenes: also keep points outside the field's detailed box")
     p.add_argument("--device", default="auto", help=devices)
+    add_semantic_commands(sub, add, devices)
     return parser
+
+
+# --- semantic head and active selection (issue 16) ---------------------------------------------------------
+
+SEMANTIC_KINDS = ("semantic_train", "semantic_render", "select")
+
+
+def add_semantic_commands(sub, add, devices: str) -> None:
+    """``semantic train``, ``semantic render`` (nested under ``semantic``) and ``select``."""
+    semantic = sub.add_parser("semantic", help="a semantic head on a trained field: train it, render it",
+                              description="a semantic head on a trained field: train it from a few labelled "
+                                          "pixels, render every view's category map", formatter_class=HelpFormatter,
+                              epilog="example:\n  neurallabel semantic train field.pt --data data/ --labels labels/ "
+                                     "--out head.pt\n  neurallabel semantic render head.pt --data data/ --out semantic/")
+    nested = semantic.add_subparsers(dest="semantic_command", required=True, metavar="SUBCOMMAND",
+                                     help="train or render; 'neurallabel semantic SUBCOMMAND --help' describes it")
+    p = nested.add_parser("train", help="train a semantic head from label images (uint16 category PNGs, "
+                          "65535 = unlabelled)", formatter_class=HelpFormatter,
+                          epilog="example:\n  neurallabel semantic train field.pt --data data/ --labels labels/ "
+                                 "--out head.pt")
+    p.set_defaults(command="semantic_train", positionals=("field",))
+    p.add_argument("field", type=Path, help=POSITIONAL_HELP["field"])
+    p.add_argument("--json", action="store_true", help="print progress and the result as JSON lines")
+    p.add_argument("--data", type=Path, required=True, help="the dataset the field was trained on")
+    p.add_argument("--labels", type=Path, required=True,
+                   help="folder of label images NNNNNN.png (frame index) or <photo stem>.png; a bake's raw/category")
+    p.add_argument("--out", type=Path, required=True, help="the head checkpoint to write")
+    p.add_argument("--classes", default=None, help="the class table, comma-separated ids (default: those labelled)")
+    p.add_argument("--steps", type=int, default=300, help="training steps")
+    p.add_argument("--device", default="auto", help=devices)
+    p.add_argument("--downscale", type=float, default=1.0, help="the label images are the photos shrunk by this")
+
+    p = nested.add_parser("render", help="render a semantic head: category, entropy and preview per view",
+                          formatter_class=HelpFormatter,
+                          epilog="example:\n  neurallabel semantic render head.pt --data data/ --out semantic/")
+    p.set_defaults(command="semantic_render", positionals=("head",))
+    p.add_argument("head", type=Path, help="semantic head checkpoint (the --out of semantic train)")
+    p.add_argument("--json", action="store_true", help="print progress and the result as JSON lines")
+    p.add_argument("--data", type=Path, required=True, help="the dataset whose views to render")
+    p.add_argument("--out", type=Path, required=True, help="folder to write category/, entropy/, preview/ into")
+    p.add_argument("--split", default="all", choices=SPLITS, help="which of the dataset's views to render")
+    p.add_argument("--field", type=Path, default=None, help="the field (default: the one the head was trained with)")
+    p.add_argument("--device", default="auto", help=devices)
+    p.add_argument("--downscale", type=float, default=1.0, help="render images shrunk by this factor")
+
+    p = add("select", "choose what to label next: pixels, patches or images of the train views",
+            "field.pt --data data/ --budget 4096 --granularity patch:16 --strategy geometry --out selection.json",
+            ("field",))
+    p.add_argument("--data", type=Path, required=True, help="the dataset the field was trained on")
+    p.add_argument("--out", type=Path, required=True, help="JSON list [{frame, image, x, y, w, h}] to write")
+    p.add_argument("--budget", type=int, required=True, help="pixels to label this round")
+    p.add_argument("--granularity", default="patch:16", help="pixel, patch:K (K x K pixels) or image")
+    p.add_argument("--strategy", default="geometry", choices=("random", "entropy", "margin", "geometry"),
+                   help="how to choose (geometry: uncertainty x surface not covered by any label yet)")
+    p.add_argument("--head", type=Path, default=None, help="a semantic head (its uncertainty); none: first round")
+    p.add_argument("--labels", type=Path, default=None, help="label images so far (their pixels are not chosen)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same selection)")
+    p.add_argument("--state", type=Path, default=None,
+                   help="the rounds so far (default: OUT's name with .state.json; a re-run adds a round)")
+    p.add_argument("--device", default="auto", help=devices)
+    p.add_argument("--downscale", type=float, default=1.0,
+                   help="select in the images shrunk by this factor (rectangles and labels at that size)")
+
+
+def semantic_summary_lines(result: dict) -> list[str]:
+    kind = result["kind"]
+    if kind == "semantic_train":
+        return [f"semantic train: {result['labelled_pixels']} labelled pixels in {result['label_frames']} images, "
+                f"classes {result['classes']}", f"wrote {result['out']}"]
+    if kind == "semantic_render":
+        return [f"semantic render: {result['count']} views of the {result['split']} split into {result['out']}"]
+    return [f"select: round {result['round']}, {result['units']} units, {result['pixels']} pixels "
+            f"(budget {result['budget']})", f"wrote {result['out']} (state {result['state']})"]
 
 
 @contextlib.contextmanager

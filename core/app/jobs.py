@@ -870,3 +870,170 @@ RUNNERS: dict[str, Callable[[Any, Optional[ProgressFn], NoticeFn], dict]] = {
     "bake": run_bake, "train": run_train, "render": run_render, "sfm": run_sfm_job, "demo": run_demo_job,
     "preview": run_preview, "surface_points": run_surface_points, "snap": run_snap,
     "inspect": run_inspect, "check": run_check, "correspond": run_correspond, "synth": run_synth}
+
+
+# --- semantic head and active selection (issue 16) -------------------------------------------------------
+
+
+def _class_ids(value: Any) -> Optional[list[int]]:
+    if value is None or value == "":
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        ids = sorted({int(str(v).strip()) for v in items if str(v).strip()})
+    except ValueError:
+        raise NeuralLabelError(f"classes {value!r}: expected comma-separated category ids", field="classes") from None
+    if not ids or ids[0] < 0 or ids[-1] >= 0xFFFF:
+        raise NeuralLabelError(f"classes {value!r}: ids must be 0..65534 (65535 is 'unlabelled')", field="classes")
+    return ids
+
+
+@dataclass
+class SemanticTrainRequest:
+    """Train a semantic head on a frozen ``field`` from the label images in ``labels`` into ``out``."""
+
+    field: Path
+    data: Path
+    labels: Path
+    out: Path
+    classes: Any = None  # the class table ("0,1,2"); default: the ids the labels use
+    steps: int = 300
+    device: str = "auto"
+    downscale: float = 1.0  # label images are at the photos' size shrunk by this factor
+    kind = "semantic_train"
+
+    def __post_init__(self) -> None:
+        self.field, self.data = _path(self.field, "field"), _path(self.data, "data")
+        self.labels, self.out = _path(self.labels, "labels"), _path(self.out, "out")
+        self.classes = _class_ids(self.classes)
+        self.steps = _integer(self.steps, "steps", minimum=1)
+        self.device = _device(self.device)
+        self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
+
+
+@dataclass
+class SemanticRenderRequest:
+    """Render a semantic head's category map, entropy and a colour preview for ``data``'s views into ``out``."""
+
+    head: Path
+    data: Path
+    out: Path
+    split: str = "all"
+    field: Optional[Path] = None  # default: the field the head was trained with
+    device: str = "auto"
+    downscale: float = 1.0
+    kind = "semantic_render"
+
+    def __post_init__(self) -> None:
+        self.head, self.data, self.out = _path(self.head, "head"), _path(self.data, "data"), _path(self.out, "out")
+        check_output_location(self.out)
+        self.split = _choice(self.split, "split", SPLITS)
+        self.field = _optional_path(self.field)
+        self.device = _device(self.device)
+        self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
+
+
+@dataclass
+class SelectRequest:
+    """Choose what to label next in ``data``'s train views: ``budget`` pixels as pixel, patch:K or image units."""
+
+    field: Path
+    data: Path
+    out: Path
+    budget: int
+    granularity: str = "patch:16"
+    strategy: str = "geometry"
+    head: Optional[Path] = None
+    labels: Optional[Path] = None
+    seed: int = 0
+    state: Optional[Path] = None  # default: OUT with .state.json
+    device: str = "auto"
+    downscale: float = 1.0  # select in images shrunk by this factor (rectangles in their pixels)
+    kind = "select"
+
+    def __post_init__(self) -> None:
+        from ..semantic.pool import parse_granularity
+        from ..semantic.strategies import STRATEGIES
+
+        self.field, self.data, self.out = _path(self.field, "field"), _path(self.data, "data"), _path(self.out, "out")
+        self.budget = _integer(self.budget, "budget", minimum=1)
+        self.granularity = str(parse_granularity(self.granularity))
+        self.strategy = _choice(self.strategy, "strategy", STRATEGIES)
+        self.head, self.labels = _optional_path(self.head), _optional_path(self.labels)
+        self.seed = _integer(self.seed, "seed", minimum=0)
+        self.state = _optional_path(self.state) or self.out.with_name(self.out.stem + ".state.json")
+        self.device = _device(self.device)
+        self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
+
+
+def _semantic_field(request: Any, notice: NoticeFn, field_path: Path):
+    """The frozen field (checked finite, trained on ``request.data``), its fingerprint and the dataset."""
+    from ..field.checkpoint import check_finite, check_trained_on, load_checkpoint
+
+    with at_field("field"):
+        checkpoint = load_checkpoint(field_path, device=_torch_device(request.device))
+        check_finite(checkpoint.field)
+    with at_field("data"):
+        dataset = load_dataset_noting(request.data, notice, request.downscale)
+        check_trained_on(checkpoint, dataset, request.data, source=field_path, what="field")
+    return checkpoint.field, checkpoint.dataset.get("fingerprint"), dataset
+
+
+def run_semantic_train(request: SemanticTrainRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..semantic.train import HeadTrainOptions
+    from ..semantic.workflow import train_from_labels
+
+    field, fingerprint, dataset = _semantic_field(request, notice, request.field)
+    return train_from_labels(field, fingerprint, dataset.frames, request.labels, request.out,
+                             class_ids=request.classes, options=HeadTrainOptions(steps=request.steps),
+                             field_path=request.field, notice=notice, progress=progress)
+
+
+def run_semantic_render(request: SemanticRenderRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..io.outdir import claim_output_dir
+    from ..semantic.head import load_head
+    from ..semantic.render import SEMANTIC_OUTPUTS, render_semantic
+    from ..semantic.workflow import load_checked_head
+
+    head_path = request.head
+    field_path = request.field or load_head(head_path).info.get("field")
+    if not field_path:
+        raise NeuralLabelError(f"{head_path}: the head does not say which field it was trained with; give --field",
+                               field="field")
+    field, fingerprint, dataset = _semantic_field(request, notice, Path(field_path))
+    head = load_checked_head(head_path, fingerprint)
+    frames = dataset.frames if request.split == "all" else dataset.split(request.split)
+    if not frames:
+        raise NeuralLabelError(f"split {request.split!r}: {dataset.path} has no frame in it", field="split")
+    claim_output_dir(request.out, kind="semantic_render", reserved=SEMANTIC_OUTPUTS,
+                     manifest={"head": str(head_path.resolve()), "data": str(Path(dataset.path).resolve()),
+                               "split": request.split},
+                     inputs={"photo": [f.image_path for f in dataset.frames], "dataset file": dataset.source_paths(),
+                             "head": [head_path], "field": [Path(field_path)]})
+    views = render_semantic(field, head.head, frames, request.out, progress=progress)
+    return {"out": str(request.out), "split": request.split, "count": len(views), "classes": head.head.config.class_ids,
+            "views": views}
+
+
+def run_select(request: SelectRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..semantic.labels import load_labels
+    from ..semantic.workflow import load_checked_head, select_next
+
+    field, fingerprint, dataset = _semantic_field(request, notice, request.field)
+    head = load_checked_head(request.head, fingerprint) if request.head is not None else None
+    labels = None
+    if request.labels is not None:
+        labels = load_labels(request.labels, dataset.frames, head.head.config.class_ids if head else None)
+    frames = dataset.split("train")
+    if not frames:
+        raise NeuralLabelError(f"{dataset.path} has no train frame to select from", field="data")
+    result = select_next(field, fingerprint, frames, budget=request.budget, granularity=request.granularity,
+                         strategy=request.strategy, seed=request.seed, state_path=request.state, out=request.out,
+                         head=head, labels=labels, notice=notice, progress=progress)
+    return {"out": str(request.out), "state": str(request.state), "round": result.round, "units": len(result.selected),
+            "pixels": result.cost, "budget": request.budget, "pool_exhausted": result.pool_exhausted}
+
+
+REQUESTS.update({cls.kind: cls for cls in (SemanticTrainRequest, SemanticRenderRequest, SelectRequest)})
+JOB_KINDS = tuple(REQUESTS)
+RUNNERS.update({"semantic_train": run_semantic_train, "semantic_render": run_semantic_render, "select": run_select})

@@ -1,0 +1,69 @@
+"""Training the semantic head: cross-entropy of the composited logits on the labelled rays (void ignored).
+
+The field is frozen (its cached samples are the input), so a few hundred full-batch Adam steps over the
+labelled rays take seconds on a CPU. Labelled rays without a surface still count: the field's weights
+there are what the head composites, as for any ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import NeuralLabelError
+from .head import HeadConfig, SemanticHead, ray_logits
+from .rays import RayCache
+
+
+@dataclass
+class HeadTrainOptions:
+    steps: int = 300
+    lr: float = 0.02
+    max_rays_per_step: int = 4096
+    seed: int = 0
+    tv_weight: float = 1e-3  # smooths the feature grid so labels spread to nearby unlabelled surface
+    resolution: int = 64
+    features: int = 8
+    hidden: int = 32
+
+
+def total_variation(grid: torch.Tensor) -> torch.Tensor:
+    return sum((grid.diff(dim=d) ** 2).mean() for d in range(2, grid.dim()))
+
+
+def train_head(cache: RayCache, targets: np.ndarray, class_ids: Sequence[int],
+               options: Optional[HeadTrainOptions] = None) -> SemanticHead:
+    """A head trained on the rays of ``cache`` whose ``targets`` (class index, -1 = void) are set."""
+    options = options or HeadTrainOptions()
+    labelled = np.nonzero(targets >= 0)[0]
+    if len(labelled) == 0:
+        raise NeuralLabelError("no labelled pixel to train the semantic head on", field="labels")
+    torch.manual_seed(options.seed)
+    generator = np.random.default_rng(options.seed)
+    head = SemanticHead(HeadConfig(list(int(c) for c in class_ids), options.resolution, options.features,
+                                   options.hidden))
+    head.train()
+    optimiser = torch.optim.Adam(head.parameters(), lr=options.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, options.steps, eta_min=options.lr * 0.05)
+    full = cache.subset(labelled)
+    full_targets = torch.from_numpy(targets[labelled])
+    for _ in range(options.steps):
+        if len(labelled) > options.max_rays_per_step:
+            pick = generator.choice(len(labelled), options.max_rays_per_step, replace=False)
+            pick.sort()
+            batch, batch_targets = full.subset(pick), full_targets[torch.from_numpy(pick)]
+        else:
+            batch, batch_targets = full, full_targets
+        loss = F.cross_entropy(ray_logits(head, batch), batch_targets)
+        if options.tv_weight:
+            loss = loss + options.tv_weight * total_variation(head.grid)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+    head.eval()
+    return head
