@@ -46,7 +46,9 @@ class TrainOptions:
     strict: bool = False
     depth_supervision: bool = False
     random_background: bool = False  # a random colour behind each training ray (see batch.render_train)
-    opacity_weight: float = 0.01  # pull every training ray to full opacity: photos see a surface everywhere
+    # pull every training ray to full opacity: photos see a surface everywhere (with a learned background
+    # colour and the contracted background, 0.01 left most pixels of a 400-step field half transparent)
+    opacity_weight: float = 0.1
     # mip-NeRF 360's distortion loss, in normalised contracted distance. None: losses.DISTORTION
     distortion_weight: Optional[float] = None
     distortion_final: Optional[float] = None  # the weight decays exponentially to this share of it
