@@ -189,9 +189,10 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
         raise NeuralLabelError(f"{dataset.path}: no frame in the train split ({len(dataset.frames)} frames, "
                                "all held out)", field="data")
     torch.manual_seed(options.seed)
+    # the photos first: their sizes are the plainest thing a dataset can get wrong
+    bank = load_ray_bank(frames, progress, spill_dir=out.parent if out.parent.is_dir() else None)
     field, training = resume_or_create(out, dataset, frames)
     field = field.to(device).train()
-    bank = load_ray_bank(frames, progress, spill_dir=out.parent if out.parent.is_dir() else None)
     depth_targets = load_depth_targets(dataset, frames) if options.depth_supervision else None
     optimizer = make_optimizer(field)
     resumed = training is not None
