@@ -78,6 +78,17 @@ def pixel_array(count: int, ram_budget: int, spill_dir: Optional[Path] = None) -
         return np.memmap(handle, dtype=np.uint8, mode="w+", shape=(count, 3))
 
 
+def check_one_size(frames: list[Frame]) -> tuple[int, int]:
+    """The (width, height) all train images share; an error listing the sizes when they differ."""
+    sizes = {(f.intrinsics.width, f.intrinsics.height) for f in frames}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+        raise NeuralLabelError(f"the train images have mixed sizes ({listed}); NeuralLabel trains on images "
+                               "of one size: resize them or pass one camera size per dataset", field="data")
+    (width, height), = sizes
+    return width, height
+
+
 def load_ray_bank(frames: list[Frame], progress: Optional[ProgressFn] = None, *,
                   ram_budget: Optional[int] = None, spill_dir: Optional[Path] = None,
                   load: Optional[Callable[[Frame], np.ndarray]] = None) -> RayBank:
@@ -85,12 +96,7 @@ def load_ray_bank(frames: list[Frame], progress: Optional[ProgressFn] = None, *,
     if load is None:
         from ..io.images import load_image as load
 
-    sizes = {(f.intrinsics.width, f.intrinsics.height) for f in frames}
-    if len(sizes) > 1:
-        listed = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
-        raise NeuralLabelError(f"the train images have mixed sizes ({listed}); NeuralLabel trains on images "
-                               "of one size: resize them or pass one camera size per dataset", field="data")
-    (width, height), = sizes
+    width, height = check_one_size(frames)
     pixels = width * height
     budget = default_ram_budget() if ram_budget is None else ram_budget
     rgb = pixel_array(len(frames) * pixels, budget, spill_dir)

@@ -29,7 +29,8 @@ from ..field.checkpoint import check_dataset, dataset_fingerprint, load_checkpoi
 from ..field.model import Field
 from ..progress import ProgressFn, report
 from ..render.march import choose_backend
-from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, draw_batch, load_depth_targets, load_ray_bank,
+from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, check_one_size, draw_batch, load_depth_targets,
+                    load_ray_bank,
                     render_batch)
 from .bounds import default_near, density_lr_scale, field_config_for, views_per_vertex
 from .losses import LossTerm, default_terms, total_loss
@@ -189,10 +190,10 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
         raise NeuralLabelError(f"{dataset.path}: no frame in the train split ({len(dataset.frames)} frames, "
                                "all held out)", field="data")
     torch.manual_seed(options.seed)
-    # the photos first: their sizes are the plainest thing a dataset can get wrong
-    bank = load_ray_bank(frames, progress, spill_dir=out.parent if out.parent.is_dir() else None)
+    check_one_size(frames)  # before the cameras: the plainest thing a dataset can get wrong
     field, training = resume_or_create(out, dataset, frames)
     field = field.to(device).train()
+    bank = load_ray_bank(frames, progress, spill_dir=out.parent if out.parent.is_dir() else None)
     depth_targets = load_depth_targets(dataset, frames) if options.depth_supervision else None
     optimizer = make_optimizer(field)
     resumed = training is not None
