@@ -144,8 +144,7 @@ def refuse_private_keys(scene: Path) -> None:
     for name in ("transforms.json", "transforms_train.json"):
         file = scene / name
         if file.is_file() and "scene_aabb" in read_json(file):
-            raise SystemExit(f"{file} holds 'scene_aabb', a key no real capture has; regenerate it without "
-                             "--bounds-key")
+            raise SystemExit(f"{file} holds 'scene_aabb', a key no real capture has: regenerate the scene")
 
 
 def timed_train(data: Path, out: Path, minutes: float, device: str, depth_supervision: bool = False) -> dict:

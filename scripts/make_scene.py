@@ -17,7 +17,7 @@ Writes (units: metres)::
                                  instant-ngp form (default: per-frame "split", "camera_angle_x", "aabb_scale"
                                  only with --aabb-scale) or nerfstudio form (--format nerfstudio: no per-frame
                                  split; train_filenames / val_filenames / test_filenames, val = test). No
-                                 bounds key unless --bounds-key (then "scene_aabb": the room's box).
+                                 bounds key: the field finds its bounds as it does for a real capture.
     DIR/images/NNNNNN.png        Cycles RGB (few samples + denoiser)
     DIR/gt/depth/NNNNNN.npy      float32 z-depth along the optical axis (Cycles Z pass), inf = nothing hit
     DIR/gt/instance/NNNNNN.png   uint16 instance id per pixel centre (Object Index pass), 0 = floor/walls/sky
@@ -110,8 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transforms.json form (default instant-ngp)")
     p.add_argument("--aabb-scale", type=int, default=None,
                    help="instant-ngp's aabb_scale (a power of two, 1-128); written only when given")
-    p.add_argument("--bounds-key", action="store_true",
-                   help="also write 'scene_aabb' (the room's box) into transforms.json (old behaviour)")
     return p
 
 
@@ -852,10 +850,6 @@ def transforms_json(args: argparse.Namespace, focal_px: float, poses: list[np.nd
         data["camera_angle_x"] = math.radians(HORIZONTAL_FOV_DEG)
         if args.aabb_scale is not None:
             data["aabb_scale"] = args.aabb_scale
-    if args.bounds_key:
-        geometry = LAYOUTS[args.layout]
-        half = geometry["floor_half_size"]
-        data["scene_aabb"] = [[-half, -half, 0.0], [half, half, geometry["wall_height"]]]
     data["generator"] = {"script": "make_scene.py", "seed": args.seed, "samples": args.samples,
                          "layout": args.layout, "clutter": args.clutter}
     if args.format == "instant-ngp":

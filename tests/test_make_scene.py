@@ -281,16 +281,13 @@ def transforms_for(*args: str) -> dict:
     return make_scene.transforms_json(parsed, 100.0, poses)
 
 
-def test_instant_ngp_form_has_no_bounds_key_or_aabb_scale_unless_asked():
+def test_instant_ngp_form_has_no_bounds_key_and_aabb_scale_only_when_asked():
     default = transforms_for()
     assert "scene_aabb" not in default and "aabb_scale" not in default
     assert default["camera_angle_x"] == pytest.approx(math.radians(55.0))
     assert [f["split"] for f in default["frames"]] == ["test"] + ["train"] * 7 + ["test"]
     for scale in (1, 4, 16):
         assert transforms_for("--aabb-scale", str(scale))["aabb_scale"] == scale
-    assert transforms_for("--bounds-key")["scene_aabb"] == [[-1.0, -1.0, 0.0], [1.0, 1.0, 0.8]]
-    assert transforms_for("--bounds-key", "--layout", "tabletop")["scene_aabb"] == [[-2.5, -2.5, 0.0],
-                                                                                   [2.5, 2.5, 2.5]]
 
 
 def test_nerfstudio_form_keys_and_split_lists():
