@@ -118,7 +118,7 @@ def test_cuda_without_nerfacc_kernels_marches_in_torch_and_says_so(monkeypatch):
     monkeypatch.setattr(march_module, "nerfacc_kernels", lambda: "nvcc not found")
     backend, notice = choose_backend("cuda")
     assert backend == "torch" and "nvcc not found" in notice and "pure-torch" in notice
-    assert choose_backend("cpu") == ("torch", None)
+    assert choose_backend("cpu") == ("numba", None)
     with pytest.raises(NeuralLabelError) as caught:
         choose_backend("cuda", "nerfacc")
     assert caught.value.field == "backend"
@@ -250,7 +250,7 @@ def test_gpu_check_dry_run_writes_one_json_per_part(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     parts = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")}
     assert {"env", "kernels", "tests", "field", "bake"} <= set(parts), sorted(parts)
-    assert parts["kernels"]["marcher"] == "torch"
+    assert parts["kernels"]["marcher"] == "numba"  # the dry run is on the CPU
     assert parts["field"]["ok"] and parts["field"]["steps"] > 0
     assert parts["bake"]["ok"], parts["bake"]
 

@@ -251,10 +251,15 @@ def nerfacc_kernels() -> Optional[str]:
 def choose_backend(device: torch.device | str, backend: str = "auto") -> tuple[str, Optional[str]]:
     """The marcher :func:`march` uses on ``device`` (``nerfacc`` or ``torch``) and, where CUDA falls back to
     the pure-torch marcher, the one line to tell the user (else None)."""
-    if backend not in ("auto", "nerfacc", "torch"):
-        raise NeuralLabelError(f"marcher {backend!r} is not one of auto, nerfacc, torch", field="backend")
-    if backend == "torch" or (backend == "auto" and torch.device(device).type != "cuda"):
-        return "torch", None
+    if backend not in ("auto", "nerfacc", "torch", "numba"):
+        raise NeuralLabelError(f"marcher {backend!r} is not one of auto, nerfacc, torch, numba", field="backend")
+    on_cuda = torch.device(device).type == "cuda"
+    if backend == "numba" and on_cuda:
+        raise NeuralLabelError("the numba marcher runs on the CPU only", field="backend")
+    if backend in ("torch", "numba"):
+        return backend, None
+    if backend == "auto" and not on_cuda:
+        return "numba", None
     missing = nerfacc_kernels()
     if missing is None:
         return "nerfacc", None
@@ -269,7 +274,13 @@ def choose_backend(device: torch.device | str, backend: str = "auto") -> tuple[s
 def march(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
           stratified: bool = False, backend: str = "auto") -> RaySamples:
     """Packed samples with their densities: nerfacc on CUDA when its kernels load (``backend`` auto, see
-    :func:`choose_backend`), :func:`march_cpu` elsewhere."""
-    if choose_backend(origins.device, backend)[0] == "nerfacc":
+    :func:`choose_backend`), the compiled :func:`.march_numba.march_numba` on the CPU, :func:`march_cpu`
+    (pure torch) on CUDA without nerfacc's kernels."""
+    chosen = choose_backend(origins.device, backend)[0]
+    if chosen == "nerfacc":
         return march_nerfacc(field, origins, directions, near=near, far=far, stratified=stratified)
+    if chosen == "numba":
+        from .march_numba import march_numba
+
+        return march_numba(field, origins, directions, near=near, far=far, stratified=stratified)
     return march_cpu(field, origins, directions, near=near, far=far, stratified=stratified)

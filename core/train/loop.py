@@ -94,7 +94,7 @@ class TrainResult:
     final_loss: float
     train_psnr: float
     cpu_share: float  # process CPU time / (wall time x threads): how much of the CPU the run got
-    marcher: str = "torch"  # nerfacc (CUDA kernels) or torch (march_cpu; on CUDA when nerfacc's are missing)
+    marcher: str = "numba"  # nerfacc (CUDA kernels), numba (the CPU) or torch (CUDA without nerfacc kernels)
     marcher_notice: Optional[str] = None  # one line when CUDA fell back to the torch marcher
 
     def to_dict(self) -> dict[str, Any]:

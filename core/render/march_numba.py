@@ -1,0 +1,268 @@
+"""The occupancy-grid marcher of :mod:`.march` compiled for the CPU (numba), with the density evaluated inside.
+
+:func:`march_numba` returns the samples :func:`.march.march_cpu` returns (the same lattice, the same
+occupancy, ``alpha_thre`` and early-stop rules, the field's own density formula), but each ray is one loop
+in machine code: empty occupancy cells are left in one jump (to the cell's exit, or further by the grid's
+chessboard skip distance), the density is interpolated from the grid where a sample lands in an occupied
+cell, and the ray stops as soon as it is opaque. Rays run in parallel threads. Two passes: the first counts
+each ray's samples, the second writes them into their packed slots (no per-ray buffer to size).
+
+The density here must stay the formula of :meth:`..field.model.Field.density` (contraction, trilinear
+``grid_sample`` with ``align_corners=True`` and border padding, softplus, scale, per contracted length);
+``tests/test_render.py`` compares the two marchers sample by sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..field.model import Field
+from .samples import RaySamples
+
+_JIT = dict(nogil=True, cache=True)
+
+
+@dataclass(frozen=True)
+class _Grids:
+    """The field's arrays and constants in the form the kernels take (float32 / uint8 numpy views)."""
+
+    density: np.ndarray  # (D, D, D) raw density grid
+    binaries: np.ndarray  # (L, R, R, R) uint8 occupancy
+    skip: np.ndarray  # (L, R/c, R/c, R/c) int32 chessboard skip distance in coarse cells
+    aabbs: np.ndarray  # (L, 6) float64 level boxes
+    centre: np.ndarray  # (3,) float64 roi centre
+    half: np.ndarray  # (3,) float64 roi half widths
+    # levels, coarsening, contracted-density flag; density shift, scale
+    ints: np.ndarray  # int64 [levels, coarsening, contracted_density]
+    floats: np.ndarray  # float64 [shift, scale]
+
+
+def _grids(field: Field) -> _Grids:
+    grid = field.occupancy
+    return _Grids(
+        density=np.ascontiguousarray(field.density_grid.detach()[0, 0].float().cpu().numpy()),
+        binaries=np.ascontiguousarray(grid.binaries.cpu().numpy().astype(np.uint8)),
+        skip=np.ascontiguousarray(grid.skip_cells().cpu().numpy().astype(np.int32)),
+        aabbs=grid.aabbs.cpu().double().numpy(),
+        centre=field.roi_centre.cpu().double().numpy(),
+        half=field.roi_half.cpu().double().numpy(),
+        ints=np.array([field.config.levels, grid.SKIP_COARSENING, int(bool(field.config.contracted_density))],
+                      dtype=np.int64),
+        floats=np.array([field.density_shift, field.density_scale], dtype=np.float64),
+    )
+
+
+@numba.njit(**_JIT)
+def _lattice_t(k, start, step, ks, log_growth):
+    """Distance of (real) lattice index ``k``: :meth:`.march.Lattice.t`."""
+    if k <= ks:
+        return start + k * step
+    return (start + ks * step) * math.exp((k - ks) * log_growth)
+
+
+@numba.njit(**_JIT)
+def _lattice_k(t, start, step, ks, log_growth):
+    """Real lattice index of distance ``t``: :meth:`.march.Lattice.k`."""
+    t_switch = start + ks * step
+    if t <= t_switch:
+        return (t - start) / step
+    return ks + math.log(max(t, 1e-12) / max(t_switch, 1e-12)) / log_growth
+
+
+@numba.njit(**_JIT)
+def _density(px, py, pz, density, centre, half, levels, contracted, shift, scale):
+    """:meth:`Field.density` at one world point (float32 arithmetic where torch uses it)."""
+    ux = (px - centre[0]) / half[0]
+    uy = (py - centre[1]) / half[1]
+    uz = (pz - centre[2]) / half[2]
+    norm = 1.0
+    if levels > 1:
+        norm = max(abs(ux), abs(uy), abs(uz), 1e-9)
+        if norm > 1.0:
+            f = (2.0 - 1.0 / norm) / norm
+            ux, uy, uz = ux * f, uy * f, uz * f
+        ux, uy, uz = ux / 2.0, uy / 2.0, uz / 2.0
+    n = density.shape[0]
+    # grid_sample, align_corners=True, border padding: clamp the continuous index into the grid
+    fx = min(max((ux + 1.0) / 2.0 * (n - 1), 0.0), n - 1.0)
+    fy = min(max((uy + 1.0) / 2.0 * (n - 1), 0.0), n - 1.0)
+    fz = min(max((uz + 1.0) / 2.0 * (n - 1), 0.0), n - 1.0)
+    x0 = min(int(math.floor(fx)), n - 2)
+    y0 = min(int(math.floor(fy)), n - 2)
+    z0 = min(int(math.floor(fz)), n - 2)
+    ax, ay, az = fx - x0, fy - y0, fz - z0
+    c00 = density[x0, y0, z0] * (1 - az) + density[x0, y0, z0 + 1] * az
+    c01 = density[x0, y0 + 1, z0] * (1 - az) + density[x0, y0 + 1, z0 + 1] * az
+    c10 = density[x0 + 1, y0, z0] * (1 - az) + density[x0 + 1, y0, z0 + 1] * az
+    c11 = density[x0 + 1, y0 + 1, z0] * (1 - az) + density[x0 + 1, y0 + 1, z0 + 1] * az
+    raw = (c00 * (1 - ay) + c01 * ay) * (1 - ax) + (c10 * (1 - ay) + c11 * ay) * ax + shift
+    softplus = raw if raw > 20.0 else math.log1p(math.exp(raw))  # torch's softplus threshold
+    sigma = softplus * scale
+    if contracted and levels > 1 and norm > 1.0:
+        sigma = sigma / (norm * norm)
+    return sigma
+
+
+@numba.njit(**_JIT)
+def _cell(px, py, pz, aabbs, centre, half, levels, r):
+    """Finest level holding the point and its cell (:meth:`OccupancyGrid.level_of` / ``cell_of``)."""
+    extent = max(abs(px - centre[0]) / half[0], abs(py - centre[1]) / half[1], abs(pz - centre[2]) / half[2])
+    level = 0
+    reach = 1.0
+    while extent > reach and level < levels - 1:  # ceil(log2(extent)), without the logarithm
+        level += 1
+        reach *= 2.0
+    lo_x, lo_y, lo_z = aabbs[level, 0], aabbs[level, 1], aabbs[level, 2]
+    wx = aabbs[level, 3] - lo_x
+    wy = aabbs[level, 4] - lo_y
+    wz = aabbs[level, 5] - lo_z
+    cx = min(max(int(math.floor((px - lo_x) / wx * r)), 0), r - 1)
+    cy = min(max(int(math.floor((py - lo_y) / wy * r)), 0), r - 1)
+    cz = min(max(int(math.floor((pz - lo_z) / wz * r)), 0), r - 1)
+    return level, cx, cy, cz
+
+
+@numba.njit(**_JIT)
+def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
+               density, binaries, skip, aabbs, centre, half, ints, floats,
+               out_t, out_sigma, offset, capacity):
+    """March ray ``i``, storing its first ``capacity`` samples from ``offset``. Returns its sample count."""
+    levels, coarsening, contracted = ints[0], ints[1], ints[2]
+    shift, scale = floats[0], floats[1]
+    r = binaries.shape[1]
+    s0 = start[i]
+    ox, oy, oz = o[i, 0], o[i, 1], o[i, 2]
+    dx, dy, dz = d[i, 0], d[i, 1], d[i, 2]
+    if cone > 0.0:
+        ks = math.ceil(max(max(switch, step / cone) - s0, 0.0) / step)
+        log_growth = math.log1p(cone)
+    else:
+        ks = 1e30
+        log_growth = 1.0
+    k = max(math.ceil(_lattice_k(t_enter[i], s0, step, ks, log_growth) - 0.5), 0.0)
+    k_end = math.ceil(_lattice_k(t_exit[i], s0, step, ks, log_growth) - 0.5)
+    transmittance = 1.0
+    count = 0
+    t_lo = _lattice_t(k, s0, step, ks, log_growth)
+    while k < k_end:
+        t_hi = _lattice_t(k + 1.0, s0, step, ks, log_growth)
+        mid = 0.5 * (t_lo + t_hi)
+        px, py, pz = ox + mid * dx, oy + mid * dy, oz + mid * dz
+        level, cx, cy, cz = _cell(px, py, pz, aabbs, centre, half, levels, r)
+        if binaries[level, cx, cy, cz] == 0:
+            # leave the empty cell: to its exit, or further by the chessboard skip distance
+            w = (aabbs[level, 3] - aabbs[level, 0]) / r
+            lo_x = aabbs[level, 0] + cx * w
+            lo_y = aabbs[level, 1] + cy * (aabbs[level, 4] - aabbs[level, 1]) / r
+            lo_z = aabbs[level, 2] + cz * (aabbs[level, 5] - aabbs[level, 2]) / r
+            wy = (aabbs[level, 4] - aabbs[level, 1]) / r
+            wz = (aabbs[level, 5] - aabbs[level, 2]) / r
+            t_cell = 1e30
+            if dx > 1e-12:
+                t_cell = min(t_cell, (lo_x + w - ox) / dx)
+            elif dx < -1e-12:
+                t_cell = min(t_cell, (lo_x - ox) / dx)
+            if dy > 1e-12:
+                t_cell = min(t_cell, (lo_y + wy - oy) / dy)
+            elif dy < -1e-12:
+                t_cell = min(t_cell, (lo_y - oy) / dy)
+            if dz > 1e-12:
+                t_cell = min(t_cell, (lo_z + wz - oz) / dz)
+            elif dz < -1e-12:
+                t_cell = min(t_cell, (lo_z - oz) / dz)
+            hops = skip[level, cx // coarsening, cy // coarsening, cz // coarsening] - 1
+            if hops > 0:
+                t_cell = max(t_cell, mid + hops * coarsening * min(w, wy, wz))
+            k_next = math.ceil(_lattice_k(t_cell, s0, step, ks, log_growth) - 0.5)
+            k = max(k + 1.0, k_next)
+            t_lo = _lattice_t(k, s0, step, ks, log_growth)
+            continue
+        sigma = _density(px, py, pz, density, centre, half, levels, contracted, shift, scale)
+        alpha = 1.0 - math.exp(-sigma * (t_hi - t_lo))
+        if alpha >= alpha_thre:
+            if count < capacity:
+                out_t[offset + count, 0] = t_lo
+                out_t[offset + count, 1] = t_hi
+                out_sigma[offset + count] = sigma
+            count += 1
+        transmittance *= 1.0 - alpha
+        if transmittance < eps:
+            break
+        k += 1.0
+        t_lo = t_hi
+    return count
+
+
+#: samples each ray may write in the first pass; rays with more are marched again into exact slots
+RAY_SLOTS = 16
+
+
+@numba.njit(parallel=True, **_JIT)
+def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
+               density, binaries, skip, aabbs, centre, half, ints, floats, lanes):
+    n = o.shape[0]
+    counts = np.zeros(n, dtype=np.int64)
+    slots_t = np.empty((n * RAY_SLOTS, 2), dtype=np.float32)
+    slots_sigma = np.empty(n * RAY_SLOTS, dtype=np.float32)
+    # pass 1: every ray writes its first RAY_SLOTS samples into its own slots and counts them all. Threads
+    # take interleaved rays: neighbouring pixels cost alike, so contiguous shares would not balance
+    for lane in numba.prange(lanes):
+        for i in range(lane, n, lanes):
+            counts[i] = _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
+                                   density, binaries, skip, aabbs, centre, half, ints, floats,
+                                   slots_t, slots_sigma, i * RAY_SLOTS, RAY_SLOTS)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        offsets[i + 1] = offsets[i] + counts[i]
+    out_t = np.empty((offsets[n], 2), dtype=np.float32)
+    out_sigma = np.empty(offsets[n], dtype=np.float32)
+    # pass 2: copy the slots; march the rays that had more samples again, straight into their place
+    for i in numba.prange(n):
+        if counts[i] <= RAY_SLOTS:
+            for j in range(counts[i]):
+                out_t[offsets[i] + j, 0] = slots_t[i * RAY_SLOTS + j, 0]
+                out_t[offsets[i] + j, 1] = slots_t[i * RAY_SLOTS + j, 1]
+                out_sigma[offsets[i] + j] = slots_sigma[i * RAY_SLOTS + j]
+        else:
+            _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
+                       density, binaries, skip, aabbs, centre, half, ints, floats,
+                       out_t, out_sigma, offsets[i], counts[i])
+    return counts, out_t, out_sigma
+
+
+@torch.no_grad()
+def march_numba(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
+                stratified: bool = False) -> RaySamples:
+    """:func:`.march.march_cpu`'s samples (with ``sigmas``), marched by compiled per-ray loops (CPU only)."""
+    from .march import effective_alpha_thre, field_lattice, ray_box
+
+    n = origins.shape[0]
+    device = origins.device
+    if n == 0:
+        return RaySamples.empty(0, device).with_values(sigmas=torch.zeros(0, device=device))
+    grid = field.occupancy
+    step = field.render_step_size
+    t_enter, t_exit = ray_box(origins, directions, grid.aabbs[-1])
+    t_enter = t_enter.clamp_min(near)
+    t_exit = t_exit.clamp_max(far)
+    start = torch.full((n,), float(near), device=device)
+    if stratified:
+        start = start + torch.rand(n, device=device) * step
+    lattice = field_lattice(field, start)
+    g = _grids(field)
+    as64 = lambda x: np.ascontiguousarray(x.detach().cpu().double().numpy())  # noqa: E731
+    counts, t, sigmas = _march_all(
+        as64(origins), as64(directions), as64(start), as64(t_enter), as64(t_exit), float(step),
+        float(lattice.cone), float(lattice.switch), float(effective_alpha_thre(field)),
+        float(field.config.early_stop_eps), g.density, g.binaries, g.skip, g.aabbs, g.centre, g.half, g.ints,
+        g.floats, numba.get_num_threads() * 8)
+    ray_indices = torch.repeat_interleave(torch.arange(n), torch.from_numpy(counts)).to(device)
+    t = torch.from_numpy(t).to(device)
+    return RaySamples(ray_indices, t[:, 0].contiguous(), t[:, 1].contiguous(), n,
+                      sigmas=torch.from_numpy(sigmas).to(device))
