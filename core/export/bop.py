@@ -11,10 +11,12 @@ Poses are model->camera in OpenCV camera axes, translations in mm; ``cam_K`` use
 convention (top-left pixel centre at 0, 0). A synthetic view (no photo) gets no ``rgb/`` file; an ``rgb/`` file
 is ``.jpg`` (a JPEG photo, copied) or ``.png`` (a PNG copied, anything else re-encoded).
 
-BOP is a pinhole format: for a camera with lens distortion, ``rgb``, ``depth``, ``mask`` and ``mask_visib`` are
-undistorted (:mod:`.undistort`) and ``cam_K`` is the new pinhole matrix; poses stay (same rotation and axis),
-and ``scene_gt_info`` boxes, ``px_count_visib`` and ``px_count_valid`` come from the undistorted images (so
-``bbox_obj`` then ends at the border); ``px_count_all`` and ``visib_fract`` stay those of the real lens.
+BOP is a pinhole format: for a camera with lens distortion, ``cam_K`` is a new pinhole matrix (OpenCV's optimal
+new camera matrix, :mod:`.undistort`) and ``depth``, ``mask``, ``mask_visib``, ``scene_gt_info`` and
+``scene_gt_coco`` are the labels of that pinhole camera, computed in it directly (its rays cast, the field asked
+along them: no resampling, so every model vertex projected with ``cam_K`` lands in its mask within a pixel);
+only ``rgb`` is the photo resampled (bilinear). Poses stay (same rotation and optical axis). An object that the
+pinhole camera's narrower view misses is absent from that frame's BOP lists.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ from ..geometry.cameras import world_to_camera_opencv
 from ..geometry.view import View
 from ..errors import NeuralLabelError
 from ..io.atomic import json_bytes, png_bytes
-from ..labels.frame import bbox_bop_mask
 from .coco import encode_rle
 from .context import ExportContext
-from .undistort import PinholeMaps, pinhole_maps, remap
+from .undistort import PinholeMaps, pinhole_maps, pinhole_view, remap
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -112,28 +113,29 @@ def rgb_file(image_path, maps: "PinholeMaps | None") -> tuple[str, bytes]:
 
 
 class _PinholeFrame:
-    """A frame's BOP images for the pinhole ``K``: undistorted where the camera has distortion."""
+    """A frame's BOP labels for the pinhole ``K``: for a camera with distortion, the labels of its pinhole
+    camera (:func:`.undistort.pinhole_view`), computed there directly rather than resampled."""
 
-    def __init__(self, view: View, labels: "FrameLabels", units_to_mm: float) -> None:
+    def __init__(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> None:
         self.maps = pinhole_maps(view.intrinsics) if view.intrinsics.has_distortion else None
         self.K = view.intrinsics.K_opencv if self.maps is None else self.maps.K
-        depth_mm, self.depth_scale = _depth_mm_and_scale(labels, units_to_mm)
-        self.depth = self._remap(depth_png(depth_mm, self.depth_scale))  # 0 = no depth, also outside the photo
-        self.full = [self._remap(inst.full_mask) for inst in labels.instances]
-        self.visible = [self._remap(inst.visible_mask) for inst in labels.instances]
+        if self.maps is not None:
+            if ctx.label_view is None:
+                raise NeuralLabelError(f"frame {view.index}: its camera has lens distortion and BOP needs the "
+                                       f"labels of its pinhole camera, which this export cannot compute",
+                                       field="formats")
+            labels = ctx.label_view(pinhole_view(view, self.maps))
+        self.labels = labels
+        depth_mm, self.depth_scale = _depth_mm_and_scale(labels, ctx.units_to_mm)
+        self.depth = depth_png(depth_mm, self.depth_scale)  # 0 = no depth
+        self.full = [inst.full_mask for inst in labels.instances]
+        self.visible = [inst.visible_mask for inst in labels.instances]
 
-    def _remap(self, image: np.ndarray) -> np.ndarray:
-        return image if self.maps is None else remap(image, self.maps, nearest=True)
-
-    def gt_info(self, gt_id: int, inst) -> dict:
-        info = {"bbox_obj": inst.bbox_obj, "bbox_visib": inst.bbox_visib, "px_count_all": inst.px_count_all,
+    def gt_info(self, gt_id: int) -> dict:
+        inst = self.labels.instances[gt_id]
+        return {"bbox_obj": inst.bbox_obj, "bbox_visib": inst.bbox_visib, "px_count_all": inst.px_count_all,
                 "px_count_valid": inst.px_count_valid, "px_count_visib": inst.px_count_visib,
                 "visib_fract": inst.visib_fract}
-        if self.maps is not None:  # boxes and counts of the images written, not of the distorted photo
-            full, visible = self.full[gt_id], self.visible[gt_id]
-            info.update(bbox_obj=bbox_bop_mask(full), bbox_visib=bbox_bop_mask(visible),
-                        px_count_valid=int((full & (self.depth > 0)).sum()), px_count_visib=int(visible.sum()))
-        return info
 
 
 def _depth_mm_and_scale(labels: "FrameLabels", units_to_mm: float) -> tuple[np.ndarray, float]:
@@ -150,13 +152,13 @@ class BopWriter:
     needs_depth = True
     needs_confidence = False
     #: (view, labels, _PinholeFrame) of the last view: the bake asks for a view's files, then its fragment,
-    #: and both need the same resampled depth and masks. Held by identity, so a stale entry is never reused.
+    #: and both need the same pinhole labels (labelled once). Held by identity, so a stale entry is never reused.
     _last: tuple = (None, None, None)
 
-    def _frame(self, view: View, labels: "FrameLabels", units_to_mm: float) -> "_PinholeFrame":
+    def _frame(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> "_PinholeFrame":
         last_view, last_labels, frame = self._last
         if last_view is not view or last_labels is not labels:
-            frame = _PinholeFrame(view, labels, units_to_mm)
+            frame = _PinholeFrame(ctx, view, labels)
             self._last = (view, labels, frame)
         return frame
 
@@ -181,7 +183,7 @@ class BopWriter:
     def frame_files(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         im = view.index
-        frame = self._frame(view, labels, ctx.units_to_mm)
+        frame = self._frame(ctx, view, labels)
         scene = ctx.bop_scene_dir()
         if view.image_path is not None:
             suffix, data = rgb_file(view.image_path, frame.maps)
@@ -189,23 +191,23 @@ class BopWriter:
         elif ctx.rendered_rgb is not None:  # a synthetic view: its render (pinhole, so no remap)
             files[f"{scene}/rgb/{im:06d}.png"] = png_bytes(ctx.rendered_rgb(view))
         files[f"{scene}/depth/{im:06d}.png"] = png_bytes(frame.depth)
-        for gt_id in range(len(labels.instances)):
+        for gt_id in range(len(frame.labels.instances)):
             files[f"{scene}/mask/{im:06d}_{gt_id:06d}.png"] = png_bytes(frame.full[gt_id].astype(np.uint8) * 255)
             files[f"{scene}/mask_visib/{im:06d}_{gt_id:06d}.png"] = png_bytes(
                 frame.visible[gt_id].astype(np.uint8) * 255)
         return files
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
-        frame = self._frame(view, labels, ctx.units_to_mm)
+        frame = self._frame(ctx, view, labels)
         w2c = world_to_camera_opencv(view.cam_to_world)
         camera = {"cam_K": _floats(frame.K), "depth_scale": frame.depth_scale,
                   "cam_R_w2c": _floats(w2c[:3, :3]), "cam_t_w2c": _floats(w2c[:3, 3] * ctx.units_to_mm)}
         gt, gt_info, coco = [], [], []
-        for gt_id, inst in enumerate(labels.instances):
+        for gt_id, inst in enumerate(frame.labels.instances):
             gt.append({"cam_R_m2c": _floats(inst.cam_R_m2c),
                        "cam_t_m2c": _floats(inst.cam_t_m2c * ctx.units_to_mm),
                        "obj_id": inst.category_id, "instance_id": inst.instance_id})
-            info = frame.gt_info(gt_id, inst)
+            info = frame.gt_info(gt_id)
             gt_info.append(info)
             coco.append({"image_id": view.index, "category_id": inst.category_id, "iscrowd": 0,
                          "area": info["px_count_visib"], "bbox": info["bbox_obj"],

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
 from ..data.dataset import Dataset
 from ..geometry.view import View
 from ..spec import LabelSpec
+
+if TYPE_CHECKING:
+    from ..labels.frame import FrameLabels
 
 
 @dataclass
@@ -26,6 +29,9 @@ class ExportContext:
     bop_scene: int = 0
     #: a view without a photo (synthetic): its RGB (H, W, 3) uint8, rendered from the field; None: no image
     rendered_rgb: Optional[Callable[[View], np.ndarray]] = None
+    #: labels another camera of the bake's scene (full depth, no confidence): the BOP writer labels the pinhole
+    #: camera of a distorted photo directly, so its masks and depth are not resampled; None: not available
+    label_view: Optional[Callable[[View], "FrameLabels"]] = None
 
     def dataset_root(self) -> Path:
         """The dataset folder (absolute): image paths in the outputs are relative to it."""

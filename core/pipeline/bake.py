@@ -35,6 +35,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -241,7 +242,8 @@ def start(plan: BakePlan, *, progress: Optional[ProgressFn] = None, backend: Opt
                 release_claim(claim)
             raise
         labeler = frame_labeler(spec, models, depth_source, plan.options, backend=backend, device=device)
-        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), plan.coco_masks)
+        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), plan.coco_masks,
+                            label_view=partial(labeler.label, full_depth=True, confidence=False))
         for writer in plan.writers:
             _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
     return BakeJob(out_dir, plan.views, plan.todo, labeler, plan.writers, ctx, plan.depth_source_name)
