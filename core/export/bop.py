@@ -5,8 +5,13 @@
 (``{im_id:06d}_{gt_id:06d}.png``, 0/255), ``scene_camera.json``, ``scene_gt.json``, ``scene_gt_info.json`` and
 ``scene_gt_coco.json`` (COCO as bop_toolkit's calc_gt_coco writes it: RLE of ``mask_visib``, amodal ``bbox_obj``,
 ``ignore`` where visib_fract < 0.1, image ids = im_ids); ``models_eval/`` repeats ``models/`` (vertex normals).
-``im_id`` = the frame's index in the dataset; ``obj_id`` = the object's category_id; ``gt_id`` = the
-instance's position in the frame's ``scene_gt`` list (sorted by instance_id, which is also stored).
+``im_id`` = the frame's index in the dataset; ``gt_id`` = the instance's position in the frame's ``scene_gt``
+list (sorted by instance_id, which is also stored); ``obj_id`` (:func:`object_ids`): a mesh object's category_id
+(BOP has one model per obj_id: its category's lowest instance's mesh); a box object with its own extracted mesh
+gets its own obj_id, after every category_id: ``max(category_id) + k`` for the spec's k-th box object by
+instance_id (k from 1), so an obj_id depends on the spec alone; a box object without a mesh keeps its
+category_id. ``scene_gt_coco.json`` uses the obj_ids as its category ids (a box object's category is named
+after the object, with its category as ``supercategory``).
 Poses are model->camera in OpenCV camera axes, translations in mm; ``cam_K`` uses the OpenCV pixel
 convention (top-left pixel centre at 0, 0). A synthetic view (no photo) gets no ``rgb/`` file; an ``rgb/`` file
 is ``.jpg`` (a JPEG photo, copied) or ``.png`` (a PNG copied, anything else re-encoded).
@@ -167,15 +172,16 @@ class BopWriter:
 
         files: dict[str, bytes] = {}
         info = {}
-        for category_id in sorted(ctx.models):
-            model = ctx.models[category_id]
+        models = object_models(ctx.spec, ctx.models)
+        for obj_id in sorted(models):
+            model = models[obj_id]
             mesh_mm = trimesh.Trimesh(np.asarray(model.vertices, dtype=np.float64) * ctx.units_to_mm,
                                       np.asarray(model.faces), process=False)
             ply = trimesh.exchange.ply.export_ply(mesh_mm, encoding="binary", vertex_normal=True,
                                                   include_attributes=False)
-            info[str(category_id)] = model_info(mesh_mm)
+            info[str(obj_id)] = model_info(mesh_mm)
             for folder in MODEL_FOLDERS:
-                files[f"{ROOT}/{folder}/obj_{category_id:06d}.ply"] = ply
+                files[f"{ROOT}/{folder}/obj_{obj_id:06d}.ply"] = ply
         for folder in MODEL_FOLDERS:
             files[f"{ROOT}/{folder}/models_info.json"] = json_bytes(info)
         return files
@@ -203,13 +209,15 @@ class BopWriter:
         camera = {"cam_K": _floats(frame.K), "depth_scale": frame.depth_scale,
                   "cam_R_w2c": _floats(w2c[:3, :3]), "cam_t_w2c": _floats(w2c[:3, 3] * ctx.units_to_mm)}
         gt, gt_info, coco = [], [], []
+        obj_ids = object_ids(ctx.spec, ctx.models)
         for gt_id, inst in enumerate(frame.labels.instances):
+            obj_id = obj_ids.get(inst.instance_id, inst.category_id)
             gt.append({"cam_R_m2c": _floats(inst.cam_R_m2c),
                        "cam_t_m2c": _floats(inst.cam_t_m2c * ctx.units_to_mm),
-                       "obj_id": inst.category_id, "instance_id": inst.instance_id})
+                       "obj_id": obj_id, "instance_id": inst.instance_id})
             info = frame.gt_info(gt_id)
             gt_info.append(info)
-            coco.append({"image_id": view.index, "category_id": inst.category_id, "iscrowd": 0,
+            coco.append({"image_id": view.index, "category_id": obj_id, "iscrowd": 0,
                          "area": info["px_count_visib"], "bbox": info["bbox_obj"],
                          "segmentation": encode_rle(frame.visible[gt_id]), "width": view.width,
                          "height": view.height, "ignore": bool(info["visib_fract"] < COCO_IGNORE_VISIB_FRACT)})
@@ -230,6 +238,28 @@ class BopWriter:
                 f"{scene}/scene_gt_coco.json": json_bytes(scene_gt_coco(ctx, fragments))}
 
 
+def object_ids(spec, models: dict) -> dict[int, int]:
+    """instance_id -> BOP obj_id of every object of ``spec``; ``models``: instance_id -> model (the ones that
+    have one). See the module's docstring."""
+    ids = {o.instance_id: o.category_id for o in spec.objects}
+    first_free = max(o.category_id for o in spec.objects) + 1
+    boxes = sorted((o for o in spec.objects if o.kind == "box"), key=lambda o: o.instance_id)
+    for rank, obj in enumerate(boxes):
+        if obj.instance_id in models:
+            ids[obj.instance_id] = first_free + rank
+    return ids
+
+
+def object_models(spec, models: dict) -> dict[int, object]:
+    """obj_id -> model: each obj_id's lowest instance with a model (a mesh category's model, or a box's own)."""
+    ids = object_ids(spec, models)
+    out: dict[int, object] = {}
+    for obj in sorted(spec.objects, key=lambda o: o.instance_id):
+        if obj.instance_id in models:
+            out.setdefault(ids[obj.instance_id], models[obj.instance_id])
+    return out
+
+
 def _rgb_name(ctx: ExportContext, view: View):
     """The view's ``rgb/`` file in its scene folder; None for a synthetic view with no render."""
     if view.image_path is not None:
@@ -248,6 +278,10 @@ def scene_gt_coco(ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict
             annotations.append({"id": len(annotations) + 1, **ann})
     categories = [{"id": cid, "name": name, "supercategory": "neurallabel"}
                   for cid, name in ctx.spec.categories().items()]
+    obj_ids = object_ids(ctx.spec, ctx.models)
+    categories += [{"id": obj_ids[o.instance_id], "name": o.name, "supercategory": o.category}
+                   for o in sorted(ctx.spec.objects, key=lambda o: o.instance_id)
+                   if obj_ids[o.instance_id] != o.category_id]
     return {"info": {"description": f"NeuralLabel bake, BOP scene {ctx.bop_scene:06d}", "version": "1.0"}, "licenses": [],
             "images": [frag["coco"]["image"] for _, frag in fragments], "annotations": annotations,
             "categories": categories}

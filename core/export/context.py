@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 class ExportContext:
     spec: LabelSpec
     dataset: Dataset
-    #: category_id -> model mesh (trimesh) in the object's own frame, world units; a category without a model
-    #: (a box object baked without a field) is absent.
+    #: instance_id -> model mesh (trimesh) in the object's own frame, world units; an object without a model
+    #: (a box object baked without a field, or whose box holds no surface) is absent.
     models: dict[int, Any] = field(default_factory=dict)
     #: how the COCO writer stores masks: "rle" or "polygon" (with RLE where a polygon cannot be exact)
     coco_masks: str = "rle"
