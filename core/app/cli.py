@@ -107,6 +107,8 @@ def summary_lines(result: dict) -> list[str]:
         lines = [f"render: {result['count']} views of the {result['split']} split into {result['out']}"]
         if "psnr" in result:
             lines.append(f"PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} (mean over the views)")
+        lines.append(f"pictures: {Path(result['out']) / 'strip'} (truth | render | error), "
+                     f"{Path(result['out']) / 'depth_colour'}")
         return lines
     if kind == "bake":
         per_frame = result["seconds_per_frame"]
