@@ -47,15 +47,6 @@ def test_strip_panels_and_the_error_colours() -> None:
     assert np.all(error[:, ~rising] == inferno[1])  # full scale and beyond: the bright end
 
 
-def test_depth_colours_are_turbo_near_red_and_black_without_depth() -> None:
-    depth = np.tile(np.linspace(1.0, 3.0, 20, dtype=np.float32), (5, 1))
-    depth[0, :4] = np.nan
-    rgb = colour_depth(depth)
-    turbo = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_TURBO)[0, :, ::-1]
-    assert np.all(rgb[0, :4] == 0) and np.all(rgb[1:].max(axis=2) > 0)
-    assert np.array_equal(rgb[2, 0], turbo[1]) and np.array_equal(rgb[2, -1], turbo[0])  # near: red; far: blue
-
-
 def test_render_cli_writes_a_strip_and_a_depth_map_per_view(small_scene: Path, tiny_field: Path, tmp_path: Path,
                                                             capsys) -> None:
     from neurallabel.core.data.dataset import load_dataset

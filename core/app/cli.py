@@ -114,7 +114,8 @@ def summary_lines(result: dict) -> list[str]:
         per_frame = result["seconds_per_frame"]
         return [f"baked {result['frames']} frames ({result['skipped']} already done), {result['instances']} "
                 f"instances, " + (f"{per_frame:.3f} s/frame" if per_frame is not None else "nothing new to label"),
-                f"{result['frames_in_dataset']} frames in {result['out']} ({', '.join(result['formats'])})"]
+                f"{result['frames_in_dataset']} frames in {result['out']} ({', '.join(result['formats'])})"] + (
+                    [f"preview: open {result['preview']}"] if result.get("preview") else [])
     if kind == "synth":
         return [f"synth: baked {result['baked']} of {result['views']} views ({result['skipped']} already done); "
                 f"dropped {result['inside_geometry']} inside geometry, {result['untrusted']} untrusted "
@@ -275,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="bake the frames as Ray tasks: on a local cluster, or the cluster at ADDRESS "
                         "(pip install \"neurallabel[ray]\")")
+    p.add_argument("--preview", type=int, default=None, metavar="N",
+                   help="then draw N evenly spaced frames as `neurallabel inspect` does, into OUT/inspect/")
     # Blender's Bake passes its scene's occlusion tolerances; these reproduce them (same defaults as LabelOptions).
     p.add_argument("--occlusion-mm", dest="occlusion_abs_mm", type=float, default=5.0,
                    help="the field's density within this band (mm) of an annotated mesh's surface belongs to "
