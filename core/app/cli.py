@@ -130,6 +130,9 @@ def summary_lines(result: dict) -> list[str]:
                 f"wrote {result['out']}"]
     if kind in SEMANTIC_KINDS:
         return semantic_summary_lines(result)
+    if kind == "export_mesh":
+        return [f"export-mesh: {result['vertices']} vertices, {result['faces']} faces at density "
+                f"{result['threshold']:.4g} ({result['resolution']} voxels across)", f"wrote {result['out']}"]
     return [json.dumps(result)]
 
 
@@ -345,7 +348,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open scenes: also keep points outside the field's detailed box")
     p.add_argument("--device", default="auto", help=devices)
     add_semantic_commands(sub, add, devices)
+    add_export_mesh_command(add, devices)
     return parser
+
+
+def add_export_mesh_command(add, devices: str) -> None:
+    """``export-mesh`` (issue 14): the field's surface as a PLY triangle mesh."""
+    p = add("export-mesh", "write the field's surface in its detailed region as a triangle mesh (PLY, the "
+            "dataset frame; marching cubes on its density, vertex colours from its rgb)",
+            "field.pt --out field_mesh.ply --resolution 256", ("field",))
+    p.set_defaults(command="export_mesh")
+    p.add_argument("--out", type=Path, required=True, help="the .ply file to write")
+    p.add_argument("--resolution", type=int, default=256, help="voxels along the region's longest side (8-1024)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="iso-level: a density per data unit (default: ln 2 / the field's render step, where a "
+                        "sharp field renders its surface; lower it for a half-trained field)")
+    p.add_argument("--no-colour", dest="colour", action="store_false",
+                   help="no vertex colours (by default: the field's colour looking into the surface)")
+    p.add_argument("--device", default="auto", help=devices)
 
 
 # --- semantic head and active selection (issue 16) ---------------------------------------------------------

@@ -1046,3 +1046,40 @@ def run_select(request: SelectRequest, progress: Optional[ProgressFn], notice: N
 REQUESTS.update({cls.kind: cls for cls in (SemanticTrainRequest, SemanticRenderRequest, SelectRequest)})
 JOB_KINDS = tuple(REQUESTS)
 RUNNERS.update({"semantic_train": run_semantic_train, "semantic_render": run_semantic_render, "select": run_select})
+
+
+# --- export-mesh (issue 14): the field's surface as a triangle mesh --------------------------------------------
+
+
+@dataclass
+class ExportMeshRequest:
+    """The field's surface over its detailed region as a PLY triangle mesh (the dataset frame); see
+    :mod:`..scene.field_mesh`."""
+
+    field: Path
+    out: Path
+    resolution: int = 256  # voxels along the region's longest side
+    threshold: Optional[float] = None  # iso-level, density per data unit; None: ln 2 / the render step
+    colour: bool = True  # vertex colours from the field's rgb
+    device: str = "auto"
+    kind = "export_mesh"
+
+    def __post_init__(self) -> None:
+        self.field, self.out = _path(self.field, "field"), _path(self.out, "out")
+        self.resolution = _integer(self.resolution, "resolution", minimum=8)
+        if self.threshold is not None:
+            self.threshold = _number(self.threshold, "threshold", minimum=0.0)
+        self.colour = bool(self.colour)
+        self.device = _device(self.device)
+
+
+def run_export_mesh(request: ExportMeshRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..scene.field_mesh import export_field_mesh
+
+    return export_field_mesh(request.field, request.out, resolution=request.resolution, threshold=request.threshold,
+                             colour=request.colour, device=_torch_device(request.device), progress=progress)
+
+
+REQUESTS[ExportMeshRequest.kind] = ExportMeshRequest
+JOB_KINDS = tuple(REQUESTS)
+RUNNERS[ExportMeshRequest.kind] = run_export_mesh
