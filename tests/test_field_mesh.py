@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 
 from neurallabel.core.cli import main

@@ -7,21 +7,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from neurallabel.core.cli import main
 from neurallabel.core.eval.image import ERROR_FULL_SCALE, comparison_strip, error_colours, to_uint8
 from neurallabel.core.eval.inspect import colour_depth
-from neurallabel.core.train.loop import TrainOptions, train_field
 
-
-@pytest.fixture(scope="session")
-def tiny_field(small_scene, tmp_path_factory) -> Path:
-    """A field trained 2 steps on the small scene at 1/4 size (once per test session): enough to render."""
-    out = tmp_path_factory.mktemp("tiny_field") / "field.pt"
-    train_field(small_scene, out, TrainOptions(steps=2, downscale=4.0, samples_per_step=8192,
-                                               max_rays_per_step=2048, checkpoint_every_s=1e9, device="cpu"))
-    return out
+from test_render_safety import field  # noqa: F401  the field trained 2 steps on the small scene (shared)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -47,13 +38,13 @@ def test_strip_panels_and_the_error_colours() -> None:
     assert np.all(error[:, ~rising] == inferno[1])  # full scale and beyond: the bright end
 
 
-def test_render_cli_writes_a_strip_and_a_depth_map_per_view(small_scene: Path, tiny_field: Path, tmp_path: Path,
+def test_render_cli_writes_a_strip_and_a_depth_map_per_view(small_scene: Path, field: Path, tmp_path: Path,
                                                             capsys) -> None:
     from neurallabel.core.data.dataset import load_dataset
     from neurallabel.core.io.images import load_image
 
     out = tmp_path / "render"
-    assert main(["render", str(tiny_field), "--data", str(small_scene), "--out", str(out), "--downscale", "4"]) == 0
+    assert main(["render", str(field), "--data", str(small_scene), "--out", str(out), "--downscale", "4"]) == 0
     assert f"pictures: {out / 'strip'}" in capsys.readouterr().out
     frames = load_dataset(small_scene, 4.0).split("test")
     assert frames
