@@ -1,6 +1,8 @@
 """Worker jobs that make and export fields: ``neurallabel.run_sfm`` (photos -> a dataset, then imported),
-``neurallabel.train_field`` (the scene's dataset -> a field checkpoint) and ``neurallabel.export_field_points``
-(the field's surface cloud -> an ASCII PLY in the dataset frame). Progress and cancel: :class:`WorkerOperator`.
+``neurallabel.train_field`` (the scene's dataset -> a field checkpoint), ``neurallabel.export_field_points``
+(the field's surface cloud -> an ASCII PLY in the dataset frame) and ``neurallabel.export_field_mesh`` (the
+field's surface as a triangle mesh -> a PLY in the dataset frame, written by the worker's ``export_mesh`` job).
+Progress and cancel: :class:`WorkerOperator`.
 """
 
 from __future__ import annotations
@@ -101,18 +103,12 @@ class NEURALLABEL_OT_train_field(WorkerOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
-class NEURALLABEL_OT_export_field_points(WorkerOperator, bpy.types.Operator, ExportHelper):
-    """Export the field's surface as a point cloud (PLY, the dataset frame)"""
+class FieldExport(WorkerOperator):
+    """What the field exports share: a .ply file chosen in the browser, a scene with a field."""
 
-    bl_idname = "neurallabel.export_field_points"
-    bl_label = "Export Field Points"
     bl_options = {"REGISTER"}
-    stage_label = "Field points"
-
     filename_ext = ".ply"
     filter_glob: StringProperty(default="*.ply", options={"HIDDEN"})
-    views: IntProperty(name="Views", default=12, min=1, max=256,
-                       description="Cameras the cloud is rendered from (more: denser, slower)")
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -128,18 +124,56 @@ class NEURALLABEL_OT_export_field_points(WorkerOperator, bpy.types.Operator, Exp
             return WorkerOperator.invoke(self, context, event)
         return ExportHelper.invoke(self, context, event)  # the browser calls execute: synchronous, a few s
 
-    def build_job(self, context: bpy.types.Context) -> dict:
+    def output_path(self) -> str:
         if not self.filepath:
             raise NeuralLabelError("no file given: choose where to write the .ply", field="out")
+        return bpy.path.abspath(self.filepath)
+
+
+class NEURALLABEL_OT_export_field_points(FieldExport, bpy.types.Operator, ExportHelper):
+    """Export the field's surface as a point cloud (PLY, the dataset frame)"""
+
+    bl_idname = "neurallabel.export_field_points"
+    bl_label = "Export Field Points"
+    stage_label = "Field points"
+
+    views: IntProperty(name="Views", default=12, min=1, max=256,
+                       description="Cameras the cloud is rendered from (more: denser, slower)")
+
+    def build_job(self, context: bpy.types.Context) -> dict:
+        self.output_path()
         return cloud_job(context, "", int(self.views), self.temp_dir() / "cloud.npy")
 
     def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
         points = np.load(result["points"])
-        path = bpy.path.abspath(self.filepath)
+        path = self.output_path()
         write_ply(path, points)
         self.report({"INFO"}, f"Wrote {len(points)} field points to {path}")
         return {"FINISHED"}
 
 
-classes = (NEURALLABEL_OT_run_sfm, NEURALLABEL_OT_train_field, NEURALLABEL_OT_export_field_points)
+class NEURALLABEL_OT_export_field_mesh(FieldExport, bpy.types.Operator, ExportHelper):
+    """Export the field's surface as a triangle mesh (PLY with vertex colours, the dataset frame)"""
+
+    bl_idname = "neurallabel.export_field_mesh"
+    bl_label = "Export Field Mesh"
+    stage_label = "Field mesh"
+
+    resolution: IntProperty(name="Resolution", default=256, min=8, max=1024,
+                            description="Voxels along the field's detailed region's longest side")
+    threshold: FloatProperty(name="Threshold", default=0.0, min=0.0,
+                             description="Iso-level (density per data unit); 0: where a sharp field renders "
+                                         "its surface (ln 2 / render step)")
+
+    def build_job(self, context: bpy.types.Context) -> dict:
+        return {"kind": "export_mesh", "field": bpy.path.abspath(context.scene.neurallabel.field_path),
+                "out": self.output_path(), "resolution": int(self.resolution), "threshold": self.threshold or None}
+
+    def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:
+        self.report({"INFO"}, f"Wrote the field's mesh ({result['faces']} faces) to {result['out']}")
+        return {"FINISHED"}
+
+
+classes = (NEURALLABEL_OT_run_sfm, NEURALLABEL_OT_train_field, NEURALLABEL_OT_export_field_points,
+           NEURALLABEL_OT_export_field_mesh)
 register, unregister = bpy.utils.register_classes_factory(classes)

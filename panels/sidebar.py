@@ -60,7 +60,9 @@ class NEURALLABEL_PT_field(NeuralLabelPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("neurallabel.train_field", text="Train Field", icon="PLAY")
         row.operator("neurallabel.load_field", text="Load Field", icon="POINTCLOUD_DATA")
-        layout.operator("neurallabel.export_field_points", text="Export Field Points", icon="EXPORT")
+        row = layout.row(align=True)
+        row.operator("neurallabel.export_field_points", text="Export Field Points", icon="EXPORT")
+        row.operator("neurallabel.export_field_mesh", text="Export Field Mesh", icon="EXPORT")
 
 
 class NEURALLABEL_PT_annotations(NeuralLabelPanel, bpy.types.Panel):

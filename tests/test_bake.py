@@ -172,8 +172,8 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
     assert summary["frames"] == 2 and summary["depth_source"] == "FieldDepth"
     out = tmp_path / "out"
 
-    # The sphere's model, extracted from the density, in mm.
-    model = trimesh.load(out / "bop" / "models" / "obj_000001.ply", process=False)
+    # The sphere's model, extracted from the density, in mm: the box object's own obj_id, after the categories'.
+    model = trimesh.load(out / "bop" / "models" / "obj_000003.ply", process=False)
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=radius * 1000)
     assert chamfer_distance(model, sphere) <= 0.02 * np.linalg.norm([500, 500, 500])
 
@@ -203,6 +203,39 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
     cube_info = next(x for x, g in zip(info, json.loads(
         (out / "bop" / "train" / "000000" / "scene_gt.json").read_text())["0"]) if g["obj_id"] == 2)
     assert 0.05 < cube_info["visib_fract"] < 0.8, cube_info
+
+
+def test_box_objects_with_their_own_meshes_get_their_own_obj_ids(tmp_path: Path) -> None:
+    """Two box objects of one category, each around one half of the field's sphere: each gets its own obj_id
+    (after every category_id, by instance_id), its own extracted half as that model, and scene_gt uses it."""
+    import trimesh
+    from pycocotools.coco import COCO
+
+    from neurallabel.core.spec import load_spec
+
+    write_sphere_scene(tmp_path)
+    objects = []
+    for instance_id, x in ((7, 0.15), (3, -0.15)):  # 3 = left half (lower instance_id: first), 7 = right half
+        pose = np.eye(4)
+        pose[:3, 3] = [x, 0.0, 0.0]
+        objects.append({"name": f"half{instance_id}", "category": "half", "category_id": 5,
+                        "instance_id": instance_id, "kind": "box", "pose": pose.tolist(), "size": [0.29, 0.5, 0.5]})
+    (tmp_path / "spec.json").write_text(json.dumps({"neurallabel_spec": 1, "data": "transforms.json",
+                                                    "field": "field.pt", "objects": objects}))
+    bake(load_spec(tmp_path / "spec.json"), tmp_path / "out", box_resolution=32, formats="bop")
+    bop = tmp_path / "out" / "bop"
+    assert sorted(p.name for p in (bop / "models").glob("*.ply")) == ["obj_000006.ply", "obj_000007.ply"]
+    assert sorted(json.loads((bop / "models" / "models_info.json").read_text())) == ["6", "7"]
+    for obj_id, side in ((6, -1.0), (7, 1.0)):  # each model: its own half of the sphere, in its box's frame (mm)
+        model = trimesh.load(bop / "models" / f"obj_{obj_id:06d}.ply", process=False)
+        world_x = np.asarray(model.vertices)[:, 0] + side * 150.0
+        assert (side * world_x).min() > -20.0 and (side * world_x).max() > 150.0, obj_id
+    scene = bop / "train" / "000000"
+    for frame_gt in json.loads((scene / "scene_gt.json").read_text()).values():
+        assert sorted((g["instance_id"], g["obj_id"]) for g in frame_gt) == [(3, 6), (7, 7)]
+    coco = COCO(str(scene / "scene_gt_coco.json"))
+    assert {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())} == {5: "half", 6: "half3", 7: "half7"}
+    assert sorted({a["category_id"] for a in coco.dataset["annotations"]}) == [6, 7]
 
 
 def test_a_box_without_surface_is_reported_with_no_pixels_and_a_warning(tmp_path: Path) -> None:

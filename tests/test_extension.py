@@ -19,7 +19,7 @@ pytestmark = pytest.mark.bpy
 PUBLIC_OPERATORS = ["neurallabel.import_dataset", "neurallabel.add_box", "neurallabel.add_mesh"]
 LATER_OPERATORS = ["neurallabel.snap_to_field", "neurallabel.preview_labels", "neurallabel.export_spec",
                    "neurallabel.bake", "neurallabel.run_sfm", "neurallabel.train_field",
-                   "neurallabel.export_field_points", "neurallabel.check_worker"]
+                   "neurallabel.export_field_points", "neurallabel.export_field_mesh", "neurallabel.check_worker"]
 PANELS = ["NEURALLABEL_PT_main", "NEURALLABEL_PT_scene", "NEURALLABEL_PT_field", "NEURALLABEL_PT_annotations",
           "NEURALLABEL_PT_bake"]
 

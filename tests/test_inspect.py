@@ -179,6 +179,27 @@ def test_frames_and_max_on_the_command_line(baked: Path, tmp_path: Path, capsys:
     assert "--frames" in capsys.readouterr().err
 
 
+def test_bake_preview_draws_evenly_spaced_frames_as_inspect_does(small_scene: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """`bake --preview N` (a mesh-only bake: no field, depth from the meshes): inspect's pictures of N evenly
+    spaced frames in DIR/inspect, the path printed; byte for byte what `inspect DIR --max N` draws."""
+    from neurallabel.core.spec import write_spec
+
+    spec_path = write_spec(spec_from_scene(small_scene), tmp_path / "spec.json")
+    out = tmp_path / "out"
+    assert main(["bake", str(spec_path), "--out", str(out), "--frames", "0:5", "--preview", "3"]) == 0
+    assert f"preview: open {out / 'inspect' / 'index.html'}" in capsys.readouterr().out
+    drawn = sorted(p.name for p in (out / "inspect" / "overlay").iterdir())
+    assert drawn == ["000000.png", "000002.png", "000004.png"]
+    assert re.findall(r'src="(overlay/[^"]+)"', (out / "inspect" / "index.html").read_text()) == [
+        f"overlay/{name}" for name in drawn]
+    assert main(["inspect", str(out), "--out", str(tmp_path / "again"), "--max", "3"]) == 0
+    assert tree(out / "inspect", skip=".neurallabel") == tree(tmp_path / "again", skip=".neurallabel")
+    # A bake that leaves the aggregate files to a later run has nothing to draw yet: refused before any work.
+    assert main(["bake", str(spec_path), "--out", str(tmp_path / "piece"), "--no-assemble", "--preview", "2"]) == 2
+    assert "preview" in capsys.readouterr().err and not (tmp_path / "piece").exists()
+
+
 @pytest.mark.parametrize("where", [".", "raw", "raw/pictures", ".."])
 def test_an_output_folder_holding_the_bake_is_refused(baked: Path, where: str, capsys: pytest.CaptureFixture
                                                       ) -> None:

@@ -68,6 +68,22 @@ def test_wheel_holds_every_subpackage_and_the_scene_generator(wheel_env):
     assert not any(n.startswith(("neurallabel/tests/", "neurallabel/setup.py")) for n in names)
 
 
+def test_wheel_metadata_has_the_worker_extra_equal_to_requirements_txt(wheel_env):
+    """`pip install "neurallabel[worker]"` asks for requirements.txt's pins (the one list) and nothing else; the
+    other extras stay."""
+    from email.parser import Parser
+
+    with zipfile.ZipFile(wheel_env["wheel"]) as wheel:
+        (name,) = [n for n in wheel.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = Parser().parsestr(wheel.read(name).decode())
+    pins = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    requires = metadata.get_all("Requires-Dist")
+    assert {"worker", "blender", "ray", "dev"} <= set(metadata.get_all("Provides-Extra"))
+    assert [r.split(";")[0].strip() for r in requires if r.endswith('extra == "worker"')] == pins
+    assert [r for r in requires if ";" not in r] == pins  # the package's own dependencies: the same list
+
+
 def test_installed_wheel_imports_from_itself_and_shows_help(wheel_env):
     where = run(wheel_env, str(wheel_env["python"]), "-c", "import neurallabel.core.export.bop as m; print(m.__file__)")
     assert where.returncode == 0, where.stderr[-2000:]

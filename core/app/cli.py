@@ -107,12 +107,15 @@ def summary_lines(result: dict) -> list[str]:
         lines = [f"render: {result['count']} views of the {result['split']} split into {result['out']}"]
         if "psnr" in result:
             lines.append(f"PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f} (mean over the views)")
+        lines.append(f"pictures: {Path(result['out']) / 'strip'} (truth | render | error), "
+                     f"{Path(result['out']) / 'depth_colour'}")
         return lines
     if kind == "bake":
         per_frame = result["seconds_per_frame"]
         return [f"baked {result['frames']} frames ({result['skipped']} already done), {result['instances']} "
                 f"instances, " + (f"{per_frame:.3f} s/frame" if per_frame is not None else "nothing new to label"),
-                f"{result['frames_in_dataset']} frames in {result['out']} ({', '.join(result['formats'])})"]
+                f"{result['frames_in_dataset']} frames in {result['out']} ({', '.join(result['formats'])})"] + (
+                    [f"preview: open {result['preview']}"] if result.get("preview") else [])
     if kind == "synth":
         return [f"synth: baked {result['baked']} of {result['views']} views ({result['skipped']} already done); "
                 f"dropped {result['inside_geometry']} inside geometry, {result['untrusted']} untrusted "
@@ -127,6 +130,9 @@ def summary_lines(result: dict) -> list[str]:
                 f"wrote {result['out']}"]
     if kind in SEMANTIC_KINDS:
         return semantic_summary_lines(result)
+    if kind == "export_mesh":
+        return [f"export-mesh: {result['vertices']} vertices, {result['faces']} faces at density "
+                f"{result['threshold']:.4g} ({result['resolution']} voxels across)", f"wrote {result['out']}"]
     return [json.dumps(result)]
 
 
@@ -273,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="bake the frames as Ray tasks: on a local cluster, or the cluster at ADDRESS "
                         "(pip install \"neurallabel[ray]\")")
+    p.add_argument("--preview", type=int, default=None, metavar="N",
+                   help="then draw N evenly spaced frames as `neurallabel inspect` does, into OUT/inspect/")
     # Blender's Bake passes its scene's occlusion tolerances; these reproduce them (same defaults as LabelOptions).
     p.add_argument("--occlusion-mm", dest="occlusion_abs_mm", type=float, default=5.0,
                    help="the field's density within this band (mm) of an annotated mesh's surface belongs to "
@@ -340,7 +348,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open scenes: also keep points outside the field's detailed box")
     p.add_argument("--device", default="auto", help=devices)
     add_semantic_commands(sub, add, devices)
+    add_export_mesh_command(add, devices)
     return parser
+
+
+def add_export_mesh_command(add, devices: str) -> None:
+    """``export-mesh`` (issue 14): the field's surface as a PLY triangle mesh."""
+    p = add("export-mesh", "write the field's surface in its detailed region as a triangle mesh (PLY, the "
+            "dataset frame; marching cubes on its density, vertex colours from its rgb)",
+            "field.pt --out field_mesh.ply --resolution 256", ("field",))
+    p.set_defaults(command="export_mesh")
+    p.add_argument("--out", type=Path, required=True, help="the .ply file to write")
+    p.add_argument("--resolution", type=int, default=256, help="voxels along the region's longest side (8-1024)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="iso-level: a density per data unit (default: ln 2 / the field's render step, where a "
+                        "sharp field renders its surface; lower it for a half-trained field)")
+    p.add_argument("--no-colour", dest="colour", action="store_false",
+                   help="no vertex colours (by default: the field's colour looking into the surface)")
+    p.add_argument("--device", default="auto", help=devices)
 
 
 # --- semantic head and active selection (issue 16) ---------------------------------------------------------

@@ -167,6 +167,7 @@ class BakeRequest:
     assemble_only: bool = False  # only the aggregate files, once every selected frame is baked
     ray: Optional[str] = None  # run the frames on Ray: "local" (a local cluster) or a cluster's address
     coco_masks: str = "rle"  # COCO segmentation: "rle", or "polygon" (RLE where a polygon cannot be exact)
+    preview: Optional[int] = None  # then `inspect`'s pictures of this many evenly spaced frames (out/inspect)
     kind = "bake"
 
     def __post_init__(self) -> None:
@@ -180,6 +181,11 @@ class BakeRequest:
         if self.coco_masks not in COCO_MASKS:
             raise NeuralLabelError(f"coco_masks {self.coco_masks!r}: choose from {', '.join(COCO_MASKS)}",
                                    field="coco_masks")
+        if self.preview is not None:
+            self.preview = _integer(self.preview, "preview", minimum=1)
+            if self.no_assemble:  # the pictures read the aggregate files, which this run does not write
+                raise NeuralLabelError("preview needs the assembled output: drop --no-assemble, or run "
+                                       "`neurallabel inspect` after --assemble-only", field="preview")
 
 
 @dataclass
@@ -577,10 +583,13 @@ def run_bake(request: BakeRequest, progress: Optional[ProgressFn], notice: Notic
     with at_field("spec"):
         spec = load_spec(request.spec)
     load_dataset_noting(spec.data_path, notice)
-    return bake_in_stages(spec, request.out, stages_of(request.no_assemble, request.assemble_only, request.ray),
-                          formats=request.formats, frames=request.frames, shard=request.shard,
-                          device=device, progress=progress, options=request.options,
-                          coco_masks=request.coco_masks)
+    result = bake_in_stages(spec, request.out, stages_of(request.no_assemble, request.assemble_only, request.ray),
+                            formats=request.formats, frames=request.frames, shard=request.shard,
+                            device=device, progress=progress, options=request.options,
+                            coco_masks=request.coco_masks)
+    if request.preview is not None:  # the same pictures, in the same place, as `neurallabel inspect DIR`
+        result["preview"] = run_inspect(InspectRequest(request.out, max=request.preview), progress, notice)["index"]
+    return result
 
 
 def check_bake(request: BakeRequest) -> None:
@@ -1037,3 +1046,40 @@ def run_select(request: SelectRequest, progress: Optional[ProgressFn], notice: N
 REQUESTS.update({cls.kind: cls for cls in (SemanticTrainRequest, SemanticRenderRequest, SelectRequest)})
 JOB_KINDS = tuple(REQUESTS)
 RUNNERS.update({"semantic_train": run_semantic_train, "semantic_render": run_semantic_render, "select": run_select})
+
+
+# --- export-mesh (issue 14): the field's surface as a triangle mesh --------------------------------------------
+
+
+@dataclass
+class ExportMeshRequest:
+    """The field's surface over its detailed region as a PLY triangle mesh (the dataset frame); see
+    :mod:`..scene.field_mesh`."""
+
+    field: Path
+    out: Path
+    resolution: int = 256  # voxels along the region's longest side
+    threshold: Optional[float] = None  # iso-level, density per data unit; None: ln 2 / the render step
+    colour: bool = True  # vertex colours from the field's rgb
+    device: str = "auto"
+    kind = "export_mesh"
+
+    def __post_init__(self) -> None:
+        self.field, self.out = _path(self.field, "field"), _path(self.out, "out")
+        self.resolution = _integer(self.resolution, "resolution", minimum=8)
+        if self.threshold is not None:
+            self.threshold = _number(self.threshold, "threshold", minimum=0.0)
+        self.colour = bool(self.colour)
+        self.device = _device(self.device)
+
+
+def run_export_mesh(request: ExportMeshRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..scene.field_mesh import export_field_mesh
+
+    return export_field_mesh(request.field, request.out, resolution=request.resolution, threshold=request.threshold,
+                             colour=request.colour, device=_torch_device(request.device), progress=progress)
+
+
+REQUESTS[ExportMeshRequest.kind] = ExportMeshRequest
+JOB_KINDS = tuple(REQUESTS)
+RUNNERS[ExportMeshRequest.kind] = run_export_mesh

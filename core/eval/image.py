@@ -1,4 +1,5 @@
-"""Image quality: PSNR and SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03)."""
+"""Image quality: PSNR and SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03), and the
+pictures that show it: a truth | render | error strip."""
 
 from __future__ import annotations
 
@@ -44,3 +45,28 @@ def ssim(prediction: np.ndarray, target: np.ndarray, data_range: float = 1.0) ->
     cov = F.conv2d(a * b, window) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return float(s.reshape(channels, -1).mean())
+
+
+#: the error picture's full scale: a mean absolute difference of a quarter of the range (or more) is brightest
+ERROR_FULL_SCALE = 0.25
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """An image in [0, 1] (clipped) as uint8."""
+    return np.round(np.clip(np.asarray(image, np.float64), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def error_colours(prediction: np.ndarray, target: np.ndarray, full_scale: float = ERROR_FULL_SCALE) -> np.ndarray:
+    """The per-pixel absolute difference of two (H, W, 3) images in [0, 1] (mean over channels) as RGB uint8:
+    OpenCV's inferno colour map from black (equal) to pale yellow (``full_scale`` or more). A fixed scale, so
+    the pictures of different views compare."""
+    import cv2
+
+    error = np.abs(np.asarray(prediction, np.float64) - np.asarray(target, np.float64)).mean(axis=-1)
+    level = np.round(np.clip(error / full_scale, 0.0, 1.0) * 255).astype(np.uint8)
+    return cv2.applyColorMap(level, cv2.COLORMAP_INFERNO)[:, :, ::-1].copy()
+
+
+def comparison_strip(target: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """truth | render | error side by side (RGB uint8, 3 W wide) of two (H, W, 3) images in [0, 1]."""
+    return np.hstack([to_uint8(target), to_uint8(prediction), error_colours(prediction, target)])

@@ -5,16 +5,23 @@
 (``{im_id:06d}_{gt_id:06d}.png``, 0/255), ``scene_camera.json``, ``scene_gt.json``, ``scene_gt_info.json`` and
 ``scene_gt_coco.json`` (COCO as bop_toolkit's calc_gt_coco writes it: RLE of ``mask_visib``, amodal ``bbox_obj``,
 ``ignore`` where visib_fract < 0.1, image ids = im_ids); ``models_eval/`` repeats ``models/`` (vertex normals).
-``im_id`` = the frame's index in the dataset; ``obj_id`` = the object's category_id; ``gt_id`` = the
-instance's position in the frame's ``scene_gt`` list (sorted by instance_id, which is also stored).
+``im_id`` = the frame's index in the dataset; ``gt_id`` = the instance's position in the frame's ``scene_gt``
+list (sorted by instance_id, which is also stored); ``obj_id`` (:func:`object_ids`): a mesh object's category_id
+(BOP has one model per obj_id: its category's lowest instance's mesh); a box object with its own extracted mesh
+gets its own obj_id, after every category_id: ``max(category_id) + k`` for the spec's k-th box object by
+instance_id (k from 1), so an obj_id depends on the spec alone; a box object without a mesh keeps its
+category_id. ``scene_gt_coco.json`` uses the obj_ids as its category ids (a box object's category is named
+after the object, with its category as ``supercategory``).
 Poses are model->camera in OpenCV camera axes, translations in mm; ``cam_K`` uses the OpenCV pixel
 convention (top-left pixel centre at 0, 0). A synthetic view (no photo) gets no ``rgb/`` file; an ``rgb/`` file
 is ``.jpg`` (a JPEG photo, copied) or ``.png`` (a PNG copied, anything else re-encoded).
 
-BOP is a pinhole format: for a camera with lens distortion, ``rgb``, ``depth``, ``mask`` and ``mask_visib`` are
-undistorted (:mod:`.undistort`) and ``cam_K`` is the new pinhole matrix; poses stay (same rotation and axis),
-and ``scene_gt_info`` boxes, ``px_count_visib`` and ``px_count_valid`` come from the undistorted images (so
-``bbox_obj`` then ends at the border); ``px_count_all`` and ``visib_fract`` stay those of the real lens.
+BOP is a pinhole format: for a camera with lens distortion, ``cam_K`` is a new pinhole matrix (OpenCV's optimal
+new camera matrix, :mod:`.undistort`) and ``depth``, ``mask``, ``mask_visib``, ``scene_gt_info`` and
+``scene_gt_coco`` are the labels of that pinhole camera, computed in it directly (its rays cast, the field asked
+along them: no resampling, so every model vertex projected with ``cam_K`` lands in its mask within a pixel);
+only ``rgb`` is the photo resampled (bilinear). Poses stay (same rotation and optical axis). An object that the
+pinhole camera's narrower view misses is absent from that frame's BOP lists.
 """
 
 from __future__ import annotations
@@ -27,10 +34,9 @@ from ..geometry.cameras import world_to_camera_opencv
 from ..geometry.view import View
 from ..errors import NeuralLabelError
 from ..io.atomic import json_bytes, png_bytes
-from ..labels.frame import bbox_bop_mask
 from .coco import encode_rle
 from .context import ExportContext
-from .undistort import PinholeMaps, pinhole_maps, remap
+from .undistort import PinholeMaps, pinhole_maps, pinhole_view, remap
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -112,28 +118,29 @@ def rgb_file(image_path, maps: "PinholeMaps | None") -> tuple[str, bytes]:
 
 
 class _PinholeFrame:
-    """A frame's BOP images for the pinhole ``K``: undistorted where the camera has distortion."""
+    """A frame's BOP labels for the pinhole ``K``: for a camera with distortion, the labels of its pinhole
+    camera (:func:`.undistort.pinhole_view`), computed there directly rather than resampled."""
 
-    def __init__(self, view: View, labels: "FrameLabels", units_to_mm: float) -> None:
+    def __init__(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> None:
         self.maps = pinhole_maps(view.intrinsics) if view.intrinsics.has_distortion else None
         self.K = view.intrinsics.K_opencv if self.maps is None else self.maps.K
-        depth_mm, self.depth_scale = _depth_mm_and_scale(labels, units_to_mm)
-        self.depth = self._remap(depth_png(depth_mm, self.depth_scale))  # 0 = no depth, also outside the photo
-        self.full = [self._remap(inst.full_mask) for inst in labels.instances]
-        self.visible = [self._remap(inst.visible_mask) for inst in labels.instances]
+        if self.maps is not None:
+            if ctx.label_view is None:
+                raise NeuralLabelError(f"frame {view.index}: its camera has lens distortion and BOP needs the "
+                                       f"labels of its pinhole camera, which this export cannot compute",
+                                       field="formats")
+            labels = ctx.label_view(pinhole_view(view, self.maps))
+        self.labels = labels
+        depth_mm, self.depth_scale = _depth_mm_and_scale(labels, ctx.units_to_mm)
+        self.depth = depth_png(depth_mm, self.depth_scale)  # 0 = no depth
+        self.full = [inst.full_mask for inst in labels.instances]
+        self.visible = [inst.visible_mask for inst in labels.instances]
 
-    def _remap(self, image: np.ndarray) -> np.ndarray:
-        return image if self.maps is None else remap(image, self.maps, nearest=True)
-
-    def gt_info(self, gt_id: int, inst) -> dict:
-        info = {"bbox_obj": inst.bbox_obj, "bbox_visib": inst.bbox_visib, "px_count_all": inst.px_count_all,
+    def gt_info(self, gt_id: int) -> dict:
+        inst = self.labels.instances[gt_id]
+        return {"bbox_obj": inst.bbox_obj, "bbox_visib": inst.bbox_visib, "px_count_all": inst.px_count_all,
                 "px_count_valid": inst.px_count_valid, "px_count_visib": inst.px_count_visib,
                 "visib_fract": inst.visib_fract}
-        if self.maps is not None:  # boxes and counts of the images written, not of the distorted photo
-            full, visible = self.full[gt_id], self.visible[gt_id]
-            info.update(bbox_obj=bbox_bop_mask(full), bbox_visib=bbox_bop_mask(visible),
-                        px_count_valid=int((full & (self.depth > 0)).sum()), px_count_visib=int(visible.sum()))
-        return info
 
 
 def _depth_mm_and_scale(labels: "FrameLabels", units_to_mm: float) -> tuple[np.ndarray, float]:
@@ -150,13 +157,13 @@ class BopWriter:
     needs_depth = True
     needs_confidence = False
     #: (view, labels, _PinholeFrame) of the last view: the bake asks for a view's files, then its fragment,
-    #: and both need the same resampled depth and masks. Held by identity, so a stale entry is never reused.
+    #: and both need the same pinhole labels (labelled once). Held by identity, so a stale entry is never reused.
     _last: tuple = (None, None, None)
 
-    def _frame(self, view: View, labels: "FrameLabels", units_to_mm: float) -> "_PinholeFrame":
+    def _frame(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> "_PinholeFrame":
         last_view, last_labels, frame = self._last
         if last_view is not view or last_labels is not labels:
-            frame = _PinholeFrame(view, labels, units_to_mm)
+            frame = _PinholeFrame(ctx, view, labels)
             self._last = (view, labels, frame)
         return frame
 
@@ -165,15 +172,16 @@ class BopWriter:
 
         files: dict[str, bytes] = {}
         info = {}
-        for category_id in sorted(ctx.models):
-            model = ctx.models[category_id]
+        models = object_models(ctx.spec, ctx.models)
+        for obj_id in sorted(models):
+            model = models[obj_id]
             mesh_mm = trimesh.Trimesh(np.asarray(model.vertices, dtype=np.float64) * ctx.units_to_mm,
                                       np.asarray(model.faces), process=False)
             ply = trimesh.exchange.ply.export_ply(mesh_mm, encoding="binary", vertex_normal=True,
                                                   include_attributes=False)
-            info[str(category_id)] = model_info(mesh_mm)
+            info[str(obj_id)] = model_info(mesh_mm)
             for folder in MODEL_FOLDERS:
-                files[f"{ROOT}/{folder}/obj_{category_id:06d}.ply"] = ply
+                files[f"{ROOT}/{folder}/obj_{obj_id:06d}.ply"] = ply
         for folder in MODEL_FOLDERS:
             files[f"{ROOT}/{folder}/models_info.json"] = json_bytes(info)
         return files
@@ -181,7 +189,7 @@ class BopWriter:
     def frame_files(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict[str, bytes]:
         files: dict[str, bytes] = {}
         im = view.index
-        frame = self._frame(view, labels, ctx.units_to_mm)
+        frame = self._frame(ctx, view, labels)
         scene = ctx.bop_scene_dir()
         if view.image_path is not None:
             suffix, data = rgb_file(view.image_path, frame.maps)
@@ -189,25 +197,27 @@ class BopWriter:
         elif ctx.rendered_rgb is not None:  # a synthetic view: its render (pinhole, so no remap)
             files[f"{scene}/rgb/{im:06d}.png"] = png_bytes(ctx.rendered_rgb(view))
         files[f"{scene}/depth/{im:06d}.png"] = png_bytes(frame.depth)
-        for gt_id in range(len(labels.instances)):
+        for gt_id in range(len(frame.labels.instances)):
             files[f"{scene}/mask/{im:06d}_{gt_id:06d}.png"] = png_bytes(frame.full[gt_id].astype(np.uint8) * 255)
             files[f"{scene}/mask_visib/{im:06d}_{gt_id:06d}.png"] = png_bytes(
                 frame.visible[gt_id].astype(np.uint8) * 255)
         return files
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
-        frame = self._frame(view, labels, ctx.units_to_mm)
+        frame = self._frame(ctx, view, labels)
         w2c = world_to_camera_opencv(view.cam_to_world)
         camera = {"cam_K": _floats(frame.K), "depth_scale": frame.depth_scale,
                   "cam_R_w2c": _floats(w2c[:3, :3]), "cam_t_w2c": _floats(w2c[:3, 3] * ctx.units_to_mm)}
         gt, gt_info, coco = [], [], []
-        for gt_id, inst in enumerate(labels.instances):
+        obj_ids = object_ids(ctx.spec, ctx.models)
+        for gt_id, inst in enumerate(frame.labels.instances):
+            obj_id = obj_ids.get(inst.instance_id, inst.category_id)
             gt.append({"cam_R_m2c": _floats(inst.cam_R_m2c),
                        "cam_t_m2c": _floats(inst.cam_t_m2c * ctx.units_to_mm),
-                       "obj_id": inst.category_id, "instance_id": inst.instance_id})
-            info = frame.gt_info(gt_id, inst)
+                       "obj_id": obj_id, "instance_id": inst.instance_id})
+            info = frame.gt_info(gt_id)
             gt_info.append(info)
-            coco.append({"image_id": view.index, "category_id": inst.category_id, "iscrowd": 0,
+            coco.append({"image_id": view.index, "category_id": obj_id, "iscrowd": 0,
                          "area": info["px_count_visib"], "bbox": info["bbox_obj"],
                          "segmentation": encode_rle(frame.visible[gt_id]), "width": view.width,
                          "height": view.height, "ignore": bool(info["visib_fract"] < COCO_IGNORE_VISIB_FRACT)})
@@ -228,6 +238,28 @@ class BopWriter:
                 f"{scene}/scene_gt_coco.json": json_bytes(scene_gt_coco(ctx, fragments))}
 
 
+def object_ids(spec, models: dict) -> dict[int, int]:
+    """instance_id -> BOP obj_id of every object of ``spec``; ``models``: instance_id -> model (the ones that
+    have one). See the module's docstring."""
+    ids = {o.instance_id: o.category_id for o in spec.objects}
+    first_free = max(o.category_id for o in spec.objects) + 1
+    boxes = sorted((o for o in spec.objects if o.kind == "box"), key=lambda o: o.instance_id)
+    for rank, obj in enumerate(boxes):
+        if obj.instance_id in models:
+            ids[obj.instance_id] = first_free + rank
+    return ids
+
+
+def object_models(spec, models: dict) -> dict[int, object]:
+    """obj_id -> model: each obj_id's lowest instance with a model (a mesh category's model, or a box's own)."""
+    ids = object_ids(spec, models)
+    out: dict[int, object] = {}
+    for obj in sorted(spec.objects, key=lambda o: o.instance_id):
+        if obj.instance_id in models:
+            out.setdefault(ids[obj.instance_id], models[obj.instance_id])
+    return out
+
+
 def _rgb_name(ctx: ExportContext, view: View):
     """The view's ``rgb/`` file in its scene folder; None for a synthetic view with no render."""
     if view.image_path is not None:
@@ -246,6 +278,10 @@ def scene_gt_coco(ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict
             annotations.append({"id": len(annotations) + 1, **ann})
     categories = [{"id": cid, "name": name, "supercategory": "neurallabel"}
                   for cid, name in ctx.spec.categories().items()]
+    obj_ids = object_ids(ctx.spec, ctx.models)
+    categories += [{"id": obj_ids[o.instance_id], "name": o.name, "supercategory": o.category}
+                   for o in sorted(ctx.spec.objects, key=lambda o: o.instance_id)
+                   if obj_ids[o.instance_id] != o.category_id]
     return {"info": {"description": f"NeuralLabel bake, BOP scene {ctx.bop_scene:06d}", "version": "1.0"}, "licenses": [],
             "images": [frag["coco"]["image"] for _, frag in fragments], "annotations": annotations,
             "categories": categories}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -12,13 +12,16 @@ from ..data.dataset import Dataset
 from ..geometry.view import View
 from ..spec import LabelSpec
 
+if TYPE_CHECKING:
+    from ..labels.frame import FrameLabels
+
 
 @dataclass
 class ExportContext:
     spec: LabelSpec
     dataset: Dataset
-    #: category_id -> model mesh (trimesh) in the object's own frame, world units; a category without a model
-    #: (a box object baked without a field) is absent.
+    #: instance_id -> model mesh (trimesh) in the object's own frame, world units; an object without a model
+    #: (a box object baked without a field, or whose box holds no surface) is absent.
     models: dict[int, Any] = field(default_factory=dict)
     #: how the COCO writer stores masks: "rle" or "polygon" (with RLE where a polygon cannot be exact)
     coco_masks: str = "rle"
@@ -26,6 +29,9 @@ class ExportContext:
     bop_scene: int = 0
     #: a view without a photo (synthetic): its RGB (H, W, 3) uint8, rendered from the field; None: no image
     rendered_rgb: Optional[Callable[[View], np.ndarray]] = None
+    #: labels another camera of the bake's scene (full depth, no confidence): the BOP writer labels the pinhole
+    #: camera of a distorted photo directly, so its masks and depth are not resampled; None: not available
+    label_view: Optional[Callable[[View], "FrameLabels"]] = None
 
     def dataset_root(self) -> Path:
         """The dataset folder (absolute): image paths in the outputs are relative to it."""

@@ -1,19 +1,22 @@
-"""Undistort a frame's images for a pinhole camera (BOP and other pinhole formats).
+"""The pinhole camera of a distorted photo (BOP and other pinhole formats).
 
-Masks and poses are computed through the real lens; a pinhole format needs images that a plain ``K [R|t]``
-projection fits. OpenCV's optimal new camera matrix (alpha 0: only valid pixels, same size) becomes the
-pinhole ``K``; the rotation and the optical axis stay, so a z-depth stays the z-depth of the same camera.
-All matrices here use the OpenCV pixel convention (top-left pixel centre at 0, 0).
+A pinhole format needs images that a plain ``K [R|t]`` projection fits. OpenCV's optimal new camera matrix
+(alpha 0: only valid pixels, same size) becomes the pinhole ``K``; the rotation and the optical axis stay, so
+a z-depth stays the z-depth of the same camera. Labels (masks, depth) are computed in that camera directly
+(:func:`pinhole_view`: no resampling, so a model vertex projects into its mask within a pixel); only the
+photo's colours are resampled (:func:`remap`). Matrices here use the OpenCV pixel convention (top-left pixel
+centre at 0, 0).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..errors import NeuralLabelError
 from ..geometry.cameras import Intrinsics, fisheye_params, opencv_params
+from ..geometry.view import View
 
 
 def cv2_distortion(intrinsics: Intrinsics) -> np.ndarray:
@@ -52,10 +55,22 @@ def pinhole_maps(intrinsics: Intrinsics) -> PinholeMaps:
     return PinholeMaps(np.asarray(new_K, dtype=np.float64), map_x, map_y)
 
 
+def pinhole_intrinsics(intrinsics: Intrinsics, K_opencv: np.ndarray) -> Intrinsics:
+    """The same-size PINHOLE camera of an OpenCV-convention ``K`` (back to the 0.5 pixel-centre convention)."""
+    return Intrinsics(intrinsics.width, intrinsics.height, float(K_opencv[0, 0]), float(K_opencv[1, 1]),
+                      float(K_opencv[0, 2]) + 0.5, float(K_opencv[1, 2]) + 0.5)
+
+
+def pinhole_view(view: View, maps: PinholeMaps) -> View:
+    """``view`` with the pinhole camera of ``maps`` (same pose, name and photo): labelling it gives the labels
+    of the undistorted image."""
+    return replace(view, intrinsics=pinhole_intrinsics(view.intrinsics, maps.K))
+
+
 def remap(image: np.ndarray, maps: PinholeMaps, nearest: bool) -> np.ndarray:
     """``image`` (the distorted photo's grid) resampled on the pinhole grid; outside the photo: 0.
 
-    ``nearest`` for anything that must not blend (masks, ids, depth), linear otherwise (colour).
+    ``nearest`` for anything that must not blend (ids), linear otherwise (colour).
     """
     import cv2
 

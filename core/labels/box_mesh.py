@@ -49,9 +49,6 @@ def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.n
     voxels: the blur of the field's table surface), ``world_up`` the world's up (the support lies under the
     box's side nearest to it). Returns None when the field holds no surface in the box.
     """
-    import mcubes
-    import trimesh
-
     size = np.asarray(size, dtype=np.float64)
     voxel = float(size.max()) / resolution
     counts = np.maximum(np.ceil(size / voxel).astype(int), 2)
@@ -60,33 +57,49 @@ def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.n
     points_data = apply_points(np.linalg.inv(world_from_data), apply_points(box_pose, grid))
     scale = float(np.cbrt(np.linalg.det(world_from_data[:3, :3])))  # world units per data unit
 
-    values = np.empty(len(points_data))
-    total = len(points_data)
-    for start in range(0, total, chunk):
-        values[start:start + chunk] = density(points_data[start:start + chunk])
-        report(progress, min(start + chunk, total), total, f"mesh of {name}")
-    volume = values.reshape(*counts)
-    if not np.all(np.isfinite(volume)):
-        volume = np.nan_to_num(volume, nan=0.0, posinf=np.finfo(np.float64).max / 4)
+    volume = sample_density(density, points_data, chunk, progress, f"mesh of {name}").reshape(*counts)
     if threshold is None:
         threshold = density_threshold(step if step else voxel / scale)
-    if volume.max() < threshold:
+    mesh = iso_surface(volume, threshold, voxel, np.array([a[0] for a in axes]))
+    if mesh is None:
         return None
-    # A border of empty voxels closes the surface where the object touches the box.
-    padded = np.pad(volume, 1, constant_values=0.0)
-    vertices, faces = mcubes.marching_cubes(padded, threshold)
-    if len(faces) == 0:
-        return None
-    # Index coordinates -> box frame: padded index i is the voxel centre axes[i - 1].
-    offsets = np.array([a[0] for a in axes])
-    vertices = (vertices - 1.0) * voxel + offsets
-    mesh = trimesh.Trimesh(vertices, faces.astype(np.int64), process=True)
     mesh = clean_box_mesh(mesh, size, box_up_axis(np.asarray(box_pose)[:3, :3], world_up),
                           2.0 * voxel if support is None else float(support), tolerance=voxel)
     if mesh is None:
         return None
     mesh.fix_normals()
     return mesh
+
+
+def sample_density(density: Callable[[np.ndarray], np.ndarray], points: np.ndarray, chunk: int,
+                   progress: Optional[ProgressFn], stage: str) -> np.ndarray:
+    """``density`` at ``points`` in chunks (progress reported as ``stage``); NaN as 0 and infinity as a huge
+    finite value, so that marching cubes sees a surface there."""
+    values = np.empty(len(points))
+    total = len(points)
+    for start in range(0, total, chunk):
+        values[start:start + chunk] = density(points[start:start + chunk])
+        report(progress, min(start + chunk, total), total, stage)
+    if not np.all(np.isfinite(values)):
+        values = np.nan_to_num(values, nan=0.0, posinf=np.finfo(np.float64).max / 4)
+    return values
+
+
+def iso_surface(volume: np.ndarray, threshold: float, voxel: float, first_centre: np.ndarray):
+    """The ``threshold`` iso-surface (marching cubes) of a grid of densities at voxel centres ``voxel`` apart,
+    the first at ``first_centre``, as a trimesh in that frame; None when there is none. A border of empty
+    voxels closes the surface where it meets the grid's walls."""
+    import mcubes
+    import trimesh
+
+    if volume.max() < threshold:
+        return None
+    vertices, faces = mcubes.marching_cubes(np.pad(volume, 1, constant_values=0.0), threshold)
+    if len(faces) == 0:
+        return None
+    # padded index i is the voxel centre i - 1
+    vertices = (vertices - 1.0) * voxel + np.asarray(first_centre, dtype=np.float64)
+    return trimesh.Trimesh(vertices, faces.astype(np.int64), process=True)
 
 
 def clean_box_mesh(mesh, size: np.ndarray, up: np.ndarray, support: float, *, tolerance: float):

@@ -35,6 +35,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -241,7 +242,8 @@ def start(plan: BakePlan, *, progress: Optional[ProgressFn] = None, backend: Opt
                 release_claim(claim)
             raise
         labeler = frame_labeler(spec, models, depth_source, plan.options, backend=backend, device=device)
-        ctx = ExportContext(spec, plan.dataset, _category_models(spec, models), plan.coco_masks)
+        ctx = ExportContext(spec, plan.dataset, models, plan.coco_masks,
+                            label_view=partial(labeler.label, full_depth=True, confidence=False))
         for writer in plan.writers:
             _write_all(out_dir, writer.static_files(ctx), write_bytes_if_changed)
     return BakeJob(out_dir, plan.views, plan.todo, labeler, plan.writers, ctx, plan.depth_source_name)
@@ -486,15 +488,6 @@ def surface_density_level(spec: LabelSpec, views: dict[int, View], depth_source,
     if not densities or sum(len(d) for d in densities) < min_points:
         return None
     return float(np.median(np.concatenate(densities)))
-
-
-def _category_models(spec: LabelSpec, models: dict[int, Any]) -> dict[int, Any]:
-    """category_id -> the model of its lowest instance_id (BOP has one model per obj_id)."""
-    out: dict[int, Any] = {}
-    for obj in sorted(spec.objects, key=lambda o: o.instance_id):
-        if obj.instance_id in models and obj.category_id not in out:
-            out[obj.category_id] = models[obj.instance_id]
-    return out
 
 
 def _check_objects_seen(spec: LabelSpec, views: dict[int, View], objects: list[LabelObject]) -> None:

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..field.model import Field
 from ..geometry.cameras import Intrinsics, camera_rays
-from ..io.atomic import npy_bytes, write_bytes, write_with
+from ..io.atomic import npy_bytes, write_bytes
 from ..io.outdir import OutputClaim, check_inputs_outside, claim_output_dir
 from ..progress import ProgressFn, report
 from .march import march
@@ -19,7 +19,7 @@ from .volrend import composite
 
 
 #: what :func:`render_views` writes into its folder: never where a photo lies
-RENDER_OUTPUTS = ("rgb", "depth")
+RENDER_OUTPUTS = ("rgb", "depth", "strip", "depth_colour")
 
 
 def field_device(field: Field) -> torch.device:
@@ -102,10 +102,12 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
 def render_views(field: Field, frames, out_dir, *, progress: Optional[ProgressFn] = None,
                  with_metrics: bool = True) -> dict:
     """Render ``frames`` into ``out_dir/rgb/<stem>.png`` and float32 z-depth ``out_dir/depth/<stem>.npy``
-    (NaN where nothing is hit); PSNR/SSIM per view and on average where the frame's image exists."""
-    from PIL import Image
-
-    from ..eval.image import psnr, ssim
+    (NaN where nothing is hit), with pictures: ``depth_colour/<stem>.png`` (turbo, near = red, no depth black:
+    :func:`~..eval.inspect.colour_depth`) and, for a view with a photo, ``strip/<stem>.png`` (truth | render |
+    error: :func:`~..eval.image.comparison_strip`); PSNR/SSIM per view and on average where the photo exists."""
+    from ..eval.image import comparison_strip, psnr, ssim, to_uint8
+    from ..eval.inspect import colour_depth
+    from ..io.atomic import png_bytes
     from ..io.images import load_image
 
     out_dir = Path(out_dir)
@@ -114,14 +116,16 @@ def render_views(field: Field, frames, out_dir, *, progress: Optional[ProgressFn
     views = []
     for n, frame in enumerate(frames):
         out = render_frame(field, frame.intrinsics, frame.cam_to_data)
-        rgb8 = np.round(np.clip(out["rgb"], 0.0, 1.0) * 255).astype(np.uint8)
-        write_with(out_dir / "rgb" / f"{frame.name}.png", lambda p: Image.fromarray(rgb8).save(p, format="PNG"))
+        write_bytes(out_dir / "rgb" / f"{frame.name}.png", png_bytes(to_uint8(out["rgb"])))
         write_bytes(out_dir / "depth" / f"{frame.name}.npy", npy_bytes(out["z_depth"].astype(np.float32)))
+        write_bytes(out_dir / "depth_colour" / f"{frame.name}.png", png_bytes(colour_depth(out["z_depth"])))
         view = {"frame": frame.index, "name": frame.name}
-        if with_metrics and Path(frame.image_path).is_file():
+        if frame.image_path is not None and Path(frame.image_path).is_file():
             truth = load_image(frame)[..., :3]
-            view["psnr"] = psnr(out["rgb"], truth)
-            view["ssim"] = ssim(np.clip(out["rgb"], 0, 1), truth)
+            write_bytes(out_dir / "strip" / f"{frame.name}.png", png_bytes(comparison_strip(truth, out["rgb"])))
+            if with_metrics:
+                view["psnr"] = psnr(out["rgb"], truth)
+                view["ssim"] = ssim(np.clip(out["rgb"], 0, 1), truth)
         views.append(view)
         report(progress, n + 1, len(frames), "render")
     scored = [v for v in views if "psnr" in v]
