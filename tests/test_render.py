@@ -192,6 +192,22 @@ def test_numba_marcher_gives_the_torch_marchers_samples_on_a_cloudy_field():
         assert torch.allclose(samples.sigmas[rows], reference.sigmas[ref_rows], rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("marcher", [march_cpu, march_numba])
+def test_a_coarser_sampling_step_spaces_the_samples_but_keeps_the_density_units(marcher):
+    """The trainer marches a coarse density grid with a longer step (Field.sample_step_scale); density
+    units (alpha_init, the occupancy threshold) stay tied to render_step_size."""
+    field = solid_below(0.1, density=20.0)
+    origins, directions = torch.tensor([[0.0, 0.0, 0.9]]), torch.tensor([[0.0, 0.0, -1.0]])
+    shift = field.density_shift
+    fine = marcher(field, origins, directions)
+    field.sample_step_scale = 2.0
+    coarse = marcher(field, origins, directions)
+    assert field.density_shift == shift
+    assert torch.allclose(fine.deltas, torch.full_like(fine.deltas, field.render_step_size), rtol=1e-4)
+    assert torch.allclose(coarse.deltas, torch.full_like(coarse.deltas, 2 * field.render_step_size), rtol=1e-4)
+    assert abs(len(coarse) * 2 - len(fine)) <= 2
+
+
 def test_march_cpu_returns_the_densities_of_its_samples():
     field = solid_below(0.1)
     origins = torch.tensor([[0.0, 0.0, 0.9], [0.0, 0.0, 0.9]])

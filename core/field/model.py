@@ -103,14 +103,23 @@ class Field(torch.nn.Module):
         self.occupancy = OccupancyGrid(roi.reshape(6), config.occupancy_resolution, config.levels)
         # colour where rays leave the field (sky, far background); learned
         self.background_rgb = torch.nn.Parameter(torch.tensor(config.background, dtype=torch.float32))
+        # marching step / render_step_size: > 1 while training on a coarse density grid (set by the trainer;
+        # a saved field renders at 1)
+        self.sample_step_scale = 1.0
 
     # --- geometry of the field -------------------------------------------------------------------------
 
     @property
     def render_step_size(self) -> float:
+        """The step that defines density units (``alpha_init``) and the occupancy threshold."""
         roi = self.config.roi_aabb
         diag = math.dist(roi[0], roi[1])
         return diag / self.config.steps_per_roi
+
+    @property
+    def sample_step_size(self) -> float:
+        """The marchers' step along rays in the detailed region."""
+        return self.render_step_size * self.sample_step_scale
 
     @property
     def density_scale(self) -> float:

@@ -95,7 +95,7 @@ class Lattice:
 
 
 def field_lattice(field: Field, start: Tensor) -> Lattice:
-    return Lattice(start, field.render_step_size, field.config.cone_angle, field.config.background_from)
+    return Lattice(start, field.sample_step_size, field.config.cone_angle, field.config.background_from)
 
 
 @torch.no_grad()
@@ -103,7 +103,7 @@ def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float 
               stratified: bool = False, window: int = 8, max_window: int = 64) -> RaySamples:
     """Samples of nerfacc's occupancy-grid marcher, in pure torch (runs on any device), with ``sigmas``."""
     grid: OccupancyGrid = field.occupancy
-    step = field.render_step_size
+    step = field.sample_step_size
     eps = field.config.early_stop_eps
     alpha_thre = effective_alpha_thre(field)
     n = origins.shape[0]
@@ -189,7 +189,7 @@ def march_nerfacc(field: Field, origins: Tensor, directions: Tensor, *, near: fl
     from nerfacc.volrend import render_visibility_from_density
 
     grid = field.occupancy
-    step = field.render_step_size
+    step = field.sample_step_size
     near_planes = torch.full_like(origins[..., 0], fill_value=near)
     far_planes = torch.full_like(origins[..., 0], fill_value=far)
     if stratified:

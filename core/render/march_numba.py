@@ -247,7 +247,7 @@ def march_numba(field: Field, origins: Tensor, directions: Tensor, *, near: floa
     if n == 0:
         return RaySamples.empty(0, device).with_values(sigmas=torch.zeros(0, device=device))
     grid = field.occupancy
-    step = field.render_step_size
+    step = field.sample_step_size
     t_enter, t_exit = ray_box(origins, directions, grid.aabbs[-1])
     t_enter = t_enter.clamp_min(near)
     t_exit = t_exit.clamp_max(far)

@@ -142,8 +142,10 @@ def field_config_for(dataset: Dataset) -> FieldConfig:
     aabb_scale = max(1.0, float(dataset.aabb_scale or 1.0))
     levels = int(np.clip(1 + math.ceil(math.log2(aabb_scale)), MIN_LEVELS, MAX_LEVELS))
     roi = [list(map(float, centre - half)), list(map(float, centre + half))]
+    # the region spans half the density grid (the contraction maps the background into the other half): a
+    # step of half a voxel at the finest grid is its diagonal / 256
     config = FieldConfig(roi_aabb=roi, levels=levels, density_resolution=DENSITY_SCHEDULE[0][0],
-                         occupancy_resolution=64, contracted_density=True)
+                         occupancy_resolution=64, contracted_density=True, steps_per_roi=256)
     # uniform steps out to the far side of the region from the farthest camera, growing beyond
     config.background_from = float(np.max(camera_distances(frames, centre))) + half * math.sqrt(3)
     config.cone_angle = BACKGROUND_CONE

@@ -246,6 +246,8 @@ def apply_schedules(setup: TrainSetup, state: TrainState, fraction: float) -> No
     resolution = density_resolution_at(fraction)
     if resolution != state.field.config.density_resolution:
         grow_density(setup, state, resolution)
+    # march as finely as the grid is: a coarse grid early on needs (and pays for) fewer samples per ray
+    state.field.sample_step_scale = finest_density_resolution() / resolution
     share = occupancy_share_at(state.step)
     if share is not None:
         state.field.update_occupancy(fraction=share)
@@ -291,6 +293,7 @@ def save_state(setup: TrainSetup, state: TrainState, *, done: bool) -> None:
 
 def finish_field(state: TrainState) -> None:
     field = state.field
+    field.sample_step_scale = 1.0
     with torch.no_grad():  # space no training ray reached holds nothing we know of
         field.density_grid[~state.visited] = -30.0
     # a thorough occupancy refresh so rendering skips exactly the empty space
