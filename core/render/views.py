@@ -39,7 +39,7 @@ def _empty_outputs(device: torch.device, depth_only: bool, return_samples: bool)
 
 @torch.no_grad()
 def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
-                depth_only: bool = False, return_samples: bool = False, chunk: int = 65536,
+                depth_only: bool = False, return_samples: bool = False, chunk: int = 1 << 18,
                 far: float = 1e10, backend: str = "auto") -> dict[str, Tensor]:
     """Render rays (unit ``directions``) through a field, in chunks; outputs on the rays' device.
 
