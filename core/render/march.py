@@ -98,23 +98,27 @@ def field_lattice(field: Field, start: Tensor) -> Lattice:
     return Lattice(start, field.sample_step_size, field.config.cone_angle, field.config.background_from)
 
 
+def ray_span(field: Field, origins: Tensor, directions: Tensor, near: float, far: float, stratified: bool
+             ) -> tuple[Tensor, Tensor, Lattice]:
+    """Where each ray is inside the field's outermost box (entry, exit, clamped to near / far) and its
+    lattice (a random offset of up to one step per ray when ``stratified``)."""
+    t_enter, t_exit = ray_box(origins, directions, field.occupancy.aabbs[-1])
+    start = torch.full((origins.shape[0],), float(near), device=origins.device)
+    if stratified:
+        start = start + torch.rand(origins.shape[0], device=origins.device) * field.sample_step_size
+    return t_enter.clamp_min(near), t_exit.clamp_max(far), field_lattice(field, start)
+
+
 @torch.no_grad()
 def march_cpu(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
               stratified: bool = False, window: int = 8, max_window: int = 64) -> RaySamples:
     """Samples of nerfacc's occupancy-grid marcher, in pure torch (runs on any device), with ``sigmas``."""
     grid: OccupancyGrid = field.occupancy
-    step = field.sample_step_size
     eps = field.config.early_stop_eps
     alpha_thre = effective_alpha_thre(field)
     n = origins.shape[0]
     device = origins.device
-    t_enter, t_exit = ray_box(origins, directions, grid.aabbs[-1])
-    t_enter = t_enter.clamp_min(near)
-    t_exit = t_exit.clamp_max(far)
-    start = torch.full((n,), float(near), device=device)
-    if stratified:
-        start = start + torch.rand(n, device=device) * step
-    lattice = field_lattice(field, start)
+    t_enter, t_exit, lattice = ray_span(field, origins, directions, near, far, stratified)
     # lattice index of the first midpoint at or after the entry, and one past the last before the exit
     k = torch.ceil(lattice.k(t_enter) - 0.5).clamp_min(0).long()
     k_end = torch.ceil(lattice.k(t_exit) - 0.5).long()

@@ -249,21 +249,15 @@ def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps
 def march_numba(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
                 stratified: bool = False) -> RaySamples:
     """:func:`.march.march_cpu`'s samples (with ``sigmas``), marched by compiled per-ray loops (CPU only)."""
-    from .march import effective_alpha_thre, field_lattice, ray_box
+    from .march import effective_alpha_thre, ray_span
 
     n = origins.shape[0]
     device = origins.device
     if n == 0:
         return RaySamples.empty(0, device).with_values(sigmas=torch.zeros(0, device=device))
-    grid = field.occupancy
     step = field.sample_step_size
-    t_enter, t_exit = ray_box(origins, directions, grid.aabbs[-1])
-    t_enter = t_enter.clamp_min(near)
-    t_exit = t_exit.clamp_max(far)
-    start = torch.full((n,), float(near), device=device)
-    if stratified:
-        start = start + torch.rand(n, device=device) * step
-    lattice = field_lattice(field, start)
+    t_enter, t_exit, lattice = ray_span(field, origins, directions, near, far, stratified)
+    start = lattice.start
     g = _grids(field)
     as64 = lambda x: np.ascontiguousarray(x.detach().cpu().double().numpy())  # noqa: E731
     counts, t, sigmas = _march_all(
