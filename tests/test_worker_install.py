@@ -30,7 +30,7 @@ def test_check_job_reports_versions_and_missing_modules():
 def test_requirement_import_names():
     modules = requirement_modules(requirement_lines())
     assert modules == ["torch", "numpy", "nerfacc", "trimesh", "embreex", "pycolmap", "pycocotools", "PIL", "cv2",
-                       "scipy", "rich", "mcubes"]
+                       "scipy", "numba", "rich", "mcubes"]
     assert requirement_modules(["opencv-python-headless>=4", "PyMCubes==0.1.6", "a-b[x]==1"]) == \
         ["cv2", "mcubes", "a_b"]
 
