@@ -4,8 +4,9 @@ Sampling is nerfacc's ``OccGridEstimator.sampling`` with a constant step: candid
 midpoints ``near + (k + 1/2) * step`` (the same lattice for every ray), a sample is kept when its cell is
 occupied, its opacity reaches ``alpha_thre`` and the transmittance before it is still above
 ``early_stop_eps``. On CUDA nerfacc's functional ``traverse_grids`` does the marching over the field's own
-grid buffers; elsewhere (and on CUDA when nerfacc's kernels cannot be built, see :func:`nerfacc_kernels`)
-:func:`march_cpu` yields the same samples in pure torch: it jumps over empty space
+grid buffers; on the CPU the compiled :func:`.march_numba.march_numba` does it one loop per ray; on CUDA
+when nerfacc's kernels cannot be built (see :func:`nerfacc_kernels`) :func:`march_cpu` yields the same
+samples in pure torch (it is also the compiled marcher's reference in the tests): it jumps over empty space
 with the occupancy grid's chessboard distance, looks at a short window of lattice points once near
 occupied cells, and stops each ray as soon as it is opaque (early ray termination), evaluating the density
 only where a sample survives.
@@ -253,8 +254,8 @@ def nerfacc_kernels() -> Optional[str]:
 
 
 def choose_backend(device: torch.device | str, backend: str = "auto") -> tuple[str, Optional[str]]:
-    """The marcher :func:`march` uses on ``device`` (``nerfacc`` or ``torch``) and, where CUDA falls back to
-    the pure-torch marcher, the one line to tell the user (else None)."""
+    """The marcher :func:`march` uses on ``device`` (``numba`` on the CPU, ``nerfacc`` on CUDA, ``torch``
+    where CUDA has no nerfacc kernels) and, for that fallback, the one line to tell the user (else None)."""
     if backend not in ("auto", "nerfacc", "torch", "numba"):
         raise NeuralLabelError(f"marcher {backend!r} is not one of auto, nerfacc, torch, numba", field="backend")
     on_cuda = torch.device(device).type == "cuda"

@@ -4,8 +4,9 @@
 occupancy, ``alpha_thre`` and early-stop rules, the field's own density formula), but each ray is one loop
 in machine code: empty occupancy cells are left in one jump (to the cell's exit, or further by the grid's
 chessboard skip distance), the density is interpolated from the grid where a sample lands in an occupied
-cell, and the ray stops as soon as it is opaque. Rays run in parallel threads. Two passes: the first counts
-each ray's samples, the second writes them into their packed slots (no per-ray buffer to size).
+cell, and the ray stops as soon as it is opaque. Rays run in parallel threads, interleaved. Two passes: the
+first writes each ray's first ``RAY_SLOTS`` samples into its own slots and counts them all, the second
+copies them into their packed places and marches again only the rays that had more.
 
 The density here must stay the formula of :meth:`..field.model.Field.density` (contraction, trilinear
 ``grid_sample`` with ``align_corners=True`` and border padding, softplus, scale, per contracted length);
