@@ -121,3 +121,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not available at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def slow_frames(monkeypatch):
+    """Child processes started by the test (CLI, worker, Blender) spend at least 0.4 s on each baked frame, so a
+    cancel lands mid-bake on any machine and with any marcher (see ``tests/slow_frames/sitecustomize.py``)."""
+    folder = str(Path(__file__).resolve().parent / "slow_frames")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (folder, os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("NEURALLABEL_TEST_FRAME_SECONDS", "0.4")

@@ -251,10 +251,10 @@ print("NEURALLABEL_RESULT " + json.dumps({"done": run(ARGS["out"] + "/done"), "e
 '''
 
 
-def test_modal_progress_and_cancel(small_scene, tmp_path):
+def test_modal_progress_and_cancel(small_scene, tmp_path, slow_frames):
     from test_worker import frame_files, slow_truth_spec
 
-    spec = slow_truth_spec(small_scene, tmp_path)  # with a field: ~1 s a frame, so a cancel lands mid-bake
+    spec = slow_truth_spec(small_scene, tmp_path)
     result = run_bpy(MODAL_SCRIPT, {"spec": str(spec), "out": str(tmp_path)}, tmp_path / "bpy")
     done = result["done"]
     assert done["invoke"] == ["RUNNING_MODAL"] and done["running_seen"]

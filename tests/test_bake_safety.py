@@ -305,10 +305,10 @@ def test_pieces_baking_at_once_assemble_every_frame(small_scene, tmp_path, monke
 # --- 6. SIGTERM ------------------------------------------------------------------------------------------
 
 
-def test_sigterm_stops_the_bake_and_a_rerun_completes_to_the_same_bytes(small_scene, tmp_path):
+def test_sigterm_stops_the_bake_and_a_rerun_completes_to_the_same_bytes(small_scene, tmp_path, slow_frames):
     from test_worker import slow_truth_spec
 
-    spec = slow_truth_spec(small_scene, tmp_path)  # with a field: about a second a frame
+    spec = slow_truth_spec(small_scene, tmp_path)
     command = [sys.executable, "-m", "neurallabel.core.cli", "bake", str(spec), "--frames", "0:6", "--device", "cpu"]
     reference = tmp_path / "reference"
     assert main(command[3:] + ["--out", str(reference)]) == 0

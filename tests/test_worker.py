@@ -35,8 +35,8 @@ def write_truth_spec(scene_dir: Path, path: Path, field: Path | None = None) -> 
 
 
 def slow_truth_spec(scene_dir: Path, tmp_path: Path) -> Path:
-    """The truth spec plus a field over all the objects (a voxelised-truth field): every frame renders its
-    depth (about a second each on a busy CPU), so a cancel reliably lands in the middle of a bake."""
+    """The truth spec plus a field over all the objects (a voxelised-truth field), so every frame renders the
+    field's depth. Cancel tests add the ``slow_frames`` fixture so that a cancel lands mid-bake."""
     import numpy as np
 
     from test_icp import write_voxel_field
@@ -156,7 +156,7 @@ def frame_files(out: Path) -> dict[int, set[str]]:
     return files
 
 
-def test_cancel_leaves_only_whole_frames(small_scene, tmp_path):
+def test_cancel_leaves_only_whole_frames(small_scene, tmp_path, slow_frames):
     spec = slow_truth_spec(small_scene, tmp_path)
     job = {"kind": "bake", "spec": str(spec), "formats": ["raw"], "frames": "0:6"}
     reference = tmp_path / "reference"
