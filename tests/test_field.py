@@ -93,3 +93,51 @@ def test_psnr_and_ssim_known_values():
         values.append(np.mean((2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))))
     assert ssim(b, a) == pytest.approx(float(np.mean(values)), abs=1e-6)
     assert ssim(b, a) < 0.99
+
+
+def test_compiled_lookups_equal_grid_sample_in_value_and_gradient():
+    """The CPU kernels stand in for ``grid_sample`` (align_corners, border) in training: same values, same
+    gradients with respect to the grids, at points inside, on the faces and corners, and outside."""
+    import torch.nn.functional as F
+
+    from neurallabel.core.field.lookups_numba import PLANE_AXES, triplane_features, trilinear
+
+    generator = torch.Generator().manual_seed(3)
+    coords = torch.rand(5000, 3, generator=generator) * 2.6 - 1.3
+    coords[:6] = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0], [1.0, -1.0, 0.3], [2.0, 0.0, 0.0],
+                               [-1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    grid = torch.randn(1, 1, 9, 7, 11, generator=generator, requires_grad=True)
+    weights = torch.randn(5000, generator=generator)
+    reference = F.grid_sample(grid, coords.view(1, 1, 1, -1, 3)[..., [2, 1, 0]], mode="bilinear",
+                              padding_mode="border", align_corners=True).view(-1)
+    compiled = trilinear(grid[0, 0], coords)
+    assert torch.allclose(compiled, reference, atol=1e-5)
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), grid)
+    (grad_compiled,) = torch.autograd.grad((compiled * weights).sum(), grid)
+    assert torch.allclose(grad_compiled, grad_reference, atol=1e-4)
+
+    planes = torch.rand(3, 4, 6, 13, generator=generator, requires_grad=True)
+    plane_coords = torch.stack([coords[:, list(axes)] for axes in PLANE_AXES]).unsqueeze(1)
+    sampled = F.grid_sample(planes, plane_coords, mode="bilinear", padding_mode="border", align_corners=True)
+    reference = (sampled[0] * sampled[1] * sampled[2]).squeeze(1).t()
+    compiled = triplane_features(planes, coords)
+    assert torch.allclose(compiled, reference, atol=1e-5)
+    weights = torch.randn(5000, 4, generator=generator)
+    (grad_reference,) = torch.autograd.grad((reference * weights).sum(), planes)
+    (grad_compiled,) = torch.autograd.grad((compiled * weights).sum(), planes)
+    assert torch.allclose(grad_compiled, grad_reference, atol=1e-4)
+
+
+def test_the_field_uses_the_compiled_lookups_on_the_cpu_and_grid_sample_where_positions_need_a_gradient():
+    field = Field(FieldConfig(roi_aabb=[[-1, -1, -1], [1, 1, 1]], levels=2, density_resolution=16,
+                              plane_resolutions=(8, 16)))
+    with torch.no_grad():
+        field.density_grid.normal_()
+    points = torch.rand(300, 3) * 3 - 1.5
+    directions = torch.nn.functional.normalize(torch.randn(300, 3), dim=-1)
+    rgb, sigma = field(points, directions)
+    moving = points.clone().requires_grad_(True)  # a position gradient: grid_sample's path
+    rgb_reference, sigma_reference = field(moving, directions)
+    assert torch.allclose(sigma, sigma_reference, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(rgb, rgb_reference, atol=1e-5)
+    assert moving.requires_grad and torch.autograd.grad(sigma_reference.sum(), moving)[0].abs().sum() > 0

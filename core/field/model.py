@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .lookups_numba import PLANE_AXES, triplane_features, trilinear
 from .occupancy import OccupancyGrid, level_aabbs
 
 
@@ -149,8 +150,11 @@ class Field(torch.nn.Module):
     # --- evaluation ------------------------------------------------------------------------------------
 
     def density_from_normalized(self, coords: Tensor) -> Tensor:
-        raw = F.grid_sample(self.density_grid, coords.view(1, 1, 1, -1, 3)[..., [2, 1, 0]],
-                            mode="bilinear", padding_mode="border", align_corners=True).view(-1)
+        if _compiled_lookup(self.density_grid, coords):
+            raw = trilinear(self.density_grid[0, 0], coords)
+        else:
+            raw = F.grid_sample(self.density_grid, coords.view(1, 1, 1, -1, 3)[..., [2, 1, 0]],
+                                mode="bilinear", padding_mode="border", align_corners=True).view(-1)
         return F.softplus(raw + self.density_shift) * self.density_scale
 
     def density(self, points: Tensor) -> Tensor:
@@ -164,12 +168,15 @@ class Field(torch.nn.Module):
     def rgb(self, points: Tensor, directions: Tensor) -> Tensor:
         """(N, 3) colour in [0, 1] at world points seen along unit ``directions``."""
         coords = self.normalize(points)
-        plane_coords = torch.stack([coords[:, [0, 1]], coords[:, [0, 2]], coords[:, [1, 2]]]).unsqueeze(1)
-        features = []
-        for plane in self.planes:
-            sampled = F.grid_sample(plane, plane_coords, mode="bilinear", padding_mode="border",
-                                    align_corners=True)  # (3, C, 1, N)
-            features.append((sampled[0] * sampled[1] * sampled[2]).squeeze(1).t())
+        if _compiled_lookup(self.planes[0], coords):
+            features = [triplane_features(plane, coords) for plane in self.planes]
+        else:
+            plane_coords = torch.stack([coords[:, list(axes)] for axes in PLANE_AXES]).unsqueeze(1)
+            features = []
+            for plane in self.planes:
+                sampled = F.grid_sample(plane, plane_coords, mode="bilinear", padding_mode="border",
+                                        align_corners=True)  # (3, C, 1, N)
+                features.append((sampled[0] * sampled[1] * sampled[2]).squeeze(1).t())
         h = torch.cat(features + [sh_basis_deg2(directions)], dim=-1)
         return torch.sigmoid(self.mlp(h))
 
@@ -220,6 +227,13 @@ class Field(torch.nn.Module):
                 best = part if best is None else torch.maximum(best, part)
             result = best
         return F.softplus(result + self.density_shift) * self.density_scale
+
+
+def _compiled_lookup(values: Tensor, coords: Tensor) -> bool:
+    """The compiled CPU lookups serve float32 CPU grids at positions that need no gradient (all of
+    NeuralLabel's); anything else goes through ``grid_sample``."""
+    return (values.device.type == "cpu" and coords.device.type == "cpu" and values.dtype == torch.float32
+            and coords.dtype == torch.float32 and not coords.requires_grad)
 
 
 def load_field(path: str | Path, device: str = "cpu") -> Field:
