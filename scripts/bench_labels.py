@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -145,13 +146,13 @@ class RenderCache:
 # --- the Cycles reference (runs in a bpy subprocess) -------------------------------------------------------
 
 
-def cycles_worker(config_path: str) -> None:
-    """Render Object Index + Z of the true meshes at 1 sample for the frames; then each object alone."""
+def cycles_scene(config: dict):
+    """Blender set up for the Cycles truth passes of the scene's true meshes: (bpy, make_scene module, dataset,
+    {instance_id: blender object}, camera, file output node, EXR folder)."""
     import importlib.util
 
     import bpy
 
-    config = json.loads(Path(config_path).read_text())
     spec_ = importlib.util.spec_from_file_location("make_scene", MAKE_SCENE)
     make_scene = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(make_scene)
@@ -184,6 +185,50 @@ def cycles_worker(config_path: str) -> None:
     exr_dir = Path(tempfile.mkdtemp(prefix="bench-passes-"))
     file_out = make_scene.setup_render(bpy, argparse.Namespace(seed=0, threads=config["threads"]), exr_dir)
     make_scene._set_truth_mode(bpy)
+    return bpy, make_scene, dataset, objects, cam, file_out, exr_dir
+
+
+def cycles_speed_worker(config_path: str) -> None:
+    """Time Cycles' Object Index + Z passes in its fastest fair set-up: 1 sample, no bounces, persistent data,
+    the frames as one animation (the camera keyed per frame; the compositor writes each frame's EXR). Two
+    animations of ``counts`` frames (the scene's frames, repeated); seconds per extra frame = the difference of
+    their times over the difference of their lengths, so start-up, scene sync and BVH build cancel out."""
+    config = json.loads(Path(config_path).read_text())
+    bpy, make_scene, dataset, _, cam, file_out, exr_dir = cycles_scene(config)
+    scene = bpy.context.scene
+    cycles = scene.cycles
+    for name in ("max_bounces", "diffuse_bounces", "glossy_bounces", "transmission_bounces",
+                 "volume_bounces", "transparent_max_bounces"):
+        setattr(cycles, name, 0)
+    scene.render.use_persistent_data = True
+    frames = config["frames"]
+    longest = max(config["counts"])
+    for n in range(longest):
+        cam.matrix_world = make_scene._blender_matrix(dataset.frame(frames[n % len(frames)]).cam_to_data)
+        cam.keyframe_insert("location", frame=n + 1)
+        cam.keyframe_insert("rotation_euler", frame=n + 1)
+    file_out.file_name = "anim_"
+    seconds = {}
+    scene.frame_start = scene.frame_end = 1
+    bpy.ops.render.render(animation=True)  # warm-up: kernels, scene sync, BVH
+    for count in config["counts"]:
+        best = float("inf")
+        for _ in range(max(1, config.get("repeats", 1))):  # the best of a few: the machine is shared
+            scene.frame_start, scene.frame_end = 1, count
+            t0 = time.perf_counter()
+            bpy.ops.render.render(animation=True)
+            best = min(best, time.perf_counter() - t0)
+        seconds[str(count)] = best
+    written = len(list(exr_dir.glob("*.exr")))
+    shutil.rmtree(exr_dir, ignore_errors=True)
+    Path(config["out"]).write_text(json.dumps({"seconds": seconds, "exr_files": written}))
+
+
+def cycles_worker(config_path: str) -> None:
+    """Render Object Index + Z of the true meshes at 1 sample for the frames; then each object alone."""
+    config = json.loads(Path(config_path).read_text())
+    bpy, make_scene, dataset, objects, cam, file_out, exr_dir = cycles_scene(config)
+    intr = dataset.frames[0].intrinsics
 
     def render(index: int, name: str):
         cam.matrix_world = make_scene._blender_matrix(dataset.frame(index).cam_to_data)
@@ -231,6 +276,26 @@ def cycles_reference(scene: Path, frames: list[int], full_frames: list[int], thr
     passes = dict(np.load(config["out"]))
     timing = json.loads(Path(config["out"] + ".json").read_text())
     return passes, timing
+
+
+def cycles_speed(scene: Path, frames: list[int], threads: int, counts: tuple[int, int], repeats: int = 1) -> dict:
+    """Cycles' seconds per extra frame of Object Index + Z (:func:`cycles_speed_worker`, in a bpy subprocess)."""
+    with tempfile.TemporaryDirectory(prefix="bench-cycles-speed-") as tmp:
+        config = {"scene": str(scene), "frames": frames, "threads": threads, "counts": list(counts),
+                  "repeats": repeats, "out": str(Path(tmp) / "speed.json")}
+        config_path = Path(tmp) / "config.json"
+        config_path.write_text(json.dumps(config))
+        result = subprocess.run([sys.executable, __file__, "--cycles-speed-worker", str(config_path)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"Cycles speed run failed:\n{result.stderr[-3000:]}")
+        timing = json.loads(Path(config["out"]).read_text())
+    small, big = counts
+    seconds = timing["seconds"]
+    return {"setup": "Object Index + Z, 1 sample, 0 bounces, persistent data, one animation, "
+                     f"{threads} threads", "counts": list(counts), "seconds": seconds,
+            "exr_files": timing["exr_files"],
+            "seconds_per_extra_frame": (seconds[str(big)] - seconds[str(small)]) / (big - small)}
 
 
 # --- metrics -------------------------------------------------------------------------------------------------
@@ -319,6 +384,7 @@ def clutter_hidden(labels: dict, spec, truth, mesh_only: dict) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--cycles-speed-worker", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="CI size: small scene, 1-minute field, 3 frames")
     parser.add_argument("--views", type=int, default=None, help="cameras of the scene (default 40; quick 12)")
     parser.add_argument("--samples", type=int, default=8, help="Cycles samples of the scene's RGB images")
@@ -338,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cycles_worker:
         cycles_worker(args.cycles_worker)
+        return 0
+    if args.cycles_speed_worker:
+        cycles_speed_worker(args.cycles_speed_worker)
         return 0
     quick = args.quick
     args.views = args.views or (12 if quick else 40)
