@@ -32,6 +32,7 @@ from ..geometry.view import View
 from ..io.atomic import json_bytes, npy_bytes, png_bytes
 from ..labels.frame import bbox_coco
 from .context import ExportContext
+from .encoded import mask_png
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -71,7 +72,7 @@ class RawWriter:
                  f"{ROOT}/binary/{n}.png": png_bytes(labels.binary.astype(np.uint8) * 255),
                  f"{ROOT}/depth_mm/{n}.png": png_bytes(depth_mm_png(labels.depth, ctx.units_to_mm))}
         for inst in labels.instances:
-            files[f"{ROOT}/full/{n}_{inst.instance_id:06d}.png"] = png_bytes(inst.full_mask.astype(np.uint8) * 255)
+            files[f"{ROOT}/full/{n}_{inst.instance_id:06d}.png"] = mask_png(labels, inst, visible=False)
         if labels.confidence is not None:
             conf = np.nan_to_num(labels.confidence, nan=0.0)
             files[f"{ROOT}/confidence/{n}.png"] = png_bytes(np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8))

@@ -176,6 +176,8 @@ class FrameLabels:
     confidence: Optional[np.ndarray]  # (H, W) float32 in [0, 1], P(the pixel's label is right); None without a field
     instances: list[InstanceLabels] = field(default_factory=list)
     source_depth: Optional[np.ndarray] = None  # (H, W) the depth source's own z-depth (NaN: not asked / none)
+    #: encoded files of these labels, shared by the writers of the frame (:mod:`...export.encoded`)
+    encoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def binary(self) -> np.ndarray:
