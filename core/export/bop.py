@@ -35,7 +35,7 @@ from ..geometry.view import View
 from ..errors import NeuralLabelError
 from ..io.atomic import json_bytes, png_bytes
 from .context import ExportContext
-from .encoded import mask_png, visible_rle
+from .encoded import encode_with_masks, mask_png, visible_rle
 from .undistort import PinholeMaps, pinhole_maps, pinhole_view, remap
 
 if TYPE_CHECKING:
@@ -194,7 +194,8 @@ class BopWriter:
             files[f"{scene}/rgb/{im:06d}{suffix}"] = data
         elif ctx.rendered_rgb is not None:  # a synthetic view: its render (pinhole, so no remap)
             files[f"{scene}/rgb/{im:06d}.png"] = png_bytes(ctx.rendered_rgb(view))
-        files[f"{scene}/depth/{im:06d}.png"] = png_bytes(frame.depth)
+        files.update(encode_with_masks(frame.labels, {f"{scene}/depth/{im:06d}.png": frame.depth},
+                                       frame.labels.instances, visible=True))
         for gt_id, inst in enumerate(frame.labels.instances):
             files[f"{scene}/mask/{im:06d}_{gt_id:06d}.png"] = mask_png(frame.labels, inst, visible=False)
             files[f"{scene}/mask_visib/{im:06d}_{gt_id:06d}.png"] = mask_png(frame.labels, inst, visible=True)
