@@ -28,9 +28,11 @@ folder, full disk) is one NeuralLabelError naming the output folder (field ``out
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
+import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -268,11 +270,19 @@ def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDo
 
 
 def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
-    # One thread writes a frame's files (then its fragment) while the next frame is labelled and encoded: file
-    # writes wait on the disk, not on Python. At most one frame is in flight; it is finished (fragment written)
-    # before the next progress report and before this returns or raises (the first error wins).
+    # A second thread encodes and writes a frame's files (then its fragment) while the next frame is labelled:
+    # OpenCV's encoders and the disk do not hold Python's lock. Writers reach the scene only through the
+    # context's ``label_view`` (a distorted camera's pinhole labels), which takes turns with the labelling (a
+    # field's renderer keeps buffers between calls). A synthetic view's RGB is the render its labels came from,
+    # held one view at a time: its files are made before the next view is labelled. At most one frame is in
+    # flight; it is finished (fragment written) before the next progress report and before this returns or
+    # raises (the first error wins).
     done = FramesDone()
     total = len(job.todo)
+    scene_lock = threading.Lock()
+    ctx = job.ctx if job.ctx.label_view is None else dataclasses.replace(
+        job.ctx, label_view=partial(_holding, scene_lock, job.ctx.label_view))
+    overlap = ctx.rendered_rgb is None
     report(progress, 0, total, "bake")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bake-write") as pool:
         in_flight: Optional[_InFlight] = None
@@ -286,21 +296,23 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
                     continue
                 view = job.views[index]
                 t0 = time.perf_counter()
-                labels = label_view(job, view)
-                if job.keep is not None and not job.keep(view, labels):
+                with scene_lock:
+                    labels = label_view(job, view)
+                    keep = job.keep is None or job.keep(view, labels)
+                if not keep:
                     in_flight = _finish(in_flight, done, progress, total)
                     done.dropped += 1
                     report(progress, n + 1, total, "bake")
                     continue
-                files: list[tuple[Path, bytes]] = []
-                fragment = {}
-                for writer in job.writers:
-                    files += [(job.out_dir / rel, data)
-                              for rel, data in writer.frame_files(job.ctx, view, labels).items()]
-                    fragment[writer.name] = writer.fragment(job.ctx, view, labels)
-                files.append((fragment_path, json_bytes(fragment)))  # last: marks the frame finished
-                in_flight = _finish(in_flight, done, progress, total)
-                in_flight = _InFlight(pool.submit(_write_files, files), n, len(labels.instances))
+                encode = partial(_frame_files, job, ctx, view, labels, fragment_path)
+                if overlap:
+                    in_flight = _finish(in_flight, done, progress, total)
+                    future = pool.submit(lambda encode=encode: _write_files(encode()))
+                else:
+                    files = encode()
+                    in_flight = _finish(in_flight, done, progress, total)
+                    future = pool.submit(_write_files, files)
+                in_flight = _InFlight(future, n, len(labels.instances))
                 done.label_seconds += time.perf_counter() - t0
         except BaseException:
             if in_flight is not None:
@@ -312,9 +324,26 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
     return done
 
 
+def _holding(lock: threading.Lock, call: Callable, *args, **kwargs):
+    with lock:
+        return call(*args, **kwargs)
+
+
+def _frame_files(job: BakeJob, ctx: ExportContext, view: View, labels: FrameLabels, fragment_path: Path
+                 ) -> list[tuple[Path, bytes]]:
+    """Every writer's files of a frame, then its fragment (last: it marks the frame finished)."""
+    files: list[tuple[Path, bytes]] = []
+    fragment = {}
+    for writer in job.writers:
+        files += [(job.out_dir / rel, data) for rel, data in writer.frame_files(ctx, view, labels).items()]
+        fragment[writer.name] = writer.fragment(ctx, view, labels)
+    files.append((fragment_path, json_bytes(fragment)))
+    return files
+
+
 @dataclass
 class _InFlight:
-    """A frame whose files are being written: the write's future, its position in ``todo``, its instances."""
+    """A frame whose files are being made: the future, its position in ``todo``, its instances."""
 
     future: Future
     position: int
