@@ -67,11 +67,10 @@ def _convex_ring(xy: np.ndarray) -> Optional[np.ndarray]:
     """The convex hull of 2D points as a ring of vertices (float64); None when it has no area."""
     import cv2
 
-    hull = cv2.convexHull(xy.astype(np.float32)).reshape(-1, 2)
-    if len(hull) < 3 or abs(cv2.contourArea(hull)) <= 0.0:
-        return None
-    # back to the float64 points the hull picked (float32 only chose them)
+    # float32 only chooses the hull's points; the ring keeps their float64 coordinates
     index = cv2.convexHull(xy.astype(np.float32), returnPoints=False).reshape(-1)
+    if len(index) < 3 or abs(cv2.contourArea(xy[index].astype(np.float32))) <= 0.0:
+        return None
     return xy[index]
 
 
