@@ -5,6 +5,8 @@ a thread is writing is finished even when the next frame fails."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -108,3 +110,53 @@ def test_the_frame_being_written_is_finished_when_the_next_frame_fails(small_sce
     assert fragments == ["000000.json"]
     assert (out / "raw" / "depth" / "000000.npy").is_file() and (out / "raw" / "instance" / "000000.png").is_file()
     assert not (out / "raw" / "depth" / "000001.npy").exists()
+
+
+class TurnTakingQuery(TruthQuery):
+    """True depth that notes when two threads ask it at once (a field's renderer must not be)."""
+
+    def __init__(self, scene_dir: Path) -> None:
+        super().__init__(scene_dir)
+        self.active = 0
+        self.overlaps = 0
+        self.calls = 0
+        self._count = threading.Lock()
+
+    def at_pixels(self, view, rows, cols, *, confidence=False):
+        with self._count:
+            self.active += 1
+            self.calls += 1
+            self.overlaps += self.active > 1
+        try:
+            time.sleep(0.01)  # widen the window another thread would have to enter
+            return super().at_pixels(view, rows, cols, confidence=confidence)
+        finally:
+            with self._count:
+                self.active -= 1
+
+
+def test_a_distorted_cameras_pinhole_labels_take_turns_with_the_next_frames_labelling(small_scene: Path,
+                                                                                       tmp_path: Path) -> None:
+    """BOP labels a distorted photo's pinhole camera on the writing thread while the next frame is labelled: the
+    scene is never asked by both at once, and the bytes equal frame-by-frame bakes (nothing in flight)."""
+    scene = tmp_path / "distorted"
+    scene.mkdir()
+    for name in ("images", "gt"):
+        (scene / name).symlink_to(small_scene / name)
+    transforms = json.loads((small_scene / "transforms.json").read_text())
+    transforms.update(camera_model="OPENCV", k1=-0.12, k2=0.03, p1=0.001, p2=-0.001)
+    (scene / "transforms.json").write_text(json.dumps(transforms))
+    spec = spec_from_scene(scene)
+    query = TurnTakingQuery(scene)
+    bake(spec, tmp_path / "whole", formats=("bop", "raw"), frames="0:4", depth_source=query)
+    assert query.calls >= 8 and query.overlaps == 0  # two renders a frame: the photo's camera, its pinhole one
+    for i in range(4):
+        bake(spec, tmp_path / "one_by_one", formats=("bop", "raw"), frames=f"{i}:{i + 1}",
+             depth_source=TruthQuery(scene))
+    whole, one_by_one = tree(tmp_path / "whole"), tree(tmp_path / "one_by_one")
+    assert whole.keys() == one_by_one.keys()
+    assert [k for k in whole if k != ".neurallabel/bake.json" and whole[k] != one_by_one[k]] == []
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
