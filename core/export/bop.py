@@ -34,8 +34,8 @@ from ..geometry.cameras import world_to_camera_opencv
 from ..geometry.view import View
 from ..errors import NeuralLabelError
 from ..io.atomic import json_bytes, png_bytes
-from .coco import encode_rle
 from .context import ExportContext
+from .encoded import encode_with_masks, mask_png, visible_rle
 from .undistort import PinholeMaps, pinhole_maps, pinhole_view, remap
 
 if TYPE_CHECKING:
@@ -133,8 +133,6 @@ class _PinholeFrame:
         self.labels = labels
         depth_mm, self.depth_scale = _depth_mm_and_scale(labels, ctx.units_to_mm)
         self.depth = depth_png(depth_mm, self.depth_scale)  # 0 = no depth
-        self.full = [inst.full_mask for inst in labels.instances]
-        self.visible = [inst.visible_mask for inst in labels.instances]
 
     def gt_info(self, gt_id: int) -> dict:
         inst = self.labels.instances[gt_id]
@@ -196,11 +194,11 @@ class BopWriter:
             files[f"{scene}/rgb/{im:06d}{suffix}"] = data
         elif ctx.rendered_rgb is not None:  # a synthetic view: its render (pinhole, so no remap)
             files[f"{scene}/rgb/{im:06d}.png"] = png_bytes(ctx.rendered_rgb(view))
-        files[f"{scene}/depth/{im:06d}.png"] = png_bytes(frame.depth)
-        for gt_id in range(len(frame.labels.instances)):
-            files[f"{scene}/mask/{im:06d}_{gt_id:06d}.png"] = png_bytes(frame.full[gt_id].astype(np.uint8) * 255)
-            files[f"{scene}/mask_visib/{im:06d}_{gt_id:06d}.png"] = png_bytes(
-                frame.visible[gt_id].astype(np.uint8) * 255)
+        files.update(encode_with_masks(frame.labels, {f"{scene}/depth/{im:06d}.png": frame.depth},
+                                       frame.labels.instances, visible=True))
+        for gt_id, inst in enumerate(frame.labels.instances):
+            files[f"{scene}/mask/{im:06d}_{gt_id:06d}.png"] = mask_png(frame.labels, inst, visible=False)
+            files[f"{scene}/mask_visib/{im:06d}_{gt_id:06d}.png"] = mask_png(frame.labels, inst, visible=True)
         return files
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
@@ -219,7 +217,7 @@ class BopWriter:
             gt_info.append(info)
             coco.append({"image_id": view.index, "category_id": obj_id, "iscrowd": 0,
                          "area": info["px_count_visib"], "bbox": info["bbox_obj"],
-                         "segmentation": encode_rle(frame.visible[gt_id]), "width": view.width,
+                         "segmentation": visible_rle(frame.labels, inst), "width": view.width,
                          "height": view.height, "ignore": bool(info["visib_fract"] < COCO_IGNORE_VISIB_FRACT)})
         image = {"id": view.index, "width": view.width, "height": view.height,
                  "file_name": _rgb_name(ctx, view)}

@@ -29,6 +29,7 @@ from ..geometry.view import View
 from ..io.atomic import json_bytes
 from ..labels.frame import bbox_coco
 from .context import ExportContext
+from .encoded import visible_rle
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -127,7 +128,10 @@ class CocoWriter:
         for inst in labels.instances:
             if inst.px_count_visib == 0:
                 continue  # COCO has no use for an invisible instance
-            seg, extra = segmentation(inst.visible_mask, ctx.coco_masks)
+            if ctx.coco_masks == "rle":  # the RLE BOP's COCO stores too: encoded once
+                seg, extra = visible_rle(labels, inst), {}
+            else:
+                seg, extra = segmentation(inst.visible_mask, ctx.coco_masks)
             # An instance whose pixels are more likely wrong than right: COCOeval neither rewards nor punishes
             # detections of it (``ignore``); it stays a normal instance otherwise (iscrowd 0).
             unsure = inst.mean_confidence is not None and inst.mean_confidence < IGNORE_BELOW

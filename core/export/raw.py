@@ -29,9 +29,10 @@ import numpy as np
 from ..data.colmap import transforms_camera_keys
 from ..geometry.cameras import Intrinsics, world_to_camera_opencv
 from ..geometry.view import View
-from ..io.atomic import json_bytes, npy_bytes, png_bytes
+from ..io.atomic import json_bytes, npy_bytes
 from ..labels.frame import bbox_coco
 from .context import ExportContext
+from .encoded import encode_with_masks, mask_png
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -65,16 +66,17 @@ class RawWriter:
 
     def frame_files(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict[str, bytes]:
         n = f"{view.index:06d}"
-        files = {f"{ROOT}/depth/{n}.npy": npy_bytes(labels.depth.astype(np.float32)),
-                 f"{ROOT}/instance/{n}.png": png_bytes(labels.instance.astype(np.uint16)),
-                 f"{ROOT}/category/{n}.png": png_bytes(labels.category.astype(np.uint16)),
-                 f"{ROOT}/binary/{n}.png": png_bytes(labels.binary.astype(np.uint8) * 255),
-                 f"{ROOT}/depth_mm/{n}.png": png_bytes(depth_mm_png(labels.depth, ctx.units_to_mm))}
-        for inst in labels.instances:
-            files[f"{ROOT}/full/{n}_{inst.instance_id:06d}.png"] = png_bytes(inst.full_mask.astype(np.uint8) * 255)
+        images = {f"{ROOT}/instance/{n}.png": labels.instance.astype(np.uint16),
+                  f"{ROOT}/category/{n}.png": labels.category.astype(np.uint16),
+                  f"{ROOT}/binary/{n}.png": labels.binary.astype(np.uint8) * 255,
+                  f"{ROOT}/depth_mm/{n}.png": depth_mm_png(labels.depth, ctx.units_to_mm)}
         if labels.confidence is not None:
             conf = np.nan_to_num(labels.confidence, nan=0.0)
-            files[f"{ROOT}/confidence/{n}.png"] = png_bytes(np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8))
+            images[f"{ROOT}/confidence/{n}.png"] = np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8)
+        files = {f"{ROOT}/depth/{n}.npy": npy_bytes(labels.depth.astype(np.float32)),
+                 **encode_with_masks(labels, images, labels.instances, visible=False)}
+        for inst in labels.instances:
+            files[f"{ROOT}/full/{n}_{inst.instance_id:06d}.png"] = mask_png(labels, inst, visible=False)
         return files
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:

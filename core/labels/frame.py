@@ -47,6 +47,7 @@ from ..geometry.transforms import apply_directions, apply_points
 from ..geometry.view import View
 from ..scene.queries import RayWeights, SceneQuery, concentrated_weight, samples_from_depth
 from ..spec import SpecObject
+from .footprint import footprint
 from .occlusion import SurfaceBand, bottom_zone, box_up_axis, lateral_span, support_plane
 
 MESH_DEPTH_MODES = ("all", "transparent")
@@ -175,6 +176,8 @@ class FrameLabels:
     confidence: Optional[np.ndarray]  # (H, W) float32 in [0, 1], P(the pixel's label is right); None without a field
     instances: list[InstanceLabels] = field(default_factory=list)
     source_depth: Optional[np.ndarray] = None  # (H, W) the depth source's own z-depth (NaN: not asked / none)
+    #: encoded files of these labels, shared by the writers of the frame (:mod:`...export.encoded`)
+    encoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def binary(self) -> np.ndarray:
@@ -315,25 +318,33 @@ class FrameLabeler:
     # --- stages ------------------------------------------------------------------------------------------
 
     def cast_silhouettes(self, view: View) -> dict[int, _Silhouette]:
-        """1. Full silhouette and mesh z-depth of every object with a model, cast only inside its projection
-        (within the border's extent when ``truncated``)."""
+        """1. Full silhouette and mesh z-depth of every object with a model, cast only through the pixels of its
+        convex hull's projection (:func:`.footprint.footprint`; within the border's extent when
+        ``truncated``)."""
         W, H = view.width, view.height
         extent = (-W, -H, 2 * W, 2 * H) if self.options.truncated else (0, 0, W, H)
+        cam_from_world = opencv_from_pose(view.cam_to_world)
         silhouettes: dict[int, _Silhouette] = {}
         for i, obj in enumerate(self.objects):
             if obj.cast_index is None:
                 continue
-            region = projected_region(view.intrinsics, view.cam_to_world, obj.bound_points, extent)
-            if region is None:
+            found = footprint(view.intrinsics, cam_from_world, obj.bound_points, extent)
+            if found is None:
                 continue
-            rows, cols = region_pixels(region)
+            region, window = found
+            c0, r0, c1, r1 = region
+            if window is None:
+                rows, cols = region_pixels(region)
+            else:
+                rows, cols = np.nonzero(window)
+                rows, cols = rows + r0, cols + c0
             z = self.cast_z_depth(obj.cast_index, view, rows, cols)
             hit = np.isfinite(z)
             if not hit.any():
                 continue
-            c0, r0, c1, r1 = region
             inner = (max(c0, 0), max(r0, 0), min(c1, W), min(r1, H))
-            z_region = z.reshape(r1 - r0, c1 - c0)
+            z_region = np.full((r1 - r0, c1 - c0), np.inf)
+            z_region[rows - r0, cols - c0] = z
             if inner[0] < inner[2] and inner[1] < inner[3]:
                 z_inner = z_region[inner[1] - r0:inner[3] - r0, inner[0] - c0:inner[2] - c0]
             else:

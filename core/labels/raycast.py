@@ -18,6 +18,10 @@ from ..errors import NeuralLabelError
 from ..geometry.transforms import apply_points
 
 
+#: embreex's distance of a ray that hits nothing is 1e37 (its initial tfar); any real hit is far below
+_MISSED = np.float32(1e36)
+
+
 def world_mesh(mesh, pose: np.ndarray):
     """A copy of ``mesh`` (trimesh, object frame) with vertices mapped to the world by the 4x4 ``pose``."""
     import trimesh
@@ -78,11 +82,12 @@ class MeshCaster:
                          indices=self._faces[k].astype(np.int32))
             self._scenes[k] = scene
         rel = (origins - self._origin[k]).astype(np.float32)
-        out = self._scenes[k].run(rel, directions.astype(np.float32), output=1)
-        hit = out["geomID"] >= 0
+        # the distance query: the same hits as the full intersection output, without its per-ray records
+        tfar = self._scenes[k].run(rel, directions.astype(np.float32), query="DISTANCE")
+        hit = tfar < _MISSED
         # Embree's float32 hit distance: relative error ~1e-7 (0.1 um at 1 m), with the scene's origin moved
         # to the mesh's corner so that coordinates stay small.
-        distance = np.where(hit, out["tfar"].astype(np.float64), np.inf)
+        distance = np.where(hit, tfar.astype(np.float64), np.inf)
         return hit, distance
 
 

@@ -28,11 +28,14 @@ folder, full disk) is one NeuralLabelError naming the output folder (field ``out
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
+import threading
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -267,31 +270,99 @@ def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDo
 
 
 def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
+    # A second thread encodes and writes a frame's files (then its fragment) while the next frame is labelled:
+    # OpenCV's encoders and the disk do not hold Python's lock. Writers reach the scene only through the
+    # context's ``label_view`` (a distorted camera's pinhole labels), which takes turns with the labelling (a
+    # field's renderer keeps buffers between calls). A synthetic view's RGB is the render its labels came from,
+    # held one view at a time: its files are made before the next view is labelled. At most one frame is in
+    # flight; it is finished (fragment written) before the next progress report and before this returns or
+    # raises (the first error wins).
     done = FramesDone()
-    report(progress, 0, len(job.todo), "bake")
-    for n, index in enumerate(job.todo):
-        fragment_path = job.fragments_dir / f"{index:06d}.json"
-        if fragment_path.is_file():
-            done.skipped += 1
-            report(progress, n + 1, len(job.todo), "bake")
-            continue
-        view = job.views[index]
+    total = len(job.todo)
+    scene_lock = threading.Lock()
+    ctx = job.ctx if job.ctx.label_view is None else dataclasses.replace(
+        job.ctx, label_view=partial(_holding, scene_lock, job.ctx.label_view))
+    overlap = ctx.rendered_rgb is None
+    report(progress, 0, total, "bake")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bake-write") as pool:
+        in_flight: Optional[_InFlight] = None
+        try:
+            for n, index in enumerate(job.todo):
+                fragment_path = job.fragments_dir / f"{index:06d}.json"
+                if fragment_path.is_file():
+                    in_flight = _finish(in_flight, done, progress, total)
+                    done.skipped += 1
+                    report(progress, n + 1, total, "bake")
+                    continue
+                view = job.views[index]
+                t0 = time.perf_counter()
+                with scene_lock:
+                    labels = label_view(job, view)
+                    keep = job.keep is None or job.keep(view, labels)
+                if not keep:
+                    in_flight = _finish(in_flight, done, progress, total)
+                    done.dropped += 1
+                    report(progress, n + 1, total, "bake")
+                    continue
+                encode = partial(_frame_files, job, ctx, view, labels, fragment_path)
+                if overlap:
+                    in_flight = _finish(in_flight, done, progress, total)
+                    future = pool.submit(lambda encode=encode: _write_files(encode()))
+                else:
+                    files = encode()
+                    in_flight = _finish(in_flight, done, progress, total)
+                    future = pool.submit(_write_files, files)
+                in_flight = _InFlight(future, n, len(labels.instances))
+                done.label_seconds += time.perf_counter() - t0
+        except BaseException:
+            if in_flight is not None:
+                wait([in_flight.future])  # its own error, if any, comes second
+            raise
         t0 = time.perf_counter()
-        labels = label_view(job, view)
-        if job.keep is not None and not job.keep(view, labels):
-            done.dropped += 1
-            report(progress, n + 1, len(job.todo), "bake")
-            continue
-        fragment = {}
-        for writer in job.writers:
-            _write_all(job.out_dir, writer.frame_files(job.ctx, view, labels), write_bytes)
-            fragment[writer.name] = writer.fragment(job.ctx, view, labels)
-        write_bytes(fragment_path, json_bytes(fragment))  # last: marks the frame finished
+        _finish(in_flight, done, progress, total)
         done.label_seconds += time.perf_counter() - t0
-        done.baked += 1
-        done.instances += len(labels.instances)
-        report(progress, n + 1, len(job.todo), "bake")
     return done
+
+
+def _holding(lock: threading.Lock, call: Callable, *args, **kwargs):
+    with lock:
+        return call(*args, **kwargs)
+
+
+def _frame_files(job: BakeJob, ctx: ExportContext, view: View, labels: FrameLabels, fragment_path: Path
+                 ) -> list[tuple[Path, bytes]]:
+    """Every writer's files of a frame, then its fragment (last: it marks the frame finished)."""
+    files: list[tuple[Path, bytes]] = []
+    fragment = {}
+    for writer in job.writers:
+        files += [(job.out_dir / rel, data) for rel, data in writer.frame_files(ctx, view, labels).items()]
+        fragment[writer.name] = writer.fragment(ctx, view, labels)
+    files.append((fragment_path, json_bytes(fragment)))
+    return files
+
+
+@dataclass
+class _InFlight:
+    """A frame whose files are being made: the future, its position in ``todo``, its instances."""
+
+    future: Future
+    position: int
+    instances: int
+
+
+def _write_files(files: list[tuple[Path, bytes]]) -> None:
+    for path, data in files:
+        write_bytes(path, data)
+
+
+def _finish(in_flight: Optional[_InFlight], done: FramesDone, progress: Optional[ProgressFn], total: int) -> None:
+    """Wait for a frame's writes (raising their error), count it as baked and report it; None (nothing in flight)."""
+    if in_flight is not None:
+        in_flight.future.result()
+        done.baked += 1
+        done.instances += in_flight.instances
+        report(progress, in_flight.position + 1, total, "bake")
+    return None
 
 
 def label_view(job: BakeJob, view: View) -> FrameLabels:
