@@ -141,3 +141,32 @@ def test_the_field_uses_the_compiled_lookups_on_the_cpu_and_grid_sample_where_po
     assert torch.allclose(sigma, sigma_reference, rtol=1e-4, atol=1e-5)
     assert torch.allclose(rgb, rgb_reference, atol=1e-5)
     assert moving.requires_grad and torch.autograd.grad(sigma_reference.sum(), moving)[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("levels", [1, 3])
+def test_compiled_contraction_view_encoding_and_contracted_distances_equal_the_torch_ones(levels):
+    from neurallabel.core.field.lookups_numba import contract_points, sh_deg2
+    from neurallabel.core.render.march_numba import march_numba
+    from neurallabel.core.render.samples import in_contracted_distance
+    from neurallabel.core.train.batch import contracted_samples
+
+    field = Field(FieldConfig(roi_aabb=[[-1, -0.5, -1], [1, 1, 0.5]], levels=levels, density_resolution=32,
+                              plane_resolutions=(16,)))
+    generator = torch.Generator().manual_seed(5)
+    points = torch.randn(4000, 3, generator=generator) * 2
+    compiled, compiled_norm = contract_points(points, field.roi_centre, field.roi_half, levels > 1)
+    reference, reference_norm = field.contract(points.clone().requires_grad_(True))  # the torch path
+    assert torch.allclose(compiled, reference, atol=1e-6) and torch.allclose(compiled_norm, reference_norm)
+    directions = torch.nn.functional.normalize(torch.randn(4000, 3, generator=generator), dim=-1)
+    assert torch.allclose(sh_deg2(directions), sh_basis_deg2(directions), atol=1e-6)
+
+    origins = torch.randn(300, 3, generator=generator) * 0.3
+    rays = directions[:300]
+    samples = march_numba(field, origins, rays, near=0.05)
+    assert len(samples) > 1000
+    torch_version = in_contracted_distance(samples, origins, rays, field.normalize, 0.05)
+    compiled_version = contracted_samples(field, samples, origins, rays, 0.05)
+    # the torch version sums chords over the whole batch in float32; the compiled one per ray in float64
+    assert torch.allclose(compiled_version.t_starts, torch_version.t_starts, atol=2e-4)
+    assert torch.allclose(compiled_version.t_ends, torch_version.t_ends, atol=2e-4)
+    assert torch.equal(compiled_version.ray_indices, samples.ray_indices)

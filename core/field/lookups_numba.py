@@ -13,6 +13,8 @@ thread owns whole grid slices (one plane channel) or runs alone (the density gri
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 import torch
@@ -174,3 +176,106 @@ def triplane_features(planes: Tensor, coords: Tensor) -> Tensor:
     [-1, 1] (plane p looks up the coordinate pair ``PLANE_AXES[p]`` as (x, y)): K-Planes' Hadamard feature.
     Differentiable with respect to ``planes`` (not ``coords``)."""
     return _TriPlanes.apply(planes.contiguous(), coords)
+
+
+# --- contraction and view encoding (no gradient: positions and directions are data) ----------------------
+
+
+@numba.njit(inline="always", **_JIT)
+def _contract_one(x, y, z, centre, half, contracted, out, n):
+    """Grid coordinates of one point into out[n, :3]; returns its L-inf norm in roi half-widths (>= 1)."""
+    u0 = (x - centre[0]) / half[0]
+    u1 = (y - centre[1]) / half[1]
+    u2 = (z - centre[2]) / half[2]
+    if not contracted:
+        out[n, 0], out[n, 1], out[n, 2] = u0, u1, u2
+        return 1.0
+    norm = max(abs(u0), abs(u1), abs(u2), 1e-9)
+    scale = 0.5 if norm <= 1.0 else (2.0 - 1.0 / norm) / norm * 0.5
+    out[n, 0], out[n, 1], out[n, 2] = u0 * scale, u1 * scale, u2 * scale
+    return max(norm, 1.0)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _contract_all(points, centre, half, contracted, coords, norms):
+    for n in numba.prange(points.shape[0]):
+        norms[n] = _contract_one(points[n, 0], points[n, 1], points[n, 2], centre, half, contracted, coords, n)
+
+
+def contract_points(points: Tensor, centre: Tensor, half: Tensor, contracted: bool) -> tuple[Tensor, Tensor]:
+    """:meth:`..model.Field.contract` for float32 CPU points that need no gradient: grid coordinates (N, 3)
+    and the L-inf norm in roi half-widths (N,), at least 1."""
+    p = np.ascontiguousarray(points.detach().numpy(), dtype=np.float32)
+    coords = np.empty_like(p)
+    norms = np.empty(p.shape[0], dtype=np.float32)
+    _contract_all(p, centre.detach().cpu().double().numpy(), half.detach().cpu().double().numpy(),
+                  bool(contracted), coords, norms)
+    return torch.from_numpy(coords), torch.from_numpy(norms)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _sh_deg2(d, out):
+    for n in numba.prange(d.shape[0]):
+        x, y, z = d[n, 0], d[n, 1], d[n, 2]
+        out[n, 0] = 0.28209479
+        out[n, 1] = -0.48860251 * y
+        out[n, 2] = 0.48860251 * z
+        out[n, 3] = -0.48860251 * x
+        out[n, 4] = 1.09254843 * x * y
+        out[n, 5] = -1.09254843 * y * z
+        out[n, 6] = 0.31539157 * (2 * z * z - x * x - y * y)
+        out[n, 7] = -1.09254843 * x * z
+        out[n, 8] = 0.54627421 * (x * x - y * y)
+
+
+def sh_deg2(directions: Tensor) -> Tensor:
+    """:func:`..model.sh_basis_deg2` for float32 CPU directions that need no gradient."""
+    d = np.ascontiguousarray(directions.detach().numpy(), dtype=np.float32)
+    out = np.empty((d.shape[0], 9), dtype=np.float32)
+    _sh_deg2(d, out)
+    return torch.from_numpy(out)
+
+
+@numba.njit(**_JIT)
+def _contracted_intervals(o, d, ray, t_starts, t_ends, near, centre, half, contracted, s_starts, s_ends):
+    point = np.empty((3, 3), dtype=np.float64)
+    previous_ray = -1
+    px = py = pz = 0.0
+    s = 0.0
+    for n in range(ray.shape[0]):
+        r = ray[n]
+        if r != previous_ray:  # a new ray: its distance runs from its point at ``near``
+            _contract_one(o[r, 0] + near * d[r, 0], o[r, 1] + near * d[r, 1], o[r, 2] + near * d[r, 2],
+                          centre, half, contracted, point, 0)
+            px, py, pz = point[0, 0], point[0, 1], point[0, 2]
+            s = 0.0
+            previous_ray = r
+        t0, t1 = t_starts[n], t_ends[n]
+        tm = 0.5 * (t0 + t1)
+        _contract_one(o[r, 0] + t0 * d[r, 0], o[r, 1] + t0 * d[r, 1], o[r, 2] + t0 * d[r, 2], centre, half,
+                      contracted, point, 0)
+        _contract_one(o[r, 0] + t1 * d[r, 0], o[r, 1] + t1 * d[r, 1], o[r, 2] + t1 * d[r, 2], centre, half,
+                      contracted, point, 1)
+        _contract_one(o[r, 0] + tm * d[r, 0], o[r, 1] + tm * d[r, 1], o[r, 2] + tm * d[r, 2], centre, half,
+                      contracted, point, 2)
+        s += math.sqrt((point[2, 0] - px) ** 2 + (point[2, 1] - py) ** 2 + (point[2, 2] - pz) ** 2)
+        px, py, pz = point[2, 0], point[2, 1], point[2, 2]
+        half_length = 0.5 * math.sqrt((point[1, 0] - point[0, 0]) ** 2 + (point[1, 1] - point[0, 1]) ** 2
+                                      + (point[1, 2] - point[0, 2]) ** 2)
+        s_starts[n] = s - half_length
+        s_ends[n] = s + half_length
+
+
+def contracted_intervals(origins: Tensor, directions: Tensor, ray_indices: Tensor, t_starts: Tensor,
+                         t_ends: Tensor, near: float, centre: Tensor, half: Tensor, contracted: bool
+                         ) -> tuple[Tensor, Tensor]:
+    """:func:`..render.samples.in_contracted_distance`'s intervals for CPU samples, one pass in machine code
+    (running sums per ray in float64)."""
+    as64 = lambda x: np.ascontiguousarray(x.detach().cpu().double().numpy())  # noqa: E731
+    n = ray_indices.shape[0]
+    s_starts = np.empty(n, dtype=np.float32)
+    s_ends = np.empty(n, dtype=np.float32)
+    _contracted_intervals(as64(origins), as64(directions), np.ascontiguousarray(ray_indices.numpy()),
+                          as64(t_starts), as64(t_ends), float(near), as64(centre), as64(half), bool(contracted),
+                          s_starts, s_ends)
+    return torch.from_numpy(s_starts), torch.from_numpy(s_ends)

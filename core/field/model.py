@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .lookups_numba import PLANE_AXES, triplane_features, trilinear
+from .lookups_numba import PLANE_AXES, contract_points, sh_deg2, triplane_features, trilinear
 from .occupancy import OccupancyGrid, level_aabbs
 
 
@@ -140,6 +140,8 @@ class Field(torch.nn.Module):
 
     def contract(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """Grid coordinates of world points and their L-inf norm in roi half-widths (N,) (1 inside)."""
+        if _compiled_lookup(self.roi_centre, points):
+            return contract_points(points, self.roi_centre, self.roi_half, self.config.levels > 1)
         u = (points - self.roi_centre) / self.roi_half
         if self.config.levels == 1:
             return u, torch.ones_like(u[:, 0])
@@ -177,7 +179,8 @@ class Field(torch.nn.Module):
                 sampled = F.grid_sample(plane, plane_coords, mode="bilinear", padding_mode="border",
                                         align_corners=True)  # (3, C, 1, N)
                 features.append((sampled[0] * sampled[1] * sampled[2]).squeeze(1).t())
-        h = torch.cat(features + [sh_basis_deg2(directions)], dim=-1)
+        sh = sh_deg2(directions) if _compiled_lookup(self.roi_centre, directions) else sh_basis_deg2(directions)
+        h = torch.cat(features + [sh], dim=-1)
         return torch.sigmoid(self.mlp(h))
 
     def forward(self, points: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..data.dataset import Dataset, Frame
 from ..errors import NeuralLabelError
+from ..field.lookups_numba import contracted_intervals
 from ..field.model import Field
 from ..geometry.cameras import camera_directions
 from ..progress import ProgressFn, report
@@ -217,11 +218,22 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
                      median=False)
 
 
+def contracted_samples(field: Field, samples: RaySamples, origins: Tensor, directions: Tensor, near: float
+                       ) -> RaySamples:
+    """:func:`..render.samples.in_contracted_distance` for the field (compiled on the CPU)."""
+    if origins.device.type != "cpu" or len(samples) == 0:
+        return in_contracted_distance(samples, origins, directions, field.normalize, near)
+    s_starts, s_ends = contracted_intervals(origins, directions, samples.ray_indices, samples.t_starts,
+                                            samples.t_ends, near, field.roi_centre, field.roi_half,
+                                            field.config.levels > 1)
+    return replace(samples, t_starts=s_starts, t_ends=s_ends)
+
+
 def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool) -> TrainRender:
     rays, samples = render_train(field, batch.origins, batch.directions, near=near,
                                  random_background=random_background)
-    render = TrainRender(rays, samples, contracted=in_contracted_distance(
-        samples, batch.origins, batch.directions, field.normalize, near))
+    render = TrainRender(rays, samples, contracted=contracted_samples(field, samples, batch.origins,
+                                                                      batch.directions, near))
     if batch.depth is not None:
         render.depth_rays, render.depth_samples = render_train(
             field, batch.depth.origins, batch.depth.directions, near=near, depth_only=True)
