@@ -100,7 +100,8 @@ def test_compiled_lookups_equal_grid_sample_in_value_and_gradient():
     gradients with respect to the grids, at points inside, on the faces and corners, and outside."""
     import torch.nn.functional as F
 
-    from neurallabel.core.field.lookups_numba import PLANE_AXES, triplane_features, trilinear
+    from neurallabel.core.field.lookups_numba import triplane_features, trilinear
+    from neurallabel.core.field.model import PLANE_AXES
 
     generator = torch.Generator().manual_seed(3)
     coords = torch.rand(5000, 3, generator=generator) * 2.6 - 1.3

@@ -95,10 +95,6 @@ def trilinear(grid: Tensor, coords: Tensor) -> Tensor:
     return _Trilinear.apply(grid.contiguous(), coords)
 
 
-#: the (first, second) coordinate of each tri-plane: plane p is indexed [H = second, W = first]
-PLANE_AXES = ((0, 1), (0, 2), (1, 2))
-
-
 @numba.njit(parallel=True, **_JIT)
 def _planes_forward(planes, coords, values, out):
     """values[n, p, c]: plane p's bilinear value; out[n, c]: their product over the three planes."""
@@ -173,7 +169,7 @@ class _TriPlanes(torch.autograd.Function):
 
 def triplane_features(planes: Tensor, coords: Tensor) -> Tensor:
     """(N, C) product over the three planes of (3, C, H, W) float32 CPU ``planes`` at ``coords`` (N, 3) in
-    [-1, 1] (plane p looks up the coordinate pair ``PLANE_AXES[p]`` as (x, y)): K-Planes' Hadamard feature.
+    [-1, 1] (plane p looks up the coordinate pair ``model.PLANE_AXES[p]`` as (x, y)): K-Planes' Hadamard feature.
     Differentiable with respect to ``planes`` (not ``coords``)."""
     return _TriPlanes.apply(planes.contiguous(), coords)
 

@@ -15,6 +15,7 @@ boxes of 2x, 4x ... the size for the background; the field contracts everything 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .lookups_numba import PLANE_AXES, contract_points, sh_deg2, triplane_features, trilinear
 from .occupancy import OccupancyGrid, level_aabbs
+
+#: the coordinate pair each tri-plane looks up: plane p is indexed [H = second, W = first]
+PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 
 
 @dataclass
@@ -141,7 +144,7 @@ class Field(torch.nn.Module):
     def contract(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """Grid coordinates of world points and their L-inf norm in roi half-widths (N,) (1 inside)."""
         if _compiled_lookup(self.roi_centre, points):
-            return contract_points(points, self.roi_centre, self.roi_half, self.config.levels > 1)
+            return compiled_kernels().contract_points(points, self.roi_centre, self.roi_half, self.config.levels > 1)
         u = (points - self.roi_centre) / self.roi_half
         if self.config.levels == 1:
             return u, torch.ones_like(u[:, 0])
@@ -153,7 +156,7 @@ class Field(torch.nn.Module):
 
     def density_from_normalized(self, coords: Tensor) -> Tensor:
         if _compiled_lookup(self.density_grid, coords):
-            raw = trilinear(self.density_grid[0, 0], coords)
+            raw = compiled_kernels().trilinear(self.density_grid[0, 0], coords)
         else:
             raw = F.grid_sample(self.density_grid, coords.view(1, 1, 1, -1, 3)[..., [2, 1, 0]],
                                 mode="bilinear", padding_mode="border", align_corners=True).view(-1)
@@ -171,7 +174,7 @@ class Field(torch.nn.Module):
         """(N, 3) colour in [0, 1] at world points seen along unit ``directions``."""
         coords = self.normalize(points)
         if _compiled_lookup(self.planes[0], coords):
-            features = [triplane_features(plane, coords) for plane in self.planes]
+            features = [compiled_kernels().triplane_features(plane, coords) for plane in self.planes]
         else:
             plane_coords = torch.stack([coords[:, list(axes)] for axes in PLANE_AXES]).unsqueeze(1)
             features = []
@@ -179,7 +182,8 @@ class Field(torch.nn.Module):
                 sampled = F.grid_sample(plane, plane_coords, mode="bilinear", padding_mode="border",
                                         align_corners=True)  # (3, C, 1, N)
                 features.append((sampled[0] * sampled[1] * sampled[2]).squeeze(1).t())
-        sh = sh_deg2(directions) if _compiled_lookup(self.roi_centre, directions) else sh_basis_deg2(directions)
+        compiled = _compiled_lookup(self.roi_centre, directions)
+        sh = compiled_kernels().sh_deg2(directions) if compiled else sh_basis_deg2(directions)
         h = torch.cat(features + [sh], dim=-1)
         return torch.sigmoid(self.mlp(h))
 
@@ -232,11 +236,21 @@ class Field(torch.nn.Module):
         return F.softplus(result + self.density_shift) * self.density_scale
 
 
+@functools.lru_cache(maxsize=None)
+def compiled_kernels():
+    """:mod:`.lookups_numba`, or None where numba is not installed (the GPU path does not need it)."""
+    try:
+        from . import lookups_numba
+    except ImportError:
+        return None
+    return lookups_numba
+
+
 def _compiled_lookup(values: Tensor, coords: Tensor) -> bool:
-    """The compiled CPU lookups serve float32 CPU grids at positions that need no gradient (all of
-    NeuralLabel's); anything else goes through ``grid_sample``."""
+    """The compiled CPU kernels serve float32 CPU grids at positions that need no gradient (all of
+    NeuralLabel's); anything else goes through torch (``grid_sample``)."""
     return (values.device.type == "cpu" and coords.device.type == "cpu" and values.dtype == torch.float32
-            and coords.dtype == torch.float32 and not coords.requires_grad)
+            and coords.dtype == torch.float32 and not coords.requires_grad and compiled_kernels() is not None)
 
 
 def load_field(path: str | Path, device: str = "cpu") -> Field:

@@ -15,8 +15,7 @@ from torch import Tensor
 
 from ..data.dataset import Dataset, Frame
 from ..errors import NeuralLabelError
-from ..field.lookups_numba import contracted_intervals
-from ..field.model import Field
+from ..field.model import Field, compiled_kernels
 from ..geometry.cameras import camera_directions
 from ..progress import ProgressFn, report
 from ..render.march import march
@@ -221,9 +220,10 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
 def contracted_samples(field: Field, samples: RaySamples, origins: Tensor, directions: Tensor, near: float
                        ) -> RaySamples:
     """:func:`..render.samples.in_contracted_distance` for the field (compiled on the CPU)."""
-    if origins.device.type != "cpu" or len(samples) == 0:
+    kernels = compiled_kernels()
+    if origins.device.type != "cpu" or len(samples) == 0 or kernels is None:
         return in_contracted_distance(samples, origins, directions, field.normalize, near)
-    s_starts, s_ends = contracted_intervals(origins, directions, samples.ray_indices, samples.t_starts,
+    s_starts, s_ends = kernels.contracted_intervals(origins, directions, samples.ray_indices, samples.t_starts,
                                             samples.t_ends, near, field.roi_centre, field.roi_half,
                                             field.config.levels > 1)
     return replace(samples, t_starts=s_starts, t_ends=s_ends)
