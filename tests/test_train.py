@@ -200,7 +200,8 @@ def test_default_terms_follow_the_options():
     from neurallabel.core.train.losses import default_terms
 
     names = lambda terms: [t.name for t in terms]  # noqa: E731
-    terms = default_terms(TrainOptions(), depth=False)
+    assert names(default_terms(TrainOptions(), depth=False)) == ["rgb", "distortion"]  # opacity: random background
+    terms = default_terms(TrainOptions(opacity_weight=0.1), depth=False)
     assert names(terms) == ["rgb", "opacity", "distortion"]
     distortion = terms[2].weight_at
     assert distortion(0.0) / distortion(1.0) == pytest.approx(10.0)  # decayed to 1/10 by the end

@@ -46,10 +46,12 @@ class TrainOptions:
     downscale: float = 1.0
     strict: bool = False
     depth_supervision: bool = False
-    random_background: bool = False  # a random colour behind each training ray (see batch.render_train)
-    # pull every training ray to full opacity: photos see a surface everywhere (with a learned background
-    # colour and the contracted background, 0.01 left most pixels of a 400-step field half transparent)
-    opacity_weight: float = 0.1
+    # a random colour behind each training ray (see batch.render_train): photos see a surface at every pixel,
+    # so the field must explain each one with density (a constant background colour would stand in for it)
+    random_background: bool = True
+    # a loss pulling every training ray to full opacity (the other way to ask for opaque photos): with a
+    # learned background colour it sank the floor of open scenes below its true height, so it is off
+    opacity_weight: float = 0.0
     # mip-NeRF 360's distortion loss, in normalised contracted distance. None: losses.DISTORTION
     distortion_weight: Optional[float] = None
     distortion_final: Optional[float] = None  # the weight decays exponentially to this share of it
