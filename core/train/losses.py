@@ -60,7 +60,8 @@ def photometric_loss(batch: TrainBatch, render: TrainRender) -> Tensor:
 
 
 def opacity_loss(batch: TrainBatch, render: TrainRender) -> Tensor:
-    """Every pixel of a photo sees a surface (the box boundary stands in for the sky), so a learned
+    """Off by default: the random background colour asks for opaque photos without it (see ``TrainOptions``).
+    Every pixel of a photo sees a surface (the box boundary stands in for the sky), so a learned
     background colour must not replace geometry: that would leave holes in the depth."""
     return (1.0 - render.rays["opacity"]).mean()
 
