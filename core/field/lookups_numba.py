@@ -95,6 +95,20 @@ def trilinear(grid: Tensor, coords: Tensor) -> Tensor:
     return _Trilinear.apply(grid.contiguous(), coords)
 
 
+@numba.njit(inline="always", **_JIT)
+def _plane_corner(coords, n, p, h, w):
+    """Plane p's lower corner (x, y) and upper-corner weights (a, b) for point n (pairs of model.PLANE_AXES)."""
+    if p == 0:
+        u, v = coords[n, 0], coords[n, 1]
+    elif p == 1:
+        u, v = coords[n, 0], coords[n, 2]
+    else:
+        u, v = coords[n, 1], coords[n, 2]
+    x, a = _axis(u, w)
+    y, b = _axis(v, h)
+    return x, a, y, b
+
+
 @numba.njit(parallel=True, **_JIT)
 def _planes_forward(planes, coords, values, out):
     """values[n, p, c]: plane p's bilinear value; out[n, c]: their product over the three planes."""
@@ -103,14 +117,7 @@ def _planes_forward(planes, coords, values, out):
         for c in range(channels):
             out[n, c] = 1.0
         for p in range(n_planes):
-            if p == 0:
-                u, v = coords[n, 0], coords[n, 1]
-            elif p == 1:
-                u, v = coords[n, 0], coords[n, 2]
-            else:
-                u, v = coords[n, 1], coords[n, 2]
-            x, a = _axis(u, w)
-            y, b = _axis(v, h)
+            x, a, y, b = _plane_corner(coords, n, p, h, w)
             for c in range(channels):
                 value = ((planes[p, c, y, x] * (1 - a) + planes[p, c, y, x + 1] * a) * (1 - b)
                          + (planes[p, c, y + 1, x] * (1 - a) + planes[p, c, y + 1, x + 1] * a) * b)
@@ -130,14 +137,7 @@ def _planes_backward(coords, values, grad_out, grad):
             g = grad_out[n, c] * values[n, q, c] * values[n, r, c]
             if g == 0.0:
                 continue
-            if p == 0:
-                u, v = coords[n, 0], coords[n, 1]
-            elif p == 1:
-                u, v = coords[n, 0], coords[n, 2]
-            else:
-                u, v = coords[n, 1], coords[n, 2]
-            x, a = _axis(u, w)
-            y, b = _axis(v, h)
+            x, a, y, b = _plane_corner(coords, n, p, h, w)
             grad[p, c, y, x] += g * (1 - a) * (1 - b)
             grad[p, c, y, x + 1] += g * a * (1 - b)
             grad[p, c, y + 1, x] += g * (1 - a) * b
