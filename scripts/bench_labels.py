@@ -28,7 +28,7 @@
 
 ``--quick``: a CI-size run (a small scene, a 1-minute field, 3 frames): the numbers are not the targets' scale.
 Prints one JSON line with every number, each target's value and pass, and ``meets`` (all passed).
-Never reads the scene's ``scene_aabb``: the field's recipe decides its own bounds.
+The field takes its bounds from the data (cameras and SfM points), as for any real capture.
 """
 
 from __future__ import annotations
