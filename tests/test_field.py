@@ -171,3 +171,20 @@ def test_compiled_contraction_view_encoding_and_contracted_distances_equal_the_t
     assert torch.allclose(compiled_version.t_starts, torch_version.t_starts, atol=2e-4)
     assert torch.allclose(compiled_version.t_ends, torch_version.t_ends, atol=2e-4)
     assert torch.equal(compiled_version.ray_indices, samples.ray_indices)
+
+
+def test_an_absolute_occupancy_threshold_drops_a_faint_haze_that_the_mean_rule_keeps():
+    from neurallabel.core.field.occupancy import OccupancyGrid
+
+    grid = OccupancyGrid(torch.tensor([0.0, 0, 0, 1, 1, 1]), resolution=4)
+    values = torch.zeros(1, 4, 4, 4)
+    values[0, 2:] = 8e-3  # a haze over half the box (32 cells) ...
+    values[0, 1, 2, 3] = 0.2  # ... and one surface cell: the mean is 0.0071
+    grid.update_from_cell_values(values, decay=0.0)  # nerfacc: threshold = min(mean, 0.01), the haze passes
+    assert int(grid.binaries.sum()) == 33
+    grid.update_from_cell_values(values, decay=0.0, absolute=True)
+    assert grid.binaries.nonzero().tolist() == [[0, 1, 2, 3]]
+    faint = torch.full((1, 4, 4, 4), 1e-4)
+    faint[0, 0, 0, 0] = 2e-4
+    grid.update_from_cell_values(faint, decay=0.0, absolute=True)  # nothing passes 0.01: a young field
+    assert grid.binaries.nonzero().tolist() == [[0, 0, 0, 0]]  # keeps the relative rule

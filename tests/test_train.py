@@ -4,6 +4,7 @@ stopped, and the train/render commands refuse bad input with one line and exit c
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,26 @@ def test_distortion_loss_matches_its_definition():
     assert float(distortion_loss(samples)) == pytest.approx(expected / 3, rel=1e-5)
 
 
+def test_sparsity_loss_sums_each_rays_sample_opacities_and_is_independent_of_where_they_sit():
+    from neurallabel.core.render.samples import RaySamples
+    from neurallabel.core.train.losses import sparsity_loss
+
+    ray_indices = torch.tensor([0, 0, 1, 1, 1])
+    t_starts = torch.tensor([0.1, 0.3, 1.0, 2.0, 3.0])
+    t_ends = t_starts + torch.tensor([0.1, 0.2, 0.5, 0.5, 0.25])
+    sigmas = torch.tensor([1.0, 0.0, 2.0, 4.0, 8.0], requires_grad=True)
+    samples = RaySamples(ray_indices, t_starts, t_ends, n_rays=4, sigmas=sigmas)  # rays 2 and 3: no sample
+    alphas = [1 - math.exp(-s * d) for s, d in ((1, 0.1), (0, 0.2), (2, 0.5), (4, 0.5), (8, 0.25))]
+    assert float(sparsity_loss(samples)) == pytest.approx(sum(alphas) / 4, rel=1e-6)
+    sparsity_loss(samples).backward()
+    assert float(sigmas.grad[1]) == pytest.approx(0.2 / 4)  # empty space still pays for density
+    moved = RaySamples(ray_indices, t_starts + 5.0, t_ends + 5.0, n_rays=4, sigmas=sigmas.detach())
+    assert float(sparsity_loss(moved)) == pytest.approx(float(sparsity_loss(samples)))
+    empty = RaySamples(torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0), n_rays=0,
+                       sigmas=torch.zeros(0))
+    assert float(sparsity_loss(empty)) == 0.0
+
+
 def test_loss_terms_are_weighted_and_summed_so_a_new_term_is_only_added():
     from types import SimpleNamespace
 
@@ -200,12 +221,14 @@ def test_default_terms_follow_the_options():
     from neurallabel.core.train.losses import default_terms
 
     names = lambda terms: [t.name for t in terms]  # noqa: E731
-    assert names(default_terms(TrainOptions(), depth=False)) == ["rgb", "distortion"]  # opacity: random background
-    terms = default_terms(TrainOptions(opacity_weight=0.1), depth=False)
-    assert names(terms) == ["rgb", "opacity", "distortion"]
-    distortion = terms[2].weight_at
+    # no opacity term: the random background asks for opaque photos
+    assert names(default_terms(TrainOptions(), depth=False)) == ["rgb", "distortion", "sparsity"]
+    terms = default_terms(TrainOptions(opacity_weight=0.1, sparsity_final=0.5), depth=False)
+    assert names(terms) == ["rgb", "opacity", "distortion", "sparsity"]
+    distortion, sparsity = terms[2].weight_at, terms[3].weight_at
     assert distortion(0.0) / distortion(1.0) == pytest.approx(10.0)  # decayed to 1/10 by the end
-    assert names(default_terms(TrainOptions(opacity_weight=0.0, distortion_weight=0.0),
+    assert sparsity(0.0) / sparsity(1.0) == pytest.approx(2.0)
+    assert names(default_terms(TrainOptions(opacity_weight=0.0, distortion_weight=0.0, sparsity_weight=0.0),
                                depth=True)) == ["rgb", "depth"]
 
 

@@ -208,7 +208,7 @@ class Field(torch.nn.Module):
         if self.config.levels == 1:
             values = self.cell_max_density() * self.render_step_size
             self.occupancy.update_from_cell_values(
-                values[None], **{k: v for k, v in kwargs.items() if k in ("threshold", "decay")})
+                values[None], **{k: v for k, v in kwargs.items() if k in ("threshold", "decay", "absolute")})
         else:
             self.occupancy.update(self.density, self.render_step_size, **kwargs)
 

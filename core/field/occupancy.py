@@ -8,7 +8,9 @@ kept: as a sub-module its buffers would go into the field's ``state_dict``):
 - ``levels`` nested boxes; level 0 is ``roi_aabb``, level ``i`` is ``roi_aabb`` scaled by ``2**i`` about its
   centre; each level has ``resolution**3`` cells indexed ``[level, ix, iy, iz]``; where levels overlap, the
   finest level decides;
-- ``occs`` holds an EMA of ``density * step_size`` per cell; ``binaries = occs > min(mean(occs), threshold)``.
+- ``occs`` holds an EMA of ``density * step_size`` per cell; ``binaries = occs > min(mean(occs), threshold)``
+  (nerfacc's rule, which keeps a faint young field marchable), or ``occs > threshold`` when asked for an
+  ``absolute`` threshold and some cell passes it.
 
 For the CPU marcher the grid also keeps a chessboard distance (in cells) from each empty cell to the nearest
 occupied one: a ray may jump over that many cells without missing an occupied one, which gives the same
@@ -96,7 +98,7 @@ class OccupancyGrid(torch.nn.Module):
     @torch.no_grad()
     def update(self, density_fn: DensityFn, step_size: float, *, threshold: float = 0.01,
                decay: float = 0.95, fraction: float = 1.0, samples_per_cell: int = 1,
-               chunk: int = 1 << 18) -> None:
+               chunk: int = 1 << 18, absolute: bool = False) -> None:
         """Refresh ``occs``/``binaries`` from the density at a random point of each (sampled) cell.
 
         ``fraction`` < 1 re-evaluates that share of cells chosen at random plus every occupied cell
@@ -126,20 +128,26 @@ class OccupancyGrid(torch.nn.Module):
             current = torch.where(torch.isinf(current), torch.zeros_like(current), current)
             occs[level, indices] = torch.maximum(current * decay, values)
         occs[torch.isinf(occs)] = 0.0
-        self.refresh_binaries(threshold)
+        self.refresh_binaries(threshold, absolute=absolute)
 
     @torch.no_grad()
-    def update_from_cell_values(self, values: Tensor, *, threshold: float = 0.01, decay: float = 0.95) -> None:
+    def update_from_cell_values(self, values: Tensor, *, threshold: float = 0.01, decay: float = 0.95,
+                                absolute: bool = False) -> None:
         """Like :meth:`update` with every cell's value given: (levels, R, R, R) of ``density * step``."""
         occs = self.occs.view(values.shape)
         current = torch.where(torch.isinf(occs), torch.zeros_like(occs), occs)
         occs.copy_(torch.maximum(current * decay, values))
-        self.refresh_binaries(threshold)
+        self.refresh_binaries(threshold, absolute=absolute)
 
     @torch.no_grad()
-    def refresh_binaries(self, threshold: float = 0.01) -> None:
+    def refresh_binaries(self, threshold: float = 0.01, *, absolute: bool = False) -> None:
+        """``absolute``: cells above ``threshold`` itself, not the lower of it and the mean. A field trained
+        to be sparse has a low mean, and nerfacc's rule would then keep its faint haze occupied (many more
+        samples per ray); a field with no cell above the threshold keeps the relative rule."""
         valid = self.occs[self.occs >= 0]
         thre = min(float(valid.mean()) if len(valid) else 0.0, threshold)
+        if absolute and bool((valid > threshold).any()):
+            thre = threshold
         self.binaries.copy_((self.occs > thre).view(self.binaries.shape))
         self._skip_cells = None
 

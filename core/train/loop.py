@@ -4,7 +4,7 @@ One step: draw random pixels of the train images (as many rays as keep ~``sample
 nerfacc "dynamic batch"), march them through the occupancy grid (stratified), evaluate density and colour
 with gradients at the surviving samples, composite over a random background colour per ray (photos are
 opaque), and take an Adam step on the sum of the loss terms (:mod:`.losses`: photometric, distortion,
-DS-NeRF depth and opacity when asked). :mod:`.schedules` says what
+sparsity, DS-NeRF depth and opacity when asked). :mod:`.schedules` says what
 changes over the run: the occupancy grid follows nerfacc's schedule (every 16 steps; all cells during
 warm-up, then a quarter plus the occupied ones), the density grid grows coarse-to-fine, the learning
 rates decay.
@@ -36,7 +36,7 @@ from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, check_one_si
 from .bounds import default_near, density_lr_scale, field_config_for, views_per_vertex
 from .losses import LossTerm, default_terms, total_loss
 from .schedules import (LEARNING_RATES, density_resolution_at, finest_density_resolution, learning_rate_factor,
-                        occupancy_share_at)
+                        occupancy_share_at, occupancy_threshold_is_absolute)
 
 
 @dataclass
@@ -56,6 +56,9 @@ class TrainOptions:
     # mip-NeRF 360's distortion loss, in normalised contracted distance. None: losses.DISTORTION
     distortion_weight: Optional[float] = None
     distortion_final: Optional[float] = None  # the weight decays exponentially to this share of it
+    # the opacity of every sample, summed per ray (losses.sparsity_loss). None: losses.SPARSITY
+    sparsity_weight: Optional[float] = None
+    sparsity_final: Optional[float] = None
     min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
@@ -241,7 +244,7 @@ def grow_density(setup: TrainSetup, state: TrainState, resolution: int) -> None:
     for group, old_group in zip(state.optimizer.param_groups, old["param_groups"]):
         group["lr"] = old_group["lr"]
     if state.step >= 16:
-        field.update_occupancy(fraction=1.0)
+        field.update_occupancy(fraction=1.0, absolute=occupancy_threshold_is_absolute(state.step))
 
 
 def apply_schedules(setup: TrainSetup, state: TrainState, fraction: float) -> None:
@@ -253,7 +256,7 @@ def apply_schedules(setup: TrainSetup, state: TrainState, fraction: float) -> No
     state.field.sample_step_scale = finest_density_resolution() / resolution
     share = occupancy_share_at(state.step)
     if share is not None:
-        state.field.update_occupancy(fraction=share)
+        state.field.update_occupancy(fraction=share, absolute=occupancy_threshold_is_absolute(state.step))
     for group, base in zip(state.optimizer.param_groups, state.base_lrs):
         group["lr"] = base * learning_rate_factor(fraction)
 
@@ -300,7 +303,7 @@ def finish_field(state: TrainState) -> None:
     with torch.no_grad():  # space no training ray reached holds nothing we know of
         field.density_grid[~state.visited] = -30.0
     # a thorough occupancy refresh so rendering skips exactly the empty space
-    field.update_occupancy(fraction=1.0, samples_per_cell=4, decay=0.0)
+    field.update_occupancy(fraction=1.0, samples_per_cell=4, decay=0.0, absolute=True)
     field.eval()
 
 

@@ -46,6 +46,12 @@ def occupancy_share_at(step: int) -> Optional[float]:
     return 1.0 if step < OCCUPANCY_WARMUP else OCCUPANCY_SHARE
 
 
+def occupancy_threshold_is_absolute(step: int) -> bool:
+    """After the warm-up the occupancy threshold no longer follows the mean (see
+    :meth:`..field.occupancy.OccupancyGrid.refresh_binaries`): the sparsity loss lowers the mean."""
+    return step >= OCCUPANCY_WARMUP
+
+
 def constant(weight: float) -> WeightSchedule:
     return lambda fraction: weight
 
