@@ -22,13 +22,14 @@ from .rays import RayCache
 @dataclass
 class HeadTrainOptions:
     steps: int = 300
-    lr: float = 0.02
+    lr: float = 0.05
     max_rays_per_step: int = 4096
     seed: int = 0
-    tv_weight: float = 1e-3  # smooths the feature grid so labels spread to nearby unlabelled surface
+    tv_weight: float = 1e-2  # smooths the feature grid so labels spread to nearby unlabelled surface
     resolution: int = 64
     features: int = 8
     hidden: int = 32
+    balance: float = 0.0  # class weights ∝ frequency^-balance
 
 
 def total_variation(grid: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,9 @@ def train_head(cache: RayCache, targets: np.ndarray, class_ids: Sequence[int],
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, options.steps, eta_min=options.lr * 0.05)
     full = cache.subset(labelled)
     full_targets = torch.from_numpy(targets[labelled])
+    counts = torch.bincount(full_targets, minlength=len(class_ids)).double()
+    class_weight = torch.where(counts > 0, counts.clamp_min(1) ** -options.balance, 0.0)
+    class_weight = (class_weight / (class_weight * counts).sum() * counts.sum()).float()
     for _ in range(options.steps):
         if len(labelled) > options.max_rays_per_step:
             pick = generator.choice(len(labelled), options.max_rays_per_step, replace=False)
@@ -58,7 +62,7 @@ def train_head(cache: RayCache, targets: np.ndarray, class_ids: Sequence[int],
             batch, batch_targets = full.subset(pick), full_targets[torch.from_numpy(pick)]
         else:
             batch, batch_targets = full, full_targets
-        loss = F.cross_entropy(ray_logits(head, batch), batch_targets)
+        loss = F.cross_entropy(ray_logits(head, batch), batch_targets, weight=class_weight)
         if options.tv_weight:
             loss = loss + options.tv_weight * total_variation(head.grid)
         optimiser.zero_grad(set_to_none=True)

@@ -15,9 +15,8 @@ from .head import HeadCheckpoint, check_head_matches, load_head, save_head
 from .labels import VOID, class_table, load_labels, ray_targets
 from .pool import build_pool, parse_granularity, rays_in_rects
 from .rays import RayCache, cache_frame, cache_frames
-from .render import predict
 from .state import add_round, load_state, round_rng, selected_before
-from .strategies import select_units, surface_cells
+from .strategies import score_pool, select_units, surface_cells
 from .train import HeadTrainOptions, train_head
 
 NoticeFn = Callable[[str], None]
@@ -83,8 +82,7 @@ def select_next(field, field_fingerprint: str | None, frames, *, budget: int, gr
         labelled[rays] |= ids[cache.y[rays], cache.x[rays]] != VOID
     entropy = margin = None
     if head is not None:
-        prediction = predict(head.head, cache)
-        entropy, margin = prediction.entropy, prediction.margin
+        entropy, margin = score_pool(head.head, cache, pool)
     cells = surface_cells(cache, np.asarray(field.config.roi_aabb, dtype=np.float64).reshape(6))
     selection = select_units(pool, cache, strategy, budget, labelled=labelled, cells=cells, rng=round_rng(state),
                              entropy=entropy, margin=margin)
