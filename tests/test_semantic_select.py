@@ -205,4 +205,4 @@ def test_patches_are_scored_on_a_subsample_and_unscored_rays_do_not_count():
     labelled = np.zeros(cache.n_rays, dtype=bool)
     order = select_units(patches, cache, "entropy", 10 ** 6, labelled=labelled, cells=surface_cells(cache, BOX, 8),
                          rng=np.random.default_rng(0), entropy=entropy)
-    assert [int(patches.x[u]) for u in order.units] == [0, 4]
+    assert [int(patches.x[u]) for u in order.units] == [0, 0, 4, 4]  # two rows of patches (H = 6)
