@@ -273,6 +273,10 @@ def main() -> None:
             if random_curve is not None:
                 b_random = saving_budget(random_curve["pixels"], random_curve["miou"], m * m_full)
                 entry[f"saving_at_{m}"] = b_random / b if b and not math.isnan(b) else float("nan")
+                if math.isnan(b_random) and b and not math.isnan(b):
+                    # random never got there on the grid: the saving is at least its last budget / this one
+                    entry[f"saving_at_{m}"] = random_curve["pixels"][-1] / b
+                    entry[f"saving_at_{m}_is_lower_bound"] = True
         savings[key] = entry
     geometry_key = next((k for k in savings if k.startswith("geometry/patch")), None)
     geo_saving = savings.get(geometry_key, {}).get("saving_at_0.9", float("nan"))
@@ -285,8 +289,9 @@ def main() -> None:
         "round_s_max": float(np.max(round_seconds)) if round_seconds else None,
         "curves": curves, "savings": savings,
         "targets": {
-            "ci_geometry_half_of_random_at_0.9": {"key": geometry_key, "saving": geo_saving,
-                                                  "pass": bool(geo_saving >= 2.0)},
+            "ci_geometry_half_of_random_at_0.9": {
+                "key": geometry_key, "saving": geo_saving, "pass": bool(geo_saving >= 2.0),
+                "lower_bound": bool(savings.get(geometry_key, {}).get("saving_at_0.9_is_lower_bound", False))},
             "round_le_60s": {"max_s": float(np.max(round_seconds)) if round_seconds else None,
                              "pass": bool(round_seconds and np.max(round_seconds) <= 60.0),
                              "note": "measured at this bench's size, the target is for the full-size scene"},
