@@ -14,11 +14,12 @@ from neurallabel.core.io.atomic import png_bytes, write_bytes
 from neurallabel.core.semantic.labels import VOID, class_table, load_labels, ray_targets
 from neurallabel.core.semantic.metrics import miou
 from neurallabel.core.semantic.pool import build_pool, parse_granularity, rays_in_rects
-from neurallabel.core.semantic.rays import RayCache
+from neurallabel.core.semantic.rays import RayCache, load_cache, save_cache
 from neurallabel.core.semantic.render import predict
 from neurallabel.core.semantic.state import add_round, load_state, round_rng
 from neurallabel.core.semantic.strategies import SCORE_STRIDE, score_pool, scored_rays, select_units, surface_cells
 from neurallabel.core.semantic.train import HeadTrainOptions, train_head
+from neurallabel.core.semantic.workflow import select_next
 
 W, H = 8, 6
 
@@ -206,3 +207,19 @@ def test_patches_are_scored_on_a_subsample_and_unscored_rays_do_not_count():
     order = select_units(patches, cache, "entropy", 10 ** 6, labelled=labelled, cells=surface_cells(cache, BOX, 8),
                          rng=np.random.default_rng(0), entropy=entropy)
     assert [int(patches.x[u]) for u in order.units] == [0, 0, 4, 4]  # two rows of patches (H = 6)
+
+
+def test_select_reuses_the_cached_rays_of_the_same_field_and_frames(tmp_path):
+    cache, frames = synthetic_cache(2), [frame(0), frame(1)]
+    key = {"field_sha256": "abc", "downscale": 1.0}
+    path = tmp_path / "s.json.rays.pt"
+    save_cache(path, cache, dict(key, frames=[[0, W, H], [1, W, H]]))
+    loaded = load_cache(path, dict(key, frames=[[0, W, H], [1, W, H]]))
+    assert np.array_equal(loaded.surface, cache.surface) and torch.equal(loaded.coords, cache.coords)
+    assert load_cache(path, dict(key, downscale=2.0, frames=[[0, W, H], [1, W, H]])) is None  # stale: recomputed
+    # the field is never marched: with no field to march (None) the round still runs from the cached rays
+    field = SimpleNamespace(config=SimpleNamespace(roi_aabb=BOX.tolist()))
+    result = select_next(field, "fp", frames, budget=16, granularity="patch:4", strategy="geometry", seed=0,
+                         state_path=tmp_path / "s.json", out=tmp_path / "sel.json", ray_cache=path,
+                         ray_cache_key=key)
+    assert result.cost >= 16 and result.round == 0 and (tmp_path / "sel.json").is_file()
