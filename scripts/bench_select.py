@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,48 @@ def saving_budget(pixels: list[float], scores: list[float], target: float) -> fl
     return float("nan")
 
 
+def time_round(args, scene, fpath, field, train_frames, cache, test_cache, cache_s) -> dict:
+    """One interactive round on cached rays: train a head on labelled patches, score the pool, select."""
+    from neurallabel.core.semantic.pool import build_pool, parse_granularity
+    from neurallabel.core.semantic.strategies import score_pool, select_units, surface_cells
+    from neurallabel.core.semantic.train import HeadTrainOptions, train_head
+
+    import torch
+
+    t_import = time.monotonic()
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch imports its compiler here, once per process
+    import_s = time.monotonic() - t_import
+    truth = category_truth(scene, cache, int(args.downscale))
+    classes = sorted(np.unique(truth).tolist())
+    target_all = np.searchsorted(classes, truth)
+    grain = (args.granularities or "patch:16").split(",")[0]
+    pool = build_pool(cache, train_frames, parse_granularity(grain))
+    rng = np.random.default_rng(0)
+    labelled = np.zeros(cache.n_rays, dtype=bool)
+    for u in rng.permutation(pool.size):
+        if labelled.sum() >= args.round_labels * cache.n_rays:
+            break
+        labelled[pool.rays_of(u)] = True
+    target = np.where(labelled, target_all, -1)
+    cells = surface_cells(cache, np.asarray(field.config.roi_aabb, dtype=np.float64).reshape(6))
+    t0, c0 = time.monotonic(), time.process_time()
+    head = train_head(cache, target, classes, HeadTrainOptions(steps=args.head_steps))
+    t1, c1 = time.monotonic(), time.process_time()
+    entropy, margin = score_pool(head, cache, pool)
+    t2, c2 = time.monotonic(), time.process_time()
+    chosen = select_units(pool, cache, "geometry", int(args.round_budget * cache.n_rays), labelled=labelled,
+                          cells=cells, rng=rng, entropy=entropy, margin=margin)
+    t3, c3 = time.monotonic(), time.process_time()
+    return {"bench": "select_round", "scene": str(scene), "field": str(fpath), "downscale": args.downscale,
+            "train_pixels": cache.n_rays, "samples": int(len(cache.weights)), "granularity": grain,
+            "labelled_pixels": int(labelled.sum()), "selected_units": len(chosen.units), "head_steps": args.head_steps,
+            "threads": args.threads, "cache_s": round(cache_s, 2), "first_optimiser_import_s": round(import_s, 2), "train_s": round(t1 - t0, 2),
+            "score_s": round(t2 - t1, 2), "select_s": round(t3 - t2, 2), "round_s": round(t3 - t0, 2),
+            "cpu_s": {"train": round(c1 - c0, 2), "score": round(c2 - c1, 2), "select": round(c3 - c2, 2),
+                      "round": round(c3 - c0, 2)},
+            "target_round_le_60s": bool(t3 - t0 <= 60.0), "loadavg": os.getloadavg()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI size")
@@ -108,6 +151,11 @@ def main() -> None:
     parser.add_argument("--downscale", type=float, default=None, help="images shrunk by this (default 2 quick, 1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: on a shared machine two threads fight over the cores)")
+    parser.add_argument("--round", action="store_true",
+                        help="only time one interactive round (train a head on --round-labels of the train pixels, "
+                             "score the pool, select --round-budget pixels) on the cached rays")
+    parser.add_argument("--round-labels", type=float, default=0.01, help="share of train pixels labelled (--round)")
+    parser.add_argument("--round-budget", type=float, default=0.001, help="share of train pixels to select (--round)")
     parser.add_argument("--label-noise", type=float, default=0.0, help="share of revealed units given a wrong class")
     args = parser.parse_args()
     import_package()
@@ -119,7 +167,7 @@ def main() -> None:
     from neurallabel.core.semantic.pool import build_pool, parse_granularity
     from neurallabel.core.semantic.rays import cache_frames
     from neurallabel.core.semantic.render import predict
-    from neurallabel.core.semantic.strategies import select_units, surface_cells
+    from neurallabel.core.semantic.strategies import score_pool, select_units, surface_cells
     from neurallabel.core.semantic.train import HeadTrainOptions, train_head
 
     torch.set_num_threads(args.threads)
@@ -134,13 +182,18 @@ def main() -> None:
     fpath = field_path(args, scene)
     field = load_checkpoint(fpath).field
     downscale = args.downscale or (2.0 if args.quick else 1.0)
+    args.downscale = downscale
     dataset = load_dataset(scene, downscale)
     train_frames, test_frames = dataset.split("train"), dataset.split("test")
     t_cache = time.monotonic()
-    train_cache, test_cache = cache_frames(field, train_frames), cache_frames(field, test_frames)
+    train_cache = cache_frames(field, train_frames)
+    test_cache = None if args.round else cache_frames(field, test_frames)
     cache_s = time.monotonic() - t_cache
-    log(f"cached {train_cache.n_rays} train and {test_cache.n_rays} test rays in {cache_s:.0f} s "
+    log(f"cached {train_cache.n_rays} train and {test_cache.n_rays if test_cache else 0} test rays in {cache_s:.0f} s "
         f"({len(train_cache.weights)} samples)")
+    if args.round:
+        print(json.dumps(time_round(args, scene, fpath, field, train_frames, train_cache, test_cache, cache_s)))
+        return
     train_truth, test_truth = (category_truth(scene, c, int(downscale)) for c in (train_cache, test_cache))
     classes = sorted(set(np.unique(train_truth).tolist()) | set(np.unique(test_truth).tolist()))
     index_of = {c: i for i, c in enumerate(classes)}
@@ -172,11 +225,10 @@ def main() -> None:
                     if need <= 0 and points:
                         points.append(dict(points[-1], budget=budget))
                         continue
-                    start = time.monotonic()
+                    start, cpu_start = time.monotonic(), time.process_time()
                     entropy = margin = None
                     if head is not None:
-                        p = predict(head, train_cache)
-                        entropy, margin = p.entropy, p.margin
+                        entropy, margin = score_pool(head, train_cache, pool)
                     chosen = select_units(pool, train_cache, strategy, need, labelled=labelled, cells=cells,
                                           rng=np.random.default_rng([seed, r]), entropy=entropy, margin=margin,
                                           taken=taken)
@@ -194,13 +246,15 @@ def main() -> None:
                     head = train_head(train_cache, target, classes, HeadTrainOptions(steps=args.head_steps, seed=seed))
                     train_s = time.monotonic() - start
                     round_seconds.append(select_s + train_s)
+                    round_cpu_s = time.process_time() - cpu_start
                     test_pred = predict(head, test_cache).ids
                     train_pred = predict(head, train_cache).ids
                     completed = np.where(labelled, np.asarray(classes)[np.maximum(target, 0)], train_pred)
                     points.append({"budget": budget, "pixels": int(labelled.sum()), "clicks": clicks,
                                    "miou": miou(test_truth, test_pred, classes),
                                    "completion": miou(train_truth, completed, classes),
-                                   "select_s": round(select_s, 3), "train_s": round(train_s, 3)})
+                                   "select_s": round(select_s, 3), "train_s": round(train_s, 3),
+                                   "round_cpu_s": round(round_cpu_s, 3)})
                     log(f"{strategy} {grain_text} seed {seed}: {points[-1]}")
                 runs.append(points)
             curve = {key: np.mean([[p[key] for p in run] for run in runs], axis=0).tolist()
@@ -219,6 +273,10 @@ def main() -> None:
             if random_curve is not None:
                 b_random = saving_budget(random_curve["pixels"], random_curve["miou"], m * m_full)
                 entry[f"saving_at_{m}"] = b_random / b if b and not math.isnan(b) else float("nan")
+                if math.isnan(b_random) and b and not math.isnan(b):
+                    # random never got there on the grid: the saving is at least its last budget / this one
+                    entry[f"saving_at_{m}"] = random_curve["pixels"][-1] / b
+                    entry[f"saving_at_{m}_is_lower_bound"] = True
         savings[key] = entry
     geometry_key = next((k for k in savings if k.startswith("geometry/patch")), None)
     geo_saving = savings.get(geometry_key, {}).get("saving_at_0.9", float("nan"))
@@ -231,13 +289,14 @@ def main() -> None:
         "round_s_max": float(np.max(round_seconds)) if round_seconds else None,
         "curves": curves, "savings": savings,
         "targets": {
-            "ci_geometry_half_of_random_at_0.9": {"key": geometry_key, "saving": geo_saving,
-                                                  "pass": bool(geo_saving >= 2.0)},
+            "ci_geometry_half_of_random_at_0.9": {
+                "key": geometry_key, "saving": geo_saving, "pass": bool(geo_saving >= 2.0),
+                "lower_bound": bool(savings.get(geometry_key, {}).get("saving_at_0.9_is_lower_bound", False))},
             "round_le_60s": {"max_s": float(np.max(round_seconds)) if round_seconds else None,
                              "pass": bool(round_seconds and np.max(round_seconds) <= 60.0),
                              "note": "measured at this bench's size, the target is for the full-size scene"},
         },
-        "seconds": round(time.monotonic() - t0, 1),
+        "seconds": round(time.monotonic() - t0, 1), "loadavg": os.getloadavg(),
     }
     print(json.dumps(result))
 

@@ -14,11 +14,12 @@ from neurallabel.core.io.atomic import png_bytes, write_bytes
 from neurallabel.core.semantic.labels import VOID, class_table, load_labels, ray_targets
 from neurallabel.core.semantic.metrics import miou
 from neurallabel.core.semantic.pool import build_pool, parse_granularity, rays_in_rects
-from neurallabel.core.semantic.rays import RayCache
+from neurallabel.core.semantic.rays import RayCache, load_cache, save_cache
 from neurallabel.core.semantic.render import predict
 from neurallabel.core.semantic.state import add_round, load_state, round_rng
-from neurallabel.core.semantic.strategies import select_units, surface_cells
+from neurallabel.core.semantic.strategies import SCORE_STRIDE, score_pool, scored_rays, select_units, surface_cells
 from neurallabel.core.semantic.train import HeadTrainOptions, train_head
+from neurallabel.core.semantic.workflow import select_next
 
 W, H = 8, 6
 
@@ -186,3 +187,39 @@ def test_head_learns_labels_and_spreads_them_in_space():
     assert prediction.probabilities.shape == (cache.n_rays, 2)
     assert np.all((prediction.entropy >= 0) & (prediction.entropy <= 1))
     assert np.all(prediction.margin[cache.x == 0] > 0.5)
+
+
+def test_patches_are_scored_on_a_subsample_and_unscored_rays_do_not_count():
+    cache = synthetic_cache(1)
+    patches = build_pool(cache, [frame(0)], parse_granularity("patch:4"))
+    rays = scored_rays(cache, patches)
+    assert len(rays) == cache.n_rays // SCORE_STRIDE ** 2
+    assert np.all(cache.x[rays] % SCORE_STRIDE == 0) and np.all(cache.y[rays] % SCORE_STRIDE == 0)
+    assert len(scored_rays(cache, build_pool(cache, [frame(0)], parse_granularity("pixel")))) == cache.n_rays
+    head = train_head(cache, (cache.x >= 4).astype(np.int64), [0, 1], HeadTrainOptions(steps=5))
+    entropy, margin = score_pool(head, cache, patches)
+    assert np.all(np.isfinite(entropy[rays])) and np.isnan(entropy).sum() == cache.n_rays - len(rays)
+    assert np.all(np.isfinite(margin[rays]))
+    # an unscored (NaN) pixel is left out of its unit's mean: a patch whose scored pixels are certain stays last
+    entropy = np.full(cache.n_rays, np.nan)
+    entropy[rays] = np.where(cache.x[rays] < 4, 0.9, 0.1)
+    labelled = np.zeros(cache.n_rays, dtype=bool)
+    order = select_units(patches, cache, "entropy", 10 ** 6, labelled=labelled, cells=surface_cells(cache, BOX, 8),
+                         rng=np.random.default_rng(0), entropy=entropy)
+    assert [int(patches.x[u]) for u in order.units] == [0, 0, 4, 4]  # two rows of patches (H = 6)
+
+
+def test_select_reuses_the_cached_rays_of_the_same_field_and_frames(tmp_path):
+    cache, frames = synthetic_cache(2), [frame(0), frame(1)]
+    key = {"field_sha256": "abc", "downscale": 1.0}
+    path = tmp_path / "s.json.rays.pt"
+    save_cache(path, cache, dict(key, frames=[[0, W, H], [1, W, H]]))
+    loaded = load_cache(path, dict(key, frames=[[0, W, H], [1, W, H]]))
+    assert np.array_equal(loaded.surface, cache.surface) and torch.equal(loaded.coords, cache.coords)
+    assert load_cache(path, dict(key, downscale=2.0, frames=[[0, W, H], [1, W, H]])) is None  # stale: recomputed
+    # the field is never marched: with no field to march (None) the round still runs from the cached rays
+    field = SimpleNamespace(config=SimpleNamespace(roi_aabb=BOX.tolist()))
+    result = select_next(field, "fp", frames, budget=16, granularity="patch:4", strategy="geometry", seed=0,
+                         state_path=tmp_path / "s.json", out=tmp_path / "sel.json", ray_cache=path,
+                         ray_cache_key=key)
+    assert result.cost >= 16 and result.round == 0 and (tmp_path / "sel.json").is_file()

@@ -1024,6 +1024,14 @@ def run_semantic_render(request: SemanticRenderRequest, progress: Optional[Progr
             "views": views}
 
 
+def _ray_cache_key(request: SelectRequest) -> dict:
+    """What the cached rays of a selection depend on: the field file's bytes and the image scale."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(request.field).read_bytes()).hexdigest()
+    return {"field_sha256": digest, "downscale": float(request.downscale)}
+
+
 def run_select(request: SelectRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
     from ..semantic.labels import load_labels
     from ..semantic.workflow import load_checked_head, select_next
@@ -1038,7 +1046,8 @@ def run_select(request: SelectRequest, progress: Optional[ProgressFn], notice: N
         raise NeuralLabelError(f"{dataset.path} has no train frame to select from", field="data")
     result = select_next(field, fingerprint, frames, budget=request.budget, granularity=request.granularity,
                          strategy=request.strategy, seed=request.seed, state_path=request.state, out=request.out,
-                         head=head, labels=labels, notice=notice, progress=progress)
+                         head=head, labels=labels, notice=notice, progress=progress,
+                         ray_cache=Path(f"{request.state}.rays.pt"), ray_cache_key=_ray_cache_key(request))
     return {"out": str(request.out), "state": str(request.state), "round": result.round, "units": len(result.selected),
             "pixels": result.cost, "budget": request.budget, "pool_exhausted": result.pool_exhausted}
 

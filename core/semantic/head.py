@@ -21,8 +21,6 @@ from torch import Tensor
 from ..errors import NeuralLabelError
 from ..io.atomic import write_with
 from ..io.files import file_problem
-from ..render.volrend import segment_sum
-from ..render.samples import RaySamples
 
 FORMAT = "neurallabel-semantic-head"
 VERSION = 1
@@ -61,13 +59,11 @@ class SemanticHead(torch.nn.Module):
 
 def ray_logits(head: SemanticHead, cache, chunk: int = 1 << 20) -> Tensor:
     """(N, C) composited logits ``Σ w_k logits_k`` of every ray in a :class:`.rays.RayCache`."""
-    samples = RaySamples(cache.ray_indices, cache.weights, cache.weights, cache.n_rays)
-    if cache.coords.shape[0] <= chunk:
-        return segment_sum(cache.weights[:, None] * head(cache.coords), samples)
     out = torch.zeros(cache.n_rays, head.config.n_classes)
+    # index_add, not segment_sum: segment_reduce's backward on the CPU was half of a training step
     for begin in range(0, cache.coords.shape[0], chunk):
         part = slice(begin, begin + chunk)
-        out.index_add_(0, cache.ray_indices[part], cache.weights[part, None] * head(cache.coords[part]))
+        out = out.index_add(0, cache.ray_indices[part], cache.weights[part, None] * head(cache.coords[part]))
     return out
 
 

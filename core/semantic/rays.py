@@ -121,6 +121,33 @@ def cache_frame(field, frame, pixels: Optional[np.ndarray] = None, *, chunk: int
                     torch.cat(coords) if coords else torch.zeros(0, 3), torch.cat(weights) if weights else torch.zeros(0))
 
 
+CACHE_FORMAT = "neurallabel-semantic-rays"
+
+
+def save_cache(path, cache: RayCache, key: dict) -> None:
+    """Write ``cache`` with the ``key`` (what it was computed from) to ``path``, atomically."""
+    from ..io.atomic import write_with
+
+    payload = {"format": CACHE_FORMAT, "key": key, "frame": torch.from_numpy(cache.frame),
+               "x": torch.from_numpy(cache.x), "y": torch.from_numpy(cache.y),
+               "surface": torch.from_numpy(cache.surface), "ray_indices": cache.ray_indices,
+               "coords": cache.coords, "weights": cache.weights}
+    write_with(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_cache(path, key: dict) -> Optional[RayCache]:
+    """The cache saved at ``path`` when it was computed from ``key``; None when absent, stale or unreadable
+    (it is then computed again: a cache is never the only copy of anything)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT or payload.get("key") != key:
+        return None
+    return RayCache(payload["frame"].numpy(), payload["x"].numpy(), payload["y"].numpy(), payload["surface"].numpy(),
+                    payload["ray_indices"], payload["coords"], payload["weights"])
+
+
 def cache_frames(field, frames, *, progress=None) -> RayCache:
     """Every pixel of every frame in ``frames``, in one cache (frame by frame, row-major inside a frame)."""
     from ..progress import report

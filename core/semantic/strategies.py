@@ -25,6 +25,9 @@ STRATEGIES = ("random", "entropy", "margin", "geometry")
 CELL_RESOLUTION = 64
 #: novelty floor: once every surface is covered the uncertainty alone still orders the units
 NOVELTY_FLOOR = 1e-3
+#: units at least 2 x this wide are scored on every SCORE_STRIDE-th pixel per axis: a unit's uncertainty is
+#: a mean, 1/4 of a patch's pixels estimate it well, and scoring the pool is most of a round's time
+SCORE_STRIDE = 2
 
 
 def surface_cells(cache: RayCache, box: np.ndarray, resolution: int = CELL_RESOLUTION) -> np.ndarray:
@@ -38,6 +41,25 @@ def surface_cells(cache: RayCache, box: np.ndarray, resolution: int = CELL_RESOL
     out = np.full(cache.n_rays, -1, dtype=np.int64)
     out[has] = (cell[:, 0] * resolution + cell[:, 1]) * resolution + cell[:, 2]
     return out
+
+
+def scored_rays(cache: RayCache, pool: Pool) -> np.ndarray:
+    """Indices of the rays whose uncertainty a round computes (see ``SCORE_STRIDE``)."""
+    if pool.granularity.kind == "pixel" or (pool.granularity.kind == "patch"
+                                            and pool.granularity.size < 2 * SCORE_STRIDE):
+        return np.arange(cache.n_rays)
+    return np.nonzero((cache.x % SCORE_STRIDE == 0) & (cache.y % SCORE_STRIDE == 0))[0]
+
+
+def score_pool(head, cache: RayCache, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) entropy and margin of the head on the scored rays (:func:`scored_rays`), NaN on the others."""
+    from .render import predict
+
+    rays = scored_rays(cache, pool)
+    prediction = predict(head, cache.subset(rays))
+    entropy, margin = np.full(cache.n_rays, np.nan), np.full(cache.n_rays, np.nan)
+    entropy[rays], margin[rays] = prediction.entropy, prediction.margin
+    return entropy, margin
 
 
 def ray_uncertainty(strategy: str, entropy: Optional[np.ndarray], margin: Optional[np.ndarray],
@@ -78,7 +100,11 @@ def select_units(pool: Pool, cache: RayCache, strategy: str, budget: int, *, lab
         order = candidates[np.argsort(tiebreak[candidates], kind="stable")]
         return _take(order, cost, budget)
     uncertainty = ray_uncertainty(strategy, entropy, margin, cache.n_rays)
-    unit_unc = np.bincount(unit[open_ray], weights=uncertainty[open_ray], minlength=pool.size) / np.maximum(open_count, 1)
+    # the mean over the unit's open rays that were scored (NaN: not scored); a unit with none gets the mean
+    scored = open_ray & np.isfinite(uncertainty)
+    scored_count = np.bincount(unit[scored], minlength=pool.size)
+    unit_unc = np.bincount(unit[scored], weights=uncertainty[scored], minlength=pool.size) / np.maximum(scored_count, 1)
+    unit_unc[scored_count == 0] = float(uncertainty[scored].mean()) if scored.any() else 1.0
     if strategy != "geometry":
         order = candidates[np.lexsort((tiebreak[candidates], -unit_unc[candidates]))]
         return _take(order, cost, budget)

@@ -14,10 +14,9 @@ from ..progress import ProgressFn, report
 from .head import HeadCheckpoint, check_head_matches, load_head, save_head
 from .labels import VOID, class_table, load_labels, ray_targets
 from .pool import build_pool, parse_granularity, rays_in_rects
-from .rays import RayCache, cache_frame, cache_frames
-from .render import predict
+from .rays import RayCache, cache_frame, cache_frames, load_cache, save_cache
 from .state import add_round, load_state, round_rng, selected_before
-from .strategies import select_units, surface_cells
+from .strategies import score_pool, select_units, surface_cells
 from .train import HeadTrainOptions, train_head
 
 NoticeFn = Callable[[str], None]
@@ -70,12 +69,21 @@ class SelectionRound:
 def select_next(field, field_fingerprint: str | None, frames, *, budget: int, granularity: str, strategy: str,
                 seed: int, state_path: Path, out: Path, head: Optional[HeadCheckpoint] = None,
                 labels: Optional[dict[int, np.ndarray]] = None, notice: NoticeFn = lambda line: None,
-                progress: Optional[ProgressFn] = None) -> SelectionRound:
+                progress: Optional[ProgressFn] = None, ray_cache: Optional[Path] = None,
+                ray_cache_key: Optional[dict] = None) -> SelectionRound:
     """One round: choose units of the train ``frames`` for ``budget`` more labelled pixels, write them to
-    ``out`` as ``[{frame, image, x, y, w, h}]`` and append the round to the state file."""
+    ``out`` as ``[{frame, image, x, y, w, h}]`` and append the round to the state file.
+
+    With ``ray_cache`` the frozen field's rays are kept in that file between rounds (marching every train
+    pixel is most of a first round); ``ray_cache_key`` says what they were computed from."""
     grain = parse_granularity(granularity)
     state = load_state(state_path, field_fingerprint, strategy, str(grain), seed)
-    cache = cache_frames(field, frames, progress=progress)
+    key = dict(ray_cache_key or {}, frames=[[f.index, f.intrinsics.width, f.intrinsics.height] for f in frames])
+    cache = load_cache(ray_cache, key) if ray_cache is not None else None
+    if cache is None:
+        cache = cache_frames(field, frames, progress=progress)
+        if ray_cache is not None:
+            save_cache(ray_cache, cache, key)
     pool = build_pool(cache, frames, grain)
     labelled = rays_in_rects(cache, selected_before(state))
     for index, ids in (labels or {}).items():
@@ -83,8 +91,7 @@ def select_next(field, field_fingerprint: str | None, frames, *, budget: int, gr
         labelled[rays] |= ids[cache.y[rays], cache.x[rays]] != VOID
     entropy = margin = None
     if head is not None:
-        prediction = predict(head.head, cache)
-        entropy, margin = prediction.entropy, prediction.margin
+        entropy, margin = score_pool(head.head, cache, pool)
     cells = surface_cells(cache, np.asarray(field.config.roi_aabb, dtype=np.float64).reshape(6))
     selection = select_units(pool, cache, strategy, budget, labelled=labelled, cells=cells, rng=round_rng(state),
                              entropy=entropy, margin=margin)
