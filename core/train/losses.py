@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -111,22 +111,16 @@ def distortion_for(options: "TrainOptions") -> tuple[float, float]:
     alike on the subject of an open capture and in a closed room. It is kept weak: stronger, it drags
     surfaces towards the camera's side of the ray's weight (the floor of an open scene sank below its true
     height); the sparsity term clears the fog instead."""
-    start, final = DISTORTION
-    if options.distortion_weight is not None:
-        start = options.distortion_weight
-    if options.distortion_final is not None:
-        final = options.distortion_final
-    return start, final
+    return _given_or(DISTORTION, options.distortion_weight, options.distortion_final)
 
 
 def sparsity_for(options: "TrainOptions") -> tuple[float, float]:
     """Sparsity weight at the start and the share of it left at the end (options win where given)."""
-    start, final = SPARSITY
-    if options.sparsity_weight is not None:
-        start = options.sparsity_weight
-    if options.sparsity_final is not None:
-        final = options.sparsity_final
-    return start, final
+    return _given_or(SPARSITY, options.sparsity_weight, options.sparsity_final)
+
+
+def _given_or(default: tuple[float, float], start: Optional[float], final: Optional[float]) -> tuple[float, float]:
+    return (default[0] if start is None else start, default[1] if final is None else final)
 
 
 def default_terms(options: "TrainOptions", *, depth: bool) -> list[LossTerm]:
