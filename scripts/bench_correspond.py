@@ -16,6 +16,8 @@
    <= 2 % is chosen (more accepted pairs at the same reliability); the odd pairs (evaluation) report with it.
    ``--round-trip-px X`` instead takes a threshold chosen on another scene (a small generated one) and reports
    every pair with it: the issue asks the threshold to be tuned on a scene other than the reported one.
+   E.g. tune: ``--quick --train-steps 600 --pairs 12 --per-pair 1500 --seed 1`` (its ``chosen_px``), then
+   report: ``--scene S --field F --round-trip-px X``.
 6. Speed: queries per second of the sample arm (the round trip included) -> seconds per 100 k queries.
 
 Prints one JSON line with every number and each target's pass/fail (targets judged on full size only).
