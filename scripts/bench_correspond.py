@@ -14,6 +14,13 @@
 5. The round-trip threshold is chosen by measurement: the sample arm runs once with no threshold; on the even
    pairs (calibration) every threshold of ``--sweep`` is scored and the largest whose false-accept rate stays
    <= 2 % is chosen (more accepted pairs at the same reliability); the odd pairs (evaluation) report with it.
+   ``--round-trip-px X`` instead takes a threshold chosen on another scene (a small generated one) and reports
+   every pair with it: the issue asks the threshold to be tuned on a scene other than the reported one.
+   E.g. tune: ``--quick --train-steps 600 --pairs 12 --per-pair 1500 --seed 1`` (its ``chosen_px``), then
+   report: ``--scene S --field F --round-trip-px X``.
+   ``sample+colour``: the sample arm's accepted pairs whose photos also agree in colour at both pixels
+   (``core.correspond.photometric``; at most ``--colour-max``: 0.03, the best of 0.03/0.06/0.1 on the small
+   quick scene with a 600-step field, whose false accepts grow with it: 3.4 %, 5.6 %, 8.7 %).
 6. Speed: queries per second of the sample arm (the round trip included) -> seconds per 100 k queries.
 
 Prints one JSON line with every number and each target's pass/fail (targets judged on full size only).
@@ -123,6 +130,11 @@ def main() -> None:
                         help="also train the U-Net example per mode (and on truth: the oracle) and score it")
     parser.add_argument("--descriptor-steps", type=int, default=None, help="default: 60 quick, 1500 full")
     parser.add_argument("--sweep", default="0.5,1,1.5,2,3,4,6", help="round-trip thresholds to try (px)")
+    parser.add_argument("--round-trip-px", type=float, default=None,
+                        help="a threshold chosen on another scene: every pair reports with it (the sweep is "
+                             "still scored on all pairs, for information)")
+    parser.add_argument("--colour-max", type=float, default=0.03,
+                        help="sample+colour arm: largest colour difference (0-1, per channel) of a kept pair")
     args = parser.parse_args()
     pairs_n = args.pairs or (6 if args.quick else 40)
     per_pair = args.per_pair or (400 if args.quick else 2500)
@@ -130,7 +142,9 @@ def main() -> None:
     import torch
 
     from neurallabel.core.correspond.distribution import FieldDepth
+    from neurallabel.core.correspond.descriptors import load_rgb
     from neurallabel.core.correspond.pairs import query_pixels, select_pairs
+    from neurallabel.core.correspond.photometric import colour_difference
     from neurallabel.core.correspond.roundtrip import REASONS, PairOptions, correspond_pair
     from neurallabel.core.correspond.truth import TrueFrame, pixel_classes, true_correspondences
     from neurallabel.core.correspond.writer import pair_seed
@@ -158,8 +172,16 @@ def main() -> None:
             frames[k] = TrueFrame(v, truth.z_depth(v.index), truth.instance_ids(v.index))
         return frames[k]
 
+    photos: dict[int, np.ndarray] = {}
+
+    def photo(k: int) -> np.ndarray:
+        if k not in photos:
+            photos[k] = load_rgb(views[k].image_path, (views[k].width, views[k].height))
+        return photos[k]
+
     source = FieldDepth(field)
     sweep = [float(x) for x in args.sweep.split(",")]
+    sweep += [args.round_trip_px] if args.round_trip_px is not None and args.round_trip_px not in sweep else []
     rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
     seconds, sampled = 0.0, 0
     for n, (i, j) in enumerate(choice.pairs):
@@ -182,13 +204,17 @@ def main() -> None:
                    "classes": classes_a[rows_c], "pair": n, "ab": (i, j), "uv_a": result.uv_a.astype(np.float64),
                    "uv_b": result.uv_b.astype(np.float64), "uv_true": uv_true - 0.5}
             if mode == "sample":
+                row["colour"] = colour_difference(photo(i), photo(j), result.uv_a, result.uv_b)
                 for x in sweep:
                     row[f"rt{x:g}"] = result.accepted & (result.round_trip_px < x)
             rows[mode].append(row)
         print(f"pair {n + 1}/{len(choice.pairs)}", file=sys.stderr, flush=True)
 
-    calibration = [r for r in rows["sample"] if r["pair"] % 2 == 0]
-    evaluation = [r for r in rows["sample"] if r["pair"] % 2 == 1] or calibration
+    if args.round_trip_px is not None:  # tuned elsewhere: nothing here is spent on calibration
+        calibration = evaluation = rows["sample"]
+    else:
+        calibration = [r for r in rows["sample"] if r["pair"] % 2 == 0]
+        evaluation = [r for r in rows["sample"] if r["pair"] % 2 == 1] or calibration
     swept = []
     for x in sweep:
         s = scores(calibration, f"rt{x:g}")["all"]
@@ -196,11 +222,25 @@ def main() -> None:
                       "false_accept_rate": s["false_accept_rate"], "pck@3": s["pck@3"]})
     reliable = [s for s in swept if s["false_accept_rate"] is not None and s["false_accept_rate"] <= 0.02]
     chosen = max(reliable, key=lambda s: s["round_trip_px"])["round_trip_px"] if reliable else min(sweep)
+    rule = ("largest threshold whose false-accept rate on the even (calibration) pairs is <= 2 %; reported on "
+            "the odd pairs")
+    if args.round_trip_px is not None:
+        chosen, rule = args.round_trip_px, "given (--round-trip-px, chosen on another scene); all pairs reported"
     report = {"bench": "correspond", "quick": args.quick, "scene": str(scene), "field": str(field_path),
               "pairs": len(choice.pairs), "per_pair": per_pair, "skipped_pairs": choice.skipped,
-              "round_trip": {"rule": "largest threshold whose false-accept rate on the even (calibration) pairs "
-                                     "is <= 2 %; reported on the odd pairs", "sweep": swept, "chosen_px": chosen},
+              "round_trip": {"rule": rule, "sweep": swept, "chosen_px": chosen},
               "modes": {"sample": scores(evaluation, f"rt{chosen:g}")}}
+    for r in evaluation:
+        r["sample+colour"] = r[f"rt{chosen:g}"] & (r["colour"] <= args.colour_max)
+    report["modes"]["sample+colour"] = {"colour_max": args.colour_max, **scores(evaluation, "sample+colour")}
+    colour_sweep = []  # for choosing --colour-max on a tuning scene
+    for c in (0.03, 0.06, 0.1):
+        for r in evaluation:
+            r["colour_sweep"] = r[f"rt{chosen:g}"] & (r["colour"] <= c)
+        s = scores(evaluation, "colour_sweep")["all"]
+        colour_sweep.append({"colour_max": c, "accepted_share": s["accepted_share"],
+                             "false_accept_rate": s["false_accept_rate"], "pck@3": s["pck@3"]})
+    report["round_trip"]["colour_sweep"] = colour_sweep
     for mode in MODES[1:]:
         report["modes"][mode] = scores([r for r in rows[mode] if r["pair"] in {e["pair"] for e in evaluation}])
     report["seconds_per_100k_queries"] = seconds / max(sampled, 1) * 1e5

@@ -10,6 +10,10 @@ Layouts: ``room`` (default) stands the objects on a 2 m x 2 m floor with low wal
 are ~2.5 m away (an open scene: the background lies far beyond the objects). ``--clutter N`` adds N
 unannotated monkeys (Blender's Suzanne); the first stands between the first camera and an annotated object.
 They have instance ids (the truth knows what they hide) and ``"annotated": false`` in objects.json.
+``--thin`` adds a whisk-like cage of wire loops and two leaning rods (wires 2-4 mm thick; ``whisk_1``,
+``rod_1``, ``rod_2``), ``--metal`` makes the first primitive and those wires glossy metal: the hard variant
+for correspondences, where a ray's weight splits between a wire and what lies behind it, and shiny surfaces
+carry no texture of their own. Their objects.json entries say ``"material"`` (textured or metal).
 
 Writes (units: metres)::
 
@@ -53,10 +57,14 @@ import numpy as np
 
 #: Category ids are fixed per shape so that every generated scene shares one category table.
 CATEGORY_IDS = {"cube": 1, "box": 2, "cylinder": 3, "sphere": 4, "cone": 5, "torus": 6, "icosphere": 7,
-                "bunny": 8, "armadillo": 9, "glass": 10, "monkey": 11}
+                "bunny": 8, "armadillo": 9, "glass": 10, "monkey": 11, "whisk": 12, "rod": 13}
 PRIMITIVES = ("cube", "box", "cylinder", "sphere", "cone", "torus", "icosphere")
 STANFORD_MESHES = ("bunny", "armadillo")
 TEXTURES = ("checker", "noise", "voronoi", "wave", "brick")
+#: --thin: objects built from wires (tubes of this radius range, metres: 2-4 mm thick)
+WIRE_KINDS = ("whisk", "rod")
+WIRE_RADIUS = (0.001, 0.002)
+TUBE_SIDES = 8
 
 FLOOR_HALF_SIZE = 1.0   # the floor is 2 m x 2 m, walls stand on its edges
 WALL_HEIGHT = 0.8
@@ -96,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meshes", type=Path, default=None,
                    help="folder with bunny.obj / armadillo.obj (e.g. ../shared/data/meshes) to add them")
     p.add_argument("--glass", action="store_true", help="add one transparent glass object")
+    p.add_argument("--thin", action="store_true",
+                   help="add a whisk-like wire cage and two thin rods (wires 2-4 mm thick) beyond --objects")
+    p.add_argument("--metal", action="store_true",
+                   help="glossy metal instead of a texture on the first primitive (and on the --thin wires)")
     p.add_argument("--test-every", type=int, default=8,
                    help="frame i is in the test split when i %% N == 0 (0: no test frames; default 8)")
     p.add_argument("--samples", type=int, default=12, help="Cycles samples per pixel for RGB (default 12)")
@@ -224,6 +236,8 @@ def _footprint(obj: dict) -> float:
         return 0.5 * math.hypot(s["dims"][0], s["dims"][1])
     if "major" in s:
         return s["major"] + s["minor"]
+    if "length" in s:  # a leaning rod: half its shadow on the surface
+        return 0.5 * s["length"] * math.sin(s["tilt"]) + s["wire"]
     if "radius" in s:
         return s["radius"]
     return 0.5 * s["extent"] * math.sqrt(2.0)
@@ -273,6 +287,36 @@ def plan_clutter(rng: np.random.Generator, objects: list[dict], cameras: list[np
         taken.append((xy[0], xy[1], _footprint(clutter[0])))
     _place(rng, [c for c in clutter if "xy" not in c], taken)
     return clutter
+
+
+def plan_thin(rng: np.random.Generator, objects: list[dict]) -> list[dict]:
+    """--thin: a whisk-like cage of wire loops and two leaning rods, placed where the surface is free. Their
+    wires are 2-4 mm thick: a pixel or two at full size, where a ray's weight splits between wire and floor."""
+    u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+    sizes = [("whisk", {"radius": u(0.035, 0.05), "height": u(0.1, 0.14), "loops": int(rng.integers(4, 7)),
+                        "wire": u(*WIRE_RADIUS)})]
+    sizes += [("rod", {"length": u(0.1, 0.16), "tilt": u(math.radians(15.0), math.radians(50.0)),
+                       "wire": u(*WIRE_RADIUS)}) for _ in range(2)]
+    thin, seen = [], {}
+    for k, (kind, size) in enumerate(sizes):
+        seen[kind] = seen.get(kind, 0) + 1
+        thin.append({
+            "name": f"{kind}_{seen[kind]}", "category": kind, "category_id": CATEGORY_IDS[kind],
+            "instance_id": len(objects) + k + 1, "source": None, "size": size,
+            "yaw": u(0.0, 2.0 * math.pi), "texture": str(rng.choice(TEXTURES)), "texture_scale": u(30.0, 70.0),
+            "colors": [list(map(float, rng.uniform(0.05, 0.95, size=3))) for _ in range(2)],
+            "transparent": False, "material": "textured",
+        })
+    _place(rng, thin, [(o["xy"][0], o["xy"][1], _footprint(o)) for o in objects])
+    return thin
+
+
+def make_metal(objects: list[dict]) -> None:
+    """--metal: the first primitive and every wire object turn glossy metal (no randomness: a seed's scene
+    keeps its shapes and places, only materials change)."""
+    primitives = [o for o in objects if o["category"] in PRIMITIVES and o.get("annotated", True)]
+    for obj in primitives[:1] + [o for o in objects if o["category"] in WIRE_KINDS]:
+        obj["material"] = "metal"
 
 
 def _spot_in_front(objects: list[dict], cameras: list[np.ndarray], extent: float, surface_z: float,
@@ -396,6 +440,77 @@ def _material(bpy, name: str, texture: str, scale: float, colors: list[list[floa
     return mat
 
 
+def _metal_material(bpy, name: str, color: list[float]):
+    """Glossy metal: no texture of its own, only the mirrored surroundings (what a photographed fork shows)."""
+    mat = bpy.data.materials.new(name)
+    mat.use_nodes = True
+    bsdf = mat.node_tree.nodes.get("Principled BSDF")
+    bsdf.inputs["Base Color"].default_value = (*[0.55 + 0.4 * c for c in color], 1.0)  # bright, slightly tinted
+    bsdf.inputs["Metallic"].default_value = 1.0
+    bsdf.inputs["Roughness"].default_value = 0.12
+    return mat
+
+
+def tube_mesh(paths: list[tuple[np.ndarray, np.ndarray, bool]], radius: float, sides: int = TUBE_SIDES
+              ) -> tuple[np.ndarray, list[list[int]]]:
+    """Vertices and faces of tubes of ``radius`` around polylines: each path is (points (n, 3), a unit
+    vector perpendicular to it everywhere (the loop's plane normal; any for a straight line), closed). Open
+    tubes get end caps, so every tube is closed."""
+    verts, faces = [], []
+    angles = 2.0 * math.pi * np.arange(sides) / sides
+    for points, normal, closed in paths:
+        n = len(points)
+        ahead = np.roll(points, -1, axis=0) if closed else np.vstack([points[1:], 2 * points[-1] - points[-2]])
+        behind = np.roll(points, 1, axis=0) if closed else np.vstack([2 * points[0] - points[1], points[:-1]])
+        tangent = ahead - behind
+        tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+        side = np.cross(tangent, normal)
+        ring = points[:, None, :] + radius * (np.cos(angles)[None, :, None] * normal
+                                              + np.sin(angles)[None, :, None] * side[:, None, :])
+        base = sum(len(v) for v in verts)
+        verts.append(ring.reshape(-1, 3))
+        for i in range(n if closed else n - 1):
+            i2 = (i + 1) % n
+            faces += [[base + i * sides + j, base + i * sides + (j + 1) % sides,
+                       base + i2 * sides + (j + 1) % sides, base + i2 * sides + j] for j in range(sides)]
+        if not closed:
+            faces += [[base + j for j in reversed(range(sides))], [base + (n - 1) * sides + j for j in range(sides)]]
+    return np.vstack(verts), faces
+
+
+def wire_paths(kind: str, size: dict, points: int = 48) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """The centre lines of a wire object, in its own frame (z up): a whisk's meridian loops (all through both
+    poles) and two latitude rings; a rod's straight line, leaning ``tilt`` from the vertical."""
+    if kind == "rod":
+        axis = np.array([math.sin(size["tilt"]), 0.0, math.cos(size["tilt"])])
+        line = np.linspace(-0.5, 0.5, 2)[:, None] * size["length"] * axis
+        return [(line, np.array([0.0, 1.0, 0.0]), False)]
+    a, b = size["radius"], 0.5 * size["height"]
+    theta = 2.0 * math.pi * np.arange(points) / points
+    paths = []
+    for k in range(size["loops"]):
+        phi = math.pi * k / size["loops"]
+        loop = np.column_stack([a * np.sin(theta) * math.cos(phi), a * np.sin(theta) * math.sin(phi),
+                                b * np.cos(theta)])
+        paths.append((loop, np.array([-math.sin(phi), math.cos(phi), 0.0]), True))
+    for z in (-0.4 * b, 0.4 * b):
+        r = a * math.sqrt(1.0 - (z / b) ** 2)
+        ring = np.column_stack([r * np.cos(theta), r * np.sin(theta), np.full(points, z)])
+        paths.append((ring, np.array([0.0, 0.0, 1.0]), True))
+    return paths
+
+
+def _new_wire(bpy, kind: str, size: dict):
+    verts, faces = tube_mesh(wire_paths(kind, size), size["wire"])
+    mesh = bpy.data.meshes.new(kind)
+    mesh.from_pydata([tuple(map(float, v)) for v in verts], [], faces)
+    mesh.update()
+    obj = bpy.data.objects.new(kind, mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    obj.data.shade_smooth()
+    return obj
+
+
 def _glass_material(bpy):
     mat = bpy.data.materials.new("glass")
     mat.use_nodes = True
@@ -429,6 +544,8 @@ def _new_primitive(bpy, kind: str, size: dict):
                                          minor_radius=size["minor"])
     elif kind == "monkey":
         bpy.ops.mesh.primitive_monkey_add(size=1.0)  # scaled to size["extent"] by _center_and_scale
+    elif kind in WIRE_KINDS:
+        return _new_wire(bpy, kind, size)
     else:
         raise SceneError(f"unknown primitive {kind!r}")
     obj = bpy.context.object
@@ -570,6 +687,8 @@ def build_scene(bpy, objects: list[dict], rng: np.random.Generator, layout: str 
         if spec["transparent"]:
             glass_mat = glass_mat or _glass_material(bpy)
             obj.data.materials.append(glass_mat)
+        elif spec.get("material") == "metal":
+            obj.data.materials.append(_metal_material(bpy, spec["name"], spec["colors"][0]))
         else:
             obj.data.materials.append(_material(bpy, spec["name"], spec["texture"], spec["texture_scale"],
                                                 spec["colors"]))
@@ -763,6 +882,10 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
     test = held_out_frames(args.views, args.test_every)
     objects += plan_clutter(np.random.default_rng([args.seed, 1]), objects, [poses[i] for i in test],
                             args.clutter, LAYOUTS[args.layout]["surface_z"], args.height / args.width)
+    if args.thin:  # its own stream too: --thin adds objects, it does not move the others
+        objects += plan_thin(np.random.default_rng([args.seed, 2]), objects)
+    if args.metal:
+        make_metal(objects)
     blender_objects = build_scene(bpy, objects, rng, args.layout)
     cam, focal_px = add_camera(bpy, args.width, args.height)
 
@@ -784,6 +907,7 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
             "instance_id": spec["instance_id"], "mesh": mesh_rel, "pose": _rounded(pose),
             "box": {"pose": _rounded(box_pose), "size": [float(round(v, 9)) for v in (hi - lo)]},
             "transparent": spec["transparent"], "annotated": spec.get("annotated", True),
+            **({"material": spec["material"]} if "material" in spec else {}),  # --thin / --metal scenes only
             **({"in_front_of": spec["in_front_of"], "in_front_in_frame": test[spec["in_front_in_view"]]}
                if "in_front_of" in spec else {}),
         })

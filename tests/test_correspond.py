@@ -243,3 +243,18 @@ def test_open_scene_points_outside_the_box_are_dropped(two_views):
     behind = pairs.depth_a > 1.03
     assert 0 < behind.sum() < 100
     assert np.all((pairs.reason == REASONS["outside_box"]) == behind)
+
+
+def test_colour_gate_reads_the_nearest_pixels_and_rejects_missing_ones():
+    from neurallabel.core.correspond.photometric import colour_difference
+
+    a = np.zeros((3, 4, 3), np.float32)
+    b = np.zeros((3, 4, 3), np.float32)
+    a[1, 2] = (0.5, 0.2, 0.1)  # row 1, col 2
+    b[2, 0] = (0.5, 0.3, 0.1)
+    # OpenCV convention: pixel (col, row) is centred on (col, row), so (1.6, 1.4) reads col 2, row 1
+    uv_a = np.array([[1.6, 1.4], [2.0, 1.0], [0.0, 0.0], [np.nan, 0.0], [3.6, 0.0]])
+    uv_b = np.array([[0.4, 2.3], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    got = colour_difference(a, b, uv_a, uv_b)
+    np.testing.assert_allclose(got[:3], [0.1, 0.5, 0.0], atol=1e-6)
+    assert np.isinf(got[3]) and np.isinf(got[4]), "NaN or outside the image (col 3.6 rounds to 4): never kept"

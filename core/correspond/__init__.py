@@ -7,6 +7,7 @@ Yen-Chen et al., arXiv 2203.01913, Sec. III-C to III-E).
 - :mod:`.roundtrip`: one pair's correspondences, the round-trip filter (sampled arm) and DON's depth check
   (single-depth arms), with a reason per query;
 - :mod:`.pairs`: which view pairs and which query pixels;
+- :mod:`.photometric`: a colour gate between the two photos (catches wrong but consistent field depths);
 - :mod:`.metrics`: PCK (strict ``<``), AEPE, resolution-free PCK;
 - :mod:`.truth`: exact correspondences and pixel classes of a generated scene (``make_scene.py``);
 - :mod:`.writer`: the on-disk layout (``DIR/correspondences/``), one atomic file per pair.

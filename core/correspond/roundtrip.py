@@ -39,8 +39,9 @@ LAYER_WINDOW = 0.02  # "near": within this fraction of the depth
 class PairOptions:
     mode: str = "sample"
     # 2 px, measured: consistent pairs come back within 0.23 px (two-slab test) and 1.27 px (max; a floor in
-    # a 96^3 trilinear grid), wrong-layer draws 5 cm apart at 45 degrees >= 11.7 px. bench_correspond.py
-    # re-chooses it on a trained field (the largest threshold with <= 2 % false accepts)
+    # a 96^3 trilinear grid), wrong-layer draws 5 cm apart at 45 degrees >= 11.7 px. On trained CPU fields
+    # (bench_correspond.py) no threshold reaches <= 2 % false accepts: their wrong depths are multi-view
+    # consistent, so the share grows from 31 % (0.5 px) to 40 % (6 px); the sweep's rule then picks 0.5 px
     round_trip_px: float = 2.0
     min_opacity: float = 0.5  # rays less opaque have no surface
     depth_abs: float = 0.005  # single-depth arms: B's depth agrees within max(depth_abs, depth_rel * z)
