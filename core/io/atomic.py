@@ -31,13 +31,19 @@ def host_tag() -> str:
 def temp_path(path: Path) -> Path:
     """A new, unique hidden temp file next to ``path``, created empty and readable as a normal file would be
     (mkstemp alone makes it 0600, which the rename would keep)."""
+    fd, tmp = _open_temp(path)
+    os.close(fd)
+    return tmp
+
+
+def _open_temp(path: Path) -> tuple[int, Path]:
+    """:func:`temp_path`, still open (its file descriptor): a caller with the bytes at hand writes them at once."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.nltmp-{host_tag()}-{os.getpid()}-", suffix=TEMP_SUFFIX,
                                dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
-    return Path(tmp)
+    return fd, Path(tmp)
 
 
 def is_stale_temp(path: Path, max_age_s: float = 24 * 3600) -> bool:
@@ -90,7 +96,21 @@ def write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    return write_with(path, lambda tmp: tmp.write_bytes(data))
+    """:func:`write_with` of ``data``, written through the temp file's own descriptor (a bake writes ~30 files
+    per frame: opening each temp file a second time cost a tenth of the mesh-only bake)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _open_temp(path)
+    done = False
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+        done = True
+    finally:
+        if not done:
+            tmp.unlink(missing_ok=True)
+    return path
 
 
 def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
@@ -107,8 +127,12 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
-def json_bytes(value: Any) -> bytes:
-    """Deterministic JSON (sorted keys are *not* forced: callers order their dicts on purpose)."""
+def json_bytes(value: Any, *, compact: bool = False) -> bytes:
+    """Deterministic JSON (sorted keys are *not* forced: callers order their dicts on purpose). ``compact``: no
+    indentation or spaces, for the files that grow with the frames (per-frame records and what gathers them):
+    Python's C encoder writes those several times faster than its indenting one."""
+    if compact:
+        return (json.dumps(value, separators=(",", ":")) + "\n").encode()
     return (json.dumps(value, indent=1) + "\n").encode()
 
 
