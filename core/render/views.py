@@ -54,10 +54,17 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
     origins = origins.to(device=device, dtype=torch.float32)
     directions = directions.to(device=device, dtype=torch.float32)
     parts: list[dict[str, Tensor]] = []
+    numba_marched = choose_backend(device, backend)[0] == "numba"
+    if numba_marched:
+        from .march_numba import composite_numba
     for begin in range(0, origins.shape[0], chunk):
         o, d = origins[begin:begin + chunk], directions[begin:begin + chunk]
         samples = march(field, o, d, near=near, far=far, backend=backend)
-        part, samples = composite(field, o, d, samples, depth_only=depth_only)
+        if depth_only and numba_marched:  # the same outputs, composited per ray in compiled loops
+            part, weights = composite_numba(samples)
+            samples = samples.with_values(weights=weights)
+        else:
+            part, samples = composite(field, o, d, samples, depth_only=depth_only)
         if return_samples:
             part.update(ray_indices=samples.ray_indices + begin, t_starts=samples.t_starts,
                         t_ends=samples.t_ends, weights=samples.weights)
