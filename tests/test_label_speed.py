@@ -1,5 +1,5 @@
 """The bake's fast paths answer as the slow ones did: depth-only compositing in compiled per-ray loops, depth-map
-rays rendered without samples, band queries that stop at the band asked, compact JSON, direct atomic writes."""
+rays rendered without samples, band queries that stop at the band asked, compact JSON."""
 
 from __future__ import annotations
 
@@ -63,8 +63,8 @@ def test_surface_without_samples_equals_the_depth_only_render():
     for key in ("opacity", "distance", "median_distance"):
         assert torch.equal(plain[key], rich[key]), key  # one compiled compositing: the same bits
     # a ray longer than the scratch slots is marched again into its own buffer
-    dense = solid_below(-0.9, density=2.0, levels=1)
-    dense.config.steps_per_roi = 4 * SURFACE_SLOTS
+    dense = solid_below(0.99, density=2.0, levels=1)  # faint density all along the ray, fine steps
+    dense.config.steps_per_roi, dense.config.alpha_thre = 8 * SURFACE_SLOTS, 0.0
     o = torch.tensor([[0.0, 0.0, 0.95]])
     d = torch.tensor([[0.0, 0.0, -1.0]])
     long = render_rays(dense, o, d, depth_only=True, return_samples=True)
@@ -107,7 +107,7 @@ def test_band_query_stopping_at_the_band_asked_keeps_the_answer():
     # the sampled surface is known to about its spacing: decide only away from that margin
     clear = np.abs(distance - limit) > 0.003
     assert np.array_equal(got[clear], (distance <= limit)[clear])
-    assert got.sum() > 1000
+    assert got.sum() > 500
     assert np.array_equal(band.within(points), band.within(points, np.full(len(points), 0.05)))
 
 
@@ -120,6 +120,7 @@ def test_compact_json_reads_back_the_same_and_is_deterministic():
 
 
 def test_atomic_write_leaves_one_readable_file(tmp_path):
+    """Frames are written through atomic writes: one file with the usual permissions, no temp file left."""
     target = tmp_path / "deep" / "frame.png"
     write_bytes(target, b"first")
     write_bytes(target, b"second")

@@ -31,19 +31,13 @@ def host_tag() -> str:
 def temp_path(path: Path) -> Path:
     """A new, unique hidden temp file next to ``path``, created empty and readable as a normal file would be
     (mkstemp alone makes it 0600, which the rename would keep)."""
-    fd, tmp = _open_temp(path)
-    os.close(fd)
-    return tmp
-
-
-def _open_temp(path: Path) -> tuple[int, Path]:
-    """:func:`temp_path`, still open (its file descriptor): a caller with the bytes at hand writes them at once."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.nltmp-{host_tag()}-{os.getpid()}-", suffix=TEMP_SUFFIX,
                                dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
     os.fchmod(fd, 0o666 & ~umask)
-    return fd, Path(tmp)
+    os.close(fd)
+    return Path(tmp)
 
 
 def is_stale_temp(path: Path, max_age_s: float = 24 * 3600) -> bool:
@@ -96,21 +90,7 @@ def write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    """:func:`write_with` of ``data``, written through the temp file's own descriptor (a bake writes ~30 files
-    per frame: opening each temp file a second time cost a tenth of the mesh-only bake)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _open_temp(path)
-    done = False
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-        done = True
-    finally:
-        if not done:
-            tmp.unlink(missing_ok=True)
-    return path
+    return write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
