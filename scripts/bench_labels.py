@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                            "train_psnr": info.get("train_psnr")}
     spec, truth = bench_spec(scene, field_path)
     dataset = load_dataset(spec.data_path)
+    first = dataset.frames[0].intrinsics
+    result["resolution"] = [first.width, first.height]  # the scene's own (--scene may differ from --width)
     frames = [f.index for f in dataset.frames if f.split == "test"][:args.frames]
     spec.frames = frames
     result["frames"] = frames

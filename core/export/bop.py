@@ -230,10 +230,10 @@ class BopWriter:
                   "fx": first.fx, "fy": first.fy, "height": first.height, "width": first.width}
         scene = ctx.bop_scene_dir()
         return {f"{ROOT}/camera.json": json_bytes(camera),
-                f"{scene}/scene_camera.json": json_bytes({str(i): f["camera"] for i, f in fragments}),
-                f"{scene}/scene_gt.json": json_bytes({str(i): f["gt"] for i, f in fragments}),
-                f"{scene}/scene_gt_info.json": json_bytes({str(i): f["gt_info"] for i, f in fragments}),
-                f"{scene}/scene_gt_coco.json": json_bytes(scene_gt_coco(ctx, fragments))}
+                f"{scene}/scene_camera.json": json_bytes({str(i): f["camera"] for i, f in fragments}, compact=True),
+                f"{scene}/scene_gt.json": json_bytes({str(i): f["gt"] for i, f in fragments}, compact=True),
+                f"{scene}/scene_gt_info.json": json_bytes({str(i): f["gt_info"] for i, f in fragments}, compact=True),
+                f"{scene}/scene_gt_coco.json": json_bytes(scene_gt_coco(ctx, fragments), compact=True)}
 
 
 def object_ids(spec, models: dict) -> dict[int, int]:

@@ -154,7 +154,7 @@ class CocoWriter:
         coco = {"info": info, "licenses": [],
                 "images": [frag["image"] for _, frag in fragments],
                 "annotations": annotations, "categories": categories}
-        return {PATH: json_bytes(coco)}
+        return {PATH: json_bytes(coco, compact=True)}
 
 
 COCO = CocoWriter()

@@ -3,13 +3,12 @@
 BOP's ``mask`` and raw's ``full`` hold the same silhouette, a fully visible instance's ``mask_visib`` equals its
 ``mask``, and BOP's COCO and the COCO writer store the same RLE: each is encoded once and remembered on the
 frame's :class:`~..labels.frame.FrameLabels` (``encoded``), so it lives as long as the labels (one frame) and a
-distorted camera's pinhole labels keep their own. OpenCV encodes a PNG without holding Python's lock, so a
-writer's PNGs are encoded on ``THREADS`` threads at once (the bytes are the same as one by one)."""
+distorted camera's pinhole labels keep their own. PNGs are encoded one by one: the bake already encodes a frame
+on its own thread while the next frame is labelled, and a thread pool per call cost more to start (a few ms
+per thread on a busy machine) than the ~1 ms a mask takes to encode."""
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
@@ -19,16 +18,10 @@ from ..io.atomic import png_bytes
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels, InstanceLabels
 
-#: threads that encode one writer's PNGs of a frame
-THREADS = min(2, os.cpu_count() or 1)
-
 
 def pngs(images: dict) -> dict:
     """PNG bytes of each image (uint8 / uint16), by the same keys."""
-    if THREADS < 2 or len(images) < 2:
-        return {key: png_bytes(image) for key, image in images.items()}
-    with ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="png") as pool:
-        return dict(zip(images, pool.map(png_bytes, images.values())))
+    return {key: png_bytes(image) for key, image in images.items()}
 
 
 def _mask_key(inst: "InstanceLabels", visible: bool) -> tuple:

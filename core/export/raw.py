@@ -108,7 +108,7 @@ class RawWriter:
                                **({"size": _floats(o.size)} if o.kind == "box" else {})}
                               for o in sorted(ctx.spec.objects, key=lambda o: o.instance_id)],
                   "frames": [frag for _, frag in fragments]}
-        return {f"{ROOT}/labels.json": json_bytes(labels),
+        return {f"{ROOT}/labels.json": json_bytes(labels, compact=True),
                 f"{ROOT}/transforms.json": json_bytes(nerfstudio_transforms(ctx, [f for _, f in fragments]))}
 
 

@@ -457,8 +457,9 @@ class FrameLabeler:
             local = (points - centre) @ rotation
             owned = np.all(np.abs(local) <= half, axis=1)
             model_band = self.model_band(i)
-            if model_band is not None:
-                owned |= model_band.within(points, self.band(s.z[idx]))
+            if model_band is not None:  # asked only of the samples the box does not hold already
+                rest = np.flatnonzero(~owned)
+                owned[rest] = model_band.within(points[rest], self.band(s.z[idx[rest]]))
             if plane is not None:
                 owned &= plane.height(local) > support
             p_ray = np.bincount(s.ray[idx], weights=weights[idx] * owned, minlength=scene.n_rays)

@@ -52,8 +52,10 @@ class SurfaceBand:
         if len(idx) == 0:
             return out
         limit = self.band if band is None else np.broadcast_to(band, (len(points),))[idx]
-        # every core: a frame's samples near the surfaces are ~1e6 at 640x480 (the same answer on any count)
-        distance, _ = self._tree.query(points[idx], distance_upper_bound=self.band * (1 + 1e-9), workers=-1)
+        # the search stops at the widest band asked now, not the widest built for (a few times wider at
+        # a frame's depths, and the search's cost grows with it); every core
+        bound = min(self.band, float(np.max(limit))) * (1 + 1e-9)
+        distance, _ = self._tree.query(points[idx], distance_upper_bound=bound, workers=-1)
         out[idx] = distance <= limit
         return out
 

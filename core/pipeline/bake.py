@@ -337,7 +337,7 @@ def _frame_files(job: BakeJob, ctx: ExportContext, view: View, labels: FrameLabe
     for writer in job.writers:
         files += [(job.out_dir / rel, data) for rel, data in writer.frame_files(ctx, view, labels).items()]
         fragment[writer.name] = writer.fragment(ctx, view, labels)
-    files.append((fragment_path, json_bytes(fragment)))
+    files.append((fragment_path, json_bytes(fragment, compact=True)))
     return files
 
 

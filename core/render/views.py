@@ -14,7 +14,7 @@ from ..geometry.cameras import Intrinsics, camera_rays
 from ..io.atomic import npy_bytes, write_bytes
 from ..io.outdir import OutputClaim, check_inputs_outside, claim_output_dir
 from ..progress import ProgressFn, report
-from .march import march
+from .march import choose_backend, march
 from .volrend import composite
 
 
@@ -54,10 +54,17 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
     origins = origins.to(device=device, dtype=torch.float32)
     directions = directions.to(device=device, dtype=torch.float32)
     parts: list[dict[str, Tensor]] = []
+    numba_marched = choose_backend(device, backend)[0] == "numba"
+    if numba_marched:
+        from .march_numba import composite_numba
     for begin in range(0, origins.shape[0], chunk):
         o, d = origins[begin:begin + chunk], directions[begin:begin + chunk]
         samples = march(field, o, d, near=near, far=far, backend=backend)
-        part, samples = composite(field, o, d, samples, depth_only=depth_only)
+        if depth_only and numba_marched:  # the same outputs, composited per ray in compiled loops
+            part, weights = composite_numba(samples)
+            samples = samples.with_values(weights=weights)
+        else:
+            part, samples = composite(field, o, d, samples, depth_only=depth_only)
         if return_samples:
             part.update(ray_indices=samples.ray_indices + begin, t_starts=samples.t_starts,
                         t_ends=samples.t_ends, weights=samples.weights)
@@ -65,6 +72,25 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
     if not parts:
         return _empty_outputs(out_device, depth_only, return_samples)
     return {key: torch.cat([p[key] for p in parts]).to(out_device) for key in parts[0]}
+
+
+@torch.no_grad()
+def render_surface(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
+                   chunk: int = 1 << 18, backend: str = "auto") -> dict[str, Tensor]:
+    """``opacity``, ``distance`` and ``median_distance`` (N,) of :func:`render_rays` with ``depth_only``, on
+    the rays' device. On the CPU's numba marcher each ray is composited where it is marched (no packed
+    samples: a depth map at every pixel costs about the march alone); elsewhere it is :func:`render_rays`."""
+    device = field_device(field)
+    if choose_backend(device, backend)[0] != "numba":
+        out = render_rays(field, origins, directions, near=near, far=far, depth_only=True, chunk=chunk,
+                          backend=backend)
+        return {key: out[key] for key in ("opacity", "distance", "median_distance")}
+    from .march_numba import surface_numba
+
+    near = max(float(near), field.config.near)  # as render_rays: nothing closer than the training near
+    out = surface_numba(field, origins.to(device=device, dtype=torch.float32),
+                        directions.to(device=device, dtype=torch.float32), near=near, far=far)
+    return {key: value.to(origins.device) for key, value in out.items()}
 
 
 def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray, *,

@@ -221,10 +221,11 @@ class FieldQuery:
     def at_pixels(self, view: View, rows: np.ndarray, cols: np.ndarray, *, confidence: bool = False,
                   samples_for: Optional[np.ndarray] = None) -> ScenePixels:
         """``samples_for``: (N,) bool, the rays whose samples to return too (one render serves the depth, the
-        occlusion and the confidence of a frame)."""
+        occlusion and the confidence of a frame). Rays that need neither samples nor a confidence (a depth map's
+        pixels outside every decision) are composited as they are marched (:func:`..render.views.render_surface`)."""
         import torch
 
-        from ..render.views import render_rays
+        from ..render.views import render_rays, render_surface
 
         n = len(rows)
         if n == 0:
@@ -232,27 +233,34 @@ class FieldQuery:
                                None if samples_for is None else samples_from_depth(np.zeros(0)))
         pixels = np.stack([np.asarray(cols) + 0.5, np.asarray(rows) + 0.5], axis=-1)
         origins, directions, z_per_distance = camera_rays(view.intrinsics, view.cam_to_data, pixels)
-        z = np.empty(n)
+        rich = np.ones(n, bool) if confidence else (
+            np.zeros(n, bool) if samples_for is None else np.asarray(samples_for, bool))
+        distance = np.empty(n)
+        opacity = np.empty(n)
         weight_near = np.empty(n) if confidence else None
         parts: list[RayWeights] = []
         key = "median_distance" if self.depth == "median" else "distance"
+        tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         with torch.no_grad():
-            for start in range(0, n, self.chunk):
-                sl = slice(start, start + self.chunk)
-                o = torch.as_tensor(origins[sl], dtype=torch.float32, device=self.device)
-                d = torch.as_tensor(directions[sl], dtype=torch.float32, device=self.device)
-                want = samples_for is not None and bool(np.any(samples_for[sl]))
-                out = render_rays(self.field, o, d, depth_only=True, return_samples=confidence or want,
-                                  chunk=self.chunk)
-                distance = out[key].double()
-                opacity = out["opacity"].double()
-                z_chunk = (distance.cpu().numpy() * z_per_distance[sl])
-                z_chunk[opacity.cpu().numpy() < 0.5] = np.nan
-                z[sl] = z_chunk
+            plain = np.flatnonzero(~rich)
+            if len(plain):
+                out = render_surface(self.field, tensor(origins[plain]), tensor(directions[plain]),
+                                     chunk=self.chunk)
+                distance[plain] = out[key].double().cpu().numpy()
+                opacity[plain] = out["opacity"].double().cpu().numpy()
+            rich_ids = np.flatnonzero(rich)
+            for start in range(0, len(rich_ids), self.chunk):
+                ids = rich_ids[start:start + self.chunk]
+                out = render_rays(self.field, tensor(origins[ids]), tensor(directions[ids]), depth_only=True,
+                                  return_samples=True, chunk=self.chunk)
+                distance[ids] = out[key].double().cpu().numpy()
+                opacity[ids] = out["opacity"].double().cpu().numpy()
                 if confidence:
-                    weight_near[sl] = weight_near_median(out, out["median_distance"].double(), len(o)).cpu().numpy()
-                if want:
-                    parts.append(_field_samples(out, start, z_per_distance, samples_for))
+                    weight_near[ids] = weight_near_median(out, out["median_distance"].double(), len(ids)).cpu().numpy()
+                if samples_for is not None:
+                    parts.append(_field_samples(out, ids, z_per_distance, samples_for))
+        z = distance * z_per_distance
+        z[opacity < 0.5] = np.nan
         ray_weights = None
         if samples_for is not None:
             ray_weights = RayWeights(*(np.concatenate([getattr(p, k) for p in parts]) if parts else
@@ -278,12 +286,12 @@ class FieldQuery:
         return out
 
 
-def _field_samples(out: dict, start: int, z_per_distance: np.ndarray, keep_rays: np.ndarray) -> RayWeights:
-    """The rendered samples of one chunk of rays (first ray ``start``) as :class:`RayWeights` (z-depth), only
-    of the rays in ``keep_rays``. A sample's opacity is its weight over the transmittance before it (the
-    renderer keeps only samples with weight, which are the ones that occlude)."""
+def _field_samples(out: dict, ids: np.ndarray, z_per_distance: np.ndarray, keep_rays: np.ndarray) -> RayWeights:
+    """The rendered samples of the rays ``ids`` (increasing: the samples stay sorted by ray) as
+    :class:`RayWeights` (z-depth), only of the rays in ``keep_rays``. A sample's opacity is its weight over the
+    transmittance before it (the renderer keeps only samples with weight, which are the ones that occlude)."""
     chunk_ray = out["ray_indices"].long().cpu().numpy()
-    ray = chunk_ray + start
+    ray = ids[chunk_ray]
     mid = (0.5 * (out["t_starts"].reshape(-1) + out["t_ends"].reshape(-1))).double().cpu().numpy()
     weights = out["weights"].reshape(-1).double().cpu().numpy()
     n_chunk = int(chunk_ray.max()) + 1 if len(chunk_ray) else 0
