@@ -158,7 +158,7 @@ def timed_train(data: Path, out: Path, minutes: float, device: str, depth_superv
 def percentiles(values: np.ndarray, name: str) -> dict:
     if len(values) == 0:
         return {f"{name}_median": None}
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    p50, p90, p99 = np.percentile(values, [50, 90, 99], method="nearest")  # inf (no surface) stays inf
     return {f"{name}_median": round(float(p50), 5), f"{name}_p90": round(float(p90), 5),
             f"{name}_p99": round(float(p99), 5)}
 
