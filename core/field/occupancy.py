@@ -19,7 +19,7 @@ samples as stepping through every lattice point.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
@@ -49,8 +49,8 @@ class OccupancyGrid(torch.nn.Module):
         self.register_buffer("occs", torch.full((cells,), float("inf")))
         self.register_buffer("binaries", torch.ones(self.levels, self.resolution, self.resolution,
                                                     self.resolution, dtype=torch.bool))
-        self._skip_cells: Optional[Tensor] = None  # cached chessboard distance, see skip_cells()
-        self._skip_key: tuple = ()
+        # cached chessboard distances, see skip_cells(): {nested: (binaries' cache key, distances)}
+        self._skip_cells: dict[bool, tuple[tuple, Tensor]] = {}
 
     # --- geometry -----------------------------------------------------------------------------------
 
@@ -149,24 +149,27 @@ class OccupancyGrid(torch.nn.Module):
         if absolute and bool((valid > threshold).any()):
             thre = threshold
         self.binaries.copy_((self.occs > thre).view(self.binaries.shape))
-        self._skip_cells = None
+        self._skip_cells = {}
 
     # --- skipping for the CPU marcher -------------------------------------------------------------------
 
     #: the skip distance is computed on a grid this many times coarser (OR-pooled): cheaper, still safe
     SKIP_COARSENING = 2
 
-    def skip_cells(self) -> Tensor:
+    def skip_cells(self, nested: bool = True) -> Tensor:
         """(levels, R/c, R/c, R/c) int: chessboard distance, in coarse cells of c = SKIP_COARSENING fine
         cells, to the nearest coarse cell that holds an occupied cell. 0 = may hold samples.
 
-        A coarser level treats the region covered by the next finer level as occupied, since there the finer
-        grid decides; a finer level never lets a ray jump past its own box edge (the coarser grid decides
-        beyond it).
+        ``nested``: a coarser level treats the region covered by the next finer level as occupied, since there
+        the finer grid decides; a finer level never lets a ray jump past its own box edge (the coarser grid
+        decides beyond it). Not ``nested``: each level's own cells alone, the finer box counted empty; the
+        caller stops every jump at the level's box edges itself (the compiled marcher does, exactly, so a ray
+        approaching the next level is not slowed to single cells by a distance that shrinks towards it).
         """
         key = self._cache_key()
-        if self._skip_cells is not None and self._skip_key == key:
-            return self._skip_cells
+        cached = self._skip_cells.get(nested)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         from scipy.ndimage import distance_transform_cdt
 
         c = self.SKIP_COARSENING
@@ -175,7 +178,7 @@ class OccupancyGrid(torch.nn.Module):
         binaries = coarse.numpy().copy()
         for level in range(1, self.levels):
             lo, hi = r // 4, r - r // 4  # the finer box covers the middle half of this level's grid
-            binaries[level, lo:hi, lo:hi, lo:hi] = True
+            binaries[level, lo:hi, lo:hi, lo:hi] = nested
         out = np.zeros(binaries.shape, dtype=np.int32)
         index = np.arange(r)
         to_edge = np.minimum(index + 1, r - index)  # cells to just outside the grid, per axis
@@ -185,11 +188,11 @@ class OccupancyGrid(torch.nn.Module):
                 out[level] = distance_transform_cdt(~binaries[level], metric="chessboard")
             else:
                 out[level] = 2 * r  # nothing anywhere: skip the whole level
-            if level < self.levels - 1:
+            if nested and level < self.levels - 1:
                 out[level] = np.minimum(out[level], to_edge)
-        self._skip_cells = torch.from_numpy(out).to(self.binaries.device)
-        self._skip_key = key
-        return self._skip_cells
+        distances = torch.from_numpy(out).to(self.binaries.device)
+        self._skip_cells[nested] = (key, distances)
+        return distances
 
     def _cache_key(self) -> tuple:
         # torch bumps a tensor's version on every in-place change (update, load_state_dict, .to())

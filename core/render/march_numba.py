@@ -35,7 +35,7 @@ class _Grids:
 
     density: np.ndarray  # (D, D, D) raw density grid
     binaries: np.ndarray  # (L, R, R, R) uint8 occupancy
-    skip: np.ndarray  # (L, R/c, R/c, R/c) int32 chessboard skip distance in coarse cells
+    skip: np.ndarray  # (L, R/c, R/c, R/c) int32 chessboard skip distance in coarse cells, not nested
     aabbs: np.ndarray  # (L, 6) float64 level boxes
     centre: np.ndarray  # (3,) float64 roi centre
     half: np.ndarray  # (3,) float64 roi half widths
@@ -56,7 +56,7 @@ def _grids(field: Field) -> _Grids:
     grids = _Grids(
         density=np.ascontiguousarray(field.density_grid.detach()[0, 0].float().cpu().numpy()),
         binaries=np.ascontiguousarray(grid.binaries.cpu().numpy().astype(np.uint8)),
-        skip=np.ascontiguousarray(grid.skip_cells().cpu().numpy().astype(np.int32)),
+        skip=np.ascontiguousarray(grid.skip_cells(nested=False).cpu().numpy().astype(np.int32)),
         aabbs=grid.aabbs.cpu().double().numpy(),
         centre=field.roi_centre.cpu().double().numpy(),
         half=field.roi_half.cpu().double().numpy(),
@@ -139,6 +139,45 @@ def _cell(px, py, pz, aabbs, centre, half, levels, r):
 
 
 @numba.njit(**_JIT)
+def _slab(o, d, lo, hi):
+    """Ray parameters where one axis' slab [lo, hi] is entered and left (``d`` != 0)."""
+    a = (lo - o) / d
+    b = (hi - o) / d
+    return min(a, b), max(a, b)
+
+
+@numba.njit(**_JIT)
+def _box_exit(ox, oy, oz, dx, dy, dz, aabbs, level):
+    """Where the ray leaves level ``level``'s box (it is inside)."""
+    t = 1e30
+    if abs(dx) > 1e-12:
+        t = min(t, _slab(ox, dx, aabbs[level, 0], aabbs[level, 3])[1])
+    if abs(dy) > 1e-12:
+        t = min(t, _slab(oy, dy, aabbs[level, 1], aabbs[level, 4])[1])
+    if abs(dz) > 1e-12:
+        t = min(t, _slab(oz, dz, aabbs[level, 2], aabbs[level, 5])[1])
+    return t
+
+
+@numba.njit(**_JIT)
+def _box_entry(ox, oy, oz, dx, dy, dz, aabbs, level, after):
+    """Where the ray next enters level ``level``'s box past ``after`` (1e30: never; ``after`` if it is in)."""
+    enter, leave = -1e30, 1e30
+    for axis in range(3):
+        o = ox if axis == 0 else (oy if axis == 1 else oz)
+        d = dx if axis == 0 else (dy if axis == 1 else dz)
+        lo, hi = aabbs[level, axis], aabbs[level, axis + 3]
+        if abs(d) > 1e-12:
+            a, b = _slab(o, d, lo, hi)
+            enter, leave = max(enter, a), min(leave, b)
+        elif o < lo or o > hi:
+            return 1e30
+    if leave < enter or leave < after:
+        return 1e30
+    return max(enter, after)
+
+
+@numba.njit(**_JIT)
 def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
                density, binaries, skip, aabbs, centre, half, ints, floats,
                out_t, out_sigma, offset, capacity):
@@ -188,7 +227,19 @@ def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, 
                 t_cell = min(t_cell, (lo_z - oz) / dz)
             hops = skip[level, cx // coarsening, cy // coarsening, cz // coarsening] - 1
             if hops > 0:
-                t_cell = max(t_cell, mid + hops * coarsening * min(w, wy, wz))
+                # every cell within `hops` coarse cells on each axis is empty: go as far as the first axis allows
+                reach = 1e30
+                if abs(dx) > 1e-12:
+                    reach = min(reach, w / abs(dx))
+                if abs(dy) > 1e-12:
+                    reach = min(reach, wy / abs(dy))
+                if abs(dz) > 1e-12:
+                    reach = min(reach, wz / abs(dz))
+                # never past this level's box, nor into the finer level's box: their grids decide there
+                limit = _box_exit(ox, oy, oz, dx, dy, dz, aabbs, level)
+                if level > 0:
+                    limit = min(limit, _box_entry(ox, oy, oz, dx, dy, dz, aabbs, level - 1, mid))
+                t_cell = max(t_cell, min(mid + hops * coarsening * reach, limit))
             k_next = math.ceil(_lattice_k(t_cell, s0, step, ks, log_growth) - 0.5)
             k = max(k + 1.0, k_next)
             t_lo = _lattice_t(k, s0, step, ks, log_growth)
