@@ -201,6 +201,45 @@ def test_sparsity_loss_sums_each_rays_sample_opacities_and_is_independent_of_whe
     assert float(sparsity_loss(empty)) == 0.0
 
 
+def test_gradient_scaling_damps_the_photometric_gradient_near_the_camera_only():
+    """Floaters No More: a sample at distance t < d gets (t / d)^2 of the rendered outputs' gradient, for its
+    density and its colour; the values, and the densities the regularisers see, are unchanged."""
+    from test_render import solid_below
+
+    from neurallabel.core.render.volrend import scale_gradient
+    from neurallabel.core.train.batch import render_train
+
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    scaled = scale_gradient(values, torch.tensor([0.25, 1.0]))
+    assert torch.equal(scaled.detach(), values.detach())
+    scaled.sum().backward()
+    assert values.grad.tolist() == [[0.25, 0.25], [1.0, 1.0]]
+
+    field = solid_below(0.5, density=3.0)  # faint matter below z = 0.5, seen from z = 0.9
+    origins, directions = torch.tensor([[0.0, 0.0, 0.9]]), torch.tensor([[0.0, 0.0, -1.0]])
+    grads = {}
+    for distance in (0.0, 1.0):
+        field.zero_grad()
+        torch.manual_seed(0)  # the same stratified samples
+        out, samples = render_train(field, origins, directions, scaling_distance=distance)
+        (out["rgb"].sum() + out["distance"].sum()).backward()
+        grads[distance] = (field.density_grid.grad.clone(), [p.grad.clone() for p in field.mlp.parameters()])
+        factor = (samples.mids / distance).square().clamp(max=1.0) if distance else torch.ones(len(samples))
+        assert bool((factor < 1).any()) == (distance > 0) and bool((factor == 1).any())
+        assert samples.sigmas.requires_grad and bool(torch.all(samples.sigmas > 0))
+        if distance == 0.0:
+            plain = out
+    assert torch.allclose(out["rgb"], plain["rgb"]) and torch.allclose(out["distance"], plain["distance"])
+    # the density grid's gradient: smaller where samples lie within 1.0 of the camera (z > -0.1), equal beyond
+    z = torch.linspace(-1, 1, field.density_grid.shape[-1])
+    near_rows = (z > 0.0).nonzero().flatten()
+    far_rows = (z < -0.3).nonzero().flatten()
+    g0, g1 = grads[0.0][0][0, 0], grads[1.0][0][0, 0]
+    assert float(g1[..., near_rows].abs().sum()) < 0.9 * float(g0[..., near_rows].abs().sum())
+    assert torch.allclose(g1[..., far_rows], g0[..., far_rows], rtol=1e-4, atol=1e-8)
+    assert not torch.allclose(grads[1.0][1][0], grads[0.0][1][0])  # the colour network's gradient too
+
+
 def test_loss_terms_are_weighted_and_summed_so_a_new_term_is_only_added():
     from types import SimpleNamespace
 

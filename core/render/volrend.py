@@ -72,16 +72,24 @@ def median_distance(samples: RaySamples, opacity: Tensor) -> Tensor:
     return median
 
 
+def scale_gradient(values: Tensor, factor: Tensor) -> Tensor:
+    """``values`` unchanged, but the gradient flowing back through them times ``factor`` (per row)."""
+    if factor.dim() < values.dim():
+        factor = factor.view(-1, *([1] * (values.dim() - 1)))
+    return values * factor + (values * (1.0 - factor)).detach()
+
+
 def composite(field: Field, origins: Tensor, directions: Tensor, samples: RaySamples, *,
-              depth_only: bool = False, background: Optional[Tensor] = None, median: bool = True
-              ) -> tuple[dict[str, Tensor], RaySamples]:
+              depth_only: bool = False, background: Optional[Tensor] = None, median: bool = True,
+              sample_gradient_scale: Optional[Tensor] = None) -> tuple[dict[str, Tensor], RaySamples]:
     """Per-ray outputs from packed samples whose ``sigmas`` are set (differentiable), and the samples with
     their ``weights``.
 
     Outputs: ``opacity``, ``distance`` (weighted mean distance given a hit; ``inf`` where the ray meets no
     density), ``rgb`` unless ``depth_only`` and, with ``median``, ``median_distance`` (no gradient).
     Per-ray sums are segment sums (:func:`segment_sum`): the same bits on every run, on CUDA too.
-    ``background``: (N, 3) colours behind each ray; default the field's learned background colour."""
+    ``background``: (N, 3) colours behind each ray; default the field's learned background colour.
+    ``sample_gradient_scale``: (M,) factors on the gradient reaching each sample's colour (training)."""
     n_rays = origins.shape[0]
     ray_indices = samples.ray_indices
     weights, _ = weights_from_density(samples, samples.sigmas)
@@ -93,6 +101,8 @@ def composite(field: Field, origins: Tensor, directions: Tensor, samples: RaySam
     if not depth_only:
         if ray_indices.numel():
             rgb = field.rgb(samples.points(origins, directions), directions[ray_indices])
+            if sample_gradient_scale is not None:
+                rgb = scale_gradient(rgb, sample_gradient_scale)
             colour = segment_sum(weights[:, None] * rgb, samples)
         else:
             colour = torch.zeros(n_rays, 3, device=origins.device)

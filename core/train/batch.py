@@ -20,7 +20,7 @@ from ..geometry.cameras import camera_directions
 from ..progress import ProgressFn, report
 from ..render.march import march
 from ..render.samples import RaySamples, in_contracted_distance
-from ..render.volrend import composite
+from ..render.volrend import composite, scale_gradient
 
 
 @dataclass
@@ -204,17 +204,27 @@ class TrainRender:
 
 
 def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
-                 depth_only: bool = False, random_background: bool = False
+                 depth_only: bool = False, random_background: bool = False, scaling_distance: float = 0.0
                  ) -> tuple[dict[str, Tensor], RaySamples]:
-    """Stratified samples (no gradient), then density/colour with gradients at those samples."""
+    """Stratified samples (no gradient), then density/colour with gradients at those samples.
+
+    ``scaling_distance`` > 0: the rendered outputs' gradients reach each sample's density and colour scaled by
+    ``min(1, (t / scaling_distance)^2)`` (:func:`..render.volrend.scale_gradient`); the returned samples keep
+    the unscaled densities, so the regularisers act at full strength everywhere."""
     samples = march(field, origins, directions, near=near, stratified=True)
-    samples = samples.with_values(sigmas=field.density(samples.points(origins, directions)))
+    sigmas = field.density(samples.points(origins, directions))
+    samples = samples.with_values(sigmas=sigmas)
     # A random colour behind every ray: the photos are opaque, so the field must explain each pixel with
     # density instead of leaning on a background colour (which would leave holes in the depth).
     background = torch.rand(origins.shape[0], 3, device=origins.device) if random_background else None
+    factor = None
+    if scaling_distance > 0 and len(samples):
+        factor = (samples.mids / scaling_distance).square().clamp(max=1.0)
+        samples = samples.with_values(sigmas=scale_gradient(sigmas, factor))
     # no median distance: no loss uses it (it costs a cumulative sum and a scatter per step)
-    return composite(field, origins, directions, samples, depth_only=depth_only, background=background,
-                     median=False)
+    out, weighted = composite(field, origins, directions, samples, depth_only=depth_only, background=background,
+                              median=False, sample_gradient_scale=factor)
+    return out, weighted.with_values(sigmas=sigmas)
 
 
 def contracted_samples(field: Field, samples: RaySamples, origins: Tensor, directions: Tensor, near: float
@@ -229,9 +239,10 @@ def contracted_samples(field: Field, samples: RaySamples, origins: Tensor, direc
     return replace(samples, t_starts=s_starts, t_ends=s_ends)
 
 
-def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool) -> TrainRender:
+def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool,
+                 scaling_distance: float = 0.0) -> TrainRender:
     rays, samples = render_train(field, batch.origins, batch.directions, near=near,
-                                 random_background=random_background)
+                                 random_background=random_background, scaling_distance=scaling_distance)
     render = TrainRender(rays, samples, contracted=contracted_samples(field, samples, batch.origins,
                                                                       batch.directions, near))
     if batch.depth is not None:

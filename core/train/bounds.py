@@ -189,7 +189,12 @@ def density_lr_scale(view_count: torch.Tensor, min_views: int) -> torch.Tensor:
     return torch.where(view_count >= min_views, scale, torch.zeros_like(scale))
 
 
+def median_camera_distance(frames: list[Frame]) -> float:
+    """The median camera distance to the point the cameras look at (data units)."""
+    return float(np.median(camera_distances(frames, look_at_centre(frames))))
+
+
 def default_near(frames: list[Frame]) -> float:
     """0.2 x the median camera distance to the point the cameras look at: a per-view "fog" right in front
     of each camera is the easiest way to memorise the train views; nothing photographed sits that close."""
-    return 0.2 * float(np.median(camera_distances(frames, look_at_centre(frames))))
+    return 0.2 * median_camera_distance(frames)

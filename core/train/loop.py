@@ -33,7 +33,8 @@ from ..render.march import choose_backend
 from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, check_one_size, draw_batch, load_depth_targets,
                     load_ray_bank,
                     render_batch)
-from .bounds import default_near, density_lr_scale, field_config_for, views_per_vertex
+from .bounds import (default_near, density_lr_scale, field_config_for, median_camera_distance,
+                     views_per_vertex)
 from .losses import LossTerm, default_terms, total_loss
 from .schedules import (LEARNING_RATES, density_resolution_at, finest_density_resolution, learning_rate_factor,
                         occupancy_share_at, occupancy_threshold_is_absolute)
@@ -60,6 +61,10 @@ class TrainOptions:
     sparsity_weight: Optional[float] = None
     sparsity_final: Optional[float] = None
     min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
+    # "Floaters No More" (Philip & Deschaintre 2023): the photometric gradient of a sample this close to its
+    # camera (x the median camera distance to the look-at point) or closer is scaled by (distance / it)^2, so
+    # a fog in front of one camera cannot outvote the other cameras and the sparsity term. 0: off
+    gradient_scaling: float = 0.0
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
     # memorise the train views; nothing the cameras photograph sits that close)
@@ -127,6 +132,7 @@ class TrainSetup:
     near: float
     view_count: torch.Tensor  # (1, 1, R, R, R) train cameras seeing each vertex of the finest density grid
     terms: list[LossTerm]
+    scaling_distance: float = 0.0  # see TrainOptions.gradient_scaling (world units; 0: off)
 
     def lr_scale_at(self, resolution: int) -> torch.Tensor:
         """DVGO's per-vertex learning-rate factor for a density grid of ``resolution``^3."""
@@ -215,11 +221,12 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
         visited = saved_visited.to(device)
     near = float(default_near(frames) if options.near is None else options.near)
     field.config.near = near
+    scaling_distance = options.gradient_scaling * median_camera_distance(frames)
     # counted once on the finest grid of the schedule (~0.1 s per million vertices and camera), resampled
     view_count = views_per_vertex(field, frames, near, finest_density_resolution())
     terms = default_terms(options, depth=depth_targets is not None)
     setup = TrainSetup(out, options, device, dataset, frames, dataset_fingerprint(frames), bank, depth_targets,
-                       near, view_count, terms)
+                       near, view_count, terms, scaling_distance)
     state = TrainState(field, optimizer, [g["lr"] for g in optimizer.param_groups],
                        int(training.get("step", 0)), float(training.get("elapsed_s", 0.0)), visited,
                        setup.lr_scale_at(field.config.density_resolution), resumed)
@@ -335,7 +342,8 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         fraction = done_fraction()
         apply_schedules(setup, state, fraction)
         batch = draw_batch(setup.bank, setup.depth_targets, state.rays_per_step, generator, setup.device)
-        render = render_batch(state.field, batch, near=setup.near, random_background=options.random_background)
+        render = render_batch(state.field, batch, near=setup.near, random_background=options.random_background,
+                              scaling_distance=setup.scaling_distance)
         loss, _ = total_loss(setup.terms, fraction, batch, render)
         optimiser_step(state, loss)
         record_step(setup, state, batch, render, loss)
