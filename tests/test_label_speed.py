@@ -111,6 +111,26 @@ def test_band_query_stopping_at_the_band_asked_keeps_the_answer():
     assert np.array_equal(band.within(points), band.within(points, np.full(len(points), 0.05)))
 
 
+def test_band_prefilter_grid_skips_only_points_the_tree_would_reject():
+    """The voxel prefilter answers exactly as a plain k-d tree query over the same surface samples, also for
+    points just outside the band and for meshes far apart (an empty middle)."""
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    meshes = [trimesh.creation.icosphere(subdivisions=2, radius=0.05),
+              trimesh.creation.box((0.1, 0.1, 0.1), trimesh.transformations.translation_matrix([0.6, 0.0, 0.1]))]
+    band = SurfaceBand(meshes, band=0.02, spacing=0.004)
+    assert bool((band._near > 0.02).any()) and bool((band._near == 0).any())
+    cloud = band._tree.data
+    rng = np.random.default_rng(4)
+    points = np.concatenate([rng.uniform(-0.1, 0.7, (30000, 3)),
+                             cloud[rng.integers(0, len(cloud), 5000)] + rng.normal(0, 0.012, (5000, 3))])
+    distance, _ = cKDTree(cloud).query(points)
+    assert np.array_equal(band.within(points), distance <= 0.02)
+    limit = rng.uniform(0.0, 0.02, len(points))
+    assert np.array_equal(band.within(points, limit), distance <= limit)
+
+
 def test_compact_json_reads_back_the_same_and_is_deterministic():
     value = {"b": [1, 2.5, None], "a": {"x": "é", "y": [0.1, 1e-9]}}
     compact = json_bytes(value, compact=True)

@@ -40,6 +40,29 @@ class SurfaceBand:
         self._tree = None if self.empty else cKDTree(cloud)
         self.lo = cloud.min(axis=0) - self.band if not self.empty else None
         self.hi = cloud.max(axis=0) + self.band if not self.empty else None
+        self._near = None if self.empty else self._near_voxels(cloud, spacing)
+
+    #: the prefilter grid's voxel, in surface sample spacings (finer: fewer points queried, a bigger grid)
+    VOXEL_SPACINGS = 2.0
+    #: the prefilter grid's most voxels (coarser voxels beyond that)
+    MAX_VOXELS = 2 ** 22
+
+    def _near_voxels(self, cloud: np.ndarray, spacing: float) -> np.ndarray:
+        """A voxel grid over [lo, hi] of lower bounds on the distance from any point of a voxel to the
+        cloud (the distance between voxel centres less a voxel diagonal), so that most points far from every
+        surface (a frame's samples in empty space and on unannotated surfaces) skip the k-d tree."""
+        from scipy.ndimage import distance_transform_edt
+
+        extent = self.hi - self.lo
+        voxel = max(self.VOXEL_SPACINGS * spacing, float(np.cbrt(np.prod(extent) / self.MAX_VOXELS)), 1e-12)
+        self._voxel = voxel
+        shape = np.maximum(np.ceil(extent / voxel).astype(np.int64), 1)
+        empty = np.ones(tuple(shape), bool)
+        cells = np.minimum(((cloud - self.lo) / voxel).astype(np.int64), shape - 1)
+        empty[cells[:, 0], cells[:, 1], cells[:, 2]] = False
+        # a point and a cloud point each sit within half a voxel diagonal of their voxels' centres
+        lower = distance_transform_edt(empty) * voxel - 1.01 * np.sqrt(3.0) * voxel  # 1 %: float32 rounding
+        return np.maximum(lower, 0.0).astype(np.float32)
 
     def within(self, points: np.ndarray, band: Optional[np.ndarray] = None) -> np.ndarray:
         """(N,) bool: each point's distance to the nearest surface is at most ``band`` (scalar or (N,) array,
@@ -52,6 +75,13 @@ class SurfaceBand:
         if len(idx) == 0:
             return out
         limit = self.band if band is None else np.broadcast_to(band, (len(points),))[idx]
+        cells = np.minimum(((points[idx] - self.lo) / self._voxel).astype(np.int64), np.array(self._near.shape) - 1)
+        maybe = self._near[cells[:, 0], cells[:, 1], cells[:, 2]] <= limit
+        idx = idx[maybe]
+        if len(idx) == 0:
+            return out
+        if band is not None:
+            limit = limit[maybe]
         # the search stops at the widest band asked now, not the widest built for (a few times wider at
         # a frame's depths, and the search's cost grows with it); every core
         bound = min(self.band, float(np.max(limit))) * (1 + 1e-9)
