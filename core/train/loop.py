@@ -64,7 +64,7 @@ class TrainOptions:
     # "Floaters No More" (Philip & Deschaintre 2023): the photometric gradient of a sample this close to its
     # camera (x the median camera distance to the look-at point) or closer is scaled by (distance / it)^2, so
     # a fog in front of one camera cannot outvote the other cameras and the sparsity term. 0: off
-    gradient_scaling: float = 0.0
+    gradient_scaling: float = 1.0
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
     # memorise the train views; nothing the cameras photograph sits that close)
