@@ -190,21 +190,22 @@ def test_an_absolute_occupancy_threshold_drops_a_faint_haze_that_the_mean_rule_k
     assert grid.binaries.nonzero().tolist() == [[0, 0, 0, 0]]  # keeps the relative rule
 
 
-def test_skip_distances_nested_or_per_level():
+def test_skip_distances_nested_or_per_level(monkeypatch):
     """Nested (the torch marcher's lookup): a coarser level counts the finer box as occupied and no level
     jumps past its own edge. Per level (the compiled marcher, which stops at the box edges itself): each
     level's own cells alone."""
     from neurallabel.core.field.occupancy import OccupancyGrid
 
+    monkeypatch.setattr(OccupancyGrid, "SKIP_COARSENING", 1)
     grid = OccupancyGrid(torch.tensor([-1.0, -1, -1, 1, 1, 1]), resolution=16, levels=2)
     grid.binaries.zero_()
     grid.binaries[0, 7, 7, 7] = True  # one occupied cell in the middle of the finest box
     nested, per_level = grid.skip_cells(), grid.skip_cells(nested=False)
-    assert nested.shape == per_level.shape == (2, 8, 8, 8)
-    # level 1, the coarse cell just outside the finer box (which spans coarse cells 2..5)
-    assert int(nested[1, 1, 3, 3]) == 1 and int(per_level[1, 1, 3, 3]) == 16  # nothing on level 1 itself
+    assert nested.shape == per_level.shape == (2, 16, 16, 16)
+    # level 1, the cell just outside the finer box (which spans its cells 4..11)
+    assert int(nested[1, 3, 8, 8]) == 1 and int(per_level[1, 3, 8, 8]) == 32  # nothing on level 1 itself
     # level 0, a corner cell: nested stops at the edge; per level it counts the cells to the occupied one
-    assert int(nested[0, 0, 0, 0]) == 1 and int(per_level[0, 0, 0, 0]) == 3
+    assert int(nested[0, 0, 0, 0]) == 1 and int(per_level[0, 0, 0, 0]) == 7
     assert grid.skip_cells() is nested and grid.skip_cells(nested=False) is per_level  # both cached
     grid.binaries[0, 0, 0, 0] = True
     assert int(grid.skip_cells(nested=False)[0, 0, 0, 0]) == 0  # a change to the grid is seen
