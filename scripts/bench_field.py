@@ -49,7 +49,7 @@ from neurallabel.core.io.images import load_image
 from neurallabel.core.io.jsonfile import read_json
 from neurallabel.core.eval.image import psnr, ssim
 from neurallabel.core.geometry.transforms import apply_points
-from neurallabel.core.render.views import render_frame, render_rays
+from neurallabel.core.render.views import render_frame, render_rays, render_surface
 from neurallabel.core.geometry.cameras import camera_rays
 from neurallabel.core.train.loop import TrainOptions, train_field
 
@@ -217,17 +217,24 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
 
 
 def render_speed(field, frames, device: str) -> dict:
-    """Rays per second (wall and per CPU-second) for full (rgb + depth) and depth-only rendering."""
+    """Rays per second (wall and per CPU-second) for full (rgb + depth) and depth-only rendering.
+
+    ``depth_only``: opacity, mean and median distance per ray as depth maps and bakes get them
+    (``render_surface``: no packed samples); ``depth_only_packed``: the same with the packed samples kept
+    (``render_rays(depth_only=True)``, what a caller that needs the samples pays)."""
     rays = [camera_rays(f.intrinsics, f.cam_to_data) for f in frames]
     origins = torch.from_numpy(np.concatenate([r[0] for r in rays])).float().to(device)
     directions = torch.from_numpy(np.concatenate([r[1] for r in rays])).float().to(device)
     out = {}
-    for name, depth_only in (("depth_only", True), ("full", False)):
-        render_rays(field, origins[:4096], directions[:4096], depth_only=depth_only)  # warm up
+    renderers = (("depth_only", lambda o, d: render_surface(field, o, d)),
+                 ("depth_only_packed", lambda o, d: render_rays(field, o, d, depth_only=True)),
+                 ("full", lambda o, d: render_rays(field, o, d)))
+    for name, render in renderers:
+        render(origins[:4096], directions[:4096])  # warm up
         if device == "cuda":
             torch.cuda.synchronize()
         wall, cpu = time.perf_counter(), time.process_time()
-        render_rays(field, origins, directions, depth_only=depth_only)
+        render(origins, directions)
         if device == "cuda":
             torch.cuda.synchronize()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

@@ -104,9 +104,12 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
     """
     origins, directions, z_per_distance = camera_rays(intrinsics, cam_to_world, pixels)
     device = field_device(field)
-    out = render_rays(field, torch.from_numpy(origins).float().to(device),
-                      torch.from_numpy(directions).float().to(device), near=near, depth_only=depth_only,
-                      chunk=chunk)
+    origins = torch.from_numpy(origins).float().to(device)
+    directions = torch.from_numpy(directions).float().to(device)
+    if depth_only:  # the same outputs without packed samples (compiled per ray on the CPU)
+        out = render_surface(field, origins, directions, near=near, chunk=chunk)
+    else:
+        out = render_rays(field, origins, directions, near=near, chunk=chunk)
     opacity = out["opacity"].cpu().numpy()
     hit = opacity >= min_opacity
     distance = np.where(hit, out["distance"].cpu().numpy(), np.nan).astype(np.float32)
