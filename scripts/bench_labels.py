@@ -374,9 +374,10 @@ def evaluate(labels: dict, spec, truth, passes: dict) -> dict:
     return {"objects": objects, "classes": classes, "confidence": confidence}
 
 
-def clutter_hidden(labels: dict, spec, truth, mesh_only: dict) -> float | None:
+def clutter_hidden(labels: dict, spec, truth, mesh_only: dict) -> tuple[float | None, int]:
     """Of the pixels where an annotated mesh's silhouette lies behind unannotated clutter (Cycles says clutter),
-    the share labelled not that object."""
+    the share labelled not that object, and how many such pixels there are (a share over a handful of pixels
+    says nothing: the scene then barely tests occlusion)."""
     annotated = {o.instance_id for o in spec.objects}
     hidden = caught = 0
     for i, lab in labels.items():
@@ -385,7 +386,7 @@ def clutter_hidden(labels: dict, spec, truth, mesh_only: dict) -> float | None:
         behind = clutter & (mesh_only[i].instance > 0)
         hidden += int(behind.sum())
         caught += int((behind & (lab.instance != mesh_only[i].instance)).sum())
-    return caught / hidden if hidden else None
+    return (caught / hidden if hidden else None), hidden
 
 
 def mesh_only_speed(scene: Path, frames: list[int], counts: tuple[int, int], repeats: int) -> dict:
@@ -567,10 +568,11 @@ def main(argv: list[str] | None = None) -> int:
         lab = label_frames(frame_labeler(spec, models, source, LabelOptions(occlusion_abs_mm=band)), spec, dataset,
                            frames)
         acc = evaluate(lab, spec, truth, {})
+        share, pixels = clutter_hidden(lab, spec, truth, mesh_only)
         curve.append({"band_mm": band, "mesh_visible_iou_mean": acc["classes"]["mesh"]["visible_iou_mean"],
                       "mesh_visible_iou_min": acc["classes"]["mesh"]["visible_iou_min"],
                       "glass_visible_iou_mean": acc["classes"]["glass"]["visible_iou_mean"],
-                      "clutter_hidden_share": clutter_hidden(lab, spec, truth, mesh_only)})
+                      "clutter_hidden_share": share, "clutter_hiding_pixels": pixels})
     result["band_curve"] = curve
     result["options"] = LabelOptions().to_json()
     result["speed"] = speed_section(args, scene, result["bake"])
