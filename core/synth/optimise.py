@@ -81,56 +81,58 @@ class OptimiseOptions:
     relax_tau: float = 1.0  # gumbel: the temperature of the relaxed weights' gradient
 
 
-def reinforce(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, logits0: np.ndarray,
-              options: OptimiseOptions = OptimiseOptions(), progress: Optional[ProgressFn] = None
-              ) -> tuple[np.ndarray, list[dict]]:
-    """The optimised logits and the history per iteration (probabilities, group rewards)."""
-    groups = max(2, min(options.groups, options.views_per_iteration))
+Surrogate = Callable[[torch.Tensor, Draws, TaskSet, int], tuple[torch.Tensor, np.ndarray]]
+
+
+def _fit(render: Callable[[Draws], TaskSet], bins: Bins, logits0: np.ndarray, options: OptimiseOptions,
+         progress: Optional[ProgressFn], surrogate: Surrogate) -> tuple[np.ndarray, list[dict]]:
+    """Adam on the logits: each iteration draws views (Tool 1, no grad), renders them, and steps on the
+    estimator's surrogate loss of (logits, draws, views, iteration), which also gives the iteration's rewards."""
     rng = np.random.default_rng(options.seed)
     logits = torch.tensor(np.asarray(logits0, dtype=np.float64), requires_grad=True)
     opt = torch.optim.Adam([logits], lr=options.lr)
     history = []
     for it in range(options.iterations):
         draws = sample(logits.detach().numpy(), bins, options.views_per_iteration, rng, options.tau)
-        views = render(draws)
-        group = np.arange(options.views_per_iteration) % groups
-        rewards = np.array([score(subset(views, group == g), target, steps=options.task_steps)
-                            for g in range(groups)])
-        baseline = (rewards.sum() - rewards) / (groups - 1)  # leave-one-out: unbiased
-        advantage = torch.as_tensor((rewards - baseline)[group])
-        loss = -(advantage * log_prob(logits, draws.bins)).mean()
+        loss, rewards = surrogate(logits, draws, render(draws), it)
         opt.zero_grad()
         loss.backward()
         opt.step()
         history.append({"iteration": it + 1, "rewards": [float(r) for r in rewards],
-                        "mean_reward": float(rewards.mean()), "bins_drawn": [int(b) for b in draws.bins],
+                        "mean_reward": float(np.mean(rewards)), "bins_drawn": [int(b) for b in draws.bins],
                         "probabilities": [float(p) for p in probabilities(logits.detach().numpy())]})
         report(progress, it + 1, options.iterations, "optimise")
     return logits.detach().numpy(), history
+
+
+def reinforce(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, logits0: np.ndarray,
+              options: OptimiseOptions = OptimiseOptions(), progress: Optional[ProgressFn] = None
+              ) -> tuple[np.ndarray, list[dict]]:
+    """The optimised logits and the history per iteration (probabilities, group rewards)."""
+    groups = max(2, min(options.groups, options.views_per_iteration))
+    group = np.arange(options.views_per_iteration) % groups
+
+    def surrogate(logits, draws, views, it):
+        rewards = np.array([score(subset(views, group == g), target, steps=options.task_steps)
+                            for g in range(groups)])
+        baseline = (rewards.sum() - rewards) / (groups - 1)  # leave-one-out: unbiased
+        advantage = torch.as_tensor((rewards - baseline)[group])
+        return -(advantage * log_prob(logits, draws.bins)).mean(), rewards
+
+    return _fit(render, bins, logits0, options, progress, surrogate)
 
 
 def gumbel(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, logits0: np.ndarray,
            options: OptimiseOptions = OptimiseOptions(), progress: Optional[ProgressFn] = None
            ) -> tuple[np.ndarray, list[dict]]:
     """The optimised logits and the history per iteration (probabilities, the reward of the iteration's net)."""
-    rng = np.random.default_rng(options.seed)
-    logits = torch.tensor(np.asarray(logits0, dtype=np.float64), requires_grad=True)
-    opt = torch.optim.Adam([logits], lr=options.lr)
-    history = []
-    for it in range(options.iterations):
-        draws = sample(logits.detach().numpy(), bins, options.views_per_iteration, rng, options.tau)
-        views = render(draws)
+
+    def surrogate(logits, draws, views, it):
         values, reward = view_values(views, target, steps=options.task_steps, seed=options.seed + it)
         weights = relaxed_weights(logits, draws, options.relax_tau)
-        loss = -(weights * torch.as_tensor(values - values.mean())).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append({"iteration": it + 1, "rewards": [float(reward)], "mean_reward": float(reward),
-                        "bins_drawn": [int(b) for b in draws.bins],
-                        "probabilities": [float(p) for p in probabilities(logits.detach().numpy())]})
-        report(progress, it + 1, options.iterations, "optimise")
-    return logits.detach().numpy(), history
+        return -(weights * torch.as_tensor(values - values.mean())).sum(), np.array([reward])
+
+    return _fit(render, bins, logits0, options, progress, surrogate)
 
 
 def relaxed_weights(logits: torch.Tensor, draws: Draws, relax_tau: float) -> torch.Tensor:
