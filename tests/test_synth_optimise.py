@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from neurallabel.core.errors import NeuralLabelError
-from neurallabel.core.synth.distribution import Bins, probabilities
+from neurallabel.core.synth.distribution import Bins, probabilities, sample
 from neurallabel.core.synth.optimise import OptimiseOptions, reinforce
 from neurallabel.core.synth.poses import Range
 from neurallabel.core.synth.tasks import TaskSet, miou, score
@@ -120,3 +120,61 @@ def test_a_generated_scene_is_a_target_with_its_truth_classes(small_scene: Path)
         load_target(small_scene, category_ids[1:])
     assert info.value.field == "target"
     assert load_scene_truth(small_scene).objects  # the scene has truth: the test is not vacuous
+
+
+# --- gumbel: the relaxed, differentiable estimator ---------------------------------------------------------
+
+
+def zoom_render(rng: np.random.Generator):
+    """A render of draws for the toy zoom gap: bin 0 gives big squares (the target's look), bin 1 tiny ones."""
+
+    def render(draws):
+        parts = [squares(1, 12 if b == 0 else 2, rng) for b in draws.bins]
+        return TaskSet(np.concatenate([p.images for p in parts]), np.concatenate([p.classes for p in parts]), (1,))
+
+    return render
+
+
+def test_relaxed_weights_are_one_forward_and_carry_the_gumbel_softmax_gradient() -> None:
+    import torch
+
+    from neurallabel.core.synth.distribution import gumbel_softmax
+    from neurallabel.core.synth.optimise import relaxed_weights
+
+    bins = Bins((Range(0, 360, 3), Range(20, 40, 1), Range(1.0, 2.0, 1)))
+    draws = sample(np.array([0.5, 0.0, -0.5]), bins, 5, np.random.default_rng(3), tau=0.1)
+    logits = torch.tensor([0.5, 0.0, -0.5], dtype=torch.float64, requires_grad=True)
+    w = relaxed_weights(logits, draws, 1.0)
+    assert torch.equal(w.detach(), torch.ones(5, dtype=torch.float64))
+    w.sum().backward()
+    ref = torch.tensor([0.5, 0.0, -0.5], dtype=torch.float64, requires_grad=True)
+    soft = gumbel_softmax(ref, torch.as_tensor(draws.gumbel_uniform), 1.0)
+    soft[torch.arange(5), torch.as_tensor(draws.bins)].sum().backward()
+    assert torch.allclose(logits.grad, ref.grad) and logits.grad.abs().sum() > 1e-3
+
+
+def test_view_values_rank_target_like_views_above_others() -> None:
+    from neurallabel.core.synth.tasks import view_values
+
+    rng = np.random.default_rng(4)
+    target = squares(8, 12, rng)
+    big, tiny = squares(4, 12, rng), squares(4, 2, rng)
+    train = TaskSet(np.concatenate([big.images, tiny.images]), np.concatenate([big.classes, tiny.classes]), (1,))
+    values, reward = view_values(train, target, steps=40)
+    assert values[:4].mean() > values[4:].mean() and 0.0 <= reward <= 1.0
+
+
+def test_gumbel_gradient_raises_the_better_bin() -> None:
+    """One step from uniform logits: the bin whose views look like the target gains (gradient sign)."""
+    from neurallabel.core.synth.optimise import gumbel
+
+    rng = np.random.default_rng(5)
+    target = squares(8, 12, rng)
+    bins = Bins((Range(0, 360, 1), Range(20, 40, 1), Range(1.0, 2.0, 2)))
+    options = OptimiseOptions(iterations=1, views_per_iteration=8, task_steps=40, lr=0.1, seed=0)
+    logits, history = gumbel(zoom_render(rng), target, bins, np.zeros(2), options)
+    assert logits[0] > logits[1] and set(history[0]["bins_drawn"]) == {0, 1}
+    logits, history = gumbel(zoom_render(rng), target, bins, np.zeros(2),
+                             OptimiseOptions(iterations=5, views_per_iteration=8, task_steps=40, lr=0.4, seed=0))
+    assert probabilities(logits)[0] > 0.75 and len(history) == 5
+    assert history[-1]["probabilities"] == pytest.approx(list(probabilities(logits)))

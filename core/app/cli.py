@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="segment", choices=("segment",), help="the downstream task to optimise for")
     p.add_argument("--iterations", type=int, default=10, help="optimisation iterations")
     p.add_argument("--views-per-iteration", type=int, default=40, help="views rendered per iteration")
-    p.add_argument("--estimator", default="reinforce", choices=("reinforce",), help="gradient estimator")
+    p.add_argument("--estimator", default="reinforce", choices=("reinforce", "gumbel"), help="gradient estimator")
     p.add_argument("--fit-to-poses", type=Path, default=None,
                    help="a dataset (transforms.json) whose camera histogram becomes the weights (baseline)")
 

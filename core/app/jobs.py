@@ -436,7 +436,7 @@ class CorrespondRequest:
 
 
 SYNTH_TASKS = ("segment",)
-SYNTH_ESTIMATORS = ("reinforce",)
+SYNTH_ESTIMATORS = ("reinforce", "gumbel")
 
 
 @dataclass

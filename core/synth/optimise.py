@@ -1,10 +1,22 @@
 """Fitting the pose distribution: to a downstream task on a target set (``reinforce``: a score-function
-estimator on the CPU), or to the poses of target cameras (``--fit-to-poses``, the practical baseline).
+estimator; ``gumbel``: a relaxed, differentiable path), or to the poses of target cameras
+(``--fit-to-poses``, the practical baseline).
 
 ``reinforce`` (REINFORCE with a leave-one-out baseline): each iteration draws ``views_per_iteration`` views
 from softmax(logits) (Tool 1), renders and labels them in memory, splits them into ``groups``, trains a fresh
 segmentation net per group and scores it by mIoU on the target. A group's reward minus the mean of the other
 groups' is the advantage of every view in it; the logits follow Adam on -sum(advantage * log p(bin)).
+
+``gumbel`` (Neural-Sim's Tool 1 + a first-order bilevel gradient): each iteration draws the views on the no-grad
+lattice and logs the noise, then replays the same noise with gradients ("twice forward, once backward"): each
+view's training loss carries the straight-through weight of its bin in the Gumbel-softmax (1 in the forward
+pass, the relaxed softmax's gradient in the backward pass, at temperature ``relax_tau``: at the sampling
+tau = 0.1 the relaxed weights are one-hot to float precision and pass no gradient). One net is trained on all
+the views; d L_target / d weight of each view is taken to first order along its training run
+(:func:`.tasks.view_values`; the paper solves the implicit gradient with a Hessian-inverse product) and
+centred over the iteration's views; the chain rule carries it to the logits (Adam). The renderer itself is
+not differentiated: a view's pixels move with its in-bin offset, not with the logits, so the logits' gradient
+flows only through the bin weights.
 """
 
 from __future__ import annotations
@@ -18,8 +30,8 @@ import torch
 from ..errors import NeuralLabelError
 from ..geometry.transforms import Similarity
 from ..progress import ProgressFn, report
-from .distribution import Bins, Draws, histogram_logits, log_prob, probabilities, sample
-from .tasks import SIZE, TaskSet, class_map, load_target, score
+from .distribution import Bins, Draws, gumbel_softmax, histogram_logits, log_prob, probabilities, sample
+from .tasks import SIZE, TaskSet, class_map, load_target, score, view_values
 from .views import RenderedQuery, SynthOptions, plan_distribution, synthetic_intrinsics, synthetic_views
 
 
@@ -66,6 +78,31 @@ class OptimiseOptions:
     task_steps: int = 150
     tau: float = 0.1
     seed: int = 0
+    relax_tau: float = 1.0  # gumbel: the temperature of the relaxed weights' gradient
+
+
+Surrogate = Callable[[torch.Tensor, Draws, TaskSet, int], tuple[torch.Tensor, np.ndarray]]
+
+
+def _fit(render: Callable[[Draws], TaskSet], bins: Bins, logits0: np.ndarray, options: OptimiseOptions,
+         progress: Optional[ProgressFn], surrogate: Surrogate) -> tuple[np.ndarray, list[dict]]:
+    """Adam on the logits: each iteration draws views (Tool 1, no grad), renders them, and steps on the
+    estimator's surrogate loss of (logits, draws, views, iteration), which also gives the iteration's rewards."""
+    rng = np.random.default_rng(options.seed)
+    logits = torch.tensor(np.asarray(logits0, dtype=np.float64), requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=options.lr)
+    history = []
+    for it in range(options.iterations):
+        draws = sample(logits.detach().numpy(), bins, options.views_per_iteration, rng, options.tau)
+        loss, rewards = surrogate(logits, draws, render(draws), it)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append({"iteration": it + 1, "rewards": [float(r) for r in rewards],
+                        "mean_reward": float(np.mean(rewards)), "bins_drawn": [int(b) for b in draws.bins],
+                        "probabilities": [float(p) for p in probabilities(logits.detach().numpy())]})
+        report(progress, it + 1, options.iterations, "optimise")
+    return logits.detach().numpy(), history
 
 
 def reinforce(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, logits0: np.ndarray,
@@ -73,27 +110,40 @@ def reinforce(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, l
               ) -> tuple[np.ndarray, list[dict]]:
     """The optimised logits and the history per iteration (probabilities, group rewards)."""
     groups = max(2, min(options.groups, options.views_per_iteration))
-    rng = np.random.default_rng(options.seed)
-    logits = torch.tensor(np.asarray(logits0, dtype=np.float64), requires_grad=True)
-    opt = torch.optim.Adam([logits], lr=options.lr)
-    history = []
-    for it in range(options.iterations):
-        draws = sample(logits.detach().numpy(), bins, options.views_per_iteration, rng, options.tau)
-        views = render(draws)
-        group = np.arange(options.views_per_iteration) % groups
+    group = np.arange(options.views_per_iteration) % groups
+
+    def surrogate(logits, draws, views, it):
         rewards = np.array([score(subset(views, group == g), target, steps=options.task_steps)
                             for g in range(groups)])
         baseline = (rewards.sum() - rewards) / (groups - 1)  # leave-one-out: unbiased
         advantage = torch.as_tensor((rewards - baseline)[group])
-        loss = -(advantage * log_prob(logits, draws.bins)).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append({"iteration": it + 1, "rewards": [float(r) for r in rewards],
-                        "mean_reward": float(rewards.mean()), "bins_drawn": [int(b) for b in draws.bins],
-                        "probabilities": [float(p) for p in probabilities(logits.detach().numpy())]})
-        report(progress, it + 1, options.iterations, "optimise")
-    return logits.detach().numpy(), history
+        return -(advantage * log_prob(logits, draws.bins)).mean(), rewards
+
+    return _fit(render, bins, logits0, options, progress, surrogate)
+
+
+def gumbel(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, logits0: np.ndarray,
+           options: OptimiseOptions = OptimiseOptions(), progress: Optional[ProgressFn] = None
+           ) -> tuple[np.ndarray, list[dict]]:
+    """The optimised logits and the history per iteration (probabilities, the reward of the iteration's net)."""
+
+    def surrogate(logits, draws, views, it):
+        values, reward = view_values(views, target, steps=options.task_steps, seed=options.seed + it)
+        weights = relaxed_weights(logits, draws, options.relax_tau)
+        return -(weights * torch.as_tensor(values - values.mean())).sum(), np.array([reward])
+
+    return _fit(render, bins, logits0, options, progress, surrogate)
+
+
+def relaxed_weights(logits: torch.Tensor, draws: Draws, relax_tau: float) -> torch.Tensor:
+    """(N,) each draw's straight-through weight of its bin: exactly 1, with the gradient of the Gumbel-softmax
+    at ``relax_tau`` replayed from the draw's logged noise."""
+    soft = gumbel_softmax(logits, torch.as_tensor(draws.gumbel_uniform, dtype=torch.float64), relax_tau)
+    own = soft[torch.arange(len(draws.bins)), torch.as_tensor(draws.bins, dtype=torch.long)]
+    return 1.0 + own - own.detach()
+
+
+ESTIMATORS = {"reinforce": reinforce, "gumbel": gumbel}
 
 
 def pose_coords(frames, world_from_data: Similarity, centre: np.ndarray) -> np.ndarray:
@@ -127,7 +177,8 @@ def fitted_weights(spec, request, options: SynthOptions, *, device: str = "cpu",
     source = ViewSource(spec, dataset, load_checked_field(spec, dataset, device).field, device=device)
     opt = OptimiseOptions(iterations=request.iterations, views_per_iteration=request.views_per_iteration,
                           tau=options.tau, seed=options.seed)
-    logits, history = reinforce(lambda d: source.views(d, plan.orbit.centre), target, plan.bins, plan.logits,
+    estimator = ESTIMATORS[request.estimator]
+    logits, history = estimator(lambda d: source.views(d, plan.orbit.centre), target, plan.bins, plan.logits,
                                 opt, progress)
     extra = {"optimise": {"estimator": request.estimator, "task": request.task, "target": str(request.target),
                           "iterations": opt.iterations, "views_per_iteration": opt.views_per_iteration,
