@@ -762,10 +762,8 @@ def _load_field(request: Union[SurfacePointsRequest, SnapRequest]):
 
 
 def surface_near_box(request: Union[SurfacePointsRequest, SnapRequest], box_world: Box, margin_world: float,
-                     max_views: int, progress: Optional[ProgressFn], notice: NoticeFn,
-                     scene=None) -> tuple[np.ndarray, int]:
-    """Surface points (world) near a world box: the box goes into the cameras' frame and back. ``scene``: the
-    query to read (default: the request's, :func:`_scene_query`)."""
+                     max_views: int, progress: Optional[ProgressFn], notice: NoticeFn) -> tuple[np.ndarray, int]:
+    """Surface points (world) near a world box: the box goes into the cameras' frame and back."""
     from ..geometry.view import View
     from ..scene.surface import surface_points
 
@@ -773,7 +771,7 @@ def surface_near_box(request: Union[SurfacePointsRequest, SnapRequest], box_worl
     dataset = load_dataset_noting(request.data, notice)
     views = [View.from_frame(frame, world_from_data) for frame in dataset.frames]
     box_data = box_world.transformed(world_from_data.inverse().matrix)
-    surface = surface_points(views, box_data, scene if scene is not None else _scene_query(request),
+    surface = surface_points(views, box_data, _scene_query(request),
                              margin=margin_world / world_from_data.scale, max_views=max_views, progress=progress)
     return world_from_data.apply(surface.points), surface.view_count
 
@@ -795,44 +793,6 @@ def run_surface_points(request: SurfacePointsRequest, progress: Optional[Progres
     return {"points": str(request.out), "count": int(len(points)), "views": int(views)}
 
 
-# Snap reads a field's front surface: where a ray's accumulated opacity first reaches this share. The median
-# (0.5) lies inside a trained object's soft density: on the seed-21 tabletop's 10-minute field it sat 17 mm (median)
-# behind the bunny's true surface and every snap ended 4 mm / 3 degrees off; at 0.1 the median offset is 0.2 mm.
-SNAP_FRONT_OPACITY = 0.1
-
-
-def front_depth(samples, n_rays: int, level: float) -> np.ndarray:
-    """Per ray (N,): the z-depth of the first sample at which the ray's accumulated opacity reaches ``level``;
-    NaN where it never does. ``samples``: a query's :class:`~..scene.queries.RayWeights` (sorted by ray, then
-    depth)."""
-    ray, z = np.asarray(samples.ray, dtype=np.int64), np.asarray(samples.z, dtype=np.float64)
-    out = np.full(n_rays, np.nan)
-    if len(ray) == 0:
-        return out
-    # log-transmittance after each sample, restarted at each ray's first sample
-    log_pass = np.cumsum(np.log(np.clip(1.0 - np.asarray(samples.alpha, dtype=np.float64), 1e-12, 1.0)))
-    first = np.r_[0, np.flatnonzero(np.diff(ray)) + 1]
-    before = np.r_[0.0, log_pass[first[1:] - 1]]
-    log_pass -= np.repeat(before, np.diff(np.r_[first, len(ray)]))
-    hit = np.flatnonzero(log_pass <= np.log1p(-level))
-    rays, at = np.unique(ray[hit], return_index=True)  # hit is sorted: the first crossing of each ray
-    out[rays] = z[hit[at]]
-    return out
-
-
-class _FrontSurface:
-    """A field query whose surface is :func:`front_depth` (for snap), rendered with the field's samples."""
-
-    def __init__(self, field_query, level: float) -> None:
-        self.field_query, self.level = field_query, level
-
-    def at_pixels(self, view, rows: np.ndarray, cols: np.ndarray, **_):
-        from ..scene.queries import ScenePixels
-
-        out = self.field_query.at_pixels(view, rows, cols, samples_for=np.ones(len(rows), bool))
-        return ScenePixels(front_depth(out.samples, len(rows), self.level))
-
-
 def run_snap(request: SnapRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
     from ..geometry.icp import icp_point_to_plane, sample_mesh_surface
     from ..io.meshes import load_mesh
@@ -848,11 +808,8 @@ def run_snap(request: SnapRequest, progress: Optional[ProgressFn], notice: Notic
     size = float(np.linalg.norm(hi - lo))
     max_distance = request.max_distance or max(0.03, 0.2 * size)
     margin = request.margin or max_distance
-    scene = _scene_query(request)
-    if request.depth_dir is None:  # a field: its front surface, not its median
-        scene = _FrontSurface(scene, SNAP_FRONT_OPACITY)
     scene_points, views = surface_near_box(request, Box(pose @ centre, hi - lo), margin, request.max_views,
-                                           progress, notice, scene=scene)
+                                           progress, notice)
     model_points, model_normals = sample_mesh_surface(vertices, faces, request.model_points)
     result = icp_point_to_plane(model_points, model_normals, scene_points, pose, max_distance=max_distance,
                                 scene_normals=estimate_normals(scene_points), progress=progress)
