@@ -4,7 +4,7 @@ Target (issue 5): a mesh displaced by up to 2 cm and 10 degrees converges back t
 its true pose. Each trial displaces a mesh annotation by exactly 2 cm and 10 degrees (random directions)
 and runs the worker's ``snap`` job (the code ``neurallabel.snap_to_field`` runs) against:
 - ``truth``: the scene's true depth maps (Cycles Z pass), always;
-- ``field``: a trained field's front surface (what snap reads from a field), with ``--field CHECKPOINT`` (trained on the same scene, e.g. with
+- ``field``: a trained field's rendered depth, with ``--field CHECKPOINT`` (trained on the same scene, e.g. with
   ``neurallabel train SCENE/transforms.json --out CKPT``); a trial where ICP loses the object counts as lost.
 
     python scripts/bench_snap.py [--scene DIR] [--field CKPT] [--trials 10] [--objects bunny_1,armadillo_1]
