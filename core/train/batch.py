@@ -209,8 +209,9 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
     """Stratified samples (no gradient), then density/colour with gradients at those samples.
 
     ``scaling_distance`` > 0: the rendered outputs' gradients reach each sample's density and colour scaled by
-    ``min(1, (t / scaling_distance)^2)`` (:func:`..render.volrend.scale_gradient`); the returned samples keep
-    the unscaled densities, so the regularisers act at full strength everywhere."""
+    ``min(1, (t / scaling_distance)^2)`` (:func:`..render.volrend.scale_gradient`). The returned samples keep
+    the unscaled densities, so the sparsity term acts at full strength everywhere; their weights carry the
+    scaled gradient (as the photometric loss does)."""
     samples = march(field, origins, directions, near=near, stratified=True)
     sigmas = field.density(samples.points(origins, directions))
     samples = samples.with_values(sigmas=sigmas)
