@@ -40,29 +40,29 @@ class SurfaceBand:
         self._tree = None if self.empty else cKDTree(cloud)
         self.lo = cloud.min(axis=0) - self.band if not self.empty else None
         self.hi = cloud.max(axis=0) + self.band if not self.empty else None
-        self._near = None if self.empty else self._near_voxels(cloud, spacing)
+        self._near, self._voxel = (None, 0.0) if self.empty else self._near_voxels(cloud, spacing)
 
     #: the prefilter grid's voxel, in surface sample spacings (finer: fewer points queried, a bigger grid)
     VOXEL_SPACINGS = 2.0
     #: the prefilter grid's most voxels (coarser voxels beyond that)
     MAX_VOXELS = 2 ** 22
 
-    def _near_voxels(self, cloud: np.ndarray, spacing: float) -> np.ndarray:
+    def _near_voxels(self, cloud: np.ndarray, spacing: float) -> tuple[np.ndarray, float]:
         """A voxel grid over [lo, hi] of lower bounds on the distance from any point of a voxel to the
         cloud (the distance between voxel centres less a voxel diagonal), so that most points far from every
-        surface (a frame's samples in empty space and on unannotated surfaces) skip the k-d tree."""
+        surface (a frame's samples in empty space and on unannotated surfaces) skip the k-d tree; and its
+        voxel size."""
         from scipy.ndimage import distance_transform_edt
 
         extent = self.hi - self.lo
         voxel = max(self.VOXEL_SPACINGS * spacing, float(np.cbrt(np.prod(extent) / self.MAX_VOXELS)), 1e-12)
-        self._voxel = voxel
         shape = np.maximum(np.ceil(extent / voxel).astype(np.int64), 1)
         empty = np.ones(tuple(shape), bool)
         cells = np.minimum(((cloud - self.lo) / voxel).astype(np.int64), shape - 1)
         empty[cells[:, 0], cells[:, 1], cells[:, 2]] = False
         # a point and a cloud point each sit within half a voxel diagonal of their voxels' centres
         lower = distance_transform_edt(empty) * voxel - 1.01 * np.sqrt(3.0) * voxel  # 1 %: float32 rounding
-        return np.maximum(lower, 0.0).astype(np.float32)
+        return np.maximum(lower, 0.0).astype(np.float32), voxel
 
     def within(self, points: np.ndarray, band: Optional[np.ndarray] = None) -> np.ndarray:
         """(N,) bool: each point's distance to the nearest surface is at most ``band`` (scalar or (N,) array,

@@ -139,42 +139,19 @@ def _cell(px, py, pz, aabbs, centre, half, levels, r):
 
 
 @numba.njit(**_JIT)
-def _slab(o, d, lo, hi):
-    """Ray parameters where one axis' slab [lo, hi] is entered and left (``d`` != 0)."""
-    a = (lo - o) / d
-    b = (hi - o) / d
-    return min(a, b), max(a, b)
-
-
-@numba.njit(**_JIT)
-def _box_exit(ox, oy, oz, dx, dy, dz, aabbs, level):
-    """Where the ray leaves level ``level``'s box (it is inside)."""
-    t = 1e30
-    if abs(dx) > 1e-12:
-        t = min(t, _slab(ox, dx, aabbs[level, 0], aabbs[level, 3])[1])
-    if abs(dy) > 1e-12:
-        t = min(t, _slab(oy, dy, aabbs[level, 1], aabbs[level, 4])[1])
-    if abs(dz) > 1e-12:
-        t = min(t, _slab(oz, dz, aabbs[level, 2], aabbs[level, 5])[1])
-    return t
-
-
-@numba.njit(**_JIT)
-def _box_entry(ox, oy, oz, dx, dy, dz, aabbs, level, after):
-    """Where the ray next enters level ``level``'s box past ``after`` (1e30: never; ``after`` if it is in)."""
+def _box_span(ox, oy, oz, dx, dy, dz, aabbs, level):
+    """Where the ray enters and leaves level ``level``'s box (enter > leave: it never meets it)."""
     enter, leave = -1e30, 1e30
     for axis in range(3):
         o = ox if axis == 0 else (oy if axis == 1 else oz)
         d = dx if axis == 0 else (dy if axis == 1 else dz)
         lo, hi = aabbs[level, axis], aabbs[level, axis + 3]
         if abs(d) > 1e-12:
-            a, b = _slab(o, d, lo, hi)
-            enter, leave = max(enter, a), min(leave, b)
+            a, b = (lo - o) / d, (hi - o) / d
+            enter, leave = max(enter, min(a, b)), min(leave, max(a, b))
         elif o < lo or o > hi:
-            return 1e30
-    if leave < enter or leave < after:
-        return 1e30
-    return max(enter, after)
+            return 1e30, -1e30
+    return enter, leave
 
 
 @numba.njit(**_JIT)
@@ -236,9 +213,11 @@ def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, 
                 if abs(dz) > 1e-12:
                     reach = min(reach, wz / abs(dz))
                 # never past this level's box, nor into the finer level's box: their grids decide there
-                limit = _box_exit(ox, oy, oz, dx, dy, dz, aabbs, level)
+                limit = _box_span(ox, oy, oz, dx, dy, dz, aabbs, level)[1]
                 if level > 0:
-                    limit = min(limit, _box_entry(ox, oy, oz, dx, dy, dz, aabbs, level - 1, mid))
+                    enter, leave = _box_span(ox, oy, oz, dx, dy, dz, aabbs, level - 1)
+                    if leave >= max(enter, mid):
+                        limit = min(limit, max(enter, mid))
                 t_cell = max(t_cell, min(mid + hops * coarsening * reach, limit))
             k_next = math.ceil(_lattice_k(t_cell, s0, step, ks, log_growth) - 0.5)
             k = max(k + 1.0, k_next)
