@@ -222,7 +222,8 @@ def march_nerfacc(field: Field, origins: Tensor, directions: Tensor, *, near: fl
         return samples.with_values(sigmas=torch.zeros(0, device=origins.device))
     sigmas = field.density(samples.points(origins, directions))
     counts = torch.bincount(samples.ray_indices, minlength=samples.n_rays)
-    packed_info = torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1).int()
+    # int64: nerfacc's scan kernels refuse int32 offsets
+    packed_info = torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1)
     visible = render_visibility_from_density(
         t_starts=samples.t_starts, t_ends=samples.t_ends, sigmas=sigmas, packed_info=packed_info,
         early_stop_eps=field.config.early_stop_eps, alpha_thre=effective_alpha_thre(field))
