@@ -40,18 +40,24 @@ class SurfaceBand:
         self._tree = None if self.empty else cKDTree(cloud)
         self.lo = cloud.min(axis=0) - self.band if not self.empty else None
         self.hi = cloud.max(axis=0) + self.band if not self.empty else None
-        self._near, self._voxel = (None, 0.0) if self.empty else self._near_voxels(cloud, spacing)
+        self._voxel = 0.0
+        self._voxel_distance: Optional[np.ndarray] = None
+        if not self.empty:
+            self._voxel_distance, self._voxel = self._voxel_distances(cloud, spacing)
 
-    #: the prefilter grid's voxel, in surface sample spacings (finer: fewer points queried, a bigger grid)
+    #: the grid's voxel, in surface sample spacings (finer: more points decided by the grid, a bigger grid)
     VOXEL_SPACINGS = 2.0
-    #: the prefilter grid's most voxels (coarser voxels beyond that)
+    #: the grid's most voxels (coarser voxels beyond that)
     MAX_VOXELS = 2 ** 22
 
-    def _near_voxels(self, cloud: np.ndarray, spacing: float) -> tuple[np.ndarray, float]:
-        """A voxel grid over [lo, hi] of lower bounds on the distance from any point of a voxel to the
-        cloud (the distance between voxel centres less a voxel diagonal), so that most points far from every
-        surface (a frame's samples in empty space and on unannotated surfaces) skip the k-d tree; and its
-        voxel size."""
+    def _voxel_distances(self, cloud: np.ndarray, spacing: float) -> tuple[np.ndarray, float]:
+        """A voxel grid over [lo, hi] of the distance from each voxel's centre to the nearest voxel centre that
+        holds a cloud point (a distance transform), and its voxel size.
+
+        A cloud point lies within half a voxel diagonal h of its voxel's centre, so a voxel centre c is
+        between D(c) - h and D(c) + h from the cloud; a point p at distance r from c, between D(c) - h - r and
+        D(c) + h + r (the distance is 1-Lipschitz). Most points -- on the surfaces, or far from them -- are
+        then decided without the k-d tree."""
         from scipy.ndimage import distance_transform_edt
 
         extent = self.hi - self.lo
@@ -60,13 +66,12 @@ class SurfaceBand:
         empty = np.ones(tuple(shape), bool)
         cells = np.minimum(((cloud - self.lo) / voxel).astype(np.int64), shape - 1)
         empty[cells[:, 0], cells[:, 1], cells[:, 2]] = False
-        # a point and a cloud point each sit within half a voxel diagonal of their voxels' centres
-        lower = distance_transform_edt(empty) * voxel - 1.01 * np.sqrt(3.0) * voxel  # 1 %: float32 rounding
-        return np.maximum(lower, 0.0).astype(np.float32), voxel
+        return (distance_transform_edt(empty) * voxel).astype(np.float32), voxel
 
     def within(self, points: np.ndarray, band: Optional[np.ndarray] = None) -> np.ndarray:
         """(N,) bool: each point's distance to the nearest surface is at most ``band`` (scalar or (N,) array,
-        at most the band given at construction; default that band)."""
+        at most the band given at construction; default that band). The same answers as asking the k-d tree
+        for every point."""
         out = np.zeros(len(points), bool)
         if self.empty or len(points) == 0:
             return out
@@ -74,14 +79,18 @@ class SurfaceBand:
         idx = np.flatnonzero(near_box)
         if len(idx) == 0:
             return out
-        limit = self.band if band is None else np.broadcast_to(band, (len(points),))[idx]
-        cells = np.minimum(((points[idx] - self.lo) / self._voxel).astype(np.int64), np.array(self._near.shape) - 1)
-        maybe = self._near[cells[:, 0], cells[:, 1], cells[:, 2]] <= limit
-        idx = idx[maybe]
+        limit = np.broadcast_to(self.band if band is None else band, (len(points),))[idx]
+        grid = self._voxel_distance
+        cells = np.minimum(((points[idx] - self.lo) / self._voxel).astype(np.int64), np.array(grid.shape) - 1)
+        voxel_distance = grid[cells[:, 0], cells[:, 1], cells[:, 2]]
+        reach = np.linalg.norm(points[idx] - (self.lo + (cells + 0.5) * self._voxel), axis=1)
+        reach += 0.5 * np.sqrt(3.0) * self._voxel * 1.01  # 1 %: float32 rounding
+        inside = voxel_distance + reach <= limit
+        out[idx[inside]] = True
+        ask = ~inside & (voxel_distance - reach <= limit)
+        idx, limit = idx[ask], limit[ask]
         if len(idx) == 0:
             return out
-        if band is not None:
-            limit = limit[maybe]
         # the search stops at the widest band asked now, not the widest built for (a few times wider at
         # a frame's depths, and the search's cost grows with it); every core
         bound = min(self.band, float(np.max(limit))) * (1 + 1e-9)
