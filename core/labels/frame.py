@@ -140,6 +140,14 @@ def make_label_object(obj: SpecObject, model, cast_index: Optional[int]) -> Labe
     return LabelObject(obj, model, cast_index, corners, apply_points(obj.pose, hull))
 
 
+def box_precision(box: Box) -> float:
+    """How far (world units) a surface that lies on ``box``'s face may land outside it, or off a plane, by the
+    precision of the depth and of the pose alone: 0.2 % of the box's diagonal. A box drawn from the object's own
+    bounds (the demo's, a spec from a scene) has faces *on* the object's surface: exact depth there lands on
+    either side of the face (4 um out on the demo's 5 cm cube) and must count as inside."""
+    return 0.002 * float(np.linalg.norm(box.size))
+
+
 def inside_rigid_box(box: Box, points: np.ndarray) -> np.ndarray:
     """Which ``points`` (N, 3) lie inside ``box`` with a rigid pose (the label math's exact test: no scale
     to divide out, unlike :meth:`Box.contains`, whose similarity handling moves the boundary by an ulp)."""
@@ -422,8 +430,9 @@ class FrameLabeler:
     def box_masks(self, view: View, box_regions: dict[int, Optional[Region]], scene: Optional[_SceneAnswer],
                   mesh_visible: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """5. Box objects' visible masks, and per box the probability map (0 outside its region) that a pixel's
-        ray stops on the object: the share of its weight inside the box or within the band of the box's
-        extracted mesh, and above the support plane (found in this frame's surface points near the box's
+        ray stops on the object: the share of its weight inside the box (grown by :func:`box_precision`: a
+        tight box's faces lie on the object's surface) or within the band of the box's extracted mesh, and above
+        the support plane (found in this frame's surface points near the box's
         bottom). A pixel is the box's where that is >= 1/2 and no annotated mesh is visible there.
         Overlapping boxes: the smaller box takes the pixel (an object inside a bigger box is usually the one
         the small box was drawn for)."""
@@ -455,7 +464,8 @@ class FrameLabeler:
             points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[idx]],
                                  scene.cols[s.ray[idx]], s.z[idx])
             local = (points - centre) @ rotation
-            owned = np.all(np.abs(local) <= half, axis=1)
+            # within the box's precision of it: a surface on a tight box's face is the object's
+            owned = np.all(np.abs(local) <= half + box_precision(box), axis=1)
             model_band = self.model_band(i)
             if model_band is not None:  # asked only of the samples the box does not hold already
                 rest = np.flatnonzero(~owned)
@@ -480,9 +490,9 @@ class FrameLabeler:
         up = box_up_axis(rotation)
         ok = np.isfinite(z)
         local = (backproject(view.intrinsics, view.cam_to_world, rows[ok], cols[ok], z[ok]) - centre) @ rotation
-        # the plane fit's tolerance: the support thickness, and never under 0.2 % of the box (a depth map's
+        # the plane fit's tolerance: the support thickness, and never under the box's precision (a depth map's
         # exact table still scatters by its float precision)
-        tolerance = max(thickness, 0.002 * float(np.linalg.norm(box.size)))
+        tolerance = max(thickness, box_precision(box))
         return support_plane(local[bottom_zone(local, box.size, up)], up, tolerance,
                              span=lateral_span(box.size, up), seed=view.index)
 
