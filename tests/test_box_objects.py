@@ -10,7 +10,7 @@ import trimesh
 from neurallabel.core.geometry.cameras import Intrinsics, camera_directions
 from neurallabel.core.geometry.projection import backproject
 from neurallabel.core.labels.box_mesh import chamfer_distance, extract_box_mesh
-from neurallabel.core.labels.frame import LabelOptions, inside_rigid_box
+from neurallabel.core.labels.frame import LabelOptions, box_holds, box_precision, inside_rigid_box
 from neurallabel.core.geometry.box import Box
 from neurallabel.core.scene.queries import DepthMapQuery
 from neurallabel.core.spec import SpecObject
@@ -163,3 +163,27 @@ def test_a_cube_in_its_own_tight_box_through_exact_depth() -> None:
     # only the floor contact: the support thickness over the fitted floor (lifted a little by the cube's own
     # lowest strip among its inliers: 0.12 mm here)
     assert np.all(heights <= 1.1 * LabelOptions().support_mm / 1000), heights.max()
+
+
+def test_a_box_holds_the_surface_on_the_faces_it_is_seen_from_outside() -> None:
+    """What lies on a tight box's face: the object's where the camera sees that face from outside (its surface,
+    a float's precision either side of the face), beyond the object where it sees the face from inside (the
+    floor under its bottom face, as in the footprint's corners around a cylinder or through a torus's hole)."""
+    box = Box(np.eye(4), np.array([0.1, 0.2, 0.1]))
+    eye = np.array([-1.0, 0.0, 1.0])  # sees the -x and +z faces from outside, the others from inside
+    eps = box_precision(box)
+    tiny = 4e-6  # the demo's depth lands this far either side of its cube's faces
+    points = np.array([
+        [-0.05 - tiny, 0.03, 0.0],  # on the seen -x face, just outside it: the object
+        [-0.05 + tiny, 0.03, 0.0],  # ... just inside
+        [0.01, -0.07, 0.05 + tiny],  # on the seen top face
+        [-0.05 - tiny, 0.1 - tiny, 0.0],  # on the -x face at its edge with the +y face (seen from inside)
+        [0.0, 0.0, 0.0],  # inside
+        [0.01, 0.08, -0.05 + tiny],  # on the bottom face, seen from above: the floor the box stands on
+        [0.05 - tiny, 0.0, 0.0],  # on the +x face, seen from inside: a wall behind the object
+        [-0.05 - 2 * eps, 0.0, 0.0],  # beyond the precision of the seen face
+        [0.0, 0.1 + 2 * eps, 0.05],  # beyond the box
+    ])
+    assert box_holds(box, eye, points).tolist() == [True] * 5 + [False] * 4
+    # a camera inside the box's slab sees neither +z nor -z: the bottom stays the floor's
+    assert not box_holds(box, np.array([-1.0, 0.0, 0.0]), points[5:6]).any()
