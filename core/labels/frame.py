@@ -14,7 +14,8 @@ For one camera (:meth:`FrameLabeler.label`):
    blurred copy of an annotated object belongs to it and hides nothing); density elsewhere (unannotated
    clutter) occludes. Visible where that probability is at least 1/2 (``occlusion_min_confidence``);
 5. a pixel belongs to a *box* object with the probability that its ray stops on the object: the share of its
-   weight inside the box or near the box's extracted mesh, but not on the support surface under the box (the
+   weight inside the box (with the surface on the faces the camera sees from outside: a tight box's faces carry
+   the object's surface) or near the box's extracted mesh, but not on the support surface under the box (the
    table, found per frame by a plane fit) -- where that is at least 1/2 and no annotated mesh is visible;
    overlapping boxes: the smaller box takes the pixel;
 6. confidence: per pixel, the probability that its label is right (the visibility or box probability of the
@@ -138,6 +139,31 @@ def make_label_object(obj: SpecObject, model, cast_index: Optional[int]) -> Labe
         if model is not None:
             hull = np.concatenate([hull, np.asarray(model.vertices, dtype=np.float64)])
     return LabelObject(obj, model, cast_index, corners, apply_points(obj.pose, hull))
+
+
+def box_precision(box: Box) -> float:
+    """How far (world units) a surface that lies on ``box``'s face, or on a plane, may land off it by the
+    precision of the depth and of the pose alone: 0.2 % of the box's diagonal (the demo's exact depth lands 4 um
+    either side of its 5 cm cube's faces)."""
+    return 0.002 * float(np.linalg.norm(box.size))
+
+
+def box_holds(box: Box, eye: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """(N,) bool: which box-frame points ``local`` (N, 3) are the box's object, seen from ``eye`` (world).
+
+    A box drawn from the object's own bounds (the demo's, a spec made from a scene) has faces *on* the object's
+    surface, and exact depth lands either side of them by :func:`box_precision`. The object's surface on a face
+    faces out of the box, so only a face the camera sees from outside can show it: a point within the precision
+    of such a face is the object's. What lies on a face seen only from inside faces into the box: it is beyond
+    the object (the table its bottom face stands on, a wall behind it), not the object."""
+    half = np.asarray(box.size, dtype=np.float64) / 2
+    eps = box_precision(box)
+    local_eye = (np.asarray(eye, dtype=np.float64) - box.pose[:3, 3]) @ box.pose[:3, :3]
+    near_hi, near_lo = local >= half - eps, local <= -half + eps
+    seen_hi, seen_lo = local_eye > half, local_eye < -half
+    on_seen = np.any((near_hi & seen_hi) | (near_lo & seen_lo), axis=1)
+    on_unseen = np.any((near_hi & ~seen_hi) | (near_lo & ~seen_lo), axis=1)
+    return np.all(np.abs(local) <= half + eps, axis=1) & (on_seen | ~on_unseen)
 
 
 def inside_rigid_box(box: Box, points: np.ndarray) -> np.ndarray:
@@ -422,7 +448,8 @@ class FrameLabeler:
     def box_masks(self, view: View, box_regions: dict[int, Optional[Region]], scene: Optional[_SceneAnswer],
                   mesh_visible: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
         """5. Box objects' visible masks, and per box the probability map (0 outside its region) that a pixel's
-        ray stops on the object: the share of its weight inside the box or within the band of the box's
+        ray stops on the object: the share of its weight inside the box (its faces seen from outside hold the
+        surface on them, those seen from inside do not: :func:`box_holds`) or within the band of the box's
         extracted mesh, and above the support plane (found in this frame's surface points near the box's
         bottom). A pixel is the box's where that is >= 1/2 and no annotated mesh is visible there.
         Overlapping boxes: the smaller box takes the pixel (an object inside a bigger box is usually the one
@@ -444,7 +471,7 @@ class FrameLabeler:
             if region is None:
                 continue
             box = self.objects[i].box
-            rotation, centre, half = box.pose[:3, :3], box.pose[:3, 3], box.size / 2
+            rotation, centre = box.pose[:3, :3], box.pose[:3, 3]
             rows, cols = region_pixels(region)
             rays = scene.ray_of[rows, cols]
             plane = self.support(view, box, rows, cols, scene.z_depth[rows, cols], support)
@@ -455,7 +482,7 @@ class FrameLabeler:
             points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[idx]],
                                  scene.cols[s.ray[idx]], s.z[idx])
             local = (points - centre) @ rotation
-            owned = np.all(np.abs(local) <= half, axis=1)
+            owned = box_holds(box, view.cam_to_world[:3, 3], local)
             model_band = self.model_band(i)
             if model_band is not None:  # asked only of the samples the box does not hold already
                 rest = np.flatnonzero(~owned)
@@ -480,9 +507,9 @@ class FrameLabeler:
         up = box_up_axis(rotation)
         ok = np.isfinite(z)
         local = (backproject(view.intrinsics, view.cam_to_world, rows[ok], cols[ok], z[ok]) - centre) @ rotation
-        # the plane fit's tolerance: the support thickness, and never under 0.2 % of the box (a depth map's
+        # the plane fit's tolerance: the support thickness, and never under the box's precision (a depth map's
         # exact table still scatters by its float precision)
-        tolerance = max(thickness, 0.002 * float(np.linalg.norm(box.size)))
+        tolerance = max(thickness, box_precision(box))
         return support_plane(local[bottom_zone(local, box.size, up)], up, tolerance,
                              span=lateral_span(box.size, up), seed=view.index)
 
