@@ -5,7 +5,8 @@
 #     bash scripts/gpu_check.sh "$OUT"     # there
 # Parts: env (nvidia-smi, versions, bpy-free import), kernels (nerfacc's JIT build, tarred into
 # OUT/nerfacc_build.tgz: put it at .whl/nerfacc_build.tgz and a later call skips the build), tests (the
-# CUDA tests), field (a short training + render benchmark), bake (a bake of that field). Each part writes
+# CUDA tests), bench_field (scripts/bench_field.py on a carried generated scene, where GPU_CHECK_SCENE names one),
+# field (a short training + render benchmark), bake (a bake of that field). Each part writes
 # OUT/<part>.json (and OUT/<part>.log), runs under `timeout`, and a failing part does not stop the later ones.
 # GPU_CHECK_DRY=1 runs the same parts on the CPU with tiny sizes and the current PYTHONPATH / $PYTHON
 # (tests/test_gpu_prep.py does).
@@ -16,14 +17,16 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 DRY=${GPU_CHECK_DRY:-0}
 if [ "$DRY" = 1 ]; then
   PY=${PYTHON:-python3}; DEVICE=cpu; VIEWS=6; SIZE="48 36"; STEPS=3; TRAIN_S=0; BAKE_FRAMES=8; BAKE_SIZE="64 48"; T_BUILD=60; T_TESTS=120; T_FIELD=120; T_BAKE=120
+  BENCH_MIN=0.05
   export TORCH_EXTENSIONS_DIR=$OUT/torch_extensions
 else
-  PY=python3; DEVICE=cuda; VIEWS=60; SIZE="400 300"; STEPS=0; TRAIN_S=90; BAKE_FRAMES=1000; BAKE_SIZE="640 480"; T_BUILD=200; T_TESTS=100; T_FIELD=130; T_BAKE=100
+  PY=python3; DEVICE=cuda; VIEWS=60; SIZE="400 300"; STEPS=0; TRAIN_S=45; BAKE_FRAMES=1000; BAKE_SIZE="640 480"; T_BUILD=200; T_TESTS=100; T_FIELD=70; T_BAKE=70
   export TORCH_EXTENSIONS_DIR=/tmp/torch_extensions MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
   mkdir -p /tmp/site /tmp/nlpp && ln -sfn "$REPO" /tmp/nlpp/neurallabel
   $PY -m pip install -q --no-index --no-deps --target /tmp/site "$REPO"/.whl/*.whl > "$OUT/install.log" 2>&1 \
     || echo "wheel install failed (see install.log)"
   export PYTHONPATH=/tmp/site:/tmp/nlpp
+  BENCH_MIN=${GPU_CHECK_BENCH_MINUTES:-2}
   if [ -f "$REPO/.whl/nerfacc_build.tgz" ]; then mkdir -p "$TORCH_EXTENSIONS_DIR" && tar -xzf "$REPO/.whl/nerfacc_build.tgz" -C "$TORCH_EXTENSIONS_DIR"; fi
 fi
 WORK=${GPU_CHECK_WORK:-$( [ "$DRY" = 1 ] && echo "$OUT/work" || echo /tmp/gpu_check_work )}
@@ -88,7 +91,9 @@ info = {"part": "kernels", "ok": marcher == "nerfacc" or os.environ["GPU_CHECK_D
 open(os.path.join(os.environ["GPU_CHECK_OUT"], "kernels.json"), "w").write(json.dumps(info))
 print(json.dumps(info))
 EOF
-  if [ -d "$TORCH_EXTENSIONS_DIR" ]; then tar -czf "$OUT/nerfacc_build.tgz" -C "$TORCH_EXTENSIONS_DIR" .; fi
+  if [ -d "$TORCH_EXTENSIONS_DIR" ] && [ ! -f "$REPO/.whl/nerfacc_build.tgz" ]; then
+    tar -czf "$OUT/nerfacc_build.tgz" -C "$TORCH_EXTENSIONS_DIR" .
+  fi
 }
 
 # --- tests: the CUDA tests (skipped on the CPU) ------------------------------------------------------------------
@@ -108,6 +113,13 @@ info = {"part": "tests", "ok": rc in (0, 5), "rc": rc, "summary": summary,
 open(os.path.join(out, "tests.json"), "w").write(json.dumps(info))
 print(json.dumps(info))
 EOF
+}
+
+# --- bench: scripts/bench_field.py on a generated scene carried along (GPU_CHECK_SCENE, a make_scene.py folder
+# relative to the repository; its test views' gt/depth and gt/instance suffice), the targets' 2-minute training --
+bench_part() {
+  (cd "$REPO" && $PY scripts/bench_field.py --families "" --scene "bench=$GPU_CHECK_SCENE" --minutes "$BENCH_MIN" \
+     --device "$GPU_CHECK_DEVICE" --skip-fox --work "$WORK/bench") > "$OUT/bench_field.json"
 }
 
 # --- field: a timed training (the 2-minute target) and render speeds on a bpy-free 400x300 scene -------------------
@@ -232,6 +244,16 @@ def progress(done, total, stage):
         (out / "bake.json").write_text(json.dumps(info))
 
 
+# where a frame's time goes: a profiled bake of the first frames (main thread; the writer thread overlaps it)
+import cProfile, io, pstats
+profiler = cProfile.Profile()
+profiler.enable()
+run(BakeRequest(spec=work / "spec.json", out=work / "bake_profiled", device=device, frames=f"0:{min(count, 20)}"))
+profiler.disable()
+text = io.StringIO()
+pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
+(out / "bake_profile.txt").write_text(text.getvalue())
+start = time.perf_counter()
 result = run(BakeRequest(spec=work / "spec.json", out=work / "bake", device=device), progress=progress)
 seconds = time.perf_counter() - start
 info.update(ok=True, complete=True, seconds=round(seconds, 2), frames_per_s_whole=round(count / seconds, 2),
@@ -242,8 +264,8 @@ print(json.dumps(info))
 EOF
 }
 
-export DRY PY OUT REPO TORCH_EXTENSIONS_DIR VIEWS SIZE STEPS TRAIN_S BAKE_FRAMES BAKE_SIZE
-export -f env_part kernels_part tests_part field_part bake_part
+export DRY PY OUT REPO TORCH_EXTENSIONS_DIR VIEWS SIZE STEPS TRAIN_S BAKE_FRAMES BAKE_SIZE BENCH_MIN WORK
+export -f env_part kernels_part tests_part bench_part field_part bake_part
 part env 60 env_part
 part kernels "$T_BUILD" kernels_part
 if [ "$DRY" != 1 ] && ! grep -q '"marcher": "nerfacc"' "$OUT/kernels.json"; then
@@ -251,6 +273,7 @@ if [ "$DRY" != 1 ] && ! grep -q '"marcher": "nerfacc"' "$OUT/kernels.json"; then
   rm -rf "$TORCH_EXTENSIONS_DIR"; export PATH=$(echo "$PATH" | tr : '\n' | grep -v cuda | paste -sd:)
 fi
 part tests "$T_TESTS" tests_part
+if [ -n "${GPU_CHECK_SCENE:-}" ]; then part bench_field "$(( ${BENCH_MIN%.*} * 60 + 70 ))" bench_part; fi
 part field "$T_FIELD" field_part
 part bake "$T_BAKE" bake_part
 ls -la "$OUT"

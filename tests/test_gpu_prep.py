@@ -34,15 +34,18 @@ REPO = Path(__file__).resolve().parents[1]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def write_orbit_scene(folder: Path, views: int = 12, width: int = 64, height: int = 48) -> Path:
-    """A bpy-free scene (scripts/gpu_check.sh uses it too): a ball coloured by its normal on a chequered
-    floor, seen by ``views`` cameras on an orbit, ray-cast analytically into PNGs and a transforms.json."""
+def write_orbit_scene(folder: Path, views: int = 12, width: int = 64, height: int = 48, supersample: int = 3) -> Path:
+    """A bpy-free scene (scripts/gpu_check.sh uses it too): a ball coloured by its normal on a chequered disc
+    (white beyond it), seen by ``views`` cameras on an orbit, ray-cast analytically into PNGs and a
+    transforms.json. Each pixel averages ``supersample``² rays, as a camera integrates over its pixel: an
+    aliased chequer would differ from view to view, which no field can learn."""
     from PIL import Image
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     focal = 0.9 * width
-    intrinsics = Intrinsics(width, height, focal, focal, width / 2, height / 2)
+    k = supersample
+    fine = Intrinsics(width * k, height * k, focal * k, focal * k, width * k / 2, height * k / 2)
     frames = []
     for n in range(views):
         angle = 2 * np.pi * n / views
@@ -53,21 +56,22 @@ def write_orbit_scene(folder: Path, views: int = 12, width: int = 64, height: in
         pose = np.eye(4)
         pose[:3, :3] = np.stack([right, np.cross(back, right), back], axis=1)
         pose[:3, 3] = eye
-        o, d, _ = camera_rays(intrinsics, pose)
+        o, d, _ = camera_rays(fine, pose)
         b = np.einsum("ij,ij->i", o, d)
         disc = b * b - (np.einsum("ij,ij->i", o, o) - 0.25)
         t_ball = np.where(disc > 0, -b - np.sqrt(np.maximum(disc, 0)), np.inf)
         t_floor = np.where(d[:, 2] < -1e-9, (-0.5 - o[:, 2]) / np.where(d[:, 2] < -1e-9, d[:, 2], -1), np.inf)
+        p = o + np.where(np.isfinite(t_floor), t_floor, 0.0)[:, None] * d
+        t_floor[np.hypot(p[:, 0], p[:, 1]) > 2.0] = np.inf  # a disc, not a plane to the horizon
         rgb = np.ones((len(o), 3))
         floor = (t_floor < t_ball) & np.isfinite(t_floor)
-        p = o + t_floor[:, None] * d
         checker = ((np.floor(p[:, 0] * 4) + np.floor(p[:, 1] * 4)) % 2)[:, None]
         rgb[floor] = (0.25 + 0.5 * checker * np.array([1.0, 0.8, 0.6]))[floor]
         ball = np.isfinite(t_ball) & (t_ball <= t_floor)
         normal = (o + t_ball[:, None] * d) / 0.5
         rgb[ball] = (0.5 + 0.5 * normal)[ball]
-        Image.fromarray(np.round(rgb.reshape(height, width, 3) * 255).astype(np.uint8)).save(
-            folder / "images" / f"{n:06d}.png")
+        rgb = rgb.reshape(height, k, width, k, 3).mean(axis=(1, 3))
+        Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(folder / "images" / f"{n:06d}.png")
         frames.append({"file_path": f"images/{n:06d}.png", "transform_matrix": pose.tolist(),
                        "split": "test" if n % 6 == 5 else "train"})
     meta = {"camera_model": "PINHOLE", "w": width, "h": height, "fl_x": focal, "fl_y": focal, "cx": width / 2,
