@@ -16,18 +16,18 @@ mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 DRY=${GPU_CHECK_DRY:-0}
 if [ "$DRY" = 1 ]; then
-  PY=${PYTHON:-python3}; DEVICE=cpu; VIEWS=6; SIZE="48 36"; STEPS=3; TRAIN_S=0; BAKE_FRAMES=8; BAKE_SIZE="64 48"; T_BUILD=60; T_TESTS=120; T_FIELD=120; T_BAKE=120
+  PY=${PYTHON:-python3}; DEVICE=cpu; VIEWS=6; SIZE="48 36"; STEPS=3; TRAIN_S=0; BAKE_FRAMES=8; BAKE_SIZE="64 48"; SHARDS=2; SHARD_WINDOW=40; T_BUILD=60; T_TESTS=120; T_FIELD=120; T_BAKE=120
   BENCH_MIN=0.05
   export TORCH_EXTENSIONS_DIR=$OUT/torch_extensions
 else
-  PY=python3; DEVICE=cuda; VIEWS=60; SIZE="400 300"; STEPS=0; TRAIN_S=45; BAKE_FRAMES=1000; BAKE_SIZE="640 480"; T_BUILD=200; T_TESTS=100; T_FIELD=70; T_BAKE=70
+  PY=python3; DEVICE=cuda; VIEWS=60; SIZE="400 300"; STEPS=0; TRAIN_S=45; BAKE_FRAMES=1000; BAKE_SIZE="640 480"; SHARDS=8; SHARD_WINDOW=40; T_BUILD=200; T_TESTS=100; T_FIELD=100; T_BAKE=70
   export TORCH_EXTENSIONS_DIR=/tmp/torch_extensions MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
   mkdir -p /tmp/site /tmp/nlpp && ln -sfn "$REPO" /tmp/nlpp/neurallabel
   $PY -m pip install -q --no-index --no-deps --target /tmp/site "$REPO"/.whl/*.whl > "$OUT/install.log" 2>&1 \
     || echo "wheel install failed (see install.log)"
   export PYTHONPATH=/tmp/site:/tmp/nlpp
   BENCH_MIN=${GPU_CHECK_BENCH_MINUTES:-2}
-  if [ -f "$REPO/.whl/nerfacc_build.tgz" ]; then mkdir -p "$TORCH_EXTENSIONS_DIR" && tar -xzf "$REPO/.whl/nerfacc_build.tgz" -C "$TORCH_EXTENSIONS_DIR"; fi
+  if [ -f "$REPO/.whl/nerfacc_build.tgz" ]; then mkdir -p "$TORCH_EXTENSIONS_DIR" && tar -xzmf "$REPO/.whl/nerfacc_build.tgz" -C "$TORCH_EXTENSIONS_DIR"; fi  # -m: newer than the sources just installed, or ninja rebuilds
 fi
 WORK=${GPU_CHECK_WORK:-$( [ "$DRY" = 1 ] && echo "$OUT/work" || echo /tmp/gpu_check_work )}
 rm -rf "$WORK" && mkdir -p "$WORK"
@@ -184,7 +184,7 @@ EOF
 # --- bake: that field over many frames with one mesh object, every format. The rate comes from the progress
 # callback and is kept in bake.json as it goes, so a bake cut off by its time limit still reports it ----------------
 bake_part() {
-  $PY - $BAKE_FRAMES $BAKE_SIZE <<'EOF'
+  $PY - $BAKE_FRAMES $BAKE_SIZE $SHARDS $SHARD_WINDOW <<'EOF'
 import json, os, sys, time
 from pathlib import Path
 import numpy as np
@@ -195,7 +195,7 @@ from test_gpu_prep import write_orbit_scene
 from neurallabel.core.app.jobs import BakeRequest, run
 out, device = Path(os.environ["GPU_CHECK_OUT"]), os.environ["GPU_CHECK_DEVICE"]
 work = Path(os.environ["GPU_CHECK_WORK"])
-count, width, height = map(int, sys.argv[1:4])
+count, width, height, shards, window = map(int, sys.argv[1:6])
 # the bake reads poses and intrinsics, not pixels: one photo, linked under every frame's name
 photo = write_orbit_scene(work / "photo", 1, width, height) / "images" / "000000.png"
 (work / "big" / "images").mkdir(parents=True, exist_ok=True)
@@ -226,45 +226,48 @@ spec = {"neurallabel_spec": 1, "data": str(work / "big" / "transforms.json"), "f
         "objects": [{"name": "ball_1", "category": "ball", "category_id": 1, "instance_id": 1, "kind": "mesh",
                      "pose": np.eye(4).tolist(), "mesh": str(work / "ball.ply"), "transparent": False}]}
 (work / "spec.json").write_text(json.dumps(spec))
-info = {"part": "bake", "ok": False, "complete": False, "device": device, "size": [width, height], "frames": count}
-ticks = []
-start = time.perf_counter()
-
-
-def progress(done, total, stage):
-    now = time.perf_counter() - start
-    ticks.append((now, done, stage))
-    stage_ticks = [(t, d) for t, d, s in ticks if s == stage]
-    info.update(last_stage=stage, done=done, total=total, seconds=round(now, 2))
-    if len(stage_ticks) > 10:  # the steady rate: from a fifth of the way in to now
-        t0, d0 = stage_ticks[len(stage_ticks) // 5]
-        if now > t0 and done > d0:
-            info[f"{stage}_per_s"] = round((done - d0) / (now - t0), 2)
-    if len(ticks) % 10 == 0:
-        (out / "bake.json").write_text(json.dumps(info))
-
-
-# where a frame's time goes: a profiled bake of the first frames (main thread; the writer thread overlaps it)
-import cProfile, io, pstats
+info = {"part": "bake", "ok": False, "device": device, "size": [width, height], "frames": count, "shards": shards}
+# one process: a profiled bake of the first frames (where a frame's time goes; main thread, the writer thread
+# overlaps it), timed on its own
+import cProfile, io, pstats, subprocess
+single = min(count, 20)
 profiler = cProfile.Profile()
+start = time.perf_counter()
 profiler.enable()
-run(BakeRequest(spec=work / "spec.json", out=work / "bake_profiled", device=device, frames=f"0:{min(count, 20)}"))
+run(BakeRequest(spec=work / "spec.json", out=work / "bake_single", device=device, frames=f"0:{single}"))
 profiler.disable()
+single_s = time.perf_counter() - start
 text = io.StringIO()
 pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
 (out / "bake_profile.txt").write_text(text.getvalue())
+info.update(single_frames=single, single_s=round(single_s, 2), single_frames_per_s=round(single / single_s, 2))
+(out / "bake.json").write_text(json.dumps(info))
+# one GPU with its host's cores: `shards` concurrent `bake --shard i/N --no-assemble` processes (the Slurm
+# recipe's pieces) over every frame for `window` seconds; the rate counts the frames they finished
+fragments = work / "bake" / ".neurallabel" / "frames"
+command = [sys.executable, "-c", "import sys; from neurallabel.core.app.cli import main; sys.exit(main())", "bake",
+           str(work / "spec.json"), "--out", str(work / "bake"), "--device", device, "--no-assemble"]
 start = time.perf_counter()
-result = run(BakeRequest(spec=work / "spec.json", out=work / "bake", device=device), progress=progress)
-seconds = time.perf_counter() - start
-info.update(ok=True, complete=True, seconds=round(seconds, 2), frames_per_s_whole=round(count / seconds, 2),
-            files=sum(1 for p in (work / "bake").rglob("*") if p.is_file()), depth_source=result.get("depth_source"),
-            stages=sorted({s for _, _, s in ticks}))
+procs = [subprocess.Popen(command + ["--shard", f"{i}/{shards}"], stdout=subprocess.DEVNULL,
+                          stderr=open(work / f"shard{i}.log", "w")) for i in range(shards)]
+marks = []
+while time.perf_counter() - start < window and any(p.poll() is None for p in procs):
+    time.sleep(2.0)
+    marks.append((time.perf_counter() - start, len(list(fragments.glob("*.json"))) if fragments.is_dir() else 0))
+for p in procs:
+    p.kill()
+finished = marks[-1][1] if marks else 0
+steady = [m for m in marks if m[1] > 0]
+rate = (steady[-1][1] - steady[0][1]) / (steady[-1][0] - steady[0][0]) if len(steady) > 1 and steady[-1][0] > steady[0][0] else None
+info.update(ok=finished > 0, shard_window_s=round(marks[-1][0], 1) if marks else 0, shard_frames_done=finished,
+            shard_frames_per_s_steady=round(rate, 2) if rate else None, shard_returncodes=[p.poll() for p in procs],
+            shard_log_tail=(work / "shard0.log").read_text()[-600:])
 (out / "bake.json").write_text(json.dumps(info))
 print(json.dumps(info))
 EOF
 }
 
-export DRY PY OUT REPO TORCH_EXTENSIONS_DIR VIEWS SIZE STEPS TRAIN_S BAKE_FRAMES BAKE_SIZE BENCH_MIN WORK
+export DRY PY OUT REPO TORCH_EXTENSIONS_DIR VIEWS SIZE STEPS TRAIN_S BAKE_FRAMES BAKE_SIZE SHARDS SHARD_WINDOW BENCH_MIN WORK
 export -f env_part kernels_part tests_part bench_part field_part bake_part
 part env 60 env_part
 part kernels "$T_BUILD" kernels_part

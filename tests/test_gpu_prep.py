@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def write_orbit_scene(folder: Path, views: int = 12, width: int = 64, height: int = 48, supersample: int = 3) -> Path:
+def write_orbit_scene(folder: Path, views: int = 12, width: int = 64, height: int = 48, supersample: int = 2) -> Path:
     """A bpy-free scene (scripts/gpu_check.sh uses it too): a ball coloured by its normal on a chequered disc
     (white beyond it), seen by ``views`` cameras on an orbit, ray-cast analytically into PNGs and a
     transforms.json. Each pixel averages ``supersample``² rays, as a camera integrates over its pixel: an
