@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -147,10 +148,13 @@ def refuse_private_keys(scene: Path) -> None:
             raise SystemExit(f"{file} holds 'scene_aabb', a key no real capture has: regenerate the scene")
 
 
-def timed_train(data: Path, out: Path, minutes: float, device: str, depth_supervision: bool = False) -> dict:
+def timed_train(data: Path, out: Path, minutes: float, device: str, depth_supervision: bool = False,
+                **options) -> dict:
+    """Train for ``minutes`` (or ``options["steps"]``); other ``options`` go to :class:`TrainOptions`."""
     out.unlink(missing_ok=True)
-    result = train_field(data, out, TrainOptions(minutes=minutes, device=device,
-                                                 depth_supervision=depth_supervision))
+    budget = {"minutes": minutes} if options.get("steps") is None else {}
+    result = train_field(data, out, TrainOptions(**budget, device=device, depth_supervision=depth_supervision,
+                                                 **options))
     return {"steps": result.steps, "train_s": round(result.elapsed_s, 1), "train_psnr_db": round(result.train_psnr, 2),
             "cpu_share": result.cpu_share}
 
@@ -246,15 +250,21 @@ def render_speed(field, frames, device: str) -> dict:
     return out
 
 
-def run_family(name: str, scene: Path, minutes: float, device: str, work: Path) -> dict:
+def run_family(name: str, scene: Path, minutes: float, device: str, work: Path, train_options: Optional[dict] = None,
+               evaluate_on_cpu: bool = False) -> dict:
+    """Train on ``scene`` and evaluate on its held-out views; ``evaluate_on_cpu``: a CUDA-trained field is also
+    evaluated through the CPU's renderer (``cpu_evaluation``), which tells a training problem from a rendering
+    one."""
     refuse_private_keys(scene)
     truth = load_scene_truth(scene)
     field_path = work / f"{name}_field.pt"
-    result = {"scene": str(scene), **timed_train(scene, field_path, minutes, device)}
+    result = {"scene": str(scene), **timed_train(scene, field_path, minutes, device, **(train_options or {}))}
     field = load_field(field_path, device=device)
     dataset = load_dataset(scene)
     test = dataset.split("test")
     result.update(evaluate_views(field, test, truth))
+    if evaluate_on_cpu and device != "cpu":
+        result["cpu_evaluation"] = evaluate_views(load_field(field_path, device="cpu"), test, truth)
     result.update(render_speed(field, test[:3], device))
     result["train_views"] = len(dataset.split("train"))
     result["meets"] = {"psnr": result["psnr_db"] >= TARGETS["psnr_db"],
@@ -334,6 +344,11 @@ def main() -> None:
     parser.add_argument("--encodings", action="store_true", help="also time candidate encodings")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: temporary)")
+    parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of --minutes")
+    parser.add_argument("--batch", default="auto", choices=("auto", "cpu"),
+                        help="cpu: the CPU's batch sizes on any device (to compare a CUDA training with a CPU one)")
+    parser.add_argument("--evaluate-on-cpu", action="store_true",
+                        help="also evaluate a CUDA-trained field through the CPU renderer")
     args = parser.parse_args()
     minutes = args.minutes if args.minutes is not None else (1.0 if args.quick else 10.0)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_field-"))
@@ -349,7 +364,13 @@ def main() -> None:
         if family not in FAMILIES:
             raise SystemExit(f"unknown family {family!r}: one of {', '.join(FAMILIES)}")
         scenes.setdefault(family, make_scene(family, args.seed, args.quick))
-    result["families"] = {name: run_family(name, scene, minutes, args.device, work) for name, scene in scenes.items()}
+    train_options = {"steps": args.steps}
+    if args.batch == "cpu":
+        train_options.update(zip(("samples_per_step", "max_rays_per_step"),
+                                 TrainOptions().batch_sizes(torch.device("cpu"))))
+    result["train_options"] = train_options
+    result["families"] = {name: run_family(name, scene, minutes, args.device, work, train_options,
+                                           args.evaluate_on_cpu) for name, scene in scenes.items()}
     if args.photos_only:
         scene = scenes.get(args.photos_only) or (make_scene(args.photos_only, args.seed, args.quick)
                                                  if args.photos_only in FAMILIES else Path(args.photos_only))

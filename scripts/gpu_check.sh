@@ -17,7 +17,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 DRY=${GPU_CHECK_DRY:-0}
 if [ "$DRY" = 1 ]; then
   PY=${PYTHON:-python3}; DEVICE=cpu; VIEWS=6; SIZE="48 36"; STEPS=3; TRAIN_S=0; BAKE_FRAMES=8; BAKE_SIZE="64 48"; SHARDS=2; SHARD_WINDOW=40; T_BUILD=60; T_TESTS=120; T_FIELD=120; T_BAKE=120
-  BENCH_MIN=0.05
+  BENCH_MIN=0.05; BENCH_STEPS=3
   export TORCH_EXTENSIONS_DIR=$OUT/torch_extensions
 else
   PY=python3; DEVICE=cuda; VIEWS=60; SIZE="400 300"; STEPS=0; TRAIN_S=45; BAKE_FRAMES=1000; BAKE_SIZE="640 480"; SHARDS=8; SHARD_WINDOW=40; T_BUILD=200; T_TESTS=100; T_FIELD=100; T_BAKE=70
@@ -26,7 +26,7 @@ else
   $PY -m pip install -q --no-index --no-deps --target /tmp/site "$REPO"/.whl/*.whl > "$OUT/install.log" 2>&1 \
     || echo "wheel install failed (see install.log)"
   export PYTHONPATH=/tmp/site:/tmp/nlpp
-  BENCH_MIN=${GPU_CHECK_BENCH_MINUTES:-2}
+  BENCH_MIN=${GPU_CHECK_BENCH_MINUTES:-2}; BENCH_STEPS=1000
   if [ -f "$REPO/.whl/nerfacc_build.tgz" ]; then mkdir -p "$TORCH_EXTENSIONS_DIR" && tar -xzmf "$REPO/.whl/nerfacc_build.tgz" -C "$TORCH_EXTENSIONS_DIR"; fi  # -m: newer than the sources just installed, or ninja rebuilds
 fi
 WORK=${GPU_CHECK_WORK:-$( [ "$DRY" = 1 ] && echo "$OUT/work" || echo /tmp/gpu_check_work )}
@@ -117,9 +117,24 @@ EOF
 
 # --- bench: scripts/bench_field.py on a generated scene carried along (GPU_CHECK_SCENE, a make_scene.py folder
 # relative to the repository; its test views' gt/depth and gt/instance suffice), the targets' 2-minute training --
+# Then the same scene for 1,000 steps at the CPU's batch sizes (the CPU's own such run is in the closing notes), and
+# the 2-minute field evaluated through the CPU renderer too: together they tell a CUDA training problem from a
+# batch-size or a rendering one. Both land in bench_field.json.
 bench_part() {
-  (cd "$REPO" && $PY scripts/bench_field.py --families "" --scene "bench=$GPU_CHECK_SCENE" --minutes "$BENCH_MIN" \
-     --device "$GPU_CHECK_DEVICE" --skip-fox --work "$WORK/bench") > "$OUT/bench_field.json"
+  local common=(--families "" --scene "bench=$GPU_CHECK_SCENE" --device "$GPU_CHECK_DEVICE" --skip-fox)
+  (cd "$REPO" && $PY scripts/bench_field.py "${common[@]}" --minutes "$BENCH_MIN" --evaluate-on-cpu \
+     --work "$WORK/bench") > "$WORK/bench_timed.json" || return 1
+  (cd "$REPO" && $PY scripts/bench_field.py "${common[@]}" --steps "$BENCH_STEPS" --batch cpu \
+     --work "$WORK/bench_steps") > "$WORK/bench_steps.json"
+  $PY - "$WORK/bench_timed.json" "$WORK/bench_steps.json" > "$OUT/bench_field.json" <<'EOF'
+import json, sys
+timed = json.loads(open(sys.argv[1]).read())
+try:
+    timed["cpu_batch_steps"] = json.loads(open(sys.argv[2]).read())
+except (OSError, ValueError) as error:
+    timed["cpu_batch_steps"] = {"error": str(error)}
+print(json.dumps(timed))
+EOF
 }
 
 # --- field: a timed training (the 2-minute target) and render speeds on a bpy-free 400x300 scene -------------------
@@ -267,7 +282,7 @@ print(json.dumps(info))
 EOF
 }
 
-export DRY PY OUT REPO TORCH_EXTENSIONS_DIR VIEWS SIZE STEPS TRAIN_S BAKE_FRAMES BAKE_SIZE SHARDS SHARD_WINDOW BENCH_MIN WORK
+export DRY PY OUT REPO TORCH_EXTENSIONS_DIR VIEWS SIZE STEPS TRAIN_S BAKE_FRAMES BAKE_SIZE SHARDS SHARD_WINDOW BENCH_MIN BENCH_STEPS WORK
 export -f env_part kernels_part tests_part bench_part field_part bake_part
 part env 60 env_part
 part kernels "$T_BUILD" kernels_part
@@ -276,7 +291,7 @@ if [ "$DRY" != 1 ] && ! grep -q '"marcher": "nerfacc"' "$OUT/kernels.json"; then
   rm -rf "$TORCH_EXTENSIONS_DIR"; export PATH=$(echo "$PATH" | tr : '\n' | grep -v cuda | paste -sd:)
 fi
 part tests "$T_TESTS" tests_part
-if [ -n "${GPU_CHECK_SCENE:-}" ]; then part bench_field "$(( ${BENCH_MIN%.*} * 60 + 70 ))" bench_part; fi
+if [ -n "${GPU_CHECK_SCENE:-}" ]; then part bench_field "$(( ${BENCH_MIN%.*} * 60 + 150 ))" bench_part; fi
 part field "$T_FIELD" field_part
 part bake "$T_BAKE" bake_part
 ls -la "$OUT"
