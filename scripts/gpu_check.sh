@@ -1,8 +1,11 @@
 #!/bin/bash
 # The one GPU check, for a bare GPU machine (Python 3.12 with CUDA torch, numpy, scipy, opencv, pillow, rich,
-# ninja, pytest; no network), in one call of under 8 minutes:
+# ninja, pytest; no network), in one call (about 7 minutes with the bench part; give it timeout_s 560):
 #     make gpu-wheels                      # here, first: the missing wheels into .whl/ (ignored; carry it)
 #     bash scripts/gpu_check.sh "$OUT"     # there
+# With a generated scene carried along (`python scripts/gpu_scene.py SCENE` here puts what the bench reads into
+# the ignored .gpu_scene/; carry [".whl", ".gpu_scene"]):
+#     GPU_CHECK_SCENE=.gpu_scene/NAME bash scripts/gpu_check.sh "$OUT"
 # Parts: env (nvidia-smi, versions, bpy-free import), kernels (nerfacc's JIT build, tarred into
 # OUT/nerfacc_build.tgz: put it at .whl/nerfacc_build.tgz and a later call skips the build), tests (the
 # CUDA tests), bench_field (scripts/bench_field.py on a carried generated scene, where GPU_CHECK_SCENE names one),
@@ -20,7 +23,7 @@ if [ "$DRY" = 1 ]; then
   BENCH_MIN=0.05; BENCH_STEPS=3
   export TORCH_EXTENSIONS_DIR=$OUT/torch_extensions
 else
-  PY=python3; DEVICE=cuda; VIEWS=60; SIZE="400 300"; STEPS=0; TRAIN_S=45; BAKE_FRAMES=1000; BAKE_SIZE="640 480"; SHARDS=8; SHARD_WINDOW=40; T_BUILD=200; T_TESTS=100; T_FIELD=100; T_BAKE=70
+  PY=python3; DEVICE=cuda; VIEWS=60; SIZE="400 300"; STEPS=0; TRAIN_S=45; BAKE_FRAMES=1000; BAKE_SIZE="640 480"; SHARDS=8; SHARD_WINDOW=40; T_BUILD=200; T_TESTS=100; T_FIELD=100; T_BAKE=90
   export TORCH_EXTENSIONS_DIR=/tmp/torch_extensions MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
   mkdir -p /tmp/site /tmp/nlpp && ln -sfn "$REPO" /tmp/nlpp/neurallabel
   $PY -m pip install -q --no-index --no-deps --target /tmp/site "$REPO"/.whl/*.whl > "$OUT/install.log" 2>&1 \
