@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 BLENDER_EXT := $(VENV)/lib/python3.11/site-packages/bpy/5.0/scripts/addons_core/bl_pkg/cli/blender_ext.py
 
-.PHONY: venv demo test test-all extension wheel validate bench clean gpu-wheels
+.PHONY: venv demo test test-all extension wheel validate bench clean gpu-wheels gpu-scene
 
 venv: $(STAMP)
 
@@ -45,6 +45,12 @@ clean:
 # The wheels a bare GPU machine (Python 3.12, torch/numpy/scipy/opencv/pillow/rich/ninja/pytest there, no
 # network) lacks, into the ignored .whl/ for scripts/gpu_check.sh; the versions are requirements.txt's.
 GPU_WHEELS := nerfacc trimesh embreex pycocotools PyMCubes
+# The generated scene gpu_check.sh's bench part trains on (carry .gpu_scene with .whl): GPU_SCENE=FAMILY:SEED or a
+# make_scene.py folder
+GPU_SCENE ?= tabletop:21
+gpu-scene:
+	$(PY) scripts/gpu_scene.py $(GPU_SCENE)
+
 gpu-wheels:
 	mkdir -p .whl
 	for name in $(GPU_WHEELS); do \

@@ -3,9 +3,9 @@
 # ninja, pytest; no network), in one call (about 7 minutes with the bench part; give it timeout_s 560):
 #     make gpu-wheels                      # here, first: the missing wheels into .whl/ (ignored; carry it)
 #     bash scripts/gpu_check.sh "$OUT"     # there
-# With a generated scene carried along (`python scripts/gpu_scene.py SCENE` here puts what the bench reads into
-# the ignored .gpu_scene/; carry [".whl", ".gpu_scene"]):
-#     GPU_CHECK_SCENE=.gpu_scene/NAME bash scripts/gpu_check.sh "$OUT"
+# With a generated scene carried along (`make gpu-scene` here puts what the bench reads of the seed-21 tabletop
+# into the ignored .gpu_scene/; carry [".whl", ".gpu_scene"]):
+#     GPU_CHECK_SCENE=.gpu_scene/tabletop_s21_full bash scripts/gpu_check.sh "$OUT"
 # Parts: env (nvidia-smi, versions, bpy-free import), kernels (nerfacc's JIT build, tarred into
 # OUT/nerfacc_build.tgz: put it at .whl/nerfacc_build.tgz and a later call skips the build), tests (the
 # CUDA tests), bench_field (scripts/bench_field.py on a carried generated scene, where GPU_CHECK_SCENE names one),
