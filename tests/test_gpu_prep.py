@@ -118,6 +118,46 @@ def rays(n: int, device: str = "cpu", seed: int = 1) -> tuple[torch.Tensor, torc
 # --- marcher backend ----------------------------------------------------------------------------------------
 
 
+def test_nerfacc_visibility_gets_int64_offsets_as_nerfacc_packs_them(monkeypatch):
+    """nerfacc's scan kernels refuse int32 ray offsets ("expected scalar type Long", the first GPU run's
+    failure). Its kernels need CUDA (its ``pack_info`` too), so its traversal and visibility are stood in for
+    here: the offsets :func:`march_nerfacc` hands over must be what ``pack_info`` makes, (start, count) per ray
+    in int64."""
+    from types import SimpleNamespace
+
+    import nerfacc.grid
+    import nerfacc.volrend
+
+    field = blob_field(1)
+    assert field.config.cone_angle == 0  # one traversal
+    per_ray = [torch.tensor([0.5, 0.6, 0.7, 0.8]), torch.tensor([]), torch.tensor([1.0, 1.1, 1.2])]
+    ray_indices = torch.cat([torch.full((max(len(t) - 1, 0),), i) for i, t in enumerate(per_ray)]).long()
+
+    def traverse_grids(origins, directions, binaries, aabbs, **kwargs):
+        left = torch.cat([torch.arange(len(t)) < len(t) - 1 for t in per_ray])
+        right = torch.cat([torch.arange(len(t)) > 0 for t in per_ray])
+        intervals = SimpleNamespace(vals=torch.cat(per_ray), is_left=left, is_right=right)
+        return intervals, SimpleNamespace(ray_indices=ray_indices.int()), None
+
+    seen = {}
+
+    def visibility(*, t_starts, t_ends, sigmas, packed_info, **kwargs):
+        seen["packed_info"] = packed_info
+        return torch.ones_like(t_starts, dtype=torch.bool)
+
+    monkeypatch.setattr(nerfacc.grid, "traverse_grids", traverse_grids)
+    monkeypatch.setattr(nerfacc.volrend, "render_visibility_from_density", visibility)
+    origins, directions = rays(3)
+    samples = march_nerfacc(field, origins, directions)
+    counts = torch.tensor([3, 0, 2])
+    expected = torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1)
+    assert seen["packed_info"].dtype == expected.dtype == torch.int64
+    assert torch.equal(seen["packed_info"], expected)
+    assert samples.ray_indices.tolist() == ray_indices.tolist()
+    assert torch.allclose(samples.t_starts, torch.tensor([0.5, 0.6, 0.7, 1.0, 1.1]))
+
+
+
 def test_cuda_without_nerfacc_kernels_marches_in_torch_and_says_so(monkeypatch):
     monkeypatch.setattr(march_module, "nerfacc_kernels", lambda: "nvcc not found")
     backend, notice = choose_backend("cuda")
