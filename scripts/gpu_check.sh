@@ -211,6 +211,7 @@ import trimesh
 sys.path.insert(0, os.path.join(os.environ["GPU_CHECK_REPO"], "tests"))
 from test_gpu_prep import write_orbit_scene
 from neurallabel.core.app.jobs import BakeRequest, run
+from neurallabel.core.synth.poses import look_at
 out, device = Path(os.environ["GPU_CHECK_OUT"]), os.environ["GPU_CHECK_DEVICE"]
 work = Path(os.environ["GPU_CHECK_WORK"])
 count, width, height, shards, window = map(int, sys.argv[1:6])
@@ -220,13 +221,7 @@ photo = write_orbit_scene(work / "photo", 1, width, height) / "images" / "000000
 frames = []
 for n in range(count):
     angle = 2 * np.pi * n / count
-    eye = np.array([2.6 * np.cos(angle), 2.6 * np.sin(angle), 1.2 + 0.5 * np.sin(7 * angle)])
-    back = eye / np.linalg.norm(eye)
-    right = np.cross([0.0, 0.0, 1.0], back)
-    right /= np.linalg.norm(right)
-    pose = np.eye(4)
-    pose[:3, :3] = np.stack([right, np.cross(back, right), back], axis=1)
-    pose[:3, 3] = eye
+    pose = look_at(np.array([2.6 * np.cos(angle), 2.6 * np.sin(angle), 1.2 + 0.5 * np.sin(7 * angle)]), np.zeros(3))
     (work / "big" / "images" / f"{n:06d}.png").symlink_to(photo)
     frames.append({"file_path": f"images/{n:06d}.png", "transform_matrix": pose.tolist()})
 focal = 0.9 * width

@@ -25,6 +25,7 @@ from neurallabel.core.render.march import choose_backend, march_cpu, march_nerfa
 from neurallabel.core.render.samples import RaySamples
 from neurallabel.core.render.views import render_frame
 from neurallabel.core.render.volrend import composite, segment_sum
+from neurallabel.core.synth.poses import look_at
 from neurallabel.core.train import loop as loop_module
 from neurallabel.core.train.batch import load_ray_bank, render_train
 from neurallabel.core.train.bounds import views_per_vertex
@@ -49,13 +50,7 @@ def write_orbit_scene(folder: Path, views: int = 12, width: int = 64, height: in
     frames = []
     for n in range(views):
         angle = 2 * np.pi * n / views
-        eye = np.array([2.6 * np.cos(angle), 2.6 * np.sin(angle), 1.2])
-        back = eye / np.linalg.norm(eye)  # OpenGL: the camera looks down -z, at the origin
-        right = np.cross([0.0, 0.0, 1.0], back)
-        right /= np.linalg.norm(right)
-        pose = np.eye(4)
-        pose[:3, :3] = np.stack([right, np.cross(back, right), back], axis=1)
-        pose[:3, 3] = eye
+        pose = look_at(np.array([2.6 * np.cos(angle), 2.6 * np.sin(angle), 1.2]), np.zeros(3))
         o, d, _ = camera_rays(fine, pose)
         b = np.einsum("ij,ij->i", o, d)
         disc = b * b - (np.einsum("ij,ij->i", o, o) - 0.25)

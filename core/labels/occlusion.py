@@ -80,10 +80,10 @@ class SurfaceBand:
         if len(idx) == 0:
             return out
         limit = np.broadcast_to(self.band if band is None else band, (len(points),))[idx]
-        grid = self._voxel_distance
-        cells = np.minimum(((points[idx] - self.lo) / self._voxel).astype(np.int64), np.array(grid.shape) - 1)
+        grid, near = self._voxel_distance, points[idx]
+        cells = np.minimum(((near - self.lo) / self._voxel).astype(np.int64), np.array(grid.shape) - 1)
         voxel_distance = grid[cells[:, 0], cells[:, 1], cells[:, 2]]
-        reach = np.linalg.norm(points[idx] - (self.lo + (cells + 0.5) * self._voxel), axis=1)
+        reach = np.linalg.norm(near - (self.lo + (cells + 0.5) * self._voxel), axis=1)
         reach += 0.5 * np.sqrt(3.0) * self._voxel * 1.01  # 1 %: float32 rounding
         inside = voxel_distance + reach <= limit
         out[idx[inside]] = True
