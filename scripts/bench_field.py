@@ -345,8 +345,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints (default: temporary)")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of --minutes")
-    parser.add_argument("--batch", default="auto", choices=("auto", "cpu"),
-                        help="cpu: the CPU's batch sizes on any device (to compare a CUDA training with a CPU one)")
+    parser.add_argument("--batch", default="auto",
+                        help="auto: the device's batch sizes; cpu: the CPU's on any device (to compare a CUDA training "
+                             "with a CPU one); SAMPLES:RAYS: samples per step and most rays per step")
+    parser.add_argument("--marcher", default="auto", choices=("auto", "nerfacc", "torch", "numba"),
+                        help="the training marcher (auto: numba on the CPU, nerfacc on CUDA)")
     parser.add_argument("--evaluate-on-cpu", action="store_true",
                         help="also evaluate a CUDA-trained field through the CPU renderer")
     args = parser.parse_args()
@@ -364,10 +367,13 @@ def main() -> None:
         if family not in FAMILIES:
             raise SystemExit(f"unknown family {family!r}: one of {', '.join(FAMILIES)}")
         scenes.setdefault(family, make_scene(family, args.seed, args.quick))
-    train_options = {"steps": args.steps}
+    train_options = {"steps": args.steps, "marcher": args.marcher}
     if args.batch == "cpu":
         train_options.update(zip(("samples_per_step", "max_rays_per_step"),
                                  TrainOptions().batch_sizes(torch.device("cpu"))))
+    elif args.batch != "auto":
+        samples, rays = (int(x) for x in args.batch.split(":"))
+        train_options.update(samples_per_step=samples, max_rays_per_step=rays)
     result["train_options"] = train_options
     result["families"] = {name: run_family(name, scene, minutes, args.device, work, train_options,
                                            args.evaluate_on_cpu) for name, scene in scenes.items()}

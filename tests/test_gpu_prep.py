@@ -26,6 +26,7 @@ from neurallabel.core.render.samples import RaySamples
 from neurallabel.core.render.views import render_frame
 from neurallabel.core.render.volrend import composite, segment_sum
 from neurallabel.core.synth.poses import look_at
+from neurallabel.core.train import batch as batch_module
 from neurallabel.core.train import loop as loop_module
 from neurallabel.core.train.batch import load_ray_bank, render_train
 from neurallabel.core.train.bounds import views_per_vertex
@@ -175,12 +176,28 @@ def test_the_kernel_probe_runs_once_per_process():
 
 
 def test_training_reports_the_fallback_once(orbit_scene, tmp_path, monkeypatch):
-    monkeypatch.setattr(loop_module, "choose_backend", lambda device: ("torch", "no kernels: slow path"))
+    monkeypatch.setattr(loop_module, "choose_backend", lambda device, backend: ("torch", "no kernels: slow path"))
     heard = []
     result = train_field(orbit_scene, tmp_path / "f.pt", TrainOptions(steps=2, device="cpu"),
                          notice=heard.append)
     assert heard == ["no kernels: slow path"]
     assert result.marcher == "torch" and result.to_dict()["marcher_notice"] == "no kernels: slow path"
+
+
+def test_training_marches_with_the_marcher_asked_for(orbit_scene, tmp_path, monkeypatch):
+    used = []
+    real = batch_module.march
+
+    def spy(*args, backend="auto", **kwargs):
+        used.append(backend)
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(batch_module, "march", spy)
+    result = train_field(orbit_scene, tmp_path / "f.pt", TrainOptions(steps=2, device="cpu", marcher="torch"))
+    assert result.marcher == "torch" and used == ["torch", "torch"]
+    with pytest.raises(NeuralLabelError) as caught:
+        train_field(orbit_scene, tmp_path / "g.pt", TrainOptions(steps=2, device="cpu", marcher="fast"))
+    assert caught.value.field == "marcher"
 
 
 # --- mesh casting ---------------------------------------------------------------------------------------------

@@ -254,10 +254,14 @@ def nerfacc_kernels() -> Optional[str]:
     return None if ready else reason
 
 
+#: the marchers :func:`choose_backend` knows ("auto" picks by device)
+MARCHERS = ("auto", "nerfacc", "torch", "numba")
+
+
 def choose_backend(device: torch.device | str, backend: str = "auto") -> tuple[str, Optional[str]]:
     """The marcher :func:`march` uses on ``device`` (``numba`` on the CPU, ``nerfacc`` on CUDA, ``torch``
     where CUDA has no nerfacc kernels) and, for that fallback, the one line to tell the user (else None)."""
-    if backend not in ("auto", "nerfacc", "torch", "numba"):
+    if backend not in MARCHERS:
         raise NeuralLabelError(f"marcher {backend!r} is not one of auto, nerfacc, torch, numba", field="backend")
     on_cuda = torch.device(device).type == "cuda"
     if backend == "numba" and on_cuda:

@@ -204,15 +204,15 @@ class TrainRender:
 
 
 def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
-                 depth_only: bool = False, random_background: bool = False, scaling_distance: float = 0.0
-                 ) -> tuple[dict[str, Tensor], RaySamples]:
+                 depth_only: bool = False, random_background: bool = False, scaling_distance: float = 0.0,
+                 backend: str = "auto") -> tuple[dict[str, Tensor], RaySamples]:
     """Stratified samples (no gradient), then density/colour with gradients at those samples.
 
     ``scaling_distance`` > 0: the rendered outputs' gradients reach each sample's density and colour scaled by
     ``min(1, (t / scaling_distance)^2)`` (:func:`..render.volrend.scale_gradient`). The returned samples keep
     the unscaled densities, so the sparsity term acts at full strength everywhere; their weights carry the
     scaled gradient (as the photometric loss does)."""
-    samples = march(field, origins, directions, near=near, stratified=True)
+    samples = march(field, origins, directions, near=near, stratified=True, backend=backend)
     sigmas = field.density(samples.points(origins, directions))
     samples = samples.with_values(sigmas=sigmas)
     # A random colour behind every ray: the photos are opaque, so the field must explain each pixel with
@@ -241,12 +241,13 @@ def contracted_samples(field: Field, samples: RaySamples, origins: Tensor, direc
 
 
 def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool,
-                 scaling_distance: float = 0.0) -> TrainRender:
+                 scaling_distance: float = 0.0, backend: str = "auto") -> TrainRender:
     rays, samples = render_train(field, batch.origins, batch.directions, near=near,
-                                 random_background=random_background, scaling_distance=scaling_distance)
+                                 random_background=random_background, scaling_distance=scaling_distance,
+                                 backend=backend)
     render = TrainRender(rays, samples, contracted=contracted_samples(field, samples, batch.origins,
                                                                       batch.directions, near))
     if batch.depth is not None:
         render.depth_rays, render.depth_samples = render_train(
-            field, batch.depth.origins, batch.depth.directions, near=near, depth_only=True)
+            field, batch.depth.origins, batch.depth.directions, near=near, depth_only=True, backend=backend)
     return render

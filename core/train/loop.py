@@ -29,7 +29,7 @@ from ..errors import NeuralLabelError
 from ..field.checkpoint import check_dataset, dataset_fingerprint, load_checkpoint, save_checkpoint
 from ..field.model import Field
 from ..progress import ProgressFn, report
-from ..render.march import choose_backend
+from ..render.march import MARCHERS, choose_backend
 from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, check_one_size, draw_batch, load_depth_targets,
                     load_ray_bank,
                     render_batch)
@@ -45,6 +45,7 @@ class TrainOptions:
     steps: Optional[int] = None  # stop after this many steps (in total, counting a resumed run) ...
     minutes: Optional[float] = None  # ... or after this much training time (default 5 minutes)
     device: str = "auto"  # auto | cpu | cuda
+    marcher: str = "auto"  # auto (numba on the CPU, nerfacc on CUDA) | nerfacc | torch | numba: see march.choose_backend
     downscale: float = 1.0
     strict: bool = False
     depth_supervision: bool = False
@@ -193,7 +194,9 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
     """Load the data, resume or create the field, and prepare everything the steps need."""
     out = Path(out)
     device = resolve_device(options.device, "device")
-    options.budget()  # refuse a bad budget before loading anything
+    options.budget()  # refuse a bad budget or marcher before loading anything
+    if options.marcher not in MARCHERS:
+        raise NeuralLabelError(f"marcher {options.marcher!r} is not one of {', '.join(MARCHERS)}", field="marcher")
     if options.threads:
         torch.set_num_threads(options.threads)
     dataset = load_dataset(data, options.downscale, options.strict)
@@ -326,7 +329,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
     result's ``marcher_notice``)."""
     budget_kind, budget = options.budget()
     setup, state = set_up(data, out, options, progress)
-    marcher, marcher_notice = choose_backend(setup.device)
+    marcher, marcher_notice = choose_backend(setup.device, options.marcher)
     if marcher_notice is not None and notice is not None:
         notice(marcher_notice)
     generator = torch.Generator().manual_seed(options.seed)
@@ -343,7 +346,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         apply_schedules(setup, state, fraction)
         batch = draw_batch(setup.bank, setup.depth_targets, state.rays_per_step, generator, setup.device)
         render = render_batch(state.field, batch, near=setup.near, random_background=options.random_background,
-                              scaling_distance=setup.scaling_distance)
+                              scaling_distance=setup.scaling_distance, backend=marcher)
         loss, _ = total_loss(setup.terms, fraction, batch, render)
         optimiser_step(state, loss)
         record_step(setup, state, batch, render, loss)
