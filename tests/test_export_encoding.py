@@ -29,7 +29,7 @@ from neurallabel.core.geometry.transforms import Similarity
 from neurallabel.core.geometry.view import View
 from neurallabel.core.io import atomic
 from neurallabel.core.io.atomic import png_bytes, write_bytes
-from neurallabel.core.io.images import check_photo, png_intact_size
+from neurallabel.core.io.images import check_photo, png_intact_size, validate_images
 from neurallabel.core.labels.frame import LabelOptions, bbox_coco
 from neurallabel.core.pipeline.bake import bake, frame_labeler
 from neurallabel.core.scene.queries import TruthQuery
@@ -213,13 +213,27 @@ def test_a_broken_png_photo_fails_as_pils_decode_does(tmp_path: Path):
     assert not pil_decodes(broken["half"]) and not pil_decodes(broken["bad filter"])
 
 
-def _frame(path: Path):
+def _frame(path: Path, index: int = 0):
     from neurallabel.core.data.dataset import Frame
     from neurallabel.core.geometry.cameras import Intrinsics
 
     size = struct.unpack_from(">II", path.read_bytes(), 16)  # IHDR is intact in every variant
-    return Frame(0, path, np.eye(4), Intrinsics(size[0], size[1], 50.0, 50.0, size[0] / 2, size[1] / 2),
+    return Frame(index, path, np.eye(4), Intrinsics(size[0], size[1], 50.0, 50.0, size[0] / 2, size[1] / 2),
                  source_size=size)
+
+
+def test_photos_checked_two_at_a_time_report_and_fail_in_order(tmp_path: Path):
+    data = png_file("RGB", size=(64, 48))
+    frames = []
+    for i in range(7):
+        photo = tmp_path / f"{i}.png"
+        photo.write_bytes(data[:len(data) // 2] if i in (3, 4) else data)  # 4 fails too, maybe first
+        frames.append(_frame(photo, i))
+    done = []
+    with pytest.raises(NeuralLabelError, match=r"frame 3: photo .*3.png does not decode"):
+        validate_images(frames, progress=lambda n, total, stage: done.append(n))
+    assert done == [1, 2, 3]
+    validate_images(frames[:3] + frames[5:], threads=3)
 
 
 # --- temp files --------------------------------------------------------------------------------------------

@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..geometry.cameras import world_to_camera_opencv
 from ..geometry.view import View
 from ..errors import NeuralLabelError
 from ..io.atomic import json_bytes, png_bytes
 from .context import ExportContext
-from .encoded import depth_mm, encode_with_masks, mask_png, visible_rle
+from .encoded import depth_mm, encode_with_masks, mask_png, visible_rle, world_to_camera
 from .undistort import PinholeMaps, pinhole_maps, pinhole_view, remap
 
 if TYPE_CHECKING:
@@ -205,7 +204,7 @@ class BopWriter:
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
         frame = self._frame(ctx, view, labels)
-        w2c = world_to_camera_opencv(view.cam_to_world)
+        w2c = world_to_camera(labels, view)
         camera = {"cam_K": _floats(frame.K), "depth_scale": frame.depth_scale,
                   "cam_R_w2c": _floats(w2c[:3, :3]), "cam_t_w2c": _floats(w2c[:3, 3] * ctx.units_to_mm)}
         gt, gt_info, coco = [], [], []

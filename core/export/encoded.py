@@ -17,6 +17,7 @@ import numpy as np
 from .png import label_png
 
 if TYPE_CHECKING:
+    from ..geometry.view import View
     from ..labels.frame import FrameLabels, InstanceLabels
 
 
@@ -82,3 +83,11 @@ def visible_bbox_coco(inst: "InstanceLabels") -> list[int]:
         return [0, 0, 0, 0]
     x, y, w, h = inst.bbox_visib
     return [x, y, w + 1, h + 1]
+
+
+def world_to_camera(labels: "FrameLabels", view: "View") -> np.ndarray:
+    """``view``'s world -> OpenCV camera matrix (:func:`~..geometry.cameras.world_to_camera_opencv`), inverted
+    once per frame for the writers (``labels``: the view's own labels)."""
+    from ..geometry.cameras import world_to_camera_opencv
+
+    return _remembered(labels, ("world_to_camera",), lambda: world_to_camera_opencv(view.cam_to_world))

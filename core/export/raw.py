@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.colmap import transforms_camera_keys
-from ..geometry.cameras import Intrinsics, world_to_camera_opencv
+from ..geometry.cameras import Intrinsics
 from ..geometry.view import View
 from ..io.atomic import json_bytes, npy_bytes
 from ..labels.frame import bbox_coco
 from .context import ExportContext
-from .encoded import depth_mm, encode_with_masks, mask_png, visible_bbox_coco
+from .encoded import depth_mm, encode_with_masks, mask_png, visible_bbox_coco, world_to_camera
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -98,7 +98,7 @@ class RawWriter:
         return {"index": view.index, "image": ctx.image_name(view), "width": intr.width, "height": intr.height,
                 "K": _floats(intr.K_opencv), "model": intr.model, "distortion": list(intr.distortion),
                 "cam_to_world": _floats(view.cam_to_world),
-                "cam_from_world_opencv": _floats(world_to_camera_opencv(view.cam_to_world)),
+                "cam_from_world_opencv": _floats(world_to_camera(labels, view)),
                 "instances": instances, **({"synthetic": True} if view.image_path is None else {})}
 
     def assemble(self, ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict[str, bytes]:

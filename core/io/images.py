@@ -155,7 +155,9 @@ def check_photo(frame: "Frame") -> None:
 
     expected = frame.source_size or (frame.intrinsics.width, frame.intrinsics.height)
     try:
-        size = png_intact_size(frame.image_path.read_bytes())
+        with open(frame.image_path, "rb") as file:
+            head = file.read(len(_PNG_SIGNATURE))
+            size = png_intact_size(head + file.read()) if head == _PNG_SIGNATURE else None
         if size is None:
             with Image.open(frame.image_path) as image:
                 image.load()
@@ -168,10 +170,16 @@ def check_photo(frame: "Frame") -> None:
                                f"camera expects {expected[0]}x{expected[1]}")
 
 
-def validate_images(frames: Iterable["Frame"], progress: Optional[ProgressFn] = None) -> None:
+def validate_images(frames: Iterable["Frame"], progress: Optional[ProgressFn] = None, threads: int = 2) -> None:
     """:func:`check_photo` on every frame (e.g. the frames a bake will label), before any work starts, so a
-    broken photo is reported up front and not halfway through."""
+    broken photo is reported up front and not halfway through. ``threads`` photos are checked at once (zlib and
+    PIL decode without Python's lock); frames are reported, and the first broken one raised, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     frames = list(frames)
-    for n, frame in enumerate(frames):
-        check_photo(frame)
-        report(progress, n + 1, len(frames), "check photos")
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="check-photo")
+    try:
+        for n, _ in enumerate(pool.map(check_photo, frames)):
+            report(progress, n + 1, len(frames), "check photos")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after an error: the frames not started are not checked
