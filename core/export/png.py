@@ -23,7 +23,7 @@ from ..io.atomic import png_bytes
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" level
 _FINAL_BLOCK = b"\x03\x00"  # an empty final block (fixed Huffman codes)
-_SUB, _NONE = 1, 0  # PNG row filter types
+_SUB = 1  # the PNG row filter of the band's rows (a zero row's filter byte is 0: none)
 
 
 def _deflate(data: bytes) -> bytes:

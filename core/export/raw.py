@@ -67,9 +67,9 @@ class RawWriter:
 
     def frame_files(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict[str, bytes]:
         n = f"{view.index:06d}"
-        images = {f"{ROOT}/instance/{n}.png": labels.instance.astype(np.uint16),
-                  f"{ROOT}/category/{n}.png": labels.category.astype(np.uint16),
-                  f"{ROOT}/binary/{n}.png": labels.binary.astype(np.uint8) * 255,
+        images = {f"{ROOT}/instance/{n}.png": np.asarray(labels.instance, np.uint16),
+                  f"{ROOT}/category/{n}.png": np.asarray(labels.category, np.uint16),
+                  f"{ROOT}/binary/{n}.png": np.multiply(labels.binary, 255, dtype=np.uint8),
                   f"{ROOT}/depth_mm/{n}.png": depth_mm_png(depth_mm(labels, ctx.units_to_mm))}
         if labels.confidence is not None:
             conf = np.nan_to_num(labels.confidence, nan=0.0)
