@@ -184,6 +184,8 @@ def test_an_intact_png_photo_is_checked_without_decoding_it(tmp_path: Path, monk
     for mode in ("RGB", "RGBA", "L", "LA", "I;16", "1"):
         assert png_intact_size(png_file(mode)) == (20, 12), mode
     assert png_intact_size(png_file("P")) is None  # palette images: PIL decodes them
+    assert png_intact_size(png_file("RGB"), max_pixels=239) is None  # over PIL's bomb limit: PIL's to refuse
+    assert png_intact_size(png_file("RGB"), max_pixels=240) == (20, 12)
     photo = tmp_path / "photo.png"
     photo.write_bytes(png_file("RGB"))
     frame = _frame(photo)

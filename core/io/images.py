@@ -105,12 +105,12 @@ _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def png_intact_size(data: bytes) -> Optional[tuple[int, int]]:
+def png_intact_size(data: bytes, max_pixels: Optional[int] = None) -> Optional[tuple[int, int]]:
     """(width, height) of a PNG file's bytes when every pixel is there: all chunks complete with their CRCs up
     to IEND, and the pixel stream inflates (zlib checks its own checksum) to exactly the rows its header
     describes, each with a valid filter type. None when that is not shown -- a broken file, or one this check
-    does not cover (interlaced, palette): the caller then decodes it fully. Inflating alone skips un-filtering
-    and colour conversion, about half of a full decode's time."""
+    does not cover (interlaced, palette, more than ``max_pixels``): the caller then decodes it fully. Inflating
+    alone skips un-filtering and colour conversion, about half of a full decode's time."""
     if not data.startswith(_PNG_SIGNATURE):
         return None
     pos, header, idat = len(_PNG_SIGNATURE), None, []
@@ -132,7 +132,8 @@ def png_intact_size(data: bytes) -> Optional[tuple[int, int]]:
         return None
     width, height, depth, colour, compression, filtering, interlace = header
     if (colour not in _PNG_CHANNELS or depth not in ((8, 16) if colour else (1, 2, 4, 8, 16))
-            or (compression, filtering, interlace) != (0, 0, 0) or width == 0 or height == 0):
+            or (compression, filtering, interlace) != (0, 0, 0) or width == 0 or height == 0
+            or (max_pixels is not None and width * height > max_pixels)):
         return None
     row_bytes = 1 + (width * _PNG_CHANNELS[colour] * depth + 7) // 8
     inflater = zlib.decompressobj()
@@ -157,7 +158,8 @@ def check_photo(frame: "Frame") -> None:
     try:
         with open(frame.image_path, "rb") as file:
             head = file.read(len(_PNG_SIGNATURE))
-            size = png_intact_size(head + file.read()) if head == _PNG_SIGNATURE else None
+            # PIL's decompression-bomb limit stays PIL's to enforce
+            size = png_intact_size(head + file.read(), Image.MAX_IMAGE_PIXELS) if head == _PNG_SIGNATURE else None
         if size is None:
             with Image.open(frame.image_path) as image:
                 image.load()
