@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..geometry.cameras import world_to_camera_opencv
 from ..geometry.view import View
 from ..errors import NeuralLabelError
 from ..io.atomic import json_bytes, png_bytes
 from .context import ExportContext
-from .encoded import encode_with_masks, mask_png, visible_rle
+from .encoded import depth_mm, encode_with_masks, mask_png, visible_rle, world_to_camera
 from .undistort import PinholeMaps, pinhole_maps, pinhole_view, remap
 
 if TYPE_CHECKING:
@@ -60,8 +59,10 @@ def depth_scale_for(max_depth_mm: float) -> float:
 
 def depth_png(depth_mm: np.ndarray, scale: float) -> np.ndarray:
     """uint16 depth image: ``round(depth_mm / scale)``, 0 where there is no depth (NaN)."""
-    stored = np.where(np.isfinite(depth_mm), np.round(depth_mm / scale), 0.0)
-    return np.clip(stored, 0, 65535).astype(np.uint16)
+    stored = np.divide(depth_mm, scale)
+    np.rint(stored, out=stored)
+    stored[~np.isfinite(depth_mm)] = 0.0
+    return np.clip(stored, 0, 65535, out=stored).astype(np.uint16)
 
 
 def _floats(values) -> list[float]:
@@ -131,8 +132,8 @@ class _PinholeFrame:
                                        field="formats")
             labels = ctx.label_view(pinhole_view(view, self.maps))
         self.labels = labels
-        depth_mm, self.depth_scale = _depth_mm_and_scale(labels, ctx.units_to_mm)
-        self.depth = depth_png(depth_mm, self.depth_scale)  # 0 = no depth
+        mm, self.depth_scale = _depth_mm_and_scale(labels, ctx.units_to_mm)
+        self.depth = depth_png(mm, self.depth_scale)  # 0 = no depth
 
     def gt_info(self, gt_id: int) -> dict:
         inst = self.labels.instances[gt_id]
@@ -142,8 +143,8 @@ class _PinholeFrame:
 
 
 def _depth_mm_and_scale(labels: "FrameLabels", units_to_mm: float) -> tuple[np.ndarray, float]:
-    depth_mm = labels.depth.astype(np.float64) * units_to_mm
-    return depth_mm, depth_scale_for(float(np.nanmax(depth_mm)) if np.isfinite(depth_mm).any() else 0.0)
+    mm = depth_mm(labels, units_to_mm)
+    return mm, depth_scale_for(float(np.nanmax(mm)) if np.isfinite(mm).any() else 0.0)
 
 
 class BopWriter:
@@ -203,7 +204,7 @@ class BopWriter:
 
     def fragment(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict:
         frame = self._frame(ctx, view, labels)
-        w2c = world_to_camera_opencv(view.cam_to_world)
+        w2c = world_to_camera(labels, view)
         camera = {"cam_K": _floats(frame.K), "depth_scale": frame.depth_scale,
                   "cam_R_w2c": _floats(w2c[:3, :3]), "cam_t_w2c": _floats(w2c[:3, 3] * ctx.units_to_mm)}
         gt, gt_info, coco = [], [], []

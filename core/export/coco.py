@@ -27,9 +27,8 @@ import numpy as np
 from ..errors import NeuralLabelError
 from ..geometry.view import View
 from ..io.atomic import json_bytes
-from ..labels.frame import bbox_coco
 from .context import ExportContext
-from .encoded import visible_rle
+from .encoded import visible_bbox_coco, visible_rle
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -46,9 +45,12 @@ _UPSAMPLE = 2
 
 
 def encode_rle(mask: np.ndarray) -> dict:
+    import cv2
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    # pycocotools reads the mask column by column: the transpose of a C-ordered copy is that layout, and
+    # OpenCV's blocked transpose makes it ~10x faster than numpy's strided asfortranarray
+    rle = mask_utils.encode(cv2.transpose(np.ascontiguousarray(mask, dtype=np.uint8)).T)
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
@@ -137,7 +139,7 @@ class CocoWriter:
             unsure = inst.mean_confidence is not None and inst.mean_confidence < IGNORE_BELOW
             annotations.append({"image_id": view.index, "category_id": inst.category_id,
                                 "segmentation": seg, "area": inst.px_count_visib,
-                                "bbox": bbox_coco(inst.visible_mask), "iscrowd": 0,
+                                "bbox": visible_bbox_coco(inst), "iscrowd": 0,
                                 **({"ignore": 1} if unsure else {}),
                                 "instance_id": inst.instance_id, "name": inst.name, **extra})
         return {"image": image, "annotations": annotations}

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..data.colmap import transforms_camera_keys
-from ..geometry.cameras import Intrinsics, world_to_camera_opencv
+from ..geometry.cameras import Intrinsics
 from ..geometry.view import View
 from ..io.atomic import json_bytes, npy_bytes
 from ..labels.frame import bbox_coco
 from .context import ExportContext
-from .encoded import encode_with_masks, mask_png
+from .encoded import depth_mm, encode_with_masks, mask_png, visible_bbox_coco, world_to_camera
 
 if TYPE_CHECKING:
     from ..labels.frame import FrameLabels
@@ -41,11 +41,12 @@ ROOT = "raw"
 MAX_DEPTH_MM = 65535  # uint16
 
 
-def depth_mm_png(depth: np.ndarray, units_to_mm: float) -> np.ndarray:
-    """z-depth (world units, NaN = none) as uint16 millimetres; 0 where there is none or it does not fit."""
-    # from the float32 values the .npy holds, so the two files agree to the millimetre
-    mm = np.round(np.nan_to_num(depth.astype(np.float32).astype(np.float64), nan=0.0) * units_to_mm)
-    return np.where((mm > 0) & (mm <= MAX_DEPTH_MM), mm, 0).astype(np.uint16)
+def depth_mm_png(depth_mm: np.ndarray) -> np.ndarray:
+    """z-depth in millimetres (float64 from the float32 depth the .npy holds, so the two files agree to the
+    millimetre; NaN = none) as uint16 millimetres, rounded; 0 where there is none or it does not fit."""
+    mm = np.rint(depth_mm)
+    mm[~((mm > 0) & (mm <= MAX_DEPTH_MM))] = 0  # NaN compares False: no surface
+    return mm.astype(np.uint16)
 
 
 def _floats(values) -> list:
@@ -66,10 +67,10 @@ class RawWriter:
 
     def frame_files(self, ctx: ExportContext, view: View, labels: "FrameLabels") -> dict[str, bytes]:
         n = f"{view.index:06d}"
-        images = {f"{ROOT}/instance/{n}.png": labels.instance.astype(np.uint16),
-                  f"{ROOT}/category/{n}.png": labels.category.astype(np.uint16),
-                  f"{ROOT}/binary/{n}.png": labels.binary.astype(np.uint8) * 255,
-                  f"{ROOT}/depth_mm/{n}.png": depth_mm_png(labels.depth, ctx.units_to_mm)}
+        images = {f"{ROOT}/instance/{n}.png": np.asarray(labels.instance, np.uint16),
+                  f"{ROOT}/category/{n}.png": np.asarray(labels.category, np.uint16),
+                  f"{ROOT}/binary/{n}.png": np.multiply(labels.binary, 255, dtype=np.uint8),
+                  f"{ROOT}/depth_mm/{n}.png": depth_mm_png(depth_mm(labels, ctx.units_to_mm))}
         if labels.confidence is not None:
             conf = np.nan_to_num(labels.confidence, nan=0.0)
             images[f"{ROOT}/confidence/{n}.png"] = np.round(np.clip(conf, 0, 1) * 255).astype(np.uint8)
@@ -85,7 +86,7 @@ class RawWriter:
             instances.append({
                 "instance_id": inst.instance_id, "category_id": inst.category_id, "name": inst.name,
                 "bbox_visib": inst.bbox_visib, "bbox_obj": inst.bbox_obj,
-                "bbox_visib_coco": bbox_coco(inst.visible_mask) if inst.px_count_visib else None,
+                "bbox_visib_coco": visible_bbox_coco(inst) if inst.px_count_visib else None,
                 "bbox_full_coco": bbox_coco(inst.full_mask) if inst.full_mask.any() else None,
                 "corners_px": _floats(inst.corners_px), "corners_z": _floats(inst.corners_z),
                 "R_m2c": _floats(inst.cam_R_m2c), "t_m2c": _floats(inst.cam_t_m2c),
@@ -97,7 +98,7 @@ class RawWriter:
         return {"index": view.index, "image": ctx.image_name(view), "width": intr.width, "height": intr.height,
                 "K": _floats(intr.K_opencv), "model": intr.model, "distortion": list(intr.distortion),
                 "cam_to_world": _floats(view.cam_to_world),
-                "cam_from_world_opencv": _floats(world_to_camera_opencv(view.cam_to_world)),
+                "cam_from_world_opencv": _floats(world_to_camera(labels, view)),
                 "instances": instances, **({"synthetic": True} if view.image_path is None else {})}
 
     def assemble(self, ctx: ExportContext, fragments: list[tuple[int, dict]]) -> dict[str, bytes]:

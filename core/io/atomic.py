@@ -9,9 +9,10 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import socket
-import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,19 +26,26 @@ TEMP_PATTERN = re.compile(r"^\..+\.nltmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[^.]
 
 
 def host_tag() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return _host_tag(socket.gethostname())
+
+
+@lru_cache(maxsize=4)
+def _host_tag(hostname: str) -> str:
+    return hashlib.sha256(hostname.encode()).hexdigest()[:8]
 
 
 def temp_path(path: Path) -> Path:
-    """A new, unique hidden temp file next to ``path``, created empty and readable as a normal file would be
-    (mkstemp alone makes it 0600, which the rename would keep)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.nltmp-{host_tag()}-{os.getpid()}-", suffix=TEMP_SUFFIX,
-                               dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
-    return Path(tmp)
+    """A new, unique hidden temp file next to ``path``, created empty and readable as a normal file would be:
+    created with mode 0666, which the process's umask trims as for any new file (mkstemp's 0600 would stay
+    after the rename; reading and restoring the umask instead would race with other threads creating files)."""
+    prefix = f".{path.name}.nltmp-{host_tag()}-{os.getpid()}-"
+    while True:
+        tmp = path.parent / f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # pragma: no cover - 32 random bits taken
+            continue
+        return tmp
 
 
 def is_stale_temp(path: Path, max_age_s: float = 24 * 3600) -> bool:
@@ -83,9 +91,9 @@ def write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
