@@ -108,9 +108,9 @@ def coloured_samples(weights: Tensor, samples: RaySamples, counts: Tensor) -> Te
 
 
 def _colour(field: Field, origins: Tensor, directions: Tensor, samples: RaySamples, weights: Tensor,
-            counts: Tensor, skip_faint: bool, sample_gradient_scale: Optional[Tensor]) -> Tensor:
+            counts: Tensor, mids: Tensor, skip_faint: bool, sample_gradient_scale: Optional[Tensor]) -> Tensor:
     """(N, 3) per-ray sums of weight x colour (no background); with ``skip_faint`` only at
-    :func:`coloured_samples` (no gradient)."""
+    :func:`coloured_samples` (no gradient). ``mids``: ``samples.mids``."""
     ray_indices = samples.ray_indices
     if not skip_faint:
         rgb = field.rgb(samples.points(origins, directions), directions[ray_indices])
@@ -119,9 +119,9 @@ def _colour(field: Field, origins: Tensor, directions: Tensor, samples: RaySampl
         return segment_sum(weights[:, None] * rgb, samples, counts)
     index = coloured_samples(weights, samples, counts)
     rays = ray_indices[index]
+    ray_directions = directions[rays]
     # the samples' points as RaySamples.points computes them (the same bits), at the kept samples only
-    points = origins[rays] + samples.mids[index, None] * directions[rays]
-    rgb = field.rgb(points, directions[rays])
+    rgb = field.rgb(origins[rays] + mids[index, None] * ray_directions, ray_directions)
     return segment_sum(weights[index, None] * rgb, samples, torch.bincount(rays, minlength=samples.n_rays))
 
 
@@ -151,7 +151,7 @@ def composite(field: Field, origins: Tensor, directions: Tensor, samples: RaySam
     out = {"opacity": opacity, "distance": distance}
     if not depth_only:
         if ray_indices.numel():
-            colour = _colour(field, origins, directions, samples, weights, counts,
+            colour = _colour(field, origins, directions, samples, weights, counts, mids,
                              skip_faint and not torch.is_grad_enabled(), sample_gradient_scale)
         else:
             colour = torch.zeros(n_rays, 3, device=origins.device)
