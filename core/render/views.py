@@ -40,13 +40,15 @@ def _empty_outputs(device: torch.device, depth_only: bool, return_samples: bool)
 @torch.no_grad()
 def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
                 depth_only: bool = False, return_samples: bool = False, chunk: int = 1 << 18,
-                far: float = 1e10, backend: str = "auto") -> dict[str, Tensor]:
+                far: float = 1e10, backend: str = "auto", exact_rgb: bool = False) -> dict[str, Tensor]:
     """Render rays (unit ``directions``) through a field, in chunks; outputs on the rays' device.
 
     Sampling starts at ``near`` or at the field's own training near plane (``field.config.near``), whichever
     is further. Returns ``rgb`` (N, 3) unless ``depth_only``, ``opacity`` (N,), ``distance`` (N,) (expected distance
     given a hit; ``inf`` where the ray meets no density), ``median_distance`` (N,), and with
     ``return_samples`` the packed ``ray_indices``, ``t_starts``, ``t_ends``, ``weights`` (M,).
+    ``rgb`` skips the colour of faint samples (:func:`.volrend.coloured_samples`: each pixel within
+    :data:`.volrend.COLOUR_MAX_SKIPPED` of the full sum); ``exact_rgb`` colours every sample, as training does.
     """
     out_device = origins.device
     device = field_device(field)
@@ -64,7 +66,7 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
             part, weights = composite_numba(samples)
             samples = samples.with_values(weights=weights)
         else:
-            part, samples = composite(field, o, d, samples, depth_only=depth_only)
+            part, samples = composite(field, o, d, samples, depth_only=depth_only, skip_faint=not exact_rgb)
         if return_samples:
             part.update(ray_indices=samples.ray_indices + begin, t_starts=samples.t_starts,
                         t_ends=samples.t_ends, weights=samples.weights)
@@ -95,12 +97,13 @@ def render_surface(field: Field, origins: Tensor, directions: Tensor, *, near: f
 
 def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray, *,
                  pixels: Optional[np.ndarray] = None, depth_only: bool = False, near: float = 0.0,
-                 chunk: int = 65536, min_opacity: float = 0.5) -> dict[str, np.ndarray]:
+                 chunk: int = 65536, min_opacity: float = 0.5, exact_rgb: bool = False) -> dict[str, np.ndarray]:
     """Render one camera (through its lens distortion) at every pixel centre, or at ``pixels`` (N, 2).
 
     Returns numpy arrays shaped (H, W, ...) or (N, ...): ``rgb`` (unless ``depth_only``), ``opacity``,
     ``z_depth`` (expected z-depth along the optical axis), ``distance`` and ``median_z_depth``; depths and
-    distances are NaN where opacity < ``min_opacity`` (nothing solid hit).
+    distances are NaN where opacity < ``min_opacity`` (nothing solid hit). ``exact_rgb``: as
+    :func:`render_rays`.
     """
     origins, directions, z_per_distance = camera_rays(intrinsics, cam_to_world, pixels)
     device = field_device(field)
@@ -109,7 +112,7 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
     if depth_only:  # the same outputs without packed samples (compiled per ray on the CPU)
         out = render_surface(field, origins, directions, near=near, chunk=chunk)
     else:
-        out = render_rays(field, origins, directions, near=near, chunk=chunk)
+        out = render_rays(field, origins, directions, near=near, chunk=chunk, exact_rgb=exact_rgb)
     opacity = out["opacity"].cpu().numpy()
     hit = opacity >= min_opacity
     distance = np.where(hit, out["distance"].cpu().numpy(), np.nan).astype(np.float32)
