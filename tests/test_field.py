@@ -46,6 +46,8 @@ def test_contraction_keeps_the_roi_and_maps_the_outside_into_the_grid():
     assert torch.allclose(field.normalize(inside), torch.tensor([[0.25, 0.25, 0.25]]))
     far = field.aabb[1][None] * 0.999
     assert torch.all(field.normalize(far).abs() < 1.0)
+    points = torch.randn(2000, 3, generator=torch.Generator().manual_seed(2)) * 6
+    assert torch.allclose(field.uncontract(field.normalize(points)), points, rtol=1e-4, atol=1e-4)
 
 
 def test_resize_keeps_the_density_where_it_was():
@@ -100,7 +102,7 @@ def test_compiled_lookups_equal_grid_sample_in_value_and_gradient():
     gradients with respect to the grids, at points inside, on the faces and corners, and outside."""
     import torch.nn.functional as F
 
-    from neurallabel.core.field.lookups_numba import triplane_features, trilinear
+    from neurallabel.core.field.lookups_numba import channel_last, triplane_features, triplane_lookup, trilinear
     from neurallabel.core.field.model import PLANE_AXES
 
     generator = torch.Generator().manual_seed(3)
@@ -127,6 +129,22 @@ def test_compiled_lookups_equal_grid_sample_in_value_and_gradient():
     (grad_reference,) = torch.autograd.grad((reference * weights).sum(), planes)
     (grad_compiled,) = torch.autograd.grad((compiled * weights).sum(), planes)
     assert torch.allclose(grad_compiled, grad_reference, atol=1e-4)
+    # rendering's channel-last lookup: the same bits as the training kernel
+    assert torch.equal(triplane_lookup(channel_last(planes), coords), compiled.detach())
+
+
+def test_a_rendering_field_looks_its_planes_up_channel_last_until_they_change():
+    field = small_field(levels=3)
+    points = torch.rand(500, 3, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    directions = torch.nn.functional.normalize(points + 0.1, dim=-1)
+    trained = field.rgb(points, directions)
+    with torch.no_grad():
+        assert torch.equal(field.rgb(points, directions), trained.detach())
+        cached = field._channel_last_planes()
+        assert field._channel_last_planes() is cached
+        field.planes[0].add_(0.05)  # a training step changes the planes: the copy is rebuilt
+        assert field._channel_last_planes() is not cached
+        assert not torch.equal(field.rgb(points, directions), trained.detach())
 
 
 def test_the_field_uses_the_compiled_lookups_on_the_cpu_and_grid_sample_where_positions_need_a_gradient():

@@ -152,6 +152,16 @@ class Field(torch.nn.Module):
         contracted = torch.where(norm <= 1.0, u, (2.0 - 1.0 / norm) * (u / norm))
         return contracted / 2.0, norm.squeeze(-1).clamp_min(1.0)
 
+    def uncontract(self, coords: Tensor) -> Tensor:
+        """World points at grid coordinates (N, 3) in [-1, 1]^3: the inverse of :meth:`contract` (the grid's
+        outermost shell, infinitely far, is clamped to 1000 region half-widths)."""
+        if self.config.levels == 1:
+            return self.roi_centre + coords * self.roi_half
+        contracted = coords * 2.0
+        norm = contracted.abs().amax(dim=-1, keepdim=True).clamp_min(1e-9)
+        u = torch.where(norm <= 1.0, contracted, contracted / norm / (2.0 - norm.clamp_max(1.999)))
+        return self.roi_centre + u * self.roi_half
+
     # --- evaluation ------------------------------------------------------------------------------------
 
     def density_from_normalized(self, coords: Tensor) -> Tensor:
@@ -174,7 +184,11 @@ class Field(torch.nn.Module):
         """(N, 3) colour in [0, 1] at world points seen along unit ``directions``."""
         coords = self.normalize(points)
         if _compiled_lookup(self.planes[0], coords):
-            features = [compiled_kernels().triplane_features(plane, coords) for plane in self.planes]
+            kernels = compiled_kernels()
+            if torch.is_grad_enabled() and self.planes[0].requires_grad:
+                features = [kernels.triplane_features(plane, coords) for plane in self.planes]
+            else:  # rendering: the planes channel-last, kept until they change
+                features = [kernels.triplane_lookup(plane, coords) for plane in self._channel_last_planes()]
         else:
             plane_coords = torch.stack([coords[:, list(axes)] for axes in PLANE_AXES]).unsqueeze(1)
             features = []
@@ -193,6 +207,14 @@ class Field(torch.nn.Module):
     # --- training helpers ------------------------------------------------------------------------------
 
     @torch.no_grad()
+    def _channel_last_planes(self) -> list:
+        key = tuple((p.data_ptr(), p._version) for p in self.planes)
+        cached = getattr(self, "_planes_hwc", None)
+        if cached is None or cached[0] != key:
+            cached = (key, [compiled_kernels().channel_last(p) for p in self.planes])
+            self._planes_hwc = cached
+        return cached[1]
+
     def resize_density(self, resolution: int) -> None:
         """Trilinearly resample the density grid to ``resolution``^3 (coarse-to-fine training)."""
         grid = F.interpolate(self.density_grid.data, size=(resolution,) * 3, mode="trilinear",

@@ -163,13 +163,7 @@ def views_per_vertex(field: Field, frames: list[Frame], near: float, resolution:
     device = field.density_grid.device
     axis = torch.linspace(-1.0, 1.0, resolution, device=device)
     coords = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    if field.config.levels > 1:  # invert the L-inf contraction of Field.normalize
-        contracted = coords * 2.0
-        norm = contracted.abs().amax(dim=-1, keepdim=True).clamp_min(1e-9)
-        u = torch.where(norm <= 1.0, contracted, contracted / norm / (2.0 - norm.clamp_max(1.999)))
-    else:
-        u = coords
-    points = field.roi_centre + u * field.roi_half
+    points = field.uncontract(coords)
     count = torch.zeros(points.shape[0], dtype=torch.int32, device=device)  # int16 overflows at 32,768 views
     for f in frames:
         c2w = torch.tensor(f.cam_to_data, dtype=torch.float32, device=device)
