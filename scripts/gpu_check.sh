@@ -8,8 +8,10 @@
 #     GPU_CHECK_SCENE=.gpu_scene/tabletop_s21_full bash scripts/gpu_check.sh "$OUT"
 # Parts: env (nvidia-smi, versions, bpy-free import), kernels (nerfacc's JIT build, tarred into
 # OUT/nerfacc_build.tgz: put it at .whl/nerfacc_build.tgz and a later call skips the build), tests (the
-# CUDA tests), bench_field (scripts/bench_field.py on a carried generated scene, where GPU_CHECK_SCENE names one),
-# field (a short training + render benchmark), bake (a bake of that field). Each part writes
+# CUDA tests), bench_field (scripts/bench_field.py on a carried generated scene, where GPU_CHECK_SCENE names one:
+# 1,000 steps at the CPU's batch sizes with nerfacc's and with the pure-torch marcher, then the 2-minute target
+# unless GPU_CHECK_BENCH_MINUTES=0),
+# field (a short training + render benchmark; GPU_CHECK_TRAIN_S seconds, default 45), bake (a bake of that field). Each part writes
 # OUT/<part>.json (and OUT/<part>.log), runs under `timeout`, and a failing part does not stop the later ones.
 # GPU_CHECK_DRY=1 runs the same parts on the CPU with tiny sizes and the current PYTHONPATH / $PYTHON
 # (tests/test_gpu_prep.py does).
