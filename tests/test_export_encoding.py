@@ -12,7 +12,6 @@ import zlib
 from pathlib import Path
 
 import cv2
-import imageio.v2 as imageio
 import numpy as np
 import pytest
 from PIL import Image
@@ -37,9 +36,8 @@ from neurallabel.core.spec import spec_from_scene
 
 
 def decoded(data: bytes) -> list[np.ndarray]:
-    """``data`` as OpenCV, PIL and imageio (bop_toolkit's reader) decode it."""
-    return [cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), np.asarray(Image.open(io.BytesIO(data))),
-            imageio.imread(io.BytesIO(data))]
+    """``data`` as OpenCV (libpng) and PIL (its own decoder) decode it."""
+    return [cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), np.asarray(Image.open(io.BytesIO(data)))]
 
 
 def label_images() -> list[np.ndarray]:
