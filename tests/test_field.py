@@ -138,7 +138,7 @@ def test_a_rendering_field_looks_its_planes_up_channel_last_until_they_change():
     points = torch.rand(500, 3, generator=torch.Generator().manual_seed(4)) * 2 - 1
     directions = torch.nn.functional.normalize(points + 0.1, dim=-1)
     trained = field.rgb(points, directions)
-    with torch.no_grad():
+    with torch.no_grad():  # the channel-last lookup and the in-place MLP: the training path's bits
         assert torch.equal(field.rgb(points, directions), trained.detach())
         cached = field._channel_last_planes()
         assert field._channel_last_planes() is cached

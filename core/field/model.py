@@ -199,7 +199,12 @@ class Field(torch.nn.Module):
         compiled = _compiled_lookup(self.roi_centre, directions)
         sh = compiled_kernels().sh_deg2(directions) if compiled else sh_basis_deg2(directions)
         h = torch.cat(features + [sh], dim=-1)
-        return torch.sigmoid(self.mlp(h))
+        if torch.is_grad_enabled():
+            return torch.sigmoid(self.mlp(h))
+        # rendering: the same products, activations in place (no intermediate copies)
+        first, last = self.mlp[0], self.mlp[2]
+        hidden = torch.addmm(first.bias, h, first.weight.t()).relu_()
+        return torch.addmm(last.bias, hidden, last.weight.t()).sigmoid_()
 
     def forward(self, points: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
         return self.rgb(points, directions), self.density(points)
