@@ -50,6 +50,7 @@ from neurallabel.core.io.images import load_image
 from neurallabel.core.io.jsonfile import read_json
 from neurallabel.core.eval.image import psnr, ssim
 from neurallabel.core.geometry.transforms import apply_points
+from neurallabel.core.render.march import MARCHERS
 from neurallabel.core.render.views import render_frame, render_rays, render_surface
 from neurallabel.core.geometry.cameras import camera_rays
 from neurallabel.core.train.loop import TrainOptions, train_field
@@ -348,7 +349,7 @@ def main() -> None:
     parser.add_argument("--batch", default="auto",
                         help="auto: the device's batch sizes; cpu: the CPU's on any device (to compare a CUDA training "
                              "with a CPU one); SAMPLES:RAYS: samples per step and most rays per step")
-    parser.add_argument("--marcher", default="auto", choices=("auto", "nerfacc", "torch", "numba"),
+    parser.add_argument("--marcher", default="auto", choices=MARCHERS,
                         help="the training marcher (auto: numba on the CPU, nerfacc on CUDA)")
     parser.add_argument("--evaluate-on-cpu", action="store_true",
                         help="also evaluate a CUDA-trained field through the CPU renderer")

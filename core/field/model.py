@@ -206,13 +206,8 @@ class Field(torch.nn.Module):
         hidden = torch.addmm(first.bias, h, first.weight.t()).relu_()
         return torch.addmm(last.bias, hidden, last.weight.t()).sigmoid_()
 
-    def forward(self, points: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
-        return self.rgb(points, directions), self.density(points)
-
-    # --- training helpers ------------------------------------------------------------------------------
-
-    @torch.no_grad()
     def _channel_last_planes(self) -> list:
+        """:func:`..lookups_numba.channel_last` copies of the planes for rendering, kept until they change."""
         key = tuple((p.data_ptr(), p._version) for p in self.planes)
         cached = getattr(self, "_planes_hwc", None)
         if cached is None or cached[0] != key:
@@ -220,6 +215,12 @@ class Field(torch.nn.Module):
             self._planes_hwc = cached
         return cached[1]
 
+    def forward(self, points: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
+        return self.rgb(points, directions), self.density(points)
+
+    # --- training helpers ------------------------------------------------------------------------------
+
+    @torch.no_grad()
     def resize_density(self, resolution: int) -> None:
         """Trilinearly resample the density grid to ``resolution``^3 (coarse-to-fine training)."""
         grid = F.interpolate(self.density_grid.data, size=(resolution,) * 3, mode="trilinear",

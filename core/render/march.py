@@ -262,7 +262,7 @@ def choose_backend(device: torch.device | str, backend: str = "auto") -> tuple[s
     """The marcher :func:`march` uses on ``device`` (``numba`` on the CPU, ``nerfacc`` on CUDA, ``torch``
     where CUDA has no nerfacc kernels) and, for that fallback, the one line to tell the user (else None)."""
     if backend not in MARCHERS:
-        raise NeuralLabelError(f"marcher {backend!r} is not one of auto, nerfacc, torch, numba", field="backend")
+        raise NeuralLabelError(f"marcher {backend!r} is not one of {', '.join(MARCHERS)}", field="backend")
     on_cuda = torch.device(device).type == "cuda"
     if backend == "numba" and on_cuda:
         raise NeuralLabelError("the numba marcher runs on the CPU only", field="backend")
