@@ -37,7 +37,7 @@ from .bounds import (default_near, density_lr_scale, field_config_for, median_ca
                      views_per_vertex)
 from .losses import LossTerm, default_terms, total_loss
 from .schedules import (LEARNING_RATES, density_resolution_at, finest_density_resolution, learning_rate_factor,
-                        occupancy_share_at, occupancy_threshold_is_absolute)
+                        occupancy_share_at)
 
 
 @dataclass
@@ -254,7 +254,7 @@ def grow_density(setup: TrainSetup, state: TrainState, resolution: int) -> None:
     for group, old_group in zip(state.optimizer.param_groups, old["param_groups"]):
         group["lr"] = old_group["lr"]
     if state.step >= 16:
-        field.update_occupancy(fraction=1.0, absolute=occupancy_threshold_is_absolute(state.step))
+        field.update_occupancy(fraction=1.0)
 
 
 def apply_schedules(setup: TrainSetup, state: TrainState, fraction: float) -> None:
@@ -266,7 +266,7 @@ def apply_schedules(setup: TrainSetup, state: TrainState, fraction: float) -> No
     state.field.sample_step_scale = finest_density_resolution() / resolution
     share = occupancy_share_at(state.step)
     if share is not None:
-        state.field.update_occupancy(fraction=share, absolute=occupancy_threshold_is_absolute(state.step))
+        state.field.update_occupancy(fraction=share)
     for group, base in zip(state.optimizer.param_groups, state.base_lrs):
         group["lr"] = base * learning_rate_factor(fraction)
 
@@ -312,7 +312,8 @@ def finish_field(state: TrainState) -> None:
     field.sample_step_scale = 1.0
     with torch.no_grad():  # space no training ray reached holds nothing we know of
         field.density_grid[~state.visited] = -30.0
-    # a thorough occupancy refresh so rendering skips exactly the empty space
+    # a thorough occupancy refresh so rendering skips exactly the empty space (and, with the absolute
+    # threshold, the faint haze that training kept marchable)
     field.update_occupancy(fraction=1.0, samples_per_cell=4, decay=0.0, absolute=True)
     field.eval()
 
