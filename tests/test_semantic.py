@@ -37,7 +37,7 @@ def semantic_field(small_scene, tmp_path_factory):
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("semantic") / "field.pt"
-    train_field(small_scene, out, TrainOptions(steps=80, device="cpu", downscale=4.0, max_rays_per_step=1024))
+    train_field(small_scene, out, TrainOptions(steps=200, device="cpu", downscale=4.0, max_rays_per_step=1024))
     return out
 
 
