@@ -184,7 +184,6 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
     psnrs, ssims, object_samples, background_samples = [], [], [], []
     errors = {name: [] for name in DEPTH_ESTIMATES}
     per_view = {name: [] for name in DEPTH_ESTIMATES}
-    signs = {name: [] for name in DEPTH_ESTIMATES}  # -1 in front of the truth by > 1 %, +1 behind, 0 within
     for frame in frames:
         gt = load_image(frame)[..., :3]
         out = render_frame(field, frame.intrinsics, frame.cam_to_data)
@@ -198,11 +197,9 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
         valid = objects & np.isfinite(z_true)
         for name, key in DEPTH_ESTIMATES.items():
             z = np.where(np.isnan(out[key]), np.inf, out[key] * depth_scale)
-            signed = (z[valid] - z_true[valid]) / z_true[valid]
-            error = np.abs(signed)
-            errors[name].append(error)
-            signs[name].append(np.sign(signed) * (error > 0.01))
-            per_view[name].append(float(np.median(error)) if len(error) else float("nan"))
+            signed = (z[valid] - z_true[valid]) / z_true[valid]  # > 0: behind the truth
+            errors[name].append(signed)
+            per_view[name].append(float(np.median(np.abs(signed))) if len(signed) else float("nan"))
         origins, directions, _ = camera_rays(frame.intrinsics, frame.cam_to_data)
         samples = render_rays(field, torch.from_numpy(origins).float(), torch.from_numpy(directions).float(),
                               depth_only=True, return_samples=True)
@@ -214,14 +211,14 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
     if object_samples:
         result["object_pixels"] = int(sum(len(e) for e in errors["depth_error"]))
         for name in DEPTH_ESTIMATES:
-            all_errors = np.concatenate(errors[name])
+            signed = np.concatenate(errors[name])
+            all_errors = np.abs(signed)
             prefix = "" if name == "depth_error" else "surface_"
-            all_signs = np.concatenate(signs[name])
             result.update(**percentiles(all_errors, name),
                           **{f"{prefix}share_within_1pct": round(float(np.mean(all_errors <= 0.01)), 4),
                              # where the misses go: a surface that sinks behind the truth, or fog in front of it
-                             f"{prefix}share_in_front_1pct": round(float(np.mean(all_signs < 0)), 4),
-                             f"{prefix}share_behind_1pct": round(float(np.mean(all_signs > 0)), 4),
+                             f"{prefix}share_in_front_1pct": round(float(np.mean(signed < -0.01)), 4),
+                             f"{prefix}share_behind_1pct": round(float(np.mean(signed > 0.01)), 4),
                              f"{name}_worst_view_median": round(float(np.nanmax(per_view[name])), 5)})
         result.update(samples_per_ray_object=round(float(np.concatenate(object_samples).mean()), 1),
                       samples_per_ray_background=round(float(np.concatenate(background_samples).mean()), 1))

@@ -9,9 +9,9 @@ from typing import Callable, Optional
 #: density grid sizes and the share of the run after which each takes over (coarse to fine)
 DENSITY_SCHEDULE = ((64, 0.0), (96, 0.12), (128, 0.25), (160, 0.4))
 
-#: Adam learning rates at the start (decayed to 1/10 by the end). The density grid's is half of what it
-#: was: at 0.2 the surfaces sank behind their true place as training went on (more steps, worse depth,
-#: see scripts/bench_field.py); at 0.02 it stays foggy (more samples per ray, lower PSNR)
+#: Adam learning rates at the start (decayed to 1/10 by the end). The density grid's: at 0.2 surfaces sink
+#: behind their true place as training goes on (more steps, worse depth in scripts/bench_field.py); at 0.02
+#: the field stays foggy (more samples per ray, lower PSNR)
 LEARNING_RATES = {"density": 0.1, "planes": 0.05, "mlp": 0.005}
 
 #: nerfacc's occupancy schedule: refresh every this many steps; all cells while warming up, then a share.
