@@ -202,13 +202,16 @@ def test_sparsity_loss_sums_each_rays_sample_opacities_and_is_independent_of_whe
 
 
 def test_gradient_scaling_damps_the_photometric_gradient_near_the_camera_only():
-    """Floaters No More: a sample at distance t < d gets (t / d)^2 of the rendered outputs' gradient, for its
-    density and its colour; the values, and the densities the regularisers see, are unchanged."""
+    """Floaters No More: a sample at distance t < d gets (t / d)^GRADIENT_SCALING_POWER of the rendered outputs'
+    gradient, for its density and its colour; the values, and the densities the regularisers see, are
+    unchanged."""
     from test_render import solid_below
 
     from neurallabel.core.render.volrend import scale_gradient
-    from neurallabel.core.train.batch import render_train
+    from neurallabel.core.train.batch import gradient_scale, render_train
 
+    # a steep ramp that ends at the scaling distance: half way there a sixteenth of the gradient
+    assert gradient_scale(torch.tensor([0.5, 0.8, 1.0, 2.0]), 1.0).tolist() == pytest.approx([0.0625, 0.4096, 1.0, 1.0])
     values = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
     scaled = scale_gradient(values, torch.tensor([0.25, 1.0]))
     assert torch.equal(scaled.detach(), values.detach())
@@ -224,7 +227,7 @@ def test_gradient_scaling_damps_the_photometric_gradient_near_the_camera_only():
         out, samples = render_train(field, origins, directions, scaling_distance=distance)
         (out["rgb"].sum() + out["distance"].sum()).backward()
         grads[distance] = (field.density_grid.grad.clone(), [p.grad.clone() for p in field.mlp.parameters()])
-        factor = (samples.mids / distance).square().clamp(max=1.0) if distance else torch.ones(len(samples))
+        factor = gradient_scale(samples.mids, distance) if distance else torch.ones(len(samples))
         assert bool((factor < 1).any()) == (distance > 0) and bool((factor == 1).any())
         assert samples.sigmas.requires_grad and bool(torch.all(samples.sigmas > 0))
         if distance == 0.0:

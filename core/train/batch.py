@@ -203,13 +203,27 @@ class TrainRender:
     contracted: Optional[RaySamples] = None
 
 
+#: the power of the gradient scaling's ramp, ``min(1, t / scaling_distance) ** power``. The sparsity term is not
+#: scaled, so wherever the ramp damps the photometric gradient the sparsity erodes density: with the paper's
+#: square reaching up to the camera distance, the photographed surfaces themselves were damped and sank
+#: behind their true place. A steep ramp that ends before the subject damps the fog in front of it as much
+#: and leaves the surfaces alone (scripts/bench_field.py: in-front / behind shares)
+GRADIENT_SCALING_POWER = 4
+
+
+def gradient_scale(distances: Tensor, scaling_distance: float) -> Tensor:
+    """The factor on the photometric gradient of samples at ``distances`` from their camera: 1 from
+    ``scaling_distance`` on, falling as ``(t / scaling_distance) ** GRADIENT_SCALING_POWER`` before it."""
+    return (distances / scaling_distance).clamp(max=1.0) ** GRADIENT_SCALING_POWER
+
+
 def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
                  depth_only: bool = False, random_background: bool = False, scaling_distance: float = 0.0,
                  backend: str = "auto") -> tuple[dict[str, Tensor], RaySamples]:
     """Stratified samples (no gradient), then density/colour with gradients at those samples.
 
     ``scaling_distance`` > 0: the rendered outputs' gradients reach each sample's density and colour scaled by
-    ``min(1, (t / scaling_distance)^2)`` (:func:`..render.volrend.scale_gradient`). The returned samples keep
+    :func:`gradient_scale` (:func:`..render.volrend.scale_gradient`). The returned samples keep
     the unscaled densities, so the sparsity term acts at full strength everywhere; their weights carry the
     scaled gradient (as the photometric loss does)."""
     samples = march(field, origins, directions, near=near, stratified=True, backend=backend)
@@ -220,7 +234,7 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
     background = torch.rand(origins.shape[0], 3, device=origins.device) if random_background else None
     factor = None
     if scaling_distance > 0 and len(samples):
-        factor = (samples.mids / scaling_distance).square().clamp(max=1.0)
+        factor = gradient_scale(samples.mids, scaling_distance)
         samples = samples.with_values(sigmas=scale_gradient(sigmas, factor))
     # no median distance: no loss uses it (it costs a cumulative sum and a scatter per step)
     out, weighted = composite(field, origins, directions, samples, depth_only=depth_only, background=background,

@@ -62,10 +62,11 @@ class TrainOptions:
     sparsity_weight: Optional[float] = None
     sparsity_final: Optional[float] = None
     min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
-    # "Floaters No More" (Philip & Deschaintre 2023): the photometric gradient of a sample this close to its
-    # camera (x the median camera distance to the look-at point) or closer is scaled by (distance / it)^2, so
-    # a fog in front of one camera cannot outvote the other cameras and the sparsity term. 0: off
-    gradient_scaling: float = 1.0
+    # "Floaters No More" (Philip & Deschaintre 2023): the photometric gradient of a sample closer to its camera
+    # than this x the median camera distance to the look-at point is scaled by (distance / it)^4
+    # (batch.GRADIENT_SCALING_POWER), so a fog in front of one camera cannot outvote the other cameras and
+    # the sparsity term. 0: off
+    gradient_scaling: float = 0.8
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
     # memorise the train views; nothing the cameras photograph sits that close)
