@@ -182,7 +182,7 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
     ``truth_index(frame)``: the truth frame index of a frame (default its own); ``depth_scale``: truth units
     per field unit (a similarity's scale for an SfM frame)."""
     psnrs, ssims, object_samples, background_samples = [], [], [], []
-    errors = {name: [] for name in DEPTH_ESTIMATES}
+    signed_errors = {name: [] for name in DEPTH_ESTIMATES}  # > 0: behind the truth
     per_view = {name: [] for name in DEPTH_ESTIMATES}
     for frame in frames:
         gt = load_image(frame)[..., :3]
@@ -197,8 +197,8 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
         valid = objects & np.isfinite(z_true)
         for name, key in DEPTH_ESTIMATES.items():
             z = np.where(np.isnan(out[key]), np.inf, out[key] * depth_scale)
-            signed = (z[valid] - z_true[valid]) / z_true[valid]  # > 0: behind the truth
-            errors[name].append(signed)
+            signed = (z[valid] - z_true[valid]) / z_true[valid]
+            signed_errors[name].append(signed)
             per_view[name].append(float(np.median(np.abs(signed))) if len(signed) else float("nan"))
         origins, directions, _ = camera_rays(frame.intrinsics, frame.cam_to_data)
         samples = render_rays(field, torch.from_numpy(origins).float(), torch.from_numpy(directions).float(),
@@ -209,9 +209,9 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
     result = {"views": len(frames), "psnr_db": round(float(np.mean(psnrs)), 2),
               "psnr_worst_view_db": round(float(np.min(psnrs)), 2), "ssim": round(float(np.mean(ssims)), 4)}
     if object_samples:
-        result["object_pixels"] = int(sum(len(e) for e in errors["depth_error"]))
+        result["object_pixels"] = int(sum(len(e) for e in signed_errors["depth_error"]))
         for name in DEPTH_ESTIMATES:
-            signed = np.concatenate(errors[name])
+            signed = np.concatenate(signed_errors[name])
             all_errors = np.abs(signed)
             prefix = "" if name == "depth_error" else "surface_"
             result.update(**percentiles(all_errors, name),

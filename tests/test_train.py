@@ -211,7 +211,8 @@ def test_gradient_scaling_damps_the_photometric_gradient_near_the_camera_only():
     from neurallabel.core.train.batch import gradient_scale, render_train
 
     # a steep ramp that ends at the scaling distance: half way there a sixteenth of the gradient
-    assert gradient_scale(torch.tensor([0.5, 0.8, 1.0, 2.0]), 1.0).tolist() == pytest.approx([0.0625, 0.4096, 1.0, 1.0])
+    ramp = gradient_scale(torch.tensor([0.5, 0.8, 1.0, 2.0]), 1.0)
+    assert ramp.tolist() == pytest.approx([0.0625, 0.4096, 1.0, 1.0])
     values = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
     scaled = scale_gradient(values, torch.tensor([0.25, 1.0]))
     assert torch.equal(scaled.detach(), values.detach())

@@ -206,8 +206,8 @@ class TrainRender:
 #: the power of the gradient scaling's ramp, ``min(1, t / scaling_distance) ** power``. The sparsity term is not
 #: scaled, so wherever the ramp damps the photometric gradient the sparsity erodes density: with the paper's
 #: square reaching up to the camera distance, the photographed surfaces themselves were damped and sank
-#: behind their true place. A steep ramp that ends before the subject damps the fog in front of it as much
-#: and leaves the surfaces alone (scripts/bench_field.py: in-front / behind shares)
+#: behind their true place. A steep ramp that ends before the subject damps the fog in front of it at least
+#: as much and leaves the surfaces alone (scripts/bench_field.py: in-front / behind shares)
 GRADIENT_SCALING_POWER = 4
 
 

@@ -63,9 +63,9 @@ class TrainOptions:
     sparsity_final: Optional[float] = None
     min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
     # "Floaters No More" (Philip & Deschaintre 2023): the photometric gradient of a sample closer to its camera
-    # than this x the median camera distance to the look-at point is scaled by (distance / it)^4
-    # (batch.GRADIENT_SCALING_POWER), so a fog in front of one camera cannot outvote the other cameras and
-    # the sparsity term. 0: off
+    # than this x the median camera distance to the look-at point is scaled by
+    # (distance / it) ** batch.GRADIENT_SCALING_POWER, so a fog in front of one camera cannot outvote the other
+    # cameras and the sparsity term. 0: off
     gradient_scaling: float = 0.8
     near: Optional[float] = None  # training rays start here; None: 0.2 x median camera distance to the
     # point the cameras look at (a per-view "fog" right in front of each camera is the easiest way to
