@@ -98,6 +98,18 @@ def clutter_scene() -> Path:
     return cached_scene(CLUTTER_SCENE_ARGS)
 
 
+#: A tabletop orbit dense enough for SIFT to match neighbouring views (15 degrees apart), nerfstudio form, 24
+#: views at 240x180: ``sfm --known-poses`` triangulates its points.
+POSED_SCENE_ARGS = ["--views", "24", "--width", "240", "--height", "180", "--objects", "5", "--seed", "3",
+                    "--layout", "tabletop", "--format", "nerfstudio", "--test-every", "6", "--samples", "4"]
+
+
+@pytest.fixture(scope="session")
+def posed_scene() -> Path:
+    """A cached generated scene: :data:`POSED_SCENE_ARGS`."""
+    return cached_scene(POSED_SCENE_ARGS)
+
+
 #: The demo tests' seed: with or without the Stanford meshes, its table has room for the monkey in front of
 #: an object in a test view (frame 0 or 8 of 9; the default seed's crowded 9-view table has none).
 DEMO_TEST_SEED = 6

@@ -21,6 +21,7 @@ from neurallabel.core.eval.image import psnr
 from neurallabel.core.render.views import render_frame
 from neurallabel.core.train.loop import TrainOptions, train_field
 from neurallabel.core.data.truth import load_scene_truth
+from neurallabel.core.errors import NeuralLabelError
 
 #: floors for the 400-step run on the 12-view 40x30 scene (measured: 87 % solid, median depth error 19 % where
 #: solid; so few, so small views pin depth down only roughly; scripts/bench_field.py measures the real accuracy,
@@ -179,6 +180,33 @@ def test_distortion_loss_matches_its_definition():
                 expected += float(weights[i] * weights[j] * (mids[i] - mids[j]).abs())
         expected += float(weights[i] ** 2 * (t_ends[i] - t_starts[i])) / 3
     assert float(distortion_loss(samples)) == pytest.approx(expected / 3, rel=1e-5)
+
+
+def test_depth_mse_loss_is_the_normalised_expected_distance_error_and_pulls_towards_the_point():
+    from neurallabel.core.app.jobs import DEPTH_LOSSES
+    from neurallabel.core.render.samples import RaySamples
+    from neurallabel.core.train import losses
+
+    assert losses.DEPTH_LOSSES == DEPTH_LOSSES  # the request validates against the same forms
+    ray_indices = torch.tensor([0, 0, 1, 1])
+    t_starts = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    t_ends = t_starts + 0.2
+    weights = torch.tensor([0.1, 0.3, 0.4, 0.4], requires_grad=True)
+    distance, sigma = torch.tensor([2.0, 3.5, 7.0]), torch.tensor([0.1, 0.5, 1.0])
+    samples = RaySamples(ray_indices, t_starts, t_ends, n_rays=2, weights=weights)
+    value = losses.depth_mse_loss(samples, distance, sigma)
+    # ray 0: weights 0.1, 0.3 at 1.1, 2.1 -> expected 1.85 (normalised: the ray is not opaque yet); ray 1: 3.6;
+    # ray 2 has no sample: it counts in the mean as an empty ray, not as an error
+    expected = (((1.85 - 2.0) / 0.1) ** 2 + ((3.6 - 3.5) / 0.5) ** 2) / 3
+    assert float(value) == pytest.approx(expected, rel=1e-5)
+    value.backward()
+    assert float(weights.grad[1]) < 0 < float(weights.grad[0])  # ray 0 falls short: weight moves to the far sample
+    options = TrainOptions(depth_supervision=True, depth_loss="mse")
+    depth_term = losses.default_terms(options, depth=True)[-1]
+    assert depth_term.name == "depth"
+    with pytest.raises(NeuralLabelError) as caught:
+        train_field(Path("unused"), Path("unused.pt"), TrainOptions(steps=1, depth_loss="l1"))
+    assert caught.value.field == "depth_loss"
 
 
 def test_sparsity_loss_sums_each_rays_sample_opacities_and_is_independent_of_where_they_sit():

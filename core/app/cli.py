@@ -23,7 +23,7 @@ from ..errors import NeuralLabelError
 from ..export import FORMATS
 from ..progress import Cancelled
 from .events import EventWriter, eta_seconds
-from .jobs import CAMERA_MODELS, MATCHERS, REQUESTS, SPLITS, Request, at_field, run
+from .jobs import CAMERA_MODELS, DEPTH_LOSSES, MATCHERS, REQUESTS, SPLITS, Request, at_field, run
 
 
 # --- progress display -----------------------------------------------------------------------------------
@@ -92,6 +92,10 @@ def summary_lines(result: dict) -> list[str]:
     kind = result["kind"]
     if kind == "demo":
         return list(result["lines"])
+    if kind == "sfm" and "known_poses" in result:
+        return [f"sfm: {result['points']} points triangulated from {result['registered']}/{result['images']} posed "
+                f"images (poses kept from {result['known_poses']}), mean reprojection error "
+                f"{result['mean_reprojection_error_px']:.2f} px, {result['seconds']:.0f} s", f"wrote {result['transforms']}"]
     if kind == "sfm":
         return [f"sfm: registered {result['registered']}/{result['images']} images, {result['points']} points, "
                 f"mean reprojection error {result['mean_reprojection_error_px']:.2f} px, {result['seconds']:.0f} s",
@@ -235,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-inconsistent", action="store_true",
                    help="write the cameras even when the self-check finds some that contradict their own "
                         "matches (warns, naming them); by default sfm refuses with exit 2")
+    p.add_argument("--known-poses", type=Path, default=None, metavar="TRANSFORMS",
+                   help="keep this transforms.json's poses and intrinsics and only triangulate points from the "
+                        "photos (for depth supervision and the field's bounds); writes its frames to --out")
     p.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
 
     p = add("train", "train a radiance field on a dataset's train split", "data/ --out field/ --minutes 10",
@@ -248,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downscale", type=float, default=1.0, help="train on images shrunk by this factor")
     p.add_argument("--depth-supervision", action="store_true",
                    help="sparse depth loss from SfM points (DS-NeRF)")
+    p.add_argument("--depth-loss", choices=DEPTH_LOSSES, default="kl",
+                   help="with --depth-supervision: DS-NeRF's KL form (default), or the squared error of the "
+                        "expected distance (mse, as NeRF-Supervision)")
     p.add_argument("--strict", action="store_true", help="refuse a dataset with missing images")
 
     p = add("render", "render a trained field's views: rgb, z-depth, and PSNR/SSIM",

@@ -38,6 +38,7 @@ NoticeFn = Callable[[str], None]
 DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 SPLITS = ("train", "val", "test", "all")
 MATCHERS = ("auto", "exhaustive", "sequential")
+DEPTH_LOSSES = ("kl", "mse")  # train.losses.DEPTH_LOSSES, named here without importing torch
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "OPENCV_FISHEYE")
 
 
@@ -200,6 +201,7 @@ class TrainRequest:
     downscale: float = 1.0
     strict: bool = False
     depth_supervision: bool = False
+    depth_loss: str = "kl"  # kl (DS-NeRF) | mse (of the expected distance, as NeRF-Supervision)
     kind = "train"
 
     def __post_init__(self) -> None:
@@ -212,6 +214,7 @@ class TrainRequest:
             self.minutes = _number(self.minutes, "minutes", minimum=0.0)
         self.device = _device(self.device)
         self.downscale = _number(self.downscale, "downscale", minimum=0.0)
+        self.depth_loss = _choice(self.depth_loss, "depth_loss", DEPTH_LOSSES)
 
 
 @dataclass
@@ -244,10 +247,14 @@ class SfmRequest:
     matcher: str = "auto"
     camera_model: str = "OPENCV"
     allow_inconsistent: bool = False  # write a model failing its self-check (with a warning), not refuse
+    # a transforms.json whose poses and intrinsics are kept: only points are triangulated (no mapping)
+    known_poses: Optional[Path] = None
     kind = "sfm"
 
     def __post_init__(self) -> None:
         self.images, self.out = _path(self.images, "images"), _path(self.out, "out")
+        if self.known_poses is not None:
+            self.known_poses = _path(self.known_poses, "known_poses")
         check_output_location(self.out)
         if self.downscale is not None:
             self.downscale = _number(self.downscale, "downscale", minimum=1.0, inclusive=True)
@@ -612,7 +619,7 @@ def run_train(request: TrainRequest, progress: Optional[ProgressFn], notice: Not
     load_dataset_noting(request.data, notice, request.downscale)
     options = TrainOptions(steps=request.steps, minutes=request.minutes, device=_torch_device(request.device),
                            downscale=request.downscale, strict=request.strict,
-                           depth_supervision=request.depth_supervision)
+                           depth_supervision=request.depth_supervision, depth_loss=request.depth_loss)
     return train_field(request.data, request.out, options, progress=progress, notice=notice).to_dict()
 
 
@@ -649,6 +656,8 @@ def run_render(request: RenderRequest, progress: Optional[ProgressFn], notice: N
 def run_sfm_job(request: SfmRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
     from ..data.sfm import run_sfm
 
+    if request.known_poses is not None:
+        return run_triangulation(request, progress, notice)
     with at_field("images"):  # the photos' problems (none there, no overlap); the claim names ``out`` itself
         result = run_sfm(request.images, request.out, downscale=request.downscale, matcher=request.matcher,
                          camera_model=request.camera_model, allow_inconsistent=bool(request.allow_inconsistent),
@@ -663,6 +672,22 @@ def run_sfm_job(request: SfmRequest, progress: Optional[ProgressFn], notice: Not
             "mean_reprojection_error_px": result.mean_reprojection_error_px, "camera_model": result.camera_model,
             "cameras": result.num_cameras, "seconds": result.seconds, "self_check_passed": result.check.passed,
             "inconsistent_cameras": sorted(result.check.flagged), "remapped": result.remapped}
+
+
+def run_triangulation(request: SfmRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    """``sfm --known-poses``: points for a posed dataset (:func:`..data.triangulate.triangulate_known_poses`)."""
+    from ..data.triangulate import triangulate_known_poses
+
+    with at_field("images"):
+        result = triangulate_known_poses(request.images, request.out, request.known_poses,
+                                         downscale=request.downscale, matcher=request.matcher, progress=progress)
+    if result.unregistered:
+        shown = ", ".join(result.unregistered[:5]) + (" ..." if len(result.unregistered) > 5 else "")
+        notice(f"sfm: {len(result.unregistered)} frames have no photo and no points (they stay listed): {shown}")
+    return {"transforms": str(result.transforms_path), "images": result.num_images,
+            "registered": result.num_registered, "points": result.num_points, "unregistered": result.unregistered,
+            "mean_reprojection_error_px": result.mean_reprojection_error_px, "camera_model": result.camera_model,
+            "cameras": result.num_cameras, "seconds": result.seconds, "known_poses": str(request.known_poses)}
 
 
 def run_demo_job(request: DemoRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:

@@ -152,14 +152,15 @@ def _fail(path: Path, problem: str) -> NeuralLabelError:
     return NeuralLabelError(f"{path}: {problem}")
 
 
-def _read_json(path: Path) -> dict:
+def read_transforms_json(path: Path) -> dict:
+    """A transforms file's JSON object (NeuralLabelError naming the file for anything else)."""
     data = read_json(path)  # "does not exist", or a folder, a FIFO, /dev/zero: "is not a regular file"
     if not isinstance(data, dict):
         raise _fail(path, "expected a JSON object with a 'frames' list")
     return data
 
 
-def _resolve_image(root: Path, file_path: str) -> Path:
+def resolve_image(root: Path, file_path: str) -> Path:
     candidate = (root / file_path)
     if candidate.suffix and file_problem(candidate) != "does not exist":
         return candidate
@@ -276,11 +277,11 @@ def _split_lists(data: dict, path: Path) -> dict[str, str]:
         if not isinstance(names, list):
             raise _fail(path, f"'{key}' must be a list of file paths")
         for name in names:
-            out[_norm(str(name))] = split
+            out[normalize_file_path(str(name))] = split
     return out
 
 
-def _norm(file_path: str) -> str:
+def normalize_file_path(file_path: str) -> str:
     return Path(file_path).as_posix().removeprefix("./")
 
 
@@ -300,7 +301,7 @@ def _frames_from(path: Path, data: dict, split: Optional[str], start: int, stric
         if not isinstance(frame_json["file_path"], str) or not frame_json["file_path"]:
             raise _fail(path, f"frame {i}: 'file_path' must be a non-empty string")
         file_path = frame_json["file_path"]
-        image_path = _resolve_image(root, file_path)
+        image_path = resolve_image(root, file_path)
         pose = _pose(frame_json, path, i)
         problem = file_problem(image_path)
         if problem is not None:
@@ -310,7 +311,7 @@ def _frames_from(path: Path, data: dict, split: Optional[str], start: int, stric
             skip_reasons[start + i] = f"{image_path} {problem}"
             continue
         intrinsics = _intrinsics(frame_json, data, image_size(image_path), path, i)
-        frame_split = split or frame_json.get("split") or split_of.get(_norm(file_path))
+        frame_split = split or frame_json.get("split") or split_of.get(normalize_file_path(file_path))
         if frame_split is not None and frame_split not in SPLITS:
             raise _fail(path, f"frame {i}: split {str(frame_split)[:40]!r} is not one of {', '.join(SPLITS)}")
         frames.append(Frame(start + i, image_path, pose, intrinsics, frame_split or "", file_path,
@@ -356,7 +357,7 @@ def load_transforms(path: str | Path, downscale: float = 1.0, strict: bool = Fal
             count = 0
             for split, split_path in zip(SPLITS, split_files):
                 if file_problem(split_path) != "does not exist":
-                    data = _read_json(split_path)
+                    data = read_transforms_json(split_path)
                     top = top or data
                     loaded, listed = _frames_from(split_path, data, split, count, strict, skipped, skip_reasons)
                     frames += loaded
@@ -366,7 +367,7 @@ def load_transforms(path: str | Path, downscale: float = 1.0, strict: bool = Fal
             return _finish(dataset, downscale)
         else:
             raise _fail(path, "no transforms.json or transforms_{train,val,test}.json in this folder")
-    data = _read_json(path)
+    data = read_transforms_json(path)
     frames, count = _frames_from(path, data, None, 0, strict, skipped, skip_reasons)
     dataset = Dataset(path, frames, _aabb_scale(data, path), skipped, _extra(data), "transforms",
                       frame_count=count, skip_reasons=skip_reasons)
@@ -526,9 +527,9 @@ def load_sparse_points(dataset: Dataset) -> Optional[SparsePoints]:
     missing = [k for k in needed if k not in arrays]
     if missing:
         raise _fail(npz_path, f"sparse points file lacks {', '.join(missing)}")
-    frame_names = [_norm(str(n)) for n in arrays["frame_names"]]
+    frame_names = [normalize_file_path(str(n)) for n in arrays["frame_names"]]
     # The npz counts frames in transforms.json order; map them onto the loaded frames by file path.
-    index_of = {_norm(f.file_path): f.index for f in dataset.frames}
+    index_of = {normalize_file_path(f.file_path): f.index for f in dataset.frames}
     remap = np.array([index_of.get(n, -1) for n in frame_names], dtype=np.int64)
     obs_frame = arrays["obs_frame"].astype(np.int64)
     if len(obs_frame) and (obs_frame.min() < 0 or obs_frame.max() >= len(remap)):

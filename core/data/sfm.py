@@ -81,7 +81,7 @@ class SfmResult:
     num_cameras: int
     seconds: float
     unregistered: list[str]
-    check: "SfmCheck"
+    check: Optional["SfmCheck"]  # None for known poses (triangulate.py): there is no mapping to check
     remapped: bool = False  # the first model failed its self-check and was mapped again (see run_sfm)
 
 
@@ -140,7 +140,7 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: Optional[
         database = work / "database.db"
         _extract(pycolmap, database, images_dir, names, len(sizes) == 1, camera_model,
                  int(round(max_side / downscale)), num_threads, progress)
-        _match(pycolmap, database, len(names), matcher, num_threads, progress)
+        match_images(pycolmap, database, len(names), matcher, num_threads, progress)
         if weak_pair_fraction > 0:
             prune_weak_pairs(database, weak_pair_fraction)
         reconstruction = _map(pycolmap, database, images_dir, work / "mapping", len(names), num_threads, seed,
@@ -174,14 +174,14 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: Optional[
         reconstruction.transform(pycolmap.Sim3d(data_from_colmap[:3, :]))
         result_files = _write_outputs(reconstruction, registered, images_dir, out_dir, work / "out",
                                       data_from_colmap, downscale, {**check.summary(), "remapped": remapped})
-        _publish(work / "out", out_dir, result_files)
+        publish_outputs(work / "out", out_dir, result_files)
         report(progress, 1, 1, "sfm: writing")
         finished = True
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
         if not finished:
-            _leave_no_trace(claim, out_dir if created else None)
+            leave_no_trace(claim, out_dir if created else None)
     cameras = {im.camera_id for im in registered}
     reg_names = {im.name for im in registered}
     return SfmResult(out_dir=out_dir, transforms_path=out_dir / "transforms.json", num_images=len(names),
@@ -203,7 +203,7 @@ def claim_sfm_dir(images_dir: Path, out_dir: Path, names: list[str]) -> OutputCl
                             allowed=[images_dir, *photos], others_stay=True)
 
 
-def _leave_no_trace(claim: OutputClaim, created: Optional[Path]) -> None:
+def leave_no_trace(claim: OutputClaim, created: Optional[Path]) -> None:
     """After a failed run: drop a claim this run made (a resumed one stays: its output is there) and the
     output folder if this run ``created`` it and it is empty again."""
     if not claim.resumed:
@@ -234,7 +234,7 @@ def _extract(pycolmap, database: Path, images_dir: Path, names: list[str], one_s
         report(progress, min(start + FEATURE_CHUNK, len(names)), len(names), "sfm: features")
 
 
-def _match(pycolmap, database: Path, num_images: int, matcher: str, num_threads: int,
+def match_images(pycolmap, database: Path, num_images: int, matcher: str, num_threads: int,
            progress: Optional[ProgressFn]) -> None:
     options = pycolmap.FeatureMatchingOptions()
     options.num_threads = num_threads
@@ -336,7 +336,7 @@ def _write_outputs(reconstruction, registered: list, images_dir: Path, out_dir: 
         transforms.update(transforms_camera_keys(next(iter(intrinsics_of.values()))))
     transforms.update({"frames": frames, "sparse_points": "sparse_points.npz",
                        "applied_transform": data_from_colmap.tolist(),
-                       "sfm": {"tool": "pycolmap", "version": _pycolmap_version(),
+                       "sfm": {"tool": "pycolmap", "version": pycolmap_version(),
                                "feature_downscale": downscale, "images": str(images_dir),
                                "self_check": self_check}})
     sparse = sparse_points_from_reconstruction(
@@ -351,7 +351,7 @@ def _write_outputs(reconstruction, registered: list, images_dir: Path, out_dir: 
     return list(SFM_OUTPUTS)  # transforms.json last: it makes the dataset
 
 
-def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
+def publish_outputs(staging: Path, out_dir: Path, names: list[str]) -> None:
     """Move finished outputs into ``out_dir`` by rename; other files in ``out_dir`` (photos) are untouched."""
     for name in names:
         target = out_dir / name
@@ -360,7 +360,7 @@ def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
         os.replace(staging / name, target)
 
 
-def _pycolmap_version() -> str:
+def pycolmap_version() -> str:
     import pycolmap
 
     return str(getattr(pycolmap, "__version__", "unknown"))

@@ -136,8 +136,10 @@ def load_depth_targets(dataset: Dataset, frames: list[Frame]) -> DepthTargets:
 
     sparse = load_sparse_points(dataset)
     if sparse is None or len(sparse.obs_point) == 0:
-        raise NeuralLabelError(f"{dataset.path}: depth supervision needs SfM points (run `neurallabel sfm`, "
-                               "or load a COLMAP model); this dataset has none", field="depth_supervision")
+        raise NeuralLabelError(f"{dataset.path}: depth supervision needs SfM points, and this dataset has none: "
+                               "triangulate them with `neurallabel sfm IMAGES --known-poses TRANSFORMS`, recover "
+                               "cameras and points from the photos with `neurallabel sfm`, or load a COLMAP model",
+                               field="depth_supervision")
     by_index = {f.index: f for f in frames}
     origins, directions, distance, sigma = [], [], [], []
     for frame_index in np.unique(sparse.obs_frame):

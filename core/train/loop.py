@@ -35,7 +35,7 @@ from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, check_one_si
                     render_batch)
 from .bounds import (default_near, density_lr_scale, field_config_for, median_camera_distance,
                      views_per_vertex)
-from .losses import LossTerm, default_terms, total_loss
+from .losses import DEPTH_LOSSES, LossTerm, default_terms, total_loss
 from .schedules import (LEARNING_RATES, density_resolution_at, finest_density_resolution, learning_rate_factor,
                         occupancy_share_at)
 
@@ -49,6 +49,7 @@ class TrainOptions:
     downscale: float = 1.0
     strict: bool = False
     depth_supervision: bool = False
+    depth_loss: str = "kl"  # with depth_supervision: DS-NeRF's KL form, or "mse" of the expected distance
     # a random colour behind each training ray (see batch.render_train): photos see a surface at every pixel,
     # so the field must explain each one with density (a constant background colour would stand in for it)
     random_background: bool = True
@@ -198,6 +199,9 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
     options.budget()  # refuse a bad budget or marcher before loading anything
     if options.marcher not in MARCHERS:
         raise NeuralLabelError(f"marcher {options.marcher!r} is not one of {', '.join(MARCHERS)}", field="marcher")
+    if options.depth_loss not in DEPTH_LOSSES:
+        raise NeuralLabelError(f"depth_loss {options.depth_loss!r} is not one of {', '.join(DEPTH_LOSSES)}",
+                               field="depth_loss")
     if options.threads:
         torch.set_num_threads(options.threads)
     dataset = load_dataset(data, options.downscale, options.strict)

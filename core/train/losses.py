@@ -69,13 +69,32 @@ def opacity_loss(batch: TrainBatch, render: TrainRender) -> Tensor:
 
 
 def depth_loss(samples: RaySamples, distance: Tensor, sigma: Tensor) -> Tensor:
-    """DS-NeRF: -log of the ray's termination weight near the SfM point, Gaussian-weighted."""
+    """DS-NeRF (the KL form): -log of the ray's termination weight near the SfM point, Gaussian-weighted."""
     ray = samples.ray_indices
     mids = samples.mids
     delta = samples.deltas
     gauss = torch.exp(-((mids - distance[ray]) ** 2) / (2 * sigma[ray] ** 2))
     per_sample = -torch.log(samples.weights + 1e-5) * gauss * delta / (sigma[ray] * math.sqrt(2 * math.pi))
     return torch.zeros(len(distance), device=distance.device).index_add(0, ray, per_sample).mean()
+
+
+def depth_mse_loss(samples: RaySamples, distance: Tensor, sigma: Tensor) -> Tensor:
+    """NeRF-Supervision's form: the squared error of each ray's expected distance (its weights normalised, so
+    a ray that is not yet opaque is not pulled short) against the SfM point's, in units of the point's
+    allowed spread ``sigma``, averaged over rays. Rays without a sample count as empty, not as errors."""
+    ray = samples.ray_indices
+    n = len(distance)
+    weight_sum = torch.zeros(n, device=distance.device).index_add(0, ray, samples.weights)
+    weighted = torch.zeros(n, device=distance.device).index_add(0, ray, samples.weights * samples.mids)
+    hit = weight_sum > 1e-4
+    expected = weighted[hit] / weight_sum[hit]
+    if not bool(hit.any()):
+        return torch.zeros((), device=distance.device)
+    return (((expected - distance[hit]) / sigma[hit]) ** 2).sum() / n
+
+
+#: the DS-NeRF depth loss forms (``TrainOptions.depth_loss``)
+DEPTH_LOSSES = ("kl", "mse")
 
 
 def distortion_loss(samples: RaySamples) -> Tensor:
@@ -137,6 +156,7 @@ def default_terms(options: "TrainOptions", *, depth: bool) -> list[LossTerm]:
         terms.append(LossTerm("sparsity", exponential(start, final),
                               lambda batch, render: sparsity_loss(render.samples)))
     if depth:
-        terms.append(LossTerm("depth", constant(DEPTH_WEIGHT), lambda batch, render: depth_loss(
+        form = depth_mse_loss if options.depth_loss == "mse" else depth_loss
+        terms.append(LossTerm("depth", constant(DEPTH_WEIGHT), lambda batch, render: form(
             render.depth_samples, batch.depth.distance, batch.depth.sigma)))
     return terms
