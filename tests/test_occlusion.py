@@ -204,3 +204,54 @@ def test_a_fields_samples_give_its_transmittance(fog_field) -> None:
     assert s.median_z(len(rows)) == pytest.approx(answer.z_depth, abs=0.02)
     assert weights.sum() / len(rows) == pytest.approx(1.0, abs=0.02)
     assert np.all(np.abs(answer.z_depth + WALL_Z) < 0.05)
+
+
+def test_a_field_whose_surface_sits_inside_the_mesh_still_sees_the_object() -> None:
+    """The field's copy of the cube has its front face 3 cm behind the mesh's (as a trained field's surfaces sink),
+    past the band (21 mm here). That weight is inside the closed mesh: it is the object's, so the labels are
+    sure; it occludes nothing either (it lies behind the mesh's surface)."""
+    def density(p):
+        return soft(box_sdf(p, [0, 0, -1.015], [0.21, 0.21, 0.185]))
+
+    labels = labeler([mesh_object(CUBE, at(-1.0))], field(density)).label(view(), full_depth=False)
+    mesh_only = labeler([mesh_object(CUBE, at(-1.0))], None).label(view()).instance == 1
+    assert mesh_only.sum() > 300
+    assert np.array_equal(labels.instance == 1, mesh_only)
+    assert labels.confidence[mesh_only].min() > 0.9
+
+
+def test_the_inside_of_a_closed_mesh_is_known_and_an_open_mesh_claims_none() -> None:
+    from neurallabel.core.labels.occlusion import SurfaceBand
+
+    band = SurfaceBand([CUBE], 0.01)
+    points = np.array([[0.0, 0.0, 0.0], [0.15, 0.1, -0.1], [0.0, 0.0, 0.3], [0.0, 0.0, 0.199], [0.5, 0.5, 0.5]])
+    assert band.inside(points).tolist() == [True, True, False, False, False]
+    assert band.within(points).tolist() == [False, False, False, True, False]
+    open_box = CUBE.copy()
+    open_box.update_faces(np.abs(open_box.face_normals[:, 2] - 1.0) > 1e-6)  # no top: the fill leaks out
+    assert not SurfaceBand([open_box], 0.01).inside(points).any()
+
+
+def test_a_box_pixel_whose_ray_leaks_through_a_faint_object_is_unsure() -> None:
+    """A box around an object the field sees only faintly: 40 % of each ray's weight lies in the box, the rest
+    leaks past the scene. The pixels are left unlabelled (under 1/2) but are not sure of it: the weight the
+    field puts nowhere is no evidence for 'nothing here'. With a crisp wall behind, the rest is on the wall and
+    'nothing' (no box label) is fairly sure."""
+    from neurallabel.core.spec import SpecObject
+
+    box = SpecObject("box", "box", 1, 1, "box", at(-1.0), None, np.full(3, 0.44), False, None)
+    leak = -np.log(0.6) / 0.4  # per metre: 40 % of the light stops in the 0.4 m cube
+
+    def faint(p):
+        return leak * (box_sdf(p, [0, 0, -1.0], [0.2, 0.2, 0.2]) < 0)
+
+    def faint_and_wall(p):
+        return faint(p) + soft(p[:, 2] + 2.0)
+
+    cols, rows = np.meshgrid(np.arange(INTR.width), np.arange(INTR.height))
+    centre = (np.abs(cols - 31.5) < 8) & (np.abs(rows - 23.5) < 8)  # well inside the cube's projection
+    for density, expected in ((faint, (0.0, 0.05)), (faint_and_wall, (0.55, 0.65))):
+        labels = labeler([box], field(density, far=2.5)).label(view(), full_depth=False)
+        assert not (labels.instance == 1)[centre].any()
+        low, high = expected
+        assert low <= labels.confidence[centre].min() and labels.confidence[centre].max() <= high

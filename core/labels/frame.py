@@ -326,7 +326,7 @@ class FrameLabeler:
         p_visible, p_on_mesh, p_occluder = self.mesh_visibility(view, covered, nearest_z, scene)  # 4
         mesh_visible = covered & (1.0 - p_visible <= self.options.occlusion_min_confidence)
         visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
-        box_visible, p_box = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
+        box_visible, p_box, p_elsewhere = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
         visible.update(box_visible)
         conf = None
         if scene is not None and scene.measured and confidence:
@@ -334,7 +334,7 @@ class FrameLabeler:
             transparent = np.isin(nearest, [i for i in mesh_ids if self.objects[i].spec.transparent])
             p_right = np.where(transparent, p_visible, np.minimum(p_visible, p_on_mesh))
             p_right = np.where(mesh_visible, p_right, np.minimum(1.0 - p_visible, p_occluder))
-            conf = confidence_map(covered, mesh_visible, p_right, box_regions, box_visible, p_box)  # 6
+            conf = confidence_map(covered, mesh_visible, p_right, box_regions, box_visible, p_box, p_elsewhere)  # 6
         instance, category = self.id_maps(visible, shape)
         depth = self.depth_map(mesh_ids, visible, nearest_z, mesh_visible, scene)  # 7
         instances = self.instance_records(view, silhouettes, visible, np.isfinite(depth), box_regions, conf)  # 8
@@ -415,7 +415,7 @@ class FrameLabeler:
         """4. Per pixel (float32 maps, 0 where no mesh is): the probability that the nearest mesh is visible --
         the transmittance from the camera up to the mesh, not counting samples within the band of any annotated
         mesh's surface --, the probability that the ray stops on an annotated object (its weight within that
-        band: the field sees the object there), and that it stops on one occluding surface (the occluding
+        band or inside a closed mesh: the field sees the object there), and that it stops on one occluding surface (the occluding
         weight concentrated around its own median depth: a fog's smeared weight is no surface). All 1 on
         every covered pixel without a scene."""
         if scene is None:
@@ -437,6 +437,13 @@ class FrameLabeler:
             own[idx] = self.annotated_band().within(points, band[idx])
         counted = (s.z < mesh_z[s.ray]) & ~own
         transmittance = s.transmittance(scene.n_rays, counted)
+        # The object's weight also lies inside its mesh, past the band: where the field's surface sits behind
+        # the true one. It occludes nothing (it is behind the mesh's surface), but it is the object's.
+        deeper = np.flatnonzero((s.z >= mesh_z[s.ray]) & ~own & np.isfinite(mesh_z[s.ray]) & (s.alpha > 1e-4))
+        if len(deeper):
+            points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[deeper]],
+                                 scene.cols[s.ray[deeper]], s.z[deeper])
+            own[deeper] = self.annotated_band().inside(points)
         on_mesh = np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays)
         occluding = np.flatnonzero(counted)
         occluder = concentrated_weight(s.ray[occluding], s.z[occluding], weights[occluding], scene.n_rays)
@@ -446,7 +453,8 @@ class FrameLabeler:
         return tuple(maps)
 
     def box_masks(self, view: View, box_regions: dict[int, Optional[Region]], scene: Optional[_SceneAnswer],
-                  mesh_visible: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+                  mesh_visible: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray],
+                                                     dict[int, np.ndarray]]:
         """5. Box objects' visible masks, and per box the probability map (0 outside its region) that a pixel's
         ray stops on the object: the share of its weight inside the box (its faces seen from outside hold the
         surface on them, those seen from inside do not: :func:`box_holds`) or within the band of the box's
@@ -455,11 +463,12 @@ class FrameLabeler:
         Overlapping boxes: the smaller box takes the pixel (an object inside a bigger box is usually the one
         the small box was drawn for)."""
         if not self.box_ids:
-            return {}, {}
+            return {}, {}, {}
         shape = mesh_visible.shape
         box_owner = np.full(shape, -1, dtype=np.int64)
         owner_volume = np.full(shape, np.inf)
         p_box: dict[int, np.ndarray] = {}
+        p_elsewhere: dict[int, np.ndarray] = {}
         s = scene.samples
         weights = scene.weights()
         support = self.options.support_mm / self.units_to_mm
@@ -468,6 +477,8 @@ class FrameLabeler:
             region = box_regions[i]
             p_map = np.zeros(shape, np.float32)
             p_box[i] = p_map
+            p_else_map = np.zeros(shape, np.float32)
+            p_elsewhere[i] = p_else_map
             if region is None:
                 continue
             box = self.objects[i].box
@@ -492,12 +503,14 @@ class FrameLabeler:
             p_ray = np.bincount(s.ray[idx], weights=weights[idx] * owned, minlength=scene.n_rays)
             p = np.clip(p_ray[rays], 0.0, 1.0)
             p_map[rows, cols] = p
+            opacity = np.bincount(s.ray[idx], weights=weights[idx], minlength=scene.n_rays)
+            p_else_map[rows, cols] = np.clip(opacity[rays] - p_ray[rays], 0.0, 1.0)
             take = (p >= threshold) & (p > 0) & ~mesh_visible[rows, cols]
             volume = float(np.prod(box.size))
             take &= volume < owner_volume[rows, cols]
             box_owner[rows[take], cols[take]] = i
             owner_volume[rows[take], cols[take]] = volume
-        return {i: box_owner == i for i in self.box_ids}, p_box
+        return {i: box_owner == i for i in self.box_ids}, p_box, p_elsewhere
 
     def support(self, view: View, box: Box, rows: np.ndarray, cols: np.ndarray, z: np.ndarray,
                 thickness: float):
@@ -669,11 +682,13 @@ def world_object_mesh(obj: LabelObject):
 
 def confidence_map(covered: np.ndarray, mesh_visible: np.ndarray, p_mesh_right: np.ndarray,
                    box_regions: dict[int, Optional[Region]], box_visible: dict[int, np.ndarray],
-                   p_box: dict[int, np.ndarray]) -> np.ndarray:
+                   p_box: dict[int, np.ndarray], p_elsewhere: dict[int, np.ndarray]) -> np.ndarray:
     """6. Per pixel, the probability (float32) that its label is right: on a mesh's silhouette
     ``p_mesh_right`` (visible: the ray reaches the mesh and the field sees the object there; occluded: it does
-    not reach it, stopped by one surface); a box pixel, its box probability; a pixel labelled nothing, one
-    minus the probability of each label it did not get (the lowest counts). 1 where no annotated object can be
+    not reach it, stopped by one surface); a box pixel, its box probability; a pixel labelled nothing, for each
+    box it did not get, the weight its ray puts on something other than that box (``p_elsewhere``; the
+    lowest counts). Weight the field puts nowhere (a ray that leaks through a half-transparent object) is
+    evidence for neither: a pixel whose ray mostly leaks is unsure. 1 where no annotated object can be
     (outside every silhouette and box)."""
     conf = np.ones(covered.shape, np.float32)
     conf[covered] = p_mesh_right[covered]
@@ -685,11 +700,11 @@ def confidence_map(covered: np.ndarray, mesh_visible: np.ndarray, p_mesh_right: 
             continue
         c0, r0, c1, r1 = region
         window = (slice(r0, r1), slice(c0, c1))
-        mine, p = box_visible[i][window], p_box[i][window]
+        mine, p, elsewhere = box_visible[i][window], p_box[i][window], p_elsewhere[i][window]
         unlabelled = ~boxed[window] & ~mesh_visible[window]
         c = conf[window]
         c[mine] = np.minimum(c[mine], p[mine])
-        c[unlabelled] = np.minimum(c[unlabelled], 1.0 - p[unlabelled])
+        c[unlabelled] = np.minimum(c[unlabelled], elsewhere[unlabelled])
     return np.clip(conf, 0.0, 1.0)
 
 

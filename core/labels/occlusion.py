@@ -42,8 +42,10 @@ class SurfaceBand:
         self.hi = cloud.max(axis=0) + self.band if not self.empty else None
         self._voxel = 0.0
         self._voxel_distance: Optional[np.ndarray] = None
+        self._interior: Optional[np.ndarray] = None
         if not self.empty:
             self._voxel_distance, self._voxel = self._voxel_distances(cloud, spacing)
+            self._interior = self._enclosed(self._voxel_distance == 0)
 
     #: the grid's voxel, in surface sample spacings (finer: more points decided by the grid, a bigger grid)
     VOXEL_SPACINGS = 2.0
@@ -67,6 +69,31 @@ class SurfaceBand:
         cells = np.minimum(((cloud - self.lo) / voxel).astype(np.int64), shape - 1)
         empty[cells[:, 0], cells[:, 1], cells[:, 2]] = False
         return (distance_transform_edt(empty) * voxel).astype(np.float32), voxel
+
+    @staticmethod
+    def _enclosed(surface: np.ndarray) -> np.ndarray:
+        """Voxels enclosed by the surface voxels, grown by one voxel first (the random surface samples leave a
+        voxel empty here and there, through which the fill would leak), not counting the grown shell: the
+        meshes' insides, from a voxel or two under the surface. A mesh with a real hole in its surface
+        encloses nothing (the fill leaks out), so its inside is never claimed."""
+        from scipy.ndimage import binary_dilation, binary_fill_holes
+
+        shell = binary_dilation(np.pad(surface, 2), structure=np.ones((3, 3, 3), bool))  # border: outside
+        return (binary_fill_holes(shell) & ~shell)[2:-2, 2:-2, 2:-2]
+
+    def inside(self, points: np.ndarray) -> np.ndarray:
+        """(N,) bool: points in a voxel enclosed by a (closed) mesh's surface voxels, at least about half a
+        voxel deep. With :meth:`within` this tells which density is the object's: a field whose surface sits
+        a little behind the true one puts the object's weight inside the mesh, past the band."""
+        out = np.zeros(len(points), bool)
+        if self.empty or len(points) == 0:
+            return out
+        near_box = np.all((points >= self.lo) & (points < self.hi), axis=1)
+        idx = np.flatnonzero(near_box)
+        grid = self._interior
+        cells = np.minimum(((points[idx] - self.lo) / self._voxel).astype(np.int64), np.array(grid.shape) - 1)
+        out[idx] = grid[cells[:, 0], cells[:, 1], cells[:, 2]]
+        return out
 
     def within(self, points: np.ndarray, band: Optional[np.ndarray] = None) -> np.ndarray:
         """(N,) bool: each point's distance to the nearest surface is at most ``band`` (scalar or (N,) array,
