@@ -234,8 +234,8 @@ def test_the_inside_of_a_closed_mesh_is_known_and_an_open_mesh_claims_none() -> 
 
 def test_a_box_pixel_whose_ray_leaks_through_a_faint_object_is_unsure() -> None:
     """A box around an object the field sees only faintly: 40 % of each ray's weight lies in the box, the rest
-    leaks past the scene. The pixels are left unlabelled (under 1/2) but are not sure of it: the weight the
-    field puts nowhere is no evidence for 'nothing here'. With a crisp wall behind, the rest is on the wall and
+    leaks past the scene. The pixels are left unlabelled (the ray is under half opaque: no surface) but are not
+    sure of it: the weight the field puts nowhere is no evidence for 'nothing here'. With a crisp wall behind, the rest is on the wall and
     'nothing' (no box label) is fairly sure."""
     from neurallabel.core.spec import SpecObject
 
@@ -248,6 +248,10 @@ def test_a_box_pixel_whose_ray_leaks_through_a_faint_object_is_unsure() -> None:
     def faint_and_wall(p):
         return faint(p) + soft(p[:, 2] + 2.0)
 
+    def denser_and_haze(p):  # 45 % stops in the cube, then 15 % more in a haze behind it, 40 % leaks
+        haze = np.where((p[:, 2] < -1.3) & (p[:, 2] > -1.8), -np.log(1 - 0.15 / 0.55) / 0.5, 0.0)
+        return -np.log(0.55) / 0.4 * (box_sdf(p, [0, 0, -1.0], [0.2, 0.2, 0.2]) < 0) + haze
+
     cols, rows = np.meshgrid(np.arange(INTR.width), np.arange(INTR.height))
     centre = (np.abs(cols - 31.5) < 8) & (np.abs(rows - 23.5) < 8)  # well inside the cube's projection
     for density, expected in ((faint, (0.0, 0.05)), (faint_and_wall, (0.55, 0.65))):
@@ -255,3 +259,8 @@ def test_a_box_pixel_whose_ray_leaks_through_a_faint_object_is_unsure() -> None:
         assert not (labels.instance == 1)[centre].any()
         low, high = expected
         assert low <= labels.confidence[centre].min() and labels.confidence[centre].max() <= high
+    # The ray is 60 % opaque and 3/4 of what the field places lies in the box: its surface is there, so the
+    # pixel is the box's, unsure all the same (under 1/2 of the light surely stops on it).
+    labels = labeler([box], field(denser_and_haze, far=2.5)).label(view(), full_depth=False)
+    assert (labels.instance == 1)[centre].all()
+    assert 0.4 <= labels.confidence[centre].min() and labels.confidence[centre].max() < 0.5

@@ -46,7 +46,7 @@ from ..geometry.cameras import camera_directions
 from ..geometry.projection import Region, backproject, opencv_from_pose, project, projected_region, region_pixels
 from ..geometry.transforms import apply_directions, apply_points
 from ..geometry.view import View
-from ..scene.queries import RayWeights, SceneQuery, concentrated_weight, samples_from_depth
+from ..scene.queries import SURFACE_OPACITY, RayWeights, SceneQuery, concentrated_weight, samples_from_depth
 from ..spec import SpecObject
 from .footprint import footprint
 from .occlusion import SurfaceBand, bottom_zone, box_up_axis, lateral_span, support_plane
@@ -459,7 +459,9 @@ class FrameLabeler:
         ray stops on the object: the share of its weight inside the box (its faces seen from outside hold the
         surface on them, those seen from inside do not: :func:`box_holds`) or within the band of the box's
         extracted mesh, and above the support plane (found in this frame's surface points near the box's
-        bottom). A pixel is the box's where that is >= 1/2 and no annotated mesh is visible there.
+        bottom). A pixel is the box's where the field's surface lies in the box -- at least 1/2 of the weight
+        its ray places lies there, and the ray places at least ``SURFACE_OPACITY`` (it may leak through a
+        half-transparent object) -- and no annotated mesh is visible there.
         Overlapping boxes: the smaller box takes the pixel (an object inside a bigger box is usually the one
         the small box was drawn for)."""
         if not self.box_ids:
@@ -505,7 +507,11 @@ class FrameLabeler:
             p_map[rows, cols] = p
             opacity = np.bincount(s.ray[idx], weights=weights[idx], minlength=scene.n_rays)
             p_else_map[rows, cols] = np.clip(opacity[rays] - p_ray[rays], 0.0, 1.0)
-            take = (p >= threshold) & (p > 0) & ~mesh_visible[rows, cols]
+            # the field's surface lies in the box: at least half the weight the ray's field places (a ray may
+            # leak through a half-transparent object: that weight is nowhere), on a ray with a surface
+            placed = opacity[rays]
+            share = np.divide(p_ray[rays], placed, out=np.zeros_like(placed), where=placed > 0)
+            take = (share >= threshold) & (placed >= SURFACE_OPACITY) & (p > 0) & ~mesh_visible[rows, cols]
             volume = float(np.prod(box.size))
             take &= volume < owner_volume[rows, cols]
             box_owner[rows[take], cols[take]] = i

@@ -35,6 +35,10 @@ from ..errors import NeuralLabelError
 CONFIDENCE_WINDOW = 0.02
 
 
+#: a ray at least this opaque has a surface (its median depth); below it the ray sees no surface
+SURFACE_OPACITY = 0.5
+
+
 @dataclass(frozen=True)
 class RayWeights:
     """What N pixel rays cross: packed samples sorted by ray, then by depth (data units).
@@ -260,7 +264,7 @@ class FieldQuery:
                 if samples_for is not None:
                     parts.append(_field_samples(out, ids, z_per_distance, samples_for))
         z = distance * z_per_distance
-        z[opacity < 0.5] = np.nan
+        z[opacity < SURFACE_OPACITY] = np.nan
         ray_weights = None
         if samples_for is not None:
             ray_weights = RayWeights(*(np.concatenate([getattr(p, k) for p in parts]) if parts else
