@@ -667,11 +667,16 @@ def run_sfm_job(request: SfmRequest, progress: Optional[ProgressFn], notice: Not
     if result.unregistered:
         shown = ", ".join(result.unregistered[:5]) + (" ..." if len(result.unregistered) > 5 else "")
         notice(f"sfm: skipped {len(result.unregistered)} images that could not be registered: {shown}")
+    return {**sfm_summary(result), "self_check_passed": result.check.passed,
+            "inconsistent_cameras": sorted(result.check.flagged), "remapped": result.remapped}
+
+
+def sfm_summary(result) -> dict:
+    """What both forms of ``sfm`` report of their :class:`..data.sfm.SfmResult`."""
     return {"transforms": str(result.transforms_path), "images": result.num_images,
             "registered": result.num_registered, "points": result.num_points, "unregistered": result.unregistered,
             "mean_reprojection_error_px": result.mean_reprojection_error_px, "camera_model": result.camera_model,
-            "cameras": result.num_cameras, "seconds": result.seconds, "self_check_passed": result.check.passed,
-            "inconsistent_cameras": sorted(result.check.flagged), "remapped": result.remapped}
+            "cameras": result.num_cameras, "seconds": result.seconds}
 
 
 def run_triangulation(request: SfmRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
@@ -684,10 +689,7 @@ def run_triangulation(request: SfmRequest, progress: Optional[ProgressFn], notic
     if result.unregistered:
         shown = ", ".join(result.unregistered[:5]) + (" ..." if len(result.unregistered) > 5 else "")
         notice(f"sfm: {len(result.unregistered)} frames have no photo and no points (they stay listed): {shown}")
-    return {"transforms": str(result.transforms_path), "images": result.num_images,
-            "registered": result.num_registered, "points": result.num_points, "unregistered": result.unregistered,
-            "mean_reprojection_error_px": result.mean_reprojection_error_px, "camera_model": result.camera_model,
-            "cameras": result.num_cameras, "seconds": result.seconds, "known_poses": str(request.known_poses)}
+    return {**sfm_summary(result), "known_poses": str(request.known_poses)}
 
 
 def run_demo_job(request: DemoRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:

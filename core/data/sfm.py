@@ -39,7 +39,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -131,12 +131,7 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: Optional[
     max_side = max(max(s) for s in sizes)
     if downscale is None:
         downscale = max(1.0, max_side / FEATURE_SIDE)
-    created = not out_dir.exists()
-    claim = claim_sfm_dir(images_dir, out_dir, names)
-    finished = False
-    work = None
-    try:
-        work = Path(tempfile.mkdtemp(prefix=".sfm-", dir=out_dir))
+    with sfm_workspace(images_dir, out_dir, names) as work:
         database = work / "database.db"
         _extract(pycolmap, database, images_dir, names, len(sizes) == 1, camera_model,
                  int(round(max_side / downscale)), num_threads, progress)
@@ -176,12 +171,6 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: Optional[
                                       data_from_colmap, downscale, {**check.summary(), "remapped": remapped})
         publish_outputs(work / "out", out_dir, result_files)
         report(progress, 1, 1, "sfm: writing")
-        finished = True
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
-        if not finished:
-            leave_no_trace(claim, out_dir if created else None)
     cameras = {im.camera_id for im in registered}
     reg_names = {im.name for im in registered}
     return SfmResult(out_dir=out_dir, transforms_path=out_dir / "transforms.json", num_images=len(names),
@@ -201,6 +190,25 @@ def claim_sfm_dir(images_dir: Path, out_dir: Path, names: list[str]) -> OutputCl
     return claim_output_dir(out_dir, kind="sfm", manifest={"images": str(images_dir)},
                             inputs={"images folder": [images_dir], "photo": photos}, reserved=SFM_OUTPUTS,
                             allowed=[images_dir, *photos], others_stay=True)
+
+
+@contextlib.contextmanager
+def sfm_workspace(images_dir: Path, out_dir: Path, names: list[str]) -> Iterator[Path]:
+    """Claim ``out_dir`` for the SfM of ``names`` (:func:`claim_sfm_dir`) and give a temporary work folder inside
+    it, removed at the end; a run that fails leaves no trace (:func:`leave_no_trace`)."""
+    created = not out_dir.exists()
+    claim = claim_sfm_dir(images_dir, out_dir, names)
+    finished = False
+    work = None
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".sfm-", dir=out_dir))
+        yield work
+        finished = True
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        if not finished:
+            leave_no_trace(claim, out_dir if created else None)
 
 
 def leave_no_trace(claim: OutputClaim, created: Optional[Path]) -> None:
@@ -339,16 +347,21 @@ def _write_outputs(reconstruction, registered: list, images_dir: Path, out_dir: 
                        "sfm": {"tool": "pycolmap", "version": pycolmap_version(),
                                "feature_downscale": downscale, "images": str(images_dir),
                                "self_check": self_check}})
-    sparse = sparse_points_from_reconstruction(
-        reconstruction, {im.image_id: i for i, im in enumerate(registered)})
+    stage_outputs(staging, transforms, reconstruction, {im.image_id: i for i, im in enumerate(registered)})
+    return list(SFM_OUTPUTS)  # transforms.json last: it makes the dataset
+
+
+def stage_outputs(staging: Path, transforms: dict, reconstruction, frame_of_image: dict[int, int]) -> None:
+    """Write :data:`SFM_OUTPUTS` into ``staging``: the points (``frame_of_image``: COLMAP image id -> index in
+    ``transforms["frames"]``), the COLMAP model and transforms.json."""
+    sparse = sparse_points_from_reconstruction(reconstruction, frame_of_image)
     np.savez(staging / "sparse_points.npz", points=sparse.points, colors=sparse.colors, errors=sparse.errors,
              obs_point=sparse.obs_point, obs_frame=sparse.obs_frame, obs_pixel=sparse.obs_pixel,
-             frame_names=np.array([f["file_path"] for f in frames]))
+             frame_names=np.array([f["file_path"] for f in transforms["frames"]]))
     model_dir = staging / "colmap" / "sparse" / "0"
     model_dir.mkdir(parents=True)
     reconstruction.write(model_dir)
     (staging / "transforms.json").write_text(json.dumps(transforms, indent=2))
-    return list(SFM_OUTPUTS)  # transforms.json last: it makes the dataset
 
 
 def publish_outputs(staging: Path, out_dir: Path, names: list[str]) -> None:

@@ -19,10 +19,7 @@ The given dataset is only read; the photos stay where they are.
 from __future__ import annotations
 
 import copy
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -32,10 +29,9 @@ import numpy as np
 from ..errors import NeuralLabelError
 from ..geometry.cameras import OPENGL_TO_OPENCV, Intrinsics
 from ..progress import ProgressFn, report
-from .colmap import sparse_points_from_reconstruction
 from .dataset import Frame, load_dataset, normalize_file_path, read_transforms_json, resolve_image
-from .sfm import (FEATURE_CHUNK, FEATURE_SIDE, SfmResult, claim_sfm_dir, leave_no_trace, match_images,
-                  publish_outputs, pycolmap_version)
+from .sfm import (FEATURE_CHUNK, FEATURE_SIDE, SFM_OUTPUTS, SfmResult, match_images, publish_outputs,
+                  pycolmap_version, sfm_workspace, stage_outputs)
 
 #: nerfstudio's split lists, which name files as the frames do
 SPLIT_LIST_KEYS = ("train_filenames", "val_filenames", "test_filenames")
@@ -102,12 +98,7 @@ def triangulate_known_poses(images_dir: str | Path, out_dir: str | Path, known_p
     max_side = max(max(f.source_size or (f.intrinsics.width, f.intrinsics.height)) for f in frames)
     if downscale is None:
         downscale = max(1.0, max_side / FEATURE_SIDE)
-    created = not out_dir.exists()
-    claim = claim_sfm_dir(images_dir, out_dir, names)
-    finished = False
-    work = None
-    try:
-        work = Path(tempfile.mkdtemp(prefix=".sfm-", dir=out_dir))
+    with sfm_workspace(images_dir, out_dir, names) as work:
         database = work / "database.db"
         _extract_per_image(pycolmap, database, images_dir, names, int(round(max_side / downscale)), num_threads,
                            progress)
@@ -121,14 +112,8 @@ def triangulate_known_poses(images_dir: str | Path, out_dir: str | Path, known_p
                                    f"given poses (do the poses belong to these photos?)", field="images")
         report(progress, 0, 1, "sfm: writing")
         _write_outputs(model, dataset, frames, names, out_dir, work / "out", downscale, Path(known_poses))
-        publish_outputs(work / "out", out_dir, ["sparse_points.npz", "colmap", "transforms.json"])
+        publish_outputs(work / "out", out_dir, list(SFM_OUTPUTS))
         report(progress, 1, 1, "sfm: writing")
-        finished = True
-    finally:
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
-        if not finished:
-            leave_no_trace(claim, out_dir if created else None)
     observed = {el.image_id for p in model.points3D.values() for el in p.track.elements}
     models = {f.intrinsics for f in frames}
     return SfmResult(out_dir=out_dir, transforms_path=out_dir / "transforms.json", num_images=len(frames),
@@ -223,11 +208,4 @@ def _write_outputs(model, dataset, frames: list[Frame], names: list[str], out_di
                   "sfm": {"tool": "pycolmap", "version": pycolmap_version(), "known_poses": str(source.resolve()),
                           "feature_downscale": downscale}}
     image_ids = {image.name: image_id for image_id, image in model.images.items()}
-    sparse = sparse_points_from_reconstruction(model, {image_ids[name]: f.index for name, f in zip(names, frames)})
-    np.savez(staging / "sparse_points.npz", points=sparse.points, colors=sparse.colors, errors=sparse.errors,
-             obs_point=sparse.obs_point, obs_frame=sparse.obs_frame, obs_pixel=sparse.obs_pixel,
-             frame_names=np.array([entry["file_path"] for entry in entries]))
-    model_dir = staging / "colmap" / "sparse" / "0"
-    model_dir.mkdir(parents=True)
-    model.write(model_dir)
-    (staging / "transforms.json").write_text(json.dumps(transforms, indent=2))
+    stage_outputs(staging, transforms, model, {image_ids[name]: f.index for name, f in zip(names, frames)})
