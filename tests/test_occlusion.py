@@ -264,3 +264,16 @@ def test_a_box_pixel_whose_ray_leaks_through_a_faint_object_is_unsure() -> None:
     labels = labeler([box], field(denser_and_haze, far=2.5)).label(view(), full_depth=False)
     assert (labels.instance == 1)[centre].all()
     assert 0.4 <= labels.confidence[centre].min() and labels.confidence[centre].max() < 0.5
+
+
+def test_a_mesh_seen_through_a_field_that_leaks_is_sure_where_the_field_sees_nothing_else() -> None:
+    """The field stops only 60 % of the light in the cube and nothing behind it (a half-trained field's
+    objects let some light through). What it places on the ray lies on the object, so the visible pixels are
+    sure; the light that leaks says nothing against the mesh."""
+    def density(p):
+        return -np.log(0.4) / 0.4 * (box_sdf(p, [0, 0, -1.0], [0.2, 0.2, 0.2]) < 0)
+
+    labels = labeler([mesh_object(CUBE, at(-1.0))], field(density)).label(view(), full_depth=False)
+    mesh_only = labeler([mesh_object(CUBE, at(-1.0))], None).label(view()).instance == 1
+    assert np.array_equal(labels.instance == 1, mesh_only)
+    assert labels.confidence[mesh_only].min() > 0.9

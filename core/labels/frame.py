@@ -414,8 +414,8 @@ class FrameLabeler:
                         scene: Optional[_SceneAnswer]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """4. Per pixel (float32 maps, 0 where no mesh is): the probability that the nearest mesh is visible --
         the transmittance from the camera up to the mesh, not counting samples within the band of any annotated
-        mesh's surface --, the probability that the ray stops on an annotated object (its weight within that
-        band or inside a closed mesh: the field sees the object there), and that it stops on one occluding surface (the occluding
+        mesh's surface --, the probability that the ray stops on an annotated object (the share of the weight
+        it places that lies within that band or inside a closed mesh: the field sees the object there), and that it stops on one occluding surface (the occluding
         weight concentrated around its own median depth: a fog's smeared weight is no surface). All 1 on
         every covered pixel without a scene."""
         if scene is None:
@@ -444,7 +444,11 @@ class FrameLabeler:
             points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[deeper]],
                                  scene.cols[s.ray[deeper]], s.z[deeper])
             own[deeper] = self.annotated_band().inside(points)
-        on_mesh = np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays)
+        # the share of the weight the ray places that lies on the object: a field that lets some light leak
+        # through the object (weight nowhere) still sees it there
+        placed = np.bincount(s.ray, weights=weights, minlength=scene.n_rays)
+        on_mesh = np.divide(np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays), placed,
+                            out=np.zeros(scene.n_rays), where=placed > 0)
         occluding = np.flatnonzero(counted)
         occluder = concentrated_weight(s.ray[occluding], s.z[occluding], weights[occluding], scene.n_rays)
         maps = [np.zeros(covered.shape, np.float32) for _ in range(3)]
