@@ -437,13 +437,15 @@ class FrameLabeler:
             own[idx] = self.annotated_band().within(points, band[idx])
         counted = (s.z < mesh_z[s.ray]) & ~own
         transmittance = s.transmittance(scene.n_rays, counted)
-        # The object's weight also lies inside its mesh, past the band: where the field's surface sits behind
-        # the true one. It occludes nothing (it is behind the mesh's surface), but it is the object's.
+        # The object's weight also lies past the first band test's reach: inside the mesh (where the field's
+        # surface sits behind the true one), or near a side face the ray runs along. It occludes nothing (it
+        # is behind the mesh's surface), but it is the object's.
         deeper = np.flatnonzero((s.z >= mesh_z[s.ray]) & ~own & np.isfinite(mesh_z[s.ray]) & (s.alpha > 1e-4))
         if len(deeper):
             points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[deeper]],
                                  scene.cols[s.ray[deeper]], s.z[deeper])
-            own[deeper] = self.annotated_band().inside(points)
+            surfaces = self.annotated_band()
+            own[deeper] = surfaces.inside(points) | surfaces.within(points, band[deeper])
         # the share of the weight the ray places that lies on the object: a field that lets some light leak
         # through the object (weight nowhere) still sees it there
         placed = np.bincount(s.ray, weights=weights, minlength=scene.n_rays)
