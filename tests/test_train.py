@@ -192,12 +192,12 @@ def test_depth_mse_loss_is_the_normalised_expected_distance_error_and_pulls_towa
     t_starts = torch.tensor([1.0, 2.0, 3.0, 4.0])
     t_ends = t_starts + 0.2
     weights = torch.tensor([0.1, 0.3, 0.4, 0.4], requires_grad=True)
-    distance, sigma = torch.tensor([2.0, 3.5, 7.0]), torch.tensor([0.1, 0.5, 1.0])
+    distance, sigma = torch.tensor([2.0, 3.5, 7.0]), torch.tensor([0.1, 0.5, 1.0])  # sigma is not used
     samples = RaySamples(ray_indices, t_starts, t_ends, n_rays=2, weights=weights)
     value = losses.depth_mse_loss(samples, distance, sigma)
     # ray 0: weights 0.1, 0.3 at 1.1, 2.1 -> expected 1.85 (normalised: the ray is not opaque yet); ray 1: 3.6;
     # ray 2 has no sample: it counts in the mean as an empty ray, not as an error
-    expected = (((1.85 - 2.0) / 0.1) ** 2 + ((3.6 - 3.5) / 0.5) ** 2) / 3
+    expected = (((1.85 - 2.0) / 2.0) ** 2 + ((3.6 - 3.5) / 3.5) ** 2) / 3
     assert float(value) == pytest.approx(expected, rel=1e-5)
     value.backward()
     assert float(weights.grad[1]) < 0 < float(weights.grad[0])  # ray 0 falls short: weight moves to the far sample

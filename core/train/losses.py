@@ -80,8 +80,10 @@ def depth_loss(samples: RaySamples, distance: Tensor, sigma: Tensor) -> Tensor:
 
 def depth_mse_loss(samples: RaySamples, distance: Tensor, sigma: Tensor) -> Tensor:
     """NeRF-Supervision's form: the squared error of each ray's expected distance (its weights normalised, so
-    a ray that is not yet opaque is not pulled short) against the SfM point's, in units of the point's
-    allowed spread ``sigma``, averaged over rays. Rays without a sample count as empty, not as errors."""
+    a ray that is not yet opaque is not pulled short) against the SfM point's, relative to that distance (so
+    it means the same at any scale), averaged over rays. Rays without a sample count as empty, not as
+    errors. ``sigma`` is not used: in units of the points' spread (0.5 % of the distance) the term outweighed
+    the photos early in training."""
     ray = samples.ray_indices
     n = len(distance)
     weight_sum = torch.zeros(n, device=distance.device).index_add(0, ray, samples.weights)
@@ -90,7 +92,7 @@ def depth_mse_loss(samples: RaySamples, distance: Tensor, sigma: Tensor) -> Tens
     expected = weighted[hit] / weight_sum[hit]
     if not bool(hit.any()):
         return torch.zeros((), device=distance.device)
-    return (((expected - distance[hit]) / sigma[hit]) ** 2).sum() / n
+    return (((expected - distance[hit]) / distance[hit]) ** 2).sum() / n
 
 
 #: the DS-NeRF depth loss forms (``TrainOptions.depth_loss``)
