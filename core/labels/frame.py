@@ -305,6 +305,7 @@ class FrameLabeler:
         self.box_ids = [i for i, o in enumerate(objects) if not o.is_mesh]
         self._annotated_band: Optional[SurfaceBand] = None  # built on first use (mesh-only labels need none)
         self._model_bands: dict[int, Optional[SurfaceBand]] = {}
+        self._mesh_reach: Optional[float] = None
         if scene is None and self.box_ids:
             raise NeuralLabelError("box objects need a depth source (a field): their pixels are where the "
                                    "field's surface lies inside the box")
@@ -440,7 +441,8 @@ class FrameLabeler:
         # The object's weight also lies past the first band test's reach: inside the mesh (where the field's
         # surface sits behind the true one), or near a side face the ray runs along. It occludes nothing (it
         # is behind the mesh's surface), but it is the object's.
-        deeper = np.flatnonzero((s.z >= mesh_z[s.ray]) & ~own & np.isfinite(mesh_z[s.ray]) & (s.alpha > 1e-4))
+        deeper = np.flatnonzero((s.z >= mesh_z[s.ray]) & (s.z <= mesh_z[s.ray] + self.mesh_depth_reach()) & ~own
+                                & np.isfinite(mesh_z[s.ray]) & (s.alpha > 1e-4))
         if len(deeper):
             points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[deeper]],
                                  scene.cols[s.ray[deeper]], s.z[deeper])
@@ -590,6 +592,14 @@ class FrameLabeler:
         of reach (cameras stand around the objects)."""
         reach = max((float(np.abs(o.bound_points).max(initial=0.0)) for o in self.objects), default=0.0)
         return self.options.occlusion_abs_mm / self.units_to_mm + self.options.occlusion_rel * (2 * reach + 4.0)
+
+    def mesh_depth_reach(self) -> float:
+        """How far behind a mesh's front a ray can still be inside an annotated mesh: the largest mesh's
+        diagonal (world units)."""
+        if self._mesh_reach is None:
+            spans = [np.ptp(o.bound_points, axis=0) for o in self.objects if o.is_mesh and len(o.bound_points)]
+            self._mesh_reach = max((float(np.linalg.norm(x)) for x in spans), default=0.0)
+        return self._mesh_reach
 
     def annotated_band(self) -> SurfaceBand:
         """The surfaces of the annotated meshes (world), built on first use."""
