@@ -513,7 +513,8 @@ class FrameLabeler:
             p_ray = np.bincount(s.ray[idx], weights=weights[idx] * owned, minlength=scene.n_rays)
             p = np.clip(p_ray[rays], 0.0, 1.0)
             p_map[rows, cols] = p
-            opacity = np.bincount(s.ray[idx], weights=weights[idx], minlength=scene.n_rays)
+            # float even when no sample is there (bincount of nothing counts in integers)
+            opacity = np.bincount(s.ray[idx], weights=weights[idx], minlength=scene.n_rays).astype(np.float64)
             p_else_map[rows, cols] = np.clip(opacity[rays] - p_ray[rays], 0.0, 1.0)
             # the field's surface lies in the box: at least half the weight the ray's field places (a ray may
             # leak through a half-transparent object: that weight is nowhere), on a ray with a surface
