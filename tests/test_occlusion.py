@@ -235,8 +235,8 @@ def test_the_inside_of_a_closed_mesh_is_known_and_an_open_mesh_claims_none() -> 
 def test_a_box_pixel_whose_ray_leaks_through_a_faint_object_is_unsure() -> None:
     """A box around an object the field sees only faintly: 40 % of each ray's weight lies in the box, the rest
     leaks past the scene. The pixels are left unlabelled (the ray is under half opaque: no surface) but are not
-    sure of it: the weight the field puts nowhere is no evidence for 'nothing here'. With a crisp wall behind, the rest is on the wall and
-    'nothing' (no box label) is fairly sure."""
+    sure of it: the weight the field puts nowhere is no evidence for 'nothing here'. With a crisp wall behind,
+    the rest is on the wall and 'nothing' (no box label) is fairly sure."""
     from neurallabel.core.spec import SpecObject
 
     box = SpecObject("box", "box", 1, 1, "box", at(-1.0), None, np.full(3, 0.44), False, None)

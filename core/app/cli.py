@@ -95,7 +95,8 @@ def summary_lines(result: dict) -> list[str]:
     if kind == "sfm" and "known_poses" in result:
         return [f"sfm: {result['points']} points triangulated from {result['registered']}/{result['images']} posed "
                 f"images (poses kept from {result['known_poses']}), mean reprojection error "
-                f"{result['mean_reprojection_error_px']:.2f} px, {result['seconds']:.0f} s", f"wrote {result['transforms']}"]
+                f"{result['mean_reprojection_error_px']:.2f} px, {result['seconds']:.0f} s",
+                f"wrote {result['transforms']}"]
     if kind == "sfm":
         return [f"sfm: registered {result['registered']}/{result['images']} images, {result['points']} points, "
                 f"mean reprojection error {result['mean_reprojection_error_px']:.2f} px, {result['seconds']:.0f} s",

@@ -335,7 +335,8 @@ class FrameLabeler:
             transparent = np.isin(nearest, [i for i in mesh_ids if self.objects[i].spec.transparent])
             p_right = np.where(transparent, p_visible, np.minimum(p_visible, p_on_mesh))
             p_right = np.where(mesh_visible, p_right, np.minimum(1.0 - p_visible, p_occluder))
-            conf = confidence_map(covered, mesh_visible, p_right, box_regions, box_visible, p_box, p_elsewhere)  # 6
+            conf = confidence_map(covered, mesh_visible, p_right, box_regions, box_visible, p_box,  # 6
+                                  p_elsewhere)
         instance, category = self.id_maps(visible, shape)
         depth = self.depth_map(mesh_ids, visible, nearest_z, mesh_visible, scene)  # 7
         instances = self.instance_records(view, silhouettes, visible, np.isfinite(depth), box_regions, conf)  # 8
@@ -416,9 +417,9 @@ class FrameLabeler:
         """4. Per pixel (float32 maps, 0 where no mesh is): the probability that the nearest mesh is visible --
         the transmittance from the camera up to the mesh, not counting samples within the band of any annotated
         mesh's surface --, the probability that the ray stops on an annotated object (the share of the weight
-        it places that lies within that band or inside a closed mesh: the field sees the object there), and that it stops on one occluding surface (the occluding
-        weight concentrated around its own median depth: a fog's smeared weight is no surface). All 1 on
-        every covered pixel without a scene."""
+        it places that lies within that band or inside a closed mesh: the field sees the object there), and
+        that it stops on one occluding surface (the occluding weight concentrated around its own median depth:
+        a fog's smeared weight is no surface). All 1 on every covered pixel without a scene."""
         if scene is None:
             return (covered.astype(np.float32),) * 3
         rows, cols = np.nonzero(covered)
