@@ -14,7 +14,7 @@ from neurallabel.core.data.dataset import load_dataset, load_sparse_points
 from neurallabel.core.data.triangulate import triangulate_known_poses
 from neurallabel.core.data.truth import load_scene_truth
 from neurallabel.core.errors import NeuralLabelError
-from neurallabel.core.geometry.cameras import project_points
+from neurallabel.core.geometry.cameras import Intrinsics, project_points
 
 
 def posed_copy(scene: Path, target: Path, missing: tuple[int, ...] = ()) -> Path:
@@ -139,3 +139,18 @@ def test_known_poses_refuse_photos_outside_the_folder_and_the_given_dataset_fold
                  str(tmp_path / "nothing.json")])
     err = capsys.readouterr().err
     assert code == 2 and "nothing.json" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("intrinsics", [
+    Intrinsics(640, 480, 500.0, 502.0, 320.5, 240.25),
+    Intrinsics(640, 480, 500.0, 502.0, 320.5, 240.25, "OPENCV", (0.1, -0.02, 0.001, -0.002)),
+    Intrinsics(640, 480, 500.0, 502.0, 320.5, 240.25, "OPENCV", (0.1, -0.02, 0.001, -0.002, 0.003)),
+    Intrinsics(640, 480, 300.0, 300.0, 320.0, 240.0, "OPENCV_FISHEYE", (0.05, -0.01, 0.002, -0.001))])
+def test_a_known_camera_goes_to_colmap_and_back_unchanged(intrinsics):
+    from neurallabel.core.data.colmap import intrinsics_from_colmap
+    from neurallabel.core.data.triangulate import colmap_camera
+
+    back = intrinsics_from_colmap(colmap_camera(intrinsics, 7))
+    assert back.model == intrinsics.model and (back.width, back.height) == (intrinsics.width, intrinsics.height)
+    assert (back.fx, back.fy, back.cx, back.cy) == (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
+    assert np.allclose((back.distortion + (0.0,) * 5)[:5], (intrinsics.distortion + (0.0,) * 5)[:5])
