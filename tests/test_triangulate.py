@@ -154,3 +154,24 @@ def test_a_known_camera_goes_to_colmap_and_back_unchanged(intrinsics):
     assert back.model == intrinsics.model and (back.width, back.height) == (intrinsics.width, intrinsics.height)
     assert (back.fx, back.fy, back.cx, back.cy) == (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy)
     assert np.allclose((back.distortion + (0.0,) * 5)[:5], (intrinsics.distortion + (0.0,) * 5)[:5])
+
+
+def test_split_files_become_one_transforms_json_with_the_same_frames(posed_scene, tmp_path):
+    """The NeRF-synthetic layout (transforms_train.json + transforms_test.json): one transforms.json comes out,
+    each frame marked with its split, in the same frame order."""
+    data = json.loads((posed_scene / "transforms.json").read_text())
+    given = tmp_path / "given"
+    given.mkdir()
+    test_names = set(data.pop("test_filenames")) | set(data.pop("val_filenames", []))
+    data.pop("train_filenames")
+    for split, keep in (("train", lambda f: f["file_path"] not in test_names),
+                        ("test", lambda f: f["file_path"] in test_names)):
+        part = {**data, "frames": [{**f, "file_path": str((posed_scene / f["file_path"]).resolve())}
+                                   for f in data["frames"] if keep(f)]}
+        (given / f"transforms_{split}.json").write_text(json.dumps(part))
+    triangulate_known_poses(posed_scene / "images", tmp_path / "out", given)
+    before, after = load_dataset(given), load_dataset(tmp_path / "out")
+    assert after.form == "transforms" and len(load_sparse_points(after).points) > 100
+    assert [(f.index, f.split, f.image_path.resolve()) for f in after.frames] == \
+        [(f.index, f.split, f.image_path.resolve()) for f in before.frames]
+    assert {f.split for f in after.frames} == {"train", "test"}
