@@ -274,6 +274,7 @@ class _SceneAnswer:
     samples: RayWeights  # z in world units
     measured: bool  # the scene measures how sure it is (a field): the label math writes a confidence map
     _weights: Optional[np.ndarray] = None
+    _placed: Optional[np.ndarray] = None
 
     @property
     def n_rays(self) -> int:
@@ -283,6 +284,14 @@ class _SceneAnswer:
         if self._weights is None:
             self._weights = self.samples.weights(self.n_rays)
         return self._weights
+
+    def placed(self) -> np.ndarray:
+        """(n_rays,) float64: the weight each ray places in the scene, its opacity (a ray may leak through a
+        half-transparent object: the rest is placed nowhere)."""
+        if self._placed is None:
+            self._placed = np.bincount(self.samples.ray, weights=self.weights(),
+                                       minlength=self.n_rays).astype(np.float64)
+        return self._placed
 
 
 class FrameLabeler:
@@ -451,9 +460,7 @@ class FrameLabeler:
             own[deeper] = surfaces.inside(points) | surfaces.within(points, band[deeper])
         # the share of the weight the ray places that lies on the object: a field that lets some light leak
         # through the object (weight nowhere) still sees it there
-        placed = np.bincount(s.ray, weights=weights, minlength=scene.n_rays)
-        on_mesh = np.divide(np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays), placed,
-                            out=np.zeros(scene.n_rays), where=placed > 0)
+        on_mesh = share_of(np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays), scene.placed())
         occluding = np.flatnonzero(counted)
         occluder = concentrated_weight(s.ray[occluding], s.z[occluding], weights[occluding], scene.n_rays)
         maps = [np.zeros(covered.shape, np.float32) for _ in range(3)]
@@ -514,14 +521,12 @@ class FrameLabeler:
             p_ray = np.bincount(s.ray[idx], weights=weights[idx] * owned, minlength=scene.n_rays)
             p = np.clip(p_ray[rays], 0.0, 1.0)
             p_map[rows, cols] = p
-            # float even when no sample is there (bincount of nothing counts in integers)
-            opacity = np.bincount(s.ray[idx], weights=weights[idx], minlength=scene.n_rays).astype(np.float64)
-            p_else_map[rows, cols] = np.clip(opacity[rays] - p_ray[rays], 0.0, 1.0)
-            # the field's surface lies in the box: at least half the weight the ray's field places (a ray may
-            # leak through a half-transparent object: that weight is nowhere), on a ray with a surface
-            placed = opacity[rays]
-            share = np.divide(p_ray[rays], placed, out=np.zeros_like(placed), where=placed > 0)
-            take = (share >= threshold) & (placed >= SURFACE_OPACITY) & (p > 0) & ~mesh_visible[rows, cols]
+            placed = scene.placed()[rays]
+            p_else_map[rows, cols] = np.clip(placed - p_ray[rays], 0.0, 1.0)
+            # the field's surface lies in the box: at least half the weight the ray places, on a ray with a
+            # surface
+            take = ((share_of(p_ray[rays], placed) >= threshold) & (placed >= SURFACE_OPACITY) & (p > 0)
+                    & ~mesh_visible[rows, cols])
             volume = float(np.prod(box.size))
             take &= volume < owner_volume[rows, cols]
             box_owner[rows[take], cols[take]] = i
@@ -632,6 +637,11 @@ class FrameLabeler:
         origins = np.broadcast_to(view.cam_to_world[:3, 3], dirs.shape)
         hit, distance = self.caster.cast(cast_index, origins, dirs)
         return np.where(hit, distance / norms, np.inf)  # distance -> z-depth (unit z per |dir_cam|)
+
+
+def share_of(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """``part / whole`` per ray (float64), 0 where ``whole`` is 0."""
+    return np.divide(part, whole, out=np.zeros(np.shape(whole)), where=whole > 0)
 
 
 def nearest_mesh(silhouettes: dict[int, _Silhouette], mesh_ids: list[int], shape: tuple[int, int]
