@@ -201,7 +201,7 @@ def fox_model(shared_data, tmp_path_factory):
     work = tmp_path_factory.mktemp("foxcheck")
     images = link_images(FOX_CHECK, shared_data / "fox" / "images", work / "images")
     database = work / "database.db"
-    sfm._extract(pycolmap, database, images, FOX_CHECK, True, "OPENCV", 480, -1, None)
+    sfm.extract_features(pycolmap, database, images, FOX_CHECK, "single", "OPENCV", 480, -1, None)
     sfm.match_images(pycolmap, database, len(FOX_CHECK), "exhaustive", -1, None)
     model = sfm._map(pycolmap, database, images, work / "mapping", len(FOX_CHECK), -1, 0, None)
     assert model.num_reg_images() == len(FOX_CHECK)
@@ -255,7 +255,7 @@ def test_sfm_refuses_a_model_that_fails_its_check_and_writes_it_only_when_allowe
         tries.append(model.num_reg_images())
         return model
 
-    monkeypatch.setattr(sfm, "_extract", lambda pycolmap, db, *args: shutil.copy(database, db))
+    monkeypatch.setattr(sfm, "extract_features", lambda pycolmap, db, *args: shutil.copy(database, db))
     monkeypatch.setattr(sfm, "match_images", lambda *args: None)
     monkeypatch.setattr(sfm, "_map", mapped_and_moved)
     images = link_images(FOX_CHECK, shared_data / "fox" / "images", tmp_path / "images")

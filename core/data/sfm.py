@@ -133,8 +133,8 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, *, downscale: Optional[
         downscale = max(1.0, max_side / FEATURE_SIDE)
     with sfm_workspace(images_dir, out_dir, names) as work:
         database = work / "database.db"
-        _extract(pycolmap, database, images_dir, names, len(sizes) == 1, camera_model,
-                 int(round(max_side / downscale)), num_threads, progress)
+        extract_features(pycolmap, database, images_dir, names, "single" if len(sizes) == 1 else "per_size",
+                         camera_model, int(round(max_side / downscale)), num_threads, progress)
         match_images(pycolmap, database, len(names), matcher, num_threads, progress)
         if weak_pair_fraction > 0:
             prune_weak_pairs(database, weak_pair_fraction)
@@ -222,22 +222,28 @@ def leave_no_trace(claim: OutputClaim, created: Optional[Path]) -> None:
         created.rmdir()
 
 
-def _extract(pycolmap, database: Path, images_dir: Path, names: list[str], one_size: bool, camera_model: str,
-             max_image_size: int, num_threads: int, progress: Optional[ProgressFn]) -> None:
+def extract_features(pycolmap, database: Path, images_dir: Path, names: list[str], cameras: str,
+                     camera_model: Optional[str], max_image_size: int, num_threads: int,
+                     progress: Optional[ProgressFn]) -> None:
+    """SIFT features of ``names`` into ``database``, in chunks so progress moves. ``cameras``: "single" (one
+    camera for all: one image size), "per_size" (COLMAP's AUTO) or "per_image" (each image its own camera, to
+    be set to known intrinsics); ``camera_model``: the COLMAP model to fit (None: COLMAP's default)."""
     reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = camera_model
+    if camera_model is not None:
+        reader.camera_model = camera_model
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = max_image_size
     extraction.num_threads = num_threads
     extraction.use_gpu = False
-    mode = pycolmap.CameraMode.SINGLE if one_size else pycolmap.CameraMode.AUTO
+    mode = {"single": pycolmap.CameraMode.SINGLE, "per_size": pycolmap.CameraMode.AUTO,
+            "per_image": pycolmap.CameraMode.PER_IMAGE}[cameras]
     report(progress, 0, len(names), "sfm: features")
     for start in range(0, len(names), FEATURE_CHUNK):
         chunk = names[start:start + FEATURE_CHUNK]
         pycolmap.extract_features(database, images_dir, image_names=chunk, camera_mode=mode,
                                   reader_options=reader, extraction_options=extraction,
                                   device=pycolmap.Device.cpu)
-        if one_size and start == 0:
+        if cameras == "single" and start == 0:
             reader.existing_camera_id = 1  # later chunks reuse the one camera the first chunk created
         report(progress, min(start + FEATURE_CHUNK, len(names)), len(names), "sfm: features")
 

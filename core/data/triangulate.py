@@ -30,7 +30,7 @@ from ..errors import NeuralLabelError
 from ..geometry.cameras import OPENGL_TO_OPENCV, Intrinsics
 from ..progress import ProgressFn, report
 from .dataset import Frame, load_dataset, normalize_file_path, read_transforms_json, resolve_image
-from .sfm import (FEATURE_CHUNK, FEATURE_SIDE, SFM_OUTPUTS, SfmResult, match_images, publish_outputs,
+from .sfm import (FEATURE_SIDE, SFM_OUTPUTS, SfmResult, extract_features, match_images, publish_outputs,
                   pycolmap_version, sfm_workspace, stage_outputs)
 
 #: nerfstudio's split lists, which name files as the frames do
@@ -100,8 +100,9 @@ def triangulate_known_poses(images_dir: str | Path, out_dir: str | Path, known_p
         downscale = max(1.0, max_side / FEATURE_SIDE)
     with sfm_workspace(images_dir, out_dir, names) as work:
         database = work / "database.db"
-        _extract_per_image(pycolmap, database, images_dir, names, int(round(max_side / downscale)), num_threads,
-                           progress)
+        # each image its own camera, set to its frame's intrinsics below
+        extract_features(pycolmap, database, images_dir, names, "per_image", None, int(round(max_side / downscale)),
+                         num_threads, progress)
         match_images(pycolmap, database, len(names), matcher, num_threads, progress)
         report(progress, 0, 1, "sfm: triangulating")
         known = _posed_reconstruction(pycolmap, database, dict(zip(names, frames)))
@@ -131,22 +132,6 @@ def _name_in(images_dir: Path, frame: Frame, source: Path) -> str:
     except ValueError:
         raise NeuralLabelError(f"{source}: frame {frame.index}'s photo {path} is not inside {images_dir}; give "
                                "the folder that holds the dataset's photos", field="known_poses") from None
-
-
-def _extract_per_image(pycolmap, database: Path, images_dir: Path, names: list[str], max_image_size: int,
-                       num_threads: int, progress: Optional[ProgressFn]) -> None:
-    """SIFT features, one camera per image (each is then set to its frame's intrinsics)."""
-    reader = pycolmap.ImageReaderOptions()
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.max_image_size = max_image_size
-    extraction.num_threads = num_threads
-    extraction.use_gpu = False
-    report(progress, 0, len(names), "sfm: features")
-    for start in range(0, len(names), FEATURE_CHUNK):
-        chunk = names[start:start + FEATURE_CHUNK]
-        pycolmap.extract_features(database, images_dir, image_names=chunk, camera_mode=pycolmap.CameraMode.PER_IMAGE,
-                                  reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
-        report(progress, min(start + FEATURE_CHUNK, len(names)), len(names), "sfm: features")
 
 
 def _posed_reconstruction(pycolmap, database: Path, frame_of: dict[str, Frame]):
