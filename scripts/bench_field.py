@@ -181,7 +181,7 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
 
     ``truth_index(frame)``: the truth frame index of a frame (default its own); ``depth_scale``: truth units
     per field unit (a similarity's scale for an SfM frame)."""
-    psnrs, ssims, object_samples, background_samples = [], [], [], []
+    psnrs, ssims, object_samples, background_samples, object_opacity, background_opacity = [], [], [], [], [], []
     signed_errors = {name: [] for name in DEPTH_ESTIMATES}  # > 0: behind the truth
     per_view = {name: [] for name in DEPTH_ESTIMATES}
     for frame in frames:
@@ -195,6 +195,8 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
         z_true = truth.z_depth(index)
         objects = truth.instance_ids(index) > 0
         valid = objects & np.isfinite(z_true)
+        object_opacity.append(out["opacity"][objects])
+        background_opacity.append(out["opacity"][~objects & np.isfinite(z_true)])
         for name, key in DEPTH_ESTIMATES.items():
             z = np.where(np.isnan(out[key]), np.inf, out[key] * depth_scale)
             signed = (z[valid] - z_true[valid]) / z_true[valid]
@@ -220,6 +222,12 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
                              f"{prefix}share_in_front_1pct": round(float(np.mean(signed < -0.01)), 4),
                              f"{prefix}share_behind_1pct": round(float(np.mean(signed > 0.01)), 4),
                              f"{name}_worst_view_median": round(float(np.nanmax(per_view[name])), 5)})
+        # an object that lets light through (opacity < 1) blends the floor behind it into its colour and depth
+        opacity = np.concatenate(object_opacity)
+        result.update(object_opacity_median=round(float(np.median(opacity)), 4),
+                      object_opacity_p10=round(float(np.percentile(opacity, 10)), 4),
+                      object_share_opaque=round(float(np.mean(opacity >= 0.95)), 4),
+                      background_opacity_median=round(float(np.median(np.concatenate(background_opacity))), 4))
         result.update(samples_per_ray_object=round(float(np.concatenate(object_samples).mean()), 1),
                       samples_per_ray_background=round(float(np.concatenate(background_samples).mean()), 1))
     return result

@@ -84,11 +84,24 @@ def cached_scene(args: argparse.Namespace) -> Path:
     return target
 
 
+def recipe_fingerprint() -> str:
+    """A hash of the training recipe's source (the training loop, its losses and batches, the field model)."""
+    import neurallabel.core.field.model as model_module
+    import neurallabel.core.train as train_package
+
+    digest = hashlib.sha256()
+    files = sorted(Path(train_package.__file__).parent.glob("*.py")) + [Path(model_module.__file__)]
+    for source in files:
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def cached_field(scene: Path, minutes: float, threads: int) -> tuple[Path, dict]:
-    """A field trained on the scene through the default recipe (``TrainOptions`` defaults, ``minutes`` long)."""
+    """A field trained on the scene through the default recipe (``TrainOptions`` defaults, ``minutes`` long),
+    cached under the recipe's fingerprint, so a changed recipe trains a new field."""
     from neurallabel.core.train.loop import TrainOptions, train_field
 
-    path = CACHE / f"field-{scene.name}-{minutes:g}min.pt"
+    path = CACHE / f"field-{scene.name}-{minutes:g}min-{recipe_fingerprint()}.pt"
     info_path = path.with_suffix(".json")
     if not (path.exists() and info_path.is_file()):
         result = train_field(scene, path, TrainOptions(minutes=minutes, threads=threads or None))

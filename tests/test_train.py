@@ -210,8 +210,9 @@ def test_depth_mse_loss_is_the_normalised_expected_distance_error_and_pulls_towa
 
 
 def test_sparsity_loss_sums_each_rays_sample_opacities_and_is_independent_of_where_they_sit():
+    """Each sample pays k log(1 + a / k) for its opacity a: about a while faint, little more for being opaque."""
     from neurallabel.core.render.samples import RaySamples
-    from neurallabel.core.train.losses import sparsity_loss
+    from neurallabel.core.train.losses import SPARSITY_KNEE, sparsity_loss
 
     ray_indices = torch.tensor([0, 0, 1, 1, 1])
     t_starts = torch.tensor([0.1, 0.3, 1.0, 2.0, 3.0])
@@ -219,9 +220,15 @@ def test_sparsity_loss_sums_each_rays_sample_opacities_and_is_independent_of_whe
     sigmas = torch.tensor([1.0, 0.0, 2.0, 4.0, 8.0], requires_grad=True)
     samples = RaySamples(ray_indices, t_starts, t_ends, n_rays=4, sigmas=sigmas)  # rays 2 and 3: no sample
     alphas = [1 - math.exp(-s * d) for s, d in ((1, 0.1), (0, 0.2), (2, 0.5), (4, 0.5), (8, 0.25))]
-    assert float(sparsity_loss(samples).detach()) == pytest.approx(sum(alphas) / 4, rel=1e-6)
+    k = SPARSITY_KNEE
+    assert float(sparsity_loss(samples).detach()) == pytest.approx(sum(k * math.log1p(a / k) for a in alphas) / 4,
+                                                                   rel=1e-6)
     sparsity_loss(samples).backward()
     assert float(sigmas.grad[1]) == pytest.approx(0.2 / 4)  # empty space still pays for density
+    # d/d sigma of k log(1 + a / k) = (1 - a) delta / (1 + a / k): an opaque sample (a = 0.86) is pushed
+    # towards letting light through about ten times less than a linear penalty would
+    a = alphas[4]
+    assert a > 0.8 and float(sigmas.grad[4]) == pytest.approx((1 - a) * 0.25 / (1 + a / k) / 4, rel=1e-5)
     moved = RaySamples(ray_indices, t_starts + 5.0, t_ends + 5.0, n_rays=4, sigmas=sigmas.detach())
     assert float(sparsity_loss(moved)) == pytest.approx(float(sparsity_loss(samples).detach()))
     empty = RaySamples(torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0), n_rays=0,
@@ -272,6 +279,42 @@ def test_gradient_scaling_damps_the_photometric_gradient_near_the_camera_only():
     assert not torch.allclose(grads[1.0][1][0], grads[0.0][1][0])  # the colour network's gradient too
 
 
+def test_expected_background_is_the_random_background_loss_in_closed_form():
+    """"expected" composites over grey and adds (1 - opacity)^2 / 12: the mean, over uniform random colours behind
+    the rays, of the loss and of its gradient, without the noise of one draw per ray. A ray that lets light
+    through costs that light's share of the colour's variance, so the field is pushed to be opaque."""
+    from test_render import solid_below
+
+    from neurallabel.core.train.batch import TrainBatch, background_variance, render_batch
+    from neurallabel.core.train.losses import photometric_loss
+
+    field = solid_below(0.5, density=0.5)  # faint matter: the ray lets about half its light through
+    n = 20000
+    batch = TrainBatch(torch.tensor([[0.0, 0.0, 0.9]]).repeat(n, 1), torch.tensor([[0.0, 0.0, -1.0]]).repeat(n, 1),
+                       torch.tensor([[0.2, 0.6, 0.4]]).repeat(n, 1))
+    results = {}
+    for background in ("expected", "random"):
+        field.zero_grad()
+        torch.manual_seed(1)
+        render = render_batch(field, batch, near=0.0, background=background)
+        loss = photometric_loss(batch, render)
+        loss.backward()
+        results[background] = (float(loss), field.density_grid.grad.clone(), render.rays["opacity"].detach())
+    opacity = results["expected"][2]
+    assert 0.2 < float(opacity.mean()) < 0.9
+    assert background_variance("expected") == pytest.approx(1 / 12) and background_variance("random") == 0.0
+    assert results["expected"][0] == pytest.approx(results["random"][0], rel=0.03)
+    g_expected, g_random = results["expected"][1], results["random"][1]
+    assert float((g_expected - g_random).norm()) < 0.05 * float(g_expected.norm())
+    # the variance term alone pulls towards opacity: its gradient on the density is negative
+    field.zero_grad()
+    render = render_batch(field, batch, near=0.0, background="expected")
+    (render.background_variance * ((1 - render.rays["opacity"]) ** 2).mean()).backward()
+    assert float(field.density_grid.grad.sum()) < 0
+    with pytest.raises(NeuralLabelError, match="background"):
+        render_batch(field, batch, near=0.0, background="white")
+
+
 def test_loss_terms_are_weighted_and_summed_so_a_new_term_is_only_added():
     from types import SimpleNamespace
 
@@ -292,7 +335,7 @@ def test_default_terms_follow_the_options():
     from neurallabel.core.train.losses import default_terms
 
     names = lambda terms: [t.name for t in terms]  # noqa: E731
-    # no opacity term: the random background asks for opaque photos
+    # no opacity term: the background colour asks for opaque photos
     assert names(default_terms(TrainOptions(), depth=False)) == ["rgb", "distortion", "sparsity"]
     terms = default_terms(TrainOptions(opacity_weight=0.1, sparsity_final=0.5), depth=False)
     assert names(terms) == ["rgb", "opacity", "distortion", "sparsity"]

@@ -203,6 +203,9 @@ class TrainRender:
     depth_samples: Optional[RaySamples] = None
     #: ``samples`` with their intervals in the field's normalised contracted distance (regularisers use it)
     contracted: Optional[RaySamples] = None
+    #: the variance per channel of the colour behind the rays that the render left out of ``rgb``
+    #: (:func:`background_variance`): the photometric loss adds ``(1 - opacity) ** 2`` times it
+    background_variance: float = 0.0
 
 
 #: the power of the gradient scaling's ramp, ``min(1, t / scaling_distance) ** power``. The sparsity term is not
@@ -219,29 +222,56 @@ def gradient_scale(distances: Tensor, scaling_distance: float) -> Tensor:
     return (distances / scaling_distance).clamp(max=1.0) ** GRADIENT_SCALING_POWER
 
 
+#: what lies behind a training ray (``TrainOptions.background``)
+BACKGROUNDS = ("expected", "random", "learned")
+#: the variance of a uniform random colour channel in [0, 1]
+UNIFORM_VARIANCE = 1.0 / 12.0
+
+
 def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
-                 depth_only: bool = False, random_background: bool = False, scaling_distance: float = 0.0,
+                 depth_only: bool = False, background: str = "learned", scaling_distance: float = 0.0,
                  backend: str = "auto") -> tuple[dict[str, Tensor], RaySamples]:
     """Stratified samples (no gradient), then density/colour with gradients at those samples.
+
+    ``background``: the colour behind each ray. "random": a uniform random colour per ray; "expected": its
+    mean, grey (the loss adds the rest of the expectation, :func:`background_variance`); "learned": the
+    field's background colour.
 
     ``scaling_distance`` > 0: the rendered outputs' gradients reach each sample's density and colour scaled by
     :func:`gradient_scale` (:func:`..render.volrend.scale_gradient`). The returned samples keep
     the unscaled densities, so the sparsity term acts at full strength everywhere; their weights carry the
     scaled gradient (as the photometric loss does)."""
+    if background not in BACKGROUNDS:
+        raise NeuralLabelError(f"background {background!r} is not one of {', '.join(BACKGROUNDS)}",
+                               field="background")
     samples = march(field, origins, directions, near=near, stratified=True, backend=backend)
     sigmas = field.density(samples.points(origins, directions))
     samples = samples.with_values(sigmas=sigmas)
-    # A random colour behind every ray: the photos are opaque, so the field must explain each pixel with
-    # density instead of leaning on a background colour (which would leave holes in the depth).
-    background = torch.rand(origins.shape[0], 3, device=origins.device) if random_background else None
+    behind = None
+    if background == "random":
+        behind = torch.rand(origins.shape[0], 3, device=origins.device)
+    elif background == "expected":
+        behind = torch.full((origins.shape[0], 3), 0.5, device=origins.device)
     factor = None
     if scaling_distance > 0 and len(samples):
         factor = gradient_scale(samples.mids, scaling_distance)
         samples = samples.with_values(sigmas=scale_gradient(sigmas, factor))
     # no median distance: no loss uses it (it costs a cumulative sum and a scatter per step)
-    out, weighted = composite(field, origins, directions, samples, depth_only=depth_only, background=background,
+    out, weighted = composite(field, origins, directions, samples, depth_only=depth_only, background=behind,
                               median=False, sample_gradient_scale=factor)
     return out, weighted.with_values(sigmas=sigmas)
+
+
+def background_variance(background: str) -> float:
+    """The variance per colour channel of what lies behind a training ray.
+
+    The photos are opaque: every pixel sees a surface. A random colour behind each ray makes light that
+    passes through the field cost its share of that colour's variance, so the field must explain each pixel
+    with density; a constant colour would stand in for the missing surface. "expected" takes the
+    expectation of the squared error over that random colour in closed form, ``(c + (1 - o) / 2 - t) ** 2
+    + (1 - o) ** 2 / 12``: the same mean gradient without the noise of a draw per ray, whose zero-mean part
+    Adam would weigh as much as the sparsity term's steady push towards letting light through."""
+    return UNIFORM_VARIANCE if background == "expected" else 0.0
 
 
 def contracted_samples(field: Field, samples: RaySamples, origins: Tensor, directions: Tensor, near: float
@@ -256,13 +286,13 @@ def contracted_samples(field: Field, samples: RaySamples, origins: Tensor, direc
     return replace(samples, t_starts=s_starts, t_ends=s_ends)
 
 
-def render_batch(field: Field, batch: TrainBatch, *, near: float, random_background: bool,
+def render_batch(field: Field, batch: TrainBatch, *, near: float, background: str,
                  scaling_distance: float = 0.0, backend: str = "auto") -> TrainRender:
-    rays, samples = render_train(field, batch.origins, batch.directions, near=near,
-                                 random_background=random_background, scaling_distance=scaling_distance,
-                                 backend=backend)
+    rays, samples = render_train(field, batch.origins, batch.directions, near=near, background=background,
+                                 scaling_distance=scaling_distance, backend=backend)
     render = TrainRender(rays, samples, contracted=contracted_samples(field, samples, batch.origins,
-                                                                      batch.directions, near))
+                                                                      batch.directions, near),
+                         background_variance=background_variance(background))
     if batch.depth is not None:
         render.depth_rays, render.depth_samples = render_train(
             field, batch.depth.origins, batch.depth.directions, near=near, depth_only=True, backend=backend)

@@ -2,8 +2,8 @@
 
 One step: draw random pixels of the train images (as many rays as keep ~``samples_per_step`` samples, the
 nerfacc "dynamic batch"), march them through the occupancy grid (stratified), evaluate density and colour
-with gradients at the surviving samples, composite over a random background colour per ray (photos are
-opaque), and take an Adam step on the sum of the loss terms (:mod:`.losses`: photometric, distortion,
+with gradients at the surviving samples, composite over the expectation of a random background colour (photos are
+opaque: :func:`.batch.background_variance`), and take an Adam step on the sum of the loss terms (:mod:`.losses`: photometric, distortion,
 sparsity, DS-NeRF depth and opacity when asked). :mod:`.schedules` says what
 changes over the run: the occupancy grid follows nerfacc's schedule (every 16 steps; all cells during
 warm-up, then a quarter plus the occupied ones), the density grid grows coarse-to-fine, the learning
@@ -30,9 +30,8 @@ from ..field.checkpoint import check_dataset, dataset_fingerprint, load_checkpoi
 from ..field.model import Field
 from ..progress import ProgressFn, report
 from ..render.march import MARCHERS, choose_backend
-from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, check_one_size, draw_batch, load_depth_targets,
-                    load_ray_bank,
-                    render_batch)
+from .batch import (BACKGROUNDS, DepthTargets, RayBank, TrainBatch, TrainRender, check_one_size, draw_batch,
+                    load_depth_targets, load_ray_bank, render_batch)
 from .bounds import (default_near, density_lr_scale, field_config_for, median_camera_distance,
                      views_per_vertex)
 from .losses import DEPTH_LOSSES, LossTerm, default_terms, total_loss
@@ -50,9 +49,9 @@ class TrainOptions:
     strict: bool = False
     depth_supervision: bool = False
     depth_loss: str = "kl"  # with depth_supervision: DS-NeRF's KL form, or "mse" of the expected distance
-    # a random colour behind each training ray (see batch.render_train): photos see a surface at every pixel,
-    # so the field must explain each one with density (a constant background colour would stand in for it)
-    random_background: bool = True
+    # the colour behind each training ray (batch.BACKGROUNDS, batch.background_variance): "expected", the
+    # closed form of a uniform random colour; "random", one drawn per ray; "learned", the field's own
+    background: str = "expected"
     # a loss pulling every training ray to full opacity (the other way to ask for opaque photos): with a
     # learned background colour it sank the floor of open scenes below its true height, so it is off
     opacity_weight: float = 0.0
@@ -202,6 +201,9 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
     if options.depth_loss not in DEPTH_LOSSES:
         raise NeuralLabelError(f"depth_loss {options.depth_loss!r} is not one of {', '.join(DEPTH_LOSSES)}",
                                field="depth_loss")
+    if options.background not in BACKGROUNDS:
+        raise NeuralLabelError(f"background {options.background!r} is not one of {', '.join(BACKGROUNDS)}",
+                               field="background")
     if options.threads:
         torch.set_num_threads(options.threads)
     dataset = load_dataset(data, options.downscale, options.strict)
@@ -351,7 +353,7 @@ def train_field(data: str | Path, out: str | Path, options: TrainOptions,
         fraction = done_fraction()
         apply_schedules(setup, state, fraction)
         batch = draw_batch(setup.bank, setup.depth_targets, state.rays_per_step, generator, setup.device)
-        render = render_batch(state.field, batch, near=setup.near, random_background=options.random_background,
+        render = render_batch(state.field, batch, near=setup.near, background=options.background,
                               scaling_distance=setup.scaling_distance, backend=marcher)
         loss, _ = total_loss(setup.terms, fraction, batch, render)
         optimiser_step(state, loss)

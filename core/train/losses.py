@@ -26,6 +26,8 @@ DEPTH_WEIGHT = 0.1
 DISTORTION = (0.1, 0.1)
 #: sparsity loss weight at the start of training and the share of it left at the end
 SPARSITY = (0.01, 1.0)
+#: the sample opacity up to which the sparsity penalty is about linear (:func:`sparsity_loss`)
+SPARSITY_KNEE = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,17 @@ def total_loss(terms: list[LossTerm], fraction: float, batch: TrainBatch, render
 
 
 def photometric_loss(batch: TrainBatch, render: TrainRender) -> Tensor:
-    return torch.nn.functional.mse_loss(render.rays["rgb"], batch.target_rgb)
+    """The mean squared colour error, plus the expected error from the colour behind each ray that the render
+    left out (:func:`.batch.background_variance`)."""
+    loss = torch.nn.functional.mse_loss(render.rays["rgb"], batch.target_rgb)
+    if render.background_variance > 0:
+        loss = loss + render.background_variance * ((1.0 - render.rays["opacity"]) ** 2).mean()
+    return loss
 
 
 def opacity_loss(batch: TrainBatch, render: TrainRender) -> Tensor:
-    """Off by default: the random background colour asks for opaque photos without it (see ``TrainOptions``).
+    """Off by default: the colour behind each training ray asks for opaque photos without it
+    (:func:`.batch.background_variance`).
     Every pixel of a photo sees a surface (the box boundary stands in for the sky), so a learned
     background colour must not replace geometry: that would leave holes in the depth."""
     return (1.0 - render.rays["opacity"]).mean()
@@ -114,14 +122,20 @@ def distortion_loss(samples: RaySamples) -> Tensor:
 
 
 def sparsity_loss(samples: RaySamples) -> Tensor:
-    """The sum of each ray's sample opacities ``1 - exp(-sigma delta)``, averaged over rays: density that no
-    photo needs costs something, so floaters above the subject and the haze in front of it dissolve. It
-    does not depend on where along the ray the density sits, so unlike a stronger distortion loss it does
-    not drag surfaces (the floor of an open scene) away from their place."""
+    """The sum of each ray's sample opacities ``a = 1 - exp(-sigma delta)``, each taken as
+    ``k log(1 + a / k)`` (k = :data:`SPARSITY_KNEE`), averaged over rays: density that no photo needs costs
+    something, so floaters above the subject and the haze in front of it dissolve. It does not depend on
+    where along the ray the density sits, so unlike a stronger distortion loss it does not drag surfaces (the
+    floor of an open scene) away from their place.
+
+    A faint sample (a haze) pays about its opacity; an opaque one pays little more for being opaque. Linear
+    all the way, every surface found it cheaper to let some light through to whatever lies behind it (its
+    colour blended in) than to pay for its last tenths of opacity: objects let a fifth of the light through
+    (``scripts/bench_field.py``: object opacity)."""
     if samples.n_rays == 0:
         return torch.zeros((), device=samples.sigmas.device)
     alpha = 1.0 - torch.exp(-samples.sigmas * samples.deltas)
-    return alpha.sum() / samples.n_rays
+    return (SPARSITY_KNEE * torch.log1p(alpha / SPARSITY_KNEE)).sum() / samples.n_rays
 
 
 def distortion_for(options: "TrainOptions") -> tuple[float, float]:
