@@ -227,30 +227,3 @@ def test_skip_distances_nested_or_per_level(monkeypatch):
     assert grid.skip_cells() is nested and grid.skip_cells(nested=False) is per_level  # both cached
     grid.binaries[0, 0, 0, 0] = True
     assert int(grid.skip_cells(nested=False)[0, 0, 0, 0]) == 0  # a change to the grid is seen
-
-
-def test_the_occupancy_grid_measures_a_background_cell_per_the_step_a_render_takes_there():
-    """Past ``background_from`` the steps grow with the distance: a cell's opacity is its density times that
-    step, not the region's step, or a background cell looks many times fainter than the rays find it and
-    is culled."""
-    config = FieldConfig(roi_aabb=[[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]], levels=5, density_resolution=32,
-                         plane_resolutions=(8,), occupancy_resolution=16, cone_angle=1 / 64, background_from=1.5,
-                         contracted_density=True)
-    field = Field(config)
-    steps = field.render_step_at(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 4.0]]))
-    assert steps.tolist() == pytest.approx([field.render_step_size, field.render_step_size, 4.0 / 64])
-    field.update_occupancy(samples_per_cell=1, decay=0.0)
-    level = config.levels - 1
-    cells = torch.arange(config.occupancy_resolution ** 3)
-    centres = field.occupancy.cell_points(level, cells, jitter=False)
-    far = (centres - field.roi_centre).norm(dim=-1) > 4.0
-    occs = field.occupancy.occs.view(config.levels, -1)[level, cells[far]]
-    with torch.no_grad():
-        per_render_step = field.density(centres[far]) * field.render_step_at(centres[far])
-        per_region_step = field.density(centres[far]) * field.render_step_size
-    ratio = occs / per_render_step
-    assert 0.3 < float(ratio.median()) < 3.0
-    assert float((occs / per_region_step).median()) > 10.0
-    # no cone: one step everywhere
-    field.config.cone_angle = 0.0
-    assert field.render_step_at(torch.tensor([[0.0, 0.0, 4.0]])).tolist() == pytest.approx([field.render_step_size])

@@ -210,9 +210,10 @@ def test_depth_mse_loss_is_the_normalised_expected_distance_error_and_pulls_towa
 
 
 def test_sparsity_loss_sums_each_rays_sample_opacities_and_is_independent_of_where_they_sit():
-    """Each sample pays k log(1 + a / k) for its opacity a: about a while faint, little more for being opaque."""
+    """Each sample pays its opacity a; with a knee k, k log(1 + a / k): about a while faint, little more for
+    being opaque."""
     from neurallabel.core.render.samples import RaySamples
-    from neurallabel.core.train.losses import SPARSITY_KNEE, sparsity_loss
+    from neurallabel.core.train.losses import sparsity_loss
 
     ray_indices = torch.tensor([0, 0, 1, 1, 1])
     t_starts = torch.tensor([0.1, 0.3, 1.0, 2.0, 3.0])
@@ -220,11 +221,16 @@ def test_sparsity_loss_sums_each_rays_sample_opacities_and_is_independent_of_whe
     sigmas = torch.tensor([1.0, 0.0, 2.0, 4.0, 8.0], requires_grad=True)
     samples = RaySamples(ray_indices, t_starts, t_ends, n_rays=4, sigmas=sigmas)  # rays 2 and 3: no sample
     alphas = [1 - math.exp(-s * d) for s, d in ((1, 0.1), (0, 0.2), (2, 0.5), (4, 0.5), (8, 0.25))]
-    k = SPARSITY_KNEE
-    assert float(sparsity_loss(samples).detach()) == pytest.approx(sum(k * math.log1p(a / k) for a in alphas) / 4,
-                                                                   rel=1e-6)
+    assert float(sparsity_loss(samples).detach()) == pytest.approx(sum(alphas) / 4, rel=1e-6)
     sparsity_loss(samples).backward()
     assert float(sigmas.grad[1]) == pytest.approx(0.2 / 4)  # empty space still pays for density
+    assert float(sigmas.grad[4]) == pytest.approx((1 - alphas[4]) * 0.25 / 4, rel=1e-5)
+    k = 0.1
+    sigmas.grad = None
+    kneed = sparsity_loss(samples, knee=k)
+    assert float(kneed.detach()) == pytest.approx(sum(k * math.log1p(a / k) for a in alphas) / 4, rel=1e-6)
+    kneed.backward()
+    assert float(sigmas.grad[1]) == pytest.approx(0.2 / 4)
     # d/d sigma of k log(1 + a / k) = (1 - a) delta / (1 + a / k): an opaque sample (a = 0.86) is pushed
     # towards letting light through about ten times less than a linear penalty would
     a = alphas[4]

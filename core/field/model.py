@@ -238,23 +238,7 @@ class Field(torch.nn.Module):
             self.occupancy.update_from_cell_values(
                 values[None], **{k: v for k, v in kwargs.items() if k in ("threshold", "decay", "absolute")})
         else:
-            self.occupancy.update(lambda points: self.density(points) * self.render_step_at(points), 1.0, **kwargs)
-
-    def render_step_at(self, points: Tensor) -> Tensor:
-        """(N,) the step a render marches near world ``points``: the region's step, growing as distance x
-        ``cone_angle`` past ``background_from`` (:class:`..render.march.Lattice`). The distance from the
-        region's centre stands in for the distance from the camera.
-
-        The occupancy grid keeps a cell by the opacity of one such step. Measured per region step instead, a
-        background cell, marched in steps many times longer, looked far fainter than the rays found it; it
-        was culled before training could raise it, and the distant walls of a room never formed."""
-        step = self.render_step_size
-        cone = self.config.cone_angle
-        if cone <= 0:
-            return torch.full(points.shape[:1], step, device=points.device)
-        distance = (points - self.roi_centre).norm(dim=-1)
-        grows = distance >= max(self.config.background_from, step / cone)
-        return torch.where(grows, distance * cone, torch.full_like(distance, step)).clamp_min(step)
+            self.occupancy.update(self.density, self.render_step_size, **kwargs)
 
     @torch.no_grad()
     def cell_max_density(self) -> Tensor:

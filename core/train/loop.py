@@ -2,7 +2,7 @@
 
 One step: draw random pixels of the train images (as many rays as keep ~``samples_per_step`` samples, the
 nerfacc "dynamic batch"), march them through the occupancy grid (stratified), evaluate density and colour
-with gradients at the surviving samples, composite over the expectation of a random background colour (photos are
+with gradients at the surviving samples, composite over a random background colour per ray (photos are
 opaque: :func:`.batch.background_variance`), and take an Adam step on the sum of the loss terms (:mod:`.losses`: photometric, distortion,
 sparsity, DS-NeRF depth and opacity when asked). :mod:`.schedules` says what
 changes over the run: the occupancy grid follows nerfacc's schedule (every 16 steps; all cells during
@@ -49,9 +49,9 @@ class TrainOptions:
     strict: bool = False
     depth_supervision: bool = False
     depth_loss: str = "kl"  # with depth_supervision: DS-NeRF's KL form, or "mse" of the expected distance
-    # the colour behind each training ray (batch.BACKGROUNDS, batch.background_variance): "expected", the
-    # closed form of a uniform random colour; "random", one drawn per ray; "learned", the field's own
-    background: str = "expected"
+    # the colour behind each training ray (batch.BACKGROUNDS, batch.background_variance): "random", a uniform
+    # random colour drawn per ray; "expected", its closed form (no noise); "learned", the field's own
+    background: str = "random"
     # a loss pulling every training ray to full opacity (the other way to ask for opaque photos): with a
     # learned background colour it sank the floor of open scenes below its true height, so it is off
     opacity_weight: float = 0.0
@@ -61,6 +61,9 @@ class TrainOptions:
     # the opacity of every sample, summed per ray (losses.sparsity_loss). None: losses.SPARSITY
     sparsity_weight: Optional[float] = None
     sparsity_final: Optional[float] = None
+    # the sample opacity past which the sparsity price flattens (losses.sparsity_loss); None: linear. 0.1 closes
+    # the light that objects let through, and lets opaque floaters live (scripts/bench_labels.py)
+    sparsity_knee: Optional[float] = None
     min_views: int = 3  # density-grid vertices seen by fewer train cameras stay empty (see views_per_vertex)
     # "Floaters No More" (Philip & Deschaintre 2023): the photometric gradient of a sample closer to its camera
     # than this x the median camera distance to the look-at point is scaled by
@@ -201,6 +204,8 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
     if options.depth_loss not in DEPTH_LOSSES:
         raise NeuralLabelError(f"depth_loss {options.depth_loss!r} is not one of {', '.join(DEPTH_LOSSES)}",
                                field="depth_loss")
+    if options.sparsity_knee is not None and not options.sparsity_knee > 0:
+        raise NeuralLabelError(f"sparsity_knee must be positive, got {options.sparsity_knee}", field="sparsity_knee")
     if options.background not in BACKGROUNDS:
         raise NeuralLabelError(f"background {options.background!r} is not one of {', '.join(BACKGROUNDS)}",
                                field="background")

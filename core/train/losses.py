@@ -26,8 +26,6 @@ DEPTH_WEIGHT = 0.1
 DISTORTION = (0.1, 0.1)
 #: sparsity loss weight at the start of training and the share of it left at the end
 SPARSITY = (0.01, 1.0)
-#: the sample opacity up to which the sparsity penalty is about linear (:func:`sparsity_loss`)
-SPARSITY_KNEE = 0.1
 
 
 @dataclass(frozen=True)
@@ -121,21 +119,22 @@ def distortion_loss(samples: RaySamples) -> Tensor:
     return (inter + intra).sum() / samples.n_rays
 
 
-def sparsity_loss(samples: RaySamples) -> Tensor:
-    """The sum of each ray's sample opacities ``a = 1 - exp(-sigma delta)``, each taken as
-    ``k log(1 + a / k)`` (k = :data:`SPARSITY_KNEE`), averaged over rays: density that no photo needs costs
-    something, so floaters above the subject and the haze in front of it dissolve. It does not depend on
-    where along the ray the density sits, so unlike a stronger distortion loss it does not drag surfaces (the
-    floor of an open scene) away from their place.
+def sparsity_loss(samples: RaySamples, knee: Optional[float] = None) -> Tensor:
+    """The sum of each ray's sample opacities ``a = 1 - exp(-sigma delta)``, averaged over rays: density that no
+    photo needs costs something, so floaters above the subject and the haze in front of it dissolve. It
+    does not depend on where along the ray the density sits, so unlike a stronger distortion loss it does
+    not drag surfaces (the floor of an open scene) away from their place.
 
-    A faint sample (a haze) pays about its opacity; an opaque one pays little more for being opaque. Linear
-    all the way, every surface found it cheaper to let some light through to whatever lies behind it (its
-    colour blended in) than to pay for its last tenths of opacity: objects let a fifth of the light through
-    (``scripts/bench_field.py``: object opacity)."""
+    ``knee``: each opacity is taken as ``knee * log(1 + a / knee)`` instead, so a faint sample pays about its
+    opacity and an opaque one little more for being opaque (``TrainOptions.sparsity_knee``). Linear, every
+    surface finds it cheaper to let some light through to whatever lies behind it (its colour blended in)
+    than to pay for its last tenths of opacity; with the knee, an opaque floater costs as little."""
     if samples.n_rays == 0:
         return torch.zeros((), device=samples.sigmas.device)
     alpha = 1.0 - torch.exp(-samples.sigmas * samples.deltas)
-    return (SPARSITY_KNEE * torch.log1p(alpha / SPARSITY_KNEE)).sum() / samples.n_rays
+    if knee is not None:
+        alpha = knee * torch.log1p(alpha / knee)
+    return alpha.sum() / samples.n_rays
 
 
 def distortion_for(options: "TrainOptions") -> tuple[float, float]:
@@ -170,7 +169,7 @@ def default_terms(options: "TrainOptions", *, depth: bool) -> list[LossTerm]:
     start, final = sparsity_for(options)
     if start > 0:
         terms.append(LossTerm("sparsity", exponential(start, final),
-                              lambda batch, render: sparsity_loss(render.samples)))
+                              lambda batch, render: sparsity_loss(render.samples, options.sparsity_knee)))
     if depth:
         form = depth_mse_loss if options.depth_loss == "mse" else depth_loss
         terms.append(LossTerm("depth", constant(DEPTH_WEIGHT), lambda batch, render: form(
