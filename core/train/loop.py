@@ -3,8 +3,8 @@
 One step: draw random pixels of the train images (as many rays as keep ~``samples_per_step`` samples, the
 nerfacc "dynamic batch"), march them through the occupancy grid (stratified), evaluate density and colour
 with gradients at the surviving samples, composite over a random background colour per ray (photos are
-opaque: :func:`.batch.background_variance`), and take an Adam step on the sum of the loss terms (:mod:`.losses`: photometric, distortion,
-sparsity, DS-NeRF depth and opacity when asked). :mod:`.schedules` says what
+opaque: :func:`.batch.background_variance`), and take an Adam step on the sum of the loss terms
+(:mod:`.losses`: photometric, distortion, sparsity, DS-NeRF depth and opacity when asked). :mod:`.schedules` says what
 changes over the run: the occupancy grid follows nerfacc's schedule (every 16 steps; all cells during
 warm-up, then a quarter plus the occupied ones), the density grid grows coarse-to-fine, the learning
 rates decay.
