@@ -241,9 +241,7 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
     :func:`gradient_scale` (:func:`..render.volrend.scale_gradient`). The returned samples keep
     the unscaled densities, so the sparsity term acts at full strength everywhere; their weights carry the
     scaled gradient (as the photometric loss does)."""
-    if background not in BACKGROUNDS:
-        raise NeuralLabelError(f"background {background!r} is not one of {', '.join(BACKGROUNDS)}",
-                               field="background")
+    check_background(background)
     samples = march(field, origins, directions, near=near, stratified=True, backend=backend)
     sigmas = field.density(samples.points(origins, directions))
     samples = samples.with_values(sigmas=sigmas)
@@ -260,6 +258,13 @@ def render_train(field: Field, origins: Tensor, directions: Tensor, *, near: flo
     out, weighted = composite(field, origins, directions, samples, depth_only=depth_only, background=behind,
                               median=False, sample_gradient_scale=factor)
     return out, weighted.with_values(sigmas=sigmas)
+
+
+def check_background(background: str) -> None:
+    """Refuse a background that is not one of :data:`BACKGROUNDS`, naming the field."""
+    if background not in BACKGROUNDS:
+        raise NeuralLabelError(f"background {background!r} is not one of {', '.join(BACKGROUNDS)}",
+                               field="background")
 
 
 def background_variance(background: str) -> float:

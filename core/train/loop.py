@@ -4,8 +4,8 @@ One step: draw random pixels of the train images (as many rays as keep ~``sample
 nerfacc "dynamic batch"), march them through the occupancy grid (stratified), evaluate density and colour
 with gradients at the surviving samples, composite over a random background colour per ray (photos are
 opaque: :func:`.batch.background_variance`), and take an Adam step on the sum of the loss terms
-(:mod:`.losses`: photometric, distortion, sparsity, DS-NeRF depth and opacity when asked). :mod:`.schedules` says what
-changes over the run: the occupancy grid follows nerfacc's schedule (every 16 steps; all cells during
+(:mod:`.losses`: photometric, distortion, sparsity, DS-NeRF depth and opacity when asked). :mod:`.schedules`
+says what changes over the run: the occupancy grid follows nerfacc's schedule (every 16 steps; all cells during
 warm-up, then a quarter plus the occupied ones), the density grid grows coarse-to-fine, the learning
 rates decay.
 
@@ -30,8 +30,8 @@ from ..field.checkpoint import check_dataset, dataset_fingerprint, load_checkpoi
 from ..field.model import Field
 from ..progress import ProgressFn, report
 from ..render.march import MARCHERS, choose_backend
-from .batch import (BACKGROUNDS, DepthTargets, RayBank, TrainBatch, TrainRender, check_one_size, draw_batch,
-                    load_depth_targets, load_ray_bank, render_batch)
+from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, check_background, check_one_size,
+                    draw_batch, load_depth_targets, load_ray_bank, render_batch)
 from .bounds import (default_near, density_lr_scale, field_config_for, median_camera_distance,
                      views_per_vertex)
 from .losses import DEPTH_LOSSES, LossTerm, default_terms, total_loss
@@ -206,9 +206,7 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
                                field="depth_loss")
     if options.sparsity_knee is not None and not options.sparsity_knee > 0:
         raise NeuralLabelError(f"sparsity_knee must be positive, got {options.sparsity_knee}", field="sparsity_knee")
-    if options.background not in BACKGROUNDS:
-        raise NeuralLabelError(f"background {options.background!r} is not one of {', '.join(BACKGROUNDS)}",
-                               field="background")
+    check_background(options.background)
     if options.threads:
         torch.set_num_threads(options.threads)
     dataset = load_dataset(data, options.downscale, options.strict)
