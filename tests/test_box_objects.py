@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import trimesh
+from scipy.ndimage import binary_dilation
 
 from neurallabel.core.geometry.cameras import Intrinsics, camera_directions
 from neurallabel.core.geometry.projection import backproject
@@ -86,10 +87,14 @@ def test_the_floor_through_the_torus_hole_is_not_the_torus() -> None:
     in_box = inside_rigid_box(box, backproject(INTR, CAMERA, rows, cols, z))
     hole[rows[in_box], cols[in_box]] = True  # floor inside the box: the hole and the rim around the torus
     assert hole.sum() > 50
-    assert not (mine & hole).any()
+    # A pixel next to the torus's silhouette whose ray grazes the torus's soft edge before the floor is the
+    # torus's: the light behind an object counts as leaked through it (frame.box_probability). No other.
+    edge = binary_dilation(torus) & ~torus
+    assert not (mine & hole & ~edge).any()
+    assert (mine & hole).sum() <= 0.05 * hole.sum()
     assert iou(mine, torus) >= 0.93
-    # Confidence: sure on the torus and on the floor through its hole.
-    assert np.mean(labels.confidence[mine] >= 0.5) == 1.0
+    # Confidence: sure on the torus and on the floor through its hole (a grazing ray is unsure).
+    assert np.mean(labels.confidence[mine & ~edge] >= 0.5) == 1.0
     assert np.mean(labels.confidence[hole] >= 0.5) >= 0.95
 
 
@@ -187,3 +192,29 @@ def test_a_box_holds_the_surface_on_the_faces_it_is_seen_from_outside() -> None:
     assert box_holds(box, eye, points).tolist() == [True] * 5 + [False] * 4
     # a camera inside the box's slab sees neither +z nor -z: the bottom stays the floor's
     assert not box_holds(box, np.array([-1.0, 0.0, 0.0]), points[5:6]).any()
+
+
+def test_box_entry_z_is_where_a_ray_first_enters_the_box() -> None:
+    """Rays from outside (some parallel to a face), from inside, and rays that miss, against a fine march."""
+    from neurallabel.core.labels.frame import box_entry_z
+
+    rng = np.random.default_rng(3)
+    angle = 0.7
+    pose = np.eye(4)
+    pose[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    pose[:3, 3] = [0.1, -0.2, 0.3]
+    box = Box(pose, np.array([0.2, 0.3, 0.1]))
+    grown = Box(pose, box.size + 2 * box_precision(box))
+    for eye in ([0.1, -0.2, 1.0], [0.1, -0.2, 0.3], [1.0, 1.0, 0.3]):
+        eye = np.asarray(eye, float)
+        directions = rng.normal(size=(150, 3))
+        directions[:50] = (pose[:3, 3] - eye) + rng.normal(scale=0.05, size=(50, 3))  # most hit
+        directions[50:60] = pose[:3, :3] @ np.array([1.0, 0.0, 0.0])  # parallel to four faces
+        entry = box_entry_z(box, eye, directions)
+        t = np.linspace(0.0, 3.0, 10001)
+        for direction, z in zip(directions, entry):
+            inside = inside_rigid_box(grown, eye + t[:, None] * direction)
+            if not inside.any():
+                assert np.isinf(z)
+            else:
+                assert abs(z - t[np.argmax(inside)]) <= 4e-4

@@ -173,6 +173,34 @@ def inside_rigid_box(box: Box, points: np.ndarray) -> np.ndarray:
     return np.all(np.abs(local) <= box.size / 2, axis=1)
 
 
+def box_entry_z(box: Box, eye: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """(N,) the z-depth at which rays from ``eye`` along ``directions`` (N, 3) (world, scaled to unit z-depth)
+    enter ``box`` (grown by :func:`box_precision`); 0 for an eye inside it, inf for a ray that misses it."""
+    half = np.asarray(box.size, dtype=np.float64) / 2 + box_precision(box)
+    origin = (np.asarray(eye, dtype=np.float64) - box.pose[:3, 3]) @ box.pose[:3, :3]
+    local = np.asarray(directions, dtype=np.float64) @ box.pose[:3, :3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = (-half - origin) / local, (half - origin) / local
+    # a direction parallel to a slab: inside it everywhere (nan from 0/0 on its face counts as inside) or never
+    parallel = local == 0
+    outside = parallel & (np.abs(origin) > half)
+    near = np.where(parallel, -np.inf, np.minimum(t1, t2)).max(axis=1)
+    far = np.where(parallel, np.inf, np.maximum(t1, t2)).min(axis=1)
+    hit = (far >= np.maximum(near, 0.0)) & ~outside.any(axis=1)
+    return np.where(hit, np.maximum(near, 0.0), np.inf)
+
+
+def box_probability(on_box: np.ndarray, in_front: np.ndarray) -> np.ndarray:
+    """(N,) float32: the probability that a ray stops on a box's object first, from the weight it places on the
+    object (``on_box``) and in front of the box (``in_front``): their ratio, with the light stopped counted as at
+    least ``SURFACE_OPACITY``. The weight behind the object does not count against it: a field lets some
+    light through an object it has not made fully opaque, and that light lands on whatever lies behind. It is
+    at least 1/2 exactly where the object holds at least as much weight as lies in front of it, and at least
+    half of ``SURFACE_OPACITY``."""
+    stopped = np.maximum(on_box + in_front, SURFACE_OPACITY)
+    return np.clip(on_box / stopped, 0.0, 1.0).astype(np.float32)
+
+
 @dataclass
 class InstanceLabels:
     instance_id: int
@@ -471,13 +499,13 @@ class FrameLabeler:
     def box_masks(self, view: View, box_regions: dict[int, Optional[Region]], scene: Optional[_SceneAnswer],
                   mesh_visible: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray],
                                                      dict[int, np.ndarray]]:
-        """5. Box objects' visible masks, and per box the probability map (0 outside its region) that a pixel's
-        ray stops on the object: the share of its weight inside the box (its faces seen from outside hold the
-        surface on them, those seen from inside do not: :func:`box_holds`) or within the band of the box's
-        extracted mesh, and above the support plane (found in this frame's surface points near the box's
-        bottom). A pixel is the box's where the field's surface lies in the box -- at least 1/2 of the weight
-        its ray places lies there, and the ray places at least ``SURFACE_OPACITY`` (it may leak through a
-        half-transparent object) -- and no annotated mesh is visible there.
+        """5. Box objects' visible masks; per box, maps (0 outside its region) of the weight each pixel's ray
+        places on the object, and of the weight it places elsewhere. The object's weight is the ray's weight inside
+        the box (its faces seen from outside hold the surface on them, those seen from inside do not:
+        :func:`box_holds`) or within the band of the box's extracted mesh, and above the support plane (found
+        in this frame's surface points near the box's bottom). A pixel is the box's where the probability that its
+        ray stops on the object first (:func:`box_probability`) is at least 1/2 and no annotated mesh is visible
+        there.
         Overlapping boxes: the smaller box takes the pixel (an object inside a bigger box is usually the one
         the small box was drawn for)."""
         if not self.box_ids:
@@ -491,12 +519,11 @@ class FrameLabeler:
         weights = scene.weights()
         support = self.options.support_mm / self.units_to_mm
         threshold = 1.0 - self.options.occlusion_min_confidence
+        eye = view.cam_to_world[:3, 3]
         for i in self.box_ids:
             region = box_regions[i]
-            p_map = np.zeros(shape, np.float32)
-            p_box[i] = p_map
-            p_else_map = np.zeros(shape, np.float32)
-            p_elsewhere[i] = p_else_map
+            p_box[i] = np.zeros(shape, np.float32)
+            p_elsewhere[i] = np.zeros(shape, np.float32)
             if region is None:
                 continue
             box = self.objects[i].box
@@ -504,29 +531,29 @@ class FrameLabeler:
             rows, cols = region_pixels(region)
             rays = scene.ray_of[rows, cols]
             plane = self.support(view, box, rows, cols, scene.z_depth[rows, cols], support)
-            # The weight of each ray's samples on the object.
+            entry = np.full(scene.n_rays, np.inf)
+            entry[rays] = box_entry_z(box, eye, backproject(view.intrinsics, view.cam_to_world, rows, cols,
+                                                            np.ones(len(rows))) - eye)
+            # The weight of each ray's samples on the object, and in front of the box.
             in_region = np.zeros(scene.n_rays, bool)
             in_region[rays] = True
             idx = np.flatnonzero(in_region[s.ray] & (weights > 1e-6))
             points = backproject(view.intrinsics, view.cam_to_world, scene.rows[s.ray[idx]],
                                  scene.cols[s.ray[idx]], s.z[idx])
             local = (points - centre) @ rotation
-            owned = box_holds(box, view.cam_to_world[:3, 3], local)
+            owned = box_holds(box, eye, local)
             model_band = self.model_band(i)
             if model_band is not None:  # asked only of the samples the box does not hold already
                 rest = np.flatnonzero(~owned)
                 owned[rest] = model_band.within(points[rest], self.band(s.z[idx[rest]]))
             if plane is not None:
                 owned &= plane.height(local) > support
-            p_ray = np.bincount(s.ray[idx], weights=weights[idx] * owned, minlength=scene.n_rays)
-            p = np.clip(p_ray[rays], 0.0, 1.0)
-            p_map[rows, cols] = p
-            placed = scene.placed()[rays]
-            p_else_map[rows, cols] = np.clip(placed - p_ray[rays], 0.0, 1.0)
-            # the field's surface lies in the box: at least half the weight the ray places, on a ray with a
-            # surface
-            take = ((share_of(p_ray[rays], placed) >= threshold) & (placed >= SURFACE_OPACITY) & (p > 0)
-                    & ~mesh_visible[rows, cols])
+            before = ~owned & (s.z[idx] < entry[s.ray[idx]])
+            on_box = np.bincount(s.ray[idx], weights=weights[idx] * owned, minlength=scene.n_rays)[rays]
+            in_front = np.bincount(s.ray[idx], weights=weights[idx] * before, minlength=scene.n_rays)[rays]
+            p_box[i][rows, cols] = np.clip(on_box, 0.0, 1.0)
+            p_elsewhere[i][rows, cols] = np.clip(scene.placed()[rays] - on_box, 0.0, 1.0)
+            take = (box_probability(on_box, in_front) >= threshold) & ~mesh_visible[rows, cols]
             volume = float(np.prod(box.size))
             take &= volume < owner_volume[rows, cols]
             box_owner[rows[take], cols[take]] = i
