@@ -17,7 +17,10 @@
    pixels with confidence < 0.5, and the share of the pixels inside the objects' 2D boxes with confidence < 0.5.
 5. The band curve: visible-mask IoU (mean, min) of the mesh objects, and how many of the pixels that clutter
    truly hides are labelled occluded, for a range of occlusion bands (``LabelOptions.occlusion_abs_mm``), from
-   one render per frame.
+   one render per frame. Then the same on up to 4 frames where clutter hides an annotated mesh (held-out frames
+   first, then training frames, whose photos the field has seen: each frame's split is reported):
+   ``clutter_occlusion``. And the accuracy and confidence scores on as many training frames
+   (``train_frames``): the photos a user labels are the ones the field was trained on.
 6. Speed (issue 12's two speed targets), in the same run: the mesh-only bake (every true mesh of the scene, field
    null, all formats; whole ``bake`` calls of a few and of all the scene's frames: seconds per extra frame) and,
    unless ``--no-cycles``, Blender Cycles rendering the same frames' Object Index + Z passes in its fastest fair
@@ -402,6 +405,31 @@ def clutter_hidden(labels: dict, spec, truth, mesh_only: dict) -> tuple[float | 
     return (caught / hidden if hidden else None), hidden
 
 
+def clutter_frames(spec, dataset, truth, models, *, limit: int = 4, min_pixels: int = 200) -> list[int]:
+    """Up to ``limit`` frames (held-out ones first, then the most hidden pixels) where unannotated clutter hides
+    at least ``min_pixels`` of an annotated mesh's silhouette: the held-out frames alone may show no
+    occlusion by clutter at all."""
+    from neurallabel.core.labels.frame import LabelOptions
+    from neurallabel.core.pipeline.bake import frame_labeler
+
+    full_objects = spec.objects
+    spec.objects = [o for o in spec.objects if o.kind == "mesh"]
+    try:
+        labeler = frame_labeler(spec, models, None, LabelOptions())
+        frames = [f.index for f in dataset.frames]
+        mesh_only = label_frames(labeler, spec, dataset, frames)
+    finally:
+        spec.objects = full_objects
+    annotated = [o.instance_id for o in full_objects]
+    ranked = []
+    for i in frames:
+        true_ids = truth.instance_ids(i)
+        hidden = int(((true_ids > 0) & ~np.isin(true_ids, annotated) & (mesh_only[i].instance > 0)).sum())
+        if hidden >= min_pixels:
+            ranked.append((dataset.frame(i).split != "test", -hidden, i))
+    return [i for _, _, i in sorted(ranked)[:limit]]
+
+
 def mesh_only_speed(scene: Path, frames: list[int], counts: tuple[int, int], repeats: int) -> dict:
     """The mesh-only bake -- every true mesh of the scene at its true pose, field null, all formats -- timed as
     a whole ``bake`` (checks, photos, models, frames, aggregates) of the first ``counts[0]`` and ``counts[1]``
@@ -587,6 +615,27 @@ def main(argv: list[str] | None = None) -> int:
                       "glass_visible_iou_mean": acc["classes"]["glass"]["visible_iou_mean"],
                       "clutter_hidden_share": share, "clutter_hiding_pixels": pixels})
     result["band_curve"] = curve
+    # Occlusion by clutter, on frames that show some (the held-out frames may not).
+    hiding = clutter_frames(spec, dataset, truth, models)
+    occlusion: dict = {"frames": hiding, "splits": [dataset.frame(i).split for i in hiding]}
+    if hiding:
+        lab = label_frames(frame_labeler(spec, models, source, LabelOptions()), spec, dataset, hiding)
+        spec.objects = [o for o in full_objects if o.kind == "mesh"]
+        mesh_lab = label_frames(frame_labeler(spec, models, None, LabelOptions()), spec, dataset, hiding)
+        spec.objects = full_objects
+        share, pixels = clutter_hidden(lab, spec, truth, mesh_lab)
+        acc = evaluate(lab, spec, truth, {})
+        occlusion.update({"hidden_pixels": pixels, "hidden_labelled_occluded": share,
+                          "mesh_visible_iou_mean": acc["classes"]["mesh"]["visible_iou_mean"],
+                          "mesh_visible_iou_min": acc["classes"]["mesh"]["visible_iou_min"]})
+    result["clutter_occlusion"] = occlusion
+    # The photos a user labels are the ones the field was trained on: the same scores on training frames.
+    train = [f.index for f in dataset.frames if f.split == "train"][:args.frames]
+    acc = evaluate(label_frames(frame_labeler(spec, models, source, LabelOptions()), spec, dataset, train), spec,
+                   truth, {})
+    result["train_frames"] = {"frames": train, "objects": acc["objects"], "confidence": acc["confidence"],
+                              **{f"{cls}_visible_iou_{k}": acc["classes"][cls][f"visible_iou_{k}"]
+                                 for cls in ("mesh", "box") for k in ("mean", "min")}}
     result["options"] = LabelOptions().to_json()
     result["speed"] = speed_section(args, scene, result["bake"])
     classes, conf = result["accuracy"]["classes"], result["accuracy"]["confidence"]
