@@ -15,7 +15,7 @@ from neurallabel.core.labels.frame import LabelOptions, box_holds, box_precision
 from neurallabel.core.geometry.box import Box
 from neurallabel.core.scene.queries import DepthMapQuery
 from neurallabel.core.spec import SpecObject
-from test_occlusion import DENSE, labeler, soft, view
+from test_occlusion import DENSE, at, labeler, soft, view
 
 R, r = 0.1, 0.03  # the torus: major and minor radius (m), lying flat on the floor z = 0
 INTR = Intrinsics(80, 60, 70.0, 70.0, 40.0, 30.0)
@@ -218,3 +218,27 @@ def test_box_entry_z_is_where_a_ray_first_enters_the_box() -> None:
                 assert np.isinf(z)
             else:
                 assert abs(z - t[np.argmax(inside)]) <= 4e-4
+
+
+def test_a_box_meshes_level_keeps_the_faces_the_field_sees_faintly() -> None:
+    """The field's surface points in a box: 70 % on a face it holds densely (the top, which cameras that look
+    down see best), 30 % on faces it holds 20x fainter (the sides). The iso-level measured from them lies at
+    or under the faint faces' density, so the extracted mesh keeps them (at the median, only the top came out
+    of a half-trained field's cube)."""
+    from types import SimpleNamespace
+
+    from neurallabel.core.pipeline.bake import surface_density_level
+    from neurallabel.core.scene.queries import ScenePixels
+
+    class Source:  # answers a fixed depth per pixel: the top face for 70 % of the pixels, a side for the rest
+        def at_pixels(self, view, rows, cols, **_):
+            side = (np.arange(len(rows)) % 10) < 3
+            return ScenePixels(np.where(side, 0.95, 0.9))
+
+        def density(self, points):
+            return np.where(points[:, 2] < -0.92, 50.0, 1000.0)  # the sides lie deeper along the camera's -z
+
+    spec = SimpleNamespace(world_from_data=np.eye(4), data_scale=1.0)
+    box = Box(at(-0.95), np.full(3, 0.3))
+    level = surface_density_level(spec, {0: view(np.eye(4), INTR)}, Source(), box)
+    assert level <= 50.0

@@ -5,11 +5,12 @@ with marching cubes (PyMCubes). Then it is cleaned: the support the object stand
 box's bottom: the dominant plane there, :func:`~.occlusion.support_plane`) is cut away with a slab of
 ``support`` above it, and only the big connected pieces are kept (floaters and bits of the neighbours that
 poke into the box go away). The iso-level comes from the field itself, not from a magic
-number. The caller measures it where the field renders its surfaces: the median density at the points of
-the field's own depth (the median of each ray's weights) that fall inside the box, seen from the dataset's
-cameras (:func:`core.bake` does this). Without such points, it is the density at which transmittance drops
-to 1/2 across one step of the field's renderer, ``sigma = ln 2 / step`` (data units): a sharp, well-trained
-field puts its rendered surface there; a half-trained one smears it, hence the measured level first.
+number. The caller measures it where the field renders its surfaces: the lower quartile of the density at the
+points of the field's own depth (the median of each ray's weights) that fall inside the box, seen from the
+dataset's cameras (:func:`core.pipeline.bake.surface_density_level`). Without such points, it is the density
+at which transmittance drops to 1/2 across one step of the field's renderer, ``sigma = ln 2 / step`` (data
+units): a sharp, well-trained field puts its rendered surface there; a half-trained one smears it, hence the
+measured level first.
 """
 
 from __future__ import annotations
