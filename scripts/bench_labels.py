@@ -405,10 +405,10 @@ def clutter_hidden(labels: dict, spec, truth, mesh_only: dict) -> tuple[float | 
     return (caught / hidden if hidden else None), hidden
 
 
-def clutter_frames(spec, dataset, truth, models, *, limit: int = 4, min_pixels: int = 200) -> list[int]:
+def clutter_frames(spec, dataset, truth, models, *, limit: int = 4, min_pixels: int = 200) -> dict:
     """Up to ``limit`` frames (held-out ones first, then the most hidden pixels) where unannotated clutter hides
-    at least ``min_pixels`` of an annotated mesh's silhouette: the held-out frames alone may show no
-    occlusion by clutter at all."""
+    at least ``min_pixels`` of an annotated mesh's silhouette, with their mesh-only labels (frame -> labels): the
+    held-out frames alone may show no occlusion by clutter at all."""
     from neurallabel.core.labels.frame import LabelOptions
     from neurallabel.core.pipeline.bake import frame_labeler
 
@@ -427,7 +427,7 @@ def clutter_frames(spec, dataset, truth, models, *, limit: int = 4, min_pixels: 
         hidden = int(((true_ids > 0) & ~np.isin(true_ids, annotated) & (mesh_only[i].instance > 0)).sum())
         if hidden >= min_pixels:
             ranked.append((dataset.frame(i).split != "test", -hidden, i))
-    return [i for _, _, i in sorted(ranked)[:limit]]
+    return {i: mesh_only[i] for _, _, i in sorted(ranked)[:limit]}
 
 
 def mesh_only_speed(scene: Path, frames: list[int], counts: tuple[int, int], repeats: int) -> dict:
@@ -617,13 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     result["band_curve"] = curve
     # Occlusion by clutter, on frames that show some (the held-out frames may not).
     hiding = clutter_frames(spec, dataset, truth, models)
-    occlusion: dict = {"frames": hiding, "splits": [dataset.frame(i).split for i in hiding]}
+    occlusion: dict = {"frames": list(hiding), "splits": [dataset.frame(i).split for i in hiding]}
     if hiding:
-        lab = label_frames(frame_labeler(spec, models, source, LabelOptions()), spec, dataset, hiding)
-        spec.objects = [o for o in full_objects if o.kind == "mesh"]
-        mesh_lab = label_frames(frame_labeler(spec, models, None, LabelOptions()), spec, dataset, hiding)
-        spec.objects = full_objects
-        share, pixels = clutter_hidden(lab, spec, truth, mesh_lab)
+        lab = label_frames(frame_labeler(spec, models, source, LabelOptions()), spec, dataset, list(hiding))
+        share, pixels = clutter_hidden(lab, spec, truth, hiding)
         acc = evaluate(lab, spec, truth, {})
         occlusion.update({"hidden_pixels": pixels, "hidden_labelled_occluded": share,
                           "mesh_visible_iou_mean": acc["classes"]["mesh"]["visible_iou_mean"],
