@@ -179,15 +179,13 @@ def box_entry_z(box: Box, eye: np.ndarray, directions: np.ndarray) -> np.ndarray
     half = np.asarray(box.size, dtype=np.float64) / 2 + box_precision(box)
     origin = (np.asarray(eye, dtype=np.float64) - box.pose[:3, 3]) @ box.pose[:3, :3]
     local = np.asarray(directions, dtype=np.float64) @ box.pose[:3, :3]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t1, t2 = (-half - origin) / local, (half - origin) / local
-    # a direction parallel to a slab: inside it everywhere (nan from 0/0 on its face counts as inside) or never
-    parallel = local == 0
-    outside = parallel & (np.abs(origin) > half)
-    near = np.where(parallel, -np.inf, np.minimum(t1, t2)).max(axis=1)
-    far = np.where(parallel, np.inf, np.maximum(t1, t2)).min(axis=1)
-    hit = (far >= np.maximum(near, 0.0)) & ~outside.any(axis=1)
-    return np.where(hit, np.maximum(near, 0.0), np.inf)
+    # as render.march.ray_box (which is torch's: mesh-only labels need none): a direction parallel to a slab
+    # becomes a tiny one, whose slab distances are huge, of one sign outside the slab and of both inside
+    local = np.where(np.abs(local) < 1e-12, 1e-12, local)
+    t1, t2 = (-half - origin) / local, (half - origin) / local
+    near = np.maximum(np.minimum(t1, t2).max(axis=1), 0.0)
+    far = np.maximum(t1, t2).min(axis=1)
+    return np.where(far >= near, near, np.inf)
 
 
 def box_probability(on_box: np.ndarray, in_front: np.ndarray) -> np.ndarray:
