@@ -22,9 +22,12 @@
    ``clutter_occlusion``. And the accuracy and confidence scores on as many training frames
    (``train_frames``): the photos a user labels are the ones the field was trained on.
 6. Speed (issue 12's two speed targets), in the same run: the mesh-only bake (every true mesh of the scene, field
-   null, all formats; whole ``bake`` calls of a few and of all the scene's frames: seconds per extra frame) and,
+   null, all formats; whole bakes of 1/8 of ``--speed-frames`` and of all of them, the scene's cameras listed
+   over and over, so the long one is long enough for its throughput to stand out of its start-up: seconds per
+   extra frame) and,
    unless ``--no-cycles``, Blender Cycles rendering the same frames' Object Index + Z passes in its fastest fair
-   set-up (1 sample, no bounces, persistent data, one animation; also per extra frame, in a bpy subprocess):
+   set-up (1 sample, no bounces, persistent data, one animation; also per extra frame, in a bpy subprocess),
+   both writing their files into the same folder (``--speed-dir``, default the system's temporary folder):
    their ratio is ``mesh_only_speedup_vs_cycles`` (the labels alone, in memory, give
    ``mesh_only_labels_speedup_vs_cycles``, reported beside it); and the field bake of step 4 with all outputs in
    frames per second. ``--speed-only`` runs steps 1, 4 and 6 alone (with ``--field``: no training).
@@ -45,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -205,7 +209,7 @@ def cycles_scene(config: dict):
     cam.data.clip_start, cam.data.clip_end = 0.01, 100.0
     scene.render.resolution_x, scene.render.resolution_y = intr.width, intr.height
     scene.render.resolution_percentage = 100
-    exr_dir = Path(tempfile.mkdtemp(prefix="bench-passes-"))
+    exr_dir = Path(tempfile.mkdtemp(prefix="bench-passes-", dir=config.get("write_dir")))
     file_out = make_scene.setup_render(bpy, argparse.Namespace(seed=0, threads=config["threads"]), exr_dir)
     make_scene._set_truth_mode(bpy)
     return bpy, make_scene, dataset, objects, cam, file_out, exr_dir
@@ -301,11 +305,14 @@ def cycles_reference(scene: Path, frames: list[int], full_frames: list[int], thr
     return passes, timing
 
 
-def cycles_speed(scene: Path, frames: list[int], threads: int, counts: tuple[int, int], repeats: int = 1) -> dict:
-    """Cycles' seconds per extra frame of Object Index + Z (:func:`cycles_speed_worker`, in a bpy subprocess)."""
+def cycles_speed(scene: Path, frames: list[int], threads: int, counts: tuple[int, int], repeats: int = 1,
+                 write_dir: Optional[Path] = None) -> dict:
+    """Cycles' seconds per extra frame of Object Index + Z (:func:`cycles_speed_worker`, in a bpy subprocess),
+    its EXRs written below ``write_dir`` (default: the system's temporary folder)."""
     with tempfile.TemporaryDirectory(prefix="bench-cycles-speed-") as tmp:
         config = {"scene": str(scene), "frames": frames, "threads": threads, "counts": list(counts),
-                  "repeats": repeats, "out": str(Path(tmp) / "speed.json")}
+                  "repeats": repeats, "out": str(Path(tmp) / "speed.json"),
+                  "write_dir": None if write_dir is None else str(write_dir)}
         config_path = Path(tmp) / "config.json"
         config_path.write_text(json.dumps(config))
         result = subprocess.run([sys.executable, __file__, "--cycles-speed-worker", str(config_path)],
@@ -430,11 +437,25 @@ def clutter_frames(spec, dataset, truth, models, *, limit: int = 4, min_pixels: 
     return {i: mesh_only[i] for _, _, i in sorted(ranked)[:limit]}
 
 
-def mesh_only_speed(scene: Path, frames: list[int], counts: tuple[int, int], repeats: int) -> dict:
+def repeated_dataset(scene: Path, count: int, folder: Path) -> Path:
+    """The scene's transforms.json with its frames listed over and over (absolute photo paths) up to ``count``
+    frames, in ``folder``: a bake long enough for its throughput to stand out of its start-up, without
+    rendering more photos (Cycles renders the same cameras, repeated the same way)."""
+    data = json.loads((scene / "transforms.json").read_text())
+    frames = [{**f, "file_path": str((scene / f["file_path"]).resolve())} for f in data["frames"]]
+    data["frames"] = [frames[n % len(frames)] for n in range(count)]
+    path = folder / "transforms.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def mesh_only_speed(scene: Path, counts: tuple[int, int], repeats: int, write_dir: Optional[Path] = None) -> dict:
     """The mesh-only bake -- every true mesh of the scene at its true pose, field null, all formats -- timed as
-    a whole ``bake`` (checks, photos, models, frames, aggregates) of the first ``counts[0]`` and ``counts[1]``
-    frames into fresh folders: seconds per extra frame (the best of ``repeats``); and the labels alone (in
-    memory, no files) per frame."""
+    a whole bake (checks, photos, models, frames, aggregates) of the first ``counts[0]`` and ``counts[1]``
+    frames of :func:`repeated_dataset` into fresh folders below ``write_dir`` (default: the system's temporary
+    folder, where Cycles writes too): seconds per extra frame (the best of ``repeats``: the first run of a
+    process also pays for its imports); and the labels alone (in memory, no files) per frame, over the
+    scene's own frames."""
     from neurallabel.core.geometry.transforms import Similarity
     from neurallabel.core.geometry.view import View
     from neurallabel.core.labels.frame import LabelOptions
@@ -444,19 +465,21 @@ def mesh_only_speed(scene: Path, frames: list[int], counts: tuple[int, int], rep
 
     spec = spec_from_scene(scene)
     seconds: dict[str, float] = {}
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-mesh-bake-", dir=CACHE) as tmp:
+    small, big = counts
+    with tempfile.TemporaryDirectory(prefix="bench-mesh-bake-", dir=write_dir) as tmp:
+        spec.data_path = repeated_dataset(scene, big, Path(tmp))
         for count in counts:
             best = float("inf")
             for r in range(repeats):
-                spec.frames = frames[:count]
+                spec.frames = list(range(count))
                 t0 = time.perf_counter()
                 bake(spec, Path(tmp) / f"bake-{count}-{r}")
                 best = min(best, time.perf_counter() - t0)
             seconds[str(count)] = best
-    labeler = frame_labeler(spec, {o.instance_id: o.mesh for o in spec.objects}, None, LabelOptions())
-    dataset = load_dataset(spec.data_path)
-    views = [View.from_frame(dataset.frame(i), Similarity(spec.world_from_data)) for i in frames[:counts[1]]]
+        labeler = frame_labeler(spec, {o.instance_id: o.mesh for o in spec.objects}, None, LabelOptions())
+        dataset = load_dataset(spec.data_path)
+        own = len(load_dataset(scene / "transforms.json").frames)
+        views = [View.from_frame(f, Similarity(spec.world_from_data)) for f in dataset.frames[:min(big, own)]]
     labeler.label(views[0])  # Embree's scenes are built on first use
     best = float("inf")
     for _ in range(repeats):
@@ -464,10 +487,9 @@ def mesh_only_speed(scene: Path, frames: list[int], counts: tuple[int, int], rep
         for view in views:
             labeler.label(view)
         best = min(best, (time.perf_counter() - t0) / len(views))
-    small, big = counts
     per_extra = (seconds[str(big)] - seconds[str(small)]) / (big - small)
-    return {"objects": len(spec.objects), "formats": "bop, coco, raw", "counts": list(counts), "seconds": seconds,
-            "bake_seconds_per_extra_frame": per_extra, "labels_in_memory_seconds_per_frame": best}
+    return {"objects": len(spec.objects), "formats": "bop, coco, raw", "counts": list(counts),
+            "seconds": seconds, "bake_seconds_per_extra_frame": per_extra, "labels_in_memory_seconds_per_frame": best}
 
 
 def speed_section(args: argparse.Namespace, scene: Path, field_bake: dict) -> dict:
@@ -477,12 +499,14 @@ def speed_section(args: argparse.Namespace, scene: Path, field_bake: dict) -> di
     from neurallabel.core.data.dataset import load_dataset
 
     frames = [f.index for f in load_dataset(scene / "transforms.json").frames]
-    big = min(args.speed_frames or len(frames), len(frames))
-    counts = (max(1, min(4, big // 4)), big)
-    mesh = mesh_only_speed(scene, frames, counts, args.repeats)
-    cycles = None if args.no_cycles else cycles_speed(scene, frames, args.threads, counts, args.repeats)
+    big = args.speed_frames
+    counts = (max(1, min(8, big // 8)), big)
+    # Both write their files to the same disk: file creation costs differ several-fold between folders.
+    mesh = mesh_only_speed(scene, counts, args.repeats, args.speed_dir)
+    cycles = None if args.no_cycles else cycles_speed(scene, frames, args.threads, counts, args.repeats,
+                                                      args.speed_dir)
     per_frame = field_bake["seconds_per_frame"]
-    out = {"mesh_only": mesh, "cycles": cycles,
+    out = {"write_dir": str(args.speed_dir or tempfile.gettempdir()), "mesh_only": mesh, "cycles": cycles,
            "field_bake_all_outputs": {**field_bake, "frames_per_second": 1.0 / per_frame if per_frame else None},
            "frames_per_second_all_outputs": 1.0 / per_frame if per_frame else None,
            "mesh_only_speedup_vs_cycles": None, "mesh_only_labels_speedup_vs_cycles": None}
@@ -511,12 +535,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cycles", action="store_true", help="skip the Cycles reference (no full-mask IoU, "
                                                                   "no speed ratio)")
     parser.add_argument("--box-resolution", type=int, default=None, help="box mesh voxels (128; quick 64)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch's and Cycles' threads")
     parser.add_argument("--speed-only", action="store_true", help="only the speed targets (the field bake with all "
                         "outputs, the mesh-only bake and Cycles); with --field, no training")
-    parser.add_argument("--speed-frames", type=int, default=None, help="frames of the mesh-only and Cycles speed "
-                        "runs (default: every frame of the scene)")
+    parser.add_argument("--speed-frames", type=int, default=None, help="frames of the long mesh-only and Cycles "
+                        "speed runs (the scene's cameras, repeated; the short runs have an eighth): 200 (quick 24)")
     parser.add_argument("--repeats", type=int, default=2, help="speed runs: the best of this many")
+    parser.add_argument("--speed-dir", type=Path, default=None,
+                        help="where the speed runs (mesh-only bake and Cycles alike) write their files "
+                             "(default: the system's temporary folder)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.cycles_worker:
@@ -529,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     args.views = args.views or (12 if quick else 40)
     args.width, args.height = args.width or (320 if quick else 640), args.height or (240 if quick else 480)
     args.frames = args.frames or (3 if quick else 8)
+    args.speed_frames = args.speed_frames or (24 if quick else 200)
     args.minutes = args.minutes if args.minutes is not None else (1.0 if quick else 10.0)
     args.box_resolution = args.box_resolution or (64 if quick else 128)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 
 from neurallabel.core.cli import main
 from neurallabel.core.errors import NeuralLabelError
+from neurallabel.core.io import atomic
 from neurallabel.core.labels.frame import LabelOptions
 from neurallabel.core.pipeline import bake as bake_module
 from neurallabel.core.pipeline.bake import bake
@@ -241,16 +241,17 @@ def test_write_errors_are_one_error_naming_the_output_folder(small_scene, tmp_pa
                                                               code, suffix, message):
     spec_path = write_spec(spec_from_scene(small_scene), tmp_path / "spec.json", absolute_inputs=True)
     out = tmp_path / "out"
-    real_write_bytes = pathlib.Path.write_bytes
+    real_fill = atomic._fill
 
-    def write_bytes(self, data):
-        name = self.name.removesuffix(".tmp")
-        if out in self.parents and ".nltmp-" in name and name.split(".nltmp-")[0].endswith(suffix) \
+    def fill(tmp, fd, data):
+        name = tmp.name.removesuffix(".tmp")
+        if out in tmp.parents and ".nltmp-" in name and name.split(".nltmp-")[0].endswith(suffix) \
                 and not name.startswith(".bake.json"):
+            os.close(fd)
             raise OSError(code, os.strerror(code))
-        return real_write_bytes(self, data)
+        return real_fill(tmp, fd, data)
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(atomic, "_fill", fill)
     fails(["bake", str(spec_path), "--out", str(out), "--frames", "0:2"], f"--out: output folder {out}: {message}",
           capsys, after_progress=True)
     assert not [p for p in tree(out) if p.endswith(".tmp")]  # no temp file left behind

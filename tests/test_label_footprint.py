@@ -92,7 +92,7 @@ def test_footprint_skips_the_rays_of_the_rectangle_that_cannot_hit(lens: str) ->
     rays = []
 
     def counting(k, origins, directions):
-        rays.append(len(origins))
+        rays.append(len(directions))
         return cast(k, origins, directions)
 
     labeler_.caster.cast = counting

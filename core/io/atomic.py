@@ -38,14 +38,25 @@ def temp_path(path: Path) -> Path:
     """A new, unique hidden temp file next to ``path``, created empty and readable as a normal file would be:
     created with mode 0666, which the process's umask trims as for any new file (mkstemp's 0600 would stay
     after the rename; reading and restoring the umask instead would race with other threads creating files)."""
+    tmp, fd = _open_temp(path)
+    os.close(fd)
+    return tmp
+
+
+def _open_temp(path: Path) -> tuple[Path, int]:
+    """:func:`temp_path`, open for writing: (its path, its file descriptor). Creates ``path``'s folder when it
+    is missing (tried after the file: a bake's folders exist after its first frame)."""
     prefix = f".{path.name}.nltmp-{host_tag()}-{os.getpid()}-"
     while True:
         tmp = path.parent / f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:  # pragma: no cover - 32 random bits taken
             continue
-        return tmp
+        except FileNotFoundError:
+            if path.parent.is_dir():
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def is_stale_temp(path: Path, max_age_s: float = 24 * 3600) -> bool:
@@ -98,7 +109,17 @@ def write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    return write_with(path, lambda tmp: tmp.write_bytes(data))
+    """:func:`write_with` of ``data``, through the temp file's own descriptor: one open per file (a bake writes
+    some 25 files a frame)."""
+    path = Path(path)
+    tmp, fd = _open_temp(path)
+    try:
+        _fill(tmp, fd, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
@@ -109,6 +130,12 @@ def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
         return False
     write_bytes(path, data)
     return True
+
+
+def _fill(tmp: Path, fd: int, data: bytes) -> None:
+    """Write ``data`` into the open temp file ``tmp`` and close it."""
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -360,7 +360,10 @@ class FrameLabeler:
                                            (0, 0, view.width, view.height)) for i in self.box_ids}
         scene = self.query_scene(view, covered, box_regions, full_depth)  # 3
         p_visible, p_on_mesh, p_occluder = self.mesh_visibility(view, covered, nearest_z, scene)  # 4
-        mesh_visible = covered & (1.0 - p_visible <= self.options.occlusion_min_confidence)
+        if scene is None:  # every covered pixel is visible (p_visible is 1 there)
+            mesh_visible = covered
+        else:
+            mesh_visible = covered & (1.0 - p_visible <= self.options.occlusion_min_confidence)
         visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
         box_visible, p_box, p_elsewhere = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
         visible.update(box_visible)
@@ -372,9 +375,12 @@ class FrameLabeler:
             p_right = np.where(mesh_visible, p_right, np.minimum(1.0 - p_visible, p_occluder))
             conf = confidence_map(covered, mesh_visible, p_right, box_regions, box_visible, p_box,  # 6
                                   p_elsewhere)
-        instance, category = self.id_maps(visible, shape)
+        windows = {i: silhouettes[i].region for i in mesh_ids}
+        windows.update((i, region) for i, region in box_regions.items() if region is not None)
+        instance, category = self.id_maps(visible, shape, windows)
         depth = self.depth_map(mesh_ids, visible, nearest_z, mesh_visible, scene)  # 7
-        instances = self.instance_records(view, silhouettes, visible, np.isfinite(depth), box_regions, conf)  # 8
+        instances = self.instance_records(view, silhouettes, visible, np.isfinite(depth), box_regions, conf,  # 8
+                                          windows)
         return FrameLabels(view.index, instance, category, depth, conf, instances,
                            source_depth=None if scene is None else scene.z_depth)
 
@@ -572,38 +578,47 @@ class FrameLabeler:
         return support_plane(local[bottom_zone(local, box.size, up)], up, tolerance,
                              span=lateral_span(box.size, up), seed=view.index)
 
-    def id_maps(self, visible: dict[int, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Instance and category id maps (uint16, 0 = nothing annotated visible) of the visible masks."""
+    def id_maps(self, visible: dict[int, np.ndarray], shape: tuple[int, int],
+                windows: Optional[dict[int, Region]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Instance and category id maps (uint16, 0 = nothing annotated visible) of the visible masks;
+        ``windows``: the region outside which an object's mask is empty (default: the whole view)."""
         instance = np.zeros(shape, np.uint16)
         category = np.zeros(shape, np.uint16)
+        whole = (0, 0, shape[1], shape[0])
         for i, mask in visible.items():
-            instance[mask] = self.objects[i].spec.instance_id
-            category[mask] = self.objects[i].spec.category_id
+            c0, r0, c1, r1 = (windows or {}).get(i, whole)
+            window = (slice(r0, r1), slice(c0, c1))
+            mine = mask[window]
+            instance[window][mine] = self.objects[i].spec.instance_id
+            category[window][mine] = self.objects[i].spec.category_id
         return instance, category
 
     def depth_map(self, mesh_ids: list[int], visible: dict[int, np.ndarray], nearest_z: np.ndarray,
                   mesh_visible: np.ndarray, scene: Optional[_SceneAnswer]) -> np.ndarray:
         """6. z-depth (float32, world units): the scene's, with the mesh's where a mesh is visible."""
         if scene is None:
-            depth = np.where(mesh_visible, nearest_z, np.nan)
+            depth = np.where(mesh_visible, nearest_z, np.float32(np.nan))
         else:
             depth = scene.z_depth.copy()
             for i in mesh_ids:
                 if self.options.mesh_depth == "all" or self.objects[i].spec.transparent:
                     depth[visible[i]] = nearest_z[visible[i]]
-        return depth.astype(np.float32)
+        return depth.astype(np.float32, copy=False)
 
     def instance_records(self, view: View, silhouettes: dict[int, _Silhouette], visible: dict[int, np.ndarray],
                          has_depth: np.ndarray, box_regions: Optional[dict[int, Optional[Region]]] = None,
-                         confidence: Optional[np.ndarray] = None) -> list[InstanceLabels]:
+                         confidence: Optional[np.ndarray] = None, windows: Optional[dict[int, Region]] = None
+                         ) -> list[InstanceLabels]:
         """8. One record per object seen (silhouette or visible pixels; a box object also when its box is in
-        view, with 0 visible pixels where the scene holds nothing of it), sorted by instance id."""
+        view, with 0 visible pixels where the scene holds nothing of it), sorted by instance id. ``windows``:
+        the region outside which an object's visible mask is empty (default: the whole view)."""
         cam_from_world = opencv_from_pose(view.cam_to_world)
         instances = []
         box_regions = box_regions or {}
+        windows = windows or {}
         for i, obj in enumerate(self.objects):
             record = instance_record(view, obj, silhouettes.get(i), visible.get(i), cam_from_world, has_depth,
-                                     in_view=box_regions.get(i) is not None)
+                                     in_view=box_regions.get(i) is not None, window=windows.get(i))
             if record is not None:
                 if confidence is not None:
                     mask = record.visible_mask
@@ -659,8 +674,7 @@ class FrameLabeler:
         dirs_cam = camera_directions(view.intrinsics, np.stack([cols + 0.5, rows + 0.5], axis=-1))  # z = -1
         norms = np.sqrt(np.einsum("ij,ij->i", dirs_cam, dirs_cam))
         dirs = apply_directions(view.cam_to_world, dirs_cam / norms[:, None])
-        origins = np.broadcast_to(view.cam_to_world[:3, 3], dirs.shape)
-        hit, distance = self.caster.cast(cast_index, origins, dirs)
+        hit, distance = self.caster.cast(cast_index, view.cam_to_world[:3, 3], dirs)
         return np.where(hit, distance / norms, np.inf)  # distance -> z-depth (unit z per |dir_cam|)
 
 
@@ -697,10 +711,11 @@ def mesh_masks(silhouettes: dict[int, _Silhouette], mesh_ids: list[int], nearest
 
 
 def instance_record(view: View, obj: LabelObject, silhouette: Optional[_Silhouette], visible: Optional[np.ndarray],
-                    cam_from_world: np.ndarray, has_depth: np.ndarray, in_view: bool = False
-                    ) -> Optional[InstanceLabels]:
+                    cam_from_world: np.ndarray, has_depth: np.ndarray, in_view: bool = False,
+                    window: Optional[Region] = None) -> Optional[InstanceLabels]:
     """Counts, 2D boxes, pose and projected corners of one object; None when the view does not see it (for a
-    box object ``in_view``: its box projects into the view)."""
+    box object ``in_view``: its box projects into the view). ``window``: the region outside which ``visible``
+    is empty (default: the whole view); the counts look only there and in the silhouette's region."""
     shape = (view.height, view.width)
     if silhouette is None and (visible is None or not visible.any()) and not in_view:
         return None
@@ -717,17 +732,24 @@ def instance_record(view: View, obj: LabelObject, silhouette: Optional[_Silhouet
         bbox_obj = silhouette.bbox_all if extra == 0 else _union_bbox(silhouette.bbox_all, visible)
     else:
         full = visible
-        px_all = int(np.count_nonzero(full))
-        bbox_obj = bbox_bop_mask(full)
-    px_visib = int(np.count_nonzero(visible))
+    # where the masks can be non-zero: the visible mask's window and the silhouette's region
+    c0, r0, c1, r1 = (0, 0, view.width, view.height) if window is None else window
+    if silhouette is not None:
+        s0, t0, s1, t1 = silhouette.region
+        c0, r0, c1, r1 = min(c0, s0), min(r0, t0), max(c1, s1), max(r1, t1)
+    inside = (slice(r0, r1), slice(c0, c1))
+    if silhouette is None:
+        px_all = int(np.count_nonzero(full[inside]))
+        bbox_obj = _shifted(bbox_bop_mask(full[inside]), c0, r0)
+    px_visib = int(np.count_nonzero(visible[inside]))
     m2c = cam_from_world @ obj.spec.pose
     corners_px, corners_z = project(view.intrinsics, cam_from_world, apply_points(obj.spec.pose, obj.local_corners))
     return InstanceLabels(
         instance_id=obj.spec.instance_id, category_id=obj.spec.category_id, name=obj.spec.name,
         visible_mask=visible, full_mask=full, px_count_all=px_all,
-        px_count_valid=int(np.count_nonzero(full & has_depth)), px_count_visib=px_visib,
+        px_count_valid=int(np.count_nonzero(full[inside] & has_depth[inside])), px_count_visib=px_visib,
         visib_fract=float(px_visib / px_all) if px_all > 0 else 0.0,
-        bbox_obj=bbox_obj, bbox_visib=bbox_bop_mask(visible),
+        bbox_obj=bbox_obj, bbox_visib=_shifted(bbox_bop_mask(visible[inside]), c0, r0),
         cam_R_m2c=m2c[:3, :3].copy(), cam_t_m2c=m2c[:3, 3].copy(),
         corners_px=corners_px - 0.5, corners_z=corners_z)
 
@@ -765,6 +787,11 @@ def confidence_map(covered: np.ndarray, mesh_visible: np.ndarray, p_mesh_right: 
         c[mine] = np.minimum(c[mine], p[mine])
         c[unlabelled] = np.minimum(c[unlabelled], elsewhere[unlabelled])
     return np.clip(conf, 0.0, 1.0)
+
+
+def _shifted(bbox: list[int], dx: int, dy: int) -> list[int]:
+    """A BOP box of a window's mask in the view's pixels (the window's corner at dx, dy); empty stays empty."""
+    return bbox if bbox[2] == -1 else [bbox[0] + dx, bbox[1] + dy, bbox[2], bbox[3]]
 
 
 def _union_bbox(bbox: list[int], mask: np.ndarray) -> list[int]:

@@ -34,7 +34,8 @@ class MeshCaster:
     """Casts rays against each of several meshes separately (one scene per mesh).
 
     ``cast(k, origins, directions)`` returns ``(hit, distance)``: whether each ray hits mesh ``k`` and the
-    distance along the (unit) direction to the nearest hit (``inf`` where none).
+    distance along the (unit) direction to the nearest hit (``inf`` where none). ``origins`` is (N, 3), or one
+    (3,) origin shared by every ray (a camera's).
     """
 
     def __init__(self, meshes: Sequence, backend: str = "embree", device: str = "cpu") -> None:
@@ -61,7 +62,7 @@ class MeshCaster:
     def cast(self, k: int, origins: np.ndarray, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         origins = np.asarray(origins, dtype=np.float64)
         directions = np.asarray(directions, dtype=np.float64)
-        if len(origins) == 0:
+        if len(directions) == 0:
             return np.zeros(0, bool), np.zeros(0)
         return self._cast_embree(k, origins, directions)
 
@@ -82,6 +83,8 @@ class MeshCaster:
                          indices=self._faces[k].astype(np.int32))
             self._scenes[k] = scene
         rel = (origins - self._origin[k]).astype(np.float32)
+        if rel.ndim == 1:  # one shared origin
+            rel = np.broadcast_to(rel, directions.shape).copy()
         # the distance query: the same hits as the full intersection output, without its per-ray records
         tfar = self._scenes[k].run(rel, directions.astype(np.float32), query="DISTANCE")
         hit = tfar < _MISSED
