@@ -476,10 +476,9 @@ def mesh_only_speed(scene: Path, counts: tuple[int, int], repeats: int, write_di
                 bake(spec, Path(tmp) / f"bake-{count}-{r}")
                 best = min(best, time.perf_counter() - t0)
             seconds[str(count)] = best
-        labeler = frame_labeler(spec, {o.instance_id: o.mesh for o in spec.objects}, None, LabelOptions())
-        dataset = load_dataset(spec.data_path)
-        own = len(load_dataset(scene / "transforms.json").frames)
-        views = [View.from_frame(f, Similarity(spec.world_from_data)) for f in dataset.frames[:min(big, own)]]
+    labeler = frame_labeler(spec, {o.instance_id: o.mesh for o in spec.objects}, None, LabelOptions())
+    views = [View.from_frame(f, Similarity(spec.world_from_data))
+             for f in load_dataset(scene / "transforms.json").frames[:big]]
     labeler.label(views[0])  # Embree's scenes are built on first use
     best = float("inf")
     for _ in range(repeats):

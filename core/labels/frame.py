@@ -584,9 +584,10 @@ class FrameLabeler:
         ``windows``: the region outside which an object's mask is empty (default: the whole view)."""
         instance = np.zeros(shape, np.uint16)
         category = np.zeros(shape, np.uint16)
+        windows = windows or {}
         whole = (0, 0, shape[1], shape[0])
         for i, mask in visible.items():
-            c0, r0, c1, r1 = (windows or {}).get(i, whole)
+            c0, r0, c1, r1 = windows.get(i, whole)
             window = (slice(r0, r1), slice(c0, c1))
             mine = mask[window]
             instance[window][mine] = self.objects[i].spec.instance_id
