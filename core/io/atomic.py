@@ -47,6 +47,7 @@ def _open_temp(path: Path) -> tuple[Path, int]:
     """:func:`temp_path`, open for writing: (its path, its file descriptor). Creates ``path``'s folder when it
     is missing (tried after the file: a bake's folders exist after its first frame)."""
     prefix = f".{path.name}.nltmp-{host_tag()}-{os.getpid()}-"
+    made_folder = False
     while True:
         tmp = path.parent / f"{prefix}{secrets.token_hex(4)}{TEMP_SUFFIX}"
         try:
@@ -54,9 +55,10 @@ def _open_temp(path: Path) -> tuple[Path, int]:
         except FileExistsError:  # pragma: no cover - 32 random bits taken
             continue
         except FileNotFoundError:
-            if path.parent.is_dir():
+            if made_folder:  # the folder exists (another process may have made it first): a real error
                 raise
             path.parent.mkdir(parents=True, exist_ok=True)
+            made_folder = True
 
 
 def is_stale_temp(path: Path, max_age_s: float = 24 * 3600) -> bool:
