@@ -102,7 +102,7 @@ def test_compiled_lookups_equal_grid_sample_in_value_and_gradient():
     gradients with respect to the grids, at points inside, on the faces and corners, and outside."""
     import torch.nn.functional as F
 
-    from neurallabel.core.field.lookups_numba import channel_last, triplane_features, triplane_lookup, trilinear
+    from neurallabel.core.field.lookups_numba import triplane_features, triplane_lookup, trilinear
     from neurallabel.core.field.model import PLANE_AXES
 
     generator = torch.Generator().manual_seed(3)
@@ -123,28 +123,42 @@ def test_compiled_lookups_equal_grid_sample_in_value_and_gradient():
     plane_coords = torch.stack([coords[:, list(axes)] for axes in PLANE_AXES]).unsqueeze(1)
     sampled = F.grid_sample(planes, plane_coords, mode="bilinear", padding_mode="border", align_corners=True)
     reference = (sampled[0] * sampled[1] * sampled[2]).squeeze(1).t()
-    compiled = triplane_features(planes, coords)
+    compiled = triplane_features(planes.permute(0, 2, 3, 1), coords)  # the kernels take them channel-last
     assert torch.allclose(compiled, reference, atol=1e-5)
     weights = torch.randn(5000, 4, generator=generator)
     (grad_reference,) = torch.autograd.grad((reference * weights).sum(), planes)
     (grad_compiled,) = torch.autograd.grad((compiled * weights).sum(), planes)
     assert torch.allclose(grad_compiled, grad_reference, atol=1e-4)
     # rendering's channel-last lookup: the same bits as the training kernel
-    assert torch.equal(triplane_lookup(channel_last(planes), coords), compiled.detach())
+    assert torch.equal(triplane_lookup(planes.detach().permute(0, 2, 3, 1).contiguous().numpy(), coords),
+                       compiled.detach())
 
 
-def test_a_rendering_field_looks_its_planes_up_channel_last_until_they_change():
+def test_a_rendering_field_reads_its_channel_last_planes_in_place():
     field = small_field(levels=3)
+    assert field.planes[1].shape == (3, 16, 16, field.config.plane_features) and field.planes[1].is_contiguous()
     points = torch.rand(500, 3, generator=torch.Generator().manual_seed(4)) * 2 - 1
     directions = torch.nn.functional.normalize(points + 0.1, dim=-1)
     trained = field.rgb(points, directions)
-    with torch.no_grad():  # the channel-last lookup and the in-place MLP: the training path's bits
+    with torch.no_grad():  # the lookup without autograd and the in-place MLP: the training path's bits
         assert torch.equal(field.rgb(points, directions), trained.detach())
-        cached = field._channel_last_planes()
-        assert field._channel_last_planes() is cached
-        field.planes[0].add_(0.05)  # a training step changes the planes: the copy is rebuilt
-        assert field._channel_last_planes() is not cached
+        field.planes[0].add_(0.05)  # a training step changes the planes: the next render sees it
         assert not torch.equal(field.rgb(points, directions), trained.detach())
+
+
+def test_a_checkpoint_with_planes_stored_channel_first_still_loads(tmp_path):
+    """Fields saved before the planes were stored channel-last hold them as (3, C, H, W): same colours."""
+    torch.manual_seed(1)
+    field = Field(FieldConfig(roi_aabb=[[-1, -1, -1], [1, 1, 1]], levels=3, density_resolution=16,
+                              plane_resolutions=(16, 32), occupancy_resolution=16))
+    state = field.state_dict()
+    old = {k: (v.permute(0, 3, 1, 2).contiguous() if k.startswith("planes.") else v) for k, v in state.items()}
+    loaded = Field(field.config)
+    loaded.load_state_dict(old)
+    points = torch.rand(300, 3, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    directions = torch.nn.functional.normalize(points + 0.2, dim=-1)
+    with torch.no_grad():
+        assert torch.equal(loaded.rgb(points, directions), field.rgb(points, directions))
 
 
 def test_the_field_uses_the_compiled_lookups_on_the_cpu_and_grid_sample_where_positions_need_a_gradient():

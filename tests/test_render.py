@@ -159,9 +159,15 @@ def test_packed_cumsum_sums_within_each_ray_only():
     assert values.grad.tolist() == [2.0, 1.0, 0.0, 1.0, 0.0, 0.0]
 
 
-def test_numba_marcher_gives_the_torch_marchers_samples_on_a_cloudy_field():
-    """Thin, uneven density (many samples per ray, some rays past the first pass's slots) in an open field."""
-    from neurallabel.core.render.march_numba import RAY_SLOTS
+@pytest.mark.parametrize("slot_budget", [16 * 3000, None])
+def test_numba_marcher_gives_the_torch_marchers_samples_on_a_cloudy_field(slot_budget, monkeypatch):
+    """Thin, uneven density (many samples per ray) in an open field: with 16 first-pass slots per ray (many rays
+    marched again in the second pass), and with the slots a batch of this size gets."""
+    from neurallabel.core.render import march_numba as compiled
+
+    if slot_budget is not None:
+        monkeypatch.setattr(compiled, "SLOT_BUDGET", slot_budget)
+    slots = compiled.slots_per_ray(3000)
 
     field = solid_below(-0.5, density=50.0, levels=4)
     field.config.contracted_density, field.config.cone_angle, field.config.background_from = True, 1 / 64, 1.0
@@ -179,7 +185,8 @@ def test_numba_marcher_gives_the_torch_marchers_samples_on_a_cloudy_field():
         samples = march_numba(field, origins, directions, near=0.1, stratified=stratified)
         ref_counts = torch.bincount(reference.ray_indices, minlength=3000)
         counts = torch.bincount(samples.ray_indices, minlength=3000)
-        assert int(counts.max()) > RAY_SLOTS and int(counts.sum()) > 5 * 3000
+        assert int(counts.sum()) > 5 * 3000
+        assert (int(counts.max()) > slots) == (slot_budget is not None)
         # the two compute the same floats in another order: a sample on an opacity threshold may flip
         same = counts == ref_counts
         assert float(same.float().mean()) > 0.995

@@ -367,3 +367,24 @@ def test_a_missing_device_names_the_device_field(tmp_path):
     with pytest.raises(NeuralLabelError, match="no CUDA device") as info:
         train_field(tmp_path / "no-data", tmp_path / "f.pt", small_options(steps=1, device="cuda"))
     assert info.value.field == "device" and "--" not in str(info.value)
+
+
+def test_adam_moments_of_channel_first_planes_from_an_older_checkpoint_are_laid_out_as_the_planes():
+    """A run resumed from a checkpoint saved before the planes were stored channel-last: its Adam moments of the
+    planes are (3, C, H, W); they are moved to the planes' layout, value for value, and a fused step runs."""
+    from neurallabel.core.field.model import Field, FieldConfig
+    from neurallabel.core.train.loop import make_optimizer, optimiser_moments_like_planes
+
+    field = Field(FieldConfig(roi_aabb=[[-1, -1, -1], [1, 1, 1]], levels=3, density_resolution=8,
+                              plane_resolutions=(16,), occupancy_resolution=8))
+    optimizer = make_optimizer(field)
+    plane = field.planes[0]
+    moment = torch.rand(plane.shape)
+    optimizer.state[plane] = {"step": torch.tensor(3.0), "exp_avg": moment.permute(0, 3, 1, 2).contiguous(),
+                              "exp_avg_sq": moment.permute(0, 3, 1, 2).contiguous() ** 2}
+    optimiser_moments_like_planes(optimizer, field)
+    assert torch.equal(optimizer.state[plane]["exp_avg"], moment)
+    assert torch.equal(optimizer.state[plane]["exp_avg_sq"], moment ** 2)
+    for p in field.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()

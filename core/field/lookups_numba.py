@@ -113,7 +113,7 @@ def _plane_corner(coords, n, p, h, w):
 def _planes_forward(planes, coords, values, out):
     """out[n, c]: the product over the three channel-last ``planes`` (3, H, W, C) of their bilinear values, kept
     in values[n, p, c] for the backward pass unless ``values`` is empty (rendering). Channel-last: a point's C
-    features sit side by side in memory (3x faster than (3, C, H, W))."""
+    features sit side by side in memory (3x faster than (3, C, H, W)); the field stores them so."""
     n_planes, h, w, channels = planes.shape
     keep = values.shape[0] > 0
     for n in numba.prange(coords.shape[0]):
@@ -131,21 +131,28 @@ def _planes_forward(planes, coords, values, out):
 
 @numba.njit(parallel=True, **_JIT)
 def _planes_backward(coords, values, grad_out, grad):
-    n_planes, channels, h, w = grad.shape
-    # one task per (plane, channel): each owns its slice of the gradient, so no two threads write alike
-    for task in numba.prange(n_planes * channels):
-        p = task // channels
-        c = task % channels
+    """Gradient of the channel-last planes (3, H, W, C). One task per plane and half of the channels: each owns
+    its slice of the gradient (no two threads write alike, so the sums are deterministic) and writes a point's
+    channels side by side."""
+    n_planes, h, w, channels = grad.shape
+    groups = 2 if channels % 2 == 0 else 1
+    width = channels // groups
+    for task in numba.prange(n_planes * groups):
+        p = task // groups
+        c0 = (task % groups) * width
         q, r = (1, 2) if p == 0 else ((0, 2) if p == 1 else (0, 1))
         for n in range(coords.shape[0]):
-            g = grad_out[n, c] * values[n, q, c] * values[n, r, c]
-            if g == 0.0:
-                continue
             x, a, y, b = _plane_corner(coords, n, p, h, w)
-            grad[p, c, y, x] += g * (1 - a) * (1 - b)
-            grad[p, c, y, x + 1] += g * a * (1 - b)
-            grad[p, c, y + 1, x] += g * (1 - a) * b
-            grad[p, c, y + 1, x + 1] += g * a * b
+            w00 = (1 - a) * (1 - b)
+            w01 = a * (1 - b)
+            w10 = (1 - a) * b
+            w11 = a * b
+            for c in range(c0, c0 + width):
+                g = grad_out[n, c] * values[n, q, c] * values[n, r, c]
+                grad[p, y, x, c] += g * w00
+                grad[p, y, x + 1, c] += g * w01
+                grad[p, y + 1, x, c] += g * w10
+                grad[p, y + 1, x + 1, c] += g * w11
 
 
 class _TriPlanes(torch.autograd.Function):
@@ -153,10 +160,10 @@ class _TriPlanes(torch.autograd.Function):
     def forward(ctx, planes: Tensor, coords: Tensor) -> Tensor:
         coords_np = np.ascontiguousarray(coords.detach().numpy(), dtype=np.float32)
         n = coords_np.shape[0]
-        channels = planes.shape[1]
+        channels = planes.shape[-1]
         values = np.empty((n, 3, channels), dtype=np.float32)
         out = np.empty((n, channels), dtype=np.float32)
-        _planes_forward(channel_last(planes), coords_np, values, out)
+        _planes_forward(planes.detach().numpy(), coords_np, values, out)
         ctx.save_for_backward(torch.from_numpy(coords_np), torch.from_numpy(values))
         ctx.planes_shape = planes.shape
         return torch.from_numpy(out)
@@ -171,19 +178,15 @@ class _TriPlanes(torch.autograd.Function):
 
 
 def triplane_features(planes: Tensor, coords: Tensor) -> Tensor:
-    """(N, C) product over the three planes of (3, C, H, W) float32 CPU ``planes`` at ``coords`` (N, 3) in
-    [-1, 1] (plane p looks up the coordinate pair ``model.PLANE_AXES[p]`` as (x, y)): K-Planes' Hadamard feature.
-    Differentiable with respect to ``planes`` (not ``coords``)."""
+    """(N, C) product over the three channel-last planes (3, H, W, C), float32 on the CPU, at ``coords`` (N, 3)
+    in [-1, 1] (plane p looks up the coordinate pair ``model.PLANE_AXES[p]`` as (x, y)): K-Planes' Hadamard
+    feature. Differentiable with respect to ``planes`` (not ``coords``)."""
     return _TriPlanes.apply(planes.contiguous(), coords)
 
 
-def channel_last(planes: Tensor) -> np.ndarray:
-    """(3, H, W, C) float32 copy of (3, C, H, W) ``planes`` for :func:`triplane_lookup`."""
-    return np.ascontiguousarray(planes.detach().permute(0, 2, 3, 1).numpy(), dtype=np.float32)
-
-
 def triplane_lookup(planes_hwc: np.ndarray, coords: Tensor) -> Tensor:
-    """:func:`triplane_features`' values from :func:`channel_last` planes, with no gradient."""
+    """:func:`triplane_features`' values from channel-last planes, a (3, H, W, C) float32 array, with no
+    gradient."""
     coords_np = np.ascontiguousarray(coords.detach().numpy(), dtype=np.float32)
     out = np.empty((coords_np.shape[0], planes_hwc.shape[-1]), dtype=np.float32)
     _planes_forward(planes_hwc, coords_np, np.empty((0, 3, planes_hwc.shape[-1]), dtype=np.float32), out)

@@ -98,9 +98,11 @@ class Field(torch.nn.Module):
         self.register_buffer("roi_half", (roi[1] - roi[0]) / 2)
         r = config.density_resolution
         self.density_grid = torch.nn.Parameter(torch.zeros(1, 1, r, r, r))
+        # channel-last, (3, H, W, C): a point's features side by side, as the CPU kernels read and write them
         self.planes = torch.nn.ParameterList([
-            torch.nn.Parameter(torch.empty(3, config.plane_features, pr, pr).uniform_(0.1, 0.5))
+            torch.nn.Parameter(torch.empty(3, pr, pr, config.plane_features).uniform_(0.1, 0.5))
             for pr in config.plane_resolutions])
+        self._register_load_state_dict_pre_hook(_planes_channel_last, with_module=True)
         n_features = config.plane_features * len(config.plane_resolutions)
         self.mlp = torch.nn.Sequential(torch.nn.Linear(n_features + 9, config.hidden), torch.nn.ReLU(),
                                        torch.nn.Linear(config.hidden, 3))
@@ -187,14 +189,14 @@ class Field(torch.nn.Module):
             kernels = compiled_kernels()
             if torch.is_grad_enabled() and self.planes[0].requires_grad:
                 features = [kernels.triplane_features(plane, coords) for plane in self.planes]
-            else:  # rendering: the planes channel-last, kept until they change
-                features = [kernels.triplane_lookup(plane, coords) for plane in self._channel_last_planes()]
+            else:  # rendering: the planes' own memory, no autograd
+                features = [kernels.triplane_lookup(plane.detach().numpy(), coords) for plane in self.planes]
         else:
             plane_coords = torch.stack([coords[:, list(axes)] for axes in PLANE_AXES]).unsqueeze(1)
             features = []
             for plane in self.planes:
-                sampled = F.grid_sample(plane, plane_coords, mode="bilinear", padding_mode="border",
-                                        align_corners=True)  # (3, C, 1, N)
+                sampled = F.grid_sample(plane.permute(0, 3, 1, 2), plane_coords, mode="bilinear",
+                                        padding_mode="border", align_corners=True)  # (3, C, 1, N)
                 features.append((sampled[0] * sampled[1] * sampled[2]).squeeze(1).t())
         compiled = _compiled_lookup(self.roi_centre, directions)
         sh = compiled_kernels().sh_deg2(directions) if compiled else sh_basis_deg2(directions)
@@ -205,15 +207,6 @@ class Field(torch.nn.Module):
         first, last = self.mlp[0], self.mlp[2]
         hidden = torch.addmm(first.bias, h, first.weight.t()).relu_()
         return torch.addmm(last.bias, hidden, last.weight.t()).sigmoid_()
-
-    def _channel_last_planes(self) -> list:
-        """:func:`..lookups_numba.channel_last` copies of the planes for rendering, kept until they change."""
-        key = tuple((p.data_ptr(), p._version) for p in self.planes)
-        cached = getattr(self, "_planes_hwc", None)
-        if cached is None or cached[0] != key:
-            cached = (key, [compiled_kernels().channel_last(p) for p in self.planes])
-            self._planes_hwc = cached
-        return cached[1]
 
     def forward(self, points: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
         return self.rgb(points, directions), self.density(points)
@@ -262,6 +255,16 @@ class Field(torch.nn.Module):
                 best = part if best is None else torch.maximum(best, part)
             result = best
         return F.softplus(result + self.density_shift) * self.density_scale
+
+
+def _planes_channel_last(field: "Field", state_dict: dict, prefix: str, *args: Any) -> None:
+    """Load hook: a checkpoint from before the planes were stored channel-last holds them as (3, C, H, W)."""
+    for i, plane in enumerate(field.planes):
+        key = f"{prefix}planes.{i}"
+        value = state_dict.get(key)
+        if value is not None and value.dim() == 4 and value.shape != plane.shape \
+                and value.permute(0, 2, 3, 1).shape == plane.shape:
+            state_dict[key] = value.permute(0, 2, 3, 1).contiguous()
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,7 +5,7 @@ occupancy, ``alpha_thre`` and early-stop rules, the field's own density formula)
 in machine code: empty occupancy cells are left in one jump (to the cell's exit, or further by the grid's
 chessboard skip distance), the density is interpolated from the grid where a sample lands in an occupied
 cell, and the ray stops as soon as it is opaque. Rays run in parallel threads, interleaved. Two passes: the
-first writes each ray's first ``RAY_SLOTS`` samples into its own slots and counts them all, the second
+first writes each ray's first samples (``slots_per_ray``) into its own slots and counts them all, the second
 copies them into their packed places and marches again only the rays that had more.
 
 The density here must stay the formula of :meth:`..field.model.Field.density` (contraction, trilinear
@@ -239,24 +239,32 @@ def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, 
     return count
 
 
-#: samples each ray may write in the first pass; rays with more are marched again into exact slots
+#: samples each ray may write in the first pass; rays with more are marched again into exact slots. A small
+#: batch (a training step's rays) gets more, up to SLOT_BUDGET slots in all: its rays are long (a field in
+#: training is not yet opaque), and marching each of them twice cost a third of a step's march
 RAY_SLOTS = 16
+SLOT_BUDGET = 1 << 20
+MAX_RAY_SLOTS = 1024
+
+
+def slots_per_ray(n_rays: int) -> int:
+    return max(RAY_SLOTS, min(MAX_RAY_SLOTS, SLOT_BUDGET // max(n_rays, 1)))
 
 
 @numba.njit(parallel=True, **_JIT)
 def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
-               density, binaries, skip, aabbs, centre, half, ints, floats, lanes):
+               density, binaries, skip, aabbs, centre, half, ints, floats, lanes, slots):
     n = o.shape[0]
     counts = np.zeros(n, dtype=np.int64)
-    slots_t = np.empty((n * RAY_SLOTS, 2), dtype=np.float32)
-    slots_sigma = np.empty(n * RAY_SLOTS, dtype=np.float32)
-    # pass 1: every ray writes its first RAY_SLOTS samples into its own slots and counts them all. Threads
+    slots_t = np.empty((n * slots, 2), dtype=np.float32)
+    slots_sigma = np.empty(n * slots, dtype=np.float32)
+    # pass 1: every ray writes its first ``slots`` samples into its own slots and counts them all. Threads
     # take interleaved rays: neighbouring pixels cost alike, so contiguous shares would not balance
     for lane in numba.prange(lanes):
         for i in range(lane, n, lanes):
             counts[i] = _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
                                    density, binaries, skip, aabbs, centre, half, ints, floats,
-                                   slots_t, slots_sigma, i * RAY_SLOTS, RAY_SLOTS)
+                                   slots_t, slots_sigma, i * slots, slots)
     offsets = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         offsets[i + 1] = offsets[i] + counts[i]
@@ -264,11 +272,11 @@ def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps
     out_sigma = np.empty(offsets[n], dtype=np.float32)
     # pass 2: copy the slots; march the rays that had more samples again, straight into their place
     for i in numba.prange(n):
-        if counts[i] <= RAY_SLOTS:
+        if counts[i] <= slots:
             for j in range(counts[i]):
-                out_t[offsets[i] + j, 0] = slots_t[i * RAY_SLOTS + j, 0]
-                out_t[offsets[i] + j, 1] = slots_t[i * RAY_SLOTS + j, 1]
-                out_sigma[offsets[i] + j] = slots_sigma[i * RAY_SLOTS + j]
+                out_t[offsets[i] + j, 0] = slots_t[i * slots + j, 0]
+                out_t[offsets[i] + j, 1] = slots_t[i * slots + j, 1]
+                out_sigma[offsets[i] + j] = slots_sigma[i * slots + j]
         else:
             _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
                        density, binaries, skip, aabbs, centre, half, ints, floats,
@@ -295,7 +303,7 @@ def march_numba(field: Field, origins: Tensor, directions: Tensor, *, near: floa
         as64(origins), as64(directions), as64(start), as64(t_enter), as64(t_exit), float(step),
         float(lattice.cone), float(lattice.switch), float(effective_alpha_thre(field)),
         float(field.config.early_stop_eps), g.density, g.binaries, g.skip, g.aabbs, g.centre, g.half, g.ints,
-        g.floats, numba.get_num_threads() * 8)
+        g.floats, numba.get_num_threads() * 8, slots_per_ray(n))
     ray_indices = torch.repeat_interleave(torch.arange(n), torch.from_numpy(counts)).to(device)
     t = torch.from_numpy(t).to(device)
     return RaySamples(ray_indices, t[:, 0].contiguous(), t[:, 1].contiguous(), n,

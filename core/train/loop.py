@@ -184,6 +184,15 @@ def make_optimizer(field: Field) -> torch.optim.Optimizer:
     return torch.optim.Adam(param_groups(field), betas=(0.9, 0.99), eps=1e-15, fused=True)
 
 
+def optimiser_moments_like_planes(optimizer: torch.optim.Optimizer, field: Field) -> None:
+    """Adam's moments of the tri-planes in the planes' channel-last layout: a checkpoint from before the
+    planes were stored so holds them as (3, C, H, W)."""
+    for plane in field.planes:
+        for key, value in optimizer.state.get(plane, {}).items():
+            if torch.is_tensor(value) and value.dim() == 4 and value.shape != plane.shape:
+                optimizer.state[plane][key] = value.permute(0, 2, 3, 1).contiguous()
+
+
 def resume_or_create(out: Path, dataset: Dataset, frames: list[Frame]) -> tuple[Field, Optional[dict[str, Any]]]:
     """The field saved at ``out`` (on the CPU) and its training record, or a new field for ``dataset``."""
     if not out.exists():
@@ -228,6 +237,7 @@ def set_up(data: str | Path, out: str | Path, options: TrainOptions,
             optimizer.load_state_dict(training["optimizer"])
         except (ValueError, KeyError):
             pass  # a changed parameter layout: start the moments afresh
+        optimiser_moments_like_planes(optimizer, field)
     visited = torch.zeros(field.density_grid.shape, dtype=torch.bool, device=device)
     saved_visited = training.get("visited")
     if saved_visited is not None and saved_visited.shape == visited.shape:
@@ -290,8 +300,8 @@ def optimiser_step(state: TrainState, loss: torch.Tensor) -> None:
         state.visited |= field.density_grid.grad != 0
     density_before = field.density_grid.detach().clone()
     state.optimizer.step()
-    with torch.no_grad():  # Adam normalises gradients, so scale the step itself
-        field.density_grid.copy_(density_before + (field.density_grid - density_before) * state.lr_scale)
+    with torch.no_grad():  # Adam normalises gradients, so scale the step itself (in place, one pass)
+        torch.lerp(density_before, field.density_grid, state.lr_scale, out=field.density_grid.data)
 
 
 def record_step(setup: TrainSetup, state: TrainState, batch: TrainBatch, render: TrainRender,
