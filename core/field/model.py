@@ -257,14 +257,21 @@ class Field(torch.nn.Module):
         return F.softplus(result + self.density_shift) * self.density_scale
 
 
+def from_channel_first(value: Tensor, plane: Tensor) -> Tensor:
+    """``value`` laid out as the channel-last ``plane`` (3, H, W, C) where it holds a plane of that size channel
+    first, (3, C, H, W), as checkpoints (planes and their Adam moments) from before the planes were stored
+    channel-last do; otherwise ``value`` itself."""
+    if value.dim() == 4 and value.shape != plane.shape and value.permute(0, 2, 3, 1).shape == plane.shape:
+        return value.permute(0, 2, 3, 1).contiguous()
+    return value
+
+
 def _planes_channel_last(field: "Field", state_dict: dict, prefix: str, *args: Any) -> None:
-    """Load hook: a checkpoint from before the planes were stored channel-last holds them as (3, C, H, W)."""
+    """Load hook: older checkpoints' planes (:func:`from_channel_first`)."""
     for i, plane in enumerate(field.planes):
         key = f"{prefix}planes.{i}"
-        value = state_dict.get(key)
-        if value is not None and value.dim() == 4 and value.shape != plane.shape \
-                and value.permute(0, 2, 3, 1).shape == plane.shape:
-            state_dict[key] = value.permute(0, 2, 3, 1).contiguous()
+        if key in state_dict:
+            state_dict[key] = from_channel_first(state_dict[key], plane)
 
 
 @functools.lru_cache(maxsize=None)

@@ -27,7 +27,7 @@ from ..data.dataset import Dataset, Frame, load_dataset
 from ..devices import resolve_device  # noqa: F401  (re-exported: the CLI imports it from here)
 from ..errors import NeuralLabelError
 from ..field.checkpoint import check_dataset, dataset_fingerprint, load_checkpoint, save_checkpoint
-from ..field.model import Field
+from ..field.model import Field, from_channel_first
 from ..progress import ProgressFn, report
 from ..render.march import MARCHERS, choose_backend
 from .batch import (DepthTargets, RayBank, TrainBatch, TrainRender, check_background, check_one_size,
@@ -189,8 +189,8 @@ def optimiser_moments_like_planes(optimizer: torch.optim.Optimizer, field: Field
     planes were stored so holds them as (3, C, H, W)."""
     for plane in field.planes:
         for key, value in optimizer.state.get(plane, {}).items():
-            if torch.is_tensor(value) and value.dim() == 4 and value.shape != plane.shape:
-                optimizer.state[plane][key] = value.permute(0, 2, 3, 1).contiguous()
+            if torch.is_tensor(value):
+                optimizer.state[plane][key] = from_channel_first(value, plane)
 
 
 def resume_or_create(out: Path, dataset: Dataset, frames: list[Frame]) -> tuple[Field, Optional[dict[str, Any]]]:
