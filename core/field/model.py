@@ -29,6 +29,8 @@ from .occupancy import OccupancyGrid, level_aabbs
 
 #: the coordinate pair each tri-plane looks up: plane p is indexed [H = second, W = first]
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
+#: points per chunk of a render's colour evaluation (:meth:`Field.rgb` without autograd)
+RGB_CHUNK = 1 << 16
 
 
 @dataclass
@@ -184,6 +186,17 @@ class Field(torch.nn.Module):
 
     def rgb(self, points: Tensor, directions: Tensor) -> Tensor:
         """(N, 3) colour in [0, 1] at world points seen along unit ``directions``."""
+        if not torch.is_grad_enabled() and len(points) > RGB_CHUNK:
+            # rendering: in chunks, so the (N, hidden) activations stay small enough to live in the cache (the
+            # same bits: each row's products do not depend on the other rows)
+            out = torch.empty(len(points), 3, device=points.device)
+            for begin in range(0, len(points), RGB_CHUNK):
+                end = begin + RGB_CHUNK
+                out[begin:end] = self._rgb(points[begin:end], directions[begin:end])
+            return out
+        return self._rgb(points, directions)
+
+    def _rgb(self, points: Tensor, directions: Tensor) -> Tensor:
         coords = self.normalize(points)
         if _compiled_lookup(self.planes[0], coords):
             kernels = compiled_kernels()

@@ -37,11 +37,19 @@ def _empty_outputs(device: torch.device, depth_only: bool, return_samples: bool)
     return out
 
 
+def ray_chunk(device: torch.device) -> int:
+    """Rays rendered at once: on the CPU few enough that a chunk's packed samples stay in the caches and the
+    allocator's reused memory (a bigger chunk spends its time faulting in fresh pages); on a GPU enough to
+    fill it."""
+    return 1 << 13 if device.type == "cpu" else 1 << 18
+
+
 @torch.no_grad()
 def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0,
-                depth_only: bool = False, return_samples: bool = False, chunk: int = 1 << 18,
+                depth_only: bool = False, return_samples: bool = False, chunk: Optional[int] = None,
                 far: float = 1e10, backend: str = "auto", exact_rgb: bool = False) -> dict[str, Tensor]:
-    """Render rays (unit ``directions``) through a field, in chunks; outputs on the rays' device.
+    """Render rays (unit ``directions``) through a field, in chunks of ``chunk`` rays (default
+    :func:`ray_chunk`); outputs on the rays' device.
 
     Sampling starts at ``near`` or at the field's own training near plane (``field.config.near``), whichever
     is further. Returns ``rgb`` (N, 3) unless ``depth_only``, ``opacity`` (N,), ``distance`` (N,) (expected distance
@@ -55,6 +63,7 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
     near = max(float(near), field.config.near)  # the field knows nothing closer than its training near
     origins = origins.to(device=device, dtype=torch.float32)
     directions = directions.to(device=device, dtype=torch.float32)
+    chunk = chunk or ray_chunk(device)
     parts: list[dict[str, Tensor]] = []
     numba_marched = choose_backend(device, backend)[0] == "numba"
     if numba_marched:
@@ -78,7 +87,7 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
 
 @torch.no_grad()
 def render_surface(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
-                   chunk: int = 1 << 18, backend: str = "auto") -> dict[str, Tensor]:
+                   chunk: Optional[int] = None, backend: str = "auto") -> dict[str, Tensor]:
     """``opacity``, ``distance`` and ``median_distance`` (N,) of :func:`render_rays` with ``depth_only``, on
     the rays' device. On the CPU's numba marcher each ray is composited where it is marched (no packed
     samples: a depth map at every pixel costs about the march alone); elsewhere it is :func:`render_rays`."""
@@ -97,7 +106,8 @@ def render_surface(field: Field, origins: Tensor, directions: Tensor, *, near: f
 
 def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray, *,
                  pixels: Optional[np.ndarray] = None, depth_only: bool = False, near: float = 0.0,
-                 chunk: int = 65536, min_opacity: float = 0.5, exact_rgb: bool = False) -> dict[str, np.ndarray]:
+                 chunk: Optional[int] = None, min_opacity: float = 0.5, exact_rgb: bool = False
+                 ) -> dict[str, np.ndarray]:
     """Render one camera (through its lens distortion) at every pixel centre, or at ``pixels`` (N, 2).
 
     Returns numpy arrays shaped (H, W, ...) or (N, ...): ``rgb`` (unless ``depth_only``), ``opacity``,

@@ -248,15 +248,14 @@ class FieldQuery:
         with torch.no_grad():
             plain = np.flatnonzero(~rich)
             if len(plain):
-                out = render_surface(self.field, tensor(origins[plain]), tensor(directions[plain]),
-                                     chunk=self.chunk)
+                out = render_surface(self.field, tensor(origins[plain]), tensor(directions[plain]))
                 distance[plain] = out[key].double().cpu().numpy()
                 opacity[plain] = out["opacity"].double().cpu().numpy()
             rich_ids = np.flatnonzero(rich)
             for start in range(0, len(rich_ids), self.chunk):
                 ids = rich_ids[start:start + self.chunk]
                 out = render_rays(self.field, tensor(origins[ids]), tensor(directions[ids]), depth_only=True,
-                                  return_samples=True, chunk=self.chunk)
+                                  return_samples=True)
                 distance[ids] = out[key].double().cpu().numpy()
                 opacity[ids] = out["opacity"].double().cpu().numpy()
                 if confidence:

@@ -80,7 +80,7 @@ class RenderedQuery:
                 sl = slice(start, start + self.chunk)
                 o = torch.as_tensor(origins[sl], dtype=torch.float32, device=self.device)
                 d = torch.as_tensor(directions[sl], dtype=torch.float32, device=self.device)
-                out = render_rays(self.field, o, d, return_samples=True, chunk=self.chunk)
+                out = render_rays(self.field, o, d, return_samples=True)
                 opacity[sl] = out["opacity"].double().cpu().numpy()
                 rgb[sl] = out["rgb"].double().cpu().numpy()
                 z[sl] = out["median_distance"].double().cpu().numpy() * z_per_distance[sl]
