@@ -43,6 +43,7 @@ class SurfaceBand:
         self._voxel = 0.0
         self._voxel_distance: Optional[np.ndarray] = None
         self._interior: Optional[np.ndarray] = None
+        self._centre_distance: Optional[np.ndarray] = None  # exact, filled as frames ask (NaN: not yet)
         if not self.empty:
             self._voxel_distance, self._voxel = self._voxel_distances(cloud, spacing)
             self._interior = self._enclosed(self._voxel_distance == 0)
@@ -81,6 +82,23 @@ class SurfaceBand:
         shell = binary_dilation(np.pad(surface, 2), structure=np.ones((3, 3, 3), bool))  # border: outside
         return (binary_fill_holes(shell) & ~shell)[2:-2, 2:-2, 2:-2]
 
+    def _centre_distances(self, cells: np.ndarray) -> np.ndarray:
+        """(N,) the exact distance from the centres of voxels ``cells`` (N, 3) to the surface samples; inf past
+        the band plus a voxel diagonal (farther than any point in the voxel could be within the band)."""
+        grid = self._voxel_distance
+        if self._centre_distance is None:
+            self._centre_distance = np.full(grid.size, np.nan, dtype=np.float32)
+        flat = np.ravel_multi_index(tuple(cells.T), grid.shape)
+        known = self._centre_distance[flat]
+        missing = np.unique(flat[np.isnan(known)])
+        if len(missing):
+            centres = self.lo + (np.stack(np.unravel_index(missing, grid.shape), axis=1) + 0.5) * self._voxel
+            bound = self.band + np.sqrt(3.0) * self._voxel
+            distance, _ = self._tree.query(centres, distance_upper_bound=bound, workers=-1)
+            self._centre_distance[missing] = distance
+            known = self._centre_distance[flat]
+        return known.astype(np.float64)
+
     def inside(self, points: np.ndarray) -> np.ndarray:
         """(N,) bool: points in a voxel enclosed by a (closed) mesh's surface voxels, at least about half a
         voxel deep. With :meth:`within` this tells which density is the object's: a field whose surface sits
@@ -110,11 +128,23 @@ class SurfaceBand:
         grid, near = self._voxel_distance, points[idx]
         cells = np.minimum(((near - self.lo) / self._voxel).astype(np.int64), np.array(grid.shape) - 1)
         voxel_distance = grid[cells[:, 0], cells[:, 1], cells[:, 2]]
-        reach = np.linalg.norm(near - (self.lo + (cells + 0.5) * self._voxel), axis=1)
-        reach += 0.5 * np.sqrt(3.0) * self._voxel * 1.01  # 1 %: float32 rounding
+        offset = np.linalg.norm(near - (self.lo + (cells + 0.5) * self._voxel), axis=1)
+        reach = offset + 0.5 * np.sqrt(3.0) * self._voxel * 1.01  # 1 %: float32 rounding
         inside = voxel_distance + reach <= limit
         out[idx[inside]] = True
         ask = ~inside & (voxel_distance - reach <= limit)
+        idx, limit, cells, offset = idx[ask], limit[ask], cells[ask], offset[ask]
+        if len(idx) == 0:
+            return out
+        # The undecided shell is as thick as the grid's bound is loose. The exact distance at the voxel's centre
+        # bounds the point's to within its offset from the centre alone (1-Lipschitz), which decides most of
+        # the shell; voxels are shared by the samples of neighbouring rays and of later frames, so each
+        # centre's distance is found once.
+        exact = self._centre_distances(cells)
+        margin = offset * 1.01 + 1e-4 * self._voxel  # float32 rounding of the stored distances
+        inside = exact + margin <= limit
+        out[idx[inside]] = True
+        ask = ~inside & (exact - margin <= limit)
         idx, limit = idx[ask], limit[ask]
         if len(idx) == 0:
             return out
