@@ -158,3 +158,18 @@ def test_with_gradients_every_sample_is_coloured_and_the_gradients_are_the_full_
     assert set(got) == set(want) and {"density_grid", "mlp.0.weight", "planes.0"} <= set(want)
     for name in want:
         assert torch.equal(got[name], want[name]), name
+
+
+def test_chunks_of_rays_and_of_coloured_points_give_the_same_bits(trained, monkeypatch):
+    """CPU renders march a few thousand rays at a time and colour tens of thousands of points at a time (so their
+    arrays stay in reused memory): every output is the one-chunk render's, bit for bit."""
+    import neurallabel.core.field.model as model
+
+    field, frames = trained
+    origins, directions = camera_rays_of(frames[0], 4)
+    whole = render_rays(field, origins, directions, return_samples=True, chunk=len(origins))
+    monkeypatch.setattr(model, "RGB_CHUNK", 997)
+    chunked = render_rays(field, origins, directions, return_samples=True, chunk=389)
+    assert len(whole["weights"]) > 997 * 10
+    for key in whole:
+        assert torch.equal(whole[key], chunked[key]), key
