@@ -204,9 +204,7 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
         transparent = np.isin(ids, transparent_ids)
         objects = (ids > 0) & ~transparent
         valid = objects & np.isfinite(z_true)
-        see_through = transparent & np.isfinite(z_true)
-        z = np.where(np.isnan(out["median_z_depth"]), np.inf, out["median_z_depth"] * depth_scale)
-        transparent_errors.append((z[see_through] - z_true[see_through]) / z_true[see_through])
+        valid_transparent = transparent & np.isfinite(z_true)
         object_opacity.append(out["opacity"][objects])
         background_opacity.append(out["opacity"][~objects & np.isfinite(z_true)])
         for name, key in DEPTH_ESTIMATES.items():
@@ -214,6 +212,9 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
             signed = (z[valid] - z_true[valid]) / z_true[valid]
             signed_errors[name].append(signed)
             per_view[name].append(float(np.median(np.abs(signed))) if len(signed) else float("nan"))
+            if name == "surface_depth_error":
+                transparent_errors.append((z[valid_transparent] - z_true[valid_transparent])
+                                          / z_true[valid_transparent])
         origins, directions, _ = camera_rays(frame.intrinsics, frame.cam_to_data)
         samples = render_rays(field, torch.from_numpy(origins).float(), torch.from_numpy(directions).float(),
                               depth_only=True, return_samples=True)
