@@ -51,18 +51,19 @@ def test_compiled_compositing_gives_torch_compositing_outputs():
     out, weights = composite_numba(samples)
     # the same float32 values and float64 running sums: equal to an ulp or two (the sums' order differs)
     assert torch.allclose(weights, weighted.weights, rtol=1e-5, atol=1e-7)
-    for key in ("opacity", "distance", "median_distance"):
+    for key in ("opacity", "distance", "median_distance", "peak_distance"):
         finite = torch.isfinite(reference[key])
         assert torch.equal(finite, torch.isfinite(out[key]))
         assert torch.allclose(out[key][finite], reference[key][finite], rtol=1e-5, atol=1e-6)
     assert bool(torch.isinf(out["median_distance"][counts == 0]).all())
+    assert bool(torch.isinf(out["peak_distance"][counts == 0]).all())
 
 
 def test_surface_without_samples_equals_the_depth_only_render():
     field, origins, directions = cloudy_field()
     rich = render_rays(field, origins, directions, near=0.1, depth_only=True, return_samples=True, chunk=1000)
     plain = render_surface(field, origins, directions, near=0.1)
-    for key in ("opacity", "distance", "median_distance"):
+    for key in ("opacity", "distance", "median_distance", "peak_distance"):
         assert torch.equal(plain[key], rich[key]), key  # one compiled compositing: the same bits
     # a ray longer than the scratch slots is marched again into its own buffer
     dense = solid_below(0.99, density=2.0, levels=1)  # faint density all along the ray, fine steps
@@ -72,7 +73,7 @@ def test_surface_without_samples_equals_the_depth_only_render():
     long = render_rays(dense, o, d, depth_only=True, return_samples=True)
     assert len(long["weights"]) > SURFACE_SLOTS
     short = render_surface(dense, o, d)
-    for key in ("opacity", "distance", "median_distance"):
+    for key in ("opacity", "distance", "median_distance", "peak_distance"):
         assert torch.equal(short[key], long[key]), key
 
 

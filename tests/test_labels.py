@@ -14,7 +14,7 @@ from neurallabel.core.labels.box_mesh import chamfer_distance, density_threshold
 from neurallabel.core.data.dataset import load_transforms
 from neurallabel.core.geometry.transforms import Similarity
 from neurallabel.core.geometry.view import View
-from neurallabel.core.scene.queries import ScenePixels, TruthQuery, weight_near_median
+from neurallabel.core.scene.queries import ScenePixels, TruthQuery, weight_near_surface
 from neurallabel.core.labels.frame import FrameLabeler, LabelOptions, make_label_object
 from neurallabel.core.labels.raycast import MeshCaster, world_mesh
 from neurallabel.core.spec import LabelSpec, spec_from_scene
@@ -179,13 +179,13 @@ def test_box_mesh_from_density_is_the_largest_surface() -> None:
     assert weak is None
 
 
-def test_confidence_is_the_weight_near_the_median() -> None:
+def test_confidence_is_the_weight_near_the_surface() -> None:
     import torch
 
     # Ray 0: all weight at the surface; ray 1: weight split between 1.0 and 2.0 (a glass and the wall behind).
     out = {"ray_indices": torch.tensor([0, 0, 1, 1]), "t_starts": torch.tensor([0.995, 1.4, 0.995, 1.995]),
            "t_ends": torch.tensor([1.005, 1.41, 1.005, 2.005]), "weights": torch.tensor([0.97, 0.01, 0.5, 0.45])}
-    conf = weight_near_median(out, torch.tensor([1.0, 1.0], dtype=torch.float64), 2).numpy()
+    conf = weight_near_surface(out, torch.tensor([1.0, 1.0], dtype=torch.float64), 2).numpy()
     assert conf == pytest.approx([0.97, 0.5])
 
 

@@ -14,7 +14,7 @@ from neurallabel.core.field.model import Field, FieldConfig
 from neurallabel.core.render.march import march_cpu, march_nerfacc, ray_box
 from neurallabel.core.render.march_numba import march_numba
 from neurallabel.core.render.samples import RaySamples
-from neurallabel.core.render.views import render_frame, render_rays
+from neurallabel.core.render.views import render_frame, render_rays, render_surface
 from neurallabel.core.render.volrend import packed_cumsum
 
 
@@ -125,10 +125,34 @@ def test_render_frame_z_depth_and_nan_where_nothing_is_hit():
     assert out["rgb"].shape == (12, 16, 3) and out["z_depth"].shape == (12, 16)
     assert np.allclose(out["z_depth"], 0.8, atol=2.0 / 63)
     assert np.allclose(out["median_z_depth"], 0.8, atol=2.0 / 63)
+    assert np.allclose(out["peak_z_depth"], 0.8, atol=2.0 / 63)
     up = cam_to_world.copy()
     up[:3, :3] = np.diag([1.0, -1.0, -1.0])  # looking up: nothing
     out = render_frame(field, intrinsics, up, pixels=np.array([[8.0, 6.0], [1.5, 2.5]]), depth_only=True)
     assert "rgb" not in out and np.isnan(out["z_depth"]).all()
+
+
+def test_the_peak_stays_on_a_surface_that_lets_light_through_where_the_median_sinks_behind_it():
+    """A thin layer stopping 40 % of the light above a faint volume that stops the rest over a long stretch: the
+    most likely place to stop is the layer, while half the ray's weight lies only in the volume behind it."""
+    field = solid_below(0.0, occupancy=False)
+    with torch.no_grad():
+        r = field.config.density_resolution
+        z = field.roi_centre[2] + torch.linspace(-1, 1, r) * field.roi_half[2]
+        density = torch.where(z < 0.0, 3.0, 0.0) + torch.where((z > 0.2) & (z < 0.26), 8.5, 0.0)
+        raw = torch.where(density > 0, torch.log(torch.expm1(density.clamp_min(1e-6) / field.density_scale)),
+                          torch.tensor(-30.0)) - field.density_shift
+        field.density_grid[:] = raw.view(1, 1, 1, 1, r).expand_as(field.density_grid)
+    field.update_occupancy(samples_per_cell=16)
+    origins = torch.tensor([[0.0, 0.0, 0.9], [0.1, -0.2, 0.9]])
+    directions = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+    rich = render_rays(field, origins, directions)  # composited in torch
+    plain = render_surface(field, origins, directions)  # composited in the compiled loop
+    assert torch.equal(rich["peak_distance"], plain["peak_distance"])
+    layer = (0.9 - 0.26 - 2.0 / 63, 0.9 - 0.2 + 2.0 / 63)  # within a density voxel of the layer
+    assert bool(((rich["peak_distance"] > layer[0]) & (rich["peak_distance"] < layer[1])).all())
+    assert bool((rich["median_distance"] > 0.9).all())  # below z = 0: behind the layer
+    assert bool((rich["opacity"] > 0.9).all())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: only the CPU path is tested")

@@ -162,7 +162,9 @@ def test_with_gradients_every_sample_is_coloured_and_the_gradients_are_the_full_
 
 def test_chunks_of_rays_and_of_coloured_points_give_the_same_bits(trained, monkeypatch):
     """CPU renders march a few thousand rays at a time and colour tens of thousands of points at a time (so their
-    arrays stay in reused memory): every output is the one-chunk render's, bit for bit."""
+    arrays stay in reused memory): every output is the one-chunk render's, bit for bit, but for the colours'
+    last bits: MKL multiplies a batch of at most ~10 rows (a chunk's tail) with other kernels than a big one,
+    and on AVX-512 machines they round differently."""
     import neurallabel.core.field.model as model
 
     field, frames = trained
@@ -172,4 +174,7 @@ def test_chunks_of_rays_and_of_coloured_points_give_the_same_bits(trained, monke
     chunked = render_rays(field, origins, directions, return_samples=True, chunk=389)
     assert len(whole["weights"]) > 997 * 10
     for key in whole:
-        assert torch.equal(whole[key], chunked[key]), key
+        if key == "rgb":
+            assert torch.allclose(whole[key], chunked[key], rtol=0.0, atol=1e-6)
+        else:
+            assert torch.equal(whole[key], chunked[key]), key

@@ -321,29 +321,39 @@ def march_numba(field: Field, origins: Tensor, directions: Tensor, *, near: floa
                       sigmas=torch.from_numpy(sigmas).to(device))
 
 
+#: the per-ray outputs of the compiled compositing, in its output columns' order
+SURFACE_OUTPUTS = ("opacity", "distance", "median_distance", "peak_distance")
+
 #: samples a ray of :func:`_surface_all` keeps in its lane's scratch; a ray with more is marched again
 SURFACE_SLOTS = 512
 
 
 @numba.njit(**_JIT)
 def _composite_ray(t, sigma, begin, end, out, i, weights):
-    """:func:`.volrend.composite`'s ``opacity``, ``distance`` and ``median_distance`` of one ray's samples
-    ``begin:end`` into ``out[i]``, and their weights into ``weights[begin:end]``, in its precisions (float32
-    values, float64 running sums)."""
+    """:func:`.volrend.composite`'s ``opacity``, ``distance``, ``median_distance`` and ``peak_distance`` of one
+    ray's samples ``begin:end`` into ``out[i]``, and their weights into ``weights[begin:end]``, in its
+    precisions (float32 values, float64 running sums)."""
     f32 = np.float32
     opacity = f32(0.0)
     weighted = f32(0.0)
     tau_sum = 0.0  # packed_cumsum(tau): float64, exclusive
+    peak_weight = f32(0.0)
+    peak = np.inf
     for j in range(begin, end):
         tau = sigma[j] * (t[j, 1] - t[j, 0])
         w = f32(math.exp(-f32(tau_sum))) * (f32(1.0) - f32(math.exp(-tau)))
         weights[j] = w
         tau_sum += float(tau)
         opacity += w
-        weighted += w * ((t[j, 0] + t[j, 1]) / f32(2.0))
+        mid = (t[j, 0] + t[j, 1]) / f32(2.0)
+        weighted += w * mid
+        if w > peak_weight:  # the first of equal weights
+            peak_weight = w
+            peak = mid
     out[i, 0] = opacity
     out[i, 1] = weighted / max(opacity, f32(1e-12)) if opacity > 0 else np.inf
     out[i, 2] = np.inf
+    out[i, 3] = peak
     if opacity <= 0:
         return
     target = f32(0.5) * opacity
@@ -360,7 +370,7 @@ def _composite_ray(t, sigma, begin, end, out, i, weights):
 @numba.njit(parallel=True, **_JIT)
 def _composite_packed(offsets, t, sigma, lanes):
     n = len(offsets) - 1
-    out = np.empty((n, 3), dtype=np.float32)
+    out = np.empty((n, 4), dtype=np.float32)
     weights = np.empty(len(sigma), dtype=np.float32)
     for lane in numba.prange(lanes):
         for i in range(lane, n, lanes):
@@ -370,24 +380,27 @@ def _composite_packed(offsets, t, sigma, lanes):
 
 def composite_numba(samples: RaySamples) -> tuple[dict[str, Tensor], Tensor]:
     """:func:`.volrend.composite` with ``depth_only`` of CPU samples (``sigmas`` set), one compiled loop per
-    ray: ``opacity``, ``distance``, ``median_distance`` (N,), and the samples' weights (M,)."""
+    ray: ``opacity``, ``distance``, ``median_distance``, ``peak_distance`` (N,), and the samples' weights (M,)."""
     counts = torch.bincount(samples.ray_indices, minlength=samples.n_rays).numpy()
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     t = np.ascontiguousarray(torch.stack([samples.t_starts, samples.t_ends], dim=1).float().numpy())
     out, weights = _composite_packed(offsets, t, np.ascontiguousarray(samples.sigmas.float().numpy()),
                                      numba.get_num_threads() * 8)
+    return _outputs(out), torch.from_numpy(weights)
+
+
+def _outputs(out: np.ndarray) -> dict[str, Tensor]:
     out = torch.from_numpy(out)
-    return ({"opacity": out[:, 0], "distance": out[:, 1], "median_distance": out[:, 2]},
-            torch.from_numpy(weights))
+    return {key: out[:, k] for k, key in enumerate(SURFACE_OUTPUTS)}
 
 
 @numba.njit(parallel=True, **_JIT)
 def _surface_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
                  density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats, lanes):
-    """Per ray (opacity, distance, median distance), float32: each ray marched into its lane's scratch and
-    composited there, never packed (a depth map's rays need no samples)."""
+    """Per ray (opacity, distance, median distance, peak distance), float32: each ray marched into its lane's
+    scratch and composited there, never packed (a depth map's rays need no samples)."""
     n = o.shape[0]
-    out = np.empty((n, 3), dtype=np.float32)
+    out = np.empty((n, 4), dtype=np.float32)
     for lane in numba.prange(lanes):
         scratch_t = np.empty((SURFACE_SLOTS, 2), dtype=np.float32)
         scratch_sigma = np.empty(SURFACE_SLOTS, dtype=np.float32)
@@ -412,15 +425,14 @@ def _surface_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, e
 @torch.no_grad()
 def surface_numba(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10
                   ) -> dict[str, Tensor]:
-    """``opacity``, ``distance`` and ``median_distance`` (N,) of :func:`.views.render_rays` with
-    ``depth_only`` (float32 on the CPU), marched and composited per ray in one compiled loop: no packed
+    """``opacity``, ``distance``, ``median_distance`` and ``peak_distance`` (N,) of :func:`.views.render_rays`
+    with ``depth_only`` (float32 on the CPU), marched and composited per ray in one compiled loop: no packed
     samples, so a whole depth map costs about the march alone."""
     from .march import effective_alpha_thre, ray_span
 
     n = origins.shape[0]
     if n == 0:
-        empty = torch.zeros(0)
-        return {"opacity": empty, "distance": empty.clone(), "median_distance": empty.clone()}
+        return {key: torch.zeros(0) for key in SURFACE_OUTPUTS}
     t_enter, t_exit, lattice = ray_span(field, origins, directions, near, far, False)
     g = _grids(field)
     as64 = lambda x: np.ascontiguousarray(x.detach().cpu().double().numpy())  # noqa: E731
@@ -429,5 +441,4 @@ def surface_numba(field: Field, origins: Tensor, directions: Tensor, *, near: fl
         float(field.sample_step_size), float(lattice.cone), float(lattice.switch),
         float(effective_alpha_thre(field)), float(field.config.early_stop_eps), g.density, g.binaries, g.skip,
         g.aabbs, g.cells, g.centre, g.inv_half, g.ints, g.floats, numba.get_num_threads() * 8)
-    out = torch.from_numpy(out)
-    return {"opacity": out[:, 0], "distance": out[:, 1], "median_distance": out[:, 2]}
+    return _outputs(out)

@@ -28,7 +28,7 @@ def field_device(field: Field) -> torch.device:
 
 def _empty_outputs(device: torch.device, depth_only: bool, return_samples: bool) -> dict[str, Tensor]:
     empty = torch.zeros(0, device=device)
-    out = {"opacity": empty, "distance": empty, "median_distance": empty}
+    out = {"opacity": empty, "distance": empty, "median_distance": empty, "peak_distance": empty}
     if not depth_only:
         out["rgb"] = torch.zeros(0, 3, device=device)
     if return_samples:
@@ -88,14 +88,15 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
 @torch.no_grad()
 def render_surface(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
                    chunk: Optional[int] = None, backend: str = "auto") -> dict[str, Tensor]:
-    """``opacity``, ``distance`` and ``median_distance`` (N,) of :func:`render_rays` with ``depth_only``, on
+    """``opacity``, ``distance``, ``median_distance`` and ``peak_distance`` (N,) of :func:`render_rays` with
+    ``depth_only``, on
     the rays' device. On the CPU's numba marcher each ray is composited where it is marched (no packed
     samples: a depth map at every pixel costs about the march alone); elsewhere it is :func:`render_rays`."""
     device = field_device(field)
     if choose_backend(device, backend)[0] != "numba":
         out = render_rays(field, origins, directions, near=near, far=far, depth_only=True, chunk=chunk,
                           backend=backend)
-        return {key: out[key] for key in ("opacity", "distance", "median_distance")}
+        return {key: out[key] for key in ("opacity", "distance", "median_distance", "peak_distance")}
     from .march_numba import surface_numba
 
     near = max(float(near), field.config.near)  # as render_rays: nothing closer than the training near
@@ -111,7 +112,8 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
     """Render one camera (through its lens distortion) at every pixel centre, or at ``pixels`` (N, 2).
 
     Returns numpy arrays shaped (H, W, ...) or (N, ...): ``rgb`` (unless ``depth_only``), ``opacity``,
-    ``z_depth`` (expected z-depth along the optical axis), ``distance`` and ``median_z_depth``; depths and
+    ``z_depth`` (expected z-depth along the optical axis), ``distance``, ``median_z_depth`` and
+    ``peak_z_depth`` (:func:`.volrend.peak_distance`); depths and
     distances are NaN where opacity < ``min_opacity`` (nothing solid hit). ``exact_rgb``: as
     :func:`render_rays`.
     """
@@ -127,11 +129,13 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
     hit = opacity >= min_opacity
     distance = np.where(hit, out["distance"].cpu().numpy(), np.nan).astype(np.float32)
     median = np.where(hit, out["median_distance"].cpu().numpy(), np.nan)
+    peak = np.where(hit, out["peak_distance"].cpu().numpy(), np.nan)
     result = {
         "opacity": opacity.astype(np.float32),
         "distance": distance,
         "z_depth": (distance * z_per_distance).astype(np.float32),
         "median_z_depth": (median * z_per_distance).astype(np.float32),
+        "peak_z_depth": (peak * z_per_distance).astype(np.float32),
     }
     if not depth_only:
         result["rgb"] = out["rgb"].cpu().numpy().astype(np.float32)
@@ -143,8 +147,8 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
 
 def render_views(field: Field, frames, out_dir, *, progress: Optional[ProgressFn] = None,
                  with_metrics: bool = True) -> dict:
-    """Render ``frames`` into ``out_dir/rgb/<stem>.png`` and float32 z-depth ``out_dir/depth/<stem>.npy``
-    (NaN where nothing is hit), with pictures: ``depth_colour/<stem>.png`` (turbo, near = red, no depth black:
+    """Render ``frames`` into ``out_dir/rgb/<stem>.png`` and float32 z-depth ``out_dir/depth/<stem>.npy`` (the
+    peak depth, the surface the bake's labels use; NaN where nothing is hit), with pictures: ``depth_colour/<stem>.png`` (turbo, near = red, no depth black:
     :func:`~..eval.inspect.colour_depth`) and, for a view with a photo, ``strip/<stem>.png`` (truth | render |
     error: :func:`~..eval.image.comparison_strip`); PSNR/SSIM per view and on average where the photo exists."""
     from ..eval.image import comparison_strip, psnr, ssim, to_uint8
@@ -159,8 +163,9 @@ def render_views(field: Field, frames, out_dir, *, progress: Optional[ProgressFn
     for n, frame in enumerate(frames):
         out = render_frame(field, frame.intrinsics, frame.cam_to_data)
         write_bytes(out_dir / "rgb" / f"{frame.name}.png", png_bytes(to_uint8(out["rgb"])))
-        write_bytes(out_dir / "depth" / f"{frame.name}.npy", npy_bytes(out["z_depth"].astype(np.float32)))
-        write_bytes(out_dir / "depth_colour" / f"{frame.name}.png", png_bytes(colour_depth(out["z_depth"])))
+        surface = out["peak_z_depth"]
+        write_bytes(out_dir / "depth" / f"{frame.name}.npy", npy_bytes(surface.astype(np.float32)))
+        write_bytes(out_dir / "depth_colour" / f"{frame.name}.png", png_bytes(colour_depth(surface)))
         view = {"frame": frame.index, "name": frame.name}
         if frame.image_path is not None and Path(frame.image_path).is_file():
             truth = load_image(frame)[..., :3]

@@ -90,6 +90,27 @@ def median_distance(samples: RaySamples, opacity: Tensor, counts: Optional[Tenso
     return median
 
 
+def peak_distance(samples: RaySamples, counts: Optional[Tensor] = None) -> Tensor:
+    """(n_rays,) middle of each ray's most-weighted sample (the first of equal weights): where the ray most
+    likely stops. Unlike the median it does not move behind a surface that lets light through to whatever
+    lies behind it; ``inf`` for rays without weight. ``samples.weights`` must be set."""
+    n_rays = samples.n_rays
+    peak = torch.full((n_rays,), float("inf"), device=samples.t_starts.device)
+    weights = samples.weights
+    if weights.numel() == 0:
+        return peak
+    ray_indices = samples.ray_indices
+    if counts is None:
+        counts = torch.bincount(ray_indices, minlength=n_rays)
+    most = torch.segment_reduce(weights, "max", lengths=counts, axis=0, unsafe=True)
+    at = torch.nonzero((weights == most[ray_indices]) & (weights > 0)).squeeze(1)
+    first = torch.full((n_rays,), weights.numel(), dtype=torch.long, device=weights.device)
+    first = first.scatter_reduce(0, ray_indices[at], at, "amin")
+    has = first < weights.numel()
+    peak[has] = samples.mids[first[has]]
+    return peak
+
+
 def scale_gradient(values: Tensor, factor: Tensor) -> Tensor:
     """``values`` unchanged, but the gradient flowing back through them times ``factor`` (per row)."""
     if factor.dim() < values.dim():
@@ -133,7 +154,8 @@ def composite(field: Field, origins: Tensor, directions: Tensor, samples: RaySam
     their ``weights``.
 
     Outputs: ``opacity``, ``distance`` (weighted mean distance given a hit; ``inf`` where the ray meets no
-    density), ``rgb`` unless ``depth_only`` and, with ``median``, ``median_distance`` (no gradient).
+    density), ``rgb`` unless ``depth_only`` and, with ``median``, ``median_distance`` and ``peak_distance``
+    (:func:`peak_distance`; no gradient).
     Per-ray sums are segment sums (:func:`segment_sum`): the same bits on every run, on CUDA too.
     ``background``: (N, 3) colours behind each ray; default the field's learned background colour.
     ``sample_gradient_scale``: (M,) factors on the gradient reaching each sample's colour (training).
@@ -162,6 +184,7 @@ def composite(field: Field, origins: Tensor, directions: Tensor, samples: RaySam
     if not median:
         return out, weighted_samples
     with torch.no_grad():
-        out["median_distance"] = median_distance(weighted_samples.with_values(weights=weights.detach()),
-                                                 opacity.detach(), counts)
+        detached = weighted_samples.with_values(weights=weights.detach())
+        out["median_distance"] = median_distance(detached, opacity.detach(), counts)
+        out["peak_distance"] = peak_distance(detached, counts)
     return out, weighted_samples

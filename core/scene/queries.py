@@ -35,6 +35,9 @@ from ..errors import NeuralLabelError
 CONFIDENCE_WINDOW = 0.02
 
 
+#: :class:`FieldQuery`'s surface depths and the render output each reads
+FIELD_DEPTHS = {"peak": "peak_distance", "median": "median_distance", "expected": "distance"}
+
 #: a ray at least this opaque has a surface (its median depth); below it the ray sees no surface
 SURFACE_OPACITY = 0.5
 
@@ -71,6 +74,22 @@ class RayWeights:
         reached = np.flatnonzero(cum >= 0.5)
         first = np.full(n_rays, len(self.z))
         np.minimum.at(first, self.ray[reached], reached)
+        hit = first < len(self.z)
+        out[hit] = self.z[first[hit]]
+        return out
+
+    def peak_z(self, n_rays: int) -> np.ndarray:
+        """(N,) z of each ray's most-weighted sample (the first of equal weights), where the ray most likely
+        stops (:func:`..render.volrend.peak_distance`); NaN where it has no weight."""
+        weights = self.weights(n_rays)
+        out = np.full(n_rays, np.nan)
+        if len(weights) == 0:
+            return out
+        most = np.zeros(n_rays)
+        np.maximum.at(most, self.ray, weights)
+        at = np.flatnonzero((weights == most[self.ray]) & (weights > 0))
+        first = np.full(n_rays, len(self.z))
+        np.minimum.at(first, self.ray[at], at)
         hit = first < len(self.z)
         out[hit] = self.z[first[hit]]
         return out
@@ -200,17 +219,22 @@ class TruthQuery(DepthMapQuery):
 class FieldQuery:
     """Surface depth and confidence rendered from a trained radiance field (``core.field.load_field``).
 
-    ``depth``: "median" (the surface, default) or "expected" (the opacity-normalised mean distance; for
-    experiments only: it smears between a floater and the surface behind it).
+    ``depth``: which single depth stands for a ray's surface (:data:`FIELD_DEPTHS`). "peak" (default): the
+    middle of the ray's most-weighted sample, where it most likely stops (:func:`..render.volrend.peak_distance`).
+    "median": where the ray has stopped with probability 1/2, given that it stops; a surface that lets light
+    through to the floor or wall behind it puts half of that weight behind itself, so its median sinks
+    behind it. "expected": the opacity-normalised mean distance (for experiments only: it smears between a
+    floater and the surface behind it).
     """
 
     name = "FieldDepth"
     measures_confidence = True
     gives_samples = True
 
-    def __init__(self, field, device: str = "cpu", depth: str = "median", chunk: int = 65536) -> None:
-        if depth not in ("median", "expected"):
-            raise NeuralLabelError(f"field depth must be 'median' or 'expected', got {depth!r}")
+    def __init__(self, field, device: str = "cpu", depth: str = "peak", chunk: int = 65536) -> None:
+        if depth not in FIELD_DEPTHS:
+            raise NeuralLabelError(f"field depth must be one of {', '.join(FIELD_DEPTHS)}, got {depth!r}",
+                                   field="depth")
         self.field = field
         self.device = device
         self.depth = depth
@@ -243,7 +267,7 @@ class FieldQuery:
         opacity = np.empty(n)
         weight_near = np.empty(n) if confidence else None
         parts: list[RayWeights] = []
-        key = "median_distance" if self.depth == "median" else "distance"
+        key = FIELD_DEPTHS[self.depth]
         tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         with torch.no_grad():
             plain = np.flatnonzero(~rich)
@@ -259,7 +283,7 @@ class FieldQuery:
                 distance[ids] = out[key].double().cpu().numpy()
                 opacity[ids] = out["opacity"].double().cpu().numpy()
                 if confidence:
-                    weight_near[ids] = weight_near_median(out, out["median_distance"].double(), len(ids)).cpu().numpy()
+                    weight_near[ids] = weight_near_surface(out, out[key].double(), len(ids)).cpu().numpy()
                 if samples_for is not None:
                     parts.append(_field_samples(out, ids, z_per_distance, samples_for))
         z = distance * z_per_distance
@@ -307,7 +331,7 @@ def _field_samples(out: dict, ids: np.ndarray, z_per_distance: np.ndarray, keep_
 class DensityMarchQuery:
     """A scene given by a volume density (``density(points_data (N, 3)) -> (N,)``), marched in fixed steps
     from ``near`` to ``far`` along each pixel's ray: an analytic stand-in for a field (tests, benchmarks),
-    answering like :class:`FieldQuery` (median depth, confidence, samples, density)."""
+    answering like :class:`FieldQuery` (peak depth, confidence, samples, density)."""
 
     name = "DensityMarch"
     measures_confidence = True
@@ -335,26 +359,29 @@ class DensityMarchQuery:
         z = (t[None, :] * z_per_distance[:, None]).reshape(-1)
         weights = RayWeights(ray, z, alpha)
         keep = alpha > 0
-        median = weights.select(keep).median_z(n)
+        surface = weights.select(keep).peak_z(n)
+        surface[weights.transmittance(n, keep) > 1.0 - SURFACE_OPACITY] = np.nan  # as FieldQuery: no surface
         near_weight = None
         if confidence:
             w = weights.weights(n)
-            near = np.abs(z - median[ray]) <= CONFIDENCE_WINDOW * median[ray]
+            with np.errstate(invalid="ignore"):
+                near = np.abs(z - surface[ray]) <= CONFIDENCE_WINDOW * surface[ray]
             near_weight = np.clip(np.bincount(ray, weights=np.where(near, w, 0.0), minlength=n), 0.0, 1.0)
         samples = None
         if samples_for is not None:
             samples = weights.select(keep & np.asarray(samples_for)[ray])
-        return ScenePixels(median, near_weight, samples)
+        return ScenePixels(surface, near_weight, samples)
 
 
-def weight_near_median(out: dict, median_distance, n_rays: int):
-    """Per ray: the weight whose sample lies within ``CONFIDENCE_WINDOW`` of the median distance."""
+def weight_near_surface(out: dict, distance, n_rays: int):
+    """Per ray: the weight whose sample lies within ``CONFIDENCE_WINDOW`` of ``distance`` (N,), the distance
+    reported as the ray's surface."""
     import torch
 
     ray = out["ray_indices"].long()
     mid = 0.5 * (out["t_starts"].reshape(-1) + out["t_ends"].reshape(-1)).double()
     weights = out["weights"].reshape(-1).double()
-    centre = median_distance[ray]
+    centre = distance[ray]
     near = (mid - centre).abs() <= CONFIDENCE_WINDOW * centre
     mass = torch.zeros(n_rays, dtype=torch.float64, device=weights.device)
     mass.index_add_(0, ray, torch.where(near, weights, torch.zeros_like(weights)))

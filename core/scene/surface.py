@@ -4,7 +4,7 @@ For each view that sees the box (its centre projects inside the image, in front 
 (:class:`~.queries.SceneQuery`: a field, or depth maps) is asked at the pixels inside the box's projection and
 its surface depth is back-projected to 3D; points inside the box grown by a margin are kept. The field is
 rendered only at those pixels, so a snap costs a few small renders. Snap's surface is the bake's: the query's
-surface depth (a field's median depth), so a mesh is aligned to the surface that decides its occlusion.
+surface depth (a field's peak depth), so a mesh is aligned to the surface that decides its occlusion.
 All geometry here is in the cameras' (data) frame (views' ``cam_to_data``); callers map boxes and points
 with ``world_from_data``.
 """

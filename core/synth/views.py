@@ -1,7 +1,7 @@
 """Synthetic views: cameras with no photo (:meth:`~..geometry.view.View.synthetic`), their RGB rendered from
 the field, their labels baked by the ordinary bake (:mod:`..pipeline.bake`) into a BOP scene of their own.
 
-One render per view gives RGB, the median-depth surface and its confidence (:class:`RenderedQuery`): the
+One render per view gives RGB, the peak-depth surface and its confidence (:class:`RenderedQuery`): the
 labeler's depth source and the writers' image come from it. A trust gate drops (or, with ``keep_untrusted``,
 only flags) views whose mean field confidence over object pixels is below ``min_confidence``; cameras inside
 geometry (opaque field density at the camera, or inside an object's box) are dropped before rendering.
@@ -35,7 +35,7 @@ SYNTH_SCENE = 1
 @dataclass(frozen=True)
 class Rendered:
     rgb: np.ndarray  # (H, W, 3) uint8
-    z_depth: np.ndarray  # (H, W) median z-depth, data units, NaN where opacity < 1/2
+    z_depth: np.ndarray  # (H, W) peak z-depth (FieldQuery's default surface), data units, NaN where opacity < 1/2
     confidence: np.ndarray  # (H, W) in [0, 1]
     opacity: np.ndarray  # (H, W)
 
@@ -70,7 +70,7 @@ class RenderedQuery:
         import torch
 
         from ..render.views import render_rays
-        from ..scene.queries import weight_near_median
+        from ..scene.queries import weight_near_surface
 
         origins, directions, z_per_distance = camera_rays(view.intrinsics, view.cam_to_data)
         n = len(origins)
@@ -83,8 +83,8 @@ class RenderedQuery:
                 out = render_rays(self.field, o, d, return_samples=True)
                 opacity[sl] = out["opacity"].double().cpu().numpy()
                 rgb[sl] = out["rgb"].double().cpu().numpy()
-                z[sl] = out["median_distance"].double().cpu().numpy() * z_per_distance[sl]
-                conf[sl] = weight_near_median(out, out["median_distance"].double(), len(o)).cpu().numpy()
+                z[sl] = out["peak_distance"].double().cpu().numpy() * z_per_distance[sl]
+                conf[sl] = weight_near_surface(out, out["peak_distance"].double(), len(o)).cpu().numpy()
         z[opacity < 0.5] = np.nan
         shape = (view.height, view.width)
         rgb8 = np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8).reshape(shape + (3,))
