@@ -89,9 +89,9 @@ def render_rays(field: Field, origins: Tensor, directions: Tensor, *, near: floa
 def render_surface(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
                    chunk: Optional[int] = None, backend: str = "auto") -> dict[str, Tensor]:
     """``opacity``, ``distance``, ``median_distance`` and ``peak_distance`` (N,) of :func:`render_rays` with
-    ``depth_only``, on
-    the rays' device. On the CPU's numba marcher each ray is composited where it is marched (no packed
-    samples: a depth map at every pixel costs about the march alone); elsewhere it is :func:`render_rays`."""
+    ``depth_only``, on the rays' device. On the CPU's numba marcher each ray is composited where it is marched
+    (no packed samples: a depth map at every pixel costs about the march alone); elsewhere it is
+    :func:`render_rays`."""
     device = field_device(field)
     if choose_backend(device, backend)[0] != "numba":
         out = render_rays(field, origins, directions, near=near, far=far, depth_only=True, chunk=chunk,
@@ -113,9 +113,8 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
 
     Returns numpy arrays shaped (H, W, ...) or (N, ...): ``rgb`` (unless ``depth_only``), ``opacity``,
     ``z_depth`` (expected z-depth along the optical axis), ``distance``, ``median_z_depth`` and
-    ``peak_z_depth`` (:func:`.volrend.peak_distance`); depths and
-    distances are NaN where opacity < ``min_opacity`` (nothing solid hit). ``exact_rgb``: as
-    :func:`render_rays`.
+    ``peak_z_depth`` (:func:`.volrend.peak_distance`); depths and distances are NaN where opacity <
+    ``min_opacity`` (nothing solid hit). ``exact_rgb``: as :func:`render_rays`.
     """
     origins, directions, z_per_distance = camera_rays(intrinsics, cam_to_world, pixels)
     device = field_device(field)
@@ -148,9 +147,10 @@ def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray,
 def render_views(field: Field, frames, out_dir, *, progress: Optional[ProgressFn] = None,
                  with_metrics: bool = True) -> dict:
     """Render ``frames`` into ``out_dir/rgb/<stem>.png`` and float32 z-depth ``out_dir/depth/<stem>.npy`` (the
-    peak depth, the surface the bake's labels use; NaN where nothing is hit), with pictures: ``depth_colour/<stem>.png`` (turbo, near = red, no depth black:
-    :func:`~..eval.inspect.colour_depth`) and, for a view with a photo, ``strip/<stem>.png`` (truth | render |
-    error: :func:`~..eval.image.comparison_strip`); PSNR/SSIM per view and on average where the photo exists."""
+    peak depth, the surface the bake's labels use; NaN where nothing is hit), with pictures:
+    ``depth_colour/<stem>.png`` (turbo, near = red, no depth black: :func:`~..eval.inspect.colour_depth`) and,
+    for a view with a photo, ``strip/<stem>.png`` (truth | render | error:
+    :func:`~..eval.image.comparison_strip`); PSNR/SSIM per view and on average where the photo exists."""
     from ..eval.image import comparison_strip, psnr, ssim, to_uint8
     from ..eval.inspect import colour_depth
     from ..io.atomic import png_bytes

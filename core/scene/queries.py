@@ -38,7 +38,7 @@ CONFIDENCE_WINDOW = 0.02
 #: :class:`FieldQuery`'s surface depths and the render output each reads
 FIELD_DEPTHS = {"peak": "peak_distance", "median": "median_distance", "expected": "distance"}
 
-#: a ray at least this opaque has a surface (its median depth); below it the ray sees no surface
+#: a ray at least this opaque has a surface (its reported depth); below it the ray sees no surface
 SURFACE_OPACITY = 0.5
 
 
@@ -221,10 +221,10 @@ class FieldQuery:
 
     ``depth``: which single depth stands for a ray's surface (:data:`FIELD_DEPTHS`). "peak" (default): the
     middle of the ray's most-weighted sample, where it most likely stops (:func:`..render.volrend.peak_distance`).
-    "median": where the ray has stopped with probability 1/2, given that it stops; a surface that lets light
-    through to the floor or wall behind it puts half of that weight behind itself, so its median sinks
-    behind it. "expected": the opacity-normalised mean distance (for experiments only: it smears between a
-    floater and the surface behind it).
+    "median": where the ray has stopped with probability 1/2, given that it stops; the light a surface lets
+    through stops on the floor or wall behind it, and that weight drags the median behind the surface.
+    "expected": the opacity-normalised mean distance (for experiments only: it smears between a floater and
+    the surface behind it).
     """
 
     name = "FieldDepth"
