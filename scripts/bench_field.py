@@ -171,10 +171,9 @@ def percentiles(values: np.ndarray, name: str) -> dict:
 #: the field's depth estimates and the names their errors are reported under: the expected depth (a render's
 #: ``z_depth``), the median depth (where the ray stops with probability 1/2) and the peak depth (where it most
 #: likely stops: ``FieldQuery(depth="peak")``, what the bake's depth maps and support planes use)
-DEPTH_ESTIMATES = {"depth_error": "z_depth", "surface_depth_error": "median_z_depth",
-                   "peak_depth_error": "peak_z_depth"}
-#: the prefix of each estimate's shares (within 1 %, in front, behind)
-SHARE_PREFIX = {"depth_error": "", "surface_depth_error": "surface_", "peak_depth_error": "peak_"}
+#: (the render's output, the prefix of the estimate's shares: within 1 %, in front, behind)
+DEPTH_ESTIMATES = {"depth_error": ("z_depth", ""), "surface_depth_error": ("median_z_depth", "surface_"),
+                   "peak_depth_error": ("peak_z_depth", "peak_")}
 
 
 def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: float = 1.0) -> dict:
@@ -210,7 +209,7 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
         valid_transparent = transparent & np.isfinite(z_true)
         object_opacity.append(out["opacity"][objects])
         background_opacity.append(out["opacity"][~objects & np.isfinite(z_true)])
-        for name, key in DEPTH_ESTIMATES.items():
+        for name, (key, _) in DEPTH_ESTIMATES.items():
             z = np.where(np.isnan(out[key]), np.inf, out[key] * depth_scale)
             signed = (z[valid] - z_true[valid]) / z_true[valid]
             signed_errors[name].append(signed)
@@ -228,10 +227,9 @@ def evaluate_views(field, frames, truth=None, truth_index=None, depth_scale: flo
               "psnr_worst_view_db": round(float(np.min(psnrs)), 2), "ssim": round(float(np.mean(ssims)), 4)}
     if object_samples:
         result["object_pixels"] = int(sum(len(e) for e in signed_errors["depth_error"]))
-        for name in DEPTH_ESTIMATES:
+        for name, (_, prefix) in DEPTH_ESTIMATES.items():
             signed = np.concatenate(signed_errors[name])
             all_errors = np.abs(signed)
-            prefix = SHARE_PREFIX[name]
             result.update(**percentiles(all_errors, name),
                           **{f"{prefix}share_within_1pct": round(float(np.mean(all_errors <= 0.01)), 4),
                              # where the misses go: a surface that sinks behind the truth, or fog in front of it

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..field.model import Field
 from .samples import RaySamples
+from .volrend import SURFACE_OUTPUTS
 
 _JIT = dict(nogil=True, cache=True)
 
@@ -321,9 +322,6 @@ def march_numba(field: Field, origins: Tensor, directions: Tensor, *, near: floa
                       sigmas=torch.from_numpy(sigmas).to(device))
 
 
-#: the per-ray outputs of the compiled compositing, in its output columns' order
-SURFACE_OUTPUTS = ("opacity", "distance", "median_distance", "peak_distance")
-
 #: samples a ray of :func:`_surface_all` keeps in its lane's scratch; a ray with more is marched again
 SURFACE_SLOTS = 512
 
@@ -390,6 +388,7 @@ def composite_numba(samples: RaySamples) -> tuple[dict[str, Tensor], Tensor]:
 
 
 def _outputs(out: np.ndarray) -> dict[str, Tensor]:
+    """The compiled compositing's output columns (in :data:`.volrend.SURFACE_OUTPUTS`' order) by name."""
     out = torch.from_numpy(out)
     return {key: out[:, k] for k, key in enumerate(SURFACE_OUTPUTS)}
 

@@ -15,7 +15,7 @@ from ..io.atomic import npy_bytes, write_bytes
 from ..io.outdir import OutputClaim, check_inputs_outside, claim_output_dir
 from ..progress import ProgressFn, report
 from .march import choose_backend, march
-from .volrend import composite
+from .volrend import SURFACE_OUTPUTS, composite
 
 
 #: what :func:`render_views` writes into its folder: never where a photo lies
@@ -28,7 +28,7 @@ def field_device(field: Field) -> torch.device:
 
 def _empty_outputs(device: torch.device, depth_only: bool, return_samples: bool) -> dict[str, Tensor]:
     empty = torch.zeros(0, device=device)
-    out = {"opacity": empty, "distance": empty, "median_distance": empty, "peak_distance": empty}
+    out = {key: empty for key in SURFACE_OUTPUTS}
     if not depth_only:
         out["rgb"] = torch.zeros(0, 3, device=device)
     if return_samples:
@@ -96,7 +96,7 @@ def render_surface(field: Field, origins: Tensor, directions: Tensor, *, near: f
     if choose_backend(device, backend)[0] != "numba":
         out = render_rays(field, origins, directions, near=near, far=far, depth_only=True, chunk=chunk,
                           backend=backend)
-        return {key: out[key] for key in ("opacity", "distance", "median_distance", "peak_distance")}
+        return {key: out[key] for key in SURFACE_OUTPUTS}
     from .march_numba import surface_numba
 
     near = max(float(near), field.config.near)  # as render_rays: nothing closer than the training near

@@ -19,6 +19,10 @@ COLOUR_MIN_WEIGHT = 2e-3
 COLOUR_MAX_SKIPPED = 1e-2
 
 
+#: the per-ray outputs of a depth-only render (:func:`composite` with ``depth_only``), in this order
+SURFACE_OUTPUTS = ("opacity", "distance", "median_distance", "peak_distance")
+
+
 def packed_cumsum(values: Tensor, ray_indices: Tensor, pack_start: Tensor, *, exclusive: bool = True) -> Tensor:
     """Per-ray cumulative sum of packed ``values`` (sorted by ray): the sum over the ray's earlier samples
     (``exclusive``) or up to and including each sample.

@@ -70,27 +70,22 @@ class RayWeights:
         """(N,) z of the sample where the accumulated weight reaches 1/2; NaN where it never does."""
         weights = self.weights(n_rays)
         cum = weights + _exclusive_segment_cumsum(weights, self.ray, n_rays)
-        out = np.full(n_rays, np.nan)
-        reached = np.flatnonzero(cum >= 0.5)
-        first = np.full(n_rays, len(self.z))
-        np.minimum.at(first, self.ray[reached], reached)
-        hit = first < len(self.z)
-        out[hit] = self.z[first[hit]]
-        return out
+        return self._first_z(np.flatnonzero(cum >= 0.5), n_rays)
 
     def peak_z(self, n_rays: int) -> np.ndarray:
         """(N,) z of each ray's most-weighted sample (the first of equal weights), where the ray most likely
         stops (:func:`..render.volrend.peak_distance`); NaN where it has no weight."""
         weights = self.weights(n_rays)
-        out = np.full(n_rays, np.nan)
-        if len(weights) == 0:
-            return out
         most = np.zeros(n_rays)
         np.maximum.at(most, self.ray, weights)
-        at = np.flatnonzero((weights == most[self.ray]) & (weights > 0))
+        return self._first_z(np.flatnonzero((weights == most[self.ray]) & (weights > 0)), n_rays)
+
+    def _first_z(self, picked: np.ndarray, n_rays: int) -> np.ndarray:
+        """(N,) z of each ray's first sample among ``picked`` (sample indices); NaN where none is picked."""
         first = np.full(n_rays, len(self.z))
-        np.minimum.at(first, self.ray[at], at)
+        np.minimum.at(first, self.ray[picked], picked)
         hit = first < len(self.z)
+        out = np.full(n_rays, np.nan)
         out[hit] = self.z[first[hit]]
         return out
 
