@@ -1,8 +1,9 @@
 """The frozen field's samples along each ray, cached once: the head is trained and rendered from them.
 
-The field does not change while the head trains, so every ray's marching, weights and median surface are
-computed once. Samples with a negligible weight are dropped (they would add nothing to ``Σ w_k logits_k``);
-what is kept is the samples' normalised grid coordinates (the head's input) and weights.
+The field does not change while the head trains, so every ray's marching, weights and surface (its peak: the
+middle of its most-weighted sample, as the bake's depth) are computed once. Samples with a negligible weight are
+dropped (they would add nothing to ``Σ w_k logits_k``); what is kept is the samples' normalised grid coordinates
+(the head's input) and weights.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class RayCache:
     frame: np.ndarray  # (N,) int64 frame index
     x: np.ndarray  # (N,) int32
     y: np.ndarray  # (N,) int32
-    surface: np.ndarray  # (N, 3) float32 world point at the median distance; NaN without a surface
+    surface: np.ndarray  # (N, 3) float32 world point at the peak distance; NaN without a surface
     ray_indices: Tensor  # (M,) int64
     coords: Tensor  # (M, 3) float32 in [-1, 1] (the field's normalised coordinates)
     weights: Tensor  # (M,)
@@ -106,8 +107,8 @@ def cache_frame(field, frame, pixels: Optional[np.ndarray] = None, *, chunk: int
         d = torch.from_numpy(directions[begin:begin + chunk]).float().to(device)
         samples = march(field, o, d, near=near)
         out, samples = composite(field, o, d, samples, depth_only=True)
-        hit = (out["opacity"] >= MIN_OPACITY) & torch.isfinite(out["median_distance"])
-        point = o + out["median_distance"].clamp_max(1e6)[:, None] * d
+        hit = (out["opacity"] >= MIN_OPACITY) & torch.isfinite(out["peak_distance"])
+        point = o + out["peak_distance"].clamp_max(1e6)[:, None] * d
         point[~hit] = float("nan")
         surfaces.append(point.float().cpu())
         keep = heaviest(samples.ray_indices, samples.weights, len(o))
@@ -121,7 +122,8 @@ def cache_frame(field, frame, pixels: Optional[np.ndarray] = None, *, chunk: int
                     torch.cat(coords) if coords else torch.zeros(0, 3), torch.cat(weights) if weights else torch.zeros(0))
 
 
-CACHE_FORMAT = "neurallabel-semantic-rays"
+#: "-peak": caches whose surface points sat at the median distance are stale
+CACHE_FORMAT = "neurallabel-semantic-rays-peak"
 
 
 def save_cache(path, cache: RayCache, key: dict) -> None:

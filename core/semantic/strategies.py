@@ -2,7 +2,7 @@
 
 Uncertainty of a unit: the mean over its unlabelled surface pixels of the normalised entropy (``entropy``,
 ``geometry``) or of 1 - margin (``margin``); 1 everywhere before any head exists. Novelty of a unit: the
-share of its surface points (median depth -> world point -> cell of a grid over the field's box) that no
+share of its surface points (peak depth -> world point -> cell of a grid over the field's box) that no
 labelled pixel of any view covers yet. The geometry-aware choice is greedy: each chosen unit covers its
 cells at once, so the same surface is not picked again from another view in the same round (lazy greedy:
 novelty only drops as cells get covered, so a stale score is an upper bound).
