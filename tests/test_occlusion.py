@@ -277,3 +277,32 @@ def test_a_mesh_seen_through_a_field_that_leaks_is_sure_where_the_field_sees_not
     mesh_only = labeler([mesh_object(CUBE, at(-1.0))], None).label(view()).instance == 1
     assert np.array_equal(labels.instance == 1, mesh_only)
     assert labels.confidence[mesh_only].min() > 0.9
+
+
+def test_a_mesh_the_field_sees_faintly_in_front_of_a_wall_is_sure_where_the_field_sees_nothing_in_front() -> None:
+    """The field stops only 35 % of the light in the cube and the wall behind stops the rest (a half-trained
+    field's objects let light through onto what lies behind). That light behind says nothing against the mesh:
+    the ray stops on the object first (``stop_probability``: 0.35 / 0.5), so the visible pixels are sure where
+    the ray crosses the whole cube. Of all the light placed, only a third lies on the object: the share that the
+    confidence took before flagged every one of these right pixels."""
+    def density(p):
+        cube = -np.log(0.65) / 0.4 * (box_sdf(p, [0, 0, -1.0], [0.2, 0.2, 0.2]) < 0)
+        return cube + soft(p[:, 2] + 2.0)  # a wall at z = -2
+
+    labels = labeler([mesh_object(CUBE, at(-1.0))], field(density)).label(view(), full_depth=False)
+    mesh_only = labeler([mesh_object(CUBE, at(-1.0))], None).label(view()).instance == 1
+    assert np.array_equal(labels.instance == 1, mesh_only)
+    origins, dirs, _ = camera_rays(INTR, np.eye(4))
+    at_back = (origins + dirs * (1.2 / -dirs[:, 2:3]))[:, :2].reshape(48, 64, 2)
+    core = mesh_only & np.all(np.abs(at_back) < 0.2, axis=-1)  # rays that cross the whole cube: 35 % stopped
+    assert core.sum() > 100
+    assert labels.confidence[core].min() > 0.6
+
+
+def test_stop_probability_counts_the_light_stopped_as_at_least_half_or_all_the_ray_places() -> None:
+    from neurallabel.core.labels.frame import stop_probability
+
+    on, front = np.array([0.3, 0.3, 0.1, 0.1, 0.0]), np.array([0.0, 0.3, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(stop_probability(on, front), [0.6, 0.5, 0.2, 0.2, 0.0])
+    placed = np.array([0.9, 0.9, 0.9, 0.1, 0.0])  # the fourth ray places little light, all on the object
+    np.testing.assert_allclose(stop_probability(on, front, placed), [0.6, 0.5, 0.2, 1.0, 0.0])

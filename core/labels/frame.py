@@ -188,15 +188,21 @@ def box_entry_z(box: Box, eye: np.ndarray, directions: np.ndarray) -> np.ndarray
     return np.where(far >= near, near, np.inf)
 
 
-def box_probability(on_box: np.ndarray, in_front: np.ndarray) -> np.ndarray:
-    """(N,) float32: the probability that a ray stops on a box's object first, from the weight it places on the
-    object (``on_box``) and in front of the box (``in_front``): their ratio, with the light stopped counted as at
-    least ``SURFACE_OPACITY``. The weight behind the object does not count against it: a field lets some
-    light through an object it has not made fully opaque, and that light lands on whatever lies behind. It is
-    at least 1/2 exactly where the object holds at least as much weight as lies in front of it, and at least
-    half of ``SURFACE_OPACITY``."""
-    stopped = np.maximum(on_box + in_front, SURFACE_OPACITY)
-    return np.clip(on_box / stopped, 0.0, 1.0).astype(np.float32)
+def stop_probability(on_object: np.ndarray, in_front: np.ndarray, placed: Optional[np.ndarray] = None
+                     ) -> np.ndarray:
+    """(N,) float32: the probability that a ray stops on an object first, from the weight it places on the
+    object (``on_object``) and in front of it (``in_front``): their ratio, with the light stopped counted as at
+    least ``SURFACE_OPACITY`` -- or as all the ray places (``placed``, when given) where that is less. The
+    weight behind the object does not count against it: a field lets some light through an object it has not
+    made fully opaque, and that light lands on whatever lies behind. Without ``placed`` it is at least 1/2
+    exactly where the object holds at least as much weight as lies in front of it, and at least half of
+    ``SURFACE_OPACITY``: the object's own weight is the evidence (box objects). With it, a ray that places
+    little light, all of it on the object, is sure: nothing else is seen there (a mesh's thin edge)."""
+    floor = SURFACE_OPACITY if placed is None else np.minimum(placed, SURFACE_OPACITY)
+    stopped = np.maximum(on_object + in_front, floor)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(stopped > 0, on_object / np.where(stopped > 0, stopped, 1.0), 0.0)
+    return np.clip(p, 0.0, 1.0).astype(np.float32)
 
 
 @dataclass
@@ -457,8 +463,9 @@ class FrameLabeler:
                         scene: Optional[_SceneAnswer]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """4. Per pixel (float32 maps, 0 where no mesh is): the probability that the nearest mesh is visible --
         the transmittance from the camera up to the mesh, not counting samples within the band of any annotated
-        mesh's surface --, the probability that the ray stops on an annotated object (the share of the weight
-        it places that lies within that band or inside a closed mesh: the field sees the object there), and
+        mesh's surface --, the probability that the ray stops on an annotated object first
+        (:func:`stop_probability` of the weight it places within that band or inside a closed mesh, against
+        the weight in front of the mesh: the field sees the object there), and
         that it stops on one occluding surface (the occluding weight concentrated around its own median depth:
         a fog's smeared weight is no surface). All 1 on every covered pixel without a scene."""
         if scene is None:
@@ -490,9 +497,9 @@ class FrameLabeler:
                                  scene.cols[s.ray[deeper]], s.z[deeper])
             surfaces = self.annotated_band()
             own[deeper] = surfaces.inside(points) | surfaces.within(points, band[deeper])
-        # the share of the weight the ray places that lies on the object: a field that lets some light leak
-        # through the object (weight nowhere) still sees it there
-        on_mesh = share_of(np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays), scene.placed())
+        # a field that lets some light through the object (onto the table behind, or nowhere) still sees it
+        on_mesh = stop_probability(np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays),
+                                   1.0 - transmittance, scene.placed())
         occluding = np.flatnonzero(counted)
         occluder = concentrated_weight(s.ray[occluding], s.z[occluding], weights[occluding], scene.n_rays)
         maps = [np.zeros(covered.shape, np.float32) for _ in range(3)]
@@ -508,7 +515,7 @@ class FrameLabeler:
         the box (its faces seen from outside hold the surface on them, those seen from inside do not:
         :func:`box_holds`) or within the band of the box's extracted mesh, and above the support plane (found
         in this frame's surface points near the box's bottom). A pixel is the box's where the probability that its
-        ray stops on the object first (:func:`box_probability`) is at least 1/2 and no annotated mesh is visible
+        ray stops on the object first (:func:`stop_probability`) is at least 1/2 and no annotated mesh is visible
         there.
         Overlapping boxes: the smaller box takes the pixel (an object inside a bigger box is usually the one
         the small box was drawn for)."""
@@ -557,7 +564,7 @@ class FrameLabeler:
             in_front = np.bincount(s.ray[idx], weights=weights[idx] * before, minlength=scene.n_rays)[rays]
             p_box[i][rows, cols] = np.clip(on_box, 0.0, 1.0)
             p_elsewhere[i][rows, cols] = np.clip(scene.placed()[rays] - on_box, 0.0, 1.0)
-            take = (box_probability(on_box, in_front) >= threshold) & ~mesh_visible[rows, cols]
+            take = (stop_probability(on_box, in_front) >= threshold) & ~mesh_visible[rows, cols]
             volume = float(np.prod(box.size))
             take &= volume < owner_volume[rows, cols]
             box_owner[rows[take], cols[take]] = i
@@ -677,11 +684,6 @@ class FrameLabeler:
         dirs = apply_directions(view.cam_to_world, dirs_cam / norms[:, None])
         hit, distance = self.caster.cast(cast_index, view.cam_to_world[:3, 3], dirs)
         return np.where(hit, distance / norms, np.inf)  # distance -> z-depth (unit z per |dir_cam|)
-
-
-def share_of(part: np.ndarray, whole: np.ndarray) -> np.ndarray:
-    """``part / whole`` per ray (float64), 0 where ``whole`` is 0."""
-    return np.divide(part, whole, out=np.zeros(np.shape(whole)), where=whole > 0)
 
 
 def nearest_mesh(silhouettes: dict[int, _Silhouette], mesh_ids: list[int], shape: tuple[int, int]
