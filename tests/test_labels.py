@@ -336,3 +336,20 @@ def test_coco_ignores_instances_more_likely_wrong_than_right() -> None:
     assert all(a["iscrowd"] == 0 for a in anns.values())
     raw = RAW.fragment(Ctx(), view, labels)
     assert [i["mean_confidence"] for i in raw["instances"]] == [0.9, 0.3, None]
+
+
+def test_objects_cast_on_several_threads_give_the_same_labels_as_one(small_scene: Path) -> None:
+    """Each object's cast runs on its own thread (Embree releases Python's lock): the labels are the same, bit
+    for bit, as casting the objects one after another."""
+    spec = spec_from_scene(small_scene)
+    frames = load_transforms(spec.data_path).frames[:3]
+    one, many = labeler_for(spec, None), labeler_for(spec, None)
+    one.cast_threads, many.cast_threads = 1, 4
+    assert len([o for o in spec.objects if o.kind == "mesh"]) >= 2
+    for frame in frames:
+        a, b = one.label(view_of(spec, frame)), many.label(view_of(spec, frame))
+        assert np.array_equal(a.instance, b.instance) and np.array_equal(a.depth, b.depth, equal_nan=True)
+        assert [(x.instance_id, x.px_count_all, x.px_count_visib, x.bbox_obj, x.bbox_visib) for x in a.instances] \
+            == [(x.instance_id, x.px_count_all, x.px_count_visib, x.bbox_obj, x.bbox_visib) for x in b.instances]
+        for x, y in zip(a.instances, b.instances):
+            assert np.array_equal(x.full_mask, y.full_mask) and np.array_equal(x.visible_mask, y.visible_mask)

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -331,18 +333,20 @@ class FrameLabeler:
 
     ``caster`` holds the world-space meshes (``LabelObject.cast_index``); ``scene`` answers z-depth in data
     units at pixels of a view (:class:`~..scene.queries.SceneQuery`), or None for mesh-only labels;
-    ``data_scale`` is world units per data unit.
+    ``data_scale`` is world units per data unit; ``cast_threads`` how many objects are cast at once (Embree
+    releases Python's lock; default: up to 4, no more than the CPUs).
     """
 
     def __init__(self, objects: list[LabelObject], caster, scene: Optional[SceneQuery] = None, *,
-                 data_scale: float = 1.0, units_to_mm: float = 1000.0, options: LabelOptions = LabelOptions()
-                 ) -> None:
+                 data_scale: float = 1.0, units_to_mm: float = 1000.0, options: LabelOptions = LabelOptions(),
+                 cast_threads: Optional[int] = None) -> None:
         self.objects = objects
         self.caster = caster
         self.scene = scene
         self.data_scale = float(data_scale)
         self.units_to_mm = float(units_to_mm)
         self.options = options
+        self.cast_threads = max(1, int(cast_threads if cast_threads is not None else min(4, os.cpu_count() or 1)))
         self.box_ids = [i for i, o in enumerate(objects) if not o.is_mesh]
         self._annotated_band: Optional[SurfaceBand] = None  # built on first use (mesh-only labels need none)
         self._model_bands: dict[int, Optional[SurfaceBand]] = {}
@@ -399,13 +403,13 @@ class FrameLabeler:
         W, H = view.width, view.height
         extent = (-W, -H, 2 * W, 2 * H) if self.options.truncated else (0, 0, W, H)
         cam_from_world = opencv_from_pose(view.cam_to_world)
-        silhouettes: dict[int, _Silhouette] = {}
-        for i, obj in enumerate(self.objects):
-            if obj.cast_index is None:
-                continue
+        cast = [i for i, obj in enumerate(self.objects) if obj.cast_index is not None]
+
+        def silhouette(i: int) -> Optional[_Silhouette]:
+            obj = self.objects[i]
             found = footprint(view.intrinsics, cam_from_world, obj.bound_points, extent)
             if found is None:
-                continue
+                return None
             region, window = found
             c0, r0, c1, r1 = region
             if window is None:
@@ -416,7 +420,7 @@ class FrameLabeler:
             z = self.cast_z_depth(obj.cast_index, view, rows, cols)
             hit = np.isfinite(z)
             if not hit.any():
-                continue
+                return None
             inner = (max(c0, 0), max(r0, 0), min(c1, W), min(r1, H))
             z_region = np.full((r1 - r0, c1 - c0), np.inf)
             z_region[rows - r0, cols - c0] = z
@@ -424,8 +428,15 @@ class FrameLabeler:
                 z_inner = z_region[inner[1] - r0:inner[3] - r0, inner[0] - c0:inner[2] - c0]
             else:
                 inner, z_inner = (0, 0, 0, 0), np.zeros((0, 0))
-            silhouettes[i] = _Silhouette(inner, z_inner, int(hit.sum()), bbox_bop(rows[hit], cols[hit]))
-        return silhouettes
+            return _Silhouette(inner, z_inner, int(hit.sum()), bbox_bop(rows[hit], cols[hit]))
+
+        threads = min(self.cast_threads, len(cast))
+        if threads > 1:  # each object's own mesh and arrays: the casts do not share anything they write
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cast") as pool:
+                found = list(pool.map(silhouette, cast))
+        else:
+            found = [silhouette(i) for i in cast]
+        return {i: s for i, s in zip(cast, found) if s is not None}
 
     def query_scene(self, view: View, covered: np.ndarray, box_regions: dict[int, Optional[Region]],
                     full_depth: bool) -> Optional[_SceneAnswer]:

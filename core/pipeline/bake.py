@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -244,7 +245,10 @@ def start(plan: BakePlan, *, progress: Optional[ProgressFn] = None, backend: Opt
             if not claim.resumed:  # nothing is baked yet: the corrected spec must find the folder free
                 release_claim(claim)
             raise
-        labeler = frame_labeler(spec, models, depth_source, plan.options, backend=backend, device=device)
+        # one core stays with the thread that encodes and writes the previous frame (casting on every core
+        # while it runs made a 2-core bake slower)
+        labeler = frame_labeler(spec, models, depth_source, plan.options, backend=backend, device=device,
+                                cast_threads=min(4, max(1, (os.cpu_count() or 1) - 1)))
         ctx = ExportContext(spec, plan.dataset, models, plan.coco_masks,
                             label_view=partial(labeler.label, full_depth=True, confidence=False))
         for writer in plan.writers:
@@ -390,9 +394,11 @@ def assemble(job: BakeJob) -> int:
 
 
 def frame_labeler(spec: LabelSpec, models: dict[int, Any], depth_source, options: LabelOptions, *,
-                  backend: Optional[str] = None, device: str = "cpu") -> FrameLabeler:
+                  backend: Optional[str] = None, device: str = "cpu", cast_threads: Optional[int] = None
+                  ) -> FrameLabeler:
     """The per-frame labeler of a spec: every object with a model (mesh) is ray-cast at its pose
-    (``backend``: embree on CPU, torch on CUDA unless named)."""
+    (``backend``: embree on CPU, torch on CUDA unless named; ``cast_threads``: objects cast at once, see
+    :class:`FrameLabeler`)."""
     meshes, label_objects = [], []
     for obj in spec.objects:
         model = models.get(obj.instance_id)
@@ -403,7 +409,7 @@ def frame_labeler(spec: LabelSpec, models: dict[int, Any], depth_source, options
         label_objects.append(make_label_object(obj, model, cast_index))
     caster = MeshCaster(meshes, backend=backend or default_backend(device), device=device)
     return FrameLabeler(label_objects, caster, depth_source, data_scale=spec.data_scale,
-                        units_to_mm=spec.units_to_mm, options=options)
+                        units_to_mm=spec.units_to_mm, options=options, cast_threads=cast_threads)
 
 
 def check_formats(formats: Sequence[str] | str) -> list[Writer]:
