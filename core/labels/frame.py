@@ -202,8 +202,7 @@ def stop_probability(on_object: np.ndarray, in_front: np.ndarray, placed: Option
     little light, all of it on the object, is sure: nothing else is seen there (a mesh's thin edge)."""
     floor = SURFACE_OPACITY if placed is None else np.minimum(placed, SURFACE_OPACITY)
     stopped = np.maximum(on_object + in_front, floor)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = np.where(stopped > 0, on_object / np.where(stopped > 0, stopped, 1.0), 0.0)
+    p = np.divide(on_object, stopped, out=np.zeros(np.shape(stopped)), where=stopped > 0)
     return np.clip(p, 0.0, 1.0).astype(np.float32)
 
 
