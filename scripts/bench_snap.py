@@ -10,7 +10,7 @@ and runs the worker's ``snap`` job (the code ``neurallabel.snap_to_field`` runs)
     python scripts/bench_snap.py [--scene DIR] [--field CKPT] [--trials 10] [--objects bunny_1,armadillo_1]
 
 Without ``--scene`` it uses the tests' cached labels scene (bunny + armadillo when ../shared is there).
-Rotationally symmetric primitives (sphere, cylinder, torus) are skipped: their pose is not observable.
+Rotationally symmetric primitives (sphere, icosphere, cylinder, torus, cone) are skipped: their pose is not observable.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 REPO = Path(__file__).resolve().parents[1]
-SYMMETRIC = {"sphere", "cylinder", "torus", "cone"}
+SYMMETRIC = {"sphere", "icosphere", "cylinder", "torus", "cone"}  # an icosphere is a sphere to ICP
 
 
 def displaced(pose: np.ndarray, rng: np.random.Generator, shift: float, degrees: float) -> np.ndarray:

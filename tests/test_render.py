@@ -155,6 +155,27 @@ def test_the_peak_stays_on_a_surface_that_lets_light_through_where_the_median_si
     assert bool((rich["opacity"] > 0.9).all())
 
 
+def test_the_peak_finds_a_sharp_surface_within_half_a_step_and_on_average_on_it():
+    """A hard surface at t = 1 met by rays whose sample lattices are offset evenly: the density is taken at each
+    sample's middle, so the first sample past the surface is the most weighted and its start lies within half a
+    step of the surface, on either side, and on it on average (its middle would lie half a step behind)."""
+    from neurallabel.core.render.march_numba import composite_numba
+    from neurallabel.core.render.volrend import peak_distance
+
+    step, n_rays, per_ray = 0.01, 400, 200
+    offsets = (torch.arange(n_rays, dtype=torch.float64) + 0.5) / n_rays * step
+    starts = (offsets[:, None] + 0.5 + torch.arange(per_ray, dtype=torch.float64)[None, :] * step).reshape(-1)
+    samples = RaySamples(torch.arange(n_rays).repeat_interleave(per_ray), starts.float(), (starts + step).float(),
+                         n_rays)
+    samples = samples.with_values(sigmas=torch.where(samples.mids >= 1.0, 1e4, 0.0))
+    out, weights = composite_numba(samples)
+    peak = peak_distance(samples.with_values(weights=weights))
+    assert torch.equal(peak, out["peak_distance"])  # the torch and the compiled compositing agree
+    error = peak.double() - 1.0
+    assert float(error.abs().max()) <= step / 2 + 1e-6
+    assert abs(float(error.mean())) < 0.02 * step
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: only the CPU path is tested")
 def test_cpu_and_cuda_paths_agree():
     field = solid_below(0.1, density=300.0)

@@ -345,9 +345,9 @@ def _composite_ray(t, sigma, begin, end, out, i, weights):
         opacity += w
         mid = (t[j, 0] + t[j, 1]) / f32(2.0)
         weighted += w * mid
-        if w > peak_weight:  # the first of equal weights
+        if w > peak_weight:  # the first of equal weights; its start, as volrend.peak_distance
             peak_weight = w
-            peak = mid
+            peak = t[j, 0]
     out[i, 0] = opacity
     out[i, 1] = weighted / max(opacity, f32(1e-12)) if opacity > 0 else np.inf
     out[i, 2] = np.inf

@@ -95,9 +95,13 @@ def median_distance(samples: RaySamples, opacity: Tensor, counts: Optional[Tenso
 
 
 def peak_distance(samples: RaySamples, counts: Optional[Tensor] = None) -> Tensor:
-    """(n_rays,) middle of each ray's most-weighted sample (the first of equal weights): where the ray most
+    """(n_rays,) start of each ray's most-weighted sample (the first of equal weights): where the ray most
     likely stops. Unlike the median it does not move behind a surface that lets light through to whatever
-    lies behind it; ``inf`` for rays without weight. ``samples.weights`` must be set."""
+    lies behind it; ``inf`` for rays without weight. ``samples.weights`` must be set.
+
+    The start, not the middle: a sample's density is taken at its middle, so a sharp surface that makes a
+    sample the most weighted lies between the previous sample's middle and its own, on average at its start.
+    The middle would put every surface half a step behind."""
     n_rays = samples.n_rays
     peak = torch.full((n_rays,), float("inf"), device=samples.t_starts.device)
     weights = samples.weights
@@ -111,7 +115,7 @@ def peak_distance(samples: RaySamples, counts: Optional[Tensor] = None) -> Tenso
     first = torch.full((n_rays,), weights.numel(), dtype=torch.long, device=weights.device)
     first = first.scatter_reduce(0, ray_indices[at], at, "amin")
     has = first < weights.numel()
-    peak[has] = samples.mids[first[has]]
+    peak[has] = samples.t_starts[first[has]]
     return peak
 
 

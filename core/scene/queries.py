@@ -73,8 +73,8 @@ class RayWeights:
         return self._first_z(np.flatnonzero(cum >= 0.5), n_rays)
 
     def peak_z(self, n_rays: int) -> np.ndarray:
-        """(N,) z of each ray's most-weighted sample (the first of equal weights), where the ray most likely
-        stops (:func:`..render.volrend.peak_distance`); NaN where it has no weight."""
+        """(N,) z of each ray's most-weighted sample (the first of equal weights; ``z``: its midpoint); NaN where
+        it has no weight. :func:`..render.volrend.peak_distance` takes that sample's start."""
         weights = self.weights(n_rays)
         most = np.zeros(n_rays)
         np.maximum.at(most, self.ray, weights)
@@ -215,7 +215,7 @@ class FieldQuery:
     """Surface depth and confidence rendered from a trained radiance field (``core.field.load_field``).
 
     ``depth``: which single depth stands for a ray's surface (:data:`FIELD_DEPTHS`). "peak" (default): the
-    middle of the ray's most-weighted sample, where it most likely stops (:func:`..render.volrend.peak_distance`).
+    start of the ray's most-weighted sample, where it most likely stops (:func:`..render.volrend.peak_distance`).
     "median": where the ray has stopped with probability 1/2, given that it stops; the light a surface lets
     through stops on the floor or wall behind it, and that weight drags the median behind the surface.
     "expected": the opacity-normalised mean distance (for experiments only: it smears between a floater and
@@ -354,7 +354,7 @@ class DensityMarchQuery:
         z = (t[None, :] * z_per_distance[:, None]).reshape(-1)
         weights = RayWeights(ray, z, alpha)
         keep = alpha > 0
-        surface = weights.select(keep).peak_z(n)
+        surface = weights.select(keep).peak_z(n) - 0.5 * self.step * z_per_distance  # the peak's start, as a field's
         surface[weights.transmittance(n, keep) > 1.0 - SURFACE_OPACITY] = np.nan  # as FieldQuery: no surface
         near_weight = None
         if confidence:

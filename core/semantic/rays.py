@@ -1,7 +1,7 @@
 """The frozen field's samples along each ray, cached once: the head is trained and rendered from them.
 
 The field does not change while the head trains, so every ray's marching, weights and surface (its peak: the
-middle of its most-weighted sample, as the bake's depth) are computed once. Samples with a negligible weight are
+start of its most-weighted sample, as the bake's depth) are computed once. Samples with a negligible weight are
 dropped (they would add nothing to ``Σ w_k logits_k``); what is kept is the samples' normalised grid coordinates
 (the head's input) and weights.
 """
@@ -123,7 +123,7 @@ def cache_frame(field, frame, pixels: Optional[np.ndarray] = None, *, chunk: int
 
 
 #: "-peak": caches whose surface points sat at the median distance are stale
-CACHE_FORMAT = "neurallabel-semantic-rays-peak"
+CACHE_FORMAT = "neurallabel-semantic-rays-peak-start"
 
 
 def save_cache(path, cache: RayCache, key: dict) -> None:
