@@ -122,7 +122,7 @@ def cache_frame(field, frame, pixels: Optional[np.ndarray] = None, *, chunk: int
                     torch.cat(coords) if coords else torch.zeros(0, 3), torch.cat(weights) if weights else torch.zeros(0))
 
 
-#: "-peak": caches whose surface points sat at the median distance are stale
+#: "-peak-start": caches whose surface points sat at the median distance, or the middle of the peak sample, are stale
 CACHE_FORMAT = "neurallabel-semantic-rays-peak-start"
 
 
