@@ -258,3 +258,28 @@ def test_colour_gate_reads_the_nearest_pixels_and_rejects_missing_ones():
     got = colour_difference(a, b, uv_a, uv_b)
     np.testing.assert_allclose(got[:3], [0.1, 0.5, 0.0], atol=1e-6)
     assert np.isinf(got[3]) and np.isinf(got[4]), "NaN or outside the image (col 3.6 rounds to 4): never kept"
+
+
+def test_a_sharp_surface_is_placed_on_average_where_it_is_and_nothing_before_the_first_sample():
+    """Rays whose lattices sit at evenly spread offsets meet a hard wall at distance 1: a sample's density is
+    taken at its middle, so the wall's weight belongs between the previous middle and the sample's own. The
+    heaviest interval's middle (``mode``) lies within half a step of the wall, the draws (``sample``, spread over
+    that interval) within a step, and both on it on average; no weight is placed in front of where a ray's
+    marching began."""
+    from neurallabel.core.correspond.distribution import from_samples
+    from neurallabel.core.render.samples import RaySamples
+
+    step, n_rays, per_ray = 0.01, 200, 150
+    offsets = (torch.arange(n_rays, dtype=torch.float64) + 0.5) / n_rays * step
+    starts = (0.3 + offsets[:, None] + torch.arange(per_ray, dtype=torch.float64)[None, :] * step).reshape(-1)
+    samples = RaySamples(torch.arange(n_rays).repeat_interleave(per_ray), starts.float(), (starts + step).float(),
+                         n_rays)
+    dist = from_samples(samples.with_values(sigmas=torch.where(samples.mids >= 1.0, 1e4, 0.0)))
+    mode, _ = sample_depths(dist, "mode")
+    assert float((mode - 1.0).abs().max()) <= step / 2 + 1e-5
+    assert abs(float((mode - 1.0).mean())) < 0.02 * step
+    drawn, _ = sample_depths(dist, "sample", n=64, generator=torch.Generator().manual_seed(0))
+    assert float((drawn - 1.0).abs().max()) <= step + 1e-5
+    assert abs(float((drawn - 1.0).mean())) < 0.02 * step
+    first = dist.t_starts.view(n_rays, per_ray)[:, 0]
+    assert torch.equal(first, samples.t_starts.view(n_rays, per_ray)[:, 0])
