@@ -77,6 +77,9 @@ class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
         name="Min Confidence", default=0.5, min=0.0, max=1.0, precision=2, subtype="FACTOR",
         description="The field hides an annotated mesh only where its confidence is at least this "
                     "(floaters are unsure and must not cut holes in masks)")
+    colour_edges: BoolProperty(
+        name="Colour Edges", default=True,
+        description="Box objects' outlines from the photo's colours where the field's blur leaves them unsure")
     use_frame_range: BoolProperty(name="Frame Range", default=False,
                                   description="Bake only frames frame_start..frame_end (inclusive)")
     frame_start: IntProperty(name="First Frame", default=0, min=0,
@@ -139,11 +142,13 @@ def units_to_mm(scene: bpy.types.Scene) -> float:
 
 
 def label_options(scene: bpy.types.Scene) -> dict:
-    """The scene's occlusion tolerances as the bake's LabelOptions fields (millimetres, fraction)."""
+    """The scene's occlusion tolerances (millimetres, fraction) and colour-edges switch as the bake's
+    LabelOptions fields."""
     props = scene.neurallabel
     return {"occlusion_abs_mm": float32_value(props.occlusion_tolerance) * units_to_mm(scene),
             "occlusion_rel": float32_value(props.occlusion_tolerance_relative),
-            "occlusion_min_confidence": float32_value(props.occlusion_min_confidence)}
+            "occlusion_min_confidence": float32_value(props.occlusion_min_confidence),
+            "colour_edges": bool(props.colour_edges)}
 
 
 classes = (NeuralLabelSceneProperties, NeuralLabelObjectProperties)

@@ -84,6 +84,8 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
         parts += ["--occlusion-mm", f"{self._options['occlusion_abs_mm']:g}",
                   "--occlusion-rel", f"{self._options['occlusion_rel']:g}",
                   "--occlusion-min-confidence", f"{self._options['occlusion_min_confidence']:g}"]
+        if not self._options["colour_edges"]:
+            parts.append("--no-colour-edges")
         return " ".join(parts)
 
     def job_done(self, context: bpy.types.Context, result: dict) -> set[str]:

@@ -108,6 +108,7 @@ class NEURALLABEL_PT_bake(NeuralLabelPanel, bpy.types.Panel):
         col.prop(props, "occlusion_tolerance")
         col.prop(props, "occlusion_tolerance_relative")
         col.prop(props, "occlusion_min_confidence")
+        col.prop(props, "colour_edges")
         col.prop(props, "use_frame_range")
         if props.use_frame_range:
             row = col.row(align=True)

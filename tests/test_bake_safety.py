@@ -156,7 +156,8 @@ def test_label_options_must_be_finite(small_scene, tmp_path, capsys):
     spec_path = write_spec(spec_from_scene(small_scene), tmp_path / "spec.json", absolute_inputs=True)
     out = tmp_path / "out"
     fails(["bake", str(spec_path), "--out", str(out), "--occlusion-mm", "nan"],
-          "--occlusion-mm/--occlusion-rel/--occlusion-min-confidence: occlusion_abs_mm must be a finite number",
+          "--occlusion-mm/--occlusion-rel/--occlusion-min-confidence/--no-colour-edges: occlusion_abs_mm must be a "
+          "finite number",
           capsys)
     assert not out.exists()
 

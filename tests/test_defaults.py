@@ -25,3 +25,4 @@ emit(label_options(scene))
     assert result["occlusion_abs_mm"] == pytest.approx(engine.occlusion_abs_mm, rel=1e-6)
     assert result["occlusion_rel"] == pytest.approx(engine.occlusion_rel, rel=1e-6)
     assert result["occlusion_min_confidence"] == pytest.approx(engine.occlusion_min_confidence, rel=1e-6)
+    assert result["colour_edges"] is engine.colour_edges

@@ -83,7 +83,8 @@ def request_from_args(args: argparse.Namespace) -> Request:
         with at_field("options"):
             values["options"] = LabelOptions(occlusion_abs_mm=args.occlusion_abs_mm,
                                              occlusion_rel=args.occlusion_rel,
-                                             occlusion_min_confidence=args.occlusion_min_confidence)
+                                             occlusion_min_confidence=args.occlusion_min_confidence,
+                                             colour_edges=not args.no_colour_edges)
     return cls(**values)
 
 
@@ -146,7 +147,7 @@ def flag_name(args: argparse.Namespace, field: str) -> str:
     if field in args.positionals:
         return field.upper()
     if field == "options":  # bake's label options come from these flags
-        return "--occlusion-mm/--occlusion-rel/--occlusion-min-confidence"
+        return "--occlusion-mm/--occlusion-rel/--occlusion-min-confidence/--no-colour-edges"
     return "--" + field.replace("_", "-")
 
 
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--occlusion-min-confidence", type=float, default=0.5,
                    help="a mesh pixel is occluded when the probability that its ray does not reach the mesh "
                         "exceeds this (0-1; 0.5: the likelier of visible and occluded)")
+    p.add_argument("--no-colour-edges", action="store_true",
+                   help="box objects' masks from the field alone, without settling their outlines by the "
+                        "photo's colours")
 
     # synth (issue 17): labelled novel views rendered from the field
     p = add("synth", "render and label novel views from the field, posed by bins around the training cameras",

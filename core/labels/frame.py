@@ -17,7 +17,8 @@ For one camera (:meth:`FrameLabeler.label`):
    weight inside the box (with the surface on the faces the camera sees from outside: a tight box's faces carry
    the object's surface) or near the box's extracted mesh, but not on the support surface under the box (the
    table, found per frame by a plane fit) -- where that is at least 1/2 and no annotated mesh is visible;
-   overlapping boxes: the smaller box takes the pixel;
+   overlapping boxes: the smaller box takes the pixel; with a field, the photo's colours then settle each box
+   mask's outline (:mod:`.colour`: the field's blur puts a skirt of fog at an object's foot);
 6. confidence: per pixel, the probability that its label is right (the visibility or box probability of the
    label it got, or one minus it for the label it did not get; 1 where no annotated object can be);
 7. depth: the scene's depth, replaced by the mesh's depth on visible mesh pixels (always for transparent
@@ -56,6 +57,11 @@ from .occlusion import SurfaceBand, bottom_zone, box_up_axis, lateral_span, supp
 MESH_DEPTH_MODES = ("all", "transparent")
 
 
+#: the certain background kept around a box's silhouette for its colours (:meth:`FrameLabeler.colour_edges`),
+#: a share of the picture's longer side: 10 pixels at 640 x 480
+COLOUR_MARGIN = 0.015
+
+
 class LabelWarning(UserWarning):
     """Something in the spec gives no label where the user surely expected one (the bake goes on)."""
 
@@ -82,6 +88,8 @@ class LabelOptions:
     support_mm: float = 3.0
     mesh_depth: str = "all"  # "all": mesh depth on every visible mesh pixel; "transparent": only on glass
     truncated: bool = True  # count the silhouette beyond the image border (BOP px_count_all, bbox_obj)
+    #: a box object's outline decided by the photo's colours (:mod:`.colour`) where the scene is a field
+    colour_edges: bool = True
 
     def __post_init__(self) -> None:
         if self.mesh_depth not in MESH_DEPTH_MODES:
@@ -94,6 +102,8 @@ class LabelOptions:
                 raise NeuralLabelError(f"{name} must be a finite number, got {value!r}")
         if self.occlusion_abs_mm < 0 or self.occlusion_rel < 0 or self.support_mm < 0:
             raise NeuralLabelError("occlusion band and support thickness must be >= 0")
+        if not isinstance(self.colour_edges, bool):
+            raise NeuralLabelError(f"colour_edges must be true or false, got {self.colour_edges!r}")
         if not 0.0 <= self.occlusion_min_confidence <= 1.0:
             raise NeuralLabelError(f"occlusion_min_confidence must be in [0, 1], got "
                                    f"{self.occlusion_min_confidence}")
@@ -101,7 +111,7 @@ class LabelOptions:
     def to_json(self) -> dict:
         return {"occlusion_abs_mm": self.occlusion_abs_mm, "occlusion_rel": self.occlusion_rel,
                 "occlusion_min_confidence": self.occlusion_min_confidence, "support_mm": self.support_mm,
-                "mesh_depth": self.mesh_depth, "truncated": self.truncated}
+                "mesh_depth": self.mesh_depth, "truncated": self.truncated, "colour_edges": self.colour_edges}
 
 
 @dataclass
@@ -354,11 +364,14 @@ class FrameLabeler:
             raise NeuralLabelError("box objects need a depth source (a field): their pixels are where the "
                                    "field's surface lies inside the box")
 
-    def label(self, view: View, *, full_depth: bool = True, confidence: bool = True) -> FrameLabels:
+    def label(self, view: View, *, full_depth: bool = True, confidence: bool = True,
+              image: Optional[np.ndarray] = None) -> FrameLabels:
         """Labels of ``view``: meshes cast from its ``cam_to_world``, the scene asked through its ``cam_to_data``.
 
         ``full_depth``: ask the scene at every pixel (for depth maps); otherwise only where a visibility or
         box decision needs it. ``confidence``: also the per-pixel confidence (a scene that measures one).
+        ``image``: the view's picture (uint8 RGB, H x W) for box objects' edges; by default its photo, read
+        when a box object needs it.
         """
         shape = (view.height, view.width)
         silhouettes = self.cast_silhouettes(view)  # 1
@@ -375,6 +388,8 @@ class FrameLabeler:
             mesh_visible = covered & (1.0 - p_visible <= self.options.occlusion_min_confidence)
         visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
         box_visible, p_box, p_elsewhere = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
+        if scene is not None and scene.measured and self.options.colour_edges:
+            box_visible = self.colour_edges(view, box_visible, mesh_visible, image)
         visible.update(box_visible)
         conf = None
         if scene is not None and scene.measured and confidence:
@@ -580,6 +595,46 @@ class FrameLabeler:
             box_owner[rows[take], cols[take]] = i
             owner_volume[rows[take], cols[take]] = volume
         return {i: box_owner == i for i in self.box_ids}, p_box, p_elsewhere
+
+    def colour_edges(self, view: View, box_visible: dict[int, np.ndarray], mesh_visible: np.ndarray,
+                     image: Optional[np.ndarray]) -> dict[int, np.ndarray]:
+        """5b. Box objects' outlines from the picture's colours (:func:`.colour.refine_mask`), inside each box's
+        silhouette and off every other label; smaller boxes first, as they win overlaps. Unchanged without a
+        picture (a synthetic view, a photo that cannot be read)."""
+        from .colour import photo_rgb8, refine_mask
+
+        if not any(mask.any() for mask in box_visible.values()):
+            return box_visible
+        if image is None:
+            image = photo_rgb8(view.image_path, view.width, view.height)
+        if image is None or image.shape[:2] != (view.height, view.width):
+            return box_visible
+        refined = dict(box_visible)
+        taken = mesh_visible.copy()
+        for mask in box_visible.values():
+            taken |= mask
+        extent = (0, 0, view.width, view.height)
+        for i in sorted(self.box_ids, key=lambda k: float(np.prod(self.objects[k].box.size))):
+            mask = box_visible[i]
+            seen = footprint(view.intrinsics, opencv_from_pose(view.cam_to_world), self.objects[i].box.corners(),
+                             extent) if mask.any() else None
+            if seen is None:
+                continue
+            (c0, r0, c1, r1), window = seen
+            # a margin of certain background around the silhouette for the background's colours
+            pad = max(2, int(round(COLOUR_MARGIN * max(view.width, view.height))))
+            R0, C0 = max(r0 - pad, 0), max(c0 - pad, 0)
+            R1, C1 = min(r1 + pad, view.height), min(c1 + pad, view.width)
+            allowed = np.zeros((R1 - R0, C1 - C0), bool)
+            allowed[r0 - R0:r1 - R0, c0 - C0:c1 - C0] = True if window is None else window
+            crop = (slice(R0, R1), slice(C0, C1))
+            inside = mask[crop]
+            new = refine_mask(image[crop], inside, allowed, taken[crop] & ~inside)
+            out = np.zeros_like(mask)
+            out[crop] = new
+            taken[crop] = (taken[crop] & ~inside) | new
+            refined[i] = out
+        return refined
 
     def support(self, view: View, box: Box, rows: np.ndarray, cols: np.ndarray, z: np.ndarray,
                 thickness: float):

@@ -370,10 +370,14 @@ def _finish(in_flight: Optional[_InFlight], done: FramesDone, progress: Optional
 
 
 def label_view(job: BakeJob, view: View) -> FrameLabels:
-    """The labels of one view, with the maps the job's writers store (full depth maps, confidence)."""
+    """The labels of one view, with the maps the job's writers store (full depth maps, confidence). A synthetic
+    view's picture is its render (box objects' outlines follow its colours, as a photo's)."""
     full_depth = any(w.needs_depth for w in job.writers)
     confidence = any(w.needs_confidence for w in job.writers)
-    return job.labeler.label(view, full_depth=full_depth, confidence=confidence)
+    image = None
+    if view.image_path is None and job.ctx.rendered_rgb is not None and job.labeler.box_ids:
+        image = job.ctx.rendered_rgb(view)
+    return job.labeler.label(view, full_depth=full_depth, confidence=confidence, image=image)
 
 
 def assemble(job: BakeJob) -> int:
