@@ -59,8 +59,7 @@ def from_samples(samples: RaySamples) -> DepthDistribution:
     half = (samples.t_ends - samples.t_starts) / 2
     t_starts, t_ends = samples.t_starts - half, samples.t_ends - half
     if len(samples):
-        counts = torch.bincount(samples.ray_indices, minlength=samples.n_rays)
-        first = (torch.cumsum(counts, 0) - counts)[samples.ray_indices]
+        first = _packs(samples.ray_indices, samples.n_rays)[0][samples.ray_indices]
         t_starts = torch.maximum(t_starts, samples.t_starts[first])
     return DepthDistribution(samples.ray_indices, t_starts, t_ends, pdf, opacity, samples.n_rays)
 
@@ -113,6 +112,13 @@ class DensityDepth:
         return from_samples(samples.with_values(sigmas=sigmas))
 
 
+def _packs(ray_indices: Tensor, n_rays: int) -> tuple[Tensor, Tensor]:
+    """(n_rays,) each ray's first packed sample (sorted ``ray_indices``; a ray without samples gets the next
+    ray's), and (n_rays,) its number of samples."""
+    counts = torch.bincount(ray_indices, minlength=n_rays)
+    return torch.cumsum(counts, 0) - counts, counts
+
+
 def _uniform(n_rays: int, n: int, generator: Optional[torch.Generator]) -> Tensor:
     return torch.rand((n_rays, n), generator=generator, dtype=torch.float64)
 
@@ -124,8 +130,7 @@ def _inverse_cdf(dist: DepthDistribution, u: Tensor) -> tuple[Tensor, Tensor]:
     device = dist.t_starts.device
     if len(dist) == 0:
         return torch.full((n_rays, n), float("nan"), device=device), torch.full((n_rays, n), -1, device=device)
-    counts = torch.bincount(dist.ray_indices, minlength=n_rays)
-    pack_start = torch.cumsum(counts, 0) - counts
+    pack_start, counts = _packs(dist.ray_indices, n_rays)
     cdf = packed_cumsum(dist.pdf, dist.ray_indices, pack_start, exclusive=False).double().clamp(0.0, 1.0)
     # Ray r's CDF lives in (r, r + 1] after adding r: one sorted key for searchsorted over every ray at once.
     key = dist.ray_indices.double() + cdf
