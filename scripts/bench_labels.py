@@ -12,7 +12,8 @@
    the other objects left out as unannotated clutter, which must occlude what is behind it.
 4. ``bake`` of the held-out frames with the field and all formats (frames per second at the scene's size);
    then, per object: visible-mask IoU mean and min over frames, full-mask IoU against Cycles renders of each
-   object alone, box objects' visible IoU, the extracted box meshes' Chamfer distance to the true meshes (% of
+   object alone, box objects' visible IoU (and without the photo's colours at their outlines:
+   ``box_field_only``), the extracted box meshes' Chamfer distance to the true meshes (% of
    the object's diagonal), depth error on visible mesh pixels; the confidence: the share of wrongly labelled
    pixels with confidence < 0.5, and the share of the pixels inside the objects' 2D boxes with confidence < 0.5.
 5. The band curve: visible-mask IoU (mean, min) of the mesh objects, and how many of the pixels that clutter
@@ -624,6 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     source = RenderCache(field)
     labels = label_frames(frame_labeler(spec, models, source, LabelOptions()), spec, dataset, frames)
     result["accuracy"] = evaluate(labels, spec, truth, passes)
+    # The same without the photo's colours at box objects' outlines (LabelOptions.colour_edges): the field alone.
+    field_only = evaluate(label_frames(frame_labeler(spec, models, source, LabelOptions(colour_edges=False)), spec,
+                                       dataset, frames), spec, truth, {})
+    result["box_field_only"] = {"visible_iou_mean": field_only["classes"]["box"]["visible_iou_mean"],
+                                "visible_iou_min": field_only["classes"]["box"]["visible_iou_min"],
+                                "objects": {k: v for k, v in field_only["objects"].items() if v["kind"] == "box"},
+                                "confidence": field_only["confidence"]}
     # Mesh-only labels (no field): the reference for what clutter hides, and the speed against Cycles.
     full_objects = spec.objects
     spec.objects = [o for o in spec.objects if o.kind == "mesh"]
