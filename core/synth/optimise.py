@@ -56,8 +56,9 @@ class ViewSource:
     def views(self, draws: Draws, centre: np.ndarray) -> TaskSet:
         images, classes = [], []
         for view in synthetic_views(draws, centre, self.intrinsics, self.world_from_data).values():
-            labels = self.labeler.label(view, full_depth=False, confidence=False)
-            images.append(self.query.rgb(view).astype(np.float32) / 255.0)
+            rgb = self.query.rgb(view)
+            labels = self.labeler.label(view, full_depth=False, confidence=False, image=rgb)
+            images.append(rgb.astype(np.float32) / 255.0)
             classes.append(class_map(labels.category, self.category_ids))
         return TaskSet(np.stack(images), np.stack(classes), self.category_ids)
 
