@@ -14,6 +14,7 @@ from neurallabel.core.pipeline.bake import bake
 from neurallabel.core.cli import main
 from neurallabel.core.scene.queries import TruthQuery
 from neurallabel.core.errors import NeuralLabelError
+from neurallabel.core.labels.frame import LabelOptions
 from neurallabel.core.spec import spec_from_scene, write_spec
 
 
@@ -48,6 +49,11 @@ def test_rerun_skips_finished_frames(small_scene: Path, tmp_path: Path) -> None:
     again = bake(spec, out, formats=("raw",), frames="0:3")
     assert (again["frames"], again["skipped"]) == (0, 3)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before  # nothing rewritten
+    # the colour step cannot change this bake (no box objects): its manifest does not name it, so a folder
+    # baked before the option existed resumes, with it on or off
+    assert "colour_edges" not in json.loads((out / ".neurallabel" / "bake.json").read_text())["options"]
+    off = bake(spec, out, formats=("raw",), frames="0:3", options=LabelOptions(colour_edges=False))
+    assert (off["frames"], off["skipped"]) == (0, 3)
 
 
 def test_foreign_output_folder_is_refused(small_scene: Path, tmp_path: Path) -> None:
@@ -171,6 +177,10 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
     summary = bake(spec, tmp_path / "out", box_resolution=48)
     assert summary["frames"] == 2 and summary["depth_source"] == "FieldDepth"
     out = tmp_path / "out"
+    # box objects with a field: the colour step can move labels, so a bake without it is another bake
+    assert json.loads((out / ".neurallabel" / "bake.json").read_text())["options"]["colour_edges"] is True
+    with pytest.raises(NeuralLabelError, match="different options"):
+        bake(spec, out, box_resolution=48, options=LabelOptions(colour_edges=False))
 
     # The sphere's model, extracted from the density, in mm: the box object's own obj_id, after the categories'.
     model = trimesh.load(out / "bop" / "models" / "obj_000003.ply", process=False)

@@ -196,9 +196,15 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
         source_name = depth_source.name
     else:
         source_name = "none" if spec.field_path is None else FieldQuery.name
+    recorded = options.to_json()
+    measured = (bool(getattr(depth_source, "measures_confidence", False)) if depth_source is not None
+                else spec.field_path is not None)
+    if not (options.colour_edges and measured and any(o.kind == "box" for o in spec.objects)):
+        # only where the colours move labels: a bake the option cannot change keeps its manifest's bytes
+        del recorded["colour_edges"]
     manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(),
                 "photos": photos_fingerprint(dataset), "formats": [w.name for w in writers],
-                "depth_source": source_name, "options": options.to_json(), "box_resolution": box_resolution}
+                "depth_source": source_name, "options": recorded, "box_resolution": box_resolution}
     if coco_masks != "rle":  # only then: a default bake's manifest keeps its bytes
         manifest["coco_masks"] = coco_masks
     manifest.update(extra_manifest or {})  # what else the folder's bake is made of (synthetic views' draws)
