@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from neurallabel.core.labels.colour import MIN_PIXELS, photo_rgb8, refine_mask
+from neurallabel.core.io.images import read_photo_rgb8
+from neurallabel.core.labels.colour import MIN_PIXELS, refine_mask
 from neurallabel.core.labels.frame import LabelOptions
-from test_box_objects import CAMERA, INTR, R, box_object, iou, look_at, r, truth_masks
+from neurallabel.core.scene.queries import DensityMarchQuery
+from test_box_objects import CAMERA, INTR, R, Scene, box_object, iou, r, torus_sdf, truth_masks
 from test_occlusion import labeler, soft, view
 
 TABLE = np.array([[150, 110, 70], [110, 80, 50]])  # a two-tone checker
@@ -77,9 +79,6 @@ def test_a_small_mask_or_nothing_to_learn_the_background_from_comes_back_unchang
 
 def blurred_scene():
     """The torus on the floor as a field whose torus is blurred over 4 mm (a skirt of fog at its foot)."""
-    from neurallabel.core.scene.queries import DensityMarchQuery
-    from test_box_objects import torus_sdf
-
     def density(p):
         floor = soft(np.maximum(p[:, 2], -0.05 - p[:, 2]))
         return soft(torus_sdf(p), width=0.004) + floor
@@ -88,7 +87,7 @@ def blurred_scene():
 
 
 def test_the_labeler_settles_a_field_box_objects_outline_with_the_photo() -> None:
-    sharp_torus, _ = truth_masks(__import__("test_box_objects").Scene(), CAMERA)
+    sharp_torus, _ = truth_masks(Scene(), CAMERA)
     scene = blurred_scene()
     obj = box_object([2 * (R + r) + 0.01, 2 * (R + r) + 0.01, 2 * r + 0.012], centre=(0, 0, r - 0.001))
     v = view(CAMERA, INTR)
@@ -113,10 +112,10 @@ def test_a_views_photo_comes_at_the_views_size(tmp_path) -> None:
     rgba[..., 3] = 255
     rgba[:, :40, 3] = 0  # transparent: white, as training composites it
     Image.fromarray(rgba, "RGBA").save(tmp_path / "photo.png")
-    photo = photo_rgb8(tmp_path / "photo.png", 40, 30)  # a dataset downscaled by 2
+    photo = read_photo_rgb8(tmp_path / "photo.png", 40, 30)  # a dataset downscaled by 2
     assert photo.shape == (30, 40, 3) and photo.dtype == np.uint8
     assert (photo[:, :20] == 255).all() and (photo[:, 20:] == [200, 0, 0]).all()
-    assert photo_rgb8(tmp_path / "missing.png", 40, 30) is None
-    assert photo_rgb8(None, 40, 30) is None
+    assert read_photo_rgb8(tmp_path / "missing.png", 40, 30) is None
+    assert read_photo_rgb8(None, 40, 30) is None
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    assert photo_rgb8(tmp_path / "broken.png", 40, 30) is None
+    assert read_photo_rgb8(tmp_path / "broken.png", 40, 30) is None

@@ -61,6 +61,27 @@ def resize_area(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack(channels, axis=-1).astype(np.float32)
 
 
+def on_background(image: np.ndarray, background: tuple[float, float, float] = WHITE) -> np.ndarray:
+    """RGB (H, W, 3) of a straight-alpha RGBA float image composited on ``background``."""
+    alpha = image[..., 3:4]
+    return image[..., :3] * alpha + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
+
+
+def read_photo_rgb8(path: Optional[str | Path], width: int, height: int) -> Optional[np.ndarray]:
+    """A photo as uint8 RGB (height, width, 3), area-averaged to that size (a downscaled dataset's camera),
+    alpha composited on white as training does; None when there is no readable photo there."""
+    if path is None:
+        return None
+    try:
+        image = read_image_file(path)
+    except NeuralLabelError:
+        return None
+    if image.shape[2] == 4:
+        image = on_background(image)
+    image = resize_area(np.ascontiguousarray(image[..., :3]), width, height)
+    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+
+
 def load_image(frame: "Frame", downscale: Optional[float] = None,
                background: Optional[tuple[float, float, float]] = WHITE) -> np.ndarray:
     """A frame's image as float32 (H, W, 3) in [0, 1] (or (H, W, 4) with ``background=None``).
@@ -86,8 +107,7 @@ def load_image(frame: "Frame", downscale: Optional[float] = None,
         width, height = int(round(file_w / factor)), int(round(file_h / factor))
     if image.shape[2] == 4 and background is not None:
         # Composite straight alpha on the background before resizing (what a camera behind it would see).
-        alpha = image[..., 3:4]
-        image = image[..., :3] * alpha + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
+        image = on_background(image, background)
     if (width, height) != (file_w, file_h):
         if image.shape[2] == 4:
             # Resize premultiplied colour so transparent pixels do not bleed their (meaningless) colour.

@@ -17,8 +17,6 @@ reports the box IoU with and without it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 #: the certain core: the field's mask eroded by this share of its equivalent radius sqrt(area / pi)
@@ -67,21 +65,3 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, allowed: np.ndarray, forbid
         return start
     return ((trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)) & possible
 
-
-def photo_rgb8(path, width: int, height: int) -> Optional[np.ndarray]:
-    """A view's photo as uint8 RGB (height, width, 3), area-averaged to the view's size (a downscaled dataset's
-    camera); alpha composited on white as training does. None when there is no readable photo there."""
-    from ..errors import NeuralLabelError
-    from ..io.images import WHITE, read_image_file, resize_area
-
-    if path is None:
-        return None
-    try:
-        image = read_image_file(path)
-    except NeuralLabelError:
-        return None
-    if image.shape[2] == 4:
-        alpha = image[..., 3:4]
-        image = image[..., :3] * alpha + np.asarray(WHITE, dtype=np.float32) * (1.0 - alpha)
-    image = resize_area(np.ascontiguousarray(image[..., :3]), width, height)
-    return np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)

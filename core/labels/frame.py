@@ -601,12 +601,13 @@ class FrameLabeler:
         """5b. Box objects' outlines from the picture's colours (:func:`.colour.refine_mask`), inside each box's
         silhouette and off every other label; smaller boxes first, as they win overlaps. Unchanged without a
         picture (a synthetic view, a photo that cannot be read)."""
-        from .colour import photo_rgb8, refine_mask
+        from ..io.images import read_photo_rgb8
+        from .colour import refine_mask
 
         if not any(mask.any() for mask in box_visible.values()):
             return box_visible
         if image is None:
-            image = photo_rgb8(view.image_path, view.width, view.height)
+            image = read_photo_rgb8(view.image_path, view.width, view.height)
         if image is None or image.shape[:2] != (view.height, view.width):
             return box_visible
         refined = dict(box_visible)
