@@ -29,6 +29,8 @@ DEFAULT_RESOLUTION = 128  # voxels along the box's longest side
 #: pieces with at least this share of the largest piece's faces are kept (a handle cut off by the support slab,
 #: the two halves of a torus cut by it); smaller ones are floaters
 KEEP_PIECE_SHARE = 0.2
+#: how much looser a support plane is fitted to the views' surface points than to the mesh's vertices
+VIEW_SUPPORT_TOLERANCE = 3.0
 
 
 def density_threshold(voxel_data: float) -> float:
@@ -40,7 +42,9 @@ def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.n
                      world_from_data: np.ndarray, *, resolution: int = DEFAULT_RESOLUTION,
                      step: Optional[float] = None, threshold: Optional[float] = None, chunk: int = 1 << 18,
                      progress: Optional[ProgressFn] = None, name: str = "box", support: Optional[float] = None,
-                     world_up: np.ndarray = np.array([0.0, 0.0, 1.0])):
+                     world_up: np.ndarray = np.array([0.0, 0.0, 1.0]),
+                     carve: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                     support_points: Optional[Callable[[np.ndarray], np.ndarray]] = None):
     """The largest connected surface of the field inside a box, as a trimesh in the box's frame (world units).
 
     ``density(points_data (N, 3)) -> (N,)`` is the field's density in the data frame; ``box_pose`` is
@@ -48,24 +52,33 @@ def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.n
     render step in data units; ``threshold`` the iso-level (density per data unit), by default
     ``ln 2 / step``; ``support`` the slab above the support plane that is cut away (world units; default two
     voxels: the blur of the field's table surface), ``world_up`` the world's up (the support lies under the
-    box's side nearest to it). Returns None when the field holds no surface in the box.
+    box's side nearest to it); ``carve(points_world (N, 3)) -> (N,) bool``: the points the views see through
+    (:mod:`.carve`), emptied before the iso-surface is taken; ``support_points(up (3,)) -> (N, 3)``: box-frame
+    points of the surface around the object where its support is looked for first (:func:`clean_box_mesh`).
+    Returns None when the field holds no surface in the
+    box.
     """
     size = np.asarray(size, dtype=np.float64)
     voxel = float(size.max()) / resolution
     counts = np.maximum(np.ceil(size / voxel).astype(int), 2)
     axes = [(np.arange(n) + 0.5) * voxel - n * voxel / 2 for n in counts]  # voxel centres, box frame
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    points_data = apply_points(np.linalg.inv(world_from_data), apply_points(box_pose, grid))
+    points_world = apply_points(box_pose, grid)
+    points_data = apply_points(np.linalg.inv(world_from_data), points_world)
     scale = float(np.cbrt(np.linalg.det(world_from_data[:3, :3])))  # world units per data unit
 
-    volume = sample_density(density, points_data, chunk, progress, f"mesh of {name}").reshape(*counts)
+    volume = sample_density(density, points_data, chunk, progress, f"mesh of {name}")
+    if carve is not None:
+        volume[carve(points_world)] = 0.0
+    volume = volume.reshape(*counts)
     if threshold is None:
         threshold = density_threshold(step if step else voxel / scale)
     mesh = iso_surface(volume, threshold, voxel, np.array([a[0] for a in axes]))
     if mesh is None:
         return None
-    mesh = clean_box_mesh(mesh, size, box_up_axis(np.asarray(box_pose)[:3, :3], world_up),
-                          2.0 * voxel if support is None else float(support), tolerance=voxel)
+    up = box_up_axis(np.asarray(box_pose)[:3, :3], world_up)
+    mesh = clean_box_mesh(mesh, size, up, 2.0 * voxel if support is None else float(support), tolerance=voxel,
+                          support_points=None if support_points is None else support_points(up))
     if mesh is None:
         return None
     mesh.fix_normals()
@@ -103,15 +116,23 @@ def iso_surface(volume: np.ndarray, threshold: float, voxel: float, first_centre
     return trimesh.Trimesh(vertices, faces.astype(np.int64), process=True)
 
 
-def clean_box_mesh(mesh, size: np.ndarray, up: np.ndarray, support: float, *, tolerance: float):
+def clean_box_mesh(mesh, size: np.ndarray, up: np.ndarray, support: float, *, tolerance: float,
+                   support_points: Optional[np.ndarray] = None):
     """``mesh`` (box frame) without its support -- faces touching the slab of ``support`` above the dominant
     plane near the box's bottom (within ``tolerance``), or below it -- and without its small pieces; None
-    when nothing is left."""
+    when nothing is left. The plane is looked for in ``support_points`` (box frame: the surface the views see
+    around the object, :func:`.carve.unlabelled_surface`) first, then in the mesh's own vertices."""
     vertices = np.asarray(mesh.vertices)
-    # not the caps that close the surface on the box's walls: the support's underside would be one
-    inner = np.all(np.abs(vertices) < np.asarray(size) / 2 - tolerance, axis=1)
-    zone = bottom_zone(vertices, size, up) & inner
-    plane = support_plane(vertices[zone], up, max(tolerance, support / 2), span=lateral_span(size, up))
+    plane = None
+    if support_points is not None and len(support_points):
+        # the views' surface is the field's rendered depth, noisier than its iso-surface
+        plane = support_plane(support_points, up, VIEW_SUPPORT_TOLERANCE * max(tolerance, support / 2),
+                              span=lateral_span(size, up))
+    if plane is None:
+        # not the caps that close the surface on the box's walls: the support's underside would be one
+        inner = np.all(np.abs(vertices) < np.asarray(size) / 2 - tolerance, axis=1)
+        zone = bottom_zone(vertices, size, up) & inner
+        plane = support_plane(vertices[zone], up, max(tolerance, support / 2), span=lateral_span(size, up))
     if plane is not None:
         low = plane.height(vertices) <= support
         keep = ~low[np.asarray(mesh.faces)].any(axis=1)

@@ -246,7 +246,8 @@ def start(plan: BakePlan, *, progress: Optional[ProgressFn] = None, backend: Opt
     with writing_into(out_dir):
         try:
             with file_lock(claim.manifest_path):  # concurrent pieces extract a box's mesh once, and share it
-                models = _object_models(spec, plan.views, out_dir, depth_source, plan.box_resolution, progress)
+                models = _object_models(spec, plan.views, out_dir, depth_source, plan.box_resolution, progress,
+                                        plan.options)
         except NeuralLabelError:
             if not claim.resumed:  # nothing is baked yet: the corrected spec must find the folder free
                 release_claim(claim)
@@ -511,12 +512,15 @@ def load_checked_field(spec: LabelSpec, dataset: Dataset, device: str) -> FieldQ
 
 
 def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth_source, resolution: int,
-                   progress: Optional[ProgressFn]) -> dict[int, Any]:
-    """instance_id -> model mesh in the object's own frame (world units); box objects need a field."""
+                   progress: Optional[ProgressFn], options: LabelOptions = LabelOptions()) -> dict[int, Any]:
+    """instance_id -> model mesh in the object's own frame (world units); box objects need a field. A box
+    object's mesh is carved by its labels in the training views (:mod:`..labels.carve`)."""
+    from ..labels import carve
     from ..labels.box_mesh import extract_box_mesh
 
     models: dict[int, Any] = {}
     cache = out_dir / STATE_DIR / "models"
+    voters = _Voters(spec, views, depth_source, options, progress)
     for obj in spec.objects:
         if obj.kind == "mesh":
             models[obj.instance_id] = obj.mesh
@@ -525,10 +529,19 @@ def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth
             continue  # no field: the box object's labels come from depth alone, it gets no model
 
         def extract(obj=obj):  # only when not cached yet
-            level = surface_density_level(spec, views, depth_source, Box(obj.pose, obj.size))
+            box = Box(obj.pose, obj.size)
+            level = surface_density_level(spec, views, depth_source, box)
+            labelled = voters.of(obj.instance_id, box)
+            carver = support = None
+            if labelled:
+                voxel = float(np.max(obj.size)) / resolution
+                carver = carve.carver(labelled, carve.BAND_VOXELS * voxel)
+                support = partial(carve.unlabelled_surface, labelled, obj.pose, obj.size)
+                level = None if level is None else level * carve.CARVED_LEVEL_SHARE
             mesh = extract_box_mesh(depth_source.density, obj.pose, obj.size, spec.world_from_data,
                                     resolution=resolution, step=depth_source.step,
-                                    threshold=level, progress=progress, name=obj.name)
+                                    threshold=level, progress=progress, name=obj.name, carve=carver,
+                                    support_points=support)
             if mesh is None:
                 raise _NoSurface()
             return mesh
@@ -540,6 +553,38 @@ def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth
             warnings.warn(f"object {obj.name!r}: the field holds no surface inside its box; it gets 0 visible "
                           f"pixels", LabelWarning, stacklevel=2)
     return models
+
+
+class _Voters:
+    """The training views' labels that carve box objects' meshes (:mod:`..labels.carve`), made on first use and
+    each view labelled once for every box: mesh objects cast, box objects without a mesh (what their meshes are
+    carved from), the colour step as the bake's options say."""
+
+    def __init__(self, spec: LabelSpec, views: dict[int, View], depth_source, options: LabelOptions,
+                 progress: Optional[ProgressFn]) -> None:
+        self.spec, self.views, self.depth_source, self.options = spec, views, depth_source, options
+        self.progress = progress
+        self._labeler: Optional[FrameLabeler] = None
+        self._labels: dict[int, FrameLabels] = {}
+
+    def of(self, instance_id: int, box: Box) -> list:
+        from ..labels.carve import LabelledView, voting_views
+
+        chosen = voting_views([self.views[i] for i in sorted(self.views)], box)
+        if not chosen:
+            return []
+        if self._labeler is None:
+            meshes = {o.instance_id: o.mesh for o in self.spec.objects if o.kind == "mesh"}
+            self._labeler = frame_labeler(self.spec, meshes, self.depth_source, self.options)
+        out = []
+        for n, view in enumerate(chosen):
+            if view.index not in self._labels:
+                self._labels[view.index] = self._labeler.label(view, full_depth=False, confidence=False)
+            labels = self._labels[view.index]
+            out.append(LabelledView(view, labels.instance == instance_id, labels.instance == 0,
+                                    labels.source_depth))
+            report(self.progress, n + 1, len(chosen), "views of box meshes")
+        return out
 
 
 #: the share of a box's rendered surface points whose density may lie under the iso-level of its extracted mesh.
