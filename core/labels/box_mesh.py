@@ -55,8 +55,7 @@ def extract_box_mesh(density: Callable[[np.ndarray], np.ndarray], box_pose: np.n
     box's side nearest to it); ``carve(points_world (N, 3)) -> (N,) bool``: the points the views see through
     (:mod:`.carve`), emptied before the iso-surface is taken; ``support_points(up (3,)) -> (N, 3)``: box-frame
     points of the surface around the object where its support is looked for first (:func:`clean_box_mesh`).
-    Returns None when the field holds no surface in the
-    box.
+    Returns None when the field holds no surface in the box.
     """
     size = np.asarray(size, dtype=np.float64)
     voxel = float(size.max()) / resolution

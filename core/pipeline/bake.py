@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -64,6 +64,9 @@ from ..scene.queries import DensityQuery, FieldQuery
 from ..spec import LabelSpec
 from .frames import select_frames
 from .model_cache import cached_mesh
+
+if TYPE_CHECKING:
+    from ..labels.carve import LabelledView
 
 KIND = "bake"
 MANIFEST = f"{STATE_DIR}/{KIND}.json"
@@ -565,9 +568,9 @@ class _Voters:
         self.spec, self.views, self.depth_source, self.options = spec, views, depth_source, options
         self.progress = progress
         self._labeler: Optional[FrameLabeler] = None
-        self._labels: dict[int, FrameLabels] = {}
+        self._labels: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # view index -> (instance ids, scene z-depth)
 
-    def of(self, instance_id: int, box: Box) -> list:
+    def of(self, instance_id: int, box: Box) -> list["LabelledView"]:
         from ..labels.carve import LabelledView, voting_views
 
         chosen = voting_views([self.views[i] for i in sorted(self.views)], box)
@@ -579,10 +582,10 @@ class _Voters:
         out = []
         for n, view in enumerate(chosen):
             if view.index not in self._labels:
-                self._labels[view.index] = self._labeler.label(view, full_depth=False, confidence=False)
-            labels = self._labels[view.index]
-            out.append(LabelledView(view, labels.instance == instance_id, labels.instance == 0,
-                                    labels.source_depth))
+                labels = self._labeler.label(view, full_depth=False, confidence=False)
+                self._labels[view.index] = (labels.instance, labels.source_depth)
+            instance, z_depth = self._labels[view.index]
+            out.append(LabelledView(view, instance == instance_id, instance == 0, z_depth))
             report(self.progress, n + 1, len(chosen), "views of box meshes")
         return out
 
