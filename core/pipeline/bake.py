@@ -560,8 +560,11 @@ def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth
 
 class _Voters:
     """The training views' labels that carve box objects' meshes (:mod:`..labels.carve`), made on first use and
-    each view labelled once for every box: mesh objects cast, box objects without a mesh (what their meshes are
-    carved from), the colour step as the bake's options say."""
+    each view labelled once for every box: the box objects alone, without meshes (what their meshes are carved
+    from), the colour step as the bake's options say. Mesh objects are left out: the scene is then asked only
+    inside the boxes (half the time). Their pixels count as nobody's, which carves right: where a mesh object
+    stands in front of the box its surface hides the box's points (no vote), and where it stands behind, the
+    view does see past the box (a free vote)."""
 
     def __init__(self, spec: LabelSpec, views: dict[int, View], depth_source, options: LabelOptions,
                  progress: Optional[ProgressFn]) -> None:
@@ -577,8 +580,8 @@ class _Voters:
         if not chosen:
             return []
         if self._labeler is None:
-            meshes = {o.instance_id: o.mesh for o in self.spec.objects if o.kind == "mesh"}
-            self._labeler = frame_labeler(self.spec, meshes, self.depth_source, self.options)
+            boxes = dataclasses.replace(self.spec, objects=[o for o in self.spec.objects if o.kind == "box"])
+            self._labeler = frame_labeler(boxes, {}, self.depth_source, self.options)
         out = []
         for n, view in enumerate(chosen):
             if view.index not in self._labels:
