@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -53,3 +53,9 @@ class View:
         data_from_world = world_from_data.inverse()
         return cls(index, name or f"view_{index:06d}", intrinsics, data_from_world.rigid_pose(cam_to_world),
                    cam_to_world, None, "synthetic")
+
+
+def spread_views(views: Sequence[View], count: int) -> list[View]:
+    """Up to ``count`` of ``views``, evenly spread in their order (the first and the last among them)."""
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(views) - 1, min(len(views), count))})
+    return [views[p] for p in picks]

@@ -26,8 +26,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..geometry.box import Box
-from ..geometry.projection import opencv_from_pose, project, projected_region
-from ..geometry.view import View
+from ..geometry.projection import backproject, opencv_from_pose, project, projected_region
+from ..geometry.transforms import apply_points, rigid_inverse
+from ..geometry.view import View, spread_views
+from .occlusion import bottom_zone
 
 #: a point needs this many free votes at least to be carved
 MIN_FREE_VOTES = 2
@@ -61,8 +63,7 @@ def voting_views(views: Sequence[View], box: Box, count: int = CARVE_VIEWS) -> l
     views: the views held out from the field's training judge it, and must not shape its labels."""
     seeing = [v for v in views if v.split == "train" and projected_region(
         v.intrinsics, v.cam_to_world, box.corners(), (0, 0, v.width, v.height)) is not None]
-    picks = sorted({int(round(x)) for x in np.linspace(0, len(seeing) - 1, min(len(seeing), count))})
-    return [seeing[p] for p in picks]
+    return spread_views(seeing, count)
 
 
 def carver(views: list[LabelledView], band: float, *, min_free: int = MIN_FREE_VOTES,
@@ -109,10 +110,6 @@ def unlabelled_surface(views: list[LabelledView], box_pose: np.ndarray, size: np
     where its support is looked for (:func:`.occlusion.bottom_zone`): the table around the object, seen past
     it. The mesh's own vertices there hold the fog at the object's foot as much as the table; these hold the
     table."""
-    from ..geometry.projection import backproject
-    from ..geometry.transforms import apply_points, rigid_inverse
-    from .occlusion import bottom_zone
-
     box_from_world = rigid_inverse(np.asarray(box_pose, dtype=np.float64))
     chunks = []
     for lv in views:

@@ -52,7 +52,7 @@ from ..export.coco import MASK_FORMATS as COCO_MASKS
 from ..geometry.box import Box
 from ..geometry.projection import backproject, projected_region, region_pixels
 from ..geometry.transforms import Similarity
-from ..geometry.view import View
+from ..geometry.view import View, spread_views
 from ..io.atomic import json_bytes, write_bytes, write_bytes_if_changed
 from ..io.images import validate_images
 from ..io.lock import file_lock
@@ -608,14 +608,11 @@ def surface_density_level(spec: LabelSpec, views: dict[int, View], depth_source,
     """The field's density where it renders the surface inside ``box`` (world frame): the lower quartile
     (``SURFACE_LEVEL_QUANTILE``) of the density at the points of its depth maps (median depth) inside the box,
     from up to ``max_frames`` evenly spread views. None when fewer than ``min_points`` such points are found."""
-    ordered = [views[i] for i in sorted(views)]
-    count = len(ordered)
-    picks = sorted({int(round(x)) for x in np.linspace(0, count - 1, min(count, max_frames))})
+    picks = spread_views([views[i] for i in sorted(views)], max_frames)
     corners = box.corners()
     data_from_world = Similarity(spec.world_from_data).inverse()
     densities = []
-    for position in picks:
-        view = ordered[position]
+    for view in picks:
         intr = view.intrinsics
         region = projected_region(intr, view.cam_to_world, corners, (0, 0, intr.width, intr.height))
         if region is None:
