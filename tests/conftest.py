@@ -8,6 +8,7 @@ and the scene is renamed into place only when complete, so a killed run leaves n
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -24,6 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 MAKE_SCENE = REPO / "scripts" / "make_scene.py"
 SHARED_DATA = REPO.parent / "shared" / "data"
 CACHE = REPO / "tests" / ".cache"
+
+# Bakes share box meshes through the user's cache (`neurallabel bake --model-cache`): the tests' bakes, and the
+# workers and Blender they start, use a folder of this run's own instead of the user's.
+os.environ["NEURALLABEL_CACHE"] = tempfile.mkdtemp(prefix="neurallabel-test-cache-")
+atexit.register(shutil.rmtree, os.environ["NEURALLABEL_CACHE"], True)
 
 #: ~12 views, 160x120, 5 primitives: fast, used by many tests.
 SMALL_SCENE_ARGS = ["--views", "12", "--width", "160", "--height", "120", "--objects", "5", "--seed", "1"]

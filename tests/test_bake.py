@@ -271,3 +271,49 @@ def test_a_box_without_surface_is_reported_with_no_pixels_and_a_warning(tmp_path
                                      "objects": [box]}))
     summary = bake(load_spec(spec_path), tmp_path / "out", box_resolution=32)
     assert summary["frames"] == 2 and summary["instances"] > 0
+
+
+def test_bakes_share_box_meshes_through_the_model_cache(tmp_path: Path, monkeypatch) -> None:
+    """A second bake of the same boxes, field and dataset (another frame, another folder: a preview) takes the
+    box mesh from the shared cache instead of extracting it; a moved box, a damaged entry and a cache that
+    cannot be written each cost one extraction, never the bake."""
+    from neurallabel.core.app.jobs import model_cache_folder
+    from neurallabel.core.labels import box_mesh
+    from neurallabel.core.spec import load_spec
+
+    write_sphere_scene(tmp_path)
+    calls = []
+    extract = box_mesh.extract_box_mesh
+    monkeypatch.setattr(box_mesh, "extract_box_mesh", lambda *a, **k: calls.append(1) or extract(*a, **k))
+    box = {"name": "ball", "category": "ball", "category_id": 1, "instance_id": 1, "kind": "box",
+           "pose": np.eye(4).tolist(), "size": [0.5, 0.5, 0.5]}
+    spec_path = tmp_path / "spec.json"
+
+    def bake_into(name: str, pose=np.eye(4), frames=None, cache=tmp_path / "cache") -> bytes:
+        spec_path.write_text(json.dumps({"neurallabel_spec": 1, "data": "transforms.json", "field": "field.pt",
+                                         "objects": [box | {"pose": pose.tolist()}]}))
+        summary = bake(load_spec(spec_path), tmp_path / name, formats="raw", frames=frames, box_resolution=32,
+                       model_cache=cache)
+        assert summary["frames"] == (2 if frames is None else 1)
+        return (tmp_path / name / ".neurallabel" / "models" / "instance_000001.npz").read_bytes()
+
+    first = bake_into("a")
+    assert len(calls) == 1 and len(list((tmp_path / "cache").glob("box-*.npz"))) == 1
+    assert bake_into("b", frames=(1, 2)) == first and len(calls) == 1  # shared: not extracted again
+    moved = np.eye(4)
+    moved[:3, 3] = [0.02, 0.0, 0.0]
+    assert bake_into("c", pose=moved) != first and len(calls) == 2
+    assert len(list((tmp_path / "cache").glob("box-*.npz"))) == 2
+    for entry in (tmp_path / "cache").glob("box-*.npz"):
+        entry.write_bytes(b"not a mesh")
+    assert bake_into("d") == first and len(calls) == 3  # damaged: extracted again, the same mesh
+    (tmp_path / "blocked").write_text("a file, not a folder")
+    with pytest.warns(RuntimeWarning, match="box-mesh cache"):
+        assert bake_into("e", cache=tmp_path / "blocked" / "cache") == first
+    assert len(calls) == 4
+
+    # the requests' setting: the user's folder (under NEURALLABEL_CACHE), a folder, or none
+    monkeypatch.setenv("NEURALLABEL_CACHE", str(tmp_path / "user"))
+    assert model_cache_folder("user") == tmp_path / "user" / "box-meshes"
+    assert model_cache_folder("none") is None and model_cache_folder(None) is None
+    assert model_cache_folder(str(tmp_path / "x")) == tmp_path / "x"

@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(pip install \"neurallabel[ray]\")")
     p.add_argument("--preview", type=int, default=None, metavar="N",
                    help="then draw N evenly spaced frames as `neurallabel inspect` does, into OUT/inspect/")
+    p.add_argument("--model-cache", dest="model_cache", default="user", metavar="DIR",
+                   help="box objects' meshes shared between bakes of the same boxes, field and dataset: 'user' "
+                        "($NEURALLABEL_CACHE/box-meshes, default ~/.cache/neurallabel/box-meshes), a folder, "
+                        "or 'none'")
     # Blender's Bake passes its scene's occlusion tolerances; these reproduce them (same defaults as LabelOptions).
     p.add_argument("--occlusion-mm", dest="occlusion_abs_mm", type=float, default=5.0,
                    help="the field's density within this band (mm) of an annotated mesh's surface belongs to "

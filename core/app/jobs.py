@@ -56,6 +56,26 @@ def at_field(name: str) -> Iterator[None]:
         raise
 
 
+#: a request's ``model_cache``: the user's cache folder (:func:`model_cache_folder`)
+USER_CACHE = "user"
+
+
+def model_cache_folder(value: Any) -> Optional[Path]:
+    """The folder of box meshes shared between bakes (:class:`~..pipeline.model_cache.SharedModels`):
+    ``"user"`` is ``$NEURALLABEL_CACHE/box-meshes`` (default ``$XDG_CACHE_HOME/neurallabel``, else
+    ``~/.cache/neurallabel``); None or ``"none"``: no shared cache; anything else: that folder."""
+    import os
+
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    if str(value) != USER_CACHE:
+        return Path(value).expanduser()
+    root = os.environ.get("NEURALLABEL_CACHE")
+    if not root:
+        root = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neurallabel")
+    return Path(root).expanduser() / "box-meshes"
+
+
 def _path(value: Any, name: str) -> Path:
     if value is None or (isinstance(value, str) and not value.strip()):
         raise NeuralLabelError(f"{name}: missing", field=name)
@@ -169,6 +189,7 @@ class BakeRequest:
     ray: Optional[str] = None  # run the frames on Ray: "local" (a local cluster) or a cluster's address
     coco_masks: str = "rle"  # COCO segmentation: "rle", or "polygon" (RLE where a polygon cannot be exact)
     preview: Optional[int] = None  # then `inspect`'s pictures of this many evenly spaced frames (out/inspect)
+    model_cache: Optional[str] = USER_CACHE  # box meshes shared between bakes: "user", a folder, or None
     kind = "bake"
 
     def __post_init__(self) -> None:
@@ -296,6 +317,7 @@ class PreviewRequest:
     out: Optional[Path] = None  # None: a new temporary folder
     device: str = "auto"
     options: LabelOptions = dataclass_field(default_factory=LabelOptions)
+    model_cache: Optional[str] = USER_CACHE  # as BakeRequest's: a preview of another frame reuses the box meshes
     kind = "preview"
 
     def __post_init__(self) -> None:
@@ -593,7 +615,7 @@ def run_bake(request: BakeRequest, progress: Optional[ProgressFn], notice: Notic
     result = bake_in_stages(spec, request.out, stages_of(request.no_assemble, request.assemble_only, request.ray),
                             formats=request.formats, frames=request.frames, shard=request.shard,
                             device=device, progress=progress, options=request.options,
-                            coco_masks=request.coco_masks)
+                            coco_masks=request.coco_masks, model_cache=model_cache_folder(request.model_cache))
     if request.preview is not None:  # the same pictures, in the same place, as `neurallabel inspect DIR`
         result["preview"] = run_inspect(InspectRequest(request.out, max=request.preview), progress, notice)["index"]
     return result
@@ -712,7 +734,8 @@ def run_preview(request: PreviewRequest, progress: Optional[ProgressFn], notice:
                                field="frame")
     try:
         bake(spec, out, formats=("raw",), frames=(request.frame, request.frame + 1),
-             device=_torch_device(request.device), progress=progress, options=request.options)
+             device=_torch_device(request.device), progress=progress, options=request.options,
+             model_cache=model_cache_folder(request.model_cache))
     except NeuralLabelError as exc:
         if exc.field == "frames":  # the one frame is not among the spec's frames (or has no photo)
             exc.field = "frame"

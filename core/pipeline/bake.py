@@ -63,7 +63,7 @@ from ..progress import ProgressFn, report
 from ..scene.queries import DensityQuery, FieldQuery
 from ..spec import LabelSpec
 from .frames import select_frames
-from .model_cache import cached_mesh
+from .model_cache import SharedModels, box_mesh_keys, cached_mesh
 
 if TYPE_CHECKING:
     from ..labels.carve import LabelledView
@@ -97,6 +97,15 @@ class BakePlan:
     allowed: list[Path]  # inputs that may lie in the output folder (the spec and its meshes)
     resumed: bool  # the output folder already holds this bake
     coco_masks: str = "rle"
+    model_cache: Optional[Path] = None  # the box meshes shared between bakes (:class:`~.model_cache.SharedModels`)
+
+    def shared_models(self) -> Optional[SharedModels]:
+        """The shared box-mesh cache of this bake's box objects; None without one (or without a device)."""
+        if self.model_cache is None or self.device is None:
+            return None
+        return SharedModels(self.model_cache, partial(box_mesh_keys, self.spec, photos=self.manifest["photos"],
+                                                      options=self.manifest["options"],
+                                                      resolution=self.box_resolution, device=self.device))
 
     def claim(self) -> OutputClaim:
         """Claim the output folder (writes the manifest of a new bake)."""
@@ -136,17 +145,19 @@ class FramesDone:
 def bake(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
          shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
          options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None,
-         coco_masks: str = "rle") -> dict:
+         coco_masks: str = "rle", model_cache: Optional[str | Path] = None) -> dict:
     """Bake ``spec`` into ``out_dir`` (:func:`prepare`, :func:`bake_frames`, :func:`assemble`); returns a
     summary (frames baked/skipped, instances, seconds per frame).
 
     ``depth_source`` defaults to the spec's field (:class:`~..scene.queries.FieldQuery`); tests and benchmarks
     pass a :class:`~..scene.queries.TruthQuery`. Without either, labels come from the meshes alone.
+    ``model_cache``: a folder whose box meshes bakes share (:class:`~.model_cache.SharedModels`; used with the
+    spec's own field only); None: none.
     """
     t_start = time.perf_counter()
     job = prepare(spec, Path(out_dir), formats=formats, frames=frames, shard=shard, device=device,
                   progress=progress, depth_source=depth_source, options=options, box_resolution=box_resolution,
-                  backend=backend, coco_masks=coco_masks)
+                  backend=backend, coco_masks=coco_masks, model_cache=model_cache)
     done = bake_frames(job, progress)
     return summary(job, done, assemble(job), time.perf_counter() - t_start)
 
@@ -163,15 +174,20 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
                   frames: Any = None, shard: Any = None, device: Optional[str] = "cpu",
                   progress: Optional[ProgressFn] = None, depth_source=None, options: LabelOptions = LabelOptions(),
                   box_resolution: int = 128, load_field: bool = True, check_photos: bool = True,
-                  coco_masks: str = "rle", extra_manifest: Optional[dict] = None) -> BakePlan:
+                  coco_masks: str = "rle", extra_manifest: Optional[dict] = None,
+                  model_cache: Optional[str | Path] = None) -> BakePlan:
     """Stage 0: every check of a bake, cheapest first; writes nothing. NeuralLabelError on the first problem.
 
     ``device`` None leaves the device unresolved, ``load_field`` False skips loading the spec's field (torch)
     and ``check_photos`` False skips decoding the photos: the add-on's pre-flight in Blender's own process
     (:func:`..app.jobs.check_bake`) checks the scene that way, and the worker checks the rest before it writes.
-    ``extra_manifest`` joins the manifest (a re-run resumes only when it is equal too).
+    ``extra_manifest`` joins the manifest (a re-run resumes only when it is equal too). ``model_cache``: as
+    :func:`bake`'s (it takes no part in the manifest).
     """
     out_dir = Path(out_dir)
+    # the shared box meshes are keyed by the spec's field file: a depth source given here has no such key
+    shared_folder = (Path(model_cache) if model_cache is not None and depth_source is None
+                     and spec.field_path is not None and any(o.kind == "box" for o in spec.objects) else None)
     if device is not None:
         from ..devices import resolve_device
 
@@ -226,18 +242,18 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
         validate_images([dataset.frame(i) for i in todo
                          if not (resumed and (fragments / f"{i:06d}.json").is_file())], _when_slow(progress))
     return BakePlan(spec, out_dir, writers, dataset, views, todo, depth_source, source_name, device, options,
-                    box_resolution, manifest, inputs, allowed, resumed, coco_masks)
+                    box_resolution, manifest, inputs, allowed, resumed, coco_masks, shared_folder)
 
 
 def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,
             shard: Any = None, device: str = "cpu", progress: Optional[ProgressFn] = None, depth_source=None,
             options: LabelOptions = LabelOptions(), box_resolution: int = 128, backend: Optional[str] = None,
-            coco_masks: str = "rle") -> BakeJob:
+            coco_masks: str = "rle", model_cache: Optional[str | Path] = None) -> BakeJob:
     """Stage 1: check the request (:func:`check_request`), claim ``out_dir`` (writes the manifest), then write
     the models and the static files."""
     plan = check_request(spec, out_dir, formats=formats, frames=frames, shard=shard, device=device,
                          progress=progress, depth_source=depth_source, options=options,
-                         box_resolution=box_resolution, coco_masks=coco_masks)
+                         box_resolution=box_resolution, coco_masks=coco_masks, model_cache=model_cache)
     return start(plan, progress=progress, backend=backend)
 
 
@@ -250,7 +266,7 @@ def start(plan: BakePlan, *, progress: Optional[ProgressFn] = None, backend: Opt
         try:
             with file_lock(claim.manifest_path):  # concurrent pieces extract a box's mesh once, and share it
                 models = _object_models(spec, plan.views, out_dir, depth_source, plan.box_resolution, progress,
-                                        plan.options)
+                                        plan.options, plan.shared_models())
         except NeuralLabelError:
             if not claim.resumed:  # nothing is baked yet: the corrected spec must find the folder free
                 release_claim(claim)
@@ -515,9 +531,11 @@ def load_checked_field(spec: LabelSpec, dataset: Dataset, device: str) -> FieldQ
 
 
 def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth_source, resolution: int,
-                   progress: Optional[ProgressFn], options: LabelOptions = LabelOptions()) -> dict[int, Any]:
+                   progress: Optional[ProgressFn], options: LabelOptions = LabelOptions(),
+                   shared: Optional[SharedModels] = None) -> dict[int, Any]:
     """instance_id -> model mesh in the object's own frame (world units); box objects need a field. A box
-    object's mesh is carved by its labels in the training views (:mod:`..labels.carve`)."""
+    object's mesh is carved by its labels in the training views (:mod:`..labels.carve`); the bake's own cache
+    takes it from ``shared`` (earlier bakes' meshes) before it extracts one."""
     from ..labels import carve
     from ..labels.box_mesh import extract_box_mesh
 
@@ -549,6 +567,8 @@ def _object_models(spec: LabelSpec, views: dict[int, View], out_dir: Path, depth
                 raise _NoSurface()
             return mesh
 
+        if shared is not None:
+            extract = partial(shared.mesh, obj.instance_id, extract)
         try:
             models[obj.instance_id] = cached_mesh(cache / f"instance_{obj.instance_id:06d}.npz", extract)
         except _NoSurface:
