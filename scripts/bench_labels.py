@@ -393,9 +393,34 @@ def evaluate(labels: dict, spec, truth, passes: dict) -> dict:
                         "instances": pooled["instances"], "depth_error_mm": pooled["depth_error_mm"],
                         "field_depth_error_mm": pooled["source_depth_error_mm"]}
     confidence = {"wrong_pixels": wrong_total, "boxed_pixels": boxed_total,
+                  "coco_ignore": coco_ignore(labels, truth, kinds),
                   "wrong_pixels_flagged": wrong_flagged / wrong_total if wrong_total else None,
                   "box_pixels_flagged": boxed_flagged / boxed_total if boxed_total else None}
     return {"objects": objects, "classes": classes, "confidence": confidence}
+
+
+def coco_ignore(labels: dict, truth, kinds: dict) -> dict:
+    """COCO's ``ignore`` (:func:`neurallabel.core.export.coco.ignored`) against the truth: of the instances with
+    visible pixels, how many it ignores and how right their masks are (precision: the share of the mask on the
+    object), and how many masks are mostly wrong (precision under 1/2) and how many of those it ignores."""
+    from neurallabel.core.export.coco import ignored
+
+    out = {"instances": 0, "ignored": 0, "ignored_precision": [], "mostly_wrong": 0, "mostly_wrong_ignored": 0}
+    for i, lab in labels.items():
+        true_ids = truth.instance_ids(i)
+        for inst in lab.instances:
+            mask = inst.visible_mask
+            if inst.instance_id not in kinds or not mask.any():
+                continue
+            precision = float(np.count_nonzero(mask & (true_ids == inst.instance_id)) / np.count_nonzero(mask))
+            out["instances"] += 1
+            if ignored(inst):
+                out["ignored"] += 1
+                out["ignored_precision"].append(round(precision, 3))
+            if precision < 0.5:
+                out["mostly_wrong"] += 1
+                out["mostly_wrong_ignored"] += int(ignored(inst))
+    return out
 
 
 def clutter_hidden(labels: dict, spec, truth, mesh_only: dict) -> tuple[float | None, int]:

@@ -208,6 +208,10 @@ def test_field_bake_boxes_and_occlusion(tmp_path: Path) -> None:
         assert np.nanmax(np.abs(depth[inner] - sphere_z[inner])) < 0.01
         confidence = np.array(Image.open(out / "raw" / "confidence" / f"{i:06d}.png"))
         assert confidence[inner].mean() > 0.8 * 255
+    # the ball's mask lies inside its mesh's silhouette; the cube (a mesh object) has no such share
+    for frame in json.loads((out / "raw" / "labels.json").read_text())["frames"]:
+        shares = {inst["instance_id"]: inst["outline_share"] for inst in frame["instances"]}
+        assert shares[1] > 0.95 and shares.get(2) is None, shares
     # The cube sits behind the sphere in the first view: only its part beside the sphere is visible.
     info = json.loads((out / "bop" / "train" / "000000" / "scene_gt_info.json").read_text())["0"]
     cube_info = next(x for x, g in zip(info, json.loads(

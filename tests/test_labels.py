@@ -305,8 +305,9 @@ def test_a_mesh_outside_every_camera_warns_and_gets_no_label(small_scene: Path, 
 
 
 def test_coco_ignores_instances_more_likely_wrong_than_right() -> None:
-    """COCO: ``ignore`` 1 for an instance whose mean confidence is under 1/2 (iscrowd stays 0); raw keeps the
-    mean confidence per instance."""
+    """COCO: ``ignore`` 1 for an instance whose mean confidence is under 1/2 (iscrowd stays 0), unless it is a box
+    object whose mask lies inside its mesh's silhouette; raw keeps the mean confidence and that share per
+    instance."""
     from neurallabel.core.data.dataset import Frame
     from neurallabel.core.export.coco import COCO
     from neurallabel.core.export.raw import RAW
@@ -316,12 +317,13 @@ def test_coco_ignores_instances_more_likely_wrong_than_right() -> None:
     view = view_of(LabelSpec(None, Path("."), None, objects=[]),
                    Frame(0, Path("x.png"), np.eye(4), Intrinsics(8, 6, 8.0, 8.0, 4.0, 3.0)))
     records = []
-    for instance_id, conf in ((1, 0.9), (2, 0.3), (3, None)):
+    for instance_id, conf, share in ((1, 0.9, None), (2, 0.3, None), (3, None, None), (4, 0.3, 0.9),
+                                     (5, 0.3, 0.2)):
         mask = np.zeros((6, 8), bool)
         mask[instance_id, 1:4] = True
         records.append(InstanceLabels(instance_id, 1, f"o{instance_id}", mask, mask, 3, 3, 3, 1.0, [1, 1, 2, 0],
                                       [1, 1, 2, 0], np.eye(3), np.zeros(3), np.zeros((8, 2)), np.ones(8),
-                                      mean_confidence=conf))
+                                      mean_confidence=conf, outline_share=share))
     labels = FrameLabels(0, np.zeros((6, 8), np.uint16), np.zeros((6, 8), np.uint16), np.zeros((6, 8), np.float32),
                          None, records)
 
@@ -333,9 +335,12 @@ def test_coco_ignores_instances_more_likely_wrong_than_right() -> None:
 
     anns = {a["instance_id"]: a for a in COCO.fragment(Ctx(), view, labels)["annotations"]}
     assert "ignore" not in anns[1] and anns[2]["ignore"] == 1 and "ignore" not in anns[3]
+    # a box object: kept where its mask lies in its mesh's silhouette, ignored where it does not
+    assert "ignore" not in anns[4] and anns[5]["ignore"] == 1
     assert all(a["iscrowd"] == 0 for a in anns.values())
     raw = RAW.fragment(Ctx(), view, labels)
-    assert [i["mean_confidence"] for i in raw["instances"]] == [0.9, 0.3, None]
+    assert [i["mean_confidence"] for i in raw["instances"]] == [0.9, 0.3, None, 0.3, 0.3]
+    assert [i["outline_share"] for i in raw["instances"]] == [None, None, None, 0.9, 0.2]
 
 
 def test_objects_cast_on_several_threads_give_the_same_labels_as_one(small_scene: Path) -> None:

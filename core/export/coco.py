@@ -31,17 +31,29 @@ from .context import ExportContext
 from .encoded import visible_bbox_coco, visible_rle
 
 if TYPE_CHECKING:
-    from ..labels.frame import FrameLabels
+    from ..labels.frame import FrameLabels, InstanceLabels
 
 PATH = "coco/annotations.json"
 MASK_FORMATS = ("rle", "polygon")
-#: an instance whose visible pixels' mean confidence (P(label right)) is under this gets ``"ignore": 1``
+#: an instance whose visible pixels' mean confidence (P(label right)) is under this gets ``"ignore": 1`` --
+#: unless it is a box object whose mask lies inside its mesh's silhouette (``OUTLINE_AGREES``)
 IGNORE_BELOW = 0.5
+#: a box object's mask with at least this share inside its carved mesh's silhouette (``outline_share``) is kept
+#: whatever its mean confidence: a box's field weight is diffuse, so its pixels' confidence is low on right
+#: masks too (scripts/bench_labels.py: ``coco_ignore``)
+OUTLINE_AGREES = 0.5
 #: contours are traced on the mask upsampled by this factor, then mapped back: a ring through the pixel
 #: centres of the upsampled mask runs a quarter pixel inside the original pixels' edges, which pycocotools'
 #: polygon rasteriser fills to exactly the mask (a ring through the original pixel centres loses half of
 #: every border pixel).
 _UPSAMPLE = 2
+
+
+def ignored(inst: "InstanceLabels") -> bool:
+    """Whether COCO marks ``inst`` ``ignore``: its mean confidence is under ``IGNORE_BELOW``, and it is not a
+    box object whose mask lies inside its mesh's silhouette (``OUTLINE_AGREES``)."""
+    return (inst.mean_confidence is not None and inst.mean_confidence < IGNORE_BELOW
+            and (inst.outline_share is None or inst.outline_share < OUTLINE_AGREES))
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -136,7 +148,7 @@ class CocoWriter:
                 seg, extra = segmentation(inst.visible_mask, ctx.coco_masks)
             # An instance whose pixels are more likely wrong than right: COCOeval neither rewards nor punishes
             # detections of it (``ignore``); it stays a normal instance otherwise (iscrowd 0).
-            unsure = inst.mean_confidence is not None and inst.mean_confidence < IGNORE_BELOW
+            unsure = ignored(inst)
             annotations.append({"image_id": view.index, "category_id": inst.category_id,
                                 "segmentation": seg, "area": inst.px_count_visib,
                                 "bbox": visible_bbox_coco(inst), "iscrowd": 0,

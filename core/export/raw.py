@@ -93,7 +93,9 @@ class RawWriter:
                 "px_count_all": inst.px_count_all, "px_count_valid": inst.px_count_valid,
                 "px_count_visib": inst.px_count_visib, "visib_fract": inst.visib_fract,
                 # the mean over its visible pixels of P(the pixel's label is right); null without a field
-                "mean_confidence": None if inst.mean_confidence is None else round(inst.mean_confidence, 6)})
+                "mean_confidence": None if inst.mean_confidence is None else round(inst.mean_confidence, 6),
+                # a box object with a mesh: the share of its visible mask inside the mesh's silhouette; else null
+                "outline_share": None if inst.outline_share is None else round(inst.outline_share, 6)})
         intr = view.intrinsics
         return {"index": view.index, "image": ctx.image_name(view), "width": intr.width, "height": intr.height,
                 "K": _floats(intr.K_opencv), "model": intr.model, "distortion": list(intr.distortion),
