@@ -100,7 +100,6 @@ class SharedModels:
         self.folder = Path(folder)
         self._keys = keys
         self._known: Optional[dict[int, str]] = None
-        self.hits = 0
         self._warned = False
 
     def mesh(self, instance_id: int, extract: Callable[[], Any]) -> Any:
@@ -111,6 +110,7 @@ class SharedModels:
         if key is None:
             return extract()
         path = self.folder / f"box-{key[:40]}.npz"
+        mesh = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with file_lock(path.with_name(path.name + ".lock")):
@@ -118,7 +118,6 @@ class SharedModels:
                     try:
                         mesh = _read_mesh(path)
                         os.utime(path)  # recently used
-                        self.hits += 1
                         return mesh
                     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                         path.unlink(missing_ok=True)  # damaged: made again below
@@ -132,7 +131,7 @@ class SharedModels:
                 self._warned = True
                 warnings.warn(f"the shared box-mesh cache {self.folder} cannot be used ({exc}); box meshes are "
                               f"extracted for this bake alone", RuntimeWarning, stacklevel=2)
-            return extract()
+            return mesh if mesh is not None else extract()  # a mesh made but not kept is not made again
 
     def _prune(self) -> None:
         """Drop the least recently used meshes beyond ``SHARED_ENTRIES``. Their lock files stay: another process
