@@ -356,6 +356,8 @@ def evaluate(labels: dict, spec, truth, passes: dict) -> dict:
     per_object: dict = {names[k]: {"kind": kind, "visible_iou": [], "full_iou": []} for k, kind in kinds.items()}
     scores: dict = {c: [] for c in ("mesh", "glass", "box")}
     wrong_total = wrong_flagged = boxed_total = boxed_flagged = 0
+    # reliability: of the pixels inside the objects' 2D boxes, by confidence tenth, how many and how many right
+    bin_pixels, bin_right = np.zeros(10, np.int64), np.zeros(10, np.int64)
     for i, lab in labels.items():
         true_ids = truth.instance_ids(i).copy()
         true_ids[~np.isin(true_ids, list(kinds))] = 0  # clutter's pixels are background for the labels
@@ -380,6 +382,9 @@ def evaluate(labels: dict, spec, truth, passes: dict) -> dict:
                     inside[rows.min():rows.max() + 1, cols.min():cols.max() + 1] = True
             boxed_total += int(inside.sum())
             boxed_flagged += int((inside & unsure).sum())
+            tenth = np.clip((lab.confidence[inside] * 10).astype(np.int64), 0, 9)
+            bin_pixels += np.bincount(tenth, minlength=10)
+            bin_right += np.bincount(tenth[~wrong[inside]], minlength=10)
     objects = {}
     for name, rec in per_object.items():
         v = rec["visible_iou"]
@@ -394,6 +399,11 @@ def evaluate(labels: dict, spec, truth, passes: dict) -> dict:
                         "field_depth_error_mm": pooled["source_depth_error_mm"]}
     confidence = {"wrong_pixels": wrong_total, "boxed_pixels": boxed_total,
                   "coco_ignore": coco_ignore(labels, truth, kinds),
+                  # a confidence that means P(label right) has a right share near each tenth's middle
+                  "reliability": {"confidence_tenth": [round(0.1 * k + 0.05, 2) for k in range(10)],
+                                  "pixels": bin_pixels.tolist(),
+                                  "right_share": [round(float(r / n), 4) if n else None
+                                                  for r, n in zip(bin_right, bin_pixels)]},
                   "wrong_pixels_flagged": wrong_flagged / wrong_total if wrong_total else None,
                   "box_pixels_flagged": boxed_flagged / boxed_total if boxed_total else None}
     return {"objects": objects, "classes": classes, "confidence": confidence}
