@@ -28,6 +28,14 @@ Writes (units: metres)::
     DIR/gt/objects.json          name, category, ids, mesh file, object-to-world pose, enclosing box, transparent,
                                  annotated (false: clutter no label spec should hold); "background": layout
     DIR/gt/meshes/<name>.ply     each object's triangles in its own frame (exactly what Cycles rendered)
+    DIR/target/                  only with --target-views N: a target camera set of the same scene (Neural-Sim,
+                                 issue 17) in the same layout (transforms.json, every frame in the test split;
+                                 images/, gt/depth/, gt/instance/, gt/objects.json whose meshes are ../gt/meshes)
+
+Target cameras (``--target-views N``) orbit the table centre (azimuth from +x towards +y, elevation from the
+horizontal, distance from the centre: the orbit terms of ``neurallabel synth``), drawn uniformly in the
+``--target-azimuth/-elevation/-distance`` band from a random stream of their own: the scene, its cameras and
+its colours are the same with any target plan or none.
 
 The depth and id passes come from a second render with 1 sample and a 0.01 px pixel filter: Cycles writes
 them from the first sample only, so with a tiny filter that sample sits on the pixel centre. Cycles' Z pass
@@ -120,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"unannotated clutter objects (monkeys), 0-{MAX_CLUTTER} (default 0)")
     p.add_argument("--format", choices=FORMATS, default="instant-ngp",
                    help="transforms.json form (default instant-ngp)")
+    p.add_argument("--target-views", type=int, default=0,
+                   help="also render N target cameras into DIR/target/ (a camera distribution to match)")
+    p.add_argument("--target-azimuth", default="-180:180", help="target cameras' azimuth band LOW:HIGH, degrees")
+    p.add_argument("--target-elevation", default=None,
+                   help="target cameras' elevation band LOW:HIGH, degrees (default: the layout's camera band)")
+    p.add_argument("--target-distance", default="0.55:0.8",
+                   help="target cameras' distance band LOW:HIGH from the table centre, metres (default: the "
+                        "training cameras' band)")
     p.add_argument("--aabb-scale", type=int, default=None,
                    help="instant-ngp's aabb_scale (a power of two, 1-128); written only when given")
     return p
@@ -153,6 +169,9 @@ def check_args(args: argparse.Namespace) -> list[Path]:
             raise SceneError("--aabb-scale is instant-ngp's key: use it with --format instant-ngp")
         if not (1 <= args.aabb_scale <= 128 and args.aabb_scale & (args.aabb_scale - 1) == 0):
             raise SceneError(f"--aabb-scale must be a power of two, 1..128 (got {args.aabb_scale})")
+    if args.target_views < 0:
+        raise SceneError(f"--target-views must be >= 0 (got {args.target_views})")
+    target_band(args)  # a malformed band is an error before anything renders
     mesh_files: list[Path] = []
     if args.meshes is not None:
         if not args.meshes.is_dir():
@@ -173,6 +192,25 @@ def check_args(args: argparse.Namespace) -> list[Path]:
         # --overwrite replaces an earlier scene, never a folder of something else
         raise SceneError(f"--out {out}: is not a generated scene (no gt/objects.json); refusing to replace it")
     return mesh_files
+
+
+def _band(value: str, name: str, low: float, high: float) -> tuple[float, float]:
+    parts = str(value).split(":")
+    try:
+        a, b = (float(x) for x in parts)
+    except ValueError:
+        raise SceneError(f"--target-{name} {value!r}: expected LOW:HIGH") from None
+    if not (low <= a <= b <= high):
+        raise SceneError(f"--target-{name} {value!r}: expected {low:g} <= LOW <= HIGH <= {high:g}")
+    return a, b
+
+
+def target_band(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """The target cameras' band: azimuth and elevation in degrees, distance in metres."""
+    elevation = args.target_elevation or ":".join(map(str, LAYOUTS[args.layout]["elevation_deg"]))
+    return {"azimuth": _band(args.target_azimuth, "azimuth", -360.0, 360.0),
+            "elevation": _band(elevation, "elevation", -89.0, 89.0),
+            "distance": _band(args.target_distance, "distance", 0.05, 10.0)}
 
 
 # --- the scene as plain data (all randomness lives here, so a seed fixes everything) ---------------------
@@ -398,17 +436,32 @@ def plan_cameras(rng: np.random.Generator, views: int, layout: str = "room") -> 
         elevation = math.radians(rng.uniform(low, high))
         distance = rng.uniform(0.55, 0.8)
         look_at = target + np.array([rng.uniform(-0.04, 0.04), rng.uniform(-0.04, 0.04), 0.0])
-        eye = look_at + distance * np.array([math.cos(elevation) * math.cos(azimuth),
-                                             math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
-        back = eye - look_at
-        back /= np.linalg.norm(back)  # camera +z points backwards
-        right = np.cross([0.0, 0.0, 1.0], back)
-        right /= np.linalg.norm(right)
-        up = np.cross(back, right)
-        pose = np.eye(4)
-        pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, up, back, eye
-        poses.append(pose)
+        poses.append(orbit_camera(look_at, azimuth, elevation, distance))
     return poses
+
+
+def plan_target_cameras(rng: np.random.Generator, views: int, layout: str,
+                        band: dict[str, tuple[float, float]]) -> list[np.ndarray]:
+    """``views`` camera-to-world poses looking at the table centre (no jitter: the orbit terms are exact),
+    azimuth, elevation and distance each uniform in ``band``."""
+    centre = np.array(TARGET) + np.array([0.0, 0.0, LAYOUTS[layout]["surface_z"]])
+    draws = rng.uniform(*zip(band["azimuth"], band["elevation"], band["distance"]), size=(views, 3))
+    return [orbit_camera(centre, math.radians(a), math.radians(e), d) for a, e, d in draws]
+
+
+def orbit_camera(look_at: np.ndarray, azimuth: float, elevation: float, distance: float) -> np.ndarray:
+    """The camera-to-world pose (OpenGL axes, z up) at ``azimuth`` / ``elevation`` (radians) and ``distance``
+    from ``look_at``, looking at it."""
+    eye = look_at + distance * np.array([math.cos(elevation) * math.cos(azimuth),
+                                         math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
+    back = eye - look_at
+    back /= np.linalg.norm(back)  # camera +z points backwards
+    right = np.cross([0.0, 0.0, 1.0], back)
+    right /= np.linalg.norm(right)
+    up = np.cross(back, right)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, up, back, eye
+    return pose
 
 
 # --- building the scene in Blender -----------------------------------------------------------------------
@@ -913,6 +966,45 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
         })
 
     seconds = {"setup": time.monotonic() - clock}
+    seconds.update(render_views(bpy, args, cam, file_out, exr_dir, poses, staging, ""))
+    targets = []
+    if args.target_views:
+        # a stream of its own: the scene and its cameras do not depend on the target plan
+        targets = plan_target_cameras(np.random.default_rng([args.seed, 3]), args.target_views, args.layout,
+                                      target_band(args))
+        for sub in ("images", "gt/depth", "gt/instance"):
+            (staging / "target" / sub).mkdir(parents=True, exist_ok=True)
+        seconds.update(render_views(bpy, args, cam, file_out, exr_dir, targets, staging / "target", "target "))
+    shutil.rmtree(exr_dir)
+    _stop_if_terminated()
+
+    transforms = transforms_json(args, focal_px, poses)
+    (staging / "transforms.json").write_text(json.dumps(transforms, indent=1))
+    geometry = LAYOUTS[args.layout]
+    background = {"layout": args.layout, "floor_z": 0.0, "floor_half_size": geometry["floor_half_size"],
+                  "wall_height": geometry["wall_height"]}
+    if args.layout == "tabletop":
+        background["table"] = {"top_z": geometry["surface_z"], "size": list(geometry["table_size"]),
+                               "centre": [0.0, 0.0]}
+    truth = {"units": "m", "objects": records, "background": background}
+    (staging / "gt" / "objects.json").write_text(json.dumps(truth, indent=1))
+    if targets:
+        target = transforms_json(args, focal_px, targets, every_frame_test=True)
+        target["generator"]["target"] = {"views": args.target_views, "seed_stream": [args.seed, 3],
+                                         **{k: list(v) for k, v in target_band(args).items()}}
+        (staging / "target" / "transforms.json").write_text(json.dumps(target, indent=1))
+        shared_meshes = [{**r, "mesh": f"../{r['mesh']}"} for r in records]  # the scene's own mesh files
+        (staging / "target" / "gt" / "objects.json").write_text(
+            json.dumps({**truth, "objects": shared_meshes}, indent=1))
+    return {"objects": len(records), "views": args.views, "target_views": len(targets),
+            "stage_seconds": {k: round(v, 2) for k, v in seconds.items()}}
+
+
+def render_views(bpy, args: argparse.Namespace, cam, file_out, exr_dir: Path, poses: list[np.ndarray],
+                 root: Path, stage: str) -> dict[str, float]:
+    """Render RGB, then the truth passes (z-depth, instance ids) of ``poses`` into ``root``'s images/ and gt/;
+    returns the seconds of each."""
+    seconds = {}
     clock = time.monotonic()
     _set_rgb_mode(bpy, args)
     render_result = None
@@ -921,10 +1013,10 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
         cam.matrix_world = _blender_matrix(pose)
         bpy.ops.render.render()
         render_result = render_result or bpy.data.images["Render Result"]
-        _save_png(bpy, render_result, staging / "images" / f"{i:06d}.png", "8", "RGB")
-        _progress(i + 1, args.views, "render rgb")
+        _save_png(bpy, render_result, root / "images" / f"{i:06d}.png", "8", "RGB")
+        _progress(i + 1, len(poses), f"{stage}render rgb")
 
-    seconds["rgb"] = time.monotonic() - clock
+    seconds[f"{stage}rgb"] = time.monotonic() - clock
     clock = time.monotonic()
     _set_truth_mode(bpy)
     for i, pose in enumerate(poses):
@@ -937,33 +1029,22 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
             raise SceneError(f"Blender's compositor did not write {exr}")
         z_depth, ids = _read_truth_exr(bpy, exr, args.width, args.height)
         exr.unlink()
-        np.save(staging / "gt" / "depth" / f"{i:06d}.npy", z_depth.astype(np.float32))
-        _write_instance_png(bpy, staging / "gt" / "instance" / f"{i:06d}.png", ids)
-        _progress(i + 1, args.views, "render truth")  # ~10x faster per frame than rgb: its own stage
-    shutil.rmtree(exr_dir)
-    _stop_if_terminated()
-    seconds["truth"] = time.monotonic() - clock
-
-    transforms = transforms_json(args, focal_px, poses)
-    (staging / "transforms.json").write_text(json.dumps(transforms, indent=1))
-    geometry = LAYOUTS[args.layout]
-    background = {"layout": args.layout, "floor_z": 0.0, "floor_half_size": geometry["floor_half_size"],
-                  "wall_height": geometry["wall_height"]}
-    if args.layout == "tabletop":
-        background["table"] = {"top_z": geometry["surface_z"], "size": list(geometry["table_size"]),
-                               "centre": [0.0, 0.0]}
-    truth = {"units": "m", "objects": records, "background": background}
-    (staging / "gt" / "objects.json").write_text(json.dumps(truth, indent=1))
-    return {"objects": len(records), "views": args.views,
-            "stage_seconds": {k: round(v, 2) for k, v in seconds.items()}}
+        np.save(root / "gt" / "depth" / f"{i:06d}.npy", z_depth.astype(np.float32))
+        _write_instance_png(bpy, root / "gt" / "instance" / f"{i:06d}.png", ids)
+        _progress(i + 1, len(poses), f"{stage}render truth")  # ~10x faster per frame than rgb: its own stage
+    seconds[f"{stage}truth"] = time.monotonic() - clock
+    return seconds
 
 
-def transforms_json(args: argparse.Namespace, focal_px: float, poses: list[np.ndarray]) -> dict:
+def transforms_json(args: argparse.Namespace, focal_px: float, poses: list[np.ndarray], *,
+                    every_frame_test: bool = False) -> dict:
     """transforms.json in ``args.format``: instant-ngp's (a per-frame ``split``, ``camera_angle_x``,
     ``aabb_scale`` when asked) or nerfstudio's (intrinsics at the top, the split as file lists, as nerfstudio's
-    dataparser reads them: it asks for ``val_filenames`` while training, so val holds the test frames)."""
+    dataparser reads them: it asks for ``val_filenames`` while training, so val holds the test frames).
+    ``every_frame_test``: every frame in the test split (a target set is never trained on)."""
     files = [f"images/{i:06d}.png" for i in range(len(poses))]
-    split = ["test" if args.test_every and i % args.test_every == 0 else "train" for i in range(len(poses))]
+    split = ["test" if every_frame_test or (args.test_every and i % args.test_every == 0) else "train"
+             for i in range(len(poses))]
     data: dict = {
         "camera_model": "PINHOLE",
         "w": args.width, "h": args.height,

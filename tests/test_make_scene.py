@@ -442,3 +442,62 @@ def test_wire_tubes_are_closed_and_keep_their_radius():
             np.testing.assert_allclose(np.linalg.norm(ring - points[:, None, :], axis=2), s["wire"], rtol=1e-9)
             start += ring.size // 3
     assert len(module.wire_paths("whisk", size)) == 5 + 2  # meridian loops and two rings
+
+
+def test_target_views_are_a_scene_of_their_own_in_the_band_and_leave_the_scene_unchanged(tmp_path):
+    """--target-views renders a target camera set (Neural-Sim's target distribution) into DIR/target/ with its
+    truth, from a random stream of its own: the scene's files are those of the same seed without targets; the
+    targets orbit the table centre inside the band, load as a labelled target set and as poses to fit."""
+    from neurallabel.core.synth.poses import spherical
+    from neurallabel.core.synth.tasks import load_target
+
+    args = ["--views", "2", "--width", "48", "--height", "36", "--objects", "4", "--samples", "1", "--seed", "4",
+            "--layout", "tabletop"]
+    band = ["--target-views", "5", "--target-azimuth=-170:-100", "--target-elevation", "20:30",
+            "--target-distance", "0.5:0.6"]
+    with_targets, plain = tmp_path / "with", tmp_path / "plain"
+    for out, extra in ((with_targets, band), (plain, [])):
+        result = run_make_scene("--out", str(out), *args, *extra)
+        assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["target_views"] == 0
+    for rel in ("transforms.json", "gt/objects.json"):
+        assert (with_targets / rel).read_text() == (plain / rel).read_text()
+    truth, plain_truth = load_scene_truth(with_targets), load_scene_truth(plain)
+    for i in range(2):
+        np.testing.assert_array_equal(truth.instance_ids(i), plain_truth.instance_ids(i))
+    assert not (plain / "target").exists()
+
+    target = with_targets / "target"
+    data = load_transforms(target / "transforms.json")
+    assert len(data.frames) == 5 and len(data.split("test")) == 5 and not data.split("train")
+    assert data.frames[0].intrinsics.width == 48
+    centre = np.array([0.0, 0.0, 0.79])  # the tabletop's look-at point: table top + TARGET's height
+    coords = spherical(centre, np.array([f.cam_to_data[:3, 3] for f in data.frames]))
+    assert np.all((coords[:, 0] >= -170 - 1e-6) & (coords[:, 0] <= -100 + 1e-6))
+    assert np.all((coords[:, 1] >= 20 - 1e-6) & (coords[:, 1] <= 30 + 1e-6))
+    assert np.all((coords[:, 2] >= 0.5 - 1e-6) & (coords[:, 2] <= 0.6 + 1e-6))
+    for frame in data.frames:  # each looks at the centre: it projects to the image centre
+        uv, _ = project_points(frame.intrinsics, frame.cam_to_data, centre[None])
+        np.testing.assert_allclose(uv[0], [24.0, 18.0], atol=1e-6)
+    target_truth = load_scene_truth(target)
+    assert [o.mesh_path.resolve() for o in target_truth.objects] == [o.mesh_path.resolve() for o in truth.objects]
+    seen = set()
+    for i in range(5):
+        ids = target_truth.instance_ids(i)
+        assert ids.shape == (36, 48) and np.isfinite(target_truth.z_depth(i)).any()
+        seen |= set(np.unique(ids).tolist())
+    assert seen - {0} and seen <= {0} | {o.instance_id for o in truth.objects}
+    categories = tuple(sorted({o.category_id for o in truth.objects}))
+    task = load_target(target, categories)
+    assert len(task) == 5 and task.classes.max() > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-views", "-1"], "--target-views must be >= 0"),
+    (["--target-views", "2", "--target-distance", "0.9:0.5"], "--target-distance '0.9:0.5': expected"),
+    (["--target-views", "2", "--target-azimuth", "west"], "--target-azimuth 'west': expected LOW:HIGH"),
+])
+def test_bad_target_bands_exit_2(tmp_path, args, message):
+    result = run_make_scene("--out", str(tmp_path / "scene"), *args)
+    assert result.returncode == 2 and message in result.stderr
+    assert list(tmp_path.iterdir()) == []
