@@ -97,19 +97,33 @@ class LabelSpec:
                 "frames": self.frames,
                 "objects": [o.to_json(base_dir) for o in self.objects]}
 
-    def fingerprint(self) -> str:
+    def file_digests(self) -> dict[str, str]:
+        """The content digest of each input file the fingerprint reads (dataset, field, mesh files), by path:
+        computed once by a caller that fingerprints the spec more than once (a bake's manifest and its box
+        meshes' keys), then handed to :meth:`fingerprint`."""
+        paths = [_transforms_file(self.data_path)] + ([self.field_path] if self.field_path is not None else [])
+        paths += [obj.mesh_path for obj in self.objects if obj.kind == "mesh"]
+        return {str(path): _file_digest(path) for path in paths}
+
+    def fingerprint(self, digests: Optional[dict[str, str]] = None) -> str:
         """A hash of everything that decides the labels: data, field and mesh file contents, poses, frames.
 
         Two specs with the same fingerprint bake the same dataset; ``bake`` refuses an output folder holding
-        a dataset with another fingerprint.
+        a dataset with another fingerprint. ``digests``: :meth:`file_digests` of this spec's files (read again
+        where one is missing).
         """
+        known = digests or {}
+
+        def digest(path: Path) -> str:
+            return known.get(str(path)) or _file_digest(path)
+
         h = hashlib.sha256()
         canonical = self.to_json(None)
-        canonical["data"] = _file_digest(_transforms_file(self.data_path))
-        canonical["field"] = None if self.field_path is None else _file_digest(self.field_path)
+        canonical["data"] = digest(_transforms_file(self.data_path))
+        canonical["field"] = None if self.field_path is None else digest(self.field_path)
         for obj, obj_json in zip(self.objects, canonical["objects"]):
             if obj.kind == "mesh":
-                obj_json["mesh"] = _file_digest(obj.mesh_path)
+                obj_json["mesh"] = digest(obj.mesh_path)
         h.update(json.dumps(canonical, sort_keys=True).encode())
         return h.hexdigest()
 

@@ -301,8 +301,14 @@ def test_bakes_share_box_meshes_through_the_model_cache(tmp_path: Path, monkeypa
         assert summary["frames"] == (2 if frames is None else 1)
         return (tmp_path / name / ".neurallabel" / "models" / "instance_000001.npz").read_bytes()
 
+    import neurallabel.core.spec as spec_module
+
+    digested = []
+    digest = spec_module._file_digest
+    monkeypatch.setattr(spec_module, "_file_digest", lambda path: digested.append(Path(path).name) or digest(path))
     first = bake_into("a")
     assert len(calls) == 1 and len(list((tmp_path / "cache").glob("box-*.npz"))) == 1
+    assert digested.count("field.pt") == 1  # the manifest's fingerprint and the box mesh's key share one read
     assert bake_into("b", frames=(1, 2)) == first and len(calls) == 1  # shared: not extracted again
     moved = np.eye(4)
     moved[:3, 3] = [0.02, 0.0, 0.0]

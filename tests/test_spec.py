@@ -172,3 +172,18 @@ def test_spec_poses_use_the_shared_tolerance(spec_dir: Path) -> None:
     pose[:3, :3] *= 1 + 1e-5
     path = write(spec_dir, lambda s: s["objects"][0].update(pose=pose.tolist()))
     assert np.allclose(load_spec(path).objects[0].pose, pose)
+
+
+def test_fingerprint_with_file_digests_read_once_is_the_same(spec_dir: Path) -> None:
+    """``file_digests`` reads each input file once; the fingerprint made from them is the fingerprint, and a
+    changed file changes both."""
+    from neurallabel.core.spec import load_spec
+
+    spec = load_spec(spec_dir / "spec.json")
+    digests = spec.file_digests()
+    mesh = spec_dir / "meshes" / "cube.ply"
+    assert set(digests) == {str(spec_dir / "data" / "transforms.json"), str(mesh)}
+    assert spec.fingerprint(digests) == spec.fingerprint()
+    mesh.write_bytes(mesh.read_bytes() + b"\n")
+    assert spec.fingerprint() != spec.fingerprint(digests)
+    assert spec.fingerprint(spec.file_digests()) == spec.fingerprint()

@@ -98,6 +98,7 @@ class BakePlan:
     resumed: bool  # the output folder already holds this bake
     coco_masks: str = "rle"
     model_cache: Optional[Path] = None  # the box meshes shared between bakes (:class:`~.model_cache.SharedModels`)
+    file_digests: Optional[dict[str, str]] = None  # the spec's input files' digests (``LabelSpec.file_digests``)
 
     def shared_models(self) -> Optional[SharedModels]:
         """The shared box-mesh cache of this bake's box objects; None without one (or without a device)."""
@@ -105,7 +106,8 @@ class BakePlan:
             return None
         return SharedModels(self.model_cache, partial(box_mesh_keys, self.spec, photos=self.manifest["photos"],
                                                       options=self.manifest["options"],
-                                                      resolution=self.box_resolution, device=self.device))
+                                                      resolution=self.box_resolution, device=self.device,
+                                                      digests=self.file_digests))
 
     def claim(self) -> OutputClaim:
         """Claim the output folder (writes the manifest of a new bake)."""
@@ -221,7 +223,8 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
     if not (options.colour_edges and measured and any(o.kind == "box" for o in spec.objects)):
         # only where the colours move labels: a bake the option cannot change keeps its manifest's bytes
         del recorded["colour_edges"]
-    manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(),
+    digests = spec.file_digests()  # read once: the manifest's fingerprint and the box meshes' keys
+    manifest = {"neurallabel_bake": BAKE_FORMAT, "fingerprint": spec.fingerprint(digests),
                 "photos": photos_fingerprint(dataset), "formats": [w.name for w in writers],
                 "depth_source": source_name, "options": recorded, "box_resolution": box_resolution}
     if coco_masks != "rle":  # only then: a default bake's manifest keeps its bytes
@@ -242,7 +245,7 @@ def check_request(spec: LabelSpec, out_dir: str | Path, *, formats: Sequence[str
         validate_images([dataset.frame(i) for i in todo
                          if not (resumed and (fragments / f"{i:06d}.json").is_file())], _when_slow(progress))
     return BakePlan(spec, out_dir, writers, dataset, views, todo, depth_source, source_name, device, options,
-                    box_resolution, manifest, inputs, allowed, resumed, coco_masks, shared_folder)
+                    box_resolution, manifest, inputs, allowed, resumed, coco_masks, shared_folder, digests)
 
 
 def prepare(spec: LabelSpec, out_dir: Path, *, formats: Sequence[str] | str = FORMATS, frames: Any = None,

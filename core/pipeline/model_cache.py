@@ -77,14 +77,15 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-def box_mesh_keys(spec: "LabelSpec", *, photos: str, options: dict, resolution: int, device: str
-                  ) -> dict[int, str]:
+def box_mesh_keys(spec: "LabelSpec", *, photos: str, options: dict, resolution: int, device: str,
+                  digests: Optional[dict[str, str]] = None) -> dict[int, str]:
     """The shared cache's key of every box object's mesh (instance id -> hex digest). ``photos``: the bake's
-    photo-set fingerprint; ``options``: the label options as its manifest records them."""
+    photo-set fingerprint; ``options``: the label options as its manifest records them; ``digests``: the spec's
+    file digests when the caller has them (``LabelSpec.file_digests``: the field's file is not read again)."""
     boxes = [o for o in spec.objects if o.kind == "box"]
     # the spec's own fingerprint over the box objects alone, every frame: which frames a bake labels and its
     # mesh objects do not take part in a box's mesh
-    scene = dataclasses.replace(spec, frames=None, objects=boxes).fingerprint()
+    scene = dataclasses.replace(spec, frames=None, objects=boxes).fingerprint(digests)
     base = {"format": SHARED_FORMAT, "code": code_digest(), "scene": scene, "photos": photos,
             "options": options, "resolution": int(resolution), "device": str(device).split(":")[0]}
     return {o.instance_id: hashlib.sha256(json.dumps({**base, "instance": o.instance_id}, sort_keys=True)
