@@ -120,6 +120,14 @@ def test_a_generated_scene_is_a_target_with_its_truth_classes(small_scene: Path)
         load_target(small_scene, category_ids[1:])
     assert info.value.field == "target"
     assert load_scene_truth(small_scene).objects  # the scene has truth: the test is not vacuous
+    # another split of the scene (the few-shot benchmark's real frames are train frames)
+    from neurallabel.core.data.dataset import load_dataset
+
+    split = load_dataset(small_scene / "transforms.json").split
+    assert len(load_target(small_scene, category_ids)) == len(split("test"))
+    train = load_target(small_scene, category_ids, split="train")
+    assert len(train) == len(split("train")) > len(split("test"))
+    assert not np.array_equal(train.images[0], target.images[0])  # frame 0 is a test frame
 
 
 # --- gumbel: the relaxed, differentiable estimator ---------------------------------------------------------

@@ -62,13 +62,14 @@ def _rgb01(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / scale
 
 
-def load_target(path: Path, category_ids: tuple[int, ...], size=SIZE, limit: Optional[int] = None) -> TaskSet:
-    """The target set at ``path``: a generated scene (``gt/objects.json``: its test split, else every frame), or
+def load_target(path: Path, category_ids: tuple[int, ...], size=SIZE, limit: Optional[int] = None,
+                split: str = "test") -> TaskSet:
+    """The target set at ``path``: a generated scene (``gt/objects.json``: its ``split``, else every frame), or
     a bake / COCO folder (``coco/annotations.json`` or ``annotations.json``). A category not in
     ``category_ids`` (the spec's) is an error naming ``target``."""
     path = Path(path)
     if (path / "gt" / "objects.json").is_file():
-        return _generated_target(path, category_ids, size, limit)
+        return _generated_target(path, category_ids, size, limit, split)
     for candidate in (path / "coco" / "annotations.json", path / "annotations.json", path):
         if candidate.is_file():
             return _coco_target(candidate, category_ids, size, limit)
@@ -83,7 +84,7 @@ def _check_categories(found: set[int], category_ids: tuple[int, ...], where: Pat
                                f"{', '.join(map(str, category_ids))})", field="target")
 
 
-def _generated_target(path: Path, category_ids, size, limit) -> TaskSet:
+def _generated_target(path: Path, category_ids, size, limit, split: str) -> TaskSet:
     from PIL import Image
 
     from ..data.dataset import load_dataset
@@ -93,7 +94,7 @@ def _generated_target(path: Path, category_ids, size, limit) -> TaskSet:
     _check_categories({o.category_id for o in truth.objects}, category_ids, path)
     category_of = {o.instance_id: o.category_id for o in truth.objects}
     dataset = load_dataset(truth.transforms_path)
-    frames = dataset.split("test") or dataset.frames
+    frames = dataset.split(split) or dataset.frames
     images, classes = [], []
     for frame in frames[:limit]:
         instance = truth.instance_ids(frame.index)
