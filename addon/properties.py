@@ -78,7 +78,8 @@ class NeuralLabelSynthProperties(bpy.types.PropertyGroup):
         **_axis_properties("elevation", 0.0, 60.0, "NONE", min=-89.0, max=89.0),
         **_axis_properties("distance", 1.0, 2.0, "LENGTH", min=0.0),
     }
-    views: IntProperty(name="Views", default=20, min=1, soft_max=1000, description="Synthetic views to draw")
+    # Defaults equal `neurallabel synth`'s (tests/test_defaults.py)
+    views: IntProperty(name="Views", default=100, min=1, soft_max=1000, description="Synthetic views to draw")
     weights: StringProperty(
         name="Weights", subtype="FILE_PATH", default="",
         description="Bin weights: empty or 'uniform', or a JSON file (a list of weights per bin, or a psi.json)")

@@ -11,19 +11,16 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import bpy
 import numpy as np
 from bpy.props import StringProperty
 
-from ..addon import scene_io, spec_export
+from ..addon import scene_io
 from ..addon.properties import formats_argument, synth_arguments
 from ..addon.worker_jobs import WorkerOperator
-from ..core.errors import NeuralLabelError
 from ..core.geometry.cameras import Intrinsics
-from ..core.io.outdir import check_before_export
-from .bake import formats_list
+from .bake import export_spec_into, formats_list, output_folder, report_cancelled
 
 COLLECTION_NAME = "NeuralLabel Synthetic Views"
 EXTRAPOLATED_NAME = "NeuralLabel Synthetic Views: extrapolated"
@@ -150,22 +147,13 @@ class NEURALLABEL_OT_bake_synthetic(WorkerOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if not cls.scene_ready(context):
-            return False
-        if not context.scene.neurallabel.field_path:
-            cls.poll_message_set("Train or load a field first: synthetic views are rendered from it")
-            return False
-        return True
+        return cls.scene_ready(context, no_field="Train or load a field first: synthetic views are rendered from it")
 
     def build_job(self, context: bpy.types.Context) -> dict:
         props = context.scene.neurallabel.synth
-        out = self.out_dir or props.output_dir
-        if not out:
-            raise NeuralLabelError("no output folder: choose one", field="out")
-        out = Path(bpy.path.abspath(out)).resolve()
+        out = output_folder(self.out_dir or props.output_dir)
         formats = formats_list(formats_argument(props))
-        check_before_export(out, kind="bake", exported=("spec.json", "meshes"))  # the export writes first
-        spec_path = spec_export.export_spec(context, out / "spec.json")
+        spec_path = export_spec_into(context, out)
         job = {"kind": "synth", "spec": str(spec_path), "out": str(out), "formats": formats,
                **synth_arguments(context.scene)}
         preflight(job)
@@ -182,8 +170,7 @@ class NEURALLABEL_OT_bake_synthetic(WorkerOperator, bpy.types.Operator):
         return {"FINISHED"}
 
     def job_cancelled(self, context: bpy.types.Context) -> None:
-        self.report({"WARNING"}, f"Synthetic bake cancelled: the views finished so far are complete in "
-                                 f"{self._out_path}; bake again to continue")
+        report_cancelled(self, "Synthetic bake", "views", self._out_path)
 
 
 classes = (NEURALLABEL_OT_show_synthetic_cameras, NEURALLABEL_OT_bake_synthetic)
