@@ -12,6 +12,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
+from .scene_io import named_collection
+
 COLLECTION_NAME = "NeuralLabel Annotations"
 ANNOTATION_ROLES = ("BOX", "MESH")
 SHEAR_TOLERANCE = 1e-5  # relative: a float32 world matrix without shear is far below this
@@ -24,11 +26,7 @@ def annotation_objects(scene: bpy.types.Scene) -> list[bpy.types.Object]:
 
 def annotations_collection(scene: bpy.types.Scene) -> bpy.types.Collection:
     """The "NeuralLabel Annotations" collection of this scene, created and linked when missing."""
-    collection = next((c for c in scene.collection.children_recursive if c.name == COLLECTION_NAME), None)
-    if collection is None:
-        collection = bpy.data.collections.new(COLLECTION_NAME)
-        scene.collection.children.link(collection)
-    return collection
+    return named_collection(scene, COLLECTION_NAME)
 
 
 def next_instance_id(scene: bpy.types.Scene, exclude: bpy.types.Object | None = None) -> int:

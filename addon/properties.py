@@ -51,6 +51,53 @@ def _instance_id_changed(self: "NeuralLabelObjectProperties", context: bpy.types
         self.instance_owner = owner.name
 
 
+SYNTH_AXES = ("azimuth", "elevation", "distance")
+
+
+def _axis_properties(axis: str, low: float, high: float, unit: str, **limits) -> dict:
+    """``<axis>_low``, ``<axis>_high`` and ``<axis>_bins`` (0 bins: the training cameras' hull)."""
+    what = "degrees" if unit == "NONE" else "scene units from the look-at centre"
+    return {
+        f"{axis}_low": FloatProperty(name="Low", default=low, unit=unit, description=f"Lowest {axis} ({what})",
+                                     **limits),
+        f"{axis}_high": FloatProperty(name="High", default=high, unit=unit, **limits,
+                                      description=f"Highest {axis} ({what})"),
+        f"{axis}_bins": IntProperty(name=f"{axis.title()} Bins", default=0, min=0, soft_max=36,
+                                    description=f"Bins over the {axis} range; 0 = the training cameras' "
+                                                f"{axis} hull (the command line's default)"),
+    }
+
+
+class NeuralLabelSynthProperties(bpy.types.PropertyGroup):
+    """``scene.neurallabel.synth``: the Synthetic Views panel (the ``neurallabel synth`` options)."""
+
+    # the nine range settings made by one function (Blender reads properties from __annotations__; the
+    # annotated lines below add to this dict)
+    __annotations__ = {
+        **_axis_properties("azimuth", -180.0, 180.0, "NONE", soft_min=-360.0, soft_max=360.0),
+        **_axis_properties("elevation", 0.0, 60.0, "NONE", min=-89.0, max=89.0),
+        **_axis_properties("distance", 1.0, 2.0, "LENGTH", min=0.0),
+    }
+    # Defaults equal `neurallabel synth`'s (tests/test_defaults.py)
+    views: IntProperty(name="Views", default=100, min=1, soft_max=1000, description="Synthetic views to draw")
+    weights: StringProperty(
+        name="Weights", subtype="FILE_PATH", default="",
+        description="Bin weights: empty or 'uniform', or a JSON file (a list of weights per bin, or a psi.json)")
+    seed: IntProperty(name="Seed", default=0, min=0, description="Random seed of the draws (same seed, same views)")
+    tau: FloatProperty(name="Tau", default=0.1, min=0.001, soft_max=10.0, precision=3,
+                       description="Gumbel-softmax temperature of the bin draws")
+    allow_extrapolation: BoolProperty(
+        name="Allow Extrapolation", default=False,
+        description="Keep ranges outside the training cameras' hull (else they are clamped to it)")
+    width: IntProperty(name="Width", default=0, min=0, description="Render width in pixels; 0 = the dataset's camera")
+    height: IntProperty(name="Height", default=0, min=0,
+                        description="Render height in pixels; 0 = the dataset's camera")
+    output_dir: StringProperty(name="Output", subtype="DIR_PATH",
+                               description="Folder the synthetic views are baked into")
+    formats: EnumProperty(name="Formats", items=FORMAT_ITEMS, options={"ENUM_FLAG"}, default=set(FORMATS),
+                          description="Label formats of the synthetic views")
+
+
 class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
     dataset_path: StringProperty(
         name="Dataset", subtype="FILE_PATH",
@@ -96,6 +143,7 @@ class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
     job_stage: StringProperty(name="Stage", default="", options={"SKIP_SAVE"})
     job_eta_s: FloatProperty(name="ETA", default=-1.0, options={"SKIP_SAVE"},
                              description="Estimated seconds left, negative when unknown")
+    synth: PointerProperty(type=NeuralLabelSynthProperties, name="Synthetic Views")
     # The last "Check Worker" result, one line for the panel (operators/dependencies.py).
     worker_check: StringProperty(name="Worker Check", default="", options={"SKIP_SAVE"})
 
@@ -126,6 +174,22 @@ def frames_argument(props: NeuralLabelSceneProperties) -> str | None:
     return f"{props.frame_start}:{max(props.frame_end, props.frame_start) + 1}"
 
 
+def synth_arguments(scene: bpy.types.Scene) -> dict:
+    """The panel's drawing settings as the synth / synth_poses request fields (a range with 0 bins is None:
+    the training hull)."""
+    props = scene.neurallabel.synth
+    args = {"views": int(props.views), "seed": int(props.seed), "tau": float32_value(props.tau),
+            "allow_extrapolation": bool(props.allow_extrapolation)}
+    for axis in SYNTH_AXES:
+        bins = getattr(props, f"{axis}_bins")
+        low, high = (float32_value(getattr(props, f"{axis}_{end}")) for end in ("low", "high"))
+        args[axis] = f"{low!r}:{high!r}:{bins}" if bins else None
+    weights = props.weights.strip()
+    args["weights"] = None if weights in ("", "uniform") else bpy.path.abspath(weights)
+    args["size"] = f"{props.width}x{props.height}" if props.width and props.height else None
+    return args
+
+
 def formats_argument(props: NeuralLabelSceneProperties) -> str:
     """The formats as the command line's ``--formats`` value, in a fixed order."""
     return ",".join(f for f, _, _ in FORMAT_ITEMS if f in props.formats)
@@ -151,7 +215,7 @@ def label_options(scene: bpy.types.Scene) -> dict:
             "colour_edges": bool(props.colour_edges)}
 
 
-classes = (NeuralLabelSceneProperties, NeuralLabelObjectProperties)
+classes = (NeuralLabelSynthProperties, NeuralLabelSceneProperties, NeuralLabelObjectProperties)
 
 
 def register() -> None:

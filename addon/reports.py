@@ -25,7 +25,8 @@ OPERATOR_ARGUMENTS = {"out": ("out_dir", "filepath"), "field": ("filepath",)}
 def error_message(exc: NeuralLabelError, operator=None) -> str:
     """The error's message, led by the setting to change when its field is a known one."""
     field = getattr(exc, "field", None) or ""
-    setting = PANEL_SETTINGS.get(field)
+    # an operator of another panel names its own settings (e.g. Synthetic Views > Output, not Bake > Output)
+    setting = {**PANEL_SETTINGS, **getattr(operator, "panel_settings", {})}.get(field)
     rna = getattr(getattr(operator, "properties", None), "bl_rna", None)  # the operator's arguments
     for name in OPERATOR_ARGUMENTS.get(field, (field,)) if rna is not None and field else ():
         if name in rna.properties and getattr(operator, name, None):

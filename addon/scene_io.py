@@ -135,6 +135,21 @@ def _configure_camera(data: bpy.types.Camera, settings: BlenderCameraSettings, d
     data.clip_end = 1000.0 * display_size
 
 
+def add_camera(collection: bpy.types.Collection, root: bpy.types.Object | None, name: str, data_name: str,
+               intrinsics: Intrinsics, cam_to_data: np.ndarray, display_size: float) -> bpy.types.Object:
+    """A camera object in ``collection`` with ``intrinsics``, parented to ``root`` at ``cam_to_data``: how every
+    NeuralLabel camera (dataset or synthetic) is placed, so that moving the root moves them all."""
+    data = bpy.data.cameras.new(data_name)
+    _configure_camera(data, blender_camera_settings(intrinsics), display_size)
+    obj = bpy.data.objects.new(name, data)
+    collection.objects.link(obj)
+    obj.parent = root
+    obj.matrix_parent_inverse = Matrix.Identity(4)
+    # transform_matrix is an OpenGL camera-to-world pose: exactly Blender's camera axes.
+    obj.matrix_basis = Matrix([list(row) for row in cam_to_data])
+    return obj
+
+
 def _record_frame(obj: bpy.types.Object, frame: Frame) -> None:
     i = frame.intrinsics
     obj[PROP_FRAME] = int(frame.index)
@@ -179,19 +194,12 @@ def create_scene(context: bpy.types.Context, dataset: Dataset, name: str = ROOT_
         root.empty_display_size = 0.2 * max(extent, 1e-3)
         collection.objects.link(root)
         for frame in dataset.frames:
-            settings = blender_camera_settings(frame.intrinsics)
-            data = bpy.data.cameras.new(f"{name} {frame.name}")
-            created_cameras.append(data)
-            _configure_camera(data, settings, display_size)
-            obj = bpy.data.objects.new(f"cam {frame.name}", data)
+            obj = add_camera(collection, root, f"cam {frame.name}", f"{name} {frame.name}", frame.intrinsics,
+                             frame.cam_to_data, display_size)
             created_objects.append(obj)
-            collection.objects.link(obj)
-            obj.parent = root
-            obj.matrix_parent_inverse = Matrix.Identity(4)
-            # transform_matrix is an OpenGL camera-to-world pose: exactly Blender's camera axes.
-            obj.matrix_basis = Matrix([list(row) for row in frame.cam_to_data])
+            created_cameras.append(obj.data)
             _record_frame(obj, frame)
-            _set_background(data, frame.image_path)
+            _set_background(obj.data, frame.image_path)
             marker = scene.timeline_markers.new(obj.name, frame=int(frame.index))
             marker.camera = obj  # scrubbing the timeline looks through each photo's camera
             markers.append(marker)
@@ -240,6 +248,17 @@ def world_from_data(scene: bpy.types.Scene) -> np.ndarray:
     """The root empty's world matrix (identity without a root)."""
     root = scene_root(scene)
     return root_matrix(root) if root is not None else np.eye(4)
+
+
+def named_collection(scene: bpy.types.Scene, name: str,
+                     parent: bpy.types.Collection | None = None) -> bpy.types.Collection:
+    """The collection ``name`` of this scene, created and linked under ``parent`` (default: the scene's
+    own collection) when missing."""
+    collection = next((c for c in scene.collection.children_recursive if c.name == name), None)
+    if collection is None:
+        collection = bpy.data.collections.new(name)
+        (parent or scene.collection).children.link(collection)
+    return collection
 
 
 def absolute_path(path: str) -> str:

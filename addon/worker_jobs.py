@@ -85,12 +85,16 @@ class WorkerOperator:
 
     @classmethod
     def scene_ready(cls, context: bpy.types.Context,
-                    no_dataset: str = "Import a dataset first (Scene > Import Dataset)") -> bool:
-        """The checks every worker operator's ``poll`` starts with; sets the greyed button's tooltip."""
+                    no_dataset: str = "Import a dataset first (Scene > Import Dataset)",
+                    no_field: Optional[str] = None) -> bool:
+        """The checks every worker operator's ``poll`` starts with; sets the greyed button's tooltip. With
+        ``no_field`` (the jobs that read the field) a field is needed too, and that is the tooltip without."""
         if not cls.can_start(context):
             return False
-        if not context.scene.neurallabel.dataset_path:
-            cls.poll_message_set(no_dataset)
+        props = context.scene.neurallabel
+        why = no_dataset if not props.dataset_path else (no_field if no_field and not props.field_path else None)
+        if why is not None:
+            cls.poll_message_set(why)
             return False
         return True
 

@@ -16,6 +16,7 @@ MODULES = (
     "snap",  # neurallabel.snap_to_field
     "field",  # neurallabel.load_field
     "field_jobs",  # neurallabel.run_sfm, neurallabel.train_field, neurallabel.export_field_points
+    "synth",  # neurallabel.show_synthetic_cameras, neurallabel.bake_synthetic
     "dependencies",  # neurallabel.check_worker, neurallabel.install_dependencies
 )
 

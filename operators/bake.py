@@ -30,6 +30,24 @@ def formats_list(text: str) -> list[str]:
     return formats
 
 
+def output_folder(value: str) -> Path:
+    """An operator's or panel's output folder setting as an absolute path (NeuralLabelError when unset)."""
+    if not value:
+        raise NeuralLabelError("no output folder: choose one", field="out")
+    return Path(bpy.path.abspath(value)).resolve()
+
+
+def export_spec_into(context: bpy.types.Context, out: Path) -> Path:
+    """Export the scene's spec to ``out/spec.json`` (meshes beside it), once ``out`` may take a bake."""
+    check_before_export(out, kind="bake", exported=("spec.json", "meshes"))  # the export writes first
+    return spec_export.export_spec(context, out / "spec.json")
+
+
+def report_cancelled(operator, what: str, units: str, out: Path) -> None:
+    operator.report({"WARNING"}, f"{what} cancelled: the {units} finished so far are complete in {out}; "
+                                 f"bake again to continue")
+
+
 class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
     """Export the label spec to <output>/spec.json and bake labels for every frame (Esc cancels)"""
 
@@ -49,20 +67,13 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return cls.scene_ready(context)
 
-    def _out(self, context: bpy.types.Context) -> Path:
-        out = self.out_dir or context.scene.neurallabel.output_dir
-        if not out:
-            raise NeuralLabelError("no output folder: choose one", field="out")
-        return Path(bpy.path.abspath(out)).resolve()
-
     def build_job(self, context: bpy.types.Context) -> dict:
         props = context.scene.neurallabel
-        out = self._out(context)
+        out = output_folder(self.out_dir or props.output_dir)
         formats = formats_list(self.formats or formats_argument(props))
         frames = self.frames.strip() or frames_argument(props)  # None: every frame
         parse_frames(frames)  # a clear message for a malformed range, before anything is written
-        check_before_export(out, kind="bake", exported=("spec.json", "meshes"))  # the export writes first
-        spec_path = spec_export.export_spec(context, out / "spec.json")
+        spec_path = export_spec_into(context, out)
         self._frames, self._started, self._out_path = frames, time.monotonic(), out
         self._options, self._formats = label_options(context.scene), ",".join(formats)
         job = {"kind": "bake", "spec": str(spec_path), "out": str(out), "formats": formats, "frames": frames,
@@ -97,8 +108,7 @@ class NEURALLABEL_OT_bake(WorkerOperator, bpy.types.Operator):
         return {"FINISHED"}
 
     def job_cancelled(self, context: bpy.types.Context) -> None:
-        self.report({"WARNING"}, f"Bake cancelled: the frames finished so far are complete in "
-                                 f"{self._out_path}; bake again to continue")
+        report_cancelled(self, "Bake", "frames", self._out_path)
 
 
 classes = (NEURALLABEL_OT_bake,)

@@ -112,12 +112,7 @@ class FieldExport(WorkerOperator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if not cls.scene_ready(context):
-            return False
-        if not context.scene.neurallabel.field_path:
-            cls.poll_message_set("Train or load a field first")
-            return False
-        return True
+        return cls.scene_ready(context, no_field="Train or load a field first")
 
     def invoke(self, context: bpy.types.Context, event) -> set[str]:
         if self.filepath and (bpy.app.background or context.window is None):

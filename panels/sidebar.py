@@ -1,4 +1,5 @@
-"""The "NeuralLabel" tab of the 3D viewport sidebar: Scene, Field, Annotations and Bake sections.
+"""The "NeuralLabel" tab of the 3D viewport sidebar: Scene, Field, Annotations, Bake and Synthetic Views
+sections.
 
 Buttons are drawn with ``layout.operator``: Blender greys one out when its operator's ``poll`` fails and
 shows the ``poll_message_set`` text as the tooltip.
@@ -8,7 +9,19 @@ from __future__ import annotations
 
 import bpy
 
+from ..addon import scene_io
+
 CATEGORY = "NeuralLabel"
+
+
+def draw_job_progress(layout: bpy.types.UILayout, props) -> None:
+    """The running job's progress bar, ETA and Cancel button (under the panel's job buttons)."""
+    if props.job_running:
+        eta = f", {props.job_eta_s:.0f} s left" if props.job_eta_s >= 0 else ""
+        row = layout.row(align=True)
+        row.progress(factor=props.job_progress, type="BAR",
+                     text=f"{props.job_stage or 'Working'} {props.job_progress:.0%}{eta}")
+        row.operator("neurallabel.cancel_job", text="Cancel", icon="CANCEL")
 
 
 class NeuralLabelPanel:
@@ -43,7 +56,7 @@ class NEURALLABEL_PT_scene(NeuralLabelPanel, bpy.types.Panel):
         col.prop(props, "dataset_path", text="")
         col.prop(props, "root")
         if props.root is not None:
-            cameras = [c for c in props.root.children if c.type == "CAMERA"]
+            cameras = scene_io.dataset_cameras(props.root)  # not the synthetic ones beside them
             col.label(text=f"{len(cameras)} cameras", icon="CAMERA_DATA")
 
 
@@ -118,14 +131,45 @@ class NEURALLABEL_PT_bake(NeuralLabelPanel, bpy.types.Panel):
         row = layout.row(align=True)
         row.operator("neurallabel.export_spec", text="Export Spec", icon="EXPORT")
         row.operator("neurallabel.bake", text="Bake", icon="RENDER_STILL")
-        if props.job_running:
-            eta = f", {props.job_eta_s:.0f} s left" if props.job_eta_s >= 0 else ""
-            row = layout.row(align=True)
-            row.progress(factor=props.job_progress, type="BAR",
-                         text=f"{props.job_stage or 'Working'} {props.job_progress:.0%}{eta}")
-            row.operator("neurallabel.cancel_job", text="Cancel", icon="CANCEL")
+        draw_job_progress(layout, props)
+
+
+class NEURALLABEL_PT_synthetic(NeuralLabelPanel, bpy.types.Panel):
+    bl_idname = "NEURALLABEL_PT_synthetic"
+    bl_label = "Synthetic Views"
+    bl_parent_id = "NEURALLABEL_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        from ..addon.properties import SYNTH_AXES
+
+        layout = self.layout
+        synth = context.scene.neurallabel.synth
+        col = layout.column()
+        col.prop(synth, "views")
+        for axis in SYNTH_AXES:  # 0 bins: the training cameras' hull
+            row = col.row(align=True)
+            row.prop(synth, f"{axis}_bins", text=axis.title())
+            sub = row.row(align=True)
+            sub.enabled = getattr(synth, f"{axis}_bins") > 0
+            sub.prop(synth, f"{axis}_low", text="")
+            sub.prop(synth, f"{axis}_high", text="")
+        col.prop(synth, "weights")
+        row = col.row(align=True)
+        row.prop(synth, "seed")
+        row.prop(synth, "tau")
+        col.prop(synth, "allow_extrapolation")
+        row = col.row(align=True)
+        row.prop(synth, "width")
+        row.prop(synth, "height")
+        layout.operator("neurallabel.show_synthetic_cameras", text="Show Synthetic Cameras", icon="OUTLINER_OB_CAMERA")
+        col = layout.column()
+        col.prop(synth, "output_dir", text="")
+        col.row().prop(synth, "formats")
+        layout.operator("neurallabel.bake_synthetic", text="Bake Synthetic Views", icon="RENDER_STILL")
+        draw_job_progress(layout, context.scene.neurallabel)
 
 
 classes = (NEURALLABEL_PT_main, NEURALLABEL_PT_scene, NEURALLABEL_PT_field, NEURALLABEL_PT_annotations,
-           NEURALLABEL_PT_bake)
+           NEURALLABEL_PT_bake, NEURALLABEL_PT_synthetic)
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -1,5 +1,6 @@
 """One default per setting: the Blender scene's occlusion tolerances equal the engine's LabelOptions,
-so a bake from Blender and a plain `neurallabel bake spec.json` give the same labels."""
+so a bake from Blender and a plain `neurallabel bake spec.json` give the same labels; the Synthetic Views
+panel's settings equal `neurallabel synth`'s."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ emit(label_options(scene))
     assert result["occlusion_rel"] == pytest.approx(engine.occlusion_rel, rel=1e-6)
     assert result["occlusion_min_confidence"] == pytest.approx(engine.occlusion_min_confidence, rel=1e-6)
     assert result["colour_edges"] is engine.colour_edges
+
+
+def test_synthetic_views_defaults_equal_the_synth_command(tmp_path: Path) -> None:
+    from neurallabel.core.app.jobs import SynthRequest
+
+    result = run_bpy(DEV_PRELUDE + '''
+from neurallabel.addon.properties import synth_arguments
+emit(synth_arguments(bpy.context.scene))
+''', {}, tmp_path)
+    engine = SynthRequest(spec=tmp_path / "spec.json", out=tmp_path / "out")
+    for name, value in result.items():
+        assert value == pytest.approx(getattr(engine, name)), name  # every range the hull, uniform weights

@@ -19,9 +19,10 @@ pytestmark = pytest.mark.bpy
 PUBLIC_OPERATORS = ["neurallabel.import_dataset", "neurallabel.add_box", "neurallabel.add_mesh"]
 LATER_OPERATORS = ["neurallabel.snap_to_field", "neurallabel.preview_labels", "neurallabel.export_spec",
                    "neurallabel.bake", "neurallabel.run_sfm", "neurallabel.train_field",
-                   "neurallabel.export_field_points", "neurallabel.export_field_mesh", "neurallabel.check_worker"]
+                   "neurallabel.export_field_points", "neurallabel.export_field_mesh", "neurallabel.check_worker",
+                   "neurallabel.show_synthetic_cameras", "neurallabel.bake_synthetic"]
 PANELS = ["NEURALLABEL_PT_main", "NEURALLABEL_PT_scene", "NEURALLABEL_PT_field", "NEURALLABEL_PT_annotations",
-          "NEURALLABEL_PT_bake"]
+          "NEURALLABEL_PT_bake", "NEURALLABEL_PT_synthetic"]
 
 # A UILayout stand-in that checks what a panel asks for: every `prop` names a real RNA property of its
 # data, every `operator` a registered operator, every icon a real icon. Real layouts need a window,
@@ -223,7 +224,7 @@ def test_install_enable_use_and_disable(small_scene: Path, tmp_path: Path) -> No
     assert torch_cmd[7:] + core_cmd[7:] == package_dependencies()
     for name in ("dataset_path", "field_path", "output_dir", "formats", "device", "occlusion_tolerance",
                  "occlusion_tolerance_relative", "use_frame_range", "frame_start", "frame_end", "job_running",
-                 "job_progress", "job_stage", "root"):
+                 "job_progress", "job_stage", "root", "synth"):
         assert name in out["scene_props"], name
     for name in ("role", "category", "category_id", "instance_id", "transparent", "mesh_path"):
         assert name in out["object_props"], name
@@ -231,6 +232,8 @@ def test_install_enable_use_and_disable(small_scene: Path, tmp_path: Path) -> No
     logs = {state: [tuple(entry) for entry in log] for state, log in out["logs"].items()}
     assert ("operator", "neurallabel.import_dataset") in logs["empty"]
     assert ("label", "12 cameras") in logs["imported"]
+    assert {("prop", "azimuth_bins"), ("prop", "weights"), ("operator", "neurallabel.show_synthetic_cameras"),
+            ("operator", "neurallabel.bake_synthetic")} <= set(logs["imported"])
     assert ("prop", "category") in logs["box"] and ("prop", "mesh_path") not in logs["box"]
     assert ("prop", "mesh_path") in logs["mesh_running"] and any(k == "progress" for k, _ in logs["mesh_running"])
     assert ("prop", "frame_end") in logs["mesh_running"]

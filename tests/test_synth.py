@@ -274,3 +274,88 @@ def test_cli_refuses_a_forward_facing_capture_and_a_field_of_another_dataset(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained on other frames" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+# --- the cameras without rendering (the add-on's "Show synthetic cameras") -----------------------------------
+
+
+def test_outside_hull_flags_views_past_the_training_arc_and_bands() -> None:
+    from neurallabel.core.synth.poses import Orbit, outside_hull
+
+    partial = Orbit(np.zeros(3), (170.0, 250.0), (20.0, 40.0), (1.0, 2.0))
+    coords = np.array([[180.0, 30.0, 1.5], [-120.0, 30.0, 1.5], [-100.0, 30.0, 1.5], [0.0, 30.0, 1.5],
+                       [180.0, 45.0, 1.5], [180.0, 30.0, 0.5], [170.0, 20.0, 2.0]])
+    assert outside_hull(coords, partial).tolist() == [False, False, True, True, True, True, False]
+    full = Orbit(np.zeros(3), (-180.0, 180.0), (20.0, 40.0), (1.0, 2.0))
+    assert not outside_hull(coords[:4], full).any()  # a full orbit: every azimuth is inside
+
+
+def test_drawn_views_are_the_bakes_cameras(synth_run) -> None:
+    from neurallabel.core.data.dataset import load_dataset
+    from neurallabel.core.synth.views import draw_views
+
+    folder, spec, options, summary, notices = synth_run
+    heard: list[str] = []
+    drawn = draw_views(load_dataset(spec.data_path), Similarity(spec.world_from_data), options, heard.append)
+    assert heard == notices  # the same clamping, told the same way
+    frames = json.loads((folder / "out" / "synth" / "transforms.json").read_text())["frames"]
+    listed = drawn.to_json()
+    assert len(listed["views"]) == 6 and listed["extrapolated"] == 0
+    for frame, view in zip(frames, listed["views"]):
+        assert np.allclose(frame["transform_matrix"], view["cam_to_data"]) and frame["bin"] == view["bin"]
+        assert np.allclose(view["cam_to_world"], view["cam_to_data"])  # world = data here
+    assert listed["intrinsics"] == {"w": W, "h": H, "fl_x": F, "fl_y": F, "cx": W / 2, "cy": H / 2}
+
+
+def test_synth_poses_job_flags_extrapolated_views_in_the_world_frame(tmp_path: Path) -> None:
+    from neurallabel.core.app.jobs import request_from_job, run
+
+    write_orbit_scene(tmp_path)
+    world = np.diag([2.0, 2.0, 2.0, 1.0])
+    world[:3, 3] = [1.0, 0.0, 0.5]
+    job = {"kind": "synth_poses", "data": str(tmp_path / "transforms.json"), "world_from_data": world.tolist(),
+           "views": 40, "elevation": "0:60:3", "allow_extrapolation": True, "seed": 2, "size": "24x18"}
+    result = run(request_from_job(job))
+    assert result["kind"] == "synth_poses" and len(result["views"]) == 40 and result["clamped"] == []
+    # training elevations are 20..40 deg: exactly the views outside that band are extrapolated
+    flags = [v["extrapolated"] for v in result["views"]]
+    assert flags == [not 20.0 <= v["elevation"] <= 40.0 for v in result["views"]] and 0 < sum(flags) < 40
+    assert result["extrapolated"] == sum(flags)
+    centre = np.array(result["orbit"]["centre"])
+    assert np.allclose(centre, [1.0, 0.0, 0.5], atol=1e-6)  # the world frame, not the data frame
+    for v in result["views"]:
+        pose = np.array(v["cam_to_world"])
+        assert np.allclose(spherical(centre, pose[None, :3, 3])[0], [v["azimuth"], v["elevation"], v["distance"]])
+        assert np.allclose(world @ np.array(v["cam_to_data"])[:, 3], pose[:, 3])
+    assert (result["intrinsics"]["w"], result["intrinsics"]["h"]) == (24, 18)
+
+
+@pytest.mark.parametrize("key, value, field", [("azimuth", "0:360:0", "azimuth"), ("distance", "-1:2:2", "distance"),
+                                               ("elevation", "0:95:2", "elevation"), ("tau", 0, "tau"),
+                                               ("views", 0, "views"), ("seed", -1, "seed"), ("size", "24", "size"),
+                                               ("allow_extrapolation", "yes", "allow_extrapolation")])
+def test_synth_requests_name_the_bad_field(tmp_path: Path, key: str, value, field: str) -> None:
+    from neurallabel.core.app.jobs import request_from_job
+
+    for job in ({"kind": "synth_poses", "data": str(tmp_path / "transforms.json")},
+                {"kind": "synth", "spec": str(tmp_path / "spec.json"), "out": str(tmp_path / "out")}):
+        with pytest.raises(NeuralLabelError) as info:
+            request_from_job({**job, key: value})
+        assert info.value.field == field
+
+
+def test_synth_poses_job_names_the_dataset_and_the_weights(tmp_path: Path) -> None:
+    from neurallabel.core.app.jobs import request_from_job, run
+
+    write_orbit_scene(tmp_path, [(a, 10.0, 1.0) for a in (0.0, 2.0, 4.0, 6.0)])
+    job = {"kind": "synth_poses", "data": str(tmp_path / "transforms.json"), "views": 2}
+    with pytest.raises(NeuralLabelError, match="no orbit centre") as info:
+        run(request_from_job(job))
+    assert info.value.field == "data"
+    orbit = tmp_path / "orbit"
+    orbit.mkdir()
+    write_orbit_scene(orbit)
+    (orbit / "w.json").write_text("[1, 2]")
+    with pytest.raises(NeuralLabelError, match="2 values for 16 bins") as info:
+        run(request_from_job({**job, "data": str(orbit / "transforms.json"), "weights": str(orbit / "w.json")}))
+    assert info.value.field == "weights"

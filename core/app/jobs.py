@@ -468,6 +468,36 @@ SYNTH_TASKS = ("segment",)
 SYNTH_ESTIMATORS = ("reinforce", "gumbel")
 
 
+def _check_draw_fields(request: Any) -> None:
+    """The fields that choose a synth run's cameras (views, ranges, tau, seed, size), checked and normalised
+    in place: SynthRequest and SynthPosesRequest share them."""
+    from ..synth.distribution import check_tau
+    from ..synth.poses import parse_range
+
+    request.views = _integer(request.views, "views", minimum=1)
+    for name in ("azimuth", "elevation", "distance"):
+        parse_range(getattr(request, name), name)
+    request.tau = check_tau(request.tau)
+    request.seed = _integer(request.seed, "seed", minimum=0)
+    if not isinstance(request.allow_extrapolation, bool):
+        raise NeuralLabelError("allow_extrapolation must be true or false", field="allow_extrapolation")
+    if request.size is not None:
+        request.size = str(request.size)
+        parts = request.size.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise NeuralLabelError(f"size {request.size!r}: expected WxH, e.g. 400x300", field="size")
+
+
+def _synth_options(request: Any, **more: Any):
+    """The SynthOptions of a request's drawing fields (plus ``more``, e.g. the trust gate's)."""
+    from ..synth.views import SynthOptions
+
+    size = None if request.size is None else tuple(int(v) for v in request.size.lower().split("x"))
+    return SynthOptions(views=request.views, azimuth=request.azimuth, elevation=request.elevation,
+                        distance=request.distance, weights=request.weights, tau=request.tau, seed=request.seed,
+                        allow_extrapolation=request.allow_extrapolation, size=size, **more)
+
+
 @dataclass
 class SynthRequest:
     """Render and bake ``views`` synthetic views of ``spec`` into ``out`` (DESIGN.md, Synthetic views); with
@@ -498,21 +528,10 @@ class SynthRequest:
     kind = "synth"
 
     def __post_init__(self) -> None:
-        from ..synth.distribution import check_tau
-        from ..synth.poses import parse_range
-
         self.spec, self.out = _path(self.spec, "spec"), _path(self.out, "out")
         check_output_location(self.out)
-        self.views = _integer(self.views, "views", minimum=1)
-        for name in ("azimuth", "elevation", "distance"):
-            parse_range(getattr(self, name), name)
-        self.tau = check_tau(self.tau)
+        _check_draw_fields(self)
         self.min_confidence = _number(self.min_confidence, "min_confidence", minimum=0.0, inclusive=True)
-        if self.size is not None:
-            self.size = str(self.size)
-            parts = self.size.lower().split("x")
-            if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-                raise NeuralLabelError(f"size {self.size!r}: expected WxH, e.g. 400x300", field="size")
         self.formats = _formats(self.formats)
         self.device = _device(self.device)
         self.task = _choice(self.task, "task", SYNTH_TASKS)
@@ -527,16 +546,13 @@ class SynthRequest:
 
 
 def run_synth(request: SynthRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
-    from ..synth.views import SynthOptions, bake_synthetic
+    from ..synth.views import bake_synthetic
 
     device = _torch_device(request.device)
     with at_field("spec"):
         spec = load_spec(request.spec)
-    size = None if request.size is None else tuple(int(v) for v in request.size.lower().split("x"))
-    options = SynthOptions(views=request.views, azimuth=request.azimuth, elevation=request.elevation,
-                           distance=request.distance, weights=request.weights, tau=request.tau, seed=request.seed,
-                           allow_extrapolation=request.allow_extrapolation, size=size,
-                           min_confidence=request.min_confidence, keep_untrusted=request.keep_untrusted)
+    options = _synth_options(request, min_confidence=request.min_confidence,
+                             keep_untrusted=request.keep_untrusted)
     extra: dict = {}
     if request.optimise or request.fit_to_poses is not None:
         from ..synth.optimise import fitted_weights
@@ -547,9 +563,48 @@ def run_synth(request: SynthRequest, progress: Optional[ProgressFn], notice: Not
     return result
 
 
+@dataclass
+class SynthPosesRequest:
+    """The cameras a synth run with these settings would draw around ``data``'s training cameras, without
+    rendering anything: per view its pose (world frame), bin and whether it is extrapolated (the add-on's
+    "Show synthetic cameras")."""
+
+    data: Path
+    world_from_data: Similarity = dataclass_field(default_factory=Similarity.identity)
+    views: int = 100
+    azimuth: Optional[str] = None  # as SynthRequest's
+    elevation: Optional[str] = None
+    distance: Optional[str] = None
+    weights: Optional[str] = None
+    tau: float = 0.1
+    seed: int = 0
+    allow_extrapolation: bool = False
+    size: Optional[str] = None  # "WxH"; None: the dataset's first camera
+    kind = "synth_poses"
+
+    def __post_init__(self) -> None:
+        self.data = _path(self.data, "data")
+        self.world_from_data = _similarity(self.world_from_data)
+        _check_draw_fields(self)
+
+
+def run_synth_poses(request: SynthPosesRequest, progress: Optional[ProgressFn], notice: NoticeFn) -> dict:
+    from ..synth.views import draw_views
+
+    with at_field("data"):
+        dataset = load_dataset_noting(request.data, notice)
+    try:
+        drawn = draw_views(dataset, request.world_from_data, _synth_options(request), notice)
+    except NeuralLabelError as exc:
+        if exc.field == "spec":  # a capture with no orbit centre: here that is the dataset's fault
+            exc.field = "data"
+        raise
+    return drawn.to_json()
+
+
 Request = Union[BakeRequest, TrainRequest, RenderRequest, SfmRequest, DemoRequest, PreviewRequest,
                 SurfacePointsRequest, SnapRequest, InspectRequest, CheckRequest, CorrespondRequest,
-                SynthRequest]
+                SynthRequest, SynthPosesRequest]
 REQUESTS: dict[str, type] = {cls.kind: cls for cls in Request.__args__}
 JOB_KINDS = tuple(REQUESTS)
 
@@ -928,7 +983,8 @@ def run_check(request: CheckRequest, progress: Optional[ProgressFn], notice: Not
 RUNNERS: dict[str, Callable[[Any, Optional[ProgressFn], NoticeFn], dict]] = {
     "bake": run_bake, "train": run_train, "render": run_render, "sfm": run_sfm_job, "demo": run_demo_job,
     "preview": run_preview, "surface_points": run_surface_points, "snap": run_snap,
-    "inspect": run_inspect, "check": run_check, "correspond": run_correspond, "synth": run_synth}
+    "inspect": run_inspect, "check": run_check, "correspond": run_correspond, "synth": run_synth,
+    "synth_poses": run_synth_poses}
 
 
 # --- semantic head and active selection (issue 16) -------------------------------------------------------

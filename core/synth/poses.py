@@ -145,6 +145,21 @@ def clamp_to_hull(ranges: Sequence[Range], orbit: Orbit) -> tuple[tuple[Range, .
     return tuple(out), cut
 
 
+def outside_hull(coords: np.ndarray, orbit: Orbit, tolerance: float = 1e-6) -> np.ndarray:
+    """(N,) whether each (azimuth, elevation, distance) row lies outside the training hull (an extrapolated
+    view). Azimuth counts only when the training arc is not the full circle."""
+    c = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+    outside = np.zeros(len(c), dtype=bool)
+    for axis, (lo, hi) in ((1, orbit.elevation), (2, orbit.distance)):
+        outside |= (c[:, axis] < lo - tolerance) | (c[:, axis] > hi + tolerance)
+    lo, hi = orbit.azimuth
+    if hi - lo < 360.0:
+        # on the arc: past ``hi`` and not yet back round to ``lo`` (by whole turns)
+        past = np.mod(c[:, 0] - lo, 360.0)
+        outside |= (past > hi - lo + tolerance) & (past < 360.0 - tolerance)
+    return outside
+
+
 def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> np.ndarray:
     """4x4 OpenGL camera-to-world pose at ``eye`` looking at ``target`` (x right, y up, z back), no roll."""
     z = np.asarray(eye, dtype=np.float64) - target

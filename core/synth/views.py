@@ -247,6 +247,50 @@ def plan_distribution(dataset, world_from_data: Similarity, options: SynthOption
     return SynthPlan(orbit, bins, logits, clamped)
 
 
+@dataclass(frozen=True)
+class DrawnViews:
+    """A run's synthetic cameras as drawn, before anything is rendered (the add-on shows them)."""
+
+    plan: SynthPlan
+    draws: Draws
+    intrinsics: Intrinsics
+    views: dict[int, View]
+    extrapolated: np.ndarray  # (N,) bool: outside the training cameras' hull
+
+    def to_json(self) -> dict:
+        """Per view its world and data poses (OpenGL camera-to-world), spherical coordinates, bin and whether
+        it is extrapolated; the shared intrinsics (nerfstudio: pixel centre at 0.5), orbit and ranges."""
+        k = self.intrinsics
+        views = [{"index": i, "name": v.name, "cam_to_world": np.asarray(v.cam_to_world).tolist(),
+                  "cam_to_data": np.asarray(v.cam_to_data).tolist(), "bin": int(self.draws.bins[i]),
+                  "azimuth": float(self.draws.coords[i, 0]), "elevation": float(self.draws.coords[i, 1]),
+                  "distance": float(self.draws.coords[i, 2]), "extrapolated": bool(self.extrapolated[i])}
+                 for i, v in sorted(self.views.items())]
+        return {"views": views, "intrinsics": {"w": k.width, "h": k.height, "fl_x": k.fx, "fl_y": k.fy,
+                                               "cx": k.cx, "cy": k.cy},
+                "orbit": self.plan.orbit.to_json(), "ranges": self.plan.bins.to_json(),
+                "clamped": self.plan.clamped, "extrapolated": int(self.extrapolated.sum())}
+
+
+def draw_views(dataset, world_from_data: Similarity, options: SynthOptions,
+               notice: Optional[Callable[[str], None]] = None) -> DrawnViews:
+    """Draw ``options.views`` cameras (world frame) from the run's distribution: the one path from options to
+    poses, for the bake and for showing the cameras. ``notice`` hears what was clamped to the hull."""
+    from .distribution import sample
+    from .poses import outside_hull
+
+    if options.views < 1:
+        raise NeuralLabelError(f"views {options.views}: need at least 1", field="views")
+    plan = plan_distribution(dataset, world_from_data, options)
+    if plan.clamped and notice is not None:
+        notice(f"warning: clamped to the training cameras' hull: {'; '.join(plan.clamped)} "
+               f"(--allow-extrapolation keeps them)")
+    draws = sample(plan.logits, plan.bins, options.views, np.random.default_rng(options.seed), options.tau)
+    intrinsics = synthetic_intrinsics(dataset.frames[0].intrinsics, options.size)
+    views = synthetic_views(draws, plan.orbit.centre, intrinsics, world_from_data)
+    return DrawnViews(plan, draws, intrinsics, views, outside_hull(draws.coords, plan.orbit))
+
+
 def npz_bytes(**arrays) -> bytes:
     import io
 
@@ -267,7 +311,7 @@ def bake_synthetic(spec, out_dir: str | Path, options: SynthOptions = SynthOptio
     from ..io.atomic import json_bytes, write_bytes
     from ..labels.frame import LabelOptions
     from ..pipeline.bake import assemble, bake_frames, check_request, load_checked_field, start, writing_into
-    from .distribution import psi_json, sample
+    from .distribution import psi_json
 
     out_dir = Path(out_dir)
     if options.views < 1:
@@ -276,13 +320,8 @@ def bake_synthetic(spec, out_dir: str | Path, options: SynthOptions = SynthOptio
         raise NeuralLabelError("the spec has no 'field': synthetic views are rendered from it", field="spec")
     dataset = load_dataset(spec.data_path)
     world_from_data = Similarity(spec.world_from_data)
-    plan = plan_distribution(dataset, world_from_data, options)
-    if plan.clamped and notice is not None:
-        notice(f"warning: clamped to the training cameras' hull: {'; '.join(plan.clamped)} "
-               f"(--allow-extrapolation keeps them)")
-    draws = sample(plan.logits, plan.bins, options.views, np.random.default_rng(options.seed), options.tau)
-    intrinsics = synthetic_intrinsics(dataset.frames[0].intrinsics, options.size)
-    views = synthetic_views(draws, plan.orbit.centre, intrinsics, world_from_data)
+    drawn = draw_views(dataset, world_from_data, options, notice)
+    plan, draws, intrinsics, views = drawn.plan, drawn.draws, drawn.intrinsics, drawn.views
 
     field_query = load_checked_field(spec, dataset, device)  # a field of another dataset is refused here
     query = RenderedQuery(field_query.field, device=device)
