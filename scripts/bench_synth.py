@@ -30,6 +30,7 @@ that the estimators close. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -125,6 +126,12 @@ def target_poses(bins, args, rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(lows, highs, size=(args.target_views, 3))
 
 
+def estimator_options(args) -> dict:
+    """The OptimiseOptions the command line sets beyond the budget (the logits' step, REINFORCE's groups)."""
+    return {name: getattr(args, name) for name in ("lr", "groups", "credit", "subsets")
+            if getattr(args, name) is not None}
+
+
 def gap_experiment(spec, dataset, field, args) -> dict:
     from neurallabel.core.synth.distribution import Draws, histogram_logits
     from neurallabel.core.synth.optimise import ESTIMATORS
@@ -162,6 +169,8 @@ def gap_experiment(spec, dataset, field, args) -> dict:
     target_p = probabilities(oracle)
     seeds = range(args.seeds)
     uniform = np.zeros(bins.count)
+    options = OptimiseOptions(iterations=args.iterations, views_per_iteration=args.views_per_iteration,
+                              task_steps=args.steps, seed=args.seed, **estimator_options(args))
     cpu0 = time.process_time()
     s_oracle = mean_score(source, centre, bins, oracle, target, args.views_per_iteration, seeds, args.steps)
     s_uniform = mean_score(source, centre, bins, uniform, target, args.views_per_iteration, seeds, args.steps)
@@ -174,15 +183,14 @@ def gap_experiment(spec, dataset, field, args) -> dict:
            "miou_uniform": s_uniform, "gap_miou": gap, "void": bool(gap < 0.10),
            "tv_uniform_to_target": total_variation(probabilities(uniform), target_p),
            "iterations": args.iterations, "views_per_iteration": args.views_per_iteration, "task_steps": args.steps,
+           "estimator_options": dataclasses.asdict(options),
            "eval_seeds": args.seeds,
            "fit_to_poses_note": "the oracle psi is the target cameras' histogram: --fit-to-poses with them"}
     estimators = [name for name in args.estimators.split(",") if name]
     for name in estimators:
         t0, c0 = time.perf_counter(), time.process_time()
         logits, history = ESTIMATORS[name](lambda d: source.views(d, centre), target, bins, uniform,
-                                           OptimiseOptions(iterations=args.iterations,
-                                                           views_per_iteration=args.views_per_iteration,
-                                                           task_steps=args.steps, seed=args.seed))
+                                           options)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         s_opt = mean_score(source, centre, bins, logits, target, args.views_per_iteration, seeds, args.steps)
         p = probabilities(logits)
@@ -255,6 +263,12 @@ def main() -> None:
                    help="the gap's target set: a make_scene folder with Cycles truth (default: SCENE/target when "
                         "the scene has one, else field renders in the --target-* band)")
     p.add_argument("--estimators", default="reinforce,gumbel", help="comma-separated estimators to run")
+    p.add_argument("--lr", type=float, default=None, help="the logits' Adam step (default: OptimiseOptions')")
+    p.add_argument("--groups", type=int, default=None, help="REINFORCE's groups per iteration (default: "
+                   "OptimiseOptions')")
+    p.add_argument("--credit", choices=("groups", "subsets"), default=None,
+                   help="REINFORCE's credit per view (default: OptimiseOptions')")
+    p.add_argument("--subsets", type=int, default=None, help="REINFORCE's nets per iteration with --credit subsets")
     p.add_argument("--seeds", type=int, default=None, help="evaluation seeds per psi (default 3; quick 1)")
     p.add_argument("--stages", default="label,speed,gap,fewshot", help="comma-separated stages to run")
     p.add_argument("--real-frames", type=int, default=5, help="few-shot: Cycles frames of the train split")

@@ -42,8 +42,9 @@ def test_a_net_trained_on_the_target_look_scores_higher_than_one_trained_on_anot
     assert score(squares(8, 12, rng), target, steps=60) > score(squares(8, 2, rng), target, steps=60) + 0.1
 
 
-def test_reinforce_moves_mass_to_the_bins_that_look_like_the_target() -> None:
-    """A zoom gap by design: bin 0 renders big squares like the target's, bin 1 tiny ones."""
+def zoom_gap():
+    """A zoom gap by design: (target, bins, render) where bin 0 renders big squares like the target's, bin 1
+    tiny ones."""
     rng = np.random.default_rng(1)
     target = squares(8, 12, rng)
     bins = Bins((Range(0, 360, 1), Range(20, 40, 1), Range(1.0, 2.0, 2)))
@@ -52,8 +53,13 @@ def test_reinforce_moves_mass_to_the_bins_that_look_like_the_target() -> None:
         parts = [squares(1, 12 if b == 0 else 2, rng) for b in draws.bins]
         return TaskSet(np.concatenate([p.images for p in parts]), np.concatenate([p.classes for p in parts]), (1,))
 
+    return target, bins, render
+
+
+def test_reinforce_moves_mass_to_the_bins_that_look_like_the_target() -> None:
+    target, bins, render = zoom_gap()
     logits, history = reinforce(render, target, bins, np.zeros(2),
-                                OptimiseOptions(iterations=6, views_per_iteration=8, groups=4, task_steps=40,
+                                OptimiseOptions(iterations=6, views_per_iteration=8, credit="groups", groups=4, task_steps=40,
                                                 lr=0.4, tau=0.1, seed=0))
     assert len(history) == 6 and all(len(h["rewards"]) == 4 for h in history)
     assert probabilities(logits)[0] > 0.75
@@ -87,6 +93,7 @@ def test_cli_synth_fit_to_poses_optimise_and_bad_input(tmp_path: Path, capsys) -
     assert code == 0, capsys.readouterr()
     psi = json.loads((tmp_path / "opt" / "synth" / "psi.json").read_text())
     assert [h["iteration"] for h in psi["history"]] == [1, 2] and psi["optimise"]["estimator"] == "reinforce"
+    assert psi["optimise"]["credit"] == "groups" and all(len(h["rewards"]) == 2 for h in psi["history"])
     assert psi["probabilities"] == pytest.approx(psi["history"][-1]["probabilities"])
     capsys.readouterr()
 
@@ -186,3 +193,31 @@ def test_gumbel_gradient_raises_the_better_bin() -> None:
                              OptimiseOptions(iterations=5, views_per_iteration=8, task_steps=40, lr=0.4, seed=0))
     assert probabilities(logits)[0] > 0.75 and len(history) == 5
     assert history[-1]["probabilities"] == pytest.approx(list(probabilities(logits)))
+
+
+def test_view_advantages_from_groups_and_from_half_subsets() -> None:
+    """Disjoint groups give the leave-one-out baseline; complementary halves give each view the mean reward
+    with it minus the mean without it, which finds the one view that matters."""
+    from neurallabel.core.synth.optimise import half_subsets, view_advantages
+
+    groups = np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=bool)
+    rewards = np.array([0.5, 0.2, 0.2])
+    np.testing.assert_allclose(view_advantages(groups, rewards), [0.3, 0.3, -0.15, -0.15, -0.15, -0.15])
+    masks = half_subsets(10, 12, np.random.default_rng(0))
+    assert masks.shape == (12, 10) and np.all(masks.sum(0) == 6) and np.all(masks.sum(1) == 5)
+    rewards = 0.1 + 0.4 * masks[:, 3] + 0.01 * masks[:, 7]  # view 3 is what the task needs
+    advantage = view_advantages(masks, rewards)
+    assert advantage[3] == pytest.approx(0.4 + 0.01 * (np.mean(masks[masks[:, 3], 7]) - np.mean(masks[~masks[:, 3], 7])))
+    assert int(np.argmax(advantage)) == 3 and abs(np.mean(np.delete(advantage, 3))) < 0.1
+
+
+def test_reinforce_with_subset_credit_moves_mass_to_the_target_like_bin() -> None:
+    target, bins, render = zoom_gap()
+    logits, history = reinforce(render, target, bins, np.zeros(2),
+                                OptimiseOptions(iterations=6, views_per_iteration=8, credit="subsets", subsets=6,
+                                                task_steps=40, lr=0.4, tau=0.1, seed=0))
+    assert len(history) == 6 and all(len(h["rewards"]) == 6 for h in history)
+    assert probabilities(logits)[0] > 0.75
+    with pytest.raises(NeuralLabelError, match="credit 'votes'") as info:
+        reinforce(render, target, bins, np.zeros(2), OptimiseOptions(iterations=1, credit="votes"))
+    assert info.value.field == "credit"

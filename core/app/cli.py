@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=10, help="optimisation iterations")
     p.add_argument("--views-per-iteration", type=int, default=40, help="views rendered per iteration")
     p.add_argument("--estimator", default="reinforce", choices=("reinforce", "gumbel"), help="gradient estimator")
+    p.add_argument("--credit", default="groups", choices=("groups", "subsets"),
+                   help="reinforce: each view's advantage from the reward of its group (groups), or from nets on "
+                        "random halves of the views (subsets: its own marginal value, 4x the nets)")
     p.add_argument("--fit-to-poses", type=Path, default=None,
                    help="a dataset (transforms.json) whose camera histogram becomes the weights (baseline)")
 

@@ -466,6 +466,7 @@ class CorrespondRequest:
 
 SYNTH_TASKS = ("segment",)
 SYNTH_ESTIMATORS = ("reinforce", "gumbel")
+SYNTH_CREDITS = ("groups", "subsets")
 
 
 def _check_draw_fields(request: Any) -> None:
@@ -524,6 +525,7 @@ class SynthRequest:
     iterations: int = 10
     views_per_iteration: int = 40
     estimator: str = "reinforce"
+    credit: str = "groups"  # reinforce: how a view's advantage is found (OptimiseOptions.credit)
     fit_to_poses: Optional[Path] = None  # a dataset whose camera histogram becomes the weights
     kind = "synth"
 
@@ -536,6 +538,7 @@ class SynthRequest:
         self.device = _device(self.device)
         self.task = _choice(self.task, "task", SYNTH_TASKS)
         self.estimator = _choice(self.estimator, "estimator", SYNTH_ESTIMATORS)
+        self.credit = _choice(self.credit, "credit", SYNTH_CREDITS)
         self.iterations = _integer(self.iterations, "iterations", minimum=1)
         self.views_per_iteration = _integer(self.views_per_iteration, "views_per_iteration", minimum=2)
         self.target, self.fit_to_poses = _optional_path(self.target), _optional_path(self.fit_to_poses)

@@ -2,10 +2,17 @@
 estimator; ``gumbel``: a relaxed, differentiable path), or to the poses of target cameras
 (``--fit-to-poses``, the practical baseline).
 
-``reinforce`` (REINFORCE with a leave-one-out baseline): each iteration draws ``views_per_iteration`` views
-from softmax(logits) (Tool 1), renders and labels them in memory, splits them into ``groups``, trains a fresh
-segmentation net per group and scores it by mIoU on the target. A group's reward minus the mean of the other
-groups' is the advantage of every view in it; the logits follow Adam on -sum(advantage * log p(bin)).
+``reinforce`` (REINFORCE): each iteration draws ``views_per_iteration`` views from softmax(logits) (Tool 1),
+renders and labels them in memory, and gives each view an advantage from the target mIoU of fresh
+segmentation nets trained on parts of the iteration's views; the logits follow Adam on
+-sum(advantage * log p(bin)). How a view's advantage is found (``credit``):
+
+- ``groups``: the views are split into ``groups``; a net per group; a group's reward minus the mean of the
+  other groups' (leave-one-out, unbiased) is the advantage of every view in it.
+- ``subsets``: ``subsets`` nets, each trained on a random half of the views, in complementary pairs (every
+  view is in exactly half of them); a view's advantage is the mean reward of the nets that saw it minus the
+  mean of those that did not: its own marginal value to the task, not its group's. The same rendered views,
+  more nets.
 
 ``gumbel`` (Neural-Sim's Tool 1 + a first-order bilevel gradient): each iteration draws the views on the no-grad
 lattice and logs the noise, then replays the same noise with gradients ("twice forward, once backward"): each
@@ -75,6 +82,8 @@ class OptimiseOptions:
     iterations: int = 10
     views_per_iteration: int = 40
     groups: int = 4
+    credit: str = "groups"  # reinforce: "groups" or "subsets" (see the module's docstring)
+    subsets: int = 16  # credit "subsets": nets per iteration (even: complementary pairs)
     lr: float = 0.3
     task_steps: int = 150
     tau: float = 0.1
@@ -109,18 +118,54 @@ def _fit(render: Callable[[Draws], TaskSet], bins: Bins, logits0: np.ndarray, op
 def reinforce(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, logits0: np.ndarray,
               options: OptimiseOptions = OptimiseOptions(), progress: Optional[ProgressFn] = None
               ) -> tuple[np.ndarray, list[dict]]:
-    """The optimised logits and the history per iteration (probabilities, group rewards)."""
-    groups = max(2, min(options.groups, options.views_per_iteration))
-    group = np.arange(options.views_per_iteration) % groups
+    """The optimised logits and the history per iteration (probabilities, the nets' rewards)."""
+    if options.credit not in CREDITS:
+        raise NeuralLabelError(f"credit {options.credit!r}: choose from {', '.join(CREDITS)}", field="credit")
+    n = options.views_per_iteration
+    if options.credit == "subsets":
+        masks_rng = np.random.default_rng([options.seed, 1])
+
+        def parts(it):
+            return half_subsets(n, max(2, options.subsets), masks_rng)
+    else:
+        groups = max(2, min(options.groups, n))
+        group_masks = np.arange(n)[None, :] % groups == np.arange(groups)[:, None]
+
+        def parts(it):
+            return group_masks
 
     def surrogate(logits, draws, views, it):
-        rewards = np.array([score(subset(views, group == g), target, steps=options.task_steps)
-                            for g in range(groups)])
-        baseline = (rewards.sum() - rewards) / (groups - 1)  # leave-one-out: unbiased
-        advantage = torch.as_tensor((rewards - baseline)[group])
+        masks = parts(it)
+        rewards = np.array([score(subset(views, m), target, steps=options.task_steps) for m in masks])
+        advantage = torch.as_tensor(view_advantages(masks, rewards))
         return -(advantage * log_prob(logits, draws.bins)).mean(), rewards
 
     return _fit(render, bins, logits0, options, progress, surrogate)
+
+
+CREDITS = ("groups", "subsets")
+
+
+def half_subsets(n: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, n) bool: ``count // 2`` random halves of n views and their complements (every view in exactly
+    half of the subsets, so each has nets with and without it)."""
+    pairs = []
+    for _ in range(max(1, count // 2)):
+        mask = np.zeros(n, dtype=bool)
+        mask[rng.permutation(n)[:n // 2]] = True
+        pairs += [mask, ~mask]
+    return np.array(pairs)
+
+
+def view_advantages(masks: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """(n,) each view's advantage: the mean reward of the nets trained with it minus the mean of those trained
+    without it (``masks``: (nets, n) which views each net saw). Disjoint groups give the leave-one-out baseline:
+    a group's reward minus the mean of the others'."""
+    masks = np.asarray(masks, dtype=bool)
+    rewards = np.asarray(rewards, dtype=np.float64)
+    with_view = (rewards[:, None] * masks).sum(0) / np.maximum(masks.sum(0), 1)
+    without = (rewards[:, None] * ~masks).sum(0) / np.maximum((~masks).sum(0), 1)
+    return with_view - without
 
 
 def gumbel(render: Callable[[Draws], TaskSet], target: TaskSet, bins: Bins, logits0: np.ndarray,
@@ -177,12 +222,13 @@ def fitted_weights(spec, request, options: SynthOptions, *, device: str = "cpu",
     target = load_target(request.target, category_ids)
     source = ViewSource(spec, dataset, load_checked_field(spec, dataset, device).field, device=device)
     opt = OptimiseOptions(iterations=request.iterations, views_per_iteration=request.views_per_iteration,
-                          tau=options.tau, seed=options.seed)
+                          tau=options.tau, seed=options.seed, credit=request.credit)
     estimator = ESTIMATORS[request.estimator]
     logits, history = estimator(lambda d: source.views(d, plan.orbit.centre), target, plan.bins, plan.logits,
                                 opt, progress)
     extra = {"optimise": {"estimator": request.estimator, "task": request.task, "target": str(request.target),
                           "iterations": opt.iterations, "views_per_iteration": opt.views_per_iteration,
-                          "groups": opt.groups, "lr": opt.lr, "task_steps": opt.task_steps},
+                          "credit": opt.credit, "groups": opt.groups, "subsets": opt.subsets, "lr": opt.lr,
+                          "task_steps": opt.task_steps},
              "history": history}
     return dataclasses.replace(options, logits=tuple(logits)), extra
