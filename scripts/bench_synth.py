@@ -215,7 +215,7 @@ def few_shot(spec, dataset, field, args) -> dict:
     views do not drown 5 real ones."""
     import torch
 
-    from neurallabel.core.synth.optimise import ViewSource
+    from neurallabel.core.synth.optimise import ViewSource, subset
     from neurallabel.core.synth.tasks import TaskSet, load_target, miou, predict, train_segmenter
 
     torch.set_num_threads(1)
@@ -223,7 +223,7 @@ def few_shot(spec, dataset, field, args) -> dict:
     ids = source.category_ids
     train = load_target(args.scene, ids, split="train")
     picks = np.linspace(0, len(train) - 1, args.real_frames).round().astype(int)
-    real = TaskSet(train.images[picks], train.classes[picks], ids)
+    real = subset(train, picks)
     world_from_data = Similarity(spec.world_from_data)
     plan = plan_distribution(dataset, world_from_data, SynthOptions(tau=0.1))
     draws = sample(plan.logits, plan.bins, args.synthetic_views, np.random.default_rng(7))

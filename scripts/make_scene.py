@@ -967,11 +967,10 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
 
     seconds = {"setup": time.monotonic() - clock}
     seconds.update(render_views(bpy, args, cam, file_out, exr_dir, poses, staging, ""))
-    targets = []
+    targets, band = [], target_band(args)
     if args.target_views:
         # a stream of its own: the scene and its cameras do not depend on the target plan
-        targets = plan_target_cameras(np.random.default_rng([args.seed, 3]), args.target_views, args.layout,
-                                      target_band(args))
+        targets = plan_target_cameras(np.random.default_rng([args.seed, 3]), args.target_views, args.layout, band)
         for sub in ("images", "gt/depth", "gt/instance"):
             (staging / "target" / sub).mkdir(parents=True, exist_ok=True)
         seconds.update(render_views(bpy, args, cam, file_out, exr_dir, targets, staging / "target", "target "))
@@ -991,7 +990,7 @@ def generate(args: argparse.Namespace, mesh_files: list[Path], staging: Path) ->
     if targets:
         target = transforms_json(args, focal_px, targets, every_frame_test=True)
         target["generator"]["target"] = {"views": args.target_views, "seed_stream": [args.seed, 3],
-                                         **{k: list(v) for k, v in target_band(args).items()}}
+                                         **{k: list(v) for k, v in band.items()}}
         (staging / "target" / "transforms.json").write_text(json.dumps(target, indent=1))
         shared_meshes = [{**r, "mesh": f"../{r['mesh']}"} for r in records]  # the scene's own mesh files
         (staging / "target" / "gt" / "objects.json").write_text(

@@ -23,7 +23,8 @@ from ..errors import NeuralLabelError
 from ..export import FORMATS
 from ..progress import Cancelled
 from .events import EventWriter, eta_seconds
-from .jobs import CAMERA_MODELS, DEPTH_LOSSES, MATCHERS, REQUESTS, SPLITS, Request, at_field, run
+from .jobs import (CAMERA_MODELS, DEPTH_LOSSES, MATCHERS, REQUESTS, SPLITS, SYNTH_CREDITS, SYNTH_ESTIMATORS,
+                   SYNTH_TASKS, Request, at_field, run)
 
 
 # --- progress display -----------------------------------------------------------------------------------
@@ -330,11 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help=devices)
     p.add_argument("--optimise", action="store_true", help="fit the pose distribution to --target first")
     p.add_argument("--target", type=Path, default=None, help="labelled target dataset (a COCO or bake folder)")
-    p.add_argument("--task", default="segment", choices=("segment",), help="the downstream task to optimise for")
+    p.add_argument("--task", default="segment", choices=SYNTH_TASKS, help="the downstream task to optimise for")
     p.add_argument("--iterations", type=int, default=10, help="optimisation iterations")
     p.add_argument("--views-per-iteration", type=int, default=40, help="views rendered per iteration")
-    p.add_argument("--estimator", default="reinforce", choices=("reinforce", "gumbel"), help="gradient estimator")
-    p.add_argument("--credit", default="groups", choices=("groups", "subsets"),
+    p.add_argument("--estimator", default="reinforce", choices=SYNTH_ESTIMATORS, help="gradient estimator")
+    p.add_argument("--credit", default="groups", choices=SYNTH_CREDITS,
                    help="reinforce: each view's advantage from the reward of its group (groups), or from nets on "
                         "random halves of the views (subsets: its own marginal value, 4x the nets)")
     p.add_argument("--fit-to-poses", type=Path, default=None,
