@@ -143,6 +143,10 @@ class NeuralLabelSceneProperties(bpy.types.PropertyGroup):
     job_stage: StringProperty(name="Stage", default="", options={"SKIP_SAVE"})
     job_eta_s: FloatProperty(name="ETA", default=-1.0, options={"SKIP_SAVE"},
                              description="Estimated seconds left, negative when unknown")
+    # The last job's notices (skipped photos, fallbacks, clamped ranges), one per line: set by WorkerOperator,
+    # cleared when the next job starts, kept after it ends (success, error or cancel) for the panel to list.
+    job_notices: StringProperty(name="Notices", default="", options={"SKIP_SAVE"},
+                                description="What the last NeuralLabel job told you, one notice per line")
     synth: PointerProperty(type=NeuralLabelSynthProperties, name="Synthetic Views")
     # The last "Check Worker" result, one line for the panel (operators/dependencies.py).
     worker_check: StringProperty(name="Worker Check", default="", options={"SKIP_SAVE"})

@@ -1,7 +1,9 @@
 """Operators whose work runs in the worker process: :class:`WorkerOperator` (bake, preview, snap, load field).
 
 In the UI a job runs modally: a timer drains the worker's progress into ``scene.neurallabel.job_*`` (the
-panel's bar) and ``window_manager.progress_*`` (the status bar); Esc or ``neurallabel.cancel_job``
+panel's bar) and ``window_manager.progress_*`` (the status bar), and its notices (e.g. the photos a dataset
+skipped) into WARNING reports and ``scene.neurallabel.job_notices`` (kept until the next job starts, whatever
+the outcome, so the panel can list them); Esc or ``neurallabel.cancel_job``
 (:func:`request_cancel`) stops the worker between units of work, so only whole frames remain. Under
 ``blender -b`` (no timers) and from scripts, ``execute`` runs the same job synchronously.
 """
@@ -24,6 +26,7 @@ from .worker_client import WorkerJob, run_to_end
 
 CANCEL_GRACE_S = 30.0  # after Esc, how long the worker may take to finish its frame before it is killed
 BACKGROUND_PRINT_S = 2.0  # headless: at most one progress line on stderr this often
+NOTICE_PREFIX = "NeuralLabel: "  # a notice's report names where it comes from (the Info editor mixes add-ons)
 
 # The one job that runs at a time in this Blender session (module state: Blender glue, not core).
 _ACTIVE: dict = {"operator": None, "cancel": False}
@@ -125,6 +128,30 @@ class WorkerOperator:
         eta = event.get("eta_s")
         props.job_eta_s = -1.0 if eta is None else float(eta)
 
+    def _notice(self, context: bpy.types.Context, event: dict) -> None:
+        """A line the user must see (skipped photos, a fallback, clamped ranges): a WARNING report, and a line
+        of ``job_notices`` for the panel, as the command line prints it."""
+        message = " ".join(str(event.get("message") or "").split())  # one line: job_notices is split on \n
+        if not message:
+            return
+        self.report({"WARNING"}, NOTICE_PREFIX + message)
+        props = context.scene.neurallabel
+        props.job_notices = f"{props.job_notices}\n{message}" if props.job_notices else message
+        if bpy.app.background:  # headless: at once, beside the progress lines (the report comes at the end)
+            print(NOTICE_PREFIX + message, file=sys.stderr, flush=True)
+
+    def _handle(self, context: bpy.types.Context, events: list[dict]) -> None:
+        """Apply events drained from the worker: progress to the bar, notices to reports and the panel."""
+        for event in events:
+            kind = event.get("event")
+            if kind == "progress":
+                self._progress(context, event)
+            elif kind == "notice":
+                self._notice(context, event)
+
+    def _clear_notices(self, context: bpy.types.Context) -> None:
+        context.scene.neurallabel.job_notices = ""  # a new job: the last one's notices no longer apply
+
     def _set_running(self, context: bpy.types.Context, running: bool) -> None:
         props = context.scene.neurallabel
         props.job_running = running
@@ -140,12 +167,13 @@ class WorkerOperator:
         """Synchronous: background mode, scripts (``bpy.ops...()``) and the headless bake."""
         if job_is_running():
             return self._refuse_second_job()
+        self._clear_notices(context)
         last_print = [0.0]
 
         def on_event(event: dict) -> None:
+            self._handle(context, [event])
             if event.get("event") != "progress":
                 return
-            self._progress(context, event)
             now = time.monotonic()
             finished = event.get("done") == event.get("total")
             if bpy.app.background and (now - last_print[0] > BACKGROUND_PRINT_S or finished):
@@ -170,6 +198,7 @@ class WorkerOperator:
             return self.execute(context)
         if job_is_running():
             return self._refuse_second_job()
+        self._clear_notices(context)
         try:
             self._worker = self._start(context)
         except NeuralLabelError as exc:
@@ -197,7 +226,7 @@ class WorkerOperator:
                 if time.monotonic() < self._cancel_deadline:
                     return {"RUNNING_MODAL"}
                 worker.kill()  # it did not stop by itself
-            worker.poll()
+            self._handle(context, worker.poll())  # its last events: a notice may have come before the signal
             if worker.result is not None and worker.returncode == 0:  # it had finished before the signal
                 return self._complete(context, worker)
             self._finish(context)
@@ -206,9 +235,7 @@ class WorkerOperator:
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
         done = worker.finished()
-        for ev in worker.poll():
-            if ev.get("event") == "progress":
-                self._progress(context, ev)
+        self._handle(context, worker.poll())  # all of them, also those that came with the result
         context.window_manager.progress_update(int(1000 * context.scene.neurallabel.job_progress))
         for area in context.screen.areas if context.screen else []:
             if area.type in {"VIEW_3D", "STATUSBAR"}:

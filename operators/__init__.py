@@ -9,7 +9,7 @@ from importlib import import_module
 MODULES = (
     "import_dataset",  # neurallabel.import_dataset
     "annotate",  # neurallabel.add_box, neurallabel.add_mesh
-    "jobs",  # neurallabel.cancel_job
+    "jobs",  # neurallabel.cancel_job, neurallabel.clear_job_notices
     "bake",  # neurallabel.bake
     "export_spec",  # neurallabel.export_spec
     "preview",  # neurallabel.preview_labels

@@ -7,6 +7,8 @@ shows the ``poll_message_set`` text as the tooltip.
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
 from ..addon import scene_io
@@ -24,6 +26,30 @@ def draw_job_progress(layout: bpy.types.UILayout, props) -> None:
         row.operator("neurallabel.cancel_job", text="Cancel", icon="CANCEL")
 
 
+def draw_job_notices(layout: bpy.types.UILayout, props, chars: int = 40) -> None:
+    """The last job's notices (skipped photos, fallbacks, ...), one warning per notice, wrapped at ``chars``
+    characters (Blender would cut a long label short), and a button to clear them; nothing when there are none."""
+    notices = [line for line in props.job_notices.splitlines() if line.strip()]
+    if not notices:
+        return
+    box = layout.box()
+    row = box.row()
+    row.label(text="Notices of the last job")
+    row.operator("neurallabel.clear_job_notices", text="", icon="X", emboss=False)
+    col = box.column(align=True)
+    for notice in notices:
+        for i, part in enumerate(textwrap.wrap(notice, max(chars, 16), break_on_hyphens=False) or [notice]):
+            col.label(text=part, icon="ERROR" if i == 0 else "BLANK1")
+
+
+def label_chars(context: bpy.types.Context) -> int:
+    """About how many characters of a label fit across the sidebar (for wrapping long notices)."""
+    region = getattr(context, "region", None)
+    if region is None or region.width <= 0:
+        return 40
+    return int(region.width / (7.0 * context.preferences.system.ui_scale)) - 4  # minus the icon
+
+
 class NeuralLabelPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -39,6 +65,7 @@ class NEURALLABEL_PT_main(NeuralLabelPanel, bpy.types.Panel):
         if props.job_running:
             self.layout.progress(factor=props.job_progress, type="BAR",
                                  text=f"{props.job_stage or 'Working'} {props.job_progress:.0%}")
+        draw_job_notices(self.layout, props, label_chars(context))  # any job's, so here, above every section
 
 
 class NEURALLABEL_PT_scene(NeuralLabelPanel, bpy.types.Panel):
