@@ -134,6 +134,31 @@ def test_compiled_lookups_equal_grid_sample_in_value_and_gradient():
                        compiled.detach())
 
 
+def test_compiled_lookup_gradients_have_the_same_bits_on_any_number_of_threads():
+    """The backward scatters split the gradient's rows between tasks; every cell still sums its points in their
+    order, so a training step is reproducible from one machine to another (1 thread against 2)."""
+    import numba
+
+    from neurallabel.core.field.lookups_numba import triplane_features, trilinear
+
+    generator = torch.Generator().manual_seed(5)
+    coords = torch.rand(20000, 3, generator=generator) * 2.2 - 1.1
+    grid = torch.randn(33, 17, 9, generator=generator, requires_grad=True)
+    planes = torch.rand(3, 37, 29, 8, generator=generator, requires_grad=True)
+    weights = torch.randn(20000, 8, generator=generator)
+    grads = []
+    threads = numba.get_num_threads()
+    try:
+        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(count)
+            loss = (trilinear(grid, coords) * weights[:, 0]).sum() + (triplane_features(planes, coords) * weights).sum()
+            grads.append(torch.autograd.grad(loss, (grid, planes)))
+    finally:
+        numba.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[-1]))
+    assert all(bool(g.abs().sum() > 0) for g in grads[0])
+
+
 def test_a_rendering_field_reads_its_channel_last_planes_in_place():
     field = small_field(levels=3)
     assert field.planes[1].shape == (3, 16, 16, field.config.plane_features) and field.planes[1].is_contiguous()
