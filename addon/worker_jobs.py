@@ -1,4 +1,5 @@
-"""Operators whose work runs in the worker process: :class:`WorkerOperator` (bake, preview, snap, load field).
+"""Operators whose work runs in the worker process: :class:`WorkerOperator` (bake, preview, snap, load field,
+SfM, train, field exports, synthetic views, check worker).
 
 In the UI a job runs modally: a timer drains the worker's progress into ``scene.neurallabel.job_*`` (the
 panel's bar) and ``window_manager.progress_*`` (the status bar), and its notices (e.g. the photos a dataset

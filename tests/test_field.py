@@ -135,8 +135,8 @@ def test_compiled_lookups_equal_grid_sample_in_value_and_gradient():
 
 
 def test_compiled_lookup_gradients_have_the_same_bits_on_any_number_of_threads():
-    """The backward scatters split the gradient's rows between tasks; every cell still sums its points in their
-    order, so a training step is reproducible from one machine to another (1 thread against 2)."""
+    """Each thread of a backward scatter owns whole slices of the gradient, so every cell sums its points in the
+    same order: a training step is reproducible from one machine to another (1 thread against 2)."""
     import numba
 
     from neurallabel.core.field.lookups_numba import triplane_features, trilinear

@@ -5,7 +5,7 @@ one thread, and it pays for bounds checks and atomics per corner. Training spend
 These kernels compute exactly what :class:`..model.Field` asks of ``grid_sample`` (bilinear / trilinear,
 ``align_corners=True``, border padding) and the gradient with respect to the grid values only: nothing
 in NeuralLabel differentiates through sample positions. The backward scatters are deterministic: each
-task owns a band of the gradient's rows, and every cell sums its points in their order.
+thread owns whole grid slices (one plane channel) or runs alone (the density grid).
 
 :func:`trilinear` and :func:`triplane_features` are ``torch.autograd`` functions over CPU tensors;
 ``tests/test_field.py`` compares them with ``grid_sample`` value by value and gradient by gradient.
@@ -49,43 +49,23 @@ def _trilinear_forward(grid, coords, out):
         out[n] = (c00 * (1 - b) + c01 * b) * (1 - a) + (c10 * (1 - b) + c11 * b) * a
 
 
-#: row bands per grid (or per plane) of the backward scatters: each task owns the gradient rows of its band, so
-#: no two threads write alike; each cell still sums its points in their order, so the gradient has the same bits
-#: whatever the band count and thread count
-BACKWARD_BANDS = 8
-
-
-@numba.njit(parallel=True, **_JIT)
+@numba.njit(**_JIT)
 def _trilinear_backward(coords, grad_out, grad):
     r0, r1, r2 = grad.shape
-    count = coords.shape[0]
-    corner = np.empty((count, 3), dtype=np.int32)
-    weight = np.empty((count, 3), dtype=np.float64)
-    for n in numba.prange(count):
+    for n in range(coords.shape[0]):
+        g = grad_out[n]
+        if g == 0.0:
+            continue
         i, a = _axis(coords[n, 0], r0)
         j, b = _axis(coords[n, 1], r1)
         k, c = _axis(coords[n, 2], r2)
-        corner[n, 0], corner[n, 1], corner[n, 2] = i, j, k
-        weight[n, 0], weight[n, 1], weight[n, 2] = a, b, c
-    for band in numba.prange(BACKWARD_BANDS):
-        lo = (r0 * band) // BACKWARD_BANDS
-        hi = (r0 * (band + 1)) // BACKWARD_BANDS
-        for n in range(count):
-            g = grad_out[n]
-            i = corner[n, 0]
-            if g == 0.0 or i + 1 < lo or i >= hi:
-                continue
-            j, k = corner[n, 1], corner[n, 2]
-            a, b, c = weight[n, 0], weight[n, 1], weight[n, 2]
-            for di in range(2):
-                if i + di < lo or i + di >= hi:
-                    continue
-                wa = a if di else 1.0 - a
-                for dj in range(2):
-                    wb = b if dj else 1.0 - b
-                    wab = g * wa * wb
-                    grad[i + di, j + dj, k] += wab * (1.0 - c)
-                    grad[i + di, j + dj, k + 1] += wab * c
+        for di in range(2):
+            wa = a if di else 1.0 - a
+            for dj in range(2):
+                wb = b if dj else 1.0 - b
+                wab = g * wa * wb
+                grad[i + di, j + dj, k] += wab * (1.0 - c)
+                grad[i + di, j + dj, k + 1] += wab * c
 
 
 class _Trilinear(torch.autograd.Function):
@@ -151,47 +131,28 @@ def _planes_forward(planes, coords, values, out):
 
 @numba.njit(parallel=True, **_JIT)
 def _planes_backward(coords, values, grad_out, grad):
-    """Gradient of the channel-last planes (3, H, W, C). Each point's corners and channel gradients are computed
-    once (in parallel over points); then one task per plane and band of rows scatters the corners in its rows
-    (:data:`BACKWARD_BANDS`), a point's channels side by side."""
+    """Gradient of the channel-last planes (3, H, W, C). One task per plane and half of the channels: each owns
+    its slice of the gradient (no two threads write alike, so the sums are deterministic) and writes a point's
+    channels side by side."""
     n_planes, h, w, channels = grad.shape
-    count = coords.shape[0]
-    corner = np.empty((n_planes, count, 2), dtype=np.int32)
-    weight = np.empty((n_planes, count, 2), dtype=np.float64)
-    point_grad = np.empty((n_planes, count, channels), dtype=np.float32)
-    for n in numba.prange(count):
-        for p in range(n_planes):
-            q, r = (1, 2) if p == 0 else ((0, 2) if p == 1 else (0, 1))
+    groups = 2 if channels % 2 == 0 else 1
+    width = channels // groups
+    for task in numba.prange(n_planes * groups):
+        p = task // groups
+        c0 = (task % groups) * width
+        q, r = (1, 2) if p == 0 else ((0, 2) if p == 1 else (0, 1))
+        for n in range(coords.shape[0]):
             x, a, y, b = _plane_corner(coords, n, p, h, w)
-            corner[p, n, 0], corner[p, n, 1] = x, y
-            weight[p, n, 0], weight[p, n, 1] = a, b
-            for c in range(channels):
-                point_grad[p, n, c] = grad_out[n, c] * values[n, q, c] * values[n, r, c]
-    for task in numba.prange(n_planes * BACKWARD_BANDS):
-        p = task // BACKWARD_BANDS
-        band = task % BACKWARD_BANDS
-        lo = (h * band) // BACKWARD_BANDS
-        hi = (h * (band + 1)) // BACKWARD_BANDS
-        for n in range(count):
-            y = corner[p, n, 1]
-            if y + 1 < lo or y >= hi:
-                continue
-            x = corner[p, n, 0]
-            a, b = weight[p, n, 0], weight[p, n, 1]
-            if y >= lo:
-                w00 = (1 - a) * (1 - b)
-                w01 = a * (1 - b)
-                for c in range(channels):
-                    g = point_grad[p, n, c]
-                    grad[p, y, x, c] += g * w00
-                    grad[p, y, x + 1, c] += g * w01
-            if y + 1 < hi:
-                w10 = (1 - a) * b
-                w11 = a * b
-                for c in range(channels):
-                    g = point_grad[p, n, c]
-                    grad[p, y + 1, x, c] += g * w10
-                    grad[p, y + 1, x + 1, c] += g * w11
+            w00 = (1 - a) * (1 - b)
+            w01 = a * (1 - b)
+            w10 = (1 - a) * b
+            w11 = a * b
+            for c in range(c0, c0 + width):
+                g = grad_out[n, c] * values[n, q, c] * values[n, r, c]
+                grad[p, y, x, c] += g * w00
+                grad[p, y, x + 1, c] += g * w01
+                grad[p, y + 1, x, c] += g * w10
+                grad[p, y + 1, x + 1, c] += g * w11
 
 
 class _TriPlanes(torch.autograd.Function):
