@@ -9,7 +9,7 @@ from ..addon.worker_jobs import job_is_running, request_cancel
 
 
 class NEURALLABEL_OT_cancel_job(bpy.types.Operator):
-    """Stop the running NeuralLabel job (bake, preview, snap, load field): finished frames are kept"""
+    """Stop the running NeuralLabel job (bake, train, SfM, preview, snap, ...): finished frames are kept"""
 
     bl_idname = "neurallabel.cancel_job"
     bl_label = "Cancel"
