@@ -141,6 +141,8 @@ def test_compiled_lookup_gradients_have_the_same_bits_on_any_number_of_threads()
 
     from neurallabel.core.field.lookups_numba import triplane_features, trilinear
 
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here: nothing to compare")
     generator = torch.Generator().manual_seed(5)
     coords = torch.rand(20000, 3, generator=generator) * 2.2 - 1.1
     grid = torch.randn(33, 17, 9, generator=generator, requires_grad=True)
@@ -149,7 +151,7 @@ def test_compiled_lookup_gradients_have_the_same_bits_on_any_number_of_threads()
     grads = []
     threads = numba.get_num_threads()
     try:
-        for count in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+        for count in (1, 2):
             numba.set_num_threads(count)
             loss = (trilinear(grid, coords) * weights[:, 0]).sum() + (triplane_features(planes, coords) * weights).sum()
             grads.append(torch.autograd.grad(loss, (grid, planes)))
