@@ -629,7 +629,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. The bake with the field, all formats: its own seconds per frame (labels + writing).
     field = FieldQuery.load(field_path, device=args.device)
-    out = CACHE / f"bake-{scene.name}-{int(time.time())}"
+    # a new empty folder of its own: two benches started in the same second must not share one
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f"bake-{scene.name}-{int(time.time())}-", dir=CACHE))
     summary = bake(spec, out, depth_source=field, device=args.device, box_resolution=args.box_resolution)
     result["bake"] = {"seconds_per_frame": summary["seconds_per_frame"], "frames": summary["frames"],
                       "seconds_total": summary["seconds"], "out": str(out)}
