@@ -52,7 +52,7 @@ from neurallabel.core.pipeline.bake import frame_labeler, load_checked_field  # 
 from neurallabel.core.spec import spec_from_scene  # noqa: E402
 from neurallabel.core.synth.distribution import probabilities, sample, total_variation  # noqa: E402
 from neurallabel.core.synth.poses import training_orbit  # noqa: E402
-from neurallabel.core.synth.optimise import OptimiseOptions, ViewSource  # noqa: E402
+from neurallabel.core.synth.optimise import CREDITS, OptimiseOptions, ViewSource  # noqa: E402
 from neurallabel.core.synth.tasks import score  # noqa: E402
 from neurallabel.core.synth.views import RenderedQuery, SynthOptions, bake_synthetic, plan_distribution  # noqa: E402
 
@@ -266,7 +266,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None, help="the logits' Adam step (default: OptimiseOptions')")
     p.add_argument("--groups", type=int, default=None, help="REINFORCE's groups per iteration (default: "
                    "OptimiseOptions')")
-    p.add_argument("--credit", choices=("groups", "subsets"), default=None,
+    p.add_argument("--credit", choices=CREDITS, default=None,
                    help="REINFORCE's credit per view (default: OptimiseOptions')")
     p.add_argument("--subsets", type=int, default=None, help="REINFORCE's nets per iteration with --credit subsets")
     p.add_argument("--seeds", type=int, default=None, help="evaluation seeds per psi (default 3; quick 1)")

@@ -221,3 +221,13 @@ def test_reinforce_with_subset_credit_moves_mass_to_the_target_like_bin() -> Non
     with pytest.raises(NeuralLabelError, match="credit 'votes'") as info:
         reinforce(render, target, bins, np.zeros(2), OptimiseOptions(iterations=1, credit="votes"))
     assert info.value.field == "credit"
+
+
+def test_the_requests_choices_are_the_optimisers() -> None:
+    """The request layer keeps its own tuples (the CLI's start-up imports no torch); they must name exactly what
+    the optimiser runs."""
+    from neurallabel.core.app.jobs import SYNTH_CREDITS, SYNTH_ESTIMATORS
+    from neurallabel.core.synth.optimise import CREDITS, ESTIMATORS
+
+    assert SYNTH_CREDITS == CREDITS
+    assert SYNTH_ESTIMATORS == tuple(ESTIMATORS)
