@@ -13,13 +13,15 @@ import os
 import sys
 import time
 
-_TARGET = "neurallabel.core.pipeline.bake"
+# The package's name depends on how it was loaded: ``neurallabel`` when installed, ``bl_ext.<repo>.neurallabel`` in
+# Blender, and the extension folder's own name when the worker runs as a script (``core/worker.py``).
+_TARGET_SUFFIX = ".core.pipeline.bake"
 _SECONDS = float(os.environ.get("NEURALLABEL_TEST_FRAME_SECONDS", "0") or 0)
 
 
 class _SlowFrames(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name != _TARGET:
+        if not name.endswith(_TARGET_SUFFIX):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
