@@ -18,9 +18,10 @@ if __name__ == "__main__" and not __package__:
     if sys.path and Path(sys.path[0] or ".").resolve() == _core_dir:
         sys.path.pop(0)
     _ext_dir = _core_dir.parent
-    _name = _ext_dir.name
-    if not _name.isidentifier() or _name in sys.stdlib_module_names or _name in sys.modules:
-        _name = "neurallabel_ext"
+    # Always the installed package's name, whatever the folder is called: numba caches compiled kernels next to
+    # their source and pickles the module name with them, so a worker that named the package after a clone's
+    # folder ("main") left caches that every `neurallabel` command on the same files then failed to load.
+    _name = "neurallabel" if "neurallabel" not in sys.modules else "neurallabel_ext"
     _spec = importlib.util.spec_from_file_location(_name, _ext_dir / "__init__.py",
                                                    submodule_search_locations=[str(_ext_dir)])
     _package = importlib.util.module_from_spec(_spec)

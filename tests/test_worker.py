@@ -57,6 +57,17 @@ def run_worker(job: dict, tmp_path: Path, env=None) -> tuple[int, list[dict], st
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines() if line.strip()], proc.stderr
 
 
+def test_the_worker_script_runs_the_package_as_neurallabel_whatever_its_folder_is_called(tmp_path):
+    # Run by path, the worker loads the extension folder as a package. Named after the folder (a clone in
+    # "main"), the numba caches its kernels wrote next to their source named a module that every `neurallabel`
+    # command then failed to import ("No module named 'main'").
+    code, events, err = run_worker({"kind": "check", "device": "cpu"}, tmp_path)
+    assert code == 0, err
+    result = events[-1]
+    repo = Path(__file__).resolve().parents[1]
+    assert result["event"] == "result" and result["package"] == f"neurallabel ({repo})", (result, repo.name)
+
+
 def test_bad_jobs_give_one_error_event_naming_the_field(tmp_path):
     code, events, _ = run_worker({"kind": "paint"}, tmp_path)
     assert code == 2 and events == [{"event": "error", "message": events[0]["message"], "field": "kind"}]

@@ -972,7 +972,8 @@ def run_check(request: CheckRequest, progress: Optional[ProgressFn], notice: Not
     modules = requirement_modules([line for line in lines if line and not line.startswith("#")])
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     result = {"python": f"{platform.python_version()} ({sys.executable})", "torch": None, "cuda": False,
-              "device": "cpu", "numpy": np.__version__, "missing": missing}
+              "device": "cpu", "numpy": np.__version__, "missing": missing,
+              "package": f"{__name__.rsplit('.core.', 1)[0]} ({Path(__file__).resolve().parents[2]})"}
     if "torch" not in missing:
         import torch
 
