@@ -12,7 +12,9 @@ For one camera (:meth:`FrameLabeler.label`):
 4. a mesh pixel is visible with the probability that its ray reaches the mesh: the transmittance up to the
    mesh's depth, not counting samples within a 3D band around any annotated mesh's surface (the field's
    blurred copy of an annotated object belongs to it and hides nothing); density elsewhere (unannotated
-   clutter) occludes. Visible where that probability is at least 1/2 (``occlusion_min_confidence``);
+   clutter) occludes. Visible where that probability is at least 1/2 (``occlusion_min_confidence``), or where
+   the visible label is at least as likely right as the occluded one (6.: a fog's smeared weight in front
+   of the mesh is no occluding surface);
 5. a pixel belongs to a *box* object with the probability that its ray stops on the object: the share of its
    weight inside the box (with the surface on the faces the camera sees from outside: a tight box's faces carry
    the object's surface) or near the box's extracted mesh, but not on the support surface under the box (the
@@ -83,6 +85,11 @@ class LabelWarning(UserWarning):
     """Something in the spec gives no label where the user surely expected one (the bake goes on)."""
 
 
+#: the light stopped in front of a mesh within this share of its median depth is one occluding surface: a field
+#: trained for minutes blurs real clutter over centimetres, and spreads its fog over decimetres
+OCCLUDER_WINDOW = 0.05
+
+
 @dataclass(frozen=True)
 class LabelOptions:
     #: the band around every annotated mesh's surface whose density belongs to that object and occludes
@@ -98,7 +105,8 @@ class LabelOptions:
     occlusion_abs_mm: float = 5.0
     occlusion_rel: float = 0.02
     #: a mesh pixel is occluded when the probability that its ray does not reach the mesh (1 - transmittance)
-    #: exceeds this: 0.5 = visible when more likely visible than not; 0 = any density occludes; 1 = nothing does.
+    #: exceeds this (1 = nothing occludes) and the occluded label is more likely right than the visible one
+    #: (the light is stopped by one surface, not smeared as fog)
     occlusion_min_confidence: float = 0.5
     #: surface this close above (or anywhere below) the plane a box object stands on is that support, not the
     #: object (the field's table surface is blurred by a few millimetres)
@@ -401,10 +409,15 @@ class FrameLabeler:
                                            (0, 0, view.width, view.height)) for i in self.box_ids}
         scene = self.query_scene(view, covered, box_regions, full_depth)  # 3
         p_visible, p_on_mesh, p_occluder = self.mesh_visibility(view, covered, nearest_z, scene)  # 4
+        # a transparent object's field density is too faint to show it: the ray reaching it is all there is
+        transparent = np.isin(nearest, [i for i in mesh_ids if self.objects[i].spec.transparent])
+        p_right_visible = np.where(transparent, p_visible, np.minimum(p_visible, p_on_mesh))
+        p_right_hidden = np.minimum(1.0 - p_visible, p_occluder)
         if scene is None:  # every covered pixel is visible (p_visible is 1 there)
             mesh_visible = covered
         else:
-            mesh_visible = covered & (1.0 - p_visible <= self.options.occlusion_min_confidence)
+            mesh_visible = covered & ((1.0 - p_visible <= self.options.occlusion_min_confidence)
+                                      | (p_right_visible >= p_right_hidden))
         visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
         box_visible, p_box, p_elsewhere = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
         if scene is not None and scene.measured and self.options.colour_edges:
@@ -412,10 +425,7 @@ class FrameLabeler:
         visible.update(box_visible)
         conf = None
         if scene is not None and scene.measured and confidence:
-            # a transparent object's field density is too faint to show it: its confidence is the visibility
-            transparent = np.isin(nearest, [i for i in mesh_ids if self.objects[i].spec.transparent])
-            p_right = np.where(transparent, p_visible, np.minimum(p_visible, p_on_mesh))
-            p_right = np.where(mesh_visible, p_right, np.minimum(1.0 - p_visible, p_occluder))
+            p_right = np.where(mesh_visible, p_right_visible, p_right_hidden)
             conf = confidence_map(covered, mesh_visible, p_right, box_regions, box_visible, p_box,  # 6
                                   p_elsewhere)
         windows = {i: silhouettes[i].region for i in mesh_ids}
@@ -510,8 +520,8 @@ class FrameLabeler:
         mesh's surface --, the probability that the ray stops on an annotated object first
         (:func:`stop_probability` of the weight it places within that band or inside a closed mesh, against
         the weight in front of the mesh: the field sees the object there), and
-        that it stops on one occluding surface (the occluding weight concentrated around its own median depth:
-        a fog's smeared weight is no surface). All 1 on every covered pixel without a scene."""
+        that it stops on one occluding surface (the occluding weight within ``OCCLUDER_WINDOW`` of its own
+        median depth: a fog's smeared weight is no surface). All 1 on every covered pixel without a scene."""
         if scene is None:
             return (covered.astype(np.float32),) * 3
         rows, cols = np.nonzero(covered)
@@ -545,7 +555,8 @@ class FrameLabeler:
         on_mesh = stop_probability(np.bincount(s.ray[own], weights=weights[own], minlength=scene.n_rays),
                                    1.0 - transmittance, scene.placed())
         occluding = np.flatnonzero(counted)
-        occluder = concentrated_weight(s.ray[occluding], s.z[occluding], weights[occluding], scene.n_rays)
+        occluder = concentrated_weight(s.ray[occluding], s.z[occluding], weights[occluding], scene.n_rays,
+                                       window=OCCLUDER_WINDOW)
         maps = [np.zeros(covered.shape, np.float32) for _ in range(3)]
         for out, per_ray in zip(maps, (transmittance, on_mesh, occluder)):
             out[rows, cols] = np.clip(per_ray[rays], 0.0, 1.0)
