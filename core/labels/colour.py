@@ -8,7 +8,8 @@ cut over colour mixtures, Rother et al. 2004) is started from the field's mask -
 by ``CORE_SHARE`` of its equivalent radius) as certain object, the rest of it as probable object, the rest of
 the box's silhouette as probable background, everything outside it and every pixel another label holds as
 certain background -- and decides the band from the colours. It moves only the outline: the core stays the
-object's, and nothing outside the box's silhouette can join it.
+object's (only where the field is sure of it: a foggy field fills a ring's hole, which the colours then give
+back), and nothing outside the box's silhouette can join it.
 
 It fails where a whole face of the object is missing from the field's mask and has its own shade (a cube's
 side under cameras that look down): the object's colour model never sees that shade. scripts/bench_labels.py
@@ -16,6 +17,8 @@ reports the box IoU with and without it.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -30,12 +33,15 @@ MIN_PIXELS = 30
 
 
 def refine_mask(image: np.ndarray, mask: np.ndarray, allowed: np.ndarray, forbidden: np.ndarray, *,
-                core_share: float = CORE_SHARE, iterations: int = ITERATIONS) -> np.ndarray:
+                sure: Optional[np.ndarray] = None, core_share: float = CORE_SHARE,
+                iterations: int = ITERATIONS) -> np.ndarray:
     """The object's pixels (bool, shape of ``mask``) after a colour graph cut of ``image`` (uint8 (h, w, 3),
     the photo's window) started from the field's ``mask``; ``allowed``: where the object may be (the box's
     silhouette), ``forbidden``: pixels another label holds. The result lies in ``allowed & ~forbidden`` and
     keeps the mask's core; a mask under ``MIN_PIXELS``, a window with no background left to learn from, or a
-    picture of one colour comes back unchanged. Deterministic: OpenCV's generator (per thread) is seeded before each cut."""
+    picture of one colour comes back unchanged. ``sure``: where the field is sure of the object (the
+    core is certain object only there; default everywhere). Deterministic: OpenCV's generator (per thread) is
+    seeded before each cut."""
     import cv2
 
     mask = np.asarray(mask, dtype=bool)
@@ -55,6 +61,8 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, allowed: np.ndarray, forbid
     if radius > 0:
         kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
         core = cv2.erode(start.astype(np.uint8), kernel).astype(bool)
+    if sure is not None:
+        core = core & np.asarray(sure, dtype=bool)
     trimap[core] = cv2.GC_FGD
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)  # the colour mixtures start from k-means on OpenCV's generator

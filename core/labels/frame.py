@@ -85,6 +85,11 @@ class LabelWarning(UserWarning):
     """Something in the spec gives no label where the user surely expected one (the bake goes on)."""
 
 
+#: a box object's colour step takes as certain object only the pixels whose ray puts at least this share of
+#: the mask's usual (90th percentile) weight on the object: a foggy field fills a torus's hole, where the mask's
+#: core would otherwise keep the table seen through it
+SURE_SHARE = 0.75
+
 #: the light stopped in front of a mesh within this share of its median depth is one occluding surface: a field
 #: trained for minutes blurs real clutter over centimetres, and spreads its fog over decimetres
 OCCLUDER_WINDOW = 0.05
@@ -421,7 +426,7 @@ class FrameLabeler:
         visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
         box_visible, p_box, p_elsewhere = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
         if scene is not None and scene.measured and self.options.colour_edges:
-            box_visible = self.colour_edges(view, box_visible, mesh_visible, image)
+            box_visible = self.colour_edges(view, box_visible, mesh_visible, image, p_box)
         visible.update(box_visible)
         conf = None
         if scene is not None and scene.measured and confidence:
@@ -627,9 +632,11 @@ class FrameLabeler:
         return {i: box_owner == i for i in self.box_ids}, p_box, p_elsewhere
 
     def colour_edges(self, view: View, box_visible: dict[int, np.ndarray], mesh_visible: np.ndarray,
-                     image: Optional[np.ndarray]) -> dict[int, np.ndarray]:
+                     image: Optional[np.ndarray], p_box: Optional[dict[int, np.ndarray]] = None
+                     ) -> dict[int, np.ndarray]:
         """5b. Box objects' outlines from the picture's colours (:func:`.colour.refine_mask`), inside each box's
-        silhouette and off every other label; smaller boxes first, as they win overlaps. Unchanged without a
+        silhouette and off every other label; smaller boxes first, as they win overlaps. With ``p_box`` (5.),
+        the mask's core is certain object only where the field is sure of it (``SURE_SHARE``). Unchanged without a
         picture (a synthetic view, a photo that cannot be read)."""
         from ..io.images import read_photo_rgb8
         from .colour import refine_mask
@@ -660,7 +667,11 @@ class FrameLabeler:
             allowed[r0 - R0:r1 - R0, c0 - C0:c1 - C0] = True if window is None else window
             crop = (slice(R0, R1), slice(C0, C1))
             inside = mask[crop]
-            new = refine_mask(image[crop], inside, allowed, taken[crop] & ~inside)
+            sure = None
+            if p_box is not None and inside.any():
+                p = p_box[i][crop]
+                sure = p >= SURE_SHARE * np.percentile(p[inside], 90)
+            new = refine_mask(image[crop], inside, allowed, taken[crop] & ~inside, sure=sure)
             out = np.zeros_like(mask)
             out[crop] = new
             taken[crop] = (taken[crop] & ~inside) | new
