@@ -292,7 +292,8 @@ def test_a_surface_in_front_hides_the_mesh_and_the_same_light_smeared_as_fog_doe
         # the confidence of the label given: visible, 0.3 of the light reaches the cube; occluded, 0.7 stopped
         # on the sheet
         conf = labels.confidence[mesh_pixels]
-        assert conf == pytest.approx(0.3 if visible else 0.7, abs=0.03), (scene is fog, min_conf, conf.min(), conf.max())
+        assert conf == pytest.approx(0.3 if visible else 0.7, abs=0.03), \
+            (scene is fog, min_conf, conf.min(), conf.max())
 
 
 def test_a_mesh_outside_every_camera_warns_and_gets_no_label(small_scene: Path, tmp_path: Path) -> None:
