@@ -967,13 +967,14 @@ def run_check(request: CheckRequest, progress: Optional[ProgressFn], notice: Not
     import platform
     import sys
 
-    requirements = Path(__file__).resolve().parents[2] / "requirements.txt"
+    extension = Path(__file__).resolve().parents[2]
+    requirements = extension / "requirements.txt"
     lines = [line.strip() for line in requirements.read_text().splitlines()] if requirements.exists() else []
     modules = requirement_modules([line for line in lines if line and not line.startswith("#")])
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     result = {"python": f"{platform.python_version()} ({sys.executable})", "torch": None, "cuda": False,
               "device": "cpu", "numpy": np.__version__, "missing": missing,
-              "package": f"{__name__.rsplit('.core.', 1)[0]} ({Path(__file__).resolve().parents[2]})"}
+              "package": f"{__name__.rsplit('.core.', 1)[0]} ({extension})"}
     if "torch" not in missing:
         import torch
 
