@@ -51,7 +51,8 @@ from neurallabel.core.io.jsonfile import read_json
 from neurallabel.core.eval.image import psnr, ssim
 from neurallabel.core.geometry.transforms import apply_points
 from neurallabel.core.render.march import MARCHERS
-from neurallabel.core.render.views import render_frame, render_rays, render_surface
+from neurallabel.core.render.views import render_frame, render_peak, render_rays, render_surface
+from neurallabel.core.scene.queries import SURFACE_OPACITY
 from neurallabel.core.geometry.cameras import camera_rays
 from neurallabel.core.train.loop import TrainOptions, train_field
 
@@ -257,13 +258,16 @@ def render_speed(field, frames, device: str) -> dict:
     """Rays per second (wall and per CPU-second) for full (rgb + depth) and depth-only rendering.
 
     ``depth_only``: opacity, mean and median distance per ray as depth maps and bakes get them
-    (``render_surface``: no packed samples); ``depth_only_packed``: the same with the packed samples kept
+    (``render_surface``: no packed samples); ``depth_only_peak``: only the peak depth where the ray is opaque
+    enough to have a surface, what the bake's depth maps take (``render_peak``: each ray stops once that is
+    decided); ``depth_only_packed``: the same as ``depth_only`` with the packed samples kept
     (``render_rays(depth_only=True)``, what a caller that needs the samples pays)."""
     rays = [camera_rays(f.intrinsics, f.cam_to_data) for f in frames]
     origins = torch.from_numpy(np.concatenate([r[0] for r in rays])).float().to(device)
     directions = torch.from_numpy(np.concatenate([r[1] for r in rays])).float().to(device)
     out = {}
     renderers = (("depth_only", lambda o, d: render_surface(field, o, d)),
+                 ("depth_only_peak", lambda o, d: render_peak(field, o, d, min_opacity=SURFACE_OPACITY)),
                  ("depth_only_packed", lambda o, d: render_rays(field, o, d, depth_only=True)),
                  ("full", lambda o, d: render_rays(field, o, d)))
     for name, render in renderers:

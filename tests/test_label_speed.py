@@ -17,7 +17,7 @@ from neurallabel.core.io.atomic import json_bytes, write_bytes
 from neurallabel.core.labels.occlusion import SurfaceBand
 from neurallabel.core.render.march import march
 from neurallabel.core.render.march_numba import SURFACE_SLOTS, composite_numba
-from neurallabel.core.render.views import render_rays, render_surface
+from neurallabel.core.render.views import render_peak, render_rays, render_surface
 from neurallabel.core.render.volrend import composite
 from neurallabel.core.scene.queries import FieldQuery
 
@@ -75,6 +75,27 @@ def test_surface_without_samples_equals_the_depth_only_render():
     short = render_surface(dense, o, d)
     for key in ("opacity", "distance", "median_distance", "peak_distance"):
         assert torch.equal(short[key], long[key]), key
+
+
+def test_the_peak_found_by_rays_that_stop_early_is_the_whole_rays_peak():
+    """``render_peak`` stops a ray once no later sample can outweigh its peak and its opacity has reached the
+    threshold: the same peak, bit for bit, and the same rays with a surface, for fewer samples."""
+    from neurallabel.core.render import march_numba
+
+    field, origins, directions = cloudy_field()
+    full = render_surface(field, origins, directions, near=0.1)
+    for threshold in (0.5, 0.2, 0.95, 1.0):
+        peak = render_peak(field, origins, directions, min_opacity=threshold, near=0.1)
+        surface = full["opacity"] >= threshold
+        assert 0 < int(surface.sum()) < len(origins) or threshold == 1.0
+        assert torch.equal(torch.isfinite(peak), surface & torch.isfinite(full["peak_distance"]))
+        assert torch.equal(peak[surface], full["peak_distance"][surface])
+    # the rays did stop early: their own opacity is short of the whole ray's where a surface was found
+    stopped = march_numba.surface_numba(field, origins, directions, near=0.1, peak_stop=0.5)
+    assert bool((stopped["opacity"] <= full["opacity"] + 1e-6).all())
+    assert int((stopped["opacity"] < full["opacity"] - 1e-3).sum()) > len(origins) // 10
+    with pytest.raises(ValueError):
+        render_peak(field, origins, directions, min_opacity=0.0)
 
 
 def test_field_query_renders_plain_rays_without_samples_and_answers_the_same():

@@ -164,11 +164,20 @@ def _box_span(ox, oy, oz, dx, dy, dz, aabbs, level):
 
 
 @numba.njit(**_JIT)
-def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
+def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, peak_stop,
                density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
                out_t, out_sigma, offset, capacity):
-    """March ray ``i``, storing its first ``capacity`` samples from ``offset``. Returns its sample count."""
+    """March ray ``i``, storing its first ``capacity`` samples from ``offset``. Returns its sample count.
+
+    ``peak_stop`` > 0: the ray also stops once its stored samples, composited as :func:`_composite_ray` does
+    (the same float32 steps), reach that opacity and the light left is less than their heaviest weight: no
+    later sample can weigh more, so the peak and whether the opacity reaches ``peak_stop`` are already those
+    of the whole ray (its other outputs are not)."""
     levels, coarsening, contracted = ints[0], ints[1], ints[2]
+    f32 = np.float32
+    tau_sum = 0.0
+    opacity = f32(0.0)
+    peak_weight = f32(0.0)
     shift, scale = floats[0], floats[1]
     r = binaries.shape[1]
     s0 = start[i]
@@ -238,6 +247,14 @@ def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, 
                 out_t[offset + count, 1] = t_hi
                 out_sigma[offset + count] = sigma
             count += 1
+            if peak_stop > 0.0:
+                tau = f32(sigma) * (f32(t_hi) - f32(t_lo))
+                w = f32(math.exp(-f32(tau_sum))) * (f32(1.0) - f32(math.exp(-tau)))
+                tau_sum += float(tau)
+                opacity += w
+                peak_weight = max(peak_weight, w)
+                if opacity >= peak_stop and f32(math.exp(-f32(tau_sum))) < peak_weight:
+                    break
         transmittance *= 1.0 - alpha
         if transmittance < eps:
             break
@@ -274,7 +291,7 @@ def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps
     for lane in numba.prange(lanes):
         for block in range(lane, (n + RAY_BLOCK - 1) // RAY_BLOCK, lanes):
             for i in range(block * RAY_BLOCK, min(n, (block + 1) * RAY_BLOCK)):
-                counts[i] = _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
+                counts[i] = _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, 0.0,
                                        density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
                                        slots_t, slots_sigma, i * slots, slots)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -290,7 +307,7 @@ def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps
                 out_t[offsets[i] + j, 1] = slots_t[i * slots + j, 1]
                 out_sigma[offsets[i] + j] = slots_sigma[i * slots + j]
         else:
-            _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
+            _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, 0.0,
                        density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
                        out_t, out_sigma, offsets[i], counts[i])
     return counts, out_t, out_sigma
@@ -394,7 +411,7 @@ def _outputs(out: np.ndarray) -> dict[str, Tensor]:
 
 
 @numba.njit(parallel=True, **_JIT)
-def _surface_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
+def _surface_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, peak_stop,
                  density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats, lanes):
     """Per ray (opacity, distance, median distance, peak distance), float32: each ray marched into its lane's
     scratch and composited there, never packed (a depth map's rays need no samples)."""
@@ -407,13 +424,13 @@ def _surface_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, e
         for block in range(lane, (n + RAY_BLOCK - 1) // RAY_BLOCK, lanes):
             for i in range(block * RAY_BLOCK, min(n, (block + 1) * RAY_BLOCK)):
                 count = _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
-                                   density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
+                                   peak_stop, density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
                                    scratch_t, scratch_sigma, 0, SURFACE_SLOTS)
                 if count > SURFACE_SLOTS:
                     long_t = np.empty((count, 2), dtype=np.float32)
                     long_sigma = np.empty(count, dtype=np.float32)
                     _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
-                               density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
+                               peak_stop, density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
                                long_t, long_sigma, 0, count)
                     _composite_ray(long_t, long_sigma, 0, count, out, i, np.empty(count, dtype=np.float32))
                 else:
@@ -422,11 +439,15 @@ def _surface_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, e
 
 
 @torch.no_grad()
-def surface_numba(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10
-                  ) -> dict[str, Tensor]:
+def surface_numba(field: Field, origins: Tensor, directions: Tensor, *, near: float = 0.0, far: float = 1e10,
+                  peak_stop: float = 0.0) -> dict[str, Tensor]:
     """``opacity``, ``distance``, ``median_distance`` and ``peak_distance`` (N,) of :func:`.views.render_rays`
     with ``depth_only`` (float32 on the CPU), marched and composited per ray in one compiled loop: no packed
-    samples, so a whole depth map costs about the march alone."""
+    samples, so a whole depth map costs about the march alone.
+
+    ``peak_stop`` > 0 (at most 1): each ray stops as soon as its peak is decided and its opacity has reached
+    ``peak_stop`` (:func:`_march_ray`). Then only ``peak_distance``, and whether ``opacity >= peak_stop``, are
+    the whole ray's: :func:`.views.render_peak`."""
     from .march import effective_alpha_thre, ray_span
 
     n = origins.shape[0]
@@ -438,6 +459,6 @@ def surface_numba(field: Field, origins: Tensor, directions: Tensor, *, near: fl
     out = _surface_all(
         as64(origins), as64(directions), as64(lattice.start), as64(t_enter), as64(t_exit),
         float(field.sample_step_size), float(lattice.cone), float(lattice.switch),
-        float(effective_alpha_thre(field)), float(field.config.early_stop_eps), g.density, g.binaries, g.skip,
-        g.aabbs, g.cells, g.centre, g.inv_half, g.ints, g.floats, numba.get_num_threads() * 8)
+        float(effective_alpha_thre(field)), float(field.config.early_stop_eps), float(peak_stop), g.density,
+        g.binaries, g.skip, g.aabbs, g.cells, g.centre, g.inv_half, g.ints, g.floats, numba.get_num_threads() * 8)
     return _outputs(out)

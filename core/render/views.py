@@ -105,6 +105,28 @@ def render_surface(field: Field, origins: Tensor, directions: Tensor, *, near: f
     return {key: value.to(origins.device) for key, value in out.items()}
 
 
+@torch.no_grad()
+def render_peak(field: Field, origins: Tensor, directions: Tensor, *, min_opacity: float, near: float = 0.0,
+                far: float = 1e10, chunk: Optional[int] = None, backend: str = "auto") -> Tensor:
+    """(N,) each ray's ``peak_distance`` (:func:`.volrend.peak_distance`, the surface the labels use) where its
+    opacity reaches ``min_opacity`` (in (0, 1]), inf elsewhere: :func:`render_surface`'s numbers, for less
+    work on the CPU, where a ray stops as soon as they are decided (``surface_numba``'s ``peak_stop``)."""
+    if not 0.0 < min_opacity <= 1.0:
+        raise ValueError(f"min_opacity must be in (0, 1], got {min_opacity}")
+    device = field_device(field)
+    if choose_backend(device, backend)[0] != "numba":
+        out = render_surface(field, origins, directions, near=near, far=far, chunk=chunk, backend=backend)
+    else:
+        from .march_numba import surface_numba
+
+        out = surface_numba(field, origins.to(device=device, dtype=torch.float32),
+                            directions.to(device=device, dtype=torch.float32),
+                            near=max(float(near), field.config.near), far=far, peak_stop=min_opacity)
+        out = {key: value.to(origins.device) for key, value in out.items()}
+    peak = out["peak_distance"]
+    return torch.where(out["opacity"] >= min_opacity, peak, torch.full_like(peak, float("inf")))
+
+
 def render_frame(field: Field, intrinsics: Intrinsics, cam_to_world: np.ndarray, *,
                  pixels: Optional[np.ndarray] = None, depth_only: bool = False, near: float = 0.0,
                  chunk: Optional[int] = None, min_opacity: float = 0.5, exact_rgb: bool = False

@@ -245,10 +245,11 @@ class FieldQuery:
                   samples_for: Optional[np.ndarray] = None) -> ScenePixels:
         """``samples_for``: (N,) bool, the rays whose samples to return too (one render serves the depth, the
         occlusion and the confidence of a frame). Rays that need neither samples nor a confidence (a depth map's
-        pixels outside every decision) are composited as they are marched (:func:`..render.views.render_surface`)."""
+        pixels outside every decision) are composited as they are marched (:func:`..render.views.render_surface`;
+        :func:`..render.views.render_peak` for the peak, which stops each ray once its peak is known)."""
         import torch
 
-        from ..render.views import render_rays, render_surface
+        from ..render.views import render_peak, render_rays, render_surface
 
         n = len(rows)
         if n == 0:
@@ -266,7 +267,12 @@ class FieldQuery:
         tensor = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
         with torch.no_grad():
             plain = np.flatnonzero(~rich)
-            if len(plain):
+            if len(plain) and key == "peak_distance":  # marched only until the peak is known
+                peak = render_peak(self.field, tensor(origins[plain]), tensor(directions[plain]),
+                                   min_opacity=SURFACE_OPACITY).double().cpu().numpy()
+                distance[plain] = peak
+                opacity[plain] = np.where(np.isfinite(peak), 1.0, 0.0)
+            elif len(plain):
                 out = render_surface(self.field, tensor(origins[plain]), tensor(directions[plain]))
                 distance[plain] = out[key].double().cpu().numpy()
                 opacity[plain] = out["opacity"].double().cpu().numpy()
