@@ -93,16 +93,16 @@ def test_masks_encoded_once_decode_to_each_instances_own_masks(small_scene: Path
 def test_the_frame_being_written_is_finished_when_the_next_frame_fails(small_scene: Path, tmp_path: Path,
                                                                        monkeypatch) -> None:
     spec = spec_from_scene(small_scene)
-    real = bake_module.label_view
+    real = bake_module.finish_view
     seen = []
 
-    def label_view(job, view):
-        seen.append(view.index)
+    def finish_view(job, rendered):
+        seen.append(rendered.view.index)
         if len(seen) == 2:
             raise RuntimeError("the second frame fails")
-        return real(job, view)
+        return real(job, rendered)
 
-    monkeypatch.setattr(bake_module, "label_view", label_view)
+    monkeypatch.setattr(bake_module, "finish_view", finish_view)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="second frame"):
         bake(spec, out, frames="0:3", depth_source=TruthQuery(small_scene))
@@ -160,3 +160,38 @@ def test_a_distorted_cameras_pinhole_labels_take_turns_with_the_next_frames_labe
 
 def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_next_frame_renders_while_this_frames_label_math_runs(small_scene: Path, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """The bake renders the next frame on its own thread during the current frame's label math (the render is
+    compiled code on every core, the math mostly one): the renders do run during the math, never two at once,
+    and the files equal frame-by-frame bakes."""
+    spec = spec_from_scene(small_scene)
+    real = bake_module.finish_view
+    math = {"active": False, "renders_during": 0}
+
+    def finish_view(job, rendered):
+        math["active"] = True
+        try:
+            time.sleep(0.05)  # room for the next render to start
+            return real(job, rendered)
+        finally:
+            math["active"] = False
+
+    class Watched(TurnTakingQuery):
+        def at_pixels(self, view, rows, cols, *, confidence=False):
+            math["renders_during"] += math["active"]
+            return super().at_pixels(view, rows, cols, confidence=confidence)
+
+    monkeypatch.setattr(bake_module, "finish_view", finish_view)
+    query = Watched(small_scene)
+    bake(spec, tmp_path / "whole", formats=("bop", "coco", "raw"), frames="0:5", depth_source=query)
+    assert query.overlaps == 0 and math["renders_during"] >= 2
+    monkeypatch.setattr(bake_module, "finish_view", real)
+    for i in range(5):
+        bake(spec, tmp_path / "one_by_one", formats=("bop", "coco", "raw"), frames=f"{i}:{i + 1}",
+             depth_source=TruthQuery(small_scene))
+    whole, one_by_one = tree(tmp_path / "whole"), tree(tmp_path / "one_by_one")
+    assert whole.keys() == one_by_one.keys()
+    assert [k for k in whole if k != ".neurallabel/bake.json" and whole[k] != one_by_one[k]] == []

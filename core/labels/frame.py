@@ -369,6 +369,20 @@ class _SceneAnswer:
         return self._placed
 
 
+@dataclass(frozen=True)
+class RenderedView:
+    """A view's stages 1-3 (:meth:`FrameLabeler.render`): the casts, the scene's answer and the picture."""
+
+    view: View
+    silhouettes: dict[int, _Silhouette]
+    mesh_ids: list[int]
+    nearest: np.ndarray  # (H, W) int: the nearest annotated mesh's object index, -1: none
+    nearest_z: np.ndarray  # (H, W) its z-depth (world units)
+    box_regions: dict[int, Optional[Region]]
+    scene: Optional[_SceneAnswer]
+    image: Optional[np.ndarray]  # the picture for box objects' edges; None: none needed, or none readable
+
+
 class FrameLabeler:
     """Labels views for a fixed set of objects.
 
@@ -398,21 +412,43 @@ class FrameLabeler:
 
     def label(self, view: View, *, full_depth: bool = True, confidence: bool = True,
               image: Optional[np.ndarray] = None) -> FrameLabels:
-        """Labels of ``view``: meshes cast from its ``cam_to_world``, the scene asked through its ``cam_to_data``.
+        """Labels of ``view``: meshes cast from its ``cam_to_world``, the scene asked through its ``cam_to_data``
+        (:meth:`render`, then :meth:`finish`).
 
         ``full_depth``: ask the scene at every pixel (for depth maps); otherwise only where a visibility or
         box decision needs it. ``confidence``: also the per-pixel confidence (a scene that measures one).
         ``image``: the view's picture (uint8 RGB, H x W) for box objects' edges; by default its photo, read
         when a box object needs it.
         """
+        return self.finish(self.render(view, full_depth=full_depth, image=image), confidence=confidence)
+
+    def render(self, view: View, *, full_depth: bool = True, image: Optional[np.ndarray] = None) -> RenderedView:
+        """Stages 1-3 of :meth:`label`: the meshes' casts, the scene's render, and the photo that box objects'
+        edges need. The label math (:meth:`finish`) reads nothing else, so a bake renders the next view while
+        it finishes this one (the casts and the render release Python's lock). Uses none of the state that
+        :meth:`finish` builds."""
         shape = (view.height, view.width)
         silhouettes = self.cast_silhouettes(view)  # 1
         mesh_ids = [i for i in silhouettes if self.objects[i].is_mesh]
         nearest, nearest_z = nearest_mesh(silhouettes, mesh_ids, shape)  # 2
-        covered = nearest >= 0
         box_regions = {i: projected_region(view.intrinsics, view.cam_to_world, self.objects[i].box.corners(),
                                            (0, 0, view.width, view.height)) for i in self.box_ids}
-        scene = self.query_scene(view, covered, box_regions, full_depth)  # 3
+        scene = self.query_scene(view, nearest >= 0, box_regions, full_depth)  # 3
+        if (image is None and scene is not None and scene.measured and self.options.colour_edges
+                and any(region is not None for region in box_regions.values())):
+            from ..io.images import read_photo_rgb8
+
+            image = read_photo_rgb8(view.image_path, view.width, view.height)
+        return RenderedView(view, silhouettes, mesh_ids, nearest, nearest_z, box_regions, scene, image)
+
+    def finish(self, rendered: RenderedView, *, confidence: bool = True) -> FrameLabels:
+        """Stages 4-8 of :meth:`label`, the label math, on a view from :meth:`render`. It builds and keeps the
+        labeler's surface bands: one call at a time."""
+        view, silhouettes, mesh_ids = rendered.view, rendered.silhouettes, rendered.mesh_ids
+        nearest, nearest_z, box_regions = rendered.nearest, rendered.nearest_z, rendered.box_regions
+        scene = rendered.scene
+        shape = (view.height, view.width)
+        covered = nearest >= 0
         p_visible, p_on_mesh, p_occluder = self.mesh_visibility(view, covered, nearest_z, scene)  # 4
         # a transparent object's field density is too faint to show it: the ray reaching it is all there is
         transparent = np.isin(nearest, [i for i in mesh_ids if self.objects[i].spec.transparent])
@@ -426,7 +462,7 @@ class FrameLabeler:
         visible = mesh_masks(silhouettes, mesh_ids, nearest, mesh_visible)
         box_visible, p_box, p_elsewhere = self.box_masks(view, box_regions, scene, mesh_visible)  # 5
         if scene is not None and scene.measured and self.options.colour_edges:
-            box_visible = self.colour_edges(view, box_visible, mesh_visible, image, p_box)
+            box_visible = self.colour_edges(view, box_visible, mesh_visible, rendered.image, p_box)
         visible.update(box_visible)
         conf = None
         if scene is not None and scene.measured and confidence:

@@ -57,7 +57,8 @@ from ..io.atomic import json_bytes, write_bytes, write_bytes_if_changed
 from ..io.images import validate_images
 from ..io.lock import file_lock
 from ..io.outdir import STATE_DIR, OutputClaim, check_output_dir, claim_output_dir, output_error, within
-from ..labels.frame import FrameLabeler, FrameLabels, LabelObject, LabelOptions, LabelWarning, make_label_object
+from ..labels.frame import (FrameLabeler, FrameLabels, LabelObject, LabelOptions, LabelWarning, RenderedView,
+                            make_label_object)
 from ..labels.raycast import MeshCaster, default_backend, world_mesh
 from ..progress import ProgressFn, report
 from ..scene.queries import DensityQuery, FieldQuery
@@ -303,22 +304,26 @@ def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDo
 
 
 def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
-    # A second thread encodes and writes a frame's files (then its fragment) while the next frame is labelled:
-    # OpenCV's encoders and the disk do not hold Python's lock. Writers reach the scene only through the
-    # context's ``label_view`` (a distorted camera's pinhole labels), which takes turns with the labelling (a
-    # field's renderer keeps buffers between calls). A synthetic view's RGB is the render its labels came from,
-    # held one view at a time: its files are made before the next view is labelled. At most one frame is in
-    # flight; it is finished (fragment written) before the next progress report and before this returns or
-    # raises (the first error wins).
+    # Three threads take turns on the frames. While this one does a frame's label math
+    # (:meth:`~..labels.frame.FrameLabeler.finish`, mostly one core), a second renders the next frame (its mesh
+    # casts and the scene's render: compiled code on every core, outside Python's lock) and a third encodes and
+    # writes the previous frame's files (then its fragment: OpenCV's encoders and the disk do not hold the lock
+    # either). The labeler is used by one render and one label math at a time (``_Turns``); the writers reach it
+    # only through the context's ``label_view`` (a distorted camera's pinhole labels), which takes both turns.
+    # A synthetic view's RGB is the render its labels came from, held one view at a time: its files are made
+    # before the next view is rendered. At most one frame is in flight; it is finished (fragment written) before
+    # the next progress report and before this returns or raises (the first error wins).
     done = FramesDone()
     total = len(job.todo)
-    scene_lock = threading.Lock()
+    turns = _Turns()
     ctx = job.ctx if job.ctx.label_view is None else dataclasses.replace(
-        job.ctx, label_view=partial(_holding, scene_lock, job.ctx.label_view))
+        job.ctx, label_view=partial(turns.alone, job.ctx.label_view))
     overlap = ctx.rendered_rgb is None
     report(progress, 0, total, "bake")
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bake-write") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bake-write") as pool, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="bake-render") as renderer:
         in_flight: Optional[_InFlight] = None
+        ahead: Optional[tuple[int, Future]] = None  # the next frame's render: (its index, the future)
         try:
             for n, index in enumerate(job.todo):
                 fragment_path = job.fragments_dir / f"{index:06d}.json"
@@ -329,9 +334,15 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
                     continue
                 view = job.views[index]
                 t0 = time.perf_counter()
-                with scene_lock:
-                    labels = label_view(job, view)
-                    keep = job.keep is None or job.keep(view, labels)
+                # never wait for a render while holding a turn: the writers' label_view takes both
+                rendered = ahead[1].result() if ahead is not None and ahead[0] == index else \
+                    turns.render(render_view, job, view)
+                ahead = None
+                following = _next_unfinished(job, n) if overlap else None
+                if following is not None:
+                    ahead = (following, renderer.submit(turns.render, render_view, job, job.views[following]))
+                labels = turns.math(finish_view, job, rendered)
+                keep = job.keep is None or turns.alone(job.keep, view, labels)
                 if not keep:
                     in_flight = _finish(in_flight, done, progress, total)
                     done.dropped += 1
@@ -357,9 +368,34 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
     return done
 
 
-def _holding(lock: threading.Lock, call: Callable, *args, **kwargs):
-    with lock:
-        return call(*args, **kwargs)
+class _Turns:
+    """Who may use the labeler now: one render (casts, the scene's render) and one label math at a time; a
+    caller that needs the whole labeler (a writer's own labels, the synthetic views' trust gate) takes both,
+    always in that order."""
+
+    def __init__(self) -> None:
+        self._render = threading.Lock()
+        self._math = threading.Lock()
+
+    def render(self, call: Callable, *args, **kwargs):
+        with self._render:
+            return call(*args, **kwargs)
+
+    def math(self, call: Callable, *args, **kwargs):
+        with self._math:
+            return call(*args, **kwargs)
+
+    def alone(self, call: Callable, *args, **kwargs):
+        with self._render, self._math:
+            return call(*args, **kwargs)
+
+
+def _next_unfinished(job: BakeJob, position: int) -> Optional[int]:
+    """The index of the first frame after ``job.todo[position]`` that has no fragment yet; None when none."""
+    for index in job.todo[position + 1:]:
+        if not (job.fragments_dir / f"{index:06d}.json").is_file():
+            return index
+    return None
 
 
 def _frame_files(job: BakeJob, ctx: ExportContext, view: View, labels: FrameLabels, fragment_path: Path
@@ -399,14 +435,23 @@ def _finish(in_flight: Optional[_InFlight], done: FramesDone, progress: Optional
 
 
 def label_view(job: BakeJob, view: View) -> FrameLabels:
-    """The labels of one view, with the maps the job's writers store (full depth maps, confidence). A synthetic
-    view's picture is its render (box objects' outlines follow its colours, as a photo's)."""
-    full_depth = any(w.needs_depth for w in job.writers)
-    confidence = any(w.needs_confidence for w in job.writers)
+    """The labels of one view, with the maps the job's writers store (full depth maps, confidence)."""
+    return finish_view(job, render_view(job, view))
+
+
+def render_view(job: BakeJob, view: View) -> RenderedView:
+    """Stages 1-3 of one view's labels (:meth:`~..labels.frame.FrameLabeler.render`), with the scene at every
+    pixel when a writer stores depth maps. A synthetic view's picture is its render (box objects' outlines
+    follow its colours, as a photo's)."""
     image = None
     if view.image_path is None and job.ctx.rendered_rgb is not None and job.labeler.box_ids:
         image = job.ctx.rendered_rgb(view)
-    return job.labeler.label(view, full_depth=full_depth, confidence=confidence, image=image)
+    return job.labeler.render(view, full_depth=any(w.needs_depth for w in job.writers), image=image)
+
+
+def finish_view(job: BakeJob, rendered: RenderedView) -> FrameLabels:
+    """The label math of a rendered view, with the confidence map when a writer stores it."""
+    return job.labeler.finish(rendered, confidence=any(w.needs_confidence for w in job.writers))
 
 
 def assemble(job: BakeJob) -> int:

@@ -3,8 +3,9 @@
 The cancel tests (SIGTERM, the worker's cancel, Esc in Blender) must land in the middle of a bake. How fast a
 frame bakes depends on the machine and the marcher, so a timing guess is a flaky test. The tests put this folder
 on ``PYTHONPATH``; Python imports ``sitecustomize`` at start-up in every child (CLI, worker, Blender), and this
-hook wraps ``label_view`` of the bake pipeline when that module is first imported, without importing anything
-itself (torch before bpy would change what the Blender process does).
+hook wraps ``finish_view`` of the bake pipeline (a frame's label math, on the bake's own thread) when that
+module is first imported, without importing anything itself (torch before bpy would change what the Blender
+process does).
 """
 
 import importlib.abc
@@ -30,13 +31,13 @@ class _SlowFrames(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             real_exec(module)
-            real_label_view = module.label_view
+            real_finish_view = module.finish_view
 
-            def label_view(job, view):
+            def finish_view(job, rendered):
                 time.sleep(_SECONDS)
-                return real_label_view(job, view)
+                return real_finish_view(job, rendered)
 
-            module.label_view = label_view
+            module.finish_view = finish_view
 
         spec.loader.exec_module = exec_module
         return spec
