@@ -306,9 +306,9 @@ def bake_frames(job: BakeJob, progress: Optional[ProgressFn] = None) -> FramesDo
 def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
     # Three threads take turns on the frames. While this one does a frame's label math
     # (:meth:`~..labels.frame.FrameLabeler.finish`, mostly one core), a second renders the next frame (its mesh
-    # casts and the scene's render: compiled code on every core, outside Python's lock) and a third encodes and
-    # writes the previous frame's files (then its fragment: OpenCV's encoders and the disk do not hold the lock
-    # either). The labeler is used by one render and one label math at a time (``_Turns``); the writers reach it
+    # casts and the scene's render: compiled code on every core, outside Python's lock; with a scene only) and a
+    # third encodes and writes the previous frame's files (then its fragment: OpenCV's encoders and the disk do
+    # not hold the lock either). The labeler is used by one render and one label math at a time (``_Turns``); the writers reach it
     # only through the context's ``label_view`` (a distorted camera's pinhole labels), which takes both turns.
     # A synthetic view's RGB is the render its labels came from, held one view at a time: its files are made
     # before the next view is rendered. At most one frame is in flight; it is finished (fragment written) before
@@ -319,6 +319,8 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
     ctx = job.ctx if job.ctx.label_view is None else dataclasses.replace(
         job.ctx, label_view=partial(turns.alone, job.ctx.label_view))
     overlap = ctx.rendered_rgb is None
+    # without a scene a frame's render is its mesh casts alone: rendering them ahead was no faster
+    render_ahead = overlap and job.labeler.scene is not None
     report(progress, 0, total, "bake")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bake-write") as pool, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="bake-render") as renderer:
@@ -338,7 +340,7 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
                 rendered = ahead[1].result() if ahead is not None and ahead[0] == index else \
                     turns.render(render_view, job, view)
                 ahead = None
-                following = _next_unfinished(job, n) if overlap else None
+                following = _next_unfinished(job, n) if render_ahead else None
                 if following is not None:
                     ahead = (following, renderer.submit(turns.render, render_view, job, job.views[following]))
                 labels = turns.math(finish_view, job, rendered)
