@@ -308,8 +308,9 @@ def _bake_frames(job: BakeJob, progress: Optional[ProgressFn]) -> FramesDone:
     # (:meth:`~..labels.frame.FrameLabeler.finish`, mostly one core), a second renders the next frame (its mesh
     # casts and the scene's render: compiled code on every core, outside Python's lock; with a scene only) and a
     # third encodes and writes the previous frame's files (then its fragment: OpenCV's encoders and the disk do
-    # not hold the lock either). The labeler is used by one render and one label math at a time (``_Turns``); the writers reach it
-    # only through the context's ``label_view`` (a distorted camera's pinhole labels), which takes both turns.
+    # not hold the lock either). The labeler is used by one render and one label math at a time (``_Turns``);
+    # the writers reach it only through the context's ``label_view`` (a distorted camera's pinhole labels),
+    # which takes both turns.
     # A synthetic view's RGB is the render its labels came from, held one view at a time: its files are made
     # before the next view is rendered. At most one frame is in flight; it is finished (fragment written) before
     # the next progress report and before this returns or raises (the first error wins).
@@ -434,11 +435,6 @@ def _finish(in_flight: Optional[_InFlight], done: FramesDone, progress: Optional
         done.instances += in_flight.instances
         report(progress, in_flight.position + 1, total, "bake")
     return None
-
-
-def label_view(job: BakeJob, view: View) -> FrameLabels:
-    """The labels of one view, with the maps the job's writers store (full depth maps, confidence)."""
-    return finish_view(job, render_view(job, view))
 
 
 def render_view(job: BakeJob, view: View) -> RenderedView:
