@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -487,6 +488,24 @@ def repeated_dataset(scene: Path, count: int, folder: Path) -> Path:
     return path
 
 
+def timed_bakes(scene: Path, spec, counts: tuple[int, ...], repeats: int, write_dir: Optional[Path], prefix: str,
+                bake) -> dict[str, float]:
+    """Seconds of ``bake(spec, out)`` for the first ``count`` frames of :func:`repeated_dataset`, for each of
+    ``counts`` (the best of ``repeats``), each into a fresh folder below ``write_dir``."""
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=write_dir) as tmp:
+        spec.data_path = repeated_dataset(scene, max(counts), Path(tmp))
+        for count in counts:
+            best = float("inf")
+            for r in range(repeats):
+                spec.frames = list(range(count))
+                t0 = time.perf_counter()
+                bake(spec, Path(tmp) / f"bake-{count}-{r}")
+                best = min(best, time.perf_counter() - t0)
+            seconds[str(count)] = best
+    return seconds
+
+
 def mesh_only_speed(scene: Path, counts: tuple[int, int], repeats: int, write_dir: Optional[Path] = None) -> dict:
     """The mesh-only bake -- every true mesh of the scene at its true pose, field null, all formats -- timed as
     a whole bake (checks, photos, models, frames, aggregates) of the first ``counts[0]`` and ``counts[1]``
@@ -502,18 +521,8 @@ def mesh_only_speed(scene: Path, counts: tuple[int, int], repeats: int, write_di
     from neurallabel.core.spec import spec_from_scene
 
     spec = spec_from_scene(scene)
-    seconds: dict[str, float] = {}
     small, big = counts
-    with tempfile.TemporaryDirectory(prefix="bench-mesh-bake-", dir=write_dir) as tmp:
-        spec.data_path = repeated_dataset(scene, big, Path(tmp))
-        for count in counts:
-            best = float("inf")
-            for r in range(repeats):
-                spec.frames = list(range(count))
-                t0 = time.perf_counter()
-                bake(spec, Path(tmp) / f"bake-{count}-{r}")
-                best = min(best, time.perf_counter() - t0)
-            seconds[str(count)] = best
+    seconds = timed_bakes(scene, spec, counts, repeats, write_dir, "bench-mesh-bake-", bake)
     labeler = frame_labeler(spec, {o.instance_id: o.mesh for o in spec.objects}, None, LabelOptions())
     views = [View.from_frame(f, Similarity(spec.world_from_data))
              for f in load_dataset(scene / "transforms.json").frames[:big]]
@@ -538,19 +547,9 @@ def field_bake_speed(scene: Path, field_path: Path, field, counts: tuple[int, in
     from neurallabel.core.pipeline.bake import bake
 
     spec, _ = bench_spec(scene, field_path)
-    seconds: dict[str, float] = {}
     small, big = counts
-    with tempfile.TemporaryDirectory(prefix="bench-field-bake-", dir=write_dir) as tmp:
-        spec.data_path = repeated_dataset(scene, big, Path(tmp))
-        for count in counts:
-            best = float("inf")
-            for r in range(repeats):
-                spec.frames = list(range(count))
-                t0 = time.perf_counter()
-                bake(spec, Path(tmp) / f"bake-{count}-{r}", depth_source=field, device=device,
-                     box_resolution=box_resolution)
-                best = min(best, time.perf_counter() - t0)
-            seconds[str(count)] = best
+    seconds = timed_bakes(scene, spec, counts, repeats, write_dir, "bench-field-bake-",
+                          partial(bake, depth_source=field, device=device, box_resolution=box_resolution))
     per_extra = (seconds[str(big)] - seconds[str(small)]) / (big - small)
     return {"objects": len(spec.objects), "formats": "bop, coco, raw", "counts": list(counts), "seconds": seconds,
             "bake_seconds_per_extra_frame": per_extra, "frames_per_second": 1.0 / per_extra if per_extra > 0 else None}
