@@ -166,18 +166,20 @@ def _box_span(ox, oy, oz, dx, dy, dz, aabbs, level):
 @numba.njit(**_JIT)
 def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, peak_stop,
                density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
-               out_t, out_sigma, offset, capacity):
+               out_t, out_sigma, offset, capacity, peak_out):
     """March ray ``i``, storing its first ``capacity`` samples from ``offset``. Returns its sample count.
 
-    ``peak_stop`` > 0: the ray also stops once its stored samples, composited as :func:`_composite_ray` does
-    (the same float32 steps), reach that opacity and the light left is less than their heaviest weight: no
-    later sample can weigh more, so the peak and whether the opacity reaches ``peak_stop`` are already those
-    of the whole ray (its other outputs are not)."""
+    ``peak_stop`` > 0: the samples are also composited as they come, in :func:`_composite_ray`'s float32 steps,
+    and the ray stops once their opacity reaches ``peak_stop`` and the light left is less than their heaviest
+    weight: no later sample can weigh more, so the peak, and whether the opacity reaches ``peak_stop``, are
+    already the whole ray's. The opacity so far and the peak go to ``peak_out[i, 0]`` and ``peak_out[i, 3]``."""
     levels, coarsening, contracted = ints[0], ints[1], ints[2]
     f32 = np.float32
     tau_sum = 0.0
+    passed = f32(1.0)  # the light reaching the next sample, as _composite_ray computes it
     opacity = f32(0.0)
     peak_weight = f32(0.0)
+    peak_t = np.inf
     shift, scale = floats[0], floats[1]
     r = binaries.shape[1]
     s0 = start[i]
@@ -249,17 +251,23 @@ def _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, 
             count += 1
             if peak_stop > 0.0:
                 tau = f32(sigma) * (f32(t_hi) - f32(t_lo))
-                w = f32(math.exp(-f32(tau_sum))) * (f32(1.0) - f32(math.exp(-tau)))
+                w = passed * (f32(1.0) - f32(math.exp(-tau)))
                 tau_sum += float(tau)
+                passed = f32(math.exp(-f32(tau_sum)))
                 opacity += w
-                peak_weight = max(peak_weight, w)
-                if opacity >= peak_stop and f32(math.exp(-f32(tau_sum))) < peak_weight:
+                if w > peak_weight:  # the first of equal weights, as _composite_ray
+                    peak_weight = w
+                    peak_t = f32(t_lo)
+                if opacity >= peak_stop and passed < peak_weight:
                     break
         transmittance *= 1.0 - alpha
         if transmittance < eps:
             break
         k += 1.0
         t_lo = t_hi
+    if peak_stop > 0.0:
+        peak_out[i, 0] = opacity
+        peak_out[i, 3] = peak_t
     return count
 
 
@@ -285,6 +293,7 @@ def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps
                density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats, lanes, slots):
     n = o.shape[0]
     counts = np.zeros(n, dtype=np.int64)
+    unused = np.empty((1, 4), dtype=np.float32)  # no peak_stop: _march_ray writes no peak
     slots_t = np.empty((n * slots, 2), dtype=np.float32)
     slots_sigma = np.empty(n * slots, dtype=np.float32)
     # pass 1: every ray writes its first ``slots`` samples into its own slots and counts them all
@@ -293,7 +302,7 @@ def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps
             for i in range(block * RAY_BLOCK, min(n, (block + 1) * RAY_BLOCK)):
                 counts[i] = _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, 0.0,
                                        density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
-                                       slots_t, slots_sigma, i * slots, slots)
+                                       slots_t, slots_sigma, i * slots, slots, unused)
     offsets = np.zeros(n + 1, dtype=np.int64)
     for i in range(n):
         offsets[i + 1] = offsets[i] + counts[i]
@@ -309,7 +318,7 @@ def _march_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps
         else:
             _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, 0.0,
                        density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
-                       out_t, out_sigma, offsets[i], counts[i])
+                       out_t, out_sigma, offsets[i], counts[i], unused)
     return counts, out_t, out_sigma
 
 
@@ -414,24 +423,34 @@ def _outputs(out: np.ndarray) -> dict[str, Tensor]:
 def _surface_all(o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, peak_stop,
                  density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats, lanes):
     """Per ray (opacity, distance, median distance, peak distance), float32: each ray marched into its lane's
-    scratch and composited there, never packed (a depth map's rays need no samples)."""
+    scratch and composited there, never packed (a depth map's rays need no samples). With ``peak_stop`` > 0,
+    composited as marched and stopped once the peak is known (:func:`_march_ray`): the opacity so far and the
+    peak, the distances NaN."""
     n = o.shape[0]
     out = np.empty((n, 4), dtype=np.float32)
+    unused = np.empty((1, 4), dtype=np.float32)
     for lane in numba.prange(lanes):
         scratch_t = np.empty((SURFACE_SLOTS, 2), dtype=np.float32)
         scratch_sigma = np.empty(SURFACE_SLOTS, dtype=np.float32)
         scratch_w = np.empty(SURFACE_SLOTS, dtype=np.float32)
         for block in range(lane, (n + RAY_BLOCK - 1) // RAY_BLOCK, lanes):
             for i in range(block * RAY_BLOCK, min(n, (block + 1) * RAY_BLOCK)):
-                count = _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
-                                   peak_stop, density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
-                                   scratch_t, scratch_sigma, 0, SURFACE_SLOTS)
+                if peak_stop > 0.0:
+                    _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, peak_stop,
+                               density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
+                               scratch_t, scratch_sigma, 0, 0, out)
+                    out[i, 1] = np.nan
+                    out[i, 2] = np.nan
+                    continue
+                count = _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, 0.0,
+                                   density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
+                                   scratch_t, scratch_sigma, 0, SURFACE_SLOTS, unused)
                 if count > SURFACE_SLOTS:
                     long_t = np.empty((count, 2), dtype=np.float32)
                     long_sigma = np.empty(count, dtype=np.float32)
-                    _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps,
-                               peak_stop, density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
-                               long_t, long_sigma, 0, count)
+                    _march_ray(i, o, d, start, t_enter, t_exit, step, cone, switch, alpha_thre, eps, 0.0,
+                               density, binaries, skip, aabbs, cells, centre, inv_half, ints, floats,
+                               long_t, long_sigma, 0, count, unused)
                     _composite_ray(long_t, long_sigma, 0, count, out, i, np.empty(count, dtype=np.float32))
                 else:
                     _composite_ray(scratch_t, scratch_sigma, 0, count, out, i, scratch_w)
@@ -445,9 +464,10 @@ def surface_numba(field: Field, origins: Tensor, directions: Tensor, *, near: fl
     with ``depth_only`` (float32 on the CPU), marched and composited per ray in one compiled loop: no packed
     samples, so a whole depth map costs about the march alone.
 
-    ``peak_stop`` > 0 (at most 1): each ray stops as soon as its peak is decided and its opacity has reached
-    ``peak_stop`` (:func:`_march_ray`). Then only ``peak_distance``, and whether ``opacity >= peak_stop``, are
-    the whole ray's: :func:`.views.render_peak`."""
+    ``peak_stop`` > 0 (at most 1): each ray is composited as it is marched and stops as soon as its peak is
+    decided and its opacity has reached ``peak_stop`` (:func:`_march_ray`). Then only ``peak_distance``, and
+    whether ``opacity >= peak_stop``, are the whole ray's, and the other distances are NaN:
+    :func:`.views.render_peak`."""
     from .march import effective_alpha_thre, ray_span
 
     n = origins.shape[0]
