@@ -437,6 +437,12 @@ def _finish(in_flight: Optional[_InFlight], done: FramesDone, progress: Optional
     return None
 
 
+def label_view(job: BakeJob, view: View) -> FrameLabels:
+    """The labels of one view as the bake makes them (:func:`render_view`, then :func:`finish_view`), in one
+    call: for callers that label a single view."""
+    return finish_view(job, render_view(job, view))
+
+
 def render_view(job: BakeJob, view: View) -> RenderedView:
     """Stages 1-3 of one view's labels (:meth:`~..labels.frame.FrameLabeler.render`), with the scene at every
     pixel when a writer stores depth maps. A synthetic view's picture is its render (box objects' outlines
