@@ -672,15 +672,12 @@ class FrameLabeler:
                      ) -> dict[int, np.ndarray]:
         """5b. Box objects' outlines from the picture's colours (:func:`.colour.refine_mask`), inside each box's
         silhouette and off every other label; smaller boxes first, as they win overlaps. With ``p_box`` (5.),
-        the mask's core is certain object only where the field is sure of it (``SURE_SHARE``). Unchanged without a
-        picture (a synthetic view, a photo that cannot be read)."""
-        from ..io.images import read_photo_rgb8
+        the mask's core is certain object only where the field is sure of it (``SURE_SHARE``). ``image``: the
+        picture :meth:`render` found; unchanged without one (a synthetic view, a photo that cannot be read)."""
         from .colour import refine_mask
 
         if not any(mask.any() for mask in box_visible.values()):
             return box_visible
-        if image is None:
-            image = read_photo_rgb8(view.image_path, view.width, view.height)
         if image is None or image.shape[:2] != (view.height, view.width):
             return box_visible
         refined = dict(box_visible)
